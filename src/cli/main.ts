@@ -1,0 +1,75 @@
+import { Command, InvalidArgumentError } from 'commander';
+import { SteerdError } from '../errors.js';
+import { buildGraph } from '../model/graph.js';
+import { defaultCacheDir, pull } from '../model/hub.js';
+import { writeTinyCheckpoint } from '../model/tiny.js';
+import { consoleProgress } from './progress.js';
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer');
+  return n;
+}
+
+function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a non-negative integer');
+  return n;
+}
+
+export function program(): Command {
+  const cli = new Command('steerd').description('Activation steering for GPT-2 models, over HTTP');
+  const model = cli.command('model').description('prepare model checkpoints');
+
+  model
+    .command('tiny')
+    .description('write a small deterministic random GPT-2 checkpoint (real vocabulary, nonsense output)')
+    .argument('<dir>', 'output directory')
+    .option('--layers <n>', 'transformer blocks', positiveInt, 2)
+    .option('--embd <n>', 'hidden size', positiveInt, 64)
+    .option('--heads <n>', 'attention heads', positiveInt, 4)
+    .option('--ctx <n>', 'context length', positiveInt, 128)
+    .option('--seed <n>', 'random seed', nonNegativeInt, 0)
+    .action((dir: string, o: { layers: number; embd: number; heads: number; ctx: number; seed: number }) => {
+      writeTinyCheckpoint(dir, o);
+      console.log(`wrote a random GPT-2 checkpoint (${o.layers} layers, ${o.embd} wide, ${o.heads} heads) to ${dir}`);
+    });
+
+  model
+    .command('build')
+    .description('write <dir>/model.onnx, the steerable graph, unless it is up to date')
+    .argument('<dir>', 'checkpoint directory (config.json, model.safetensors, tokenizer)')
+    .option('--force', 'rebuild even when up to date', false)
+    .action((dir: string, o: { force: boolean }) => {
+      const t0 = performance.now();
+      const r = buildGraph(dir, { force: o.force });
+      const ms = (performance.now() - t0).toFixed(0);
+      console.log(r.built ? `built ${r.file} in ${ms} ms` : `${r.file} is up to date`);
+    });
+
+  model
+    .command('pull')
+    .description('download a GPT-2 checkpoint from the Hugging Face hub (HF_ENDPOINT overrides the URL)')
+    .argument('<name>', 'gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a hub id owner/name')
+    .option('--revision <rev>', 'branch, tag or commit', 'main')
+    .option('--cache <dir>', 'cache directory (default $STEERD_CACHE or ~/.cache/steerd)')
+    .action(async (name: string, o: { revision: string; cache?: string }) => {
+      const dir = await pull(name, { revision: o.revision, cache: o.cache ?? defaultCacheDir(), progress: consoleProgress() });
+      console.log(dir);
+    });
+
+  return cli;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await program().parseAsync(argv);
+  } catch (e) {
+    if (e instanceof SteerdError) {
+      console.error(`steerd: ${e.message}`);
+      process.exitCode = 1;
+      return;
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,42 @@
+/**
+ * Typed errors. Every error that can reach a client carries its HTTP status and a stable code, so
+ * the API layer maps them without guessing; the engine and model layers throw them without knowing
+ * about HTTP frameworks.
+ */
+export class SteerdError extends Error {
+  constructor(
+    message: string,
+    /** HTTP status this error maps to. */
+    readonly status: number,
+    /** Stable machine-readable code, e.g. `bad_checkpoint`. */
+    readonly code: string,
+    readonly details?: Record<string, unknown>,
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** A checkpoint directory that cannot be used: names the file and the problem. */
+export class CheckpointError extends SteerdError {
+  constructor(
+    readonly file: string,
+    problem: string,
+  ) {
+    super(`${file}: ${problem}`, 422, 'bad_checkpoint', { file });
+  }
+}
+
+/** Input that is well-formed but cannot be served (layer out of range, too long, ...). */
+export class UnprocessableError extends SteerdError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super(message, 422, 'unprocessable', details);
+  }
+}
+
+/** A download that failed or did not verify. */
+export class DownloadError extends SteerdError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super(message, 502, 'download_failed', details);
+  }
+}

@@ -1,0 +1,47 @@
+import { closeSync, openSync, writeSync } from 'node:fs';
+
+/** A tensor to write: its data is produced on demand so that large files stream from memory. */
+export interface TensorSpec {
+  name: string;
+  shape: number[];
+  /** Defaults to F32. */
+  dtype?: 'F32' | 'F16' | 'BF16';
+  /** Returns the tensor's bytes (little-endian), exactly numel × dtype size long. */
+  data: () => Uint8Array;
+}
+
+const BYTES = { F32: 4, F16: 2, BF16: 2 } as const;
+
+/**
+ * Writes a `.safetensors` file: u64 header length, JSON header (padded with spaces to a multiple of
+ * 8 so that the data is aligned), then the tensors back to back in the given order.
+ */
+export function writeSafetensors(file: string, tensors: TensorSpec[], metadata: Record<string, string> = {}): void {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const t of tensors) {
+    const dtype = t.dtype ?? 'F32';
+    const length = t.shape.reduce((a, b) => a * b, 1) * BYTES[dtype];
+    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + length] };
+    offset += length;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  const fd = openSync(file, 'w');
+  try {
+    writeSync(fd, prefix);
+    writeSync(fd, Buffer.from(json));
+    for (const t of tensors) {
+      const bytes = t.data();
+      const expected = (header[t.name] as { data_offsets: number[] }).data_offsets;
+      if (bytes.byteLength !== expected[1] - expected[0]) {
+        throw new Error(`tensor ${t.name}: ${bytes.byteLength} bytes, expected ${expected[1] - expected[0]}`);
+      }
+      writeSync(fd, bytes);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}

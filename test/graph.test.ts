@@ -1,0 +1,205 @@
+import t from 'tap';
+import ort from 'onnxruntime-node';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildGraph } from '../src/model/graph.ts';
+import { Rng, writeTinyCheckpoint, type TinyOptions } from '../src/model/tiny.ts';
+import { at, leftPad, maxAbsDiff, range, runGraph, type Dims } from './helpers/graph-run.ts';
+import { loadReference, referenceForward, type RefModel, type RefSteer } from './helpers/reference.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'steerd-graph-'));
+t.teardown(() => rmSync(root, { recursive: true, force: true }));
+
+interface Fixture {
+  dir: string;
+  ref: RefModel;
+  dims: Dims;
+  session: ort.InferenceSession;
+}
+
+async function fixture(name: string, opts: TinyOptions): Promise<Fixture> {
+  const dir = join(root, name);
+  writeTinyCheckpoint(dir, opts);
+  const { file } = buildGraph(dir);
+  const ref = loadReference(dir);
+  const session = await ort.InferenceSession.create(file);
+  return { dir, ref, session, dims: { nLayer: ref.nLayer, nHead: ref.nHead, nEmbd: ref.nEmbd, vocab: ref.vocab } };
+}
+
+const rng = new Rng(42);
+const randomIds = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * 50257));
+const randomVec = (H: number, scale: number) => Float64Array.from({ length: H }, () => scale * rng.normal());
+
+/** Compares ORT's logits and every resid.{l} for row b against the reference (positions [from, from+n)). */
+function expectMatch(tt: Tap.Test, out: ort.InferenceSession.ReturnType, ref: ReturnType<typeof referenceForward>, b: number, offset: number, what: string) {
+  const n = ref.logits.length;
+  const tol = 1e-4 * range(ref.logits);
+  let worst = 0;
+  for (let p = 0; p < n; p++) worst = Math.max(worst, maxAbsDiff(at(out.logits, b, offset + p), ref.logits[p]));
+  tt.ok(worst <= tol, `${what}: logits max abs error ${worst.toExponential(2)} <= ${tol.toExponential(2)}`);
+  for (let l = 0; l < ref.resid.length; l++) {
+    const rtol = 1e-4 * range(ref.resid[l]);
+    let w = 0;
+    for (let p = 0; p < n; p++) w = Math.max(w, maxAbsDiff(at(out[`resid.${l}`], b, offset + p), ref.resid[l][p]));
+    tt.ok(w <= rtol, `${what}: resid.${l} max abs error ${w.toExponential(2)} <= ${rtol.toExponential(2)}`);
+  }
+}
+
+type Tap = typeof t;
+declare namespace Tap {
+  type Test = Parameters<Parameters<typeof t.test>[1]>[0];
+}
+
+const single = (ids: number[]) => ({ ids: [ids], mask: [ids.map(() => 1)], pos: [ids.map((_, i) => i)] });
+
+t.test('graph matches the float64 reference', async (t) => {
+  const fixtures = {
+    hub: await fixture('hub', { layers: 3, embd: 64, heads: 4, ctx: 64, seed: 1 }),
+    // save_pretrained layout: prefixed keys, an untied lm_head, stale causal-mask buffers
+    saved: await fixture('saved', { layers: 2, embd: 48, heads: 3, ctx: 32, seed: 2, prefix: 'transformer.', lmHead: 'random', maskBuffers: true }),
+  };
+  for (const [name, f] of Object.entries(fixtures)) {
+    const H = f.dims.nEmbd;
+    const L = f.dims.nLayer;
+    const ids = randomIds(9);
+    const plain = referenceForward(f.ref, ids);
+
+    await t.test(`${name}: unsteered logits and resid.0..${L}`, async (t) => {
+      expectMatch(t, await runGraph(f.session, f.dims, single(ids)), plain, 0, 0, 'unsteered');
+    });
+
+    await t.test(`${name}: a direction at all positions at layer 1 and at layer n_layer`, async (t) => {
+      const d1 = randomVec(H, 0.2);
+      const dL = randomVec(H, 0.5);
+      const steer: RefSteer = (l) => (l === 1 ? d1 : l === L ? dL : undefined);
+      const ref = referenceForward(f.ref, ids, steer);
+      expectMatch(t, await runGraph(f.session, f.dims, { ...single(ids), steer: [steer] }), ref, 0, 0, 'steered');
+      const moved = maxAbsDiff(ref.logits[8], plain.logits[8]);
+      t.ok(moved > 100 * 1e-4 * range(plain.logits), `steering moves the logits (${moved.toExponential(2)})`);
+    });
+
+    await t.test(`${name}: a [k, H] sequence on the first k positions`, async (t) => {
+      const k = 3;
+      const seq = Array.from({ length: k }, () => randomVec(H, 0.3));
+      const steer: RefSteer = (l, p) => (l === 1 && p < k ? seq[p] : undefined);
+      const ref = referenceForward(f.ref, ids, steer);
+      const out = await runGraph(f.session, f.dims, { ...single(ids), steer: [steer] });
+      expectMatch(t, out, ref, 0, 0, 'front sequence');
+      // The hook itself changes only the first k positions; later blocks carry it forward by attention.
+      t.ok(maxAbsDiff(at(out['resid.1'], 0, k), plain.resid[1][k]) < 1e-5, 'resid.1 after position k is untouched');
+      t.ok(maxAbsDiff(at(out['resid.2'], 0, k), plain.resid[2][k]) > 1e-4, 'resid.2 after position k sees the steered prefix');
+    });
+  }
+
+  await t.test('incremental decoding through past/present equals a full recompute', async (t) => {
+    const f = fixtures.hub;
+    const d = randomVec(f.dims.nEmbd, 0.2);
+    const steer: RefSteer = (l) => (l === 2 ? d : undefined);
+    const ids = randomIds(6);
+    let out = await runGraph(f.session, f.dims, { ...single(ids), steer: [steer] });
+    for (let step = 0; step < 4; step++) {
+      const next = randomIds(1)[0];
+      const past = Object.fromEntries(Object.entries(out).filter(([k]) => k.startsWith('present.')));
+      const P = ids.length;
+      ids.push(next);
+      out = await runGraph(f.session, f.dims, {
+        ids: [[next]],
+        mask: [ids.map(() => 1)],
+        pos: [[P]],
+        past,
+        steer: [steer],
+      });
+      t.same(out['present.0.key'].dims, [1, f.dims.nHead, ids.length, f.dims.nEmbd / f.dims.nHead], 'cache grows by one');
+      const ref = referenceForward(f.ref, ids, steer);
+      const last = { logits: [ref.logits.at(-1)!], resid: ref.resid.map((r) => [r.at(-1)!]) };
+      expectMatch(t, out, last, 0, 0, `decode step ${step + 1}`);
+      const lastLogits = (out.last_logits.data as Float32Array);
+      t.ok(maxAbsDiff(lastLogits, ref.logits.at(-1)!) <= 1e-4 * range(ref.logits), 'last_logits is the last position');
+    }
+  });
+
+  await t.test('left-padded batch rows equal their single-row results; steering stays in its row', async (t) => {
+    const f = fixtures.hub;
+    const H = f.dims.nEmbd;
+    const d = randomVec(H, 0.3);
+    const seq = [randomVec(H, 0.3), randomVec(H, 0.3)];
+    const rows = [randomIds(8), randomIds(3), randomIds(5), randomIds(1)];
+    const steers: (RefSteer | undefined)[] = [
+      (l) => (l === 2 ? d : undefined),
+      undefined,
+      (l, p) => (l === 0 && p < 2 ? seq[p] : undefined),
+      (l) => (l === f.dims.nLayer ? d : undefined),
+    ];
+    const padded = leftPad(rows);
+    const out = await runGraph(f.session, f.dims, { ...padded, steer: steers });
+    for (const [b, ids] of rows.entries()) {
+      const ref = referenceForward(f.ref, ids, steers[b]);
+      expectMatch(t, out, ref, b, padded.T - ids.length, `row ${b} (length ${ids.length})`);
+    }
+    // one decode step for the whole batch: masks grow by one real token per row
+    const next = randomIds(rows.length);
+    const past = Object.fromEntries(Object.entries(out).filter(([k]) => k.startsWith('present.')));
+    const step = await runGraph(f.session, f.dims, {
+      ids: next.map((n) => [n]),
+      mask: padded.mask.map((m) => [...m, 1]),
+      pos: rows.map((r) => [r.length]),
+      past,
+      steer: steers,
+    });
+    for (const [b, ids] of rows.entries()) {
+      const ref = referenceForward(f.ref, [...ids, next[b]], steers[b]);
+      const got = (step.last_logits.data as Float32Array).subarray(b * f.dims.vocab, (b + 1) * f.dims.vocab);
+      const err = maxAbsDiff(got, ref.logits.at(-1)!);
+      t.ok(err <= 1e-4 * range(ref.logits), `row ${b} decode step: error ${err.toExponential(2)}`);
+    }
+  });
+
+  await t.test('serving variant: logits_all=false projects only the last position', async (t) => {
+    const f = fixtures.hub;
+    const { file } = buildGraph(f.dir, { logitsAllInput: true, fileName: 'serve.onnx' });
+    const serve = await ort.InferenceSession.create(file);
+    const padded = leftPad([randomIds(7), randomIds(4)]);
+    const full = await runGraph(f.session, f.dims, padded);
+    const flag = (v: boolean) => ({ logits_all: new ort.Tensor('bool', Uint8Array.of(v ? 1 : 0), []) });
+    const lastOnly = await runGraph(serve, f.dims, { ...padded, extra: flag(false) }, ['logits', 'last_logits']);
+    const all = await runGraph(serve, f.dims, { ...padded, extra: flag(true) }, ['logits']);
+    t.same(lastOnly.logits.dims, [2, 1, f.dims.vocab]);
+    t.equal(maxAbsDiff(lastOnly.last_logits.data as Float32Array, full.last_logits.data as Float32Array), 0);
+    t.same(all.logits.dims, full.logits.dims);
+    t.equal(maxAbsDiff(all.logits.data as Float32Array, full.logits.data as Float32Array), 0);
+    await serve.release();
+  });
+
+  for (const f of Object.values(fixtures)) await f.session.release();
+});
+
+t.test('weights stay in model.safetensors; rebuilds follow the layout, not the values', async (t) => {
+  const dir = join(root, 'zero-copy');
+  writeTinyCheckpoint(dir, { layers: 1, embd: 32, heads: 2, ctx: 16, seed: 5 });
+  const first = buildGraph(dir);
+  t.ok(first.built, 'first build writes the graph');
+  const graphBytes = statSync(first.file).size;
+  t.ok(graphBytes * 50 < first.checkpoint.paramBytes, `graph file (${graphBytes} B) holds no weights (${first.checkpoint.paramBytes} B)`);
+  const mtime = statSync(first.file).mtimeMs;
+  t.notOk(buildGraph(dir).built, 'second build is a no-op');
+  t.equal(statSync(first.file).mtimeMs, mtime, 'graph file untouched');
+
+  // New values, same layout: the graph is still valid and reads the new weights in place.
+  writeTinyCheckpoint(dir, { layers: 1, embd: 32, heads: 2, ctx: 16, seed: 6 });
+  t.notOk(buildGraph(dir).built, 'same layout: no rebuild');
+  const ref = loadReference(dir);
+  const s = await ort.InferenceSession.create(first.file);
+  const ids = randomIds(5);
+  const out = await runGraph(s, { nLayer: 1, nHead: 2, nEmbd: 32, vocab: 50257 }, single(ids));
+  const expected = referenceForward(ref, ids);
+  t.ok(maxAbsDiff(at(out.logits, 0, 4), expected.logits[4]) <= 1e-4 * range(expected.logits), 'logits follow the new weights');
+  await s.release();
+
+  // A config change (epsilon) changes the graph: rebuilt.
+  const cfgFile = join(dir, 'config.json');
+  const cfg = JSON.parse(readFileSync(cfgFile, 'utf8'));
+  writeFileSync(cfgFile, JSON.stringify({ ...cfg, layer_norm_epsilon: 1e-6 }));
+  t.ok(buildGraph(dir).built, 'config change: rebuilt');
+  t.ok(buildGraph(dir, { force: true }).built, 'force rebuilds');
+});

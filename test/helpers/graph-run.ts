@@ -1,0 +1,98 @@
+/** Test harness: feeds the steerable graph by its contract names (DESIGN.md §3). */
+import ort from 'onnxruntime-node';
+import type { RefSteer } from './reference.ts';
+
+export interface Dims {
+  nLayer: number;
+  nHead: number;
+  nEmbd: number;
+  vocab: number;
+}
+
+export interface BatchInput {
+  /** [B][T] token ids (already padded). */
+  ids: number[][];
+  /** [B][P+T] 1 for real tokens. */
+  mask: number[][];
+  /** [B][T] positions. */
+  pos: number[][];
+  /** present.* of the previous call, or none (P = 0). */
+  past?: Record<string, ort.Tensor>;
+  /** Per row steering (absolute position = pos of that token). */
+  steer?: (RefSteer | undefined)[];
+  /** Extra feeds (e.g. logits_all). */
+  extra?: Record<string, ort.Tensor>;
+}
+
+const i64 = (rows: number[][]) => new ort.Tensor('int64', BigInt64Array.from(rows.flat().map(BigInt)), [rows.length, rows[0].length]);
+
+export async function runGraph(s: ort.InferenceSession, d: Dims, inp: BatchInput, fetch?: string[]) {
+  const B = inp.ids.length;
+  const T = inp.ids[0].length;
+  const H = d.nEmbd;
+  const hd = H / d.nHead;
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: i64(inp.ids),
+    attention_mask: i64(inp.mask),
+    position_ids: i64(inp.pos),
+    ...inp.extra,
+  };
+  for (let l = 0; l < d.nLayer; l++) {
+    for (const kv of ['key', 'value']) {
+      feeds[`past.${l}.${kv}`] =
+        inp.past?.[`present.${l}.${kv}`] ?? new ort.Tensor('float32', new Float32Array(0), [B, d.nHead, 0, hd]);
+    }
+  }
+  for (let l = 0; l <= d.nLayer; l++) {
+    const data = new Float32Array(B * T * H);
+    let used = false;
+    for (let b = 0; b < B; b++) {
+      const f = inp.steer?.[b];
+      if (!f) continue;
+      for (let t = 0; t < T; t++) {
+        if (!inp.mask[b][inp.mask[b].length - T + t]) continue; // padding carries no steering
+        const v = f(l, inp.pos[b][t]);
+        if (!v) continue;
+        used = true;
+        for (let i = 0; i < H; i++) data[(b * T + t) * H + i] = v[i];
+      }
+    }
+    feeds[`steer.${l}`] = used ? new ort.Tensor('float32', data, [B, T, H]) : new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
+  }
+  return s.run(feeds, fetch ?? s.outputNames);
+}
+
+/** Left-pads rows of token ids: returns ids, mask, positions (padding gets id 50256, position 0). */
+export function leftPad(rows: number[][], padId = 50256) {
+  const T = Math.max(...rows.map((r) => r.length));
+  return {
+    T,
+    ids: rows.map((r) => [...Array(T - r.length).fill(padId), ...r]),
+    mask: rows.map((r) => [...Array(T - r.length).fill(0), ...r.map(() => 1)]),
+    pos: rows.map((r) => [...Array(T - r.length).fill(0), ...r.map((_, i) => i)]),
+  };
+}
+
+/** Row b, position t of a [B, T, N] float tensor. */
+export function at(t: ort.Tensor, b: number, pos: number): Float32Array {
+  const [, T, N] = t.dims as number[];
+  const data = t.data as Float32Array;
+  return data.subarray((b * T + pos) * N, (b * T + pos + 1) * N);
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+export function range(a: ArrayLike<number>[]): number {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of a) for (let i = 0; i < v.length; i++) {
+    lo = Math.min(lo, v[i]);
+    hi = Math.max(hi, v[i]);
+  }
+  return hi - lo;
+}

@@ -1,0 +1,153 @@
+/**
+ * The oracle: a plain float64 GPT-2 forward pass written from the model's equations, independent of
+ * steerd's graph builder and checkpoint reader. It reads the checkpoint files itself.
+ *
+ *   x_0   = wte[token] + wpe[position]
+ *   x_l  += steer_l                                   (hook l, l = 0..n_layer)
+ *   x_l+1 = x_l + attn(LN_1(x_l)) ; x_l+1 += mlp(LN_2(x_l+1))
+ *   logits = LN_f(x_L) · wte^T   (or lm_head^T when the checkpoint has one)
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface RefModel {
+  nLayer: number;
+  nEmbd: number;
+  nHead: number;
+  vocab: number;
+  eps: number;
+  w: Map<string, Float64Array>;
+}
+
+export function loadReference(dir: string): RefModel {
+  const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+  const buf = readFileSync(join(dir, 'model.safetensors'));
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  const w = new Map<string, Float64Array>();
+  for (const [key, v] of Object.entries(header)) {
+    if (key === '__metadata__') continue;
+    const { dtype, data_offsets } = v as { dtype: string; data_offsets: [number, number] };
+    if (dtype !== 'F32') throw new Error(`reference reads F32 only (${key} is ${dtype})`);
+    const bytes = buf.subarray(8 + n + data_offsets[0], 8 + n + data_offsets[1]);
+    const f32 = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+    w.set(key.replace(/^transformer\./, ''), Float64Array.from(f32));
+  }
+  return {
+    nLayer: cfg.n_layer,
+    nEmbd: cfg.n_embd,
+    nHead: cfg.n_head,
+    vocab: cfg.vocab_size,
+    eps: cfg.layer_norm_epsilon,
+    w,
+  };
+}
+
+/** Steering: the vector added at hook `layer` for position `pos`, or undefined. */
+export type RefSteer = (layer: number, pos: number) => ArrayLike<number> | undefined;
+
+export interface RefOutput {
+  /** logits[t] = Float64Array(V) */
+  logits: Float64Array[];
+  /** resid[l][t] = Float64Array(H), the stream at hook l after steering */
+  resid: Float64Array[][];
+}
+
+function layerNorm(x: Float64Array, g: Float64Array, b: Float64Array, eps: number): Float64Array {
+  const n = x.length;
+  let mean = 0;
+  for (let i = 0; i < n; i++) mean += x[i];
+  mean /= n;
+  let v = 0;
+  for (let i = 0; i < n; i++) v += (x[i] - mean) ** 2;
+  v /= n;
+  const s = 1 / Math.sqrt(v + eps);
+  const out = new Float64Array(n);
+  for (let i = 0; i < n; i++) out[i] = (x[i] - mean) * s * g[i] + b[i];
+  return out;
+}
+
+/** x [in] times W [in, out] (row-major) plus bias [out]. */
+function affine(x: Float64Array, W: Float64Array, bias: Float64Array): Float64Array {
+  const nOut = bias.length;
+  const out = Float64Array.from(bias);
+  for (let i = 0; i < x.length; i++) {
+    const xi = x[i];
+    const row = i * nOut;
+    for (let j = 0; j < nOut; j++) out[j] += xi * W[row + j];
+  }
+  return out;
+}
+
+const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+
+export function referenceForward(m: RefModel, ids: number[], steer?: RefSteer): RefOutput {
+  const H = m.nEmbd;
+  const hd = H / m.nHead;
+  const T = ids.length;
+  const W = (k: string) => {
+    const v = m.w.get(k);
+    if (!v) throw new Error(`reference: no ${k}`);
+    return v;
+  };
+  const wte = W('wte.weight');
+  const wpe = W('wpe.weight');
+  let x: Float64Array[] = ids.map((id, t) => {
+    const v = new Float64Array(H);
+    for (let i = 0; i < H; i++) v[i] = wte[id * H + i] + wpe[t * H + i];
+    return v;
+  });
+  const resid: Float64Array[][] = [];
+  const hook = (l: number) => {
+    x = x.map((v, t) => {
+      const s = steer?.(l, t);
+      if (!s) return v;
+      const o = Float64Array.from(v);
+      for (let i = 0; i < H; i++) o[i] += s[i];
+      return o;
+    });
+    resid.push(x.map((v) => Float64Array.from(v)));
+  };
+  for (let l = 0; l < m.nLayer; l++) {
+    hook(l);
+    const p = `h.${l}.`;
+    const qkv = x.map((v) => affine(layerNorm(v, W(`${p}ln_1.weight`), W(`${p}ln_1.bias`), m.eps), W(`${p}attn.c_attn.weight`), W(`${p}attn.c_attn.bias`)));
+    const att = x.map(() => new Float64Array(H));
+    for (let h = 0; h < m.nHead; h++) {
+      for (let t = 0; t < T; t++) {
+        const scores: number[] = [];
+        for (let s = 0; s <= t; s++) {
+          let d = 0;
+          for (let i = 0; i < hd; i++) d += qkv[t][h * hd + i] * qkv[s][H + h * hd + i];
+          scores.push(d / Math.sqrt(hd));
+        }
+        const mx = Math.max(...scores);
+        const e = scores.map((s) => Math.exp(s - mx));
+        const z = e.reduce((a, b) => a + b, 0);
+        for (let s = 0; s <= t; s++) {
+          for (let i = 0; i < hd; i++) att[t][h * hd + i] += (e[s] / z) * qkv[s][2 * H + h * hd + i];
+        }
+      }
+    }
+    x = x.map((v, t) => {
+      const y = affine(att[t], W(`${p}attn.c_proj.weight`), W(`${p}attn.c_proj.bias`));
+      const r = v.map((a, i) => a + y[i]);
+      const f = affine(layerNorm(r, W(`${p}ln_2.weight`), W(`${p}ln_2.bias`), m.eps), W(`${p}mlp.c_fc.weight`), W(`${p}mlp.c_fc.bias`)).map(gelu);
+      const o = affine(f, W(`${p}mlp.c_proj.weight`), W(`${p}mlp.c_proj.bias`));
+      return r.map((a, i) => a + o[i]);
+    });
+  }
+  hook(m.nLayer);
+  const head = m.w.get('lm_head.weight') ?? wte;
+  const logits = x.map((v) => {
+    const h = layerNorm(v, W('ln_f.weight'), W('ln_f.bias'), m.eps);
+    const out = new Float64Array(m.vocab);
+    for (let j = 0; j < m.vocab; j++) {
+      let d = 0;
+      for (let i = 0; i < H; i++) d += h[i] * head[j * H + i];
+      out[j] = d;
+    }
+    return out;
+  });
+  return { logits, resid };
+}
