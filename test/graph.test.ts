@@ -55,9 +55,9 @@ const single = (ids: number[]) => ({ ids: [ids], mask: [ids.map(() => 1)], pos: 
 
 t.test('graph matches the float64 reference', async (t) => {
   const fixtures = {
-    hub: await fixture('hub', { layers: 3, embd: 64, heads: 4, ctx: 64, seed: 1 }),
+    hub: await fixture('hub', { layers: 3, embd: 64, heads: 4, ctx: 64, seed: 1, initScale: 10 }),
     // save_pretrained layout: prefixed keys, an untied lm_head, stale causal-mask buffers
-    saved: await fixture('saved', { layers: 2, embd: 48, heads: 3, ctx: 32, seed: 2, prefix: 'transformer.', lmHead: 'random', maskBuffers: true }),
+    saved: await fixture('saved', { layers: 2, embd: 48, heads: 3, ctx: 32, seed: 2, prefix: 'transformer.', lmHead: 'random', maskBuffers: true, initScale: 10 }),
   };
   for (const [name, f] of Object.entries(fixtures)) {
     const H = f.dims.nEmbd;

@@ -23,6 +23,12 @@ export interface TinyOptions {
   lmHead?: 'none' | 'copy' | 'random';
   /** Also write the `attn.bias` causal-mask buffers that old HF versions saved. Default false. */
   maskBuffers?: boolean;
+  /**
+   * Multiplies the standard deviation of every weight and bias (not the layer-norm gains). At 1,
+   * GPT-2's initialisation, activations are so small that every non-linearity is nearly linear;
+   * about 10 exercises GELU, softmax and layer norm in their curved range. Default 1.
+   */
+  initScale?: number;
 }
 
 /** Deterministic PRNG (splitmix32) with Box–Muller normals; not for cryptography. */
@@ -94,19 +100,20 @@ export function writeTinyCheckpoint(dir: string, opts: TinyOptions = {}): void {
     n_layer: layers,
     n_positions: ctx,
     vocab_size: 50257,
-    steerd_random_weights: { seed },
+    steerd_random_weights: { seed, init_scale: opts.initScale ?? 1 },
   };
   const config = parseConfig(rawConfig); // refuses impossible shapes before anything is written
   mkdirSync(dir, { recursive: true });
 
   // GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer). Layer
   // norms get random gains and biases (not 1 and 0) so that a forward pass that forgot them differs.
+  const k = opts.initScale ?? 1;
   const std = (name: string) => {
     if (/ln_\d\.weight$|ln_f\.weight$/.test(name)) return { mean: 1, sd: 0.1 };
-    if (/c_proj\.weight$/.test(name)) return { mean: 0, sd: 0.02 / Math.sqrt(2 * layers) };
-    if (/bias$/.test(name)) return { mean: 0, sd: 0.02 };
-    if (name === 'wpe.weight') return { mean: 0, sd: 0.01 };
-    return { mean: 0, sd: 0.02 };
+    if (/c_proj\.weight$/.test(name)) return { mean: 0, sd: (k * 0.02) / Math.sqrt(2 * layers) };
+    if (/bias$/.test(name)) return { mean: 0, sd: k * 0.02 };
+    if (name === 'wpe.weight') return { mean: 0, sd: k * 0.01 };
+    return { mean: 0, sd: k * 0.02 };
   };
   // Each tensor has its own generator seeded by (seed, name), so tensors can be produced in any
   // order, one at a time, and a copied lm_head is the same draw as wte.

@@ -31,7 +31,8 @@ function byteToChar(): string[] {
 const BYTE_TO_CHAR = byteToChar();
 const CHAR_TO_BYTE = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
 const utf8 = new TextEncoder();
-const utf8Decoder = new TextDecoder('utf-8'); // invalid sequences become U+FFFD, as HF's errors="replace"
+// Invalid sequences become U+FFFD (as HF's errors="replace"); a leading U+FEFF is text, not a BOM.
+const utf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });
 
 export interface EncodeOptions {
   /** Recognise special tokens (`<|endoftext|>`) written in the text, as Hugging Face does. Default true. */

@@ -1,0 +1,47 @@
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openCheckpoint } from '../src/model/checkpoint.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'steerd-cli-'));
+t.teardown(() => rmSync(root, { recursive: true, force: true }));
+const steerd = (...args: string[]) =>
+  spawnSync(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), ...args], { encoding: 'utf8' });
+
+t.test('model tiny then model build, through the package bin', async (t) => {
+  const dir = join(root, 'tiny');
+  const tiny = steerd('model', 'tiny', dir, '--layers', '3', '--embd', '48', '--heads', '3', '--ctx', '32', '--seed', '9');
+  t.equal(tiny.status, 0, tiny.stderr);
+  const ck = openCheckpoint(dir);
+  t.same([ck.config.n_layer, ck.config.n_embd, ck.config.n_head, ck.config.n_positions, ck.config.vocab_size], [3, 48, 3, 32, 50257]);
+
+  const first = steerd('model', 'build', dir);
+  t.equal(first.status, 0, first.stderr);
+  t.match(first.stdout, /built .*model\.onnx/);
+  const mtime = statSync(join(dir, 'model.onnx')).mtimeMs;
+  const second = steerd('model', 'build', dir);
+  t.match(second.stdout, /up to date/);
+  t.equal(statSync(join(dir, 'model.onnx')).mtimeMs, mtime);
+});
+
+t.test('the same options give the same checkpoint bytes', async (t) => {
+  const a = join(root, 'a');
+  const b = join(root, 'b');
+  for (const d of [a, b]) steerd('model', 'tiny', d, '--layers', '1', '--embd', '16', '--heads', '2', '--ctx', '8', '--seed', '3');
+  const { readFileSync } = await import('node:fs');
+  t.ok(readFileSync(join(a, 'model.safetensors')).equals(readFileSync(join(b, 'model.safetensors'))));
+});
+
+t.test('errors exit non-zero with one clear line', async (t) => {
+  const r = steerd('model', 'build', join(root, 'nowhere'));
+  t.equal(r.status, 1);
+  t.match(r.stderr, /^steerd: .*nowhere\/config\.json: cannot read \(ENOENT\)\n$/);
+  const bad = steerd('model', 'tiny', join(root, 'x'), '--layers', 'two');
+  t.not(bad.status, 0);
+  t.match(bad.stderr, /--layers.*expected a positive integer/);
+  const heads = steerd('model', 'tiny', join(root, 'y'), '--embd', '30', '--heads', '4');
+  t.equal(heads.status, 1);
+  t.match(heads.stderr, /not a multiple of n_head/);
+});

@@ -1,0 +1,427 @@
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DownloadError } from '../src/errors.ts';
+import { cachePath, pull, type ProgressReporter } from '../src/model/hub.ts';
+import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'steerd-hub-'));
+t.teardown(() => rmSync(root, { recursive: true, force: true }));
+
+// ---------------------------------------------------------------------------------------------
+// The checkpoint the fake hub serves.
+
+const source = join(root, 'source');
+writeTinyCheckpoint(source, { layers: 1, embd: 32, heads: 2, ctx: 16 });
+const FILES = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt'];
+const bytes = new Map(FILES.map((f) => [f, readFileSync(join(source, f))]));
+const model = bytes.get('model.safetensors')!;
+const COMMIT = createHash('sha1').update('steerd hub test commit').digest('hex');
+const REPO = 'openai-community/gpt2';
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const gitBlobId = (b: Buffer) => createHash('sha1').update(`blob ${b.length}\0`).update(b).digest('hex');
+
+function sibling(file: string) {
+  const b = bytes.get(file)!;
+  if (file === 'model.safetensors') {
+    return { rfilename: file, size: b.length, blobId: gitBlobId(Buffer.from('lfs pointer')), lfs: { sha256: sha256(b), size: b.length } };
+  }
+  return { rfilename: file, size: b.length, blobId: gitBlobId(b) };
+}
+
+/** Repositories the hub knows, with the files their revision lists. */
+const repos = new Map<string, string[]>([
+  [REPO, [...FILES, 'README.md']],
+  ['acme/no-merges', ['config.json', 'model.safetensors', 'vocab.json']],
+]);
+
+// ---------------------------------------------------------------------------------------------
+// The fake hub.
+
+type Mode = 'normal' | 'interrupt' | 'interrupt-always' | 'corrupt' | 'ignore-range';
+interface Seen {
+  path: string;
+  range?: string;
+  /** Size on disk of `watchPart` when the request arrived (the client is waiting on it, so it is still). */
+  partSize?: number;
+}
+let mode: Mode = 'normal';
+let requests: Seen[] = [];
+/** Bytes of model.safetensors (absolute offsets) sent before each cut connection. */
+let cuts: number[] = [];
+/** A .part file whose size each request records. */
+let watchPart: string | undefined;
+
+function reset(m: Mode = 'normal') {
+  mode = m;
+  requests = [];
+  cuts = [];
+  watchPart = undefined;
+}
+
+function corrupted(b: Buffer): Buffer {
+  const c = Buffer.from(b);
+  for (const i of [9, Math.floor(c.length / 2), c.length - 1]) c[i] ^= 0xff;
+  return c;
+}
+
+const server: Server = createServer((req, res) => {
+  const url = new URL(req.url ?? '/', 'http://127.0.0.1');
+  const partSize = watchPart && existsSync(watchPart) ? statSync(watchPart).size : undefined;
+  requests.push({ path: url.pathname + url.search, range: req.headers.range, partSize });
+  const api = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/.exec(url.pathname);
+  if (api) {
+    const files = repos.get(api[1]);
+    if (!files || (api[2] !== 'main' && api[2] !== COMMIT) || url.searchParams.get('blobs') !== 'true') {
+      res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"Repository not found"}');
+      return;
+    }
+    const siblings = files.map((f) => (bytes.has(f) ? sibling(f) : { rfilename: f, size: 10, blobId: gitBlobId(Buffer.from('# readme\n')) }));
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id: api[1], sha: COMMIT, siblings }));
+    return;
+  }
+  const resolve = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(url.pathname);
+  const files = resolve && repos.get(resolve[1]);
+  if (!resolve || !files || resolve[2] !== COMMIT || !files.includes(resolve[3]) || !bytes.has(resolve[3])) {
+    res.writeHead(404).end('Entry not found');
+    return;
+  }
+  const file = resolve[3];
+  let body = bytes.get(file)!;
+  if (mode === 'corrupt' && file === 'model.safetensors') body = corrupted(body);
+  const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
+  let start = 0;
+  if (range && mode !== 'ignore-range') {
+    start = Number(range[1]);
+    if (start >= body.length) {
+      res.writeHead(416, { 'content-range': `bytes */${body.length}` }).end();
+      return;
+    }
+  }
+  const slice = body.subarray(start);
+  const headers = { 'content-type': 'application/octet-stream', 'content-length': String(slice.length), 'accept-ranges': 'bytes' };
+  if (start > 0) res.writeHead(206, { ...headers, 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` });
+  else res.writeHead(200, headers);
+  const cut = file === 'model.safetensors' && (mode === 'interrupt-always' || (mode === 'interrupt' && cuts.length === 0));
+  if (cut) {
+    const half = Math.floor(slice.length / 2);
+    res.write(slice.subarray(0, half), () => {
+      cuts.push(start + half);
+      res.socket?.destroy();
+    });
+    return;
+  }
+  res.end(slice);
+});
+
+await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+let cacheCount = 0;
+const newCache = () => {
+  const dir = join(root, `cache-${++cacheCount}`);
+  mkdirSync(dir);
+  return dir;
+};
+const expectedDir = (cache: string) => join(cache, 'models', 'openai-community--gpt2', COMMIT);
+
+interface Recorded extends ProgressReporter {
+  logs: string[];
+  starts: { file: string; total: number; already: number }[];
+  advanced: Map<string, number>;
+}
+function recorder(): Recorded {
+  let current = '';
+  const r: Recorded = {
+    logs: [],
+    starts: [],
+    advanced: new Map(),
+    start(file, total, already) {
+      current = file;
+      r.starts.push({ file, total, already });
+    },
+    advance(n) {
+      r.advanced.set(current, (r.advanced.get(current) ?? 0) + n);
+    },
+    stop() {},
+    log(m) {
+      r.logs.push(m);
+    },
+  };
+  return r;
+}
+
+const resolveRequests = (file?: string) => requests.filter((q) => q.path.includes('/resolve/') && (!file || q.path.endsWith(`/${file}`)));
+
+/** The assertions assertIdentical needs (a tap Test has them). */
+interface Asserts {
+  ok(value: unknown, message?: string): unknown;
+  same(found: unknown, wanted: unknown, message?: string): unknown;
+}
+
+function assertIdentical(tt: Asserts, dir: string) {
+  for (const f of FILES) tt.ok(readFileSync(join(dir, f)).equals(bytes.get(f)!), `${f} is byte-identical to the source`);
+  const leftovers = readdirSync(dir).filter((f) => f.endsWith('.part'));
+  tt.same(leftovers, [], 'no .part file is left');
+}
+
+/** The rejection of a promise that must reject (undefined if it resolved). */
+const caught = (p: Promise<unknown>) =>
+  p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+
+
+// ---------------------------------------------------------------------------------------------
+
+t.test('a clean pull downloads and verifies every file; a second pull downloads nothing', async (t) => {
+  reset();
+  const cache = newCache();
+  const progress = recorder();
+  const dir = await pull('gpt2', { endpoint, cache, progress });
+  t.equal(dir, expectedDir(cache), 'directory is <cache>/models/openai-community--gpt2/<commit sha>');
+  t.equal(dir, cachePath(cache, REPO, COMMIT));
+  assertIdentical(t, dir);
+  t.notOk(existsSync(join(dir, 'README.md')), 'files steerd does not need are not downloaded');
+  t.same(
+    requests.map((q) => q.path),
+    [
+      `/api/models/${REPO}/revision/main?blobs=true`,
+      ...FILES.map((f) => `/${REPO}/resolve/${COMMIT}/${f}`),
+    ],
+    'one API call, then each required file once, from the resolved commit',
+  );
+  t.ok(requests.every((q) => q.range === undefined), 'a fresh download asks for no range');
+  t.same(progress.advanced.get('model.safetensors'), model.length, 'progress advanced by the whole file');
+  t.match(progress.logs.join('\n'), /model\.safetensors: \d+ bytes, sha256 verified/);
+  t.match(progress.logs.join('\n'), /config\.json: \d+ bytes, sha1 verified/);
+  const meta = JSON.parse(readFileSync(join(dir, '.steerd-source.json'), 'utf8'));
+  t.same(meta, { repo: REPO, revision: 'main', commit: COMMIT, endpoint });
+
+  reset();
+  const again = await pull('gpt2', { endpoint: `${endpoint}/`, cache });
+  t.equal(again, dir, 'the second pull returns the same directory (trailing slash on the endpoint ignored)');
+  t.same(requests.map((q) => q.path), [`/api/models/${REPO}/revision/main?blobs=true`], 'only the API call, no resolve request');
+  assertIdentical(t, dir);
+});
+
+t.test('an interrupted download resumes with a Range request within the same call', async (t) => {
+  reset('interrupt');
+  const cache = newCache();
+  watchPart = join(expectedDir(cache), 'model.safetensors.part');
+  const progress = recorder();
+  const dir = await pull('gpt2', { endpoint, cache, progress });
+  assertIdentical(t, dir);
+  const got = resolveRequests('model.safetensors');
+  t.equal(got.length, 2, 'model.safetensors was requested twice');
+  t.equal(got[0].range, undefined, 'the first request starts at 0');
+  t.equal(cuts.length, 1, 'the server cut one connection');
+  const sent = cuts[0];
+  t.ok(sent > 0 && sent < model.length, `the cut happened mid-file (${sent} of ${model.length} bytes sent)`);
+  // N is what reached the disk: at most what was sent. (Chunks still queued in the fetch body or
+  // the file stream when the socket died are dropped, so N is usually somewhat below `sent`.)
+  const n = Number(/^bytes=(\d+)-$/.exec(got[1].range ?? '')?.[1]);
+  t.ok(n > 0 && n <= sent, `the retry asks for a range starting inside what was sent (${n} <= ${sent})`);
+  t.equal(got[1].partSize, n, 'the range starts exactly at the size of the .part on disk');
+  t.match(progress.logs.join('\n'), /model\.safetensors: attempt 1 of 5 failed/);
+  t.same(
+    progress.starts.filter((s) => s.file === 'model.safetensors'),
+    [
+      { file: 'model.safetensors', total: model.length, already: 0 },
+      { file: 'model.safetensors', total: model.length, already: n },
+    ],
+  );
+});
+
+t.test('a connection that keeps dropping exhausts the attempts, and the next run resumes', async (t) => {
+  reset('interrupt-always');
+  const cache = newCache();
+  const dir = expectedDir(cache);
+  const part = join(dir, 'model.safetensors.part');
+  watchPart = part;
+  const err = await caught(pull('gpt2', { endpoint, cache, attempts: 2 }));
+  t.type(err, DownloadError);
+  t.match((err as Error).message, /^model\.safetensors: download failed after 2 attempts \(/);
+  t.equal(cuts.length, 2, 'two attempts, both cut');
+  const got = resolveRequests('model.safetensors');
+  t.equal(got.length, 2);
+  t.equal(got[0].range, undefined);
+  const n1 = Number(/^bytes=(\d+)-$/.exec(got[1].range ?? '')?.[1]);
+  t.ok(n1 > 0 && n1 <= cuts[0], 'the second attempt resumed');
+  t.equal(got[1].partSize, n1);
+  t.notOk(existsSync(join(dir, 'model.safetensors')), 'nothing unverified is put in place');
+  t.notOk(existsSync(join(dir, 'vocab.json')), 'the files after it were not fetched');
+  const kept = statSync(part).size;
+  t.ok(kept > n1 && kept <= cuts[1], `the .part keeps what the second attempt added (${n1} < ${kept} <= ${cuts[1]})`);
+
+  reset();
+  await pull('gpt2', { endpoint, cache });
+  t.same(
+    resolveRequests().map((q) => [q.path.split('/').pop(), q.range]),
+    [
+      ['model.safetensors', `bytes=${kept}-`],
+      ['vocab.json', undefined],
+      ['merges.txt', undefined],
+    ],
+    'the next run fetches the rest of model.safetensors, then the files it never reached',
+  );
+  assertIdentical(t, dir);
+});
+
+t.test('a .part from an earlier run is resumed; a corrupted one is refused', async (t) => {
+  const K = 100_000;
+  t.test('a good partial file', async (t) => {
+    reset();
+    const cache = newCache();
+    const dir = expectedDir(cache);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'model.safetensors.part'), model.subarray(0, K));
+    const progress = recorder();
+    t.equal(await pull('gpt2', { endpoint, cache, progress }), dir);
+    const got = resolveRequests('model.safetensors');
+    t.same(got.map((q) => q.range), [`bytes=${K}-`], 'one request, from byte K');
+    t.equal(progress.advanced.get('model.safetensors'), model.length - K, 'only the rest was transferred');
+    t.same(progress.starts.find((s) => s.file === 'model.safetensors'), { file: 'model.safetensors', total: model.length, already: K });
+    assertIdentical(t, dir);
+  });
+  t.test('a partial file with wrong leading bytes', async (t) => {
+    reset();
+    const cache = newCache();
+    const dir = expectedDir(cache);
+    mkdirSync(dir, { recursive: true });
+    const bad = Buffer.from(model.subarray(0, K));
+    bad[0] ^= 0xff;
+    writeFileSync(join(dir, 'model.safetensors.part'), bad);
+    const err = await caught(pull('gpt2', { endpoint, cache }));
+    t.type(err, DownloadError);
+    t.match((err as Error).message, /^model\.safetensors: checksum mismatch \(sha256 [0-9a-f]{64}, the hub says [0-9a-f]{64}\)/);
+    t.same(resolveRequests('model.safetensors').map((q) => q.range), [`bytes=${K}-`]);
+    t.notOk(existsSync(join(dir, 'model.safetensors')), 'no unverified model.safetensors');
+    t.notOk(existsSync(join(dir, 'model.safetensors.part')), 'the bad .part was discarded');
+    reset();
+    await pull('gpt2', { endpoint, cache });
+    t.same(resolveRequests().map((q) => q.range), [undefined], 'the next run starts model.safetensors from scratch');
+    assertIdentical(t, dir);
+  });
+});
+
+t.test('a corrupt download is refused and discarded', async (t) => {
+  reset('corrupt');
+  const cache = newCache();
+  const dir = expectedDir(cache);
+  const err = await caught(pull('gpt2', { endpoint, cache }));
+  t.type(err, DownloadError);
+  const e = err as DownloadError;
+  t.match(e.message, /model\.safetensors: checksum mismatch/);
+  t.match(e.message, `the hub says ${sha256(model)}`, 'names the expected digest');
+  t.match(e.message, `sha256 ${sha256(corrupted(model))}`, 'names the digest of what arrived');
+  t.equal(e.code, 'download_failed');
+  t.equal(e.status, 502);
+  t.same(e.details, { file: 'model.safetensors' });
+  t.equal(resolveRequests('model.safetensors').length, 1, 'a checksum mismatch is not retried');
+  t.notOk(existsSync(join(dir, 'model.safetensors')), 'no model.safetensors');
+  t.notOk(existsSync(join(dir, 'model.safetensors.part')), 'no model.safetensors.part');
+  t.ok(readFileSync(join(dir, 'config.json')).equals(bytes.get('config.json')!), 'the file before it was kept');
+  t.notOk(existsSync(join(dir, 'vocab.json')), 'the files after it were not fetched');
+  t.notOk(existsSync(join(dir, '.steerd-source.json')), 'the pull is not recorded as complete');
+});
+
+t.test('a server that ignores Range restarts the download from zero', async (t) => {
+  reset('ignore-range');
+  const cache = newCache();
+  const dir = expectedDir(cache);
+  mkdirSync(dir, { recursive: true });
+  const K = 123_457;
+  writeFileSync(join(dir, 'model.safetensors.part'), model.subarray(0, K));
+  const progress = recorder();
+  await pull('gpt2', { endpoint, cache, progress });
+  t.same(resolveRequests('model.safetensors').map((q) => q.range), [`bytes=${K}-`], 'a range was asked for (and ignored)');
+  t.same(progress.starts.find((s) => s.file === 'model.safetensors'), { file: 'model.safetensors', total: model.length, already: 0 });
+  assertIdentical(t, dir);
+});
+
+t.test('bad names and incomplete repositories are refused', async (t) => {
+  reset();
+  const cache = newCache();
+  for (const name of ['not a/valid/name', 'gpt3', 'a/b/c', '']) {
+    const err = await caught(pull(name, { endpoint, cache }));
+    t.type(err, DownloadError, JSON.stringify(name));
+    t.match((err as Error).message, `unknown model "${name}"`);
+    t.match((err as Error).message, /gpt2, gpt2-medium, gpt2-large, gpt2-xl/);
+  }
+  t.same(requests, [], 'no request was made for an invalid name');
+  t.same(readdirSync(cache), [], 'nothing was written');
+
+  const missing = await caught(pull('acme/no-merges', { endpoint, cache }));
+  t.type(missing, DownloadError);
+  t.match((missing as Error).message, /^acme\/no-merges@main lacks merges\.txt \(/);
+  t.same(resolveRequests(), [], 'nothing is downloaded from an incomplete repository');
+  t.notOk(existsSync(join(cache, 'models')), 'and no cache directory is created');
+
+  reset();
+  const unknown = await caught(pull('acme/nothing-here', { endpoint, cache }));
+  t.type(unknown, DownloadError);
+  t.match((unknown as Error).message, `${endpoint}/api/models/acme/nothing-here/revision/main?blobs=true answered 404`);
+  t.same((unknown as DownloadError).details?.status, 404);
+});
+
+t.test('an unreachable endpoint is reported', async (t) => {
+  const closed = createServer();
+  await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+  const port = (closed.address() as AddressInfo).port;
+  await new Promise<void>((r) => closed.close(() => r()));
+  const url = `http://127.0.0.1:${port}`;
+  const err = await caught(pull('gpt2', { endpoint: url, cache: newCache() }));
+  t.type(err, DownloadError);
+  t.match((err as Error).message, `cannot reach ${url}/api/models/${REPO}/revision/main?blobs=true: ECONNREFUSED`);
+});
+
+t.test('steerd model pull', async (t) => {
+  reset();
+  const cache = newCache();
+  const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: endpoint };
+  delete env.STEERD_CACHE;
+  delete env.HF_TOKEN;
+  const child = spawn(process.execPath, ['bin/steerd.js', 'model', 'pull', 'gpt2', '--cache', cache], {
+    cwd: '/work/main',
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d));
+  child.stderr.on('data', (d: Buffer) => (stderr += d));
+  const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+  t.equal(code, 0, `exit code 0 (stderr: ${stderr})`);
+  const lines = stdout.trim().split('\n');
+  t.equal(lines[lines.length - 1], expectedDir(cache), 'the last line of stdout is the directory');
+  assertIdentical(t, expectedDir(cache));
+  t.notMatch(stderr, /\x1b\[/, 'no terminal escapes when stderr is not a TTY');
+  t.match(stderr, `model.safetensors: downloading ${model.length} bytes`);
+  for (const pct of [10, 50, 90]) t.match(stderr, new RegExp(`^model\\.safetensors: ${pct}%$`, 'm'));
+  t.match(stderr, /model\.safetensors: \d+ bytes, sha256 verified/);
+  t.ok(resolveRequests('model.safetensors').length === 1, 'the CLI used HF_ENDPOINT');
+
+  reset();
+  const bad = spawn(process.execPath, ['bin/steerd.js', 'model', 'pull', 'acme/no-merges', '--cache', cache], {
+    cwd: '/work/main',
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let badErr = '';
+  bad.stderr.on('data', (d: Buffer) => (badErr += d));
+  const badCode = await new Promise<number | null>((r) => bad.on('close', (c) => r(c)));
+  t.equal(badCode, 1, 'a DownloadError exits with 1');
+  t.match(badErr, /^steerd: acme\/no-merges@main lacks merges\.txt/m);
+});
