@@ -40,3 +40,17 @@ export class DownloadError extends SteerdError {
     super(message, 502, 'download_failed', details);
   }
 }
+
+/** A request whose parameters are out of their documented range, whatever the model. */
+export class BadRequestError extends SteerdError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super(message, 400, 'invalid_request', details);
+  }
+}
+
+/** The engine is closed or closing: it takes no new work. */
+export class UnavailableError extends SteerdError {
+  constructor(message: string) {
+    super(message, 503, 'unavailable');
+  }
+}

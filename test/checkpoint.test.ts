@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,7 +29,7 @@ function editConfig(dir: string, change: Record<string, unknown>) {
 }
 
 /** Asserts that opening fails with a CheckpointError naming `file` and matching `problem`. */
-function refuses(tt: typeof t, dir: string, file: string, problem: RegExp, what: string) {
+function refuses(tt: Test, dir: string, file: string, problem: RegExp, what: string) {
   try {
     openCheckpoint(dir);
     tt.fail(`${what}: expected an error`);

@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import ort from 'onnxruntime-node';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -32,7 +32,7 @@ const randomIds = (n: number) => Array.from({ length: n }, () => Math.floor(rng.
 const randomVec = (H: number, scale: number) => Float64Array.from({ length: H }, () => scale * rng.normal());
 
 /** Compares ORT's logits and every resid.{l} for row b against the reference (positions [from, from+n)). */
-function expectMatch(tt: Tap.Test, out: ort.InferenceSession.ReturnType, ref: ReturnType<typeof referenceForward>, b: number, offset: number, what: string) {
+function expectMatch(tt: Test, out: ort.InferenceSession.ReturnType, ref: ReturnType<typeof referenceForward>, b: number, offset: number, what: string) {
   const n = ref.logits.length;
   const tol = 1e-4 * range(ref.logits);
   let worst = 0;
@@ -44,11 +44,6 @@ function expectMatch(tt: Tap.Test, out: ort.InferenceSession.ReturnType, ref: Re
     for (let p = 0; p < n; p++) w = Math.max(w, maxAbsDiff(at(out[`resid.${l}`], b, offset + p), ref.resid[l][p]));
     tt.ok(w <= rtol, `${what}: resid.${l} max abs error ${w.toExponential(2)} <= ${rtol.toExponential(2)}`);
   }
-}
-
-type Tap = typeof t;
-declare namespace Tap {
-  type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 }
 
 const single = (ids: number[]) => ({ ids: [ids], mask: [ids.map(() => 1)], pos: [ids.map((_, i) => i)] });

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { AttrType, DataType, EXTERNAL, ModelProto } from './onnx-proto.js';
+import { DataType } from './onnx-proto.js';
+import { encodeModel, float, GraphWriter, int, ints, str } from './onnx-writer.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 
 /**
@@ -28,93 +29,6 @@ export const BUILDER_VERSION = '1';
 export const GRAPH_FILE = 'model.onnx';
 const OPSET = 21;
 const IR_VERSION = 10;
-
-interface Attr {
-  name: string;
-  type: number;
-  i?: number;
-  f?: number;
-  s?: Uint8Array;
-  ints?: number[];
-}
-
-const int = (name: string, i: number): Attr => ({ name, type: AttrType.INT, i });
-const ints = (name: string, v: number[]): Attr => ({ name, type: AttrType.INTS, ints: v });
-const float = (name: string, f: number): Attr => ({ name, type: AttrType.FLOAT, f });
-const str = (name: string, s: string): Attr => ({ name, type: AttrType.STRING, s: Buffer.from(s) });
-
-type Dim = number | string;
-
-/** A tiny ONNX graph writer: nodes get unique output names, constants become initializers. */
-class GraphWriter {
-  nodes: object[] = [];
-  initializers: object[] = [];
-  inputs: object[] = [];
-  outputs: object[] = [];
-  private counter = 0;
-
-  /** Adds a node; returns its output names (fresh unless given). */
-  op(opType: string, inputs: string[], attrs: Attr[] = [], outputs: string[] | number = 1): string[] {
-    const outs =
-      typeof outputs === 'number'
-        ? Array.from({ length: outputs }, () => `${opType.toLowerCase()}_${this.counter++}`)
-        : outputs;
-    this.nodes.push({ op_type: opType, name: `${opType}_${this.counter++}`, input: inputs, output: outs, attribute: attrs });
-    return outs;
-  }
-
-  /** One-output shorthand. */
-  op1(opType: string, inputs: string[], attrs: Attr[] = [], output?: string): string {
-    return this.op(opType, inputs, attrs, output ? [output] : 1)[0];
-  }
-
-  constF(name: string, values: number[], dims: number[]): string {
-    this.initializers.push({ name, data_type: DataType.FLOAT, dims, raw_data: Buffer.from(new Float32Array(values).buffer) });
-    return name;
-  }
-
-  constI(name: string, values: number[], dims: number[] = [values.length]): string {
-    this.initializers.push({
-      name,
-      data_type: DataType.INT64,
-      dims,
-      raw_data: Buffer.from(new BigInt64Array(values.map(BigInt)).buffer),
-    });
-    return name;
-  }
-
-  /** A float32 initializer stored as external data at `offset` in `location` (beside the graph). */
-  external(name: string, dims: number[], location: string, offset: number, length: number): string {
-    this.initializers.push({
-      name,
-      data_type: DataType.FLOAT,
-      dims,
-      data_location: EXTERNAL,
-      external_data: [
-        { key: 'location', value: location },
-        { key: 'offset', value: String(offset) },
-        { key: 'length', value: String(length) },
-      ],
-    });
-    return name;
-  }
-
-  private valueInfo(name: string, elemType: number, dims?: Dim[]) {
-    const tensor_type: Record<string, unknown> = { elem_type: elemType };
-    if (dims) {
-      tensor_type.shape = { dim: dims.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) };
-    }
-    return { name, type: { tensor_type } };
-  }
-
-  input(name: string, elemType: number, dims?: Dim[]) {
-    this.inputs.push(this.valueInfo(name, elemType, dims));
-  }
-
-  output(name: string, elemType: number, dims?: Dim[]) {
-    this.outputs.push(this.valueInfo(name, elemType, dims));
-  }
-}
 
 export interface GraphOptions {
   /** Add the required `logits_all` bool input (the engine's serving variant). Default false. */
@@ -237,18 +151,12 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
   }
   for (let l = 0; l <= c.n_layer; l++) g.output(`resid.${l}`, DataType.FLOAT, ['batch', 'seq', H]);
 
-  const model = ModelProto.create({
-    ir_version: IR_VERSION,
-    producer_name: 'steerd',
-    producer_version: BUILDER_VERSION,
-    opset_import: [{ domain: '', version: OPSET }],
-    graph: { name: 'gpt2_steerable', node: g.nodes, initializer: g.initializers, input: g.inputs, output: g.outputs },
-    metadata_props: [
-      { key: 'steerd.builder', value: BUILDER_VERSION },
-      { key: 'steerd.config', value: JSON.stringify(c) },
-    ],
+  return encodeModel(g, 'gpt2_steerable', {
+    opset: OPSET,
+    irVersion: IR_VERSION,
+    producerVersion: BUILDER_VERSION,
+    metadata: { 'steerd.builder': BUILDER_VERSION, 'steerd.config': JSON.stringify(c) },
   });
-  return ModelProto.encode(model).finish();
 }
 
 export interface BuildResult {

@@ -4,6 +4,9 @@ import { dirname, join } from 'node:path';
 import { expectedShapes } from './checkpoint.js';
 import { parseConfig } from './config.js';
 import { writeSafetensors, type TensorSpec } from './safetensors-write.js';
+import { Rng } from '../util/rng.js';
+
+export { Rng };
 
 /** Options of `steerd model tiny`; every default gives a checkpoint small enough for unit tests. */
 export interface TinyOptions {
@@ -29,35 +32,6 @@ export interface TinyOptions {
    * about 10 exercises GELU, softmax and layer norm in their curved range. Default 1.
    */
   initScale?: number;
-}
-
-/** Deterministic PRNG (splitmix32) with Box–Muller normals; not for cryptography. */
-export class Rng {
-  private s: number;
-  private spare: number | undefined;
-  constructor(seed: number) {
-    this.s = seed >>> 0;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    this.s = (this.s + 0x9e3779b9) >>> 0;
-    let z = this.s;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-    return ((z ^ (z >>> 16)) >>> 0) / 4294967296;
-  }
-  normal(): number {
-    if (this.spare !== undefined) {
-      const s = this.spare;
-      this.spare = undefined;
-      return s;
-    }
-    const u = 1 - this.next();
-    const v = this.next();
-    const r = Math.sqrt(-2 * Math.log(u));
-    this.spare = r * Math.sin(2 * Math.PI * v);
-    return r * Math.cos(2 * Math.PI * v);
-  }
 }
 
 /** FNV-1a hash of a string, for per-tensor seeds. */

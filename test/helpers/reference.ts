@@ -81,7 +81,8 @@ function affine(x: Float64Array, W: Float64Array, bias: Float64Array): Float64Ar
 
 const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 
-export function referenceForward(m: RefModel, ids: number[], steer?: RefSteer): RefOutput {
+/** With `lastOnly`, `logits` holds the last position's logits alone (the vocabulary projection is the slow part). */
+export function referenceForward(m: RefModel, ids: number[], steer?: RefSteer, opts: { lastOnly?: boolean } = {}): RefOutput {
   const H = m.nEmbd;
   const hd = H / m.nHead;
   const T = ids.length;
@@ -139,7 +140,7 @@ export function referenceForward(m: RefModel, ids: number[], steer?: RefSteer): 
   }
   hook(m.nLayer);
   const head = m.w.get('lm_head.weight') ?? wte;
-  const logits = x.map((v) => {
+  const logits = (opts.lastOnly ? x.slice(-1) : x).map((v) => {
     const h = layerNorm(v, W('ln_f.weight'), W('ln_f.bias'), m.eps);
     const out = new Float64Array(m.vocab);
     for (let j = 0; j < m.vocab; j++) {

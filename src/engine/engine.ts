@@ -1,0 +1,180 @@
+import { Worker } from 'node:worker_threads';
+import { SteerdError, UnavailableError } from '../errors.js';
+import { Gpt2Tokenizer } from '../model/tokenizer.js';
+import type { FromWorker, ToWorker, WireError } from './protocol.js';
+import type { RunnerOptions } from './runner.js';
+import type { SchedulerOptions } from './scheduler.js';
+import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
+import { validateActivations, validateGenerate } from './validate.js';
+
+/** Engine options: the model runner's and the scheduler's, plus the context limit. */
+export interface EngineOptions extends RunnerOptions, SchedulerOptions {
+  /** Longest prompt + max_new_tokens accepted; at most the model's n_positions. Default n_positions. */
+  maxContext?: number;
+}
+
+const toError = (e: WireError) => new SteerdError(e.message, e.status, e.code);
+
+interface Stream {
+  push(e: GenerateEvent): void;
+  fail(e: Error): void;
+}
+
+/**
+ * The main thread's handle on the engine worker. Requests are validated here, before they are
+ * posted, so that a bad request never reaches a batch.
+ */
+export class Engine {
+  private nextId = 1;
+  private readonly streams = new Map<number, Stream>();
+  private readonly calls = new Map<number, { resolve(r: ActivationsResult): void; reject(e: Error): void }>();
+  private closing: Promise<void> | undefined;
+  private closed!: () => void;
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly info: ModelInfo,
+    readonly tokenizer: Gpt2Tokenizer,
+    readonly maxContext: number,
+  ) {
+    worker.on('message', (m: FromWorker) => this.onMessage(m));
+    worker.on('error', (e) => this.failAll(e));
+    worker.on('exit', () => this.failAll(new UnavailableError('the engine stopped')));
+  }
+
+  /** Starts the worker, loads the model there, and resolves once it is ready to serve. */
+  static async start(opts: EngineOptions): Promise<Engine> {
+    const tokenizer = Gpt2Tokenizer.fromDir(opts.model);
+    const worker = new Worker(new URL('./worker-entry.js', import.meta.url), { workerData: { ...opts } });
+    const info = await new Promise<ModelInfo>((resolve, reject) => {
+      const onMessage = (m: FromWorker) => {
+        if (m.type === 'ready') resolve(m.info);
+        else if (m.type === 'start-error') reject(toError(m.error));
+        else return;
+        worker.off('message', onMessage);
+      };
+      worker.on('message', onMessage);
+      worker.once('error', reject);
+      worker.once('exit', (code) => reject(new UnavailableError(`the engine exited during start (code ${code})`)));
+    });
+    const maxContext = Math.min(opts.maxContext ?? info.n_positions, info.n_positions);
+    return new Engine(worker, info, tokenizer, maxContext);
+  }
+
+  /**
+   * Generates for one request: validated now (throws before anything is queued), then an async
+   * iterable of `token` events and one final `done` event. Aborting `signal` retires the row at
+   * the next step; the iterable then ends with `finish_reason: "cancelled"`.
+   */
+  generate(req: GenerateRequest, opts: { signal?: AbortSignal } = {}): AsyncIterable<GenerateEvent> {
+    if (this.closing) throw new UnavailableError('the engine is shutting down');
+    validateGenerate(req, this.info, this.maxContext);
+    const id = this.nextId++;
+    const queue: GenerateEvent[] = [];
+    let failure: Error | undefined;
+    let finished = false;
+    let notify: (() => void) | undefined;
+    this.streams.set(id, {
+      push: (e) => {
+        queue.push(e);
+        if (e.type === 'done') finished = true;
+        notify?.();
+      },
+      fail: (e) => {
+        failure = e;
+        notify?.();
+      },
+    });
+    this.post({ type: 'generate', id, req });
+    const onAbort = () => this.post({ type: 'cancel', id });
+    if (opts.signal?.aborted) onAbort();
+    else opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const self = this;
+    return {
+      async *[Symbol.asyncIterator]() {
+        try {
+          for (;;) {
+            while (queue.length) {
+              const e = queue.shift()!;
+              yield e;
+              if (e.type === 'done') return;
+            }
+            if (failure) throw failure;
+            if (finished) return;
+            await new Promise<void>((r) => (notify = r));
+            notify = undefined;
+          }
+        } finally {
+          opts.signal?.removeEventListener('abort', onAbort);
+          if (!finished && !failure) self.post({ type: 'cancel', id }); // the consumer stopped early
+          self.streams.delete(id);
+        }
+      },
+    };
+  }
+
+  /** Residual-stream activations of a prompt (validated now). */
+  activations(req: ActivationsRequest): Promise<ActivationsResult> {
+    if (this.closing) return Promise.reject(new UnavailableError('the engine is shutting down'));
+    try {
+      validateActivations(req, this.info, this.maxContext);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.calls.set(id, { resolve, reject });
+      this.post({ type: 'activations', id, req });
+    });
+  }
+
+  /** Requests in flight (streams not finished, activation calls not answered). */
+  get inFlight(): number {
+    return this.streams.size + this.calls.size;
+  }
+
+  /** Stops taking work, lets what is in flight finish, then stops the worker. */
+  close(): Promise<void> {
+    this.closing ??= new Promise<void>((resolve) => {
+      this.closed = resolve;
+      this.post({ type: 'close' });
+    });
+    return this.closing;
+  }
+
+  private post(m: ToWorker): void {
+    this.worker.postMessage(m);
+  }
+
+  private onMessage(m: FromWorker): void {
+    switch (m.type) {
+      case 'event':
+        this.streams.get(m.id)?.push(m.event);
+        break;
+      case 'activations': {
+        const c = this.calls.get(m.id);
+        this.calls.delete(m.id);
+        c?.resolve(m.result);
+        break;
+      }
+      case 'error': {
+        const err = toError(m.error);
+        this.streams.get(m.id)?.fail(err);
+        const c = this.calls.get(m.id);
+        this.calls.delete(m.id);
+        c?.reject(err);
+        break;
+      }
+      case 'closed':
+        void this.worker.terminate().then(() => this.closed?.());
+        break;
+    }
+  }
+
+  private failAll(e: Error): void {
+    for (const s of this.streams.values()) s.fail(e);
+    for (const c of this.calls.values()) c.reject(e);
+    this.calls.clear();
+    this.closed?.();
+  }
+}

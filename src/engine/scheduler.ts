@@ -1,0 +1,346 @@
+import { randomInt } from 'node:crypto';
+import { SteerdError } from '../errors.js';
+import { TextStream } from './detok.js';
+import { assemble, type RowRef } from './kv.js';
+import type { ForwardOutput, ModelRunner } from './runner.js';
+import { Sampler } from './sampler.js';
+import { buildSteer, type RowSteering } from './steer.js';
+import type { ActivationsRequest, ActivationsResult, FinishReason, GenerateEvent, GenerateRequest } from './types.js';
+
+/** Scheduling options; every default suits a CPU and GPT-2 small. */
+export interface SchedulerOptions {
+  /** Rows decoded together at most (running requests). Default 32. */
+  batchCapacity?: number;
+  /**
+   * Prompt tokens prefilled per scheduler step at most (padding counted). A longer prompt is
+   * prefilled in chunks of this size, one chunk per step, so running rows wait at most one chunk
+   * between two of their tokens. Default 256.
+   */
+  tokenBudget?: number;
+}
+
+/** What the scheduler reports to its owner (the worker posts these to the main thread). */
+export interface SchedulerSink {
+  event(id: number, e: GenerateEvent): void;
+  activations(id: number, r: ActivationsResult): void;
+  error(id: number, e: SteerdError): void;
+}
+
+type State = 'waiting' | 'prefill' | 'decoding' | 'done';
+
+/** A request in flight: llama.cpp's slot, with explicit states. */
+interface Slot {
+  id: number;
+  req: GenerateRequest;
+  state: State;
+  steering: RowSteering;
+  sampler: Sampler;
+  text: TextStream;
+  seed: number;
+  maxNew: number;
+  /** Prompt tokens already in the cache (chunked prefill). */
+  prefilled: number;
+  /** The row's cache while it is not in the running batch (after a prefill chunk). */
+  cache?: RowRef;
+  /** Generated tokens (EOS excluded). */
+  generated: number[];
+  /** The token to feed at the next decode step. */
+  next?: number;
+  cancelled: boolean;
+  finish?: FinishReason;
+  submitted: number;
+  started?: number;
+  firstToken?: number;
+}
+
+interface ActivationJob {
+  id: number;
+  req: ActivationsRequest;
+}
+
+const now = () => performance.timeOrigin + performance.now();
+
+/**
+ * Continuous batching: between any two decode steps, finished rows leave, waiting requests are
+ * admitted and prefilled (chunked, within a token budget), and the running batch is rebuilt only
+ * when its membership changed. One `step()` = at most one prefill pass + one decode pass.
+ */
+export class Scheduler {
+  private readonly capacity: number;
+  private readonly budget: number;
+  private readonly slots = new Map<number, Slot>();
+  private readonly waiting: Slot[] = [];
+  private readonly jobs: ActivationJob[] = [];
+  /** The running batch: its rows (slots), their caches ([B, nh, P, hd]) and P. */
+  private running: Slot[] = [];
+  private batchKv?: { k: Float32Array[]; v: Float32Array[]; P: number };
+  private dirty = false;
+
+  constructor(
+    private readonly runner: ModelRunner,
+    private readonly sink: SchedulerSink,
+    opts: SchedulerOptions = {},
+  ) {
+    this.capacity = opts.batchCapacity ?? 32;
+    this.budget = opts.tokenBudget ?? 256;
+  }
+
+  /** Requests not finished yet (waiting, prefilling or decoding) plus pending activation jobs. */
+  get pending(): number {
+    return this.slots.size + this.jobs.length;
+  }
+
+  get stats() {
+    return { waiting: this.waiting.length, running: this.slots.size - this.waiting.length, batch: this.running.length };
+  }
+
+  submit(id: number, req: GenerateRequest): void {
+    const seed = req.seed ?? randomInt(0, 2 ** 32);
+    const slot: Slot = {
+      id,
+      req,
+      state: 'waiting',
+      steering: { interventions: req.interventions ?? [], promptLength: req.prompt.length },
+      sampler: new Sampler(
+        {
+          temperature: req.temperature ?? 1,
+          top_k: req.top_k ?? 0,
+          top_p: req.top_p ?? 1,
+          frequency_penalty: req.frequency_penalty ?? 0,
+          presence_penalty: req.presence_penalty ?? 0,
+        },
+        (seed >>> 0) ^ Math.floor(seed / 2 ** 32),
+        this.runner.info.vocab_size,
+      ),
+      text: new TextStream(this.runner.tokenizer, req.stop ?? []),
+      seed,
+      maxNew: req.max_new_tokens ?? 64,
+      prefilled: 0,
+      generated: [],
+      cancelled: false,
+      submitted: now(),
+    };
+    this.slots.set(id, slot);
+    this.waiting.push(slot);
+  }
+
+  cancel(id: number): void {
+    const s = this.slots.get(id);
+    if (s) s.cancelled = true;
+  }
+
+  activations(id: number, req: ActivationsRequest): void {
+    this.jobs.push({ id, req });
+  }
+
+  /** Forgets every request (after a failed forward pass, whose requests were failed by the caller). */
+  reset(): void {
+    this.slots.clear();
+    this.waiting.length = 0;
+    this.jobs.length = 0;
+    this.running = [];
+    this.batchKv = undefined;
+    this.dirty = false;
+  }
+
+  /** One scheduling step; returns false when there was nothing to do. */
+  async step(): Promise<boolean> {
+    if (this.pending === 0) return false;
+    this.retireCancelled();
+    const job = this.jobs.shift();
+    if (job) await this.runActivations(job);
+    while (this.waiting.length && this.slots.size - this.waiting.length < this.capacity) {
+      this.waiting.shift()!.state = 'prefill';
+    }
+    await this.prefill();
+    await this.decode();
+    return true;
+  }
+
+  private retireCancelled(): void {
+    for (const s of this.slots.values()) {
+      if (!s.cancelled || s.state === 'done') continue;
+      if (s.state === 'waiting') this.waiting.splice(this.waiting.indexOf(s), 1);
+      this.finish(s, 'cancelled');
+    }
+  }
+
+  /** Picks prefill work within the token budget: a chunk of one long prompt, or several whole short ones. */
+  private async prefill(): Promise<void> {
+    const candidates = [...this.slots.values()].filter((s) => s.state === 'prefill');
+    if (!candidates.length) return;
+    const first = candidates[0];
+    const remaining = (s: Slot) => s.req.prompt.length - s.prefilled;
+    if (first.prefilled > 0 || remaining(first) > this.budget) {
+      await this.prefillChunk(first);
+      return;
+    }
+    const group: Slot[] = [];
+    let T = 0;
+    for (const s of candidates) {
+      if (s.prefilled > 0) continue;
+      const t = Math.max(T, remaining(s));
+      if ((group.length + 1) * t > this.budget) break;
+      group.push(s);
+      T = t;
+    }
+    await this.prefillGroup(group, T);
+  }
+
+  /** Whole prompts of several new rows in one left-padded pass (P = 0). */
+  private async prefillGroup(group: Slot[], T: number): Promise<void> {
+    const eos = this.runner.info.eos_token_id;
+    const ids: number[][] = [];
+    const mask: number[][] = [];
+    const pos: number[][] = [];
+    for (const s of group) {
+      s.started ??= now();
+      const p = s.req.prompt;
+      const pad = T - p.length;
+      ids.push([...new Array(pad).fill(eos), ...p]);
+      mask.push([...new Array(pad).fill(0), ...new Array(p.length).fill(1)]);
+      pos.push([...new Array(pad).fill(-1), ...p.map((_, i) => i)]);
+    }
+    const steer = buildSteer(group.map((s) => s.steering), pos, this.runner.info.n_layer, this.runner.info.n_embd);
+    const out = await this.runner.forward({ ids, mask, pos: pos.map((r) => r.map((p) => Math.max(p, 0))), steer });
+    group.forEach((s, b) => {
+      s.prefilled = s.req.prompt.length;
+      s.cache = { k: out.present.k, v: out.present.v, P: T, b, len: s.req.prompt.length };
+      this.afterPrefill(s, out, b);
+    });
+  }
+
+  /** The next chunk of one row's prompt, on top of its cache so far. */
+  private async prefillChunk(s: Slot): Promise<void> {
+    s.started ??= now();
+    const from = s.prefilled;
+    const to = Math.min(s.req.prompt.length, from + this.budget);
+    const chunk = s.req.prompt.slice(from, to);
+    const positions = [chunk.map((_, i) => from + i)];
+    const steer = buildSteer([s.steering], positions, this.runner.info.n_layer, this.runner.info.n_embd);
+    const out = await this.runner.forward({
+      ids: [chunk],
+      mask: [new Array(to).fill(1)],
+      pos: positions,
+      past: s.cache && { k: s.cache.k, v: s.cache.v, P: from }, // a lone row: its cache is the whole buffer
+      steer,
+    });
+    s.prefilled = to;
+    s.cache = { k: out.present.k, v: out.present.v, P: to, b: 0, len: to };
+    if (to === s.req.prompt.length) this.afterPrefill(s, out, 0);
+  }
+
+  /** The prompt is in the cache: sample the first token and join the running batch. */
+  private afterPrefill(s: Slot, out: ForwardOutput, b: number): void {
+    const V = this.runner.info.vocab_size;
+    if (s.cancelled) return this.finish(s, 'cancelled');
+    s.state = 'decoding';
+    this.dirty = true;
+    this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V));
+  }
+
+  /** Samples from a row's logits, emits the token, and finishes the row when it should stop. */
+  private accept(s: Slot, logits: Float32Array): void {
+    const { id, logprob } = s.sampler.sample(logits);
+    s.sampler.observe(id);
+    s.firstToken ??= now();
+    if (id === this.runner.info.eos_token_id && s.req.stop_at_eos !== false) return this.finish(s, 'eos');
+    s.generated.push(id);
+    s.next = id;
+    const text = s.text.push(id);
+    this.sink.event(s.id, { type: 'token', id, text, logprob });
+    if (s.text.stopped) return this.finish(s, 'stop');
+    if (s.generated.length >= s.maxNew) return this.finish(s, 'length');
+  }
+
+  private finish(s: Slot, reason: FinishReason): void {
+    if (s.state === 'done') return;
+    if (s.state === 'decoding') this.dirty = true;
+    s.state = 'done';
+    s.cache = undefined;
+    const text = reason === 'cancelled' || reason === 'stop' ? '' : s.text.finish();
+    if (text) this.sink.event(s.id, { type: 'token', id: -1, text, logprob: 0 });
+    const end = now();
+    this.slots.delete(s.id);
+    this.sink.event(s.id, {
+      type: 'done',
+      finish_reason: reason,
+      text: s.text.text,
+      seed: s.seed,
+      usage: { prompt_tokens: s.req.prompt.length, completion_tokens: s.generated.length },
+      timings: {
+        queue_ms: (s.started ?? end) - s.submitted,
+        first_token_ms: (s.firstToken ?? end) - s.submitted,
+        total_ms: end - s.submitted,
+      },
+    });
+  }
+
+  /** Rebuilds the running batch when rows left or joined, then runs one decode step. */
+  private async decode(): Promise<void> {
+    if (this.dirty) {
+      const keep = this.running
+        .map((s, b) => ({ s, ref: this.batchKv && ({ ...this.batchKv, b, len: s.steering.promptLength + s.generated.length - 1 } as RowRef) }))
+        .filter(({ s }) => s.state === 'decoding' && !s.cancelled);
+      const joining = [...this.slots.values()].filter((s) => s.state === 'decoding' && s.cache);
+      const rows = [...keep.map((r) => ({ s: r.s, ref: r.ref! })), ...joining.map((s) => ({ s, ref: s.cache! }))];
+      for (const s of joining) s.cache = undefined;
+      this.running = rows.map((r) => r.s);
+      const P = Math.max(0, ...rows.map((r) => r.ref.len));
+      this.batchKv = rows.length ? { ...assemble(rows.map((r) => r.ref), P, this.runner.kv), P } : undefined;
+      this.dirty = false;
+    }
+    const rows = this.running;
+    if (!rows.length || !this.batchKv) return;
+    const P = this.batchKv.P;
+    const lens = rows.map((s) => s.steering.promptLength + s.generated.length - 1); // tokens in cache
+    const positions = lens.map((n) => [n]);
+    const out = await this.runner.forward({
+      ids: rows.map((s) => [s.next!]),
+      mask: lens.map((n) => [...new Array(P - n).fill(0), ...new Array(n + 1).fill(1)]),
+      pos: positions,
+      past: this.batchKv,
+      steer: buildSteer(rows.map((s) => s.steering), positions, this.runner.info.n_layer, this.runner.info.n_embd),
+    });
+    this.batchKv = out.present;
+    const V = this.runner.info.vocab_size;
+    rows.forEach((s, b) => {
+      if (s.state !== 'decoding') return;
+      if (s.cancelled) return this.finish(s, 'cancelled');
+      this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V));
+    });
+  }
+
+  private async runActivations(job: ActivationJob): Promise<void> {
+    const { req } = job;
+    try {
+      const T = req.prompt.length;
+      const H = this.runner.info.n_embd;
+      const positions = [req.prompt.map((_, i) => i)];
+      const steering = { interventions: req.interventions ?? [], promptLength: T };
+      const layers = [...new Set(req.layers)];
+      const out = await this.runner.forward({
+        ids: [req.prompt],
+        mask: [new Array(T).fill(1)],
+        pos: positions,
+        steer: buildSteer([steering], positions, this.runner.info.n_layer, H),
+        resid: layers,
+      });
+      const reduce = req.reduce ?? 'none';
+      const activations: Record<number, Float32Array> = {};
+      for (const l of layers) {
+        const all = out.resid.get(l)!; // [1, T, H]
+        if (reduce === 'none') activations[l] = all;
+        else if (reduce === 'last') activations[l] = all.slice((T - 1) * H, T * H);
+        else {
+          const sum = new Float64Array(H);
+          for (let t = 0; t < T; t++) for (let i = 0; i < H; i++) sum[i] += all[t * H + i];
+          activations[l] = Float32Array.from(sum, (v) => v / T);
+        }
+      }
+      this.sink.activations(job.id, { tokens: req.prompt, activations, rows: reduce === 'none' ? T : 1 });
+    } catch (e) {
+      this.sink.error(job.id, e instanceof SteerdError ? e : new SteerdError(String((e as Error).message), 500, 'engine_error'));
+    }
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * The engine's request and event types. Requests reaching the engine are already validated
+ * (`validate.ts`): prompts are token ids and vectors are float32 values of the model's width.
+ */
+
+/** Where an intervention applies (DESIGN.md §4). */
+export type Positions = 'all' | 'prompt' | 'generated' | 'front';
+
+/** One `coeff × vector` added to the residual stream entering block `layer`. */
+export interface Intervention {
+  /** [H] (a direction) or [k × H] row-major (a sequence of k vectors). */
+  values: Float32Array;
+  /** 1 for a direction; k for a sequence. */
+  rows: number;
+  /** Hook point, 0..n_layer. */
+  layer: number;
+  coeff: number;
+  /** Default: `all` for a direction, `front` for a sequence. */
+  positions?: Positions;
+}
+
+export interface SamplingParams {
+  /** Tokens to generate at most. Default 64. */
+  max_new_tokens?: number;
+  /** 0 is greedy. Default 1. */
+  temperature?: number;
+  /** Keep the k most likely tokens; 0 keeps all. Default 0. */
+  top_k?: number;
+  /** Nucleus sampling: keep the smallest set whose probability reaches top_p, in (0, 1]. Default 1. */
+  top_p?: number;
+  /** Subtract `frequency_penalty × count` from each generated token's logit. Default 0. */
+  frequency_penalty?: number;
+  /** Subtract `presence_penalty` from every token generated at least once. Default 0. */
+  presence_penalty?: number;
+  /** Seed of this request's generator; the same seed gives the same tokens. Default: random. */
+  seed?: number;
+  /** Stop before the first occurrence of any of these strings (not included). Default none. */
+  stop?: string[];
+  /** Stop at `<|endoftext|>`. Default true. */
+  stop_at_eos?: boolean;
+}
+
+export interface GenerateRequest extends SamplingParams {
+  /** Prompt token ids (at least one). */
+  prompt: number[];
+  interventions?: Intervention[];
+}
+
+export type FinishReason = 'length' | 'eos' | 'stop' | 'cancelled';
+
+export interface TokenEvent {
+  type: 'token';
+  id: number;
+  /** Text released by this token (may be empty while a UTF-8 character or a stop string is incomplete). */
+  text: string;
+  /** log p(token) under the model's distribution (before temperature, penalties and truncation). */
+  logprob: number;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+}
+
+export interface Timings {
+  /** Milliseconds from submission to the start of its prefill. */
+  queue_ms: number;
+  /** Milliseconds from submission to the first token. */
+  first_token_ms: number;
+  /** Milliseconds from submission to the end. */
+  total_ms: number;
+}
+
+export interface DoneEvent {
+  type: 'done';
+  finish_reason: FinishReason;
+  /** The whole completion text (stop string excluded). */
+  text: string;
+  /** The seed the sampler used (drawn at random when the request had none). */
+  seed: number;
+  usage: Usage;
+  timings: Timings;
+}
+
+export type GenerateEvent = TokenEvent | DoneEvent;
+
+export type Reduce = 'none' | 'last' | 'mean';
+
+export interface ActivationsRequest {
+  prompt: number[];
+  /** Hook points to read, 0..n_layer. */
+  layers: number[];
+  /** `none`: every position [T × H]; `last`: the last position [H]; `mean`: the mean over positions [H]. */
+  reduce?: Reduce;
+  /** Applied as in a prompt pass (`generated` interventions do nothing here). */
+  interventions?: Intervention[];
+}
+
+export interface ActivationsResult {
+  tokens: number[];
+  /** layer → values ([T × H] row-major for `none`, else [H]). */
+  activations: Record<number, Float32Array>;
+  /** Positions per layer: T for `none`, 1 otherwise. */
+  rows: number;
+}
+
+export interface ModelInfo {
+  n_layer: number;
+  n_embd: number;
+  n_head: number;
+  n_positions: number;
+  vocab_size: number;
+  eos_token_id: number;
+  /** The checkpoint's layout fingerprint (config + safetensors header). */
+  fingerprint: string;
+  /** Execution provider in use. */
+  provider: string;
+}

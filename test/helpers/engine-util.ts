@@ -1,0 +1,71 @@
+import type { Engine } from '../../src/engine/engine.ts';
+import type { GenerateEvent, GenerateRequest, Intervention } from '../../src/engine/types.ts';
+import type { RefModel, RefSteer } from './reference.ts';
+import { referenceForward } from './reference.ts';
+
+export interface Completion {
+  ids: number[];
+  logprobs: number[];
+  done: Extract<GenerateEvent, { type: 'done' }>;
+  text: string;
+}
+
+export async function collect(events: AsyncIterable<GenerateEvent>, onToken?: (n: number) => void): Promise<Completion> {
+  const ids: number[] = [];
+  const logprobs: number[] = [];
+  let text = '';
+  for await (const e of events) {
+    if (e.type === 'token') {
+      text += e.text;
+      if (e.id >= 0) {
+        ids.push(e.id);
+        logprobs.push(e.logprob);
+        onToken?.(ids.length);
+      }
+    } else return { ids, logprobs, done: e, text };
+  }
+  throw new Error('stream ended without a done event');
+}
+
+export const run = (engine: Engine, req: GenerateRequest, signal?: AbortSignal) => collect(engine.generate(req, { signal }));
+
+/**
+ * The steering a list of interventions means, written from DESIGN.md §4 independently of the
+ * engine: all / prompt / generated / front (a sequence row i on prompt position i).
+ */
+export function refSteer(ivs: Intervention[], promptLength: number, H: number): RefSteer {
+  return (layer, pos) => {
+    let sum: Float64Array | undefined;
+    for (const iv of ivs) {
+      if (iv.layer !== layer) continue;
+      const mode = iv.positions ?? (iv.rows === 1 ? 'all' : 'front');
+      const hit =
+        mode === 'all' || (mode === 'prompt' && pos < promptLength) || (mode === 'generated' && pos >= promptLength) || (mode === 'front' && pos < iv.rows);
+      if (!hit) continue;
+      sum ??= new Float64Array(H);
+      const row = iv.rows === 1 ? 0 : pos;
+      for (let i = 0; i < H; i++) sum[i] += iv.coeff * iv.values[row * H + i];
+    }
+    return sum;
+  };
+}
+
+/** Greedy decoding by full recompute with the float64 reference. */
+export function referenceGreedy(m: RefModel, prompt: number[], n: number, ivs: Intervention[] = []) {
+  const ids = [...prompt];
+  const out: number[] = [];
+  const logprobs: number[] = [];
+  const steer = refSteer(ivs, prompt.length, m.nEmbd);
+  for (let i = 0; i < n; i++) {
+    const logits = referenceForward(m, ids, steer, { lastOnly: true }).logits[0];
+    let best = 0;
+    for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+    const mx = logits[best];
+    let z = 0;
+    for (const v of logits) z += Math.exp(v - mx);
+    logprobs.push(-Math.log(z));
+    out.push(best);
+    ids.push(best);
+  }
+  return { ids: out, logprobs };
+}
