@@ -116,7 +116,7 @@ async function load(engine: Engine, concurrency: number, steered: boolean, rng: 
 const engine = await Engine.start({ model: o.dir!, threads: +o.threads!, batchCapacity: Math.max(...levels) });
 const rng = new Rng(1);
 await load(engine, 2, false, rng); // warm-up
-const rows = [];
+const rows: Awaited<ReturnType<typeof load>>[] = [];
 for (const c of levels) {
   for (const steered of [false, true]) {
     const r = await load(engine, c, steered, rng);

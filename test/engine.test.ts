@@ -288,3 +288,16 @@ t.test('recipes equal the same arithmetic done by hand on reference activations'
   await t.rejects(deriveVector(engine, { kind: 'diff', layer, positive: '', negative: 'x' }), { status: 400, message: /positive must be a non-empty string/ });
   await t.rejects(deriveVector(engine, { kind: 'mean_diff', layer, pairs: [] }), { status: 400, message: /at least one pair/ });
 });
+
+t.test('close drains: requests in flight finish, new ones are refused', async (t) => {
+  const eng = await Engine.start({ model: dir });
+  const pending = run(eng, { prompt: ids(5), max_new_tokens: 20, temperature: 0, stop_at_eos: false });
+  await new Promise((r) => setTimeout(r, 5));
+  const closed = eng.close();
+  t.throws(() => eng.generate({ prompt: ids(2), max_new_tokens: 2 }), { status: 503, message: /shutting down/ });
+  const c = await pending;
+  t.equal(c.done.finish_reason, 'length', 'the request in flight completed');
+  t.equal(c.ids.length, 20);
+  await closed;
+  t.equal(eng.inFlight, 0);
+});

@@ -1,11 +1,12 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import fs, { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { DownloadError } from '../src/errors.ts';
 import { cachePath, pull, type ProgressReporter } from '../src/model/hub.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
@@ -23,6 +24,7 @@ const bytes = new Map(FILES.map((f) => [f, readFileSync(join(source, f))]));
 const model = bytes.get('model.safetensors')!;
 const COMMIT = createHash('sha1').update('steerd hub test commit').digest('hex');
 const REPO = 'openai-community/gpt2';
+const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const gitBlobId = (b: Buffer) => createHash('sha1').update(`blob ${b.length}\0`).update(b).digest('hex');
@@ -44,7 +46,16 @@ const repos = new Map<string, string[]>([
 // ---------------------------------------------------------------------------------------------
 // The fake hub.
 
-type Mode = 'normal' | 'interrupt' | 'interrupt-always' | 'corrupt' | 'ignore-range';
+/**
+ * interrupt: the first request for model.safetensors gets half its body, then, once the client has
+ * written all of it to the .part (`watchPart`), a dropped connection, so the cut point is exact;
+ * interrupt-always: every such request does; interrupt-abrupt: the first is dropped while the
+ * client's disk is slow (`slowDisk`), so that a write to the .part is still in flight, and the
+ * retry is answered only after that write has landed;
+ * short: the first is sent chunked (no Content-Length) and ends cleanly after half;
+ * corrupt: bytes flipped; ignore-range: 200 and the whole body whatever Range asks.
+ */
+type Mode = 'normal' | 'interrupt' | 'interrupt-always' | 'interrupt-abrupt' | 'short' | 'corrupt' | 'ignore-range';
 interface Seen {
   path: string;
   range?: string;
@@ -57,12 +68,27 @@ let requests: Seen[] = [];
 let cuts: number[] = [];
 /** A .part file whose size each request records. */
 let watchPart: string | undefined;
+/** While set, fs.write and fs.writev (what file streams call) start their I/O 40 ms late. */
+let slowDisk = false;
 
 function reset(m: Mode = 'normal') {
   mode = m;
   requests = [];
   cuts = [];
   watchPart = undefined;
+  slowDisk = false;
+}
+
+/** Calls `then` once `watchPart` holds `size` bytes (the client has written all it got), or after 3 s. */
+function whenOnDisk(size: number, res: ServerResponse, then: () => void) {
+  const since = Date.now();
+  const poll = setInterval(() => {
+    const onDisk = watchPart && existsSync(watchPart) ? statSync(watchPart).size : -1;
+    if (onDisk < size && Date.now() - since < 3000) return;
+    clearInterval(poll);
+    then();
+  }, 2);
+  res.on('close', () => clearInterval(poll));
 }
 
 function corrupted(b: Buffer): Buffer {
@@ -93,7 +119,7 @@ const server: Server = createServer((req, res) => {
     return;
   }
   const file = resolve[3];
-  let body = bytes.get(file)!;
+  let body: Buffer = bytes.get(file)!;
   if (mode === 'corrupt' && file === 'model.safetensors') body = corrupted(body);
   const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
   let start = 0;
@@ -105,13 +131,43 @@ const server: Server = createServer((req, res) => {
     }
   }
   const slice = body.subarray(start);
+  if (mode === 'short' && file === 'model.safetensors' && cuts.length === 0) {
+    const half = Math.floor(slice.length / 2);
+    cuts.push(start + half);
+    res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(slice.subarray(0, half));
+    return;
+  }
   const headers = { 'content-type': 'application/octet-stream', 'content-length': String(slice.length), 'accept-ranges': 'bytes' };
   if (start > 0) res.writeHead(206, { ...headers, 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` });
   else res.writeHead(200, headers);
-  const cut = file === 'model.safetensors' && (mode === 'interrupt-always' || (mode === 'interrupt' && cuts.length === 0));
+  if (mode === 'interrupt-abrupt' && file === 'model.safetensors' && cuts.length > 0) {
+    // the retry: answered once the write that was in flight at the cut has landed
+    slowDisk = false;
+    setTimeout(() => res.end(slice), 100);
+    return;
+  }
+  const cut =
+    file === 'model.safetensors' &&
+    (mode === 'interrupt-always' || ((mode === 'interrupt' || mode === 'interrupt-abrupt') && cuts.length === 0));
   if (cut) {
     const half = Math.floor(slice.length / 2);
-    res.write(slice.subarray(0, half), () => {
+    if (mode === 'interrupt-abrupt') {
+      // Most of the half at full speed, until the client has it on disk (watchPart); then the
+      // disk turns slow, the last 64 KiB follow, and the connection drops while the client is
+      // still writing them.
+      const fast = Math.max(0, half - 65536);
+      res.write(slice.subarray(0, fast));
+      whenOnDisk(start + fast, res, () => {
+        slowDisk = true;
+        res.write(slice.subarray(fast, half), () => {
+          cuts.push(start + half);
+          setTimeout(() => res.socket?.destroy(), 5);
+        });
+      });
+      return;
+    }
+    res.write(slice.subarray(0, half));
+    whenOnDisk(start + half, res, () => {
       cuts.push(start + half);
       res.socket?.destroy();
     });
@@ -163,13 +219,10 @@ function recorder(): Recorded {
 
 const resolveRequests = (file?: string) => requests.filter((q) => q.path.includes('/resolve/') && (!file || q.path.endsWith(`/${file}`)));
 
-/** The assertions assertIdentical needs (a tap Test has them). */
-interface Asserts {
-  ok(value: unknown, message?: string): unknown;
-  same(found: unknown, wanted: unknown, message?: string): unknown;
-}
+/** A tap subtest (the last overload of t.test takes only the callback). */
+type TapTest = Parameters<Parameters<typeof t.test>[0]>[0];
 
-function assertIdentical(tt: Asserts, dir: string) {
+function assertIdentical(tt: TapTest, dir: string) {
   for (const f of FILES) tt.ok(readFileSync(join(dir, f)).equals(bytes.get(f)!), `${f} is byte-identical to the source`);
   const leftovers = readdirSync(dir).filter((f) => f.endsWith('.part'));
   tt.same(leftovers, [], 'no .part file is left');
@@ -181,7 +234,6 @@ const caught = (p: Promise<unknown>) =>
     () => undefined,
     (e: unknown) => e,
   );
-
 
 // ---------------------------------------------------------------------------------------------
 
@@ -229,17 +281,14 @@ t.test('an interrupted download resumes with a Range request within the same cal
   t.equal(cuts.length, 1, 'the server cut one connection');
   const sent = cuts[0];
   t.ok(sent > 0 && sent < model.length, `the cut happened mid-file (${sent} of ${model.length} bytes sent)`);
-  // N is what reached the disk: at most what was sent. (Chunks still queued in the fetch body or
-  // the file stream when the socket died are dropped, so N is usually somewhat below `sent`.)
-  const n = Number(/^bytes=(\d+)-$/.exec(got[1].range ?? '')?.[1]);
-  t.ok(n > 0 && n <= sent, `the retry asks for a range starting inside what was sent (${n} <= ${sent})`);
-  t.equal(got[1].partSize, n, 'the range starts exactly at the size of the .part on disk');
+  t.equal(got[1].range, `bytes=${sent}-`, 'the retry resumes exactly where the cut left off');
+  t.equal(got[1].partSize, sent, 'and that is the size of the .part on disk');
   t.match(progress.logs.join('\n'), /model\.safetensors: attempt 1 of 5 failed/);
   t.same(
     progress.starts.filter((s) => s.file === 'model.safetensors'),
     [
       { file: 'model.safetensors', total: model.length, already: 0 },
-      { file: 'model.safetensors', total: model.length, already: n },
+      { file: 'model.safetensors', total: model.length, already: sent },
     ],
   );
 });
@@ -257,13 +306,14 @@ t.test('a connection that keeps dropping exhausts the attempts, and the next run
   const got = resolveRequests('model.safetensors');
   t.equal(got.length, 2);
   t.equal(got[0].range, undefined);
-  const n1 = Number(/^bytes=(\d+)-$/.exec(got[1].range ?? '')?.[1]);
-  t.ok(n1 > 0 && n1 <= cuts[0], 'the second attempt resumed');
+  const n1 = cuts[0];
+  t.equal(got[1].range, `bytes=${n1}-`, 'the second attempt resumed where the first was cut');
   t.equal(got[1].partSize, n1);
   t.notOk(existsSync(join(dir, 'model.safetensors')), 'nothing unverified is put in place');
   t.notOk(existsSync(join(dir, 'vocab.json')), 'the files after it were not fetched');
   const kept = statSync(part).size;
-  t.ok(kept > n1 && kept <= cuts[1], `the .part keeps what the second attempt added (${n1} < ${kept} <= ${cuts[1]})`);
+  t.ok(n1 < kept && kept < model.length, 'the second attempt made progress');
+  t.equal(kept, cuts[1], 'the .part keeps all that arrived');
 
   reset();
   await pull('gpt2', { endpoint, cache });
@@ -277,6 +327,56 @@ t.test('a connection that keeps dropping exhausts the attempts, and the next run
     'the next run fetches the rest of model.safetensors, then the files it never reached',
   );
   assertIdentical(t, dir);
+});
+
+t.test('a body that ends cleanly but short is resumed, not taken for the file', async (t) => {
+  reset('short');
+  const cache = newCache();
+  const progress = recorder();
+  const dir = await pull('gpt2', { endpoint, cache, progress });
+  assertIdentical(t, dir);
+  const half = cuts[0];
+  t.same(resolveRequests('model.safetensors').map((q) => q.range), [undefined, `bytes=${half}-`]);
+  t.match(progress.logs.join('\n'), `model.safetensors: attempt 1 of 5 failed (connection closed at ${half} of ${model.length} bytes)`);
+});
+
+// When the connection drops while a write to the .part is still in flight, `pipeline` rejects
+// before the file stream has closed: a retry that measured the .part then would ask for a range
+// from there, and the late write would land before the retry's bytes, duplicating them.
+t.test('a connection dropped while a write to the .part is in flight does not corrupt the resumed file', async (t) => {
+  const { write, writev } = fs;
+  const later =
+    <A extends unknown[]>(f: (...args: A) => void) =>
+    (...args: A) => {
+      if (slowDisk) setTimeout(() => f(...args), 40);
+      else f(...args);
+    };
+  fs.write = later(write as (...args: unknown[]) => void) as unknown as typeof fs.write;
+  fs.writev = later(writev as (...args: unknown[]) => void) as unknown as typeof fs.writev;
+  t.teardown(() => {
+    fs.write = write;
+    fs.writev = writev;
+    slowDisk = false;
+  });
+  const runs = 3;
+  const failures: string[] = [];
+  const shapes: string[] = [];
+  for (let i = 0; i < runs; i++) {
+    reset('interrupt-abrupt');
+    const cache = newCache();
+    watchPart = join(expectedDir(cache), 'model.safetensors.part');
+    const err = await caught(pull('gpt2', { endpoint, cache }));
+    const got = resolveRequests('model.safetensors');
+    shapes.push(`${cuts.length} cut, ranges ${got.map((q) => q.range ?? 'none').join(' ')}`);
+    if (err) failures.push(`run ${i}: ${(err as Error).message}`);
+    else if (!readFileSync(join(expectedDir(cache), 'model.safetensors')).equals(model)) failures.push(`run ${i}: wrong bytes`);
+  }
+  t.same(
+    shapes.map((x) => x.replace(/\d{2,}/g, 'N')),
+    Array(runs).fill('1 cut, ranges none bytes=N-'),
+    'each pull was cut once and retried with a range',
+  );
+  t.same(failures, [], `all ${runs} pulls interrupted during a slow write succeed`);
 });
 
 t.test('a .part from an earlier run is resumed; a corrupted one is refused', async (t) => {
@@ -311,7 +411,15 @@ t.test('a .part from an earlier run is resumed; a corrupted one is refused', asy
     t.notOk(existsSync(join(dir, 'model.safetensors.part')), 'the bad .part was discarded');
     reset();
     await pull('gpt2', { endpoint, cache });
-    t.same(resolveRequests().map((q) => q.range), [undefined], 'the next run starts model.safetensors from scratch');
+    t.same(
+      resolveRequests().map((q) => [q.path.split('/').pop(), q.range]),
+      [
+        ['model.safetensors', undefined],
+        ['vocab.json', undefined],
+        ['merges.txt', undefined],
+      ],
+      'the next run starts model.safetensors from scratch, then fetches the files it never reached',
+    );
     assertIdentical(t, dir);
   });
 });
@@ -394,7 +502,7 @@ t.test('steerd model pull', async (t) => {
   delete env.STEERD_CACHE;
   delete env.HF_TOKEN;
   const child = spawn(process.execPath, ['bin/steerd.js', 'model', 'pull', 'gpt2', '--cache', cache], {
-    cwd: '/work/main',
+    cwd: repoRoot,
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -403,7 +511,7 @@ t.test('steerd model pull', async (t) => {
   child.stdout.on('data', (d: Buffer) => (stdout += d));
   child.stderr.on('data', (d: Buffer) => (stderr += d));
   const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
-  t.equal(code, 0, `exit code 0 (stderr: ${stderr})`);
+  t.equal(code, 0, 'exit code 0', { stderr });
   const lines = stdout.trim().split('\n');
   t.equal(lines[lines.length - 1], expectedDir(cache), 'the last line of stdout is the directory');
   assertIdentical(t, expectedDir(cache));
@@ -415,7 +523,7 @@ t.test('steerd model pull', async (t) => {
 
   reset();
   const bad = spawn(process.execPath, ['bin/steerd.js', 'model', 'pull', 'acme/no-merges', '--cache', cache], {
-    cwd: '/work/main',
+    cwd: repoRoot,
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -168,10 +168,14 @@ async function downloadVerified(
             cb(null, chunk);
           },
         });
+        const out = createWriteStream(part, { flags: have > 0 ? 'a' : 'w' });
         try {
-          await pipeline(Readable.fromWeb(res.body as never), counter, createWriteStream(part, { flags: have > 0 ? 'a' : 'w' }));
+          await pipeline(Readable.fromWeb(res.body as never), counter, out);
         } finally {
           progress?.stop();
+          // On an error, pipeline settles before the file stream has closed: a write still in
+          // flight would land after the next attempt measured the .part, duplicating bytes.
+          if (!out.closed) await new Promise<void>((r) => out.once('close', () => r()));
         }
       }
       const got = existsSync(part) ? statSync(part).size : 0;
