@@ -113,27 +113,38 @@ async function load(engine: Engine, concurrency: number, steered: boolean, rng: 
   return { concurrency, steered, tokens, seconds: sec, tokens_per_s: tokens / sec, ttft_p50_ms: quantile(ttft, 0.5), ttft_p99_ms: quantile(ttft, 0.99) };
 }
 
+// The machine is shared: every measurement is repeated and the best kept (noise only slows runs
+// down), and the ceiling is measured before and after the load so that both see the same machine.
+const reps = +(process.env.BENCH_REPS ?? 2);
+const ceilings = [await matmulCeiling(Math.max(...levels))];
 const engine = await Engine.start({ model: o.dir!, threads: +o.threads!, batchCapacity: Math.max(...levels) });
 const rng = new Rng(1);
 await load(engine, 2, false, rng); // warm-up
 const rows: Awaited<ReturnType<typeof load>>[] = [];
 for (const c of levels) {
   for (const steered of [false, true]) {
-    const r = await load(engine, c, steered, rng);
-    rows.push(r);
-    console.error(`concurrency ${c}${steered ? ' steered' : ''}: ${r.tokens_per_s.toFixed(1)} tokens/s`);
+    let best: Awaited<ReturnType<typeof load>> | undefined;
+    for (let i = 0; i < reps; i++) {
+      const r = await load(engine, c, steered, rng);
+      if (!best || r.tokens_per_s > best.tokens_per_s) best = r;
+    }
+    rows.push(best!);
+    console.error(`concurrency ${c}${steered ? ' steered' : ''}: ${best!.tokens_per_s.toFixed(1)} tokens/s`);
   }
 }
 await engine.close();
-const ceiling = await matmulCeiling(Math.max(...levels));
+ceilings.push(await matmulCeiling(Math.max(...levels)));
+const ceiling = ceilings.reduce((a, b) => (b.gflops > a.gflops ? b : a));
 const at = (c: number, s: boolean) => rows.find((r) => r.concurrency === c && r.steered === s)!;
 const cmax = Math.max(...levels);
 const summary = {
   model: { layers: L, embd: H, heads: ck.config.n_head, params_m: ck.paramBytes / 4 / 1e6 },
   prompt_tokens: promptLen,
   new_tokens: newTokens,
+  repetitions: reps,
   runs: rows,
   ceiling,
+  ceiling_measurements_gflops: ceilings.map((c) => c.gflops),
   ratios: {
     [`c${cmax}_over_c1`]: at(cmax, false).tokens_per_s / at(1, false).tokens_per_s,
     [`steering_cost_c${cmax}`]: 1 - at(cmax, true).tokens_per_s / at(cmax, false).tokens_per_s,

@@ -150,9 +150,9 @@ t.test('graph matches the float64 reference', async (t) => {
     }
   });
 
-  await t.test('serving variant: logits_all=false projects only the last position', async (t) => {
+  await t.test('serving variant: logits_all=false projects only the last position; new.* are the new keys and values', async (t) => {
     const f = fixtures.hub;
-    const { file } = buildGraph(f.dir, { logitsAllInput: true, fileName: 'serve.onnx' });
+    const { file } = buildGraph(f.dir, { serving: true, fileName: 'serve.onnx' });
     const serve = await ort.InferenceSession.create(file);
     const padded = leftPad([randomIds(7), randomIds(4)]);
     const full = await runGraph(f.session, f.dims, padded);
@@ -163,6 +163,27 @@ t.test('graph matches the float64 reference', async (t) => {
     t.equal(maxAbsDiff(lastOnly.last_logits.data as Float32Array, full.last_logits.data as Float32Array), 0);
     t.same(all.logits.dims, full.logits.dims);
     t.equal(maxAbsDiff(all.logits.data as Float32Array, full.logits.data as Float32Array), 0);
+    // a decode step on top of the prefill: new.* hold exactly the last position of present.*
+    const past = Object.fromEntries(Object.entries(full).filter(([k]) => k.startsWith('present.')));
+    const step = await runGraph(serve, f.dims, {
+      ids: [[11], [12]],
+      mask: padded.mask.map((m) => [...m, 1]),
+      pos: [[7], [4]],
+      past,
+      extra: flag(false),
+    });
+    const hd = f.dims.nEmbd / f.dims.nHead;
+    for (const l of [0, f.dims.nLayer - 1]) {
+      for (const kv of ['key', 'value']) {
+        const fresh = step[`new.${l}.${kv}`];
+        t.same(fresh.dims, [2, f.dims.nHead, 1, hd], `new.${l}.${kv} shape`);
+        const present = step[`present.${l}.${kv}`].data as Float32Array;
+        const S = padded.T + 1;
+        const lastPositions = new Float32Array(2 * f.dims.nHead * hd);
+        for (let bh = 0; bh < 2 * f.dims.nHead; bh++) lastPositions.set(present.subarray((bh * S + S - 1) * hd, (bh * S + S) * hd), bh * hd);
+        t.equal(maxAbsDiff(fresh.data as Float32Array, lastPositions), 0, `new.${l}.${kv} = last position of present`);
+      }
+    }
     await serve.release();
   });
 

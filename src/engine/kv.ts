@@ -1,49 +1,131 @@
 /**
- * KV cache rows. Caches live in [B, n_head, P, head_dim] float32 buffers (the graph's past/present
- * layout) with each row's real tokens right-aligned (left padding, masked). A row is referred to by
- * the buffers that hold it, its batch index and its length, so rows can be moved from a prefill's
- * output or from the running batch into a new batch without intermediate copies.
+ * The running batch's KV cache, kept by the engine (not round-tripped through the graph): per layer
+ * one [rows, n_head, P, head_dim] buffer whose row r holds its tokens at slots [0, len[r]) and
+ * masked free slots after them. A decode step feeds the first n rows as `past` (P = capacity,
+ * free slots masked), fetches only the new token's keys and values (`new.{l}.*`), and writes them
+ * into slot len[r]: nothing else is copied per step. Rows join by copying their prompt's cache in,
+ * leave by moving the last row into their place, and the slot capacity grows in steps of 16 (every step copies and attends over the capacity).
  */
-export interface RowRef {
-  /** Per layer: key and value buffers of shape [B, n_head, P, head_dim]. */
-  k: Float32Array[];
-  v: Float32Array[];
-  /** The P of those buffers. */
-  P: number;
-  /** Row index inside them. */
-  b: number;
-  /** Real tokens held (right-aligned: positions P - len .. P - 1). */
-  len: number;
-}
-
 export interface KvShape {
   nLayer: number;
   nHead: number;
   headDim: number;
 }
 
-/** Copies rows into fresh [rows.length, n_head, P, head_dim] buffers, right-aligned, zero padding. */
-export function assemble(rows: readonly RowRef[], P: number, s: KvShape): { k: Float32Array[]; v: Float32Array[] } {
-  const B = rows.length;
-  const { nLayer, nHead, headDim: hd } = s;
-  const k: Float32Array[] = [];
-  const v: Float32Array[] = [];
-  for (let l = 0; l < nLayer; l++) {
-    const K = new Float32Array(B * nHead * P * hd);
-    const Vb = new Float32Array(B * nHead * P * hd);
-    for (let r = 0; r < B; r++) {
-      const src = rows[r];
-      if (src.len > P) throw new Error(`row of ${src.len} tokens does not fit P = ${P}`);
+/** Tokens of one row inside a [B, n_head, S, head_dim] buffer per layer: row b, positions [from, from+count). */
+export interface KvSource {
+  k: Float32Array[];
+  v: Float32Array[];
+  S: number;
+  b: number;
+  from: number;
+  count: number;
+}
+
+const GROW = 16;
+
+export class KvStore {
+  k: Float32Array[] = [];
+  v: Float32Array[] = [];
+  /** Slot capacity per row. */
+  P = 0;
+  /** Tokens held by each active row. */
+  readonly len: number[] = [];
+
+  constructor(
+    private readonly s: KvShape,
+    /** Rows the buffers hold at most. */
+    private readonly capacity: number,
+    /** Largest P ever needed (the context). */
+    private readonly maxSlots: number,
+  ) {}
+
+  /** Active rows. */
+  get n(): number {
+    return this.len.length;
+  }
+
+  /** The active rows as the graph's `past`: [n, n_head, P, head_dim] views, no copy. */
+  past(): { k: Float32Array[]; v: Float32Array[]; P: number } {
+    const size = this.n * this.s.nHead * this.P * this.s.headDim;
+    return { k: this.k.map((a) => a.subarray(0, size)), v: this.v.map((a) => a.subarray(0, size)), P: this.P };
+  }
+
+  /** Makes every row able to hold `slots` tokens (reallocating and copying when P grows). */
+  reserve(slots: number): void {
+    if (slots <= this.P) return;
+    const P = Math.min(this.maxSlots, Math.ceil(slots / GROW) * GROW);
+    if (P < slots) throw new Error(`KV cache cannot hold ${slots} tokens (context ${this.maxSlots})`);
+    const { nLayer, nHead, headDim: hd } = this.s;
+    const grow = (old: Float32Array[]) =>
+      Array.from({ length: nLayer }, (_, l) => {
+        const a = new Float32Array(this.capacity * nHead * P * hd);
+        for (let r = 0; r < this.n; r++) {
+          for (let h = 0; h < nHead; h++) {
+            const from = (r * nHead + h) * this.P * hd;
+            a.set(old[l].subarray(from, from + this.len[r] * hd), (r * nHead + h) * P * hd);
+          }
+        }
+        return a;
+      });
+    this.k = grow(this.k);
+    this.v = grow(this.v);
+    this.P = P;
+  }
+
+  /** Adds a row holding `src`'s tokens; returns its index. */
+  push(src: KvSource): number {
+    if (this.n >= this.capacity) throw new Error('KV cache is full');
+    this.reserve(src.count);
+    this.len.push(0);
+    this.append(this.n - 1, src);
+    return this.n - 1;
+  }
+
+  /** Adds an empty row; returns its index. */
+  pushEmpty(): number {
+    if (this.n >= this.capacity) throw new Error('KV cache is full');
+    this.len.push(0);
+    return this.n - 1;
+  }
+
+  /** Writes `src`'s tokens after row r's last token. */
+  append(r: number, src: KvSource): void {
+    const { nLayer, nHead, headDim: hd } = this.s;
+    const at = this.len[r];
+    if (at + src.count > this.P) throw new Error(`row ${r} has no room for ${src.count} more tokens`);
+    const n = src.count * hd;
+    for (let l = 0; l < nLayer; l++) {
       for (let h = 0; h < nHead; h++) {
-        const from = ((src.b * nHead + h) * src.P + src.P - src.len) * hd;
-        const to = ((r * nHead + h) * P + P - src.len) * hd;
-        const n = src.len * hd;
-        K.set(src.k[l].subarray(from, from + n), to);
-        Vb.set(src.v[l].subarray(from, from + n), to);
+        const from = ((src.b * nHead + h) * src.S + src.from) * hd;
+        const to = ((r * nHead + h) * this.P + at) * hd;
+        this.k[l].set(src.k[l].subarray(from, from + n), to);
+        this.v[l].set(src.v[l].subarray(from, from + n), to);
       }
     }
-    k.push(K);
-    v.push(Vb);
+    this.len[r] = at + src.count;
   }
-  return { k, v };
+
+  /** Removes row r by moving the last row into its place; returns the index that moved there, or -1. */
+  remove(r: number): number {
+    const last = this.n - 1;
+    if (r !== last) {
+      const block = this.s.nHead * this.P * this.s.headDim;
+      for (let l = 0; l < this.s.nLayer; l++) {
+        this.k[l].copyWithin(r * block, last * block, (last + 1) * block);
+        this.v[l].copyWithin(r * block, last * block, (last + 1) * block);
+      }
+      this.len[r] = this.len[last];
+    }
+    this.len.pop();
+    return r !== last ? last : -1;
+  }
+
+  /** The attention mask row for row r in a pass that adds T new tokens: slots, then the new ones. */
+  maskRow(r: number, T: number): number[] {
+    const m = new Array(this.P + T).fill(0);
+    for (let i = 0; i < this.len[r]; i++) m[i] = 1;
+    for (let i = 0; i < T; i++) m[this.P + i] = 1;
+    return m;
+  }
 }

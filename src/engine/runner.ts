@@ -25,7 +25,7 @@ export interface ForwardInput {
   ids: number[][];
   mask: number[][];
   pos: number[][];
-  /** [B, n_head, P, head_dim] per layer, or none for P = 0. */
+  /** [B, n_head, P, head_dim] per layer, or none for P = 0 (masked slots allowed). */
   past?: { k: Float32Array[]; v: Float32Array[]; P: number };
   /** Per hook point: [B, T, H] or null (a broadcast zero). */
   steer: (Float32Array | null)[];
@@ -36,8 +36,8 @@ export interface ForwardInput {
 export interface ForwardOutput {
   /** [B, V] */
   lastLogits: Float32Array;
-  /** [B, n_head, P+T, head_dim] per layer. */
-  present: { k: Float32Array[]; v: Float32Array[]; P: number };
+  /** The new tokens' keys and values: [B, n_head, T, head_dim] per layer. */
+  fresh: { k: Float32Array[]; v: Float32Array[]; T: number };
   /** [B, T, H] per requested hook point. */
   resid: Map<number, Float32Array>;
 }
@@ -63,13 +63,13 @@ export class ModelRunner {
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
     this.fetches = ['last_logits'];
-    for (let l = 0; l < info.n_layer; l++) this.fetches.push(`present.${l}.key`, `present.${l}.value`);
+    for (let l = 0; l < info.n_layer; l++) this.fetches.push(`new.${l}.key`, `new.${l}.value`);
   }
 
   static async open(opts: RunnerOptions): Promise<ModelRunner> {
     const ck = openCheckpoint(opts.model);
     const tokenizer = Gpt2Tokenizer.fromDir(opts.model);
-    buildGraph(opts.model, { logitsAllInput: true, fileName: SERVE_GRAPH });
+    buildGraph(opts.model, { serving: true, fileName: SERVE_GRAPH });
     const provider = opts.provider ?? 'cpu';
     const known = ort.listSupportedBackends().map((b) => b.name);
     if (!known.includes(provider)) {
@@ -123,14 +123,14 @@ export class ModelRunner {
     }
     const fetch = [...this.fetches, ...(inp.resid ?? []).map((l) => `resid.${l}`)];
     const out = await this.session.run(feeds, fetch);
-    const present = { k: [] as Float32Array[], v: [] as Float32Array[], P: P + T };
+    const fresh = { k: [] as Float32Array[], v: [] as Float32Array[], T };
     for (let l = 0; l < nLayer; l++) {
-      present.k.push(out[`present.${l}.key`].data as Float32Array);
-      present.v.push(out[`present.${l}.value`].data as Float32Array);
+      fresh.k.push(out[`new.${l}.key`].data as Float32Array);
+      fresh.v.push(out[`new.${l}.value`].data as Float32Array);
     }
     const resid = new Map<number, Float32Array>();
     for (const l of inp.resid ?? []) resid.set(l, out[`resid.${l}`].data as Float32Array);
-    return { lastLogits: out.last_logits.data as Float32Array, present, resid };
+    return { lastLogits: out.last_logits.data as Float32Array, fresh, resid };
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,7 @@
 import { randomInt } from 'node:crypto';
 import { SteerdError } from '../errors.js';
 import { TextStream } from './detok.js';
-import { assemble, type RowRef } from './kv.js';
+import { KvStore, type KvSource } from './kv.js';
 import type { ForwardOutput, ModelRunner } from './runner.js';
 import { Sampler } from './sampler.js';
 import { buildSteer, type RowSteering } from './steer.js';
@@ -40,8 +40,10 @@ interface Slot {
   maxNew: number;
   /** Prompt tokens already in the cache (chunked prefill). */
   prefilled: number;
-  /** The row's cache while it is not in the running batch (after a prefill chunk). */
-  cache?: RowRef;
+  /** A long prompt's cache while it is prefilled chunk by chunk. */
+  staging?: KvStore;
+  /** The prompt's cache, ready to join the running batch. */
+  source?: KvSource;
   /** Generated tokens (EOS excluded). */
   generated: number[];
   /** The token to feed at the next decode step. */
@@ -62,8 +64,8 @@ const now = () => performance.timeOrigin + performance.now();
 
 /**
  * Continuous batching: between any two decode steps, finished rows leave, waiting requests are
- * admitted and prefilled (chunked, within a token budget), and the running batch is rebuilt only
- * when its membership changed. One `step()` = at most one prefill pass + one decode pass.
+ * admitted and prefilled (chunked, within a token budget), and their caches join the running
+ * batch's KV store (kv.ts). One `step()` = at most one prefill pass + one decode pass.
  */
 export class Scheduler {
   private readonly capacity: number;
@@ -71,10 +73,9 @@ export class Scheduler {
   private readonly slots = new Map<number, Slot>();
   private readonly waiting: Slot[] = [];
   private readonly jobs: ActivationJob[] = [];
-  /** The running batch: its rows (slots), their caches ([B, nh, P, hd]) and P. */
-  private running: Slot[] = [];
-  private batchKv?: { k: Float32Array[]; v: Float32Array[]; P: number };
-  private dirty = false;
+  /** The running batch: row r of `batch` is `rows[r]`. */
+  private rows: Slot[] = [];
+  private batch: KvStore;
 
   constructor(
     private readonly runner: ModelRunner,
@@ -83,6 +84,7 @@ export class Scheduler {
   ) {
     this.capacity = opts.batchCapacity ?? 32;
     this.budget = opts.tokenBudget ?? 256;
+    this.batch = new KvStore(runner.kv, this.capacity, runner.info.n_positions);
   }
 
   /** Requests not finished yet (waiting, prefilling or decoding) plus pending activation jobs. */
@@ -91,7 +93,7 @@ export class Scheduler {
   }
 
   get stats() {
-    return { waiting: this.waiting.length, running: this.slots.size - this.waiting.length, batch: this.running.length };
+    return { waiting: this.waiting.length, running: this.slots.size - this.waiting.length, batch: this.rows.length };
   }
 
   submit(id: number, req: GenerateRequest): void {
@@ -138,9 +140,8 @@ export class Scheduler {
     this.slots.clear();
     this.waiting.length = 0;
     this.jobs.length = 0;
-    this.running = [];
-    this.batchKv = undefined;
-    this.dirty = false;
+    this.rows = [];
+    this.batch = new KvStore(this.runner.kv, this.capacity, this.runner.info.n_positions);
   }
 
   /** One scheduling step; returns false when there was nothing to do. */
@@ -204,30 +205,40 @@ export class Scheduler {
     const steer = buildSteer(group.map((s) => s.steering), pos, this.runner.info.n_layer, this.runner.info.n_embd);
     const out = await this.runner.forward({ ids, mask, pos: pos.map((r) => r.map((p) => Math.max(p, 0))), steer });
     group.forEach((s, b) => {
-      s.prefilled = s.req.prompt.length;
-      s.cache = { k: out.present.k, v: out.present.v, P: T, b, len: s.req.prompt.length };
+      const L = s.req.prompt.length;
+      s.prefilled = L;
+      s.source = { k: out.fresh.k, v: out.fresh.v, S: T, b, from: T - L, count: L }; // right-aligned
       this.afterPrefill(s, out, b);
     });
   }
 
-  /** The next chunk of one row's prompt, on top of its cache so far. */
+  /** The next chunk of one row's prompt, on top of its cache so far (free slots masked). */
   private async prefillChunk(s: Slot): Promise<void> {
     s.started ??= now();
+    const L = s.req.prompt.length;
+    if (!s.staging) {
+      s.staging = new KvStore(this.runner.kv, 1, L);
+      s.staging.reserve(L);
+      s.staging.pushEmpty();
+    }
     const from = s.prefilled;
-    const to = Math.min(s.req.prompt.length, from + this.budget);
+    const to = Math.min(L, from + this.budget);
     const chunk = s.req.prompt.slice(from, to);
     const positions = [chunk.map((_, i) => from + i)];
-    const steer = buildSteer([s.steering], positions, this.runner.info.n_layer, this.runner.info.n_embd);
     const out = await this.runner.forward({
       ids: [chunk],
-      mask: [new Array(to).fill(1)],
+      mask: [s.staging.maskRow(0, chunk.length)],
       pos: positions,
-      past: s.cache && { k: s.cache.k, v: s.cache.v, P: from }, // a lone row: its cache is the whole buffer
-      steer,
+      past: s.staging.past(),
+      steer: buildSteer([s.steering], positions, this.runner.info.n_layer, this.runner.info.n_embd),
     });
+    s.staging.append(0, { k: out.fresh.k, v: out.fresh.v, S: chunk.length, b: 0, from: 0, count: chunk.length });
     s.prefilled = to;
-    s.cache = { k: out.present.k, v: out.present.v, P: to, b: 0, len: to };
-    if (to === s.req.prompt.length) this.afterPrefill(s, out, 0);
+    if (to === L) {
+      s.source = { k: s.staging.k, v: s.staging.v, S: s.staging.P, b: 0, from: 0, count: L };
+      s.staging = undefined;
+      this.afterPrefill(s, out, 0);
+    }
   }
 
   /** The prompt is in the cache: sample the first token and join the running batch. */
@@ -235,7 +246,6 @@ export class Scheduler {
     const V = this.runner.info.vocab_size;
     if (s.cancelled) return this.finish(s, 'cancelled');
     s.state = 'decoding';
-    this.dirty = true;
     this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V));
   }
 
@@ -255,9 +265,9 @@ export class Scheduler {
 
   private finish(s: Slot, reason: FinishReason): void {
     if (s.state === 'done') return;
-    if (s.state === 'decoding') this.dirty = true;
     s.state = 'done';
-    s.cache = undefined;
+    s.source = undefined;
+    s.staging = undefined;
     const text = reason === 'cancelled' || reason === 'stop' ? '' : s.text.finish();
     if (text) this.sink.event(s.id, { type: 'token', id: -1, text, logprob: 0 });
     const end = now();
@@ -276,38 +286,37 @@ export class Scheduler {
     });
   }
 
-  /** Rebuilds the running batch when rows left or joined, then runs one decode step. */
+  /** Rows that finished leave the running batch, new ones join, then one decode step for all. */
   private async decode(): Promise<void> {
-    if (this.dirty) {
-      const keep = this.running
-        .map((s, b) => ({ s, ref: this.batchKv && ({ ...this.batchKv, b, len: s.steering.promptLength + s.generated.length - 1 } as RowRef) }))
-        .filter(({ s }) => s.state === 'decoding' && !s.cancelled);
-      const joining = [...this.slots.values()].filter((s) => s.state === 'decoding' && s.cache);
-      const rows = [...keep.map((r) => ({ s: r.s, ref: r.ref! })), ...joining.map((s) => ({ s, ref: s.cache! }))];
-      for (const s of joining) s.cache = undefined;
-      this.running = rows.map((r) => r.s);
-      const P = Math.max(0, ...rows.map((r) => r.ref.len));
-      this.batchKv = rows.length ? { ...assemble(rows.map((r) => r.ref), P, this.runner.kv), P } : undefined;
-      this.dirty = false;
+    const batch = this.batch;
+    for (let r = this.rows.length - 1; r >= 0; r--) {
+      if (this.rows[r].state === 'decoding') continue;
+      if (batch.remove(r) >= 0) this.rows[r] = this.rows[this.rows.length - 1];
+      this.rows.pop();
     }
-    const rows = this.running;
-    if (!rows.length || !this.batchKv) return;
-    const P = this.batchKv.P;
-    const lens = rows.map((s) => s.steering.promptLength + s.generated.length - 1); // tokens in cache
-    const positions = lens.map((n) => [n]);
+    for (const s of this.slots.values()) {
+      if (s.state !== 'decoding' || !s.source) continue;
+      batch.push(s.source);
+      this.rows.push(s);
+      s.source = undefined;
+    }
+    const rows = this.rows;
+    if (!rows.length) return;
+    batch.reserve(Math.max(...batch.len) + 1);
+    const positions = batch.len.map((n) => [n]); // the new token's position = tokens already cached
     const out = await this.runner.forward({
       ids: rows.map((s) => [s.next!]),
-      mask: lens.map((n) => [...new Array(P - n).fill(0), ...new Array(n + 1).fill(1)]),
+      mask: rows.map((_, r) => batch.maskRow(r, 1)),
       pos: positions,
-      past: this.batchKv,
+      past: batch.past(),
       steer: buildSteer(rows.map((s) => s.steering), positions, this.runner.info.n_layer, this.runner.info.n_embd),
     });
-    this.batchKv = out.present;
     const V = this.runner.info.vocab_size;
-    rows.forEach((s, b) => {
+    rows.forEach((s, r) => {
+      batch.append(r, { k: out.fresh.k, v: out.fresh.v, S: 1, b: r, from: 0, count: 1 });
       if (s.state !== 'decoding') return;
       if (s.cancelled) return this.finish(s, 'cancelled');
-      this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V));
+      this.accept(s, out.lastLogits.subarray(r * V, (r + 1) * V));
     });
   }
 

@@ -20,8 +20,10 @@ import { openCheckpoint, type Checkpoint } from './checkpoint.js';
  *   out present.{l}.key / present.{l}.value   float32 [B, n_head, P+T, head_dim]
  *   out resid.{l}       float32 [B, T, n_embd]  the stream entering block l, after steering
  *
- * The serving variant (`logitsAllInput`) adds one input, for the engine that owns the model:
+ * The serving variant (`serving`), for the engine that owns the model, adds:
  *   in  logits_all      bool []              false: `logits` is [B, 1, V], the last position only
+ *   out new.{l}.key / new.{l}.value   float32 [B, n_head, T, head_dim]  the new tokens' keys and
+ *       values alone, so that a caller that keeps its own cache fetches T positions, not P+T
  */
 
 /** Recorded in the graph's metadata; informational (rebuilds are decided by content). */
@@ -31,8 +33,8 @@ const OPSET = 21;
 const IR_VERSION = 10;
 
 export interface GraphOptions {
-  /** Add the required `logits_all` bool input (the engine's serving variant). Default false. */
-  logitsAllInput?: boolean;
+  /** The engine's serving variant: `logits_all` input, `new.{l}.*` outputs. Default false. */
+  serving?: boolean;
 }
 
 /** Serialises the steerable graph for a checkpoint. */
@@ -59,7 +61,7 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
   }
   // Any rank up to 3 that broadcasts against [B, T, H]; the shape is left open on purpose.
   for (let l = 0; l <= c.n_layer; l++) g.input(`steer.${l}`, DataType.FLOAT);
-  if (opts.logitsAllInput) g.input('logits_all', DataType.BOOL, []);
+  if (opts.serving) g.input('logits_all', DataType.BOOL, []);
 
   const zero = g.constI('c.axis0', [0]);
   const one = g.constI('c.one', [1]);
@@ -113,8 +115,10 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
     const qkv = linear(a, `${p}.attn.c_attn`); // [B, T, 3H]
     const [q, k, v] = g.op('Split', [qkv], [int('axis', 2), int('num_outputs', 3)], 3); // 3 x [B, T, H]
     const qh = g.op1('Mul', [splitHeads(q), qScale]); // [B, nh, T, hd], pre-scaled by 1/sqrt(hd)
-    const kAll = g.op1('Concat', [`past.${l}.key`, splitHeads(k)], [int('axis', 2)], `present.${l}.key`); // [B, nh, S, hd]
-    const vAll = g.op1('Concat', [`past.${l}.value`, splitHeads(v)], [int('axis', 2)], `present.${l}.value`); // [B, nh, S, hd]
+    const kNew = g.op1('Transpose', [g.op1('Reshape', [k, headShape])], [ints('perm', [0, 2, 1, 3])], opts.serving ? `new.${l}.key` : undefined); // [B, nh, T, hd]
+    const vNew = g.op1('Transpose', [g.op1('Reshape', [v, headShape])], [ints('perm', [0, 2, 1, 3])], opts.serving ? `new.${l}.value` : undefined); // [B, nh, T, hd]
+    const kAll = g.op1('Concat', [`past.${l}.key`, kNew], [int('axis', 2)], `present.${l}.key`); // [B, nh, S, hd]
+    const vAll = g.op1('Concat', [`past.${l}.value`, vNew], [int('axis', 2)], `present.${l}.value`); // [B, nh, S, hd]
     const kT = g.op1('Transpose', [kAll], [ints('perm', [0, 1, 3, 2])]); // [B, nh, hd, S]
     const scores = g.op1('Add', [g.op1('MatMul', [qh, kT]), bias]); // [B, nh, T, S]
     const probs = g.op1('Softmax', [scores], [int('axis', -1)]); // [B, nh, T, S]
@@ -133,7 +137,7 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
   // fetches, so `last_logits` is a slice of `logits` (a decode step projects its one position once)
   // and the serving variant's `logits_all` = false projects only the last position of a prefill.
   const head = ck.tiedLmHead ? 'wte.weight' : W('lm_head.weight');
-  const start = opts.logitsAllInput
+  const start = opts.serving
     ? g.op1('Where', ['logits_all', zero, g.constI('c.minus_one', [-1])]) // [1]: 0 or -1
     : zero;
   const hSel = g.op1('Slice', [hf, start, g.constI('c.int_max', [2 ** 53 - 1]), one]); // [B, T or 1, H]
@@ -150,6 +154,12 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
     g.output(`present.${l}.value`, DataType.FLOAT, ['batch', nh, 'total', hd]);
   }
   for (let l = 0; l <= c.n_layer; l++) g.output(`resid.${l}`, DataType.FLOAT, ['batch', 'seq', H]);
+  if (opts.serving) {
+    for (let l = 0; l < c.n_layer; l++) {
+      g.output(`new.${l}.key`, DataType.FLOAT, ['batch', nh, 'seq', hd]);
+      g.output(`new.${l}.value`, DataType.FLOAT, ['batch', nh, 'seq', hd]);
+    }
+  }
 
   return encodeModel(g, 'gpt2_steerable', {
     opset: OPSET,
