@@ -4,6 +4,8 @@ import { buildGraph } from '../model/graph.js';
 import { defaultCacheDir, pull } from '../model/hub.js';
 import { writeTinyCheckpoint } from '../model/tiny.js';
 import { consoleProgress } from './progress.js';
+import { loadConfig } from '../config.js';
+import { serve } from '../server.js';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -19,6 +21,29 @@ function nonNegativeInt(value: string): number {
 
 export function program(): Command {
   const cli = new Command('steerd').description('Activation steering for GPT-2 models, over HTTP');
+  cli
+    .command('serve')
+    .description('serve the HTTP API (options also from the environment: see README, configuration)')
+    .option('--model <model>', 'checkpoint directory, hub name (gpt2 … gpt2-xl) or "tiny" (env STEERD_MODEL, default gpt2-xl)')
+    .option('--host <host>', 'listen address (env HOST, default 127.0.0.1)')
+    .option('--port <port>', 'listen port (env PORT, default 8080)', positiveInt)
+    .option('--data <dir>', 'vector store directory (env STEERD_DATA, default ./data)')
+    .option('--provider <name>', 'execution provider: cpu, cuda, webgpu (env STEERD_PROVIDER, default cpu)')
+    .action(async (o: { model?: string; host?: string; port?: number; data?: string; provider?: string }) => {
+      const config = loadConfig();
+      await serve(
+        {
+          ...config,
+          model: o.model ?? config.model,
+          host: o.host ?? config.host,
+          port: o.port ?? config.port,
+          dataDir: o.data ?? config.dataDir,
+          provider: o.provider ?? config.provider,
+        },
+        consoleProgress(),
+      );
+    });
+
   const model = cli.command('model').description('prepare model checkpoints');
 
   model

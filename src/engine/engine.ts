@@ -29,6 +29,7 @@ export class Engine {
   private readonly streams = new Map<number, Stream>();
   private readonly calls = new Map<number, { resolve(r: ActivationsResult): void; reject(e: Error): void }>();
   private closing: Promise<void> | undefined;
+  private stopped = false;
   private closed!: () => void;
 
   private constructor(
@@ -39,7 +40,10 @@ export class Engine {
   ) {
     worker.on('message', (m: FromWorker) => this.onMessage(m));
     worker.on('error', (e) => this.failAll(e));
-    worker.on('exit', () => this.failAll(new UnavailableError('the engine stopped')));
+    worker.on('exit', () => {
+      this.stopped = true;
+      this.failAll(new UnavailableError('the engine stopped'));
+    });
   }
 
   /** Starts the worker, loads the model there, and resolves once it is ready to serve. */
@@ -126,6 +130,11 @@ export class Engine {
       this.calls.set(id, { resolve, reject });
       this.post({ type: 'activations', id, req });
     });
+  }
+
+  /** True until the worker stops or close() is called. */
+  get ready(): boolean {
+    return !this.closing && !this.stopped;
   }
 
   /** Requests in flight (streams not finished, activation calls not answered). */

@@ -1,0 +1,30 @@
+import type { FastifyInstance } from 'fastify';
+import type { Service } from '../src/api/service.js';
+import { UnavailableError } from '../src/errors.js';
+
+export default async function healthRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
+  app.get('/healthz', { schema: { tags: ['health'], summary: 'Alive', response: { 200: { type: 'object', properties: { status: { type: 'string' } } } } } }, async () => ({
+    status: 'ok',
+  }));
+
+  app.get(
+    '/readyz',
+    {
+      schema: {
+        tags: ['health'],
+        summary: 'Ready to serve: model loaded, not draining',
+        response: { 200: { type: 'object', properties: { status: { type: 'string' } } }, 503: { $ref: 'Error#' } },
+      },
+    },
+    async () => {
+      if (svc.draining) throw new UnavailableError('the server is shutting down');
+      if (!svc.engine.ready) throw new UnavailableError('the engine is not running');
+      return { status: 'ready' };
+    },
+  );
+
+  app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus metrics', produces: ['text/plain'] } }, async (_req, reply) => {
+    reply.type(svc.metrics.registry.contentType);
+    return svc.metrics.registry.metrics();
+  });
+}

@@ -1,0 +1,103 @@
+import type { FastifyInstance } from 'fastify';
+import type { Service } from '../src/api/service.js';
+
+/** A fixed, neutral text whose residual-stream norms tell clients what coefficient sizes mean. */
+export const NORM_TEXT =
+  'The city council met on Tuesday to discuss the budget for the coming year. Members reviewed the reports, asked questions, and agreed to continue the discussion at the next meeting.';
+
+export interface NormStat {
+  layer: number;
+  mean: number;
+  median: number;
+  max: number;
+}
+
+/** Per hook point: mean, median and max L2 norm over positions (the first position, an outlier in GPT-2, left out). */
+export async function residNorms(svc: Service): Promise<NormStat[]> {
+  const { engine } = svc;
+  const prompt = engine.tokenizer.encode(NORM_TEXT).slice(0, engine.maxContext);
+  const layers = Array.from({ length: engine.info.n_layer + 1 }, (_, l) => l);
+  const r = await engine.activations({ prompt, layers, reduce: 'none' });
+  const H = engine.info.n_embd;
+  return layers.map((l) => {
+    const a = r.activations[l];
+    const norms: number[] = [];
+    for (let t = 1; t < r.rows; t++) {
+      let s = 0;
+      for (let i = 0; i < H; i++) s += a[t * H + i] ** 2;
+      norms.push(Math.sqrt(s));
+    }
+    norms.sort((x, y) => x - y);
+    return { layer: l, mean: norms.reduce((x, y) => x + y, 0) / norms.length, median: norms[norms.length >> 1], max: norms[norms.length - 1] };
+  });
+}
+
+export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
+  let norms: Promise<NormStat[]> | undefined;
+  app.get(
+    '/v1/model',
+    {
+      schema: {
+        tags: ['model'],
+        summary: 'The served model: architecture, limits, and residual-stream norms per hook point',
+        response: {
+          200: {
+            type: 'object',
+            properties: {
+              id: { type: 'string' },
+              name: { type: 'string' },
+              architecture: { type: 'string' },
+              random_weights: { type: 'boolean', description: 'a generated checkpoint: its text is nonsense' },
+              n_layer: { type: 'integer' },
+              n_embd: { type: 'integer' },
+              n_head: { type: 'integer' },
+              n_positions: { type: 'integer' },
+              vocab_size: { type: 'integer' },
+              hook_points: { type: 'array', items: { type: 'integer' } },
+              provider: { type: 'string' },
+              limits: { type: 'object', additionalProperties: { type: 'integer' } },
+              resid_norms: {
+                type: 'object',
+                properties: {
+                  text: { type: 'string' },
+                  layers: { type: 'array', items: { type: 'object', properties: { layer: { type: 'integer' }, mean: { type: 'number' }, median: { type: 'number' }, max: { type: 'number' } } } },
+                },
+              },
+            },
+          },
+          '5xx': { $ref: 'Error#' },
+        },
+      },
+    },
+    async () => {
+      norms ??= residNorms(svc).catch((e) => {
+        norms = undefined;
+        throw e;
+      });
+      const i = svc.engine.info;
+      return {
+        id: svc.model.id,
+        name: svc.model.name,
+        architecture: 'gpt2',
+        random_weights: svc.model.random_weights,
+        n_layer: i.n_layer,
+        n_embd: i.n_embd,
+        n_head: i.n_head,
+        n_positions: i.n_positions,
+        vocab_size: i.vocab_size,
+        hook_points: Array.from({ length: i.n_layer + 1 }, (_, l) => l),
+        provider: i.provider,
+        limits: {
+          max_new_tokens: svc.config.limits.maxNewTokens,
+          max_interventions: svc.config.limits.maxInterventions,
+          max_vectors: svc.config.limits.maxVectors,
+          body_limit: svc.config.limits.bodyLimit,
+          queue_depth: svc.config.limits.queueDepth,
+          request_timeout_ms: svc.config.limits.requestTimeoutMs,
+          max_context: svc.engine.maxContext,
+        },
+        resid_norms: { text: NORM_TEXT, layers: await norms },
+      };
+    },
+  );
+}

@@ -1,0 +1,79 @@
+/**
+ * Service configuration: every option, its environment variable and its default, in one place.
+ * `loadConfig(env)` reads the environment; the CLI overrides with flags.
+ */
+export interface Limits {
+  /** Largest `max_new_tokens` accepted. Env STEERD_MAX_NEW_TOKENS. Default 512. */
+  maxNewTokens: number;
+  /** Interventions per request at most. Env STEERD_MAX_INTERVENTIONS. Default 16. */
+  maxInterventions: number;
+  /** Vectors stored at most. Env STEERD_MAX_VECTORS. Default 1000. */
+  maxVectors: number;
+  /** Request body size in bytes at most (413 beyond). Env STEERD_BODY_LIMIT. Default 16 MiB. */
+  bodyLimit: number;
+  /** Requests in flight at most (generation and activations); beyond, 429 with Retry-After. Env STEERD_QUEUE_DEPTH. Default 256. */
+  queueDepth: number;
+  /** A request's time limit in ms; a generation past it is cancelled (504). Env STEERD_REQUEST_TIMEOUT_MS. Default 300000. */
+  requestTimeoutMs: number;
+}
+
+export interface Config {
+  /** Listen address. Env HOST. Default 127.0.0.1. */
+  host: string;
+  /** Listen port. Env PORT. Default 8080. */
+  port: number;
+  /** Checkpoint directory, hub name (gpt2 … gpt2-xl, owner/name) or `tiny`. Env STEERD_MODEL. Default gpt2-xl. */
+  model: string;
+  /** Where vectors are stored. Env STEERD_DATA. Default ./data. */
+  dataDir: string;
+  /** Model cache (pulled and generated checkpoints). Env STEERD_CACHE. Default ~/.cache/steerd. */
+  cacheDir?: string;
+  /** ONNX Runtime execution provider. Env STEERD_PROVIDER. Default cpu. */
+  provider: string;
+  /** Intra-op threads, 0 = one per core. Env STEERD_THREADS. Default 0. */
+  threads: number;
+  /** Rows decoded together. Env STEERD_BATCH_CAPACITY. Default 32. */
+  batchCapacity: number;
+  /** Prompt tokens prefilled per step. Env STEERD_TOKEN_BUDGET. Default 256. */
+  tokenBudget: number;
+  /** Bearer keys for /v1/*; none = open. Env STEERD_API_KEYS (comma-separated). Default none. */
+  apiKeys: string[];
+  /** Requests per minute per key (or per address without keys); 0 = unlimited. Env STEERD_RATE_LIMIT. Default 0. */
+  rateLimit: number;
+  /** How long SIGTERM waits for requests in flight, ms. Env STEERD_DRAIN_TIMEOUT_MS. Default 30000. */
+  drainTimeoutMs: number;
+  /** pino level. Env LOG_LEVEL. Default info. */
+  logLevel: string;
+  limits: Limits;
+}
+
+/** Vector names: also file names, so no separators and no leading dot. */
+export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$';
+
+const int = (v: string | undefined, d: number) => (v === undefined || v === '' ? d : Number.parseInt(v, 10));
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  return {
+    host: env.HOST ?? '127.0.0.1',
+    port: int(env.PORT, 8080),
+    model: env.STEERD_MODEL ?? 'gpt2-xl',
+    dataDir: env.STEERD_DATA ?? './data',
+    cacheDir: env.STEERD_CACHE,
+    provider: env.STEERD_PROVIDER ?? 'cpu',
+    threads: int(env.STEERD_THREADS, 0),
+    batchCapacity: int(env.STEERD_BATCH_CAPACITY, 32),
+    tokenBudget: int(env.STEERD_TOKEN_BUDGET, 256),
+    apiKeys: (env.STEERD_API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean),
+    rateLimit: int(env.STEERD_RATE_LIMIT, 0),
+    drainTimeoutMs: int(env.STEERD_DRAIN_TIMEOUT_MS, 30_000),
+    logLevel: env.LOG_LEVEL ?? 'info',
+    limits: {
+      maxNewTokens: int(env.STEERD_MAX_NEW_TOKENS, 512),
+      maxInterventions: int(env.STEERD_MAX_INTERVENTIONS, 16),
+      maxVectors: int(env.STEERD_MAX_VECTORS, 1000),
+      bodyLimit: int(env.STEERD_BODY_LIMIT, 16 * 1024 * 1024),
+      queueDepth: int(env.STEERD_QUEUE_DEPTH, 256),
+      requestTimeoutMs: int(env.STEERD_REQUEST_TIMEOUT_MS, 300_000),
+    },
+  };
+}

@@ -1,0 +1,102 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from './app.js';
+import { Metrics } from './api/metrics.js';
+import type { Service } from './api/service.js';
+import type { Config } from './config.js';
+import { Engine } from './engine/engine.js';
+import { DownloadError, SteerdError } from './errors.js';
+import { defaultCacheDir, pull, type ProgressReporter } from './model/hub.js';
+import { writeTinyCheckpoint } from './model/tiny.js';
+import { FileVectorStore } from './store/vectors.js';
+
+export interface ResolvedModel {
+  dir: string;
+  name: string;
+  randomWeights: boolean;
+}
+
+/** A checkpoint directory, `tiny` (generated once in the cache), or a hub name (pulled once). */
+export async function resolveModel(config: Config, progress?: ProgressReporter): Promise<ResolvedModel> {
+  const cache = config.cacheDir ?? defaultCacheDir();
+  let dir: string;
+  let name = config.model;
+  if (existsSync(join(config.model, 'config.json'))) {
+    dir = config.model;
+    name = config.model.replace(/\/+$/, '').split('/').pop()!;
+  } else if (config.model === 'tiny') {
+    dir = join(cache, 'models', 'tiny');
+    if (!existsSync(join(dir, 'model.safetensors'))) writeTinyCheckpoint(dir, { layers: 4, embd: 128, heads: 4, ctx: 512, initScale: 5 });
+  } else {
+    try {
+      dir = await pull(config.model, { cache, progress });
+    } catch (e) {
+      if (!(e instanceof DownloadError)) throw e;
+      throw new SteerdError(
+        `cannot get model "${config.model}": ${e.message}. Offline, serve a local checkpoint (--model DIR) or a small random one (--model tiny, nonsense text)`,
+        503,
+        'model_unavailable',
+      );
+    }
+  }
+  const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  return { dir, name, randomWeights: cfg.steerd_random_weights !== undefined };
+}
+
+/** Loads the model into an engine and opens the vector store. */
+export async function createService(config: Config, progress?: ProgressReporter): Promise<Service> {
+  const m = await resolveModel(config, progress);
+  const engine = await Engine.start({
+    model: m.dir,
+    provider: config.provider,
+    threads: config.threads,
+    batchCapacity: config.batchCapacity,
+    tokenBudget: config.tokenBudget,
+  });
+  return {
+    config,
+    engine,
+    store: new FileVectorStore(config.dataDir),
+    model: { id: `${m.name}@${engine.info.fingerprint.slice(0, 12)}`, n_embd: engine.info.n_embd, name: m.name, random_weights: m.randomWeights },
+    metrics: new Metrics(),
+    inFlight: 0,
+    draining: false,
+  };
+}
+
+/**
+ * Drains and stops: new requests get 503 at once, requests in flight finish (up to the drain
+ * timeout), then the server and the engine close.
+ */
+export async function shutdown(app: FastifyInstance, svc: Service): Promise<void> {
+  svc.draining = true;
+  const deadline = Date.now() + svc.config.drainTimeoutMs;
+  while (svc.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  await app.close();
+  await Promise.race([svc.engine.close(), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))]);
+}
+
+/** `steerd serve`: listens, and on SIGTERM or SIGINT drains and exits 0. */
+export async function serve(config: Config, progress?: ProgressReporter): Promise<FastifyInstance> {
+  const svc = await createService(config, progress);
+  const app = await buildApp(svc);
+  await app.listen({ host: config.host, port: config.port });
+  if (svc.model.random_weights) app.log.warn(`serving ${svc.model.name}: random weights, the text it generates is nonsense`);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    app.log.info({ signal, inFlight: svc.inFlight }, 'draining');
+    shutdown(app, svc).then(
+      () => process.exit(0),
+      (e) => {
+        app.log.error(e);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  return app;
+}
