@@ -125,16 +125,21 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
           choices: [{ text: t, index: 0, logprobs: null, finish_reason: finish }],
         });
         const stream = b.stream && reply.sse;
-        if (stream) reply.sse!.keepAlive();
+        if (stream) {
+          reply.sse!.keepAlive();
+          reply.sse!.onClose(() => sig.abort());
+        }
         for await (const e of events) {
           if (e.type === 'token') {
-            if (stream && e.text) await reply.sse!.send({ data: chunk(e.text, null) });
+            if (stream && e.text && reply.sse!.isConnected) await reply.sse!.send({ data: chunk(e.text, null) });
             continue;
           }
           const usage = { prompt_tokens: e.usage.prompt_tokens, completion_tokens: e.usage.completion_tokens, total_tokens: e.usage.prompt_tokens + e.usage.completion_tokens };
           if (stream) {
-            await reply.sse!.send({ data: { ...chunk('', openaiReason(e.finish_reason)), usage } });
-            await reply.sse!.send({ data: '[DONE]' });
+            if (reply.sse!.isConnected) {
+              await reply.sse!.send({ data: { ...chunk('', openaiReason(e.finish_reason)), usage } });
+              await reply.sse!.send({ data: '[DONE]' });
+            }
             reply.sse!.close();
             return reply;
           }

@@ -128,9 +128,12 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
         const baselineResult = baseline && collect(svc, tracked(svc, req, baseline));
         const id = `gen-${randomUUID()}`;
         const stream = b.stream && reply.sse;
-        if (stream) reply.sse!.keepAlive();
+        if (stream) {
+          reply.sse!.keepAlive();
+          reply.sse!.onClose(() => sig.abort());
+        }
         const result = await collect(svc, tracked(svc, req, steered), async (e) => {
-          if (stream && e.type === 'token' && e.id >= 0) {
+          if (stream && e.type === 'token' && e.id >= 0 && reply.sse!.isConnected) {
             await reply.sse!.send({ event: 'token', data: { id: e.id, text: e.text, logprob: e.logprob } });
           }
         });
@@ -153,7 +156,7 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
         };
         if (stream) {
           const { tokens: _, ...rest } = body;
-          await reply.sse!.send({ event: 'done', data: rest });
+          if (reply.sse!.isConnected) await reply.sse!.send({ event: 'done', data: rest });
           reply.sse!.close();
           return reply;
         }

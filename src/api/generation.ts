@@ -23,7 +23,7 @@ export function admit(svc: Service, reply: FastifyReply): () => void {
  * An AbortSignal that fires when the client goes away before the response is complete, or when
  * the request's time limit passes (then `timedOut()` is true).
  */
-export function requestSignal(svc: Service, req: FastifyRequest, reply: FastifyReply) {
+export function requestSignal(svc: Service, request: FastifyRequest, reply: FastifyReply) {
   const ac = new AbortController();
   let timedOut = false;
   const timer = setTimeout(() => {
@@ -34,8 +34,11 @@ export function requestSignal(svc: Service, req: FastifyRequest, reply: FastifyR
     if (!reply.raw.writableFinished) ac.abort();
   };
   reply.raw.on('close', onClose);
+  // the client may have gone while the body was parsed and the request validated
+  if (reply.raw.destroyed || request.raw.socket?.destroyed) ac.abort();
   return {
     signal: ac.signal,
+    abort: () => ac.abort(),
     timedOut: () => timedOut,
     done() {
       clearTimeout(timer);

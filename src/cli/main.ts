@@ -26,7 +26,7 @@ export function program(): Command {
     .description('serve the HTTP API (options also from the environment: see README, configuration)')
     .option('--model <model>', 'checkpoint directory, hub name (gpt2 … gpt2-xl) or "tiny" (env STEERD_MODEL, default gpt2-xl)')
     .option('--host <host>', 'listen address (env HOST, default 127.0.0.1)')
-    .option('--port <port>', 'listen port (env PORT, default 8080)', positiveInt)
+    .option('--port <port>', 'listen port, 0 for any free one (env PORT, default 8080)', nonNegativeInt)
     .option('--data <dir>', 'vector store directory (env STEERD_DATA, default ./data)')
     .option('--provider <name>', 'execution provider: cpu, cuda, webgpu (env STEERD_PROVIDER, default cpu)')
     .action(async (o: { model?: string; host?: string; port?: number; data?: string; provider?: string }) => {
