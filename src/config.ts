@@ -56,7 +56,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     host: env.HOST ?? '127.0.0.1',
     port: int(env.PORT, 8080),
-    model: env.STEERD_MODEL ?? 'gpt2-xl',
+    model: env.STEERD_MODEL || 'gpt2-xl',
     dataDir: env.STEERD_DATA ?? './data',
     cacheDir: env.STEERD_CACHE,
     provider: env.STEERD_PROVIDER ?? 'cpu',

@@ -72,14 +72,21 @@ t.test('SSE streaming and client disconnects, through a listening server', async
   } catch {
     // the abort ends the read
   }
-  // a non-streaming client that goes away
+  const settle = async (cancelled: number) => {
+    const t0 = Date.now();
+    while ((h.svc.inFlight > 0 || (await count()) < cancelled) && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 20));
+  };
+  await settle(1);
+  t.equal(await count(), 1, 'the streaming generation was cancelled');
+  t.equal(h.svc.inFlight, 0, 'and freed');
+  // a non-streaming client that goes away while its generation runs
   const ac2 = new AbortController();
   const p = fetch(`${url}/v1/generate`, { ...body({ prompt: 'Hello', max_new_tokens: 400, temperature: 0 }), signal: ac2.signal }).catch(() => undefined);
-  setTimeout(() => ac2.abort(), 100);
+  while (h.svc.inFlight === 0) await new Promise((r) => setTimeout(r, 5));
+  ac2.abort();
   await p;
-  const t0 = Date.now();
-  while ((h.svc.inFlight > 0 || (await count()) < 2) && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 20));
-  t.equal(await count(), 2, `both generations were cancelled (${await (await fetch(`${url}/metrics`)).text().then((m) => m.split('\n').filter((l) => l.startsWith('steerd:request_success')).join('; '))})`);
+  await settle(2);
+  t.equal(await count(), 2, 'the non-streaming generation was cancelled');
   t.equal(h.svc.inFlight, 0, 'and freed');
   t.equal(h.svc.engine.inFlight, 0);
 });
@@ -118,6 +125,17 @@ t.test('API keys, rate limit, queue depth, body size', async (t) => {
   t.ok(Number(r6.headers['retry-after']) > 0, 'Retry-After');
   t.equal(r6.json().error.code, 'rate_limited');
   t.equal((await app.inject({ url: '/v1/vectors', headers: { authorization: 'Bearer k2' } })).statusCode, 200, 'per key');
+});
+
+t.test('a generation past the request time limit is cancelled with 504', async (t) => {
+  const h = await harness(model, (c) => ({ ...c, limits: { ...c.limits, requestTimeoutMs: 300 } }));
+  t.teardown(() => h.close());
+  const t0 = Date.now();
+  const r = await post(h.app, '/v1/generate', { prompt: 'x', max_new_tokens: 500, temperature: 0 });
+  t.equal(r.statusCode, 504);
+  t.match(r.json().error, { code: 'timeout', message: /time limit \(300 ms\)/ });
+  t.ok(Date.now() - t0 < 5000, 'answered soon after the limit');
+  t.equal(h.svc.engine.inFlight, 0, 'the generation was cancelled');
 });
 
 t.test('random and malformed bodies: only 4xx, no crash, stored vectors unchanged', async (t) => {

@@ -45,3 +45,14 @@ t.test('errors exit non-zero with one clear line', async (t) => {
   t.equal(heads.status, 1);
   t.match(heads.stderr, /not a multiple of n_head/);
 });
+
+t.test('serve: a default model that cannot be pulled exits with the offline alternative', async (t) => {
+  const r = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'serve', '--port', '0', '--data', join(root, 'd')], {
+    encoding: 'utf8',
+    env: { ...process.env, HF_ENDPOINT: 'http://127.0.0.1:9', STEERD_CACHE: join(root, 'cache'), STEERD_MODEL: '' },
+    timeout: 60_000,
+  });
+  t.equal(r.status, 1, r.stderr);
+  t.match(r.stderr, /cannot get model "gpt2-xl".*cannot reach.*--model tiny/s);
+  t.notOk(statSync(join(root, 'cache'), { throwIfNoEntry: false })?.isDirectory() && statSync(join(root, 'cache', 'models', 'tiny'), { throwIfNoEntry: false }), 'no random model was made');
+});
