@@ -27,7 +27,7 @@ export async function resolveModel(config: Config, progress?: ProgressReporter):
     name = config.model.replace(/\/+$/, '').split('/').pop()!;
   } else if (config.model === 'tiny') {
     dir = join(cache, 'models', 'tiny');
-    if (!existsSync(join(dir, 'model.safetensors'))) writeTinyCheckpoint(dir, { layers: 4, embd: 128, heads: 4, ctx: 512, initScale: 5 });
+    if (!existsSync(join(dir, 'model.safetensors'))) writeTinyCheckpoint(dir, { layers: 8, embd: 128, heads: 4, ctx: 512, initScale: 5 }); // 8 layers: the README's layer-6 examples run on it
   } else {
     try {
       dir = await pull(config.model, { cache, progress });
