@@ -5,17 +5,11 @@ import { resolveInterventions, type InterventionBody } from '../src/api/resolve.
 import { samplingProperties, tokenSchema } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import { SteerdError } from '../src/errors.js';
-import type { DoneEvent, GenerateEvent, GenerateRequest } from '../src/engine/types.js';
+import type { DoneEvent, GenerateEvent, GenerateRequest, SamplingParams } from '../src/engine/types.js';
 
-interface GenerateBody {
+/** The engine's sampling parameters, with `stop` also accepted as one string. */
+interface GenerateBody extends Omit<SamplingParams, 'stop' | 'stop_at_eos'> {
   prompt: string;
-  max_new_tokens?: number;
-  temperature?: number;
-  top_k?: number;
-  top_p?: number;
-  frequency_penalty?: number;
-  presence_penalty?: number;
-  seed?: number;
   stop?: string | string[];
   interventions?: InterventionBody[];
   compare?: boolean;
@@ -108,14 +102,11 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
       const prompt = [...(b.prepend_bos ? [engine.tokenizer.eosId] : []), ...engine.tokenizer.encode(b.prompt)];
       const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions);
       const seed = b.seed ?? randomInt(0, 2 ** 32);
+      const { stream: _s, compare: _c, prepend_bos: _p, interventions: _i, prompt: _text, ...sampling } = b;
       const req: GenerateRequest = {
+        ...sampling,
         prompt,
         max_new_tokens: maxNew,
-        temperature: b.temperature,
-        top_k: b.top_k,
-        top_p: b.top_p,
-        frequency_penalty: b.frequency_penalty,
-        presence_penalty: b.presence_penalty,
         seed,
         stop: typeof b.stop === 'string' ? [b.stop] : b.stop,
         interventions,
