@@ -1,6 +1,6 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
-import { admit, checkLimits, requestSignal, tracked } from '../src/api/generation.js';
+import { admit, checkLimits, requestSignal, streamErrors, timeoutError, tracked } from '../src/api/generation.js';
 import { resolveInterventions, type InterventionBody } from '../src/api/resolve.js';
 import type { Service } from '../src/api/service.js';
 import { BadRequestError } from '../src/errors.js';
@@ -91,7 +91,7 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
         },
       },
     },
-    async (request, reply) => {
+    streamErrors(async (request: FastifyRequest<{ Body: Body }>, reply) => {
       const b = request.body;
       if ((b.n ?? 1) !== 1) throw new BadRequestError('n must be 1');
       const maxNew = b.max_tokens ?? 16;
@@ -134,6 +134,7 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
             if (stream && e.text && reply.sse!.isConnected) await reply.sse!.send({ data: chunk(e.text, null) });
             continue;
           }
+          if (sig.timedOut()) throw timeoutError(svc);
           const usage = { prompt_tokens: e.usage.prompt_tokens, completion_tokens: e.usage.completion_tokens, total_tokens: e.usage.prompt_tokens + e.usage.completion_tokens };
           if (stream) {
             if (reply.sse!.isConnected) {
@@ -149,6 +150,6 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
         sig.done();
         release();
       }
-    },
+    }),
   );
 }

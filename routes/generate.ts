@@ -1,6 +1,6 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { randomInt, randomUUID } from 'node:crypto';
-import { admit, checkLimits, requestSignal, tracked } from '../src/api/generation.js';
+import { admit, checkLimits, requestSignal, streamErrors, timeoutError, tracked } from '../src/api/generation.js';
 import { resolveInterventions, type InterventionBody } from '../src/api/resolve.js';
 import { samplingProperties, tokenSchema } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
@@ -94,68 +94,77 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
         },
       },
     },
-    async (request, reply) => {
-      const b = request.body;
-      const { engine } = svc;
-      const maxNew = b.max_new_tokens ?? 64;
-      checkLimits(svc, maxNew);
-      const prompt = [...(b.prepend_bos ? [engine.tokenizer.eosId] : []), ...engine.tokenizer.encode(b.prompt)];
-      const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions);
-      const seed = b.seed ?? randomInt(0, 2 ** 32);
-      const { stream: _s, compare: _c, prepend_bos: _p, interventions: _i, prompt: _text, ...sampling } = b;
-      const req: GenerateRequest = {
-        ...sampling,
-        prompt,
-        max_new_tokens: maxNew,
-        seed,
-        stop: typeof b.stop === 'string' ? [b.stop] : b.stop,
-        interventions,
-      };
-      const release = admit(svc, reply);
-      const sig = requestSignal(svc, request, reply);
-      try {
-        const steered = engine.generate(req, { signal: sig.signal });
-        const baseline = b.compare ? engine.generate({ ...req, interventions: [] }, { signal: sig.signal }) : undefined;
-        const baselineResult = baseline && collect(svc, tracked(svc, req, baseline));
-        const id = `gen-${randomUUID()}`;
-        const stream = b.stream && reply.sse;
-        if (stream) {
-          reply.sse!.keepAlive();
-          reply.sse!.onClose(() => sig.abort());
-        }
-        const result = await collect(svc, tracked(svc, req, steered), async (e) => {
-          if (stream && e.type === 'token' && e.id >= 0 && reply.sse!.isConnected) {
-            await reply.sse!.send({ event: 'token', data: { id: e.id, text: e.text, logprob: e.logprob } });
-          }
-        });
-        if (sig.timedOut()) {
-          throw new SteerdError(`the request ran past its time limit (${svc.config.limits.requestTimeoutMs} ms)`, 504, 'timeout');
-        }
-        const body = {
-          id,
-          model: svc.model.name,
-          text: result.done.text,
-          tokens: result.tokens,
-          finish_reason: result.done.finish_reason,
-          usage: result.done.usage,
-          seed: result.done.seed,
-          timings: result.done.timings,
-          interventions: applied,
-          ...(baselineResult && {
-            baseline: await baselineResult.then((r) => ({ text: r.done.text, tokens: r.tokens, finish_reason: r.done.finish_reason, usage: r.done.usage })),
-          }),
-        };
-        if (stream) {
-          const { tokens: _, ...rest } = body;
-          if (reply.sse!.isConnected) await reply.sse!.send({ event: 'done', data: rest });
-          reply.sse!.close();
-          return reply;
-        }
-        return body;
-      } finally {
-        sig.done();
-        release();
-      }
-    },
+    streamErrors(handle),
   );
+
+  async function handle(request: FastifyRequest<{ Body: GenerateBody }>, reply: FastifyReply) {
+    const b = request.body;
+    const { engine } = svc;
+    const maxNew = b.max_new_tokens ?? 64;
+    checkLimits(svc, maxNew);
+    const prompt = [...(b.prepend_bos ? [engine.tokenizer.eosId] : []), ...engine.tokenizer.encode(b.prompt)];
+    const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions);
+    const seed = b.seed ?? randomInt(0, 2 ** 32);
+    const { stream: _s, compare: _c, prepend_bos: _p, interventions: _i, prompt: _text, ...sampling } = b;
+    const req: GenerateRequest = {
+      ...sampling,
+      prompt,
+      max_new_tokens: maxNew,
+      seed,
+      stop: typeof b.stop === 'string' ? [b.stop] : b.stop,
+      interventions,
+    };
+    const release = admit(svc, reply);
+    const sig = requestSignal(svc, request, reply);
+    try {
+      const steered = engine.generate(req, { signal: sig.signal });
+      const baseline = b.compare ? engine.generate({ ...req, interventions: [] }, { signal: sig.signal }) : undefined;
+      const baselineResult = baseline && collect(svc, tracked(svc, req, baseline));
+      baselineResult?.catch(() => sig.abort()); // awaited below; a failure of the steered run must not leave it unhandled
+      const id = `gen-${randomUUID()}`;
+      const stream = b.stream && reply.sse;
+      if (stream) {
+        reply.sse!.keepAlive();
+        reply.sse!.onClose(() => sig.abort());
+      }
+      let result: Awaited<ReturnType<typeof collect>>;
+      try {
+        result = await collect(svc, tracked(svc, req, steered), async (e) => {
+          if (!stream || e.type !== 'token' || !reply.sse!.isConnected) return;
+          // id -1: text held back (a stop-string prefix, part of a character) released at the end
+          if (e.id >= 0) await reply.sse!.send({ event: 'token', data: { id: e.id, text: e.text, logprob: e.logprob } });
+          else if (e.text) await reply.sse!.send({ event: 'text', data: { text: e.text } });
+        });
+      } catch (e) {
+        sig.abort();
+        await baselineResult?.catch(() => undefined);
+        throw e;
+      }
+      if (sig.timedOut()) throw timeoutError(svc);
+      const body = {
+        id,
+        model: svc.model.name,
+        text: result.done.text,
+        tokens: result.tokens,
+        finish_reason: result.done.finish_reason,
+        usage: result.done.usage,
+        seed: result.done.seed,
+        timings: result.done.timings,
+        interventions: applied,
+        ...(baselineResult && {
+          baseline: await baselineResult.then((r) => ({ text: r.done.text, tokens: r.tokens, finish_reason: r.done.finish_reason, usage: r.done.usage })),
+        }),
+      };
+      if (stream) {
+        const { tokens: _, ...rest } = body;
+        if (reply.sse!.isConnected) await reply.sse!.send({ event: 'done', data: rest });
+        reply.sse!.close();
+        return reply;
+      }
+      return body;
+    } finally {
+      sig.done();
+      release();
+    }
+  }
 }

@@ -1,4 +1,4 @@
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { fastifySSE as sse } from '@fastify/sse';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
@@ -34,6 +34,9 @@ function keyMatches(given: string, keys: string[]): boolean {
 
 const bearer = (h: string | undefined) => (h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined);
 
+/** Whether a request matched a /v1 route: decided by the router, so percent-escapes cannot dodge it. */
+const isApi = (request: FastifyRequest) => request.routeOptions.url?.startsWith('/v1/') === true;
+
 /**
  * Builds the HTTP app around a running service: plugins and routes registered explicitly, never
  * listening (server.ts listens; tests use `inject`).
@@ -48,6 +51,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     bodyLimit: config.limits.bodyLimit,
     requestIdHeader: 'x-request-id',
     genReqId: () => randomUUID(),
+    return503OnClosing: false, // while closing, our own hooks answer 503 in the documented shape
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
   });
 
@@ -91,7 +95,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
 
   if (config.apiKeys.length) {
     app.addHook('onRequest', async (request, reply) => {
-      if (!request.url.startsWith('/v1/')) return;
+      if (!isApi(request)) return;
       const key = bearer(request.headers.authorization);
       if (!key || !keyMatches(key, config.apiKeys)) {
         reply.header('www-authenticate', 'Bearer');
@@ -103,14 +107,18 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     await app.register(rateLimit, {
       max: config.rateLimit,
       timeWindow: 60_000,
-      keyGenerator: (request) => bearer(request.headers.authorization) ?? request.ip,
-      allowList: (request) => !request.url.startsWith('/v1/'),
+      // keys are checked before this runs; without keys a bearer header is anyone's to invent
+      keyGenerator: (request) => (config.apiKeys.length ? bearer(request.headers.authorization) : undefined) ?? request.ip,
+      allowList: (request) => !isApi(request),
       errorResponseBuilder: (_request, ctx) =>
         new SteerdError(`rate limit of ${ctx.max} requests per minute reached; retry in ${ctx.after}`, 429, 'rate_limited', { limit: ctx.max }),
     });
   }
   app.addHook('onRequest', async (request) => {
-    if (svc.draining && request.url.startsWith('/v1/')) throw new SteerdError('the server is shutting down', 503, 'unavailable');
+    if (svc.draining && isApi(request)) throw new SteerdError('the server is shutting down', 503, 'unavailable');
+  });
+  app.addHook('onSend', async (_request, reply) => {
+    if (svc.draining) reply.header('connection', 'close'); // let keep-alive clients go while draining
   });
   app.addHook('onResponse', async (request, reply) => {
     svc.metrics.http.inc({ route: request.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) });

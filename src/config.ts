@@ -1,3 +1,5 @@
+import { SteerdError } from './errors.js';
+
 /**
  * Service configuration: every option, its environment variable and its default, in one place.
  * `loadConfig(env)` reads the environment; the CLI overrides with flags.
@@ -50,30 +52,37 @@ export interface Config {
 /** Vector names: also file names, so no separators and no leading dot. */
 export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$';
 
-const int = (v: string | undefined, d: number) => (v === undefined || v === '' ? d : Number.parseInt(v, 10));
+/** An integer setting: the default when unset, else a whole number >= min, or a clear error. */
+function int(env: NodeJS.ProcessEnv, name: string, d: number, min = 1): number {
+  const v = env[name];
+  if (v === undefined || v === '') return d;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new SteerdError(`${name}=${JSON.stringify(v)}: expected an integer >= ${min}`, 500, 'bad_config');
+  return n;
+}
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     host: env.HOST ?? '127.0.0.1',
-    port: int(env.PORT, 8080),
+    port: int(env, 'PORT', 8080, 0),
     model: env.STEERD_MODEL || 'gpt2-xl',
     dataDir: env.STEERD_DATA ?? './data',
     cacheDir: env.STEERD_CACHE,
     provider: env.STEERD_PROVIDER ?? 'cpu',
-    threads: int(env.STEERD_THREADS, 0),
-    batchCapacity: int(env.STEERD_BATCH_CAPACITY, 32),
-    tokenBudget: int(env.STEERD_TOKEN_BUDGET, 256),
+    threads: int(env, 'STEERD_THREADS', 0, 0),
+    batchCapacity: int(env, 'STEERD_BATCH_CAPACITY', 32),
+    tokenBudget: int(env, 'STEERD_TOKEN_BUDGET', 256),
     apiKeys: (env.STEERD_API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean),
-    rateLimit: int(env.STEERD_RATE_LIMIT, 0),
-    drainTimeoutMs: int(env.STEERD_DRAIN_TIMEOUT_MS, 30_000),
+    rateLimit: int(env, 'STEERD_RATE_LIMIT', 0, 0),
+    drainTimeoutMs: int(env, 'STEERD_DRAIN_TIMEOUT_MS', 30_000, 0),
     logLevel: env.LOG_LEVEL ?? 'info',
     limits: {
-      maxNewTokens: int(env.STEERD_MAX_NEW_TOKENS, 512),
-      maxInterventions: int(env.STEERD_MAX_INTERVENTIONS, 16),
-      maxVectors: int(env.STEERD_MAX_VECTORS, 1000),
-      bodyLimit: int(env.STEERD_BODY_LIMIT, 16 * 1024 * 1024),
-      queueDepth: int(env.STEERD_QUEUE_DEPTH, 256),
-      requestTimeoutMs: int(env.STEERD_REQUEST_TIMEOUT_MS, 300_000),
+      maxNewTokens: int(env, 'STEERD_MAX_NEW_TOKENS', 512),
+      maxInterventions: int(env, 'STEERD_MAX_INTERVENTIONS', 16),
+      maxVectors: int(env, 'STEERD_MAX_VECTORS', 1000),
+      bodyLimit: int(env, 'STEERD_BODY_LIMIT', 16 * 1024 * 1024),
+      queueDepth: int(env, 'STEERD_QUEUE_DEPTH', 256),
+      requestTimeoutMs: int(env, 'STEERD_REQUEST_TIMEOUT_MS', 300_000),
     },
   };
 }

@@ -62,6 +62,7 @@ export async function createService(config: Config, progress?: ProgressReporter)
     metrics: new Metrics(),
     inFlight: 0,
     draining: false,
+    aborts: new Set(),
   };
 }
 
@@ -72,9 +73,18 @@ export async function createService(config: Config, progress?: ProgressReporter)
 export async function shutdown(app: FastifyInstance, svc: Service): Promise<void> {
   svc.draining = true;
   const deadline = Date.now() + svc.config.drainTimeoutMs;
-  while (svc.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  await app.close();
-  await Promise.race([svc.engine.close(), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))]);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  while (svc.inFlight > 0 && Date.now() < deadline) await sleep(50);
+  if (svc.inFlight > 0) {
+    // past the drain timeout: cancel what is left, give the handlers a moment to answer
+    for (const abort of svc.aborts) abort();
+    const grace = Date.now() + 1000;
+    while (svc.inFlight > 0 && Date.now() < grace) await sleep(20);
+  }
+  const closing = app.close();
+  app.server.closeAllConnections(); // keep-alive sockets would otherwise hold the close open
+  await closing;
+  await Promise.race([svc.engine.close(), sleep(Math.max(1000, deadline - Date.now()))]);
 }
 
 /** `steerd serve`: listens, and on SIGTERM or SIGINT drains and exits 0. */

@@ -51,6 +51,15 @@ t.test('SSE streaming and client disconnects, through a listening server', async
   const plain = (await (await fetch(`${url}/v1/generate`, body({ prompt: 'Hello', max_new_tokens: 8, temperature: 0 }))).json()) as { text: string };
   t.equal(done.text, plain.text, 'same as the non-streaming answer');
 
+  // a stop string that starts like the last token's text is held back, then released at the end
+  const lastText = JSON.parse(got.at(-2)!.data).text;
+  const held = await fetch(`${url}/v1/generate`, body({ prompt: 'Hello', max_new_tokens: 8, temperature: 0, stream: true, stop: [`${lastText}qqqq`] }));
+  const heldEvents: { event: string; data: string }[] = [];
+  for await (const e of events(held)) heldEvents.push(e);
+  const streamed = heldEvents.filter((e) => e.event === 'token' || e.event === 'text').map((e) => JSON.parse(e.data).text).join('');
+  t.ok(heldEvents.some((e) => e.event === 'text'), 'the held-back text comes as a text event');
+  t.equal(streamed, JSON.parse(heldEvents.at(-1)!.data).text, 'streamed pieces add up to the final text');
+
   const oai = await fetch(`${url}/v1/completions`, body({ prompt: 'Hello', max_tokens: 4, temperature: 0, stream: true }));
   const chunks: string[] = [];
   for await (const e of events(oai)) chunks.push(e.data);
@@ -102,6 +111,9 @@ t.test('API keys, rate limit, queue depth, body size', async (t) => {
   t.same(bad.json(), { error: { code: 'unauthorized', message: 'missing or unknown API key' } }, '401 and nothing else');
   t.equal(bad.headers['www-authenticate'], 'Bearer');
   t.equal((await app.inject({ url: '/v1/vectors', headers: auth })).statusCode, 200);
+  for (const dodge of ['/%761/vectors', '/v%31/vectors', '/v1//vectors']) {
+    t.not((await app.inject(dodge)).statusCode, 200, `${dodge} does not get around the key`);
+  }
   for (const open of ['/healthz', '/readyz', '/metrics', '/openapi.json']) t.equal((await app.inject(open)).statusCode, 200, `${open} stays open`);
 
   // queue depth 1: a second request while one is in flight gets 429 with Retry-After
@@ -136,6 +148,17 @@ t.test('a generation past the request time limit is cancelled with 504', async (
   t.match(r.json().error, { code: 'timeout', message: /time limit \(300 ms\)/ });
   t.ok(Date.now() - t0 < 5000, 'answered soon after the limit');
   t.equal(h.svc.engine.inFlight, 0, 'the generation was cancelled');
+  const oai = await post(h.app, '/v1/completions', { prompt: 'x', max_tokens: 500, temperature: 0 });
+  t.equal(oai.statusCode, 504, 'completions too');
+  t.equal(oai.json().error.code, 'timeout');
+});
+
+t.test('without API keys, the rate limit counts per address whatever bearer is sent', async (t) => {
+  const h = await harness(model, (c) => ({ ...c, rateLimit: 2 }));
+  t.teardown(() => h.close());
+  const codes = [];
+  for (let i = 0; i < 4; i++) codes.push((await h.app.inject({ url: '/v1/vectors', headers: { authorization: `Bearer made-up-${i}` } })).statusCode);
+  t.same(codes, [200, 200, 429, 429]);
 });
 
 t.test('random and malformed bodies: only 4xx, no crash, stored vectors unchanged', async (t) => {

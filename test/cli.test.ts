@@ -56,3 +56,14 @@ t.test('serve: a default model that cannot be pulled exits with the offline alte
   t.match(r.stderr, /cannot get model "gpt2-xl".*cannot reach.*--model tiny/s);
   t.notOk(statSync(join(root, 'cache'), { throwIfNoEntry: false })?.isDirectory() && statSync(join(root, 'cache', 'models', 'tiny'), { throwIfNoEntry: false }), 'no random model was made');
 });
+
+t.test('configuration from the environment is checked', async (t) => {
+  const { loadConfig } = await import('../src/config.ts');
+  t.equal(loadConfig({ STEERD_BATCH_CAPACITY: '8', PORT: '0' }).batchCapacity, 8);
+  t.throws(() => loadConfig({ STEERD_BATCH_CAPACITY: '0' }), { message: /STEERD_BATCH_CAPACITY="0": expected an integer >= 1/ });
+  t.throws(() => loadConfig({ STEERD_QUEUE_DEPTH: 'abc' }), { message: /STEERD_QUEUE_DEPTH/ });
+  t.throws(() => loadConfig({ STEERD_TOKEN_BUDGET: '2.5' }), { message: /STEERD_TOKEN_BUDGET/ });
+  const r = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'serve'], { encoding: 'utf8', env: { ...process.env, STEERD_QUEUE_DEPTH: '-1' } });
+  t.equal(r.status, 1);
+  t.match(r.stderr, /^steerd: STEERD_QUEUE_DEPTH="-1": expected an integer >= 1\n$/);
+});

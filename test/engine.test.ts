@@ -102,6 +102,8 @@ t.test('seeds: same seed, same output; different seeds, different outputs', asyn
   t.same(a.ids, b.ids);
   t.equal(a.done.seed, 7);
   t.not(a.ids.join(), c.ids.join());
+  const far = await run(engine, { ...req, seed: 2 ** 32 + 7 });
+  t.not(far.ids.join(), (await run(engine, { ...req, seed: 6 })).ids.join(), 'seeds that differ above 32 bits differ');
   const unseeded = await run(engine, req);
   t.type(unseeded.done.seed, 'number', 'a random seed is reported');
   t.same((await run(engine, { ...req, seed: unseeded.done.seed })).ids, unseeded.ids, 'and reproduces the output');
@@ -300,4 +302,18 @@ t.test('close drains: requests in flight finish, new ones are refused', async (t
   t.equal(c.ids.length, 20);
   await closed;
   t.equal(eng.inFlight, 0);
+});
+
+t.test('after the worker dies, requests fail at once and close resolves', async (t) => {
+  const eng = await Engine.start({ model: dir });
+  t.teardown(() => eng.close());
+  const pending = run(eng, { prompt: ids(3), max_new_tokens: 120, temperature: 0, stop_at_eos: false });
+  await new Promise((r) => setTimeout(r, 20));
+  await (eng as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+  await t.rejects(pending, { status: 503, message: /stopped/ }, 'the request in flight fails');
+  t.throws(() => eng.generate({ prompt: ids(2), max_new_tokens: 2 }), { status: 503, message: /stopped/ });
+  await t.rejects(eng.activations({ prompt: ids(2), layers: [0] }), { status: 503, message: /stopped/ });
+  t.equal(eng.ready, false);
+  await eng.close();
+  t.pass('close resolved');
 });

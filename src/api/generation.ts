@@ -36,16 +36,41 @@ export function requestSignal(svc: Service, request: FastifyRequest, reply: Fast
   reply.raw.on('close', onClose);
   // the client may have gone while the body was parsed and the request validated
   if (reply.raw.destroyed || request.raw.socket?.destroyed) ac.abort();
+  const abort = () => ac.abort();
+  svc.aborts.add(abort);
   return {
     signal: ac.signal,
-    abort: () => ac.abort(),
+    abort,
     timedOut: () => timedOut,
     done() {
       clearTimeout(timer);
       reply.raw.off('close', onClose);
+      svc.aborts.delete(abort);
     },
   };
 }
+
+/**
+ * Wraps a handler that may stream: an error before the stream starts goes to the error handler as
+ * usual; once events have been sent, it becomes the stream's last event (`error`, same body).
+ */
+export function streamErrors<R extends FastifyRequest>(handler: (request: R, reply: FastifyReply) => Promise<unknown>) {
+  return async (request: R, reply: FastifyReply) => {
+    try {
+      return await handler(request, reply);
+    } catch (e) {
+      if (!reply.raw.headersSent) throw e;
+      const err = e instanceof SteerdError ? e : new SteerdError('internal error', 500, 'internal');
+      if (!(e instanceof SteerdError)) request.log.error({ err: e }, 'stream failed');
+      if (reply.sse?.isConnected) await reply.sse.send({ event: 'error', data: { error: { code: err.code, message: err.message } } });
+      reply.sse?.close();
+      return reply;
+    }
+  };
+}
+
+export const timeoutError = (svc: Service) =>
+  new SteerdError(`the request ran past its time limit (${svc.config.limits.requestTimeoutMs} ms)`, 504, 'timeout');
 
 export function checkLimits(svc: Service, maxNew: number): void {
   const lim = svc.config.limits.maxNewTokens;

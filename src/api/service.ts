@@ -15,4 +15,6 @@ export interface Service {
   inFlight: number;
   /** SIGTERM received: new work gets 503. */
   draining: boolean;
+  /** Cancels the requests in flight (a drain past its timeout). */
+  aborts: Set<() => void>;
 }

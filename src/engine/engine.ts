@@ -71,6 +71,7 @@ export class Engine {
    * the next step; the iterable then ends with `finish_reason: "cancelled"`.
    */
   generate(req: GenerateRequest, opts: { signal?: AbortSignal } = {}): AsyncIterable<GenerateEvent> {
+    if (this.stopped) throw new UnavailableError('the engine stopped');
     if (this.closing) throw new UnavailableError('the engine is shutting down');
     validateGenerate(req, this.info, this.maxContext);
     const id = this.nextId++;
@@ -119,6 +120,7 @@ export class Engine {
 
   /** Residual-stream activations of a prompt (validated now). */
   activations(req: ActivationsRequest): Promise<ActivationsResult> {
+    if (this.stopped) return Promise.reject(new UnavailableError('the engine stopped'));
     if (this.closing) return Promise.reject(new UnavailableError('the engine is shutting down'));
     try {
       validateActivations(req, this.info, this.maxContext);
@@ -144,10 +146,12 @@ export class Engine {
 
   /** Stops taking work, lets what is in flight finish, then stops the worker. */
   close(): Promise<void> {
-    this.closing ??= new Promise<void>((resolve) => {
-      this.closed = resolve;
-      this.post({ type: 'close' });
-    });
+    this.closing ??= this.stopped
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => {
+          this.closed = resolve;
+          this.post({ type: 'close' });
+        });
     return this.closing;
   }
 
@@ -181,6 +185,7 @@ export class Engine {
   }
 
   private failAll(e: Error): void {
+    this.stopped = true;
     for (const s of this.streams.values()) s.fail(e);
     for (const c of this.calls.values()) c.reject(e);
     this.calls.clear();

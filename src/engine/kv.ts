@@ -51,15 +51,26 @@ export class KvStore {
     return { k: this.k.map((a) => a.subarray(0, size)), v: this.v.map((a) => a.subarray(0, size)), P: this.P };
   }
 
-  /** Makes every row able to hold `slots` tokens (reallocating and copying when P grows). */
+  /**
+   * Makes every row able to hold `slots` tokens. P grows in steps of 16 and shrinks when the rows
+   * need at most half of it (every step copies and attends over P, so a long request that left
+   * must not slow the ones after it).
+   */
   reserve(slots: number): void {
-    if (slots <= this.P) return;
+    const shrink = slots <= this.P / 2 && this.P > GROW;
+    if (slots > this.P || shrink) this.realloc(this.rows, slots);
+  }
+
+  /** Rows allocated (grows by doubling up to the capacity, freed when the store empties). */
+  private rows = 0;
+
+  private realloc(rows: number, slots: number): void {
     const P = Math.min(this.maxSlots, Math.ceil(slots / GROW) * GROW);
     if (P < slots) throw new Error(`KV cache cannot hold ${slots} tokens (context ${this.maxSlots})`);
     const { nLayer, nHead, headDim: hd } = this.s;
-    const grow = (old: Float32Array[]) =>
+    const move = (old: Float32Array[]) =>
       Array.from({ length: nLayer }, (_, l) => {
-        const a = new Float32Array(this.capacity * nHead * P * hd);
+        const a = new Float32Array(rows * nHead * P * hd);
         for (let r = 0; r < this.n; r++) {
           for (let h = 0; h < nHead; h++) {
             const from = (r * nHead + h) * this.P * hd;
@@ -68,15 +79,21 @@ export class KvStore {
         }
         return a;
       });
-    this.k = grow(this.k);
-    this.v = grow(this.v);
+    this.k = move(this.k);
+    this.v = move(this.v);
     this.P = P;
+    this.rows = rows;
+  }
+
+  private ensureRow(): void {
+    if (this.n >= this.capacity) throw new Error('KV cache is full');
+    if (this.n >= this.rows) this.realloc(Math.min(this.capacity, Math.max(1, this.rows * 2)), Math.max(this.P, 1));
   }
 
   /** Adds a row holding `src`'s tokens; returns its index. */
   push(src: KvSource): number {
-    if (this.n >= this.capacity) throw new Error('KV cache is full');
-    this.reserve(src.count);
+    this.ensureRow();
+    if (src.count > this.P) this.realloc(this.rows, src.count);
     this.len.push(0);
     this.append(this.n - 1, src);
     return this.n - 1;
@@ -84,7 +101,7 @@ export class KvStore {
 
   /** Adds an empty row; returns its index. */
   pushEmpty(): number {
-    if (this.n >= this.capacity) throw new Error('KV cache is full');
+    this.ensureRow();
     this.len.push(0);
     return this.n - 1;
   }
@@ -118,6 +135,13 @@ export class KvStore {
       this.len[r] = this.len[last];
     }
     this.len.pop();
+    if (this.n === 0) {
+      // an empty batch gives its memory back
+      this.k = [];
+      this.v = [];
+      this.P = 0;
+      this.rows = 0;
+    }
     return r !== last ? last : -1;
   }
 

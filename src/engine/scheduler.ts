@@ -4,6 +4,7 @@ import { TextStream } from './detok.js';
 import { KvStore, type KvSource } from './kv.js';
 import type { ForwardOutput, ModelRunner } from './runner.js';
 import { Sampler } from './sampler.js';
+import { seed32 } from '../util/rng.js';
 import { buildSteer, type RowSteering } from './steer.js';
 import type { ActivationsRequest, ActivationsResult, FinishReason, GenerateEvent, GenerateRequest } from './types.js';
 
@@ -111,7 +112,7 @@ export class Scheduler {
           frequency_penalty: req.frequency_penalty ?? 0,
           presence_penalty: req.presence_penalty ?? 0,
         },
-        (seed >>> 0) ^ Math.floor(seed / 2 ** 32),
+        seed32(seed),
         this.runner.info.vocab_size,
       ),
       text: new TextStream(this.runner.tokenizer, req.stop ?? []),

@@ -30,3 +30,12 @@ export class Rng {
   }
 }
 
+
+/** Folds a safe integer (up to 53 bits) into a 32-bit seed, mixing the high word (murmur3's fmix32). */
+export function seed32(seed: number): number {
+  const lo = seed >>> 0;
+  let h = (Math.floor(seed / 2 ** 32) + 1) >>> 0;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (lo ^ h ^ (h >>> 16)) >>> 0;
+}
