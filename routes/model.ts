@@ -33,7 +33,14 @@ export async function residNorms(svc: Service): Promise<NormStat[]> {
 }
 
 export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
-  let norms: Promise<NormStat[]> | undefined;
+  // measured once, at start (the spec builder registers routes without an engine)
+  const measure = () =>
+    residNorms(svc).catch((e) => {
+      norms = undefined; // measured again on the next request
+      throw e;
+    });
+  let norms: Promise<NormStat[]> | undefined = svc.engine ? measure() : undefined;
+  norms?.catch(() => undefined);
   app.get(
     '/v1/model',
     {
@@ -70,10 +77,7 @@ export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: 
       },
     },
     async () => {
-      norms ??= residNorms(svc).catch((e) => {
-        norms = undefined;
-        throw e;
-      });
+      norms ??= measure();
       const i = svc.engine.info;
       return {
         id: svc.model.id,
