@@ -20,10 +20,11 @@ import { openCheckpoint, type Checkpoint } from './checkpoint.js';
  *   out present.{l}.key / present.{l}.value   float32 [B, n_head, P+T, head_dim]
  *   out resid.{l}       float32 [B, T, n_embd]  the stream entering block l, after steering
  *
- * The serving variant (`serving`), for the engine that owns the model, adds:
+ * The serving variant (`serving`), for the engine that owns the model and keeps its own cache:
  *   in  logits_all      bool []              false: `logits` is [B, 1, V], the last position only
  *   out new.{l}.key / new.{l}.value   float32 [B, n_head, T, head_dim]  the new tokens' keys and
- *       values alone, so that a caller that keeps its own cache fetches T positions, not P+T
+ *       values, instead of present.{l}.* (ONNX Runtime computes every output, fetched or not, and
+ *       concatenating the cache would copy all of it at every step)
  */
 
 /** Recorded in the graph's metadata; informational (rebuilds are decided by content). */
@@ -117,12 +118,22 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
     const qh = g.op1('Mul', [splitHeads(q), qScale]); // [B, nh, T, hd], pre-scaled by 1/sqrt(hd)
     const kNew = g.op1('Transpose', [g.op1('Reshape', [k, headShape])], [ints('perm', [0, 2, 1, 3])], opts.serving ? `new.${l}.key` : undefined); // [B, nh, T, hd]
     const vNew = g.op1('Transpose', [g.op1('Reshape', [v, headShape])], [ints('perm', [0, 2, 1, 3])], opts.serving ? `new.${l}.value` : undefined); // [B, nh, T, hd]
-    const kAll = g.op1('Concat', [`past.${l}.key`, kNew], [int('axis', 2)], `present.${l}.key`); // [B, nh, S, hd]
-    const vAll = g.op1('Concat', [`past.${l}.value`, vNew], [int('axis', 2)], `present.${l}.value`); // [B, nh, S, hd]
-    const kT = g.op1('Transpose', [kAll], [ints('perm', [0, 1, 3, 2])]); // [B, nh, hd, S]
-    const scores = g.op1('Add', [g.op1('MatMul', [qh, kT]), bias]); // [B, nh, T, S]
-    const probs = g.op1('Softmax', [scores], [int('axis', -1)]); // [B, nh, T, S]
-    const ctx = g.op1('MatMul', [probs, vAll]); // [B, nh, T, hd]
+    const kT = (t: string) => g.op1('Transpose', [t], [ints('perm', [0, 1, 3, 2])]); // [B, nh, hd, *]
+    let ctx: string;
+    if (!opts.serving) {
+      const kAll = g.op1('Concat', [`past.${l}.key`, kNew], [int('axis', 2)], `present.${l}.key`); // [B, nh, S, hd]
+      const vAll = g.op1('Concat', [`past.${l}.value`, vNew], [int('axis', 2)], `present.${l}.value`); // [B, nh, S, hd]
+      const probs = g.op1('Softmax', [g.op1('Add', [g.op1('MatMul', [qh, kT(kAll)]), bias])], [int('axis', -1)]); // [B, nh, T, S]
+      ctx = g.op1('MatMul', [probs, vAll]); // [B, nh, T, hd]
+    } else {
+      // The serving variant has no present.* outputs: it attends to the cache and to the new
+      // tokens separately and never copies the cache (only the small score rows are joined).
+      const sPast = g.op1('MatMul', [qh, kT(`past.${l}.key`)]); // [B, nh, T, P]
+      const sNew = g.op1('MatMul', [qh, kT(kNew)]); // [B, nh, T, T]
+      const probs = g.op1('Softmax', [g.op1('Add', [g.op1('Concat', [sPast, sNew], [int('axis', 3)]), bias])], [int('axis', -1)]); // [B, nh, T, S]
+      const [pPast, pNew] = g.op('Split', [probs, g.op1('Concat', [P, T], [int('axis', 0)])], [int('axis', 3)], 2); // [B, nh, T, P], [B, nh, T, T]
+      ctx = g.op1('Add', [g.op1('MatMul', [pPast, `past.${l}.value`]), g.op1('MatMul', [pNew, vNew])]); // [B, nh, T, hd]
+    }
     const merged = g.op1('Reshape', [g.op1('Transpose', [ctx], [ints('perm', [0, 2, 1, 3])]), mergeShape]); // [B, T, H]
     x = g.op1('Add', [x, linear(merged, `${p}.attn.c_proj`)]); // [B, T, H]
     const m = ln(x, `${p}.ln_2`); // [B, T, H]
@@ -149,9 +160,11 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
 
   g.output('logits', DataType.FLOAT, ['batch', 'seq_out', V]);
   g.output('last_logits', DataType.FLOAT, ['batch', V]);
-  for (let l = 0; l < c.n_layer; l++) {
-    g.output(`present.${l}.key`, DataType.FLOAT, ['batch', nh, 'total', hd]);
-    g.output(`present.${l}.value`, DataType.FLOAT, ['batch', nh, 'total', hd]);
+  if (!opts.serving) {
+    for (let l = 0; l < c.n_layer; l++) {
+      g.output(`present.${l}.key`, DataType.FLOAT, ['batch', nh, 'total', hd]);
+      g.output(`present.${l}.value`, DataType.FLOAT, ['batch', nh, 'total', hd]);
+    }
   }
   for (let l = 0; l <= c.n_layer; l++) g.output(`resid.${l}`, DataType.FLOAT, ['batch', 'seq', H]);
   if (opts.serving) {
