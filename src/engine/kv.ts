@@ -112,12 +112,20 @@ export class KvStore {
     const at = this.len[r];
     if (at + src.count > this.P) throw new Error(`row ${r} has no room for ${src.count} more tokens`);
     const n = src.count * hd;
+    // a plain loop: this runs for every row, layer and head at every step, and subarray views
+    // cost more than the 64 floats they would copy
     for (let l = 0; l < nLayer; l++) {
+      const K = this.k[l];
+      const Vb = this.v[l];
+      const sk = src.k[l];
+      const sv = src.v[l];
       for (let h = 0; h < nHead; h++) {
         const from = ((src.b * nHead + h) * src.S + src.from) * hd;
         const to = ((r * nHead + h) * this.P + at) * hd;
-        this.k[l].set(src.k[l].subarray(from, from + n), to);
-        this.v[l].set(src.v[l].subarray(from, from + n), to);
+        for (let i = 0; i < n; i++) {
+          K[to + i] = sk[from + i];
+          Vb[to + i] = sv[from + i];
+        }
       }
     }
     this.len[r] = at + src.count;

@@ -40,29 +40,48 @@ export class Sampler {
 
   sample(logits: Float32Array): Sampled {
     const V = logits.length;
-    // Raw log-softmax normaliser, for the reported logprob.
+    const { frequency_penalty: fp, presence_penalty: pp, temperature: t } = this.p;
+    const penalised = (fp !== 0 || pp !== 0) && this.counts.size > 0;
+    // One pass: the raw maximum (for the log-softmax normaliser) and the greedy choice.
     let rawMax = -Infinity;
-    for (let i = 0; i < V; i++) if (logits[i] > rawMax) rawMax = logits[i];
-    let rawSum = 0;
-    for (let i = 0; i < V; i++) rawSum += Math.exp(logits[i] - rawMax);
-    const logZ = rawMax + Math.log(rawSum);
-
-    const x = this.probs;
-    for (let i = 0; i < V; i++) x[i] = logits[i];
-    const { frequency_penalty: fp, presence_penalty: pp } = this.p;
-    if (fp !== 0 || pp !== 0) for (const [id, n] of this.counts) x[id] -= fp * n + pp;
-
-    let id: number;
-    if (this.p.temperature === 0) {
-      id = 0;
-      for (let i = 1; i < V; i++) if (x[i] > x[id]) id = i;
-    } else {
-      id = this.draw(x, V);
+    let best = 0;
+    for (let i = 0; i < V; i++) {
+      if (logits[i] > rawMax) {
+        rawMax = logits[i];
+        best = i;
+      }
     }
-    return { id, logprob: logits[id] - logZ };
+    const x = this.probs;
+    let id: number;
+    if (t === 0 && !penalised) {
+      id = best; // the first maximum: the lowest id wins a tie
+    } else {
+      for (let i = 0; i < V; i++) x[i] = logits[i];
+      if (penalised) for (const [tok, n] of this.counts) x[tok] -= fp * n + pp;
+      if (t === 0) {
+        id = 0;
+        for (let i = 1; i < V; i++) if (x[i] > x[id]) id = i;
+      } else {
+        id = this.draw(x, V);
+      }
+    }
+    // log p(id) under the raw distribution; with temperature 1 and no penalty, draw() has the sum
+    let rawSum = this.lastRawSum;
+    if (rawSum === undefined) {
+      // terms below e^-30 of the maximum change the sum by less than V·e^-30 ≈ 5e-9 (relative):
+      // skip their exp (most of the vocabulary, for a trained model)
+      rawSum = 0;
+      const floor = rawMax - 30;
+      for (let i = 0; i < V; i++) if (logits[i] > floor) rawSum += Math.exp(logits[i] - rawMax);
+    }
+    this.lastRawSum = undefined;
+    return { id, logprob: logits[id] - rawMax - Math.log(rawSum) };
   }
 
-  /** Temperature, top-k, top-p and the draw, on penalised logits `x` (overwritten with probabilities). */
+  /** Set by draw() when its weights are the raw softmax's (temperature 1, no penalty). */
+  private lastRawSum: number | undefined;
+
+  /** Temperature, top-k, top-p and the draw, on penalised logits `x` (overwritten with unnormalised weights). */
   private draw(x: Float64Array, V: number): number {
     const t = this.p.temperature;
     let max = -Infinity;
@@ -72,12 +91,13 @@ export class Sampler {
       x[i] = Math.exp((x[i] - max) / t);
       sum += x[i];
     }
-    for (let i = 0; i < V; i++) x[i] /= sum;
+    const penalised = (this.p.frequency_penalty !== 0 || this.p.presence_penalty !== 0) && this.counts.size > 0;
+    if (t === 1 && !penalised) this.lastRawSum = sum;
 
     const k = this.p.top_k > 0 ? Math.min(this.p.top_k, V) : V;
     const topP = this.p.top_p;
     if (k === V && topP >= 1) {
-      let u = this.rng.next();
+      let u = this.rng.next() * sum;
       for (let i = 0; i < V; i++) {
         u -= x[i];
         if (u < 0) return i;
@@ -112,7 +132,7 @@ export class Sampler {
       mass += x[top];
       heap[0] = heap[--n];
       siftDown(0, n);
-      if (k === V && mass >= topP) break; // top-p alone: the smallest prefix reaching top_p
+      if (k === V && mass >= topP * sum) break; // top-p alone: the smallest prefix reaching top_p
     }
     if (k < V && topP < 1) {
       // top-p on the renormalised top-k distribution

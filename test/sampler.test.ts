@@ -1,0 +1,69 @@
+import t from 'tap';
+import { Sampler } from '../src/engine/sampler.ts';
+
+const logits = Float32Array.from([2.0, 1.0, 0.5, 3.0, -1.0]);
+const base = { temperature: 1, top_k: 0, top_p: 1, frequency_penalty: 0, presence_penalty: 0 };
+
+/** The expected distribution, computed independently: softmax(l / T), keep top-k, then the top-p prefix. */
+function expected(l: number[], T: number, k: number, p: number): number[] {
+  const w = l.map((x) => Math.exp(x / T));
+  const order = w.map((_, i) => i).sort((a, b) => w[b] - w[a]);
+  const kept = order.slice(0, k || l.length);
+  const total = kept.reduce((s, i) => s + w[i], 0);
+  const out = new Array(l.length).fill(0);
+  let cum = 0;
+  for (const i of kept) {
+    out[i] = w[i];
+    cum += w[i] / total;
+    if (cum >= p) break;
+  }
+  const z = out.reduce((s, x) => s + x, 0);
+  return out.map((x) => x / z);
+}
+
+function frequencies(params: typeof base, n = 20000): number[] {
+  const s = new Sampler(params, 123, logits.length);
+  const f = new Array(logits.length).fill(0);
+  for (let i = 0; i < n; i++) f[s.sample(logits).id] += 1 / n;
+  return f;
+}
+
+t.test('sampled frequencies follow temperature, top-k and top-p', async (t) => {
+  const cases: [string, typeof base][] = [
+    ['plain', base],
+    ['temperature 0.5', { ...base, temperature: 0.5 }],
+    ['temperature 2', { ...base, temperature: 2 }],
+    ['top_k 2', { ...base, top_k: 2 }],
+    ['top_p 0.8', { ...base, top_p: 0.8 }],
+    ['top_k 3 then top_p 0.7', { ...base, top_k: 3, top_p: 0.7 }],
+  ];
+  for (const [name, p] of cases) {
+    const want = expected(Array.from(logits), p.temperature, p.top_k, p.top_p);
+    const got = frequencies(p);
+    const err = Math.max(...got.map((g, i) => Math.abs(g - want[i])));
+    t.ok(err < 0.015, `${name}: frequencies ${got.map((x) => x.toFixed(3))} vs ${want.map((x) => x.toFixed(3))}`);
+    t.ok(got.every((g, i) => want[i] > 0 || g === 0), `${name}: nothing outside the kept set`);
+  }
+});
+
+t.test('greedy, logprob and penalties', async (t) => {
+  const s = new Sampler({ ...base, temperature: 0 }, 1, 5);
+  const { id, logprob } = s.sample(logits);
+  t.equal(id, 3);
+  const z = Array.from(logits).reduce((a, x) => a + Math.exp(x), 0);
+  t.ok(Math.abs(logprob - (3 - Math.log(z))) < 1e-9, 'log-softmax of the raw logits');
+  const pen = new Sampler({ ...base, temperature: 0, frequency_penalty: 0.6 }, 1, 5);
+  pen.observe(3);
+  t.equal(pen.sample(logits).id, 3, '3.0 − 0.6 still wins');
+  pen.observe(3);
+  t.equal(pen.sample(logits).id, 0, '3.0 − 1.2 loses to 2.0');
+  const pres = new Sampler({ ...base, temperature: 0, presence_penalty: 1.5 }, 1, 5);
+  pres.observe(3);
+  pres.observe(3);
+  t.equal(pres.sample(logits).id, 0, 'presence: 3.0 − 1.5 < 2.0');
+  t.equal(new Sampler({ ...base, top_k: 1 }, 9, 5).sample(logits).id, 3, 'top_k 1 is greedy');
+  const reported = new Sampler({ ...base, temperature: 0.7, frequency_penalty: 1 }, 5, 5);
+  reported.observe(3);
+  const r = reported.sample(logits);
+  t.ok(Math.abs(r.logprob - (logits[r.id] - Math.log(z))) < 1e-6, 'logprob stays the raw model probability under penalties and temperature');
+});
