@@ -90,8 +90,13 @@ t.test('SSE streaming and client disconnects, through a listening server', async
   t.equal(h.svc.inFlight, 0, 'and freed');
   // a non-streaming client that goes away while its generation runs
   const ac2 = new AbortController();
-  const p = fetch(`${url}/v1/generate`, { ...body({ prompt: 'Hello', max_new_tokens: 400, temperature: 0 }), signal: ac2.signal }).catch(() => undefined);
-  while (h.svc.inFlight === 0) await new Promise((r) => setTimeout(r, 5));
+  let settled = false;
+  const p = fetch(`${url}/v1/generate`, { ...body({ prompt: 'Hello', max_new_tokens: 400, temperature: 0 }), signal: ac2.signal })
+    .catch(() => undefined)
+    .finally(() => (settled = true));
+  const t1 = Date.now();
+  while (h.svc.inFlight === 0 && !settled && Date.now() - t1 < 10_000) await new Promise((r) => setTimeout(r, 5));
+  t.equal(h.svc.inFlight, 1, 'the server holds the request');
   ac2.abort();
   await p;
   await settle(2);
@@ -118,7 +123,8 @@ t.test('API keys, rate limit, queue depth, body size', async (t) => {
 
   // queue depth 1: a second request while one is in flight gets 429 with Retry-After
   const first = post(app, '/v1/generate', { prompt: 'x', max_new_tokens: 200, temperature: 0 }, { authorization: 'Bearer k2' });
-  while (h.svc.inFlight === 0) await new Promise((r) => setImmediate(r));
+  const t0 = Date.now();
+  while (h.svc.inFlight === 0 && Date.now() - t0 < 10_000) await new Promise((r) => setImmediate(r));
   const full = await post(app, '/v1/generate', { prompt: 'x', max_new_tokens: 2 }, auth);
   t.equal(full.statusCode, 429);
   t.equal(full.headers['retry-after'], '1');
