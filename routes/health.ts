@@ -12,13 +12,14 @@ export default async function healthRoutes(app: FastifyInstance, { svc }: { svc:
     {
       schema: {
         tags: ['health'],
-        summary: 'Ready to serve: model loaded, not draining',
+        summary: 'Ready to serve: model loaded, vector registry reachable, not draining',
         response: { 200: { type: 'object', properties: { status: { type: 'string' } } }, 503: { $ref: 'Error#' } },
       },
     },
     async () => {
       if (svc.draining) throw new UnavailableError('the server is shutting down');
       if (!svc.engine.ready) throw new UnavailableError('the engine is not running');
+      if (svc.store.ping && !(await svc.store.ping())) throw new UnavailableError('the vector registry (Redis) is unreachable');
       return { status: 'ready' };
     },
   );

@@ -26,8 +26,12 @@ export interface Config {
   port: number;
   /** Checkpoint directory, hub name (gpt2 … gpt2-xl, owner/name) or `tiny`. Env STEERD_MODEL. Default gpt2-xl. */
   model: string;
-  /** Where vectors are stored. Env STEERD_DATA. Default ./data. */
+  /** Where vectors are stored without Redis. Env STEERD_DATA. Default ./data. */
   dataDir: string;
+  /** Redis for the shared vector registry; none = the data directory. Env REDIS_URL. Default none. */
+  redisUrl?: string;
+  /** Prefix of every Redis key steerd writes. Env STEERD_REDIS_PREFIX. Default steerd:. */
+  redisPrefix: string;
   /** Model cache (pulled and generated checkpoints). Env STEERD_CACHE. Default ~/.cache/steerd. */
   cacheDir?: string;
   /** ONNX Runtime execution provider. Env STEERD_PROVIDER. Default cpu. */
@@ -67,6 +71,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     port: int(env, 'PORT', 8080, 0),
     model: env.STEERD_MODEL || 'gpt2-xl',
     dataDir: env.STEERD_DATA ?? './data',
+    redisUrl: env.REDIS_URL || undefined,
+    redisPrefix: env.STEERD_REDIS_PREFIX || 'steerd:',
     cacheDir: env.STEERD_CACHE,
     provider: env.STEERD_PROVIDER ?? 'cpu',
     threads: int(env, 'STEERD_THREADS', 0, 0),

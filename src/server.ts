@@ -10,6 +10,7 @@ import { DownloadError, SteerdError } from './errors.js';
 import { defaultCacheDir, pull, type ProgressReporter } from './model/hub.js';
 import { writeTinyCheckpoint } from './model/tiny.js';
 import { FileVectorStore } from './store/vectors.js';
+import { RedisVectorStore } from './store/redis-vectors.js';
 
 export interface ResolvedModel {
   dir: string;
@@ -57,7 +58,7 @@ export async function createService(config: Config, progress?: ProgressReporter)
   return {
     config,
     engine,
-    store: new FileVectorStore(config.dataDir),
+    store: config.redisUrl ? new RedisVectorStore(config.redisUrl, config.redisPrefix) : new FileVectorStore(config.dataDir),
     model: { id: `${m.name}@${engine.info.fingerprint.slice(0, 12)}`, n_embd: engine.info.n_embd, name: m.name, random_weights: m.randomWeights },
     metrics: new Metrics(),
     inFlight: 0,
@@ -85,6 +86,7 @@ export async function shutdown(app: FastifyInstance, svc: Service): Promise<void
   app.server.closeAllConnections(); // keep-alive sockets would otherwise hold the close open
   await closing;
   await Promise.race([svc.engine.close(), sleep(Math.max(1000, deadline - Date.now()))]);
+  await svc.store.close?.();
 }
 
 /** `steerd serve`: listens, and on SIGTERM or SIGINT drains and exits 0. */

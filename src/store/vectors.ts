@@ -43,6 +43,12 @@ export class ConflictError extends SteerdError {
   }
 }
 
+export class LimitError extends SteerdError {
+  constructor(max: number) {
+    super(`the store holds its maximum of ${max} vectors; delete one first`, 422, 'limit', { max });
+  }
+}
+
 /** Content hash of a vector: shape and little-endian float32 bytes. */
 export function vectorHash(shape: number[], values: Float32Array): string {
   return createHash('sha256').update(shape.join('x')).update(Buffer.from(values.buffer, values.byteOffset, values.byteLength)).digest('hex');
@@ -61,6 +67,9 @@ export interface VectorStore {
   /** Stores a vector; refuses an existing name unless `replace`. */
   put(v: StoredVector, opts: { replace: boolean; max: number }): Promise<void>;
   delete(name: string): Promise<void>;
+  /** Whether the store answers (readiness); absent = always. */
+  ping?(): Promise<boolean>;
+  close?(): Promise<void>;
 }
 
 interface FileRecord extends VectorMeta {
@@ -120,7 +129,7 @@ export class FileVectorStore implements VectorStore {
       const names = new Set(readdirSync(this.dir).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)));
       if (names.has(v.name) && !opts.replace) throw new ConflictError(v.name);
       if (!names.has(v.name) && names.size >= opts.max) {
-        throw new SteerdError(`the store holds its maximum of ${opts.max} vectors; delete one first`, 422, 'limit', { max: opts.max });
+        throw new LimitError(opts.max);
       }
       const { values, ...meta } = v;
       const rec: FileRecord = { ...meta, values_f32: Buffer.from(values.buffer, values.byteOffset, values.byteLength).toString('base64') };
