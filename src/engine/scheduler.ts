@@ -93,10 +93,6 @@ export class Scheduler {
     return this.slots.size + this.jobs.length;
   }
 
-  get stats() {
-    return { waiting: this.waiting.length, running: this.slots.size - this.waiting.length, batch: this.rows.length };
-  }
-
   submit(id: number, req: GenerateRequest): void {
     const seed = req.seed ?? randomInt(0, 2 ** 32);
     const slot: Slot = {
