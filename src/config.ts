@@ -32,6 +32,8 @@ export interface Config {
   redisUrl?: string;
   /** Prefix of every Redis key steerd writes. Env STEERD_REDIS_PREFIX. Default steerd:. */
   redisPrefix: string;
+  /** With REDIS_URL: also run an engine consuming the queue in this process (`serve --worker`). Default false. */
+  worker: boolean;
   /** Model cache (pulled and generated checkpoints). Env STEERD_CACHE. Default ~/.cache/steerd. */
   cacheDir?: string;
   /** ONNX Runtime execution provider. Env STEERD_PROVIDER. Default cpu. */
@@ -73,6 +75,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dataDir: env.STEERD_DATA ?? './data',
     redisUrl: env.REDIS_URL || undefined,
     redisPrefix: env.STEERD_REDIS_PREFIX || 'steerd:',
+    worker: false,
     cacheDir: env.STEERD_CACHE,
     provider: env.STEERD_PROVIDER ?? 'cpu',
     threads: int(env, 'STEERD_THREADS', 0, 0),

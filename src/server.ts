@@ -11,6 +11,9 @@ import { defaultCacheDir, pull, type ProgressReporter } from './model/hub.js';
 import { writeTinyCheckpoint } from './model/tiny.js';
 import { FileVectorStore } from './store/vectors.js';
 import { RedisVectorStore } from './store/redis-vectors.js';
+import { RemoteEngine } from './queue/remote-engine.js';
+import { startQueueWorker } from './queue/worker.js';
+import type { EngineLike } from './api/service.js';
 
 export interface ResolvedModel {
   dir: string;
@@ -46,15 +49,43 @@ export async function resolveModel(config: Config, progress?: ProgressReporter):
 }
 
 /** Loads the model into an engine and opens the vector store. */
+/** The engine options a configuration asks for. */
+const engineOptions = (config: Config, dir: string) => ({
+  model: dir,
+  provider: config.provider,
+  threads: config.threads,
+  batchCapacity: config.batchCapacity,
+  tokenBudget: config.tokenBudget,
+});
+
+/** An engine consuming the Redis queue: `steerd worker`, or `serve --worker`. */
+export async function startWorker(config: Config, dir: string) {
+  const engine = await Engine.start(engineOptions(config, dir));
+  const queue = await startQueueWorker(engine, { redisUrl: config.redisUrl!, prefix: config.redisPrefix, concurrency: config.batchCapacity });
+  return {
+    engine,
+    /** Stops taking jobs, finishes the active ones, then stops the engine. */
+    async close() {
+      await queue.close();
+      await engine.close();
+    },
+  };
+}
+
+/**
+ * Loads the model into an engine (or, with REDIS_URL, opens the queue in front of the workers)
+ * and opens the vector store.
+ */
 export async function createService(config: Config, progress?: ProgressReporter): Promise<Service> {
   const m = await resolveModel(config, progress);
-  const engine = await Engine.start({
-    model: m.dir,
-    provider: config.provider,
-    threads: config.threads,
-    batchCapacity: config.batchCapacity,
-    tokenBudget: config.tokenBudget,
-  });
+  const closers: (() => Promise<void>)[] = [];
+  let engine: EngineLike;
+  if (config.redisUrl) {
+    if (config.worker) closers.push((await startWorker(config, m.dir)).close);
+    engine = await RemoteEngine.open({ model: m.dir, redisUrl: config.redisUrl, prefix: config.redisPrefix });
+  } else {
+    engine = await Engine.start(engineOptions(config, m.dir));
+  }
   return {
     config,
     engine,
@@ -64,6 +95,7 @@ export async function createService(config: Config, progress?: ProgressReporter)
     inFlight: 0,
     draining: false,
     aborts: new Set(),
+    closers,
   };
 }
 
@@ -86,6 +118,7 @@ export async function shutdown(app: FastifyInstance, svc: Service): Promise<void
   app.server.closeAllConnections(); // keep-alive sockets would otherwise hold the close open
   await closing;
   await Promise.race([svc.engine.close(), sleep(Math.max(1000, deadline - Date.now()))]);
+  for (const close of svc.closers) await Promise.race([close(), sleep(Math.max(1000, deadline - Date.now()))]);
   await svc.store.close?.();
 }
 
@@ -111,4 +144,27 @@ export async function serve(config: Config, progress?: ProgressReporter): Promis
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   return app;
+}
+
+/** `steerd worker`: consumes the queue until SIGTERM, then finishes its active jobs and exits 0. */
+export async function runWorker(config: Config, progress?: ProgressReporter): Promise<void> {
+  if (!config.redisUrl) throw new SteerdError('steerd worker needs REDIS_URL (the queue it consumes)', 500, 'bad_config');
+  const m = await resolveModel(config, progress);
+  const w = await startWorker(config, m.dir);
+  console.log(`steerd worker: serving ${m.name} from ${config.redisUrl} (${config.batchCapacity} jobs at once)`);
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    const timer = setTimeout(() => process.exit(0), config.drainTimeoutMs);
+    w.close().then(
+      () => {
+        clearTimeout(timer);
+        process.exit(0);
+      },
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
 }

@@ -68,7 +68,7 @@ t.test('a vector registered through one API process is usable through another', 
   const root = mkdtempSync(join(tmpdir(), 'steerd-redis-'));
   const model = join(root, 'model');
   writeTinyCheckpoint(model, { layers: 2, embd: 32, heads: 2, ctx: 64, seed: 3, initScale: 10 });
-  const redis = (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: `${prefix}api:` });
+  const redis = (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: `${prefix}api:`, worker: true });
   const one = await harness(model, redis);
   const two = await harness(model, redis);
   t.teardown(async () => {
@@ -87,7 +87,7 @@ t.test('a vector registered through one API process is usable through another', 
   t.same((await two.app.inject('/readyz')).json(), { status: 'ready' });
 });
 
-t.test('an unreachable registry answers 503 at once, readiness says so', async (t) => {
+t.test('an unreachable Redis: 503 at once for the registry and the queue, readiness says so', async (t) => {
   const root = mkdtempSync(join(tmpdir(), 'steerd-redis-'));
   const model = join(root, 'model');
   writeTinyCheckpoint(model, { layers: 1, embd: 32, heads: 2, ctx: 32 });
@@ -104,6 +104,9 @@ t.test('an unreachable registry answers 503 at once, readiness says so', async (
   const ready = await h.app.inject('/readyz');
   t.equal(ready.statusCode, 503);
   t.match(ready.json().error.message, /Redis/);
+  const t1 = Date.now();
   const gen = await post(h.app, '/v1/generate', { prompt: 'x', max_new_tokens: 2 });
-  t.equal(gen.statusCode, 200, 'generation without named vectors still works');
+  t.equal(gen.statusCode, 503, 'generation needs the queue');
+  t.match(gen.json().error.message, /queue \(Redis\) is unavailable/);
+  t.ok(Date.now() - t1 < 3000, 'and says so without hanging');
 });

@@ -3,10 +3,14 @@ import type { Engine } from '../engine/engine.js';
 import type { VectorModel, VectorStore } from '../store/vectors.js';
 import type { Metrics } from './metrics.js';
 
+/** What the routes need of an engine: `Engine` in-process, `RemoteEngine` over Redis. */
+export type EngineLike = Pick<Engine, 'info' | 'tokenizer' | 'maxContext' | 'ready' | 'inFlight' | 'generate' | 'activations' | 'close'>;
+
 /** What the routes share: the engine, the vector store, the configuration and the counters. */
 export interface Service {
   config: Config;
-  engine: Engine;
+  /** The local engine, or the queue in front of `steerd worker` processes. */
+  engine: EngineLike;
   store: VectorStore;
   /** The serving model's identity; vectors made for another are refused. */
   model: VectorModel & { name: string; random_weights: boolean };
@@ -17,4 +21,6 @@ export interface Service {
   draining: boolean;
   /** Cancels the requests in flight (a drain past its timeout). */
   aborts: Set<() => void>;
+  /** Closed after the engine at shutdown (an in-process queue worker and its engine). */
+  closers: (() => Promise<void>)[];
 }

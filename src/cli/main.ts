@@ -5,7 +5,7 @@ import { defaultCacheDir, pull } from '../model/hub.js';
 import { writeTinyCheckpoint } from '../model/tiny.js';
 import { consoleProgress } from './progress.js';
 import { loadConfig } from '../config.js';
-import { serve } from '../server.js';
+import { runWorker, serve } from '../server.js';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -29,7 +29,8 @@ export function program(): Command {
     .option('--port <port>', 'listen port, 0 for any free one (env PORT, default 8080)', nonNegativeInt)
     .option('--data <dir>', 'vector store directory (env STEERD_DATA, default ./data)')
     .option('--provider <name>', 'execution provider: cpu, cuda, webgpu (env STEERD_PROVIDER, default cpu)')
-    .action(async (o: { model?: string; host?: string; port?: number; data?: string; provider?: string }) => {
+    .option('--worker', 'with REDIS_URL: also run an engine on the queue in this process', false)
+    .action(async (o: { model?: string; host?: string; port?: number; data?: string; provider?: string; worker: boolean }) => {
       const config = loadConfig();
       await serve(
         {
@@ -39,9 +40,20 @@ export function program(): Command {
           port: o.port ?? config.port,
           dataDir: o.data ?? config.dataDir,
           provider: o.provider ?? config.provider,
+          worker: o.worker,
         },
         consoleProgress(),
       );
+    });
+
+  cli
+    .command('worker')
+    .description('run the engine on the Redis queue (REDIS_URL): one per GPU, on any machine with the model')
+    .option('--model <model>', 'checkpoint directory, hub name or "tiny" (env STEERD_MODEL, default gpt2-xl)')
+    .option('--provider <name>', 'execution provider (env STEERD_PROVIDER, default cpu)')
+    .action(async (o: { model?: string; provider?: string }) => {
+      const config = loadConfig();
+      await runWorker({ ...config, model: o.model ?? config.model, provider: o.provider ?? config.provider }, consoleProgress());
     });
 
   const model = cli.command('model').description('prepare model checkpoints');

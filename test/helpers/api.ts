@@ -26,6 +26,7 @@ export async function harness(model: string, change: (c: Config) => Config = (c)
     async close() {
       await app.close();
       await svc.engine.close();
+      for (const close of svc.closers) await close();
       await svc.store.close?.();
       if (own) rmSync(data, { recursive: true, force: true });
     },

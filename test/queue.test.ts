@@ -1,0 +1,107 @@
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import type { Config } from '../src/config.ts';
+import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { harness, post } from './helpers/api.ts';
+
+const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const probe = new Redis(url, { maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => null });
+probe.on('error', () => undefined);
+const reachable = await probe.connect().then(
+  () => true,
+  () => false,
+);
+if (!reachable && process.env.STEERD_REQUIRE_REDIS) throw new Error(`STEERD_REQUIRE_REDIS is set but no Redis answers at ${url}`);
+const skip = !reachable && `no Redis answers at ${url} (set REDIS_URL)`;
+const prefix = `steerd-test-${process.pid}-${randomBytes(4).toString('hex')}:`;
+const root = mkdtempSync(join(tmpdir(), 'steerd-queue-'));
+const model = join(root, 'model');
+writeTinyCheckpoint(model, { layers: 3, embd: 64, heads: 4, ctx: 256, seed: 8, initScale: 10 });
+t.teardown(async () => {
+  if (reachable) {
+    const keys = await probe.keys(`${prefix}*`);
+    if (keys.length) await probe.del(...keys);
+  }
+  probe.disconnect();
+  rmSync(root, { recursive: true, force: true });
+});
+
+const redisMode = (worker: boolean) => (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: prefix, worker });
+const requests = Array.from({ length: 32 }, (_, i) => ({
+  prompt: `Request number ${i} says`,
+  max_new_tokens: 4 + (i % 7),
+  temperature: i % 2 ? 0 : 0.9,
+  top_p: i % 3 ? 1 : 0.8,
+  seed: 100 + i,
+  interventions: i % 4 === 1 ? [{ vector: { values: Array.from({ length: 64 }, (_, j) => Math.sin(i + j) * 0.2) }, layer: 1 + (i % 3), coeff: 4 }] : [],
+}));
+
+t.test('through the queue, with a worker in the API process: the same answers as embedded', { skip }, async (t) => {
+  const embedded = await harness(model);
+  const queued = await harness(model, redisMode(true));
+  t.teardown(async () => {
+    await embedded.close();
+    await queued.close();
+  });
+  t.equal(queued.svc.engine.info.provider, 'queue');
+  for (const r of requests.slice(0, 8)) {
+    const a = (await post(embedded.app, '/v1/generate', r)).json();
+    const b = await post(queued.app, '/v1/generate', r);
+    t.equal(b.statusCode, 200, b.body);
+    t.same(b.json().tokens, a.tokens, `"${r.prompt}": same tokens`);
+  }
+  const acts = (app: typeof embedded.app) => post(app, '/v1/activations', { prompt: 'The cat', layers: [1], reduce: 'last' }).then((r) => r.json());
+  t.same((await acts(queued.app)).activations, (await acts(embedded.app)).activations, 'activations too');
+  const bad = await post(queued.app, '/v1/generate', { prompt: 'x', interventions: [{ vector: { values: [1, 2] }, layer: 1, coeff: 1 }] });
+  t.equal(bad.statusCode, 422, 'a bad request is refused before it is queued');
+  const waiting = await probe.keys(`${prefix}q:steerd:wait`);
+  t.ok(waiting.length === 0 || (await probe.llen(waiting[0])) === 0, 'nothing waits in the queue');
+});
+
+t.test('scale-out: one API process, two worker processes, 32 concurrent requests', { skip }, async (t) => {
+  const workers: ChildProcess[] = [];
+  const started: Promise<void>[] = [];
+  for (let i = 0; i < 2; i++) {
+    const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'worker', '--model', model], {
+      env: { ...process.env, REDIS_URL: url, STEERD_REDIS_PREFIX: prefix, STEERD_BATCH_CAPACITY: '8' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    workers.push(child);
+    started.push(
+      new Promise((resolve, reject) => {
+        let out = '';
+        child.stdout!.on('data', (d: Buffer) => {
+          out += d;
+          if (out.includes('steerd worker: serving')) resolve();
+        });
+        child.stderr!.on('data', (d: Buffer) => (out += d));
+        child.on('exit', (code) => reject(new Error(`worker exited (${code}): ${out}`)));
+      }),
+    );
+  }
+  const exits = workers.map((w) => new Promise<number | null>((r) => w.on('exit', (code) => r(code))));
+  t.teardown(() => {
+    for (const w of workers) if (w.exitCode === null) w.kill('SIGKILL');
+  });
+  await Promise.all(started);
+  const embedded = await harness(model);
+  const api = await harness(model, redisMode(false));
+  t.teardown(async () => {
+    await embedded.close();
+    await api.close();
+  });
+  const want = [];
+  for (const r of requests) want.push((await post(embedded.app, '/v1/generate', r)).json().tokens);
+  const got = await Promise.all(requests.map((r) => post(api.app, '/v1/generate', r)));
+  t.same(got.map((r) => r.statusCode), requests.map(() => 200), 'every request completed');
+  t.same(got.map((r) => r.json().tokens), want, 'each with the tokens it gets in embedded mode');
+  const ids = new Set(got.map((r) => r.json().id));
+  t.equal(ids.size, 32, 'each exactly once');
+  for (const w of workers) w.kill('SIGTERM');
+  t.same(await Promise.all(exits), [0, 0], 'workers drain and exit 0 on SIGTERM');
+});
