@@ -34,6 +34,10 @@ export interface Config {
   redisPrefix: string;
   /** With REDIS_URL: also run an engine consuming the queue in this process (`serve --worker`). Default false. */
   worker: boolean;
+  /** A worker silent this long (ms) loses its jobs to another worker. Env STEERD_QUEUE_LOCK_MS. Default 30000. */
+  queueLockMs: number;
+  /** How often workers look for jobs of a lost worker (ms). Env STEERD_QUEUE_STALLED_MS. Default 30000. */
+  queueStalledMs: number;
   /** Model cache (pulled and generated checkpoints). Env STEERD_CACHE. Default ~/.cache/steerd. */
   cacheDir?: string;
   /** ONNX Runtime execution provider. Env STEERD_PROVIDER. Default cpu. */
@@ -76,6 +80,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     redisUrl: env.REDIS_URL || undefined,
     redisPrefix: env.STEERD_REDIS_PREFIX || 'steerd:',
     worker: false,
+    queueLockMs: int(env, 'STEERD_QUEUE_LOCK_MS', 30_000),
+    queueStalledMs: int(env, 'STEERD_QUEUE_STALLED_MS', 30_000),
     cacheDir: env.STEERD_CACHE,
     provider: env.STEERD_PROVIDER ?? 'cpu',
     threads: int(env, 'STEERD_THREADS', 0, 0),

@@ -61,7 +61,13 @@ const engineOptions = (config: Config, dir: string) => ({
 /** An engine consuming the Redis queue: `steerd worker`, or `serve --worker`. */
 export async function startWorker(config: Config, dir: string) {
   const engine = await Engine.start(engineOptions(config, dir));
-  const queue = await startQueueWorker(engine, { redisUrl: config.redisUrl!, prefix: config.redisPrefix, concurrency: config.batchCapacity });
+  const queue = await startQueueWorker(engine, {
+    redisUrl: config.redisUrl!,
+    prefix: config.redisPrefix,
+    concurrency: config.batchCapacity,
+    lockDuration: config.queueLockMs,
+    stalledInterval: config.queueStalledMs,
+  });
   return {
     engine,
     /** Stops taking jobs, finishes the active ones, then stops the engine. */

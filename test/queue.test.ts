@@ -105,3 +105,48 @@ t.test('scale-out: one API process, two worker processes, 32 concurrent requests
   for (const w of workers) w.kill('SIGTERM');
   t.same(await Promise.all(exits), [0, 0], 'workers drain and exit 0 on SIGTERM');
 });
+
+t.test('a worker killed mid-generation: its jobs are taken over and every request completes', { skip }, async (t) => {
+  const spawnWorker = () => {
+    const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'worker', '--model', model], {
+      env: { ...process.env, REDIS_URL: url, STEERD_REDIS_PREFIX: `${prefix}kill:`, STEERD_BATCH_CAPACITY: '8', STEERD_QUEUE_LOCK_MS: '1000', STEERD_QUEUE_STALLED_MS: '500' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const ready = new Promise<void>((resolve, reject) => {
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d;
+        if (out.includes('steerd worker: serving')) resolve();
+      });
+      child.stderr!.on('data', (d: Buffer) => (out += d));
+      child.on('exit', (code) => reject(new Error(`worker exited (${code}): ${out}`)));
+    });
+    ready.catch(() => undefined);
+    return { child, ready };
+  };
+  const a = spawnWorker();
+  let b: ReturnType<typeof spawnWorker> | undefined;
+  await a.ready;
+  const embedded = await harness(model);
+  const api = await harness(model, (c) => ({ ...c, redisUrl: url, redisPrefix: `${prefix}kill:`, worker: false }));
+  t.teardown(async () => {
+    for (const w of [a, b]) if (w?.child.exitCode === null) w.child.kill('SIGKILL');
+    await embedded.close();
+    await api.close();
+  });
+  const long = requests.slice(0, 6).map((r) => ({ ...r, max_new_tokens: 120 }));
+  const want = [];
+  for (const r of long) want.push((await post(embedded.app, '/v1/generate', r)).json().tokens);
+  const pending = Promise.all(long.map((r) => post(api.app, '/v1/generate', r)));
+  // kill worker A once it is generating, then start B, which takes the stalled jobs over
+  const t0 = Date.now();
+  while (Number(/steerd:generation_tokens_total (\d+)/.exec(await api.svc.metrics.registry.metrics())?.[1] ?? 0) < 10 && Date.now() - t0 < 20_000) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  a.child.kill('SIGKILL');
+  b = spawnWorker();
+  await b.ready;
+  const got = await pending;
+  t.same(got.map((r) => r.statusCode), long.map(() => 200), 'every request completed');
+  t.same(got.map((r) => r.json().tokens), want, 'with the tokens of an uninterrupted run, none repeated');
+});
