@@ -4,7 +4,6 @@ import { admit, checkLimits, requestSignal, streamErrors, timeoutError, tracked 
 import { resolveInterventions, type InterventionBody } from '../src/api/resolve.js';
 import { samplingProperties, tokenSchema } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
-import { SteerdError } from '../src/errors.js';
 import type { DoneEvent, GenerateEvent, GenerateRequest, SamplingParams } from '../src/engine/types.js';
 
 /** The engine's sampling parameters, with `stop` also accepted as one string. */

@@ -1,35 +1,40 @@
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
 import type { Config } from '../src/config.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness, post } from './helpers/api.ts';
+import { testRedis } from './helpers/redis.ts';
 
-const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const probe = new Redis(url, { maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => null });
-probe.on('error', () => undefined);
-const reachable = await probe.connect().then(
-  () => true,
-  () => false,
-);
-if (!reachable && process.env.STEERD_REQUIRE_REDIS) throw new Error(`STEERD_REQUIRE_REDIS is set but no Redis answers at ${url}`);
-const skip = !reachable && `no Redis answers at ${url} (set REDIS_URL)`;
-const prefix = `steerd-test-${process.pid}-${randomBytes(4).toString('hex')}:`;
+const { url, probe, prefix, skip, cleanup } = await testRedis();
 const root = mkdtempSync(join(tmpdir(), 'steerd-queue-'));
 const model = join(root, 'model');
 writeTinyCheckpoint(model, { layers: 3, embd: 64, heads: 4, ctx: 256, seed: 8, initScale: 10 });
 t.teardown(async () => {
-  if (reachable) {
-    const keys = await probe.keys(`${prefix}*`);
-    if (keys.length) await probe.del(...keys);
-  }
-  probe.disconnect();
+  await cleanup();
   rmSync(root, { recursive: true, force: true });
 });
+
+/** A `steerd worker` process on the test Redis; `ready` resolves once it serves. */
+function spawnWorker(redisPrefix: string, env: Record<string, string> = {}) {
+  const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'worker', '--model', model], {
+    env: { ...process.env, REDIS_URL: url, STEERD_REDIS_PREFIX: redisPrefix, STEERD_BATCH_CAPACITY: '8', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const ready = new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d;
+      if (out.includes('steerd worker: serving')) resolve();
+    });
+    child.stderr!.on('data', (d: Buffer) => (out += d));
+    child.on('exit', (code) => reject(new Error(`worker exited (${code}): ${out}`)));
+  });
+  ready.catch(() => undefined);
+  return { child, ready };
+}
 
 const redisMode = (worker: boolean) => (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: prefix, worker });
 const requests = Array.from({ length: 32 }, (_, i) => ({
@@ -64,26 +69,9 @@ t.test('through the queue, with a worker in the API process: the same answers as
 });
 
 t.test('scale-out: one API process, two worker processes, 32 concurrent requests', { skip }, async (t) => {
-  const workers: ChildProcess[] = [];
-  const started: Promise<void>[] = [];
-  for (let i = 0; i < 2; i++) {
-    const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'worker', '--model', model], {
-      env: { ...process.env, REDIS_URL: url, STEERD_REDIS_PREFIX: prefix, STEERD_BATCH_CAPACITY: '8' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    workers.push(child);
-    started.push(
-      new Promise((resolve, reject) => {
-        let out = '';
-        child.stdout!.on('data', (d: Buffer) => {
-          out += d;
-          if (out.includes('steerd worker: serving')) resolve();
-        });
-        child.stderr!.on('data', (d: Buffer) => (out += d));
-        child.on('exit', (code) => reject(new Error(`worker exited (${code}): ${out}`)));
-      }),
-    );
-  }
+  const spawned = [spawnWorker(prefix), spawnWorker(prefix)];
+  const workers = spawned.map((w) => w.child);
+  const started = spawned.map((w) => w.ready);
   const exits = workers.map((w) => new Promise<number | null>((r) => w.on('exit', (code) => r(code))));
   t.teardown(() => {
     for (const w of workers) if (w.exitCode === null) w.kill('SIGKILL');
@@ -107,24 +95,8 @@ t.test('scale-out: one API process, two worker processes, 32 concurrent requests
 });
 
 t.test('a worker killed mid-generation: its jobs are taken over and every request completes', { skip }, async (t) => {
-  const spawnWorker = () => {
-    const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'worker', '--model', model], {
-      env: { ...process.env, REDIS_URL: url, STEERD_REDIS_PREFIX: `${prefix}kill:`, STEERD_BATCH_CAPACITY: '8', STEERD_QUEUE_LOCK_MS: '1000', STEERD_QUEUE_STALLED_MS: '500' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const ready = new Promise<void>((resolve, reject) => {
-      let out = '';
-      child.stdout!.on('data', (d: Buffer) => {
-        out += d;
-        if (out.includes('steerd worker: serving')) resolve();
-      });
-      child.stderr!.on('data', (d: Buffer) => (out += d));
-      child.on('exit', (code) => reject(new Error(`worker exited (${code}): ${out}`)));
-    });
-    ready.catch(() => undefined);
-    return { child, ready };
-  };
-  const a = spawnWorker();
+  const quick = { STEERD_QUEUE_LOCK_MS: '1000', STEERD_QUEUE_STALLED_MS: '500' };
+  const a = spawnWorker(`${prefix}kill:`, quick);
   let b: ReturnType<typeof spawnWorker> | undefined;
   await a.ready;
   const embedded = await harness(model);
@@ -144,7 +116,7 @@ t.test('a worker killed mid-generation: its jobs are taken over and every reques
     await new Promise((r) => setTimeout(r, 20));
   }
   a.child.kill('SIGKILL');
-  b = spawnWorker();
+  b = spawnWorker(`${prefix}kill:`, quick);
   await b.ready;
   const got = await pending;
   t.same(got.map((r) => r.statusCode), long.map(() => 200), 'every request completed');

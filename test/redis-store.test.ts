@@ -1,42 +1,23 @@
 import t from 'tap';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
 import type { Config } from '../src/config.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { RedisVectorStore } from '../src/store/redis-vectors.ts';
 import { describe, type StoredVector } from '../src/store/vectors.ts';
 import { harness, post } from './helpers/api.ts';
+import { testRedis } from './helpers/redis.ts';
 
-const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const probe = new Redis(url, { maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => null });
-probe.on('error', () => undefined);
-const reachable = await probe.connect().then(
-  () => true,
-  () => false,
-);
-if (!reachable) {
-  if (process.env.STEERD_REQUIRE_REDIS) throw new Error(`STEERD_REQUIRE_REDIS is set but no Redis answers at ${url}`);
-  console.log(`# skipping the Redis registry tests: no Redis answers at ${url} (set REDIS_URL)`);
-}
-// Every key this file writes starts with a prefix of its own; only those are removed afterwards.
-const prefix = `steerd-test-${process.pid}-${randomBytes(4).toString('hex')}:`;
-t.teardown(async () => {
-  if (reachable) {
-    const keys = await probe.keys(`${prefix}*`);
-    if (keys.length) await probe.del(...keys);
-  }
-  probe.disconnect();
-});
+const { url, prefix, skip, cleanup } = await testRedis();
+t.teardown(cleanup);
 
 const vector = (name: string, seed: number, H = 8): StoredVector => {
   const values = Float32Array.from({ length: H }, (_, i) => Math.sin(i + seed));
   return { name, ...describe(values, [H]), layer: 1, recipe: 'uploaded', model: { id: 'm@1', n_embd: H }, description: null, created_at: new Date(0).toISOString(), values };
 };
 
-t.test('two processes share one registry', { skip: !reachable && `no Redis at ${url}` }, async (t) => {
+t.test('two processes share one registry', { skip }, async (t) => {
   const a = new RedisVectorStore(url, prefix);
   const b = new RedisVectorStore(url, prefix);
   t.teardown(async () => {
@@ -64,7 +45,7 @@ t.test('two processes share one registry', { skip: !reachable && `no Redis at ${
   t.ok(await a.ping());
 });
 
-t.test('a vector registered through one API process is usable through another', { skip: !reachable && `no Redis at ${url}` }, async (t) => {
+t.test('a vector registered through one API process is usable through another', { skip }, async (t) => {
   const root = mkdtempSync(join(tmpdir(), 'steerd-redis-'));
   const model = join(root, 'model');
   writeTinyCheckpoint(model, { layers: 2, embd: 32, heads: 2, ctx: 64, seed: 3, initScale: 10 });

@@ -6,6 +6,7 @@ import type { RunnerOptions } from './runner.js';
 import type { SchedulerOptions } from './scheduler.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
 import { validateActivations, validateGenerate } from './validate.js';
+import { EventStream } from './event-stream.js';
 
 /** Engine options: the model runner's and the scheduler's, plus the context limit. */
 export interface EngineOptions extends RunnerOptions, SchedulerOptions {
@@ -15,18 +16,13 @@ export interface EngineOptions extends RunnerOptions, SchedulerOptions {
 
 const toError = (e: WireError) => new SteerdError(e.message, e.status, e.code);
 
-interface Stream {
-  push(e: GenerateEvent): void;
-  fail(e: Error): void;
-}
-
 /**
  * The main thread's handle on the engine worker. Requests are validated here, before they are
  * posted, so that a bad request never reaches a batch.
  */
 export class Engine {
   private nextId = 1;
-  private readonly streams = new Map<number, Stream>();
+  private readonly streams = new Map<number, EventStream<GenerateEvent>>();
   private readonly calls = new Map<number, { resolve(r: ActivationsResult): void; reject(e: Error): void }>();
   private closing: Promise<void> | undefined;
   private stopped = false;
@@ -75,21 +71,8 @@ export class Engine {
     if (this.closing) throw new UnavailableError('the engine is shutting down');
     validateGenerate(req, this.info, this.maxContext);
     const id = this.nextId++;
-    const queue: GenerateEvent[] = [];
-    let failure: Error | undefined;
-    let finished = false;
-    let notify: (() => void) | undefined;
-    this.streams.set(id, {
-      push: (e) => {
-        queue.push(e);
-        if (e.type === 'done') finished = true;
-        notify?.();
-      },
-      fail: (e) => {
-        failure = e;
-        notify?.();
-      },
-    });
+    const stream = new EventStream<GenerateEvent>();
+    this.streams.set(id, stream);
     this.post({ type: 'generate', id, req });
     const onAbort = () => this.post({ type: 'cancel', id });
     if (opts.signal?.aborted) onAbort();
@@ -98,20 +81,10 @@ export class Engine {
     return {
       async *[Symbol.asyncIterator]() {
         try {
-          for (;;) {
-            while (queue.length) {
-              const e = queue.shift()!;
-              yield e;
-              if (e.type === 'done') return;
-            }
-            if (failure) throw failure;
-            if (finished) return;
-            await new Promise<void>((r) => (notify = r));
-            notify = undefined;
-          }
+          yield* stream.drain();
         } finally {
           opts.signal?.removeEventListener('abort', onAbort);
-          if (!finished && !failure) self.post({ type: 'cancel', id }); // the consumer stopped early
+          if (!stream.settled) self.post({ type: 'cancel', id }); // the consumer stopped early
           self.streams.delete(id);
         }
       },

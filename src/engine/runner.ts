@@ -5,6 +5,7 @@ import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import type { KvShape } from './kv.js';
+import { modelInfo } from './model-info.js';
 import type { ModelInfo } from './types.js';
 
 /** Options of the model runner (the one owner of the ONNX Runtime session). */
@@ -87,17 +88,7 @@ export class ModelRunner {
       const hint = provider === 'cpu' ? '' : ` (is the ${provider} build of onnxruntime-node installed? see README, GPU notes)`;
       throw new SteerdError(`cannot start the ${provider} execution provider: ${(e as Error).message}${hint}`, 500, 'provider_unavailable');
     }
-    const c = ck.config;
-    const info: ModelInfo = {
-      n_layer: c.n_layer,
-      n_embd: c.n_embd,
-      n_head: c.n_head,
-      n_positions: c.n_positions,
-      vocab_size: c.vocab_size,
-      eos_token_id: c.eos_token_id,
-      fingerprint: ck.fingerprint,
-      provider,
-    };
+    const info = modelInfo(ck, provider);
     return new ModelRunner(session, info, tokenizer);
   }
 

@@ -6,6 +6,8 @@ import { openCheckpoint } from '../model/checkpoint.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import type { ActivationsRequest, ActivationsResult, DoneEvent, GenerateEvent, GenerateRequest, ModelInfo } from '../engine/types.js';
 import { validateActivations, validateGenerate } from '../engine/validate.js';
+import { modelInfo } from '../engine/model-info.js';
+import { EventStream } from '../engine/event-stream.js';
 import { activationsFromWire, bullPrefix, cancelChannel, QUEUE, toWire, type JobData, type Progress, type WireActivations, type WireFailure } from './protocol.js';
 
 export interface RemoteEngineOptions {
@@ -75,17 +77,7 @@ export class RemoteEngine {
     queue.on('error', () => undefined);
     const pub = new Redis(o.redisUrl, { maxRetriesPerRequest: 1 });
     pub.on('error', () => undefined);
-    const c = ck.config;
-    const info: ModelInfo = {
-      n_layer: c.n_layer,
-      n_embd: c.n_embd,
-      n_head: c.n_head,
-      n_positions: c.n_positions,
-      vocab_size: c.vocab_size,
-      eos_token_id: c.eos_token_id,
-      fingerprint: ck.fingerprint,
-      provider: 'queue',
-    };
+    const info = modelInfo(ck, 'queue');
     const engine = new RemoteEngine(info, tokenizer, queue, { connection: eConn, prefix: bullPrefix(prefix) }, [pub, qConn, eConn], prefix, o.keepCompleted ?? { age: 3600, count: 1000 }, o.maxContext);
     // Listen from the start when Redis is there (within a second); else the first request will.
     await new Promise<void>((resolve) => {
@@ -162,27 +154,16 @@ export class RemoteEngine {
     const self = this;
     return {
       async *[Symbol.asyncIterator]() {
-        const queue: GenerateEvent[] = [];
+        const stream = new EventStream<GenerateEvent>();
         let seen = 0; // tokens already yielded: a retried job repeats them (same seed, same tokens)
-        let failure: Error | undefined;
-        let finished = false;
-        let wake: (() => void) | undefined;
         self.listeners.set(id, {
           progress(p) {
             if (p.i < seen) return;
             seen = p.i + 1;
-            queue.push(p.e);
-            wake?.();
+            stream.push(p.e);
           },
-          completed(v) {
-            queue.push(v as DoneEvent);
-            finished = true;
-            wake?.();
-          },
-          failed(reason) {
-            failure = self.failure(reason);
-            wake?.();
-          },
+          completed: (v) => stream.push(v as DoneEvent),
+          failed: (reason) => stream.fail(self.failure(reason)),
         });
         self.count++;
         const onAbort = () => void self.cancel(id);
@@ -190,20 +171,10 @@ export class RemoteEngine {
           await self.enqueue(id, { kind: 'generate', req: { ...req, interventions: toWire(req.interventions) } });
           if (opts.signal?.aborted) onAbort();
           else opts.signal?.addEventListener('abort', onAbort, { once: true });
-          for (;;) {
-            while (queue.length) {
-              const e = queue.shift()!;
-              yield e;
-              if (e.type === 'done') return;
-            }
-            if (failure) throw failure;
-            if (finished) return;
-            await new Promise<void>((r) => (wake = r));
-            wake = undefined;
-          }
+          yield* stream.drain();
         } finally {
           opts.signal?.removeEventListener('abort', onAbort);
-          if (!finished && !failure) void self.cancel(id);
+          if (!stream.settled) void self.cancel(id);
           self.listeners.delete(id);
           self.count--;
         }
