@@ -131,16 +131,14 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
         }
         for await (const e of events) {
           if (e.type === 'token') {
-            if (stream && e.text && reply.sse!.isConnected) await reply.sse!.send({ data: chunk(e.text, null) });
+            if (stream && e.text) await sig.send({ data: chunk(e.text, null) });
             continue;
           }
           if (sig.timedOut()) throw timeoutError(svc);
           const usage = { prompt_tokens: e.usage.prompt_tokens, completion_tokens: e.usage.completion_tokens, total_tokens: e.usage.prompt_tokens + e.usage.completion_tokens };
           if (stream) {
-            if (reply.sse!.isConnected) {
-              await reply.sse!.send({ data: { ...chunk('', openaiReason(e.finish_reason)), usage } });
-              await reply.sse!.send({ data: '[DONE]' });
-            }
+            await sig.send({ data: { ...chunk('', openaiReason(e.finish_reason)), usage } });
+            await sig.send({ data: '[DONE]' });
             reply.sse!.close();
             return reply;
           }

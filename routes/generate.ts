@@ -129,10 +129,10 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
       let result: Awaited<ReturnType<typeof collect>>;
       try {
         result = await collect(svc, tracked(svc, req, steered), async (e) => {
-          if (!stream || e.type !== 'token' || !reply.sse!.isConnected) return;
+          if (!stream || e.type !== 'token') return;
           // id -1: text held back (a stop-string prefix, part of a character) released at the end
-          if (e.id >= 0) await reply.sse!.send({ event: 'token', data: { id: e.id, text: e.text, logprob: e.logprob } });
-          else if (e.text) await reply.sse!.send({ event: 'text', data: { text: e.text } });
+          if (e.id >= 0) await sig.send({ event: 'token', data: { id: e.id, text: e.text, logprob: e.logprob } });
+          else if (e.text) await sig.send({ event: 'text', data: { text: e.text } });
         });
       } catch (e) {
         sig.abort();
@@ -156,7 +156,7 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
       };
       if (stream) {
         const { tokens: _, ...rest } = body;
-        if (reply.sse!.isConnected) await reply.sse!.send({ event: 'done', data: rest });
+        await sig.send({ event: 'done', data: rest });
         reply.sse!.close();
         return reply;
       }

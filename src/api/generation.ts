@@ -38,9 +38,18 @@ export function requestSignal(svc: Service, request: FastifyRequest, reply: Fast
   if (reply.raw.destroyed || request.raw.socket?.destroyed) ac.abort();
   const abort = () => ac.abort();
   svc.aborts.add(abort);
+  const gone = new Promise<void>((r) => (ac.signal.aborted ? r() : ac.signal.addEventListener('abort', () => r(), { once: true })));
   return {
     signal: ac.signal,
     abort,
+    /**
+     * Sends a server-sent event unless the client has gone: a write to a socket closed under it
+     * may never call back, and the request must still end (and free its slot).
+     */
+    async send(message: Parameters<NonNullable<FastifyReply['sse']>['send']>[0]): Promise<void> {
+      if (ac.signal.aborted || !reply.sse?.isConnected) return;
+      await Promise.race([reply.sse.send(message), gone]);
+    },
     timedOut: () => timedOut,
     done() {
       clearTimeout(timer);
