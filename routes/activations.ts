@@ -55,7 +55,7 @@ export default async function activationRoutes(app: FastifyInstance, { svc }: { 
       const tok = svc.engine.tokenizer;
       const prompt = [...(b.prepend_bos ? [tok.eosId] : []), ...tok.encode(b.prompt)];
       const { engine: interventions } = await resolveInterventions(svc, b.interventions);
-      const release = admit(svc, reply);
+      const release = admit(svc);
       try {
         const r = await svc.engine.activations({ prompt, layers: b.layers, reduce: b.reduce ?? 'none', interventions });
         const H = svc.engine.info.n_embd;

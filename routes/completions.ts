@@ -111,7 +111,7 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
         stop,
         interventions,
       };
-      const release = admit(svc, reply);
+      const release = admit(svc);
       const sig = requestSignal(svc, request, reply);
       try {
         const events = tracked(svc, req, svc.engine.generate(req, { signal: sig.signal }));

@@ -113,7 +113,7 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
       stop: typeof b.stop === 'string' ? [b.stop] : b.stop,
       interventions,
     };
-    const release = admit(svc, reply);
+    const release = admit(svc);
     const sig = requestSignal(svc, request, reply);
     try {
       const steered = engine.generate(req, { signal: sig.signal });

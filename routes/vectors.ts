@@ -84,7 +84,7 @@ const meta = ({ values: _, ...m }: StoredVector) => m;
 export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
   app.addSchema(metaSchema);
 
-  async function make(b: VectorBody, reply: Parameters<typeof admit>[1]): Promise<StoredVector> {
+  async function make(b: VectorBody): Promise<StoredVector> {
     const H = svc.engine.info.n_embd;
     if (b.layer !== undefined && b.layer > svc.engine.info.n_layer) {
       throw new UnprocessableError(`layer ${b.layer} is out of range: this model's hook points are 0..${svc.engine.info.n_layer}`);
@@ -97,7 +97,7 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
       const r = b.recipe;
       if (r.kind !== 'mean_diff' && (!r.positive || !r.negative)) throw new BadRequestError(`recipe ${r.kind} needs positive and negative prompts`);
       if (r.kind === 'mean_diff' && !r.pairs) throw new BadRequestError('recipe mean_diff needs pairs');
-      const release = admit(svc, reply);
+      const release = admit(svc);
       try {
         const d = await deriveVector(svc.engine, r);
         values = d.values;
@@ -139,7 +139,7 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
       },
     },
     async (request, reply) => {
-      const v = await make(request.body, reply);
+      const v = await make(request.body);
       await svc.store.put(v, { replace: false, max: svc.config.limits.maxVectors });
       reply.code(201);
       return meta(v);
@@ -161,7 +161,7 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
       if (request.body.name !== undefined && request.body.name !== request.params.name) {
         throw new BadRequestError(`body name "${request.body.name}" differs from the path's "${request.params.name}"`);
       }
-      const v = await make({ ...request.body, name: request.params.name }, reply);
+      const v = await make({ ...request.body, name: request.params.name });
       await svc.store.put(v, { replace: true, max: svc.config.limits.maxVectors });
       return meta(v);
     },

@@ -13,7 +13,7 @@ import modelRoutes from '../routes/model.js';
 import vectorRoutes from '../routes/vectors.js';
 import { errorSchema, interventionSchema } from './api/schemas.js';
 import type { Service } from './api/service.js';
-import { SteerdError } from './errors.js';
+import { QueueFullError, SteerdError } from './errors.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -78,6 +78,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
   await app.register(sse, { serializer: (d: unknown) => (typeof d === 'string' ? d : JSON.stringify(d)) });
 
   app.setErrorHandler((err: FastifyError, request, reply) => {
+    if (err instanceof QueueFullError) reply.header('retry-after', String(err.retryAfter));
     if (err instanceof SteerdError) return reply.status(err.status).send(errorBody(err.code, err.message, err.details));
     if (err.validation) {
       const v = err.validation[0];

@@ -54,3 +54,12 @@ export class UnavailableError extends SteerdError {
     super(message, 503, 'unavailable');
   }
 }
+
+/** Too much work waiting (this process's limit, or the shared queue's in Redis mode): retry later. */
+export class QueueFullError extends SteerdError {
+  /** Seconds a client should wait before retrying (the `Retry-After` header). */
+  readonly retryAfter = 1;
+  constructor(message: string, depth: number) {
+    super(message, 429, 'queue_full', { queue_depth: depth });
+  }
+}

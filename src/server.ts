@@ -88,7 +88,7 @@ export async function createService(config: Config, progress?: ProgressReporter)
   let engine: EngineLike;
   if (config.redisUrl) {
     if (config.worker) closers.push((await startWorker(config, m.dir)).close);
-    engine = await RemoteEngine.open({ model: m.dir, redisUrl: config.redisUrl, prefix: config.redisPrefix });
+    engine = await RemoteEngine.open({ model: m.dir, redisUrl: config.redisUrl, prefix: config.redisPrefix, maxDepth: config.limits.queueDepth });
   } else {
     engine = await Engine.start(engineOptions(config, m.dir));
   }

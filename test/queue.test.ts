@@ -4,6 +4,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Config } from '../src/config.ts';
+import { queueName } from '../src/queue/protocol.ts';
+import { valuesKey } from '../src/store/redis-vectors.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness, post } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
@@ -64,8 +66,7 @@ t.test('through the queue, with a worker in the API process: the same answers as
   t.same((await acts(queued.app)).activations, (await acts(embedded.app)).activations, 'activations too');
   const bad = await post(queued.app, '/v1/generate', { prompt: 'x', interventions: [{ vector: { values: [1, 2] }, layer: 1, coeff: 1 }] });
   t.equal(bad.statusCode, 422, 'a bad request is refused before it is queued');
-  const waiting = await probe.keys(`${prefix}q:steerd:wait`);
-  t.ok(waiting.length === 0 || (await probe.llen(waiting[0])) === 0, 'nothing waits in the queue');
+  t.equal(await probe.llen(`${prefix}q:${queueName(queued.svc.engine.info.fingerprint)}:wait`), 0, 'nothing waits in the queue');
 });
 
 t.test('scale-out: one API process, two worker processes, 32 concurrent requests', { skip }, async (t) => {
@@ -121,4 +122,71 @@ t.test('a worker killed mid-generation: its jobs are taken over and every reques
   const got = await pending;
   t.same(got.map((r) => r.statusCode), long.map(() => 200), 'every request completed');
   t.same(got.map((r) => r.json().tokens), want, 'with the tokens of an uninterrupted run, none repeated');
+});
+
+t.test('jobs carry vectors by hash; workers fetch them from the registry', { skip }, async (t) => {
+  const p = `${prefix}hash:`;
+  const api = await harness(model, (c) => ({ ...c, redisUrl: url, redisPrefix: p, worker: true }));
+  t.teardown(() => api.close());
+  const values = Array.from({ length: 64 }, (_, j) => Math.cos(j) * 0.3);
+  const made = await post(api.app, '/v1/vectors', { name: 'v', values });
+  t.equal(made.statusCode, 201, made.body);
+  const hash = made.json().hash;
+  const body = (vector: unknown) => ({ prompt: 'By hash', max_new_tokens: 5, temperature: 0, interventions: [{ vector, layer: 2, coeff: 6 }] });
+  const named = await post(api.app, '/v1/generate', body('v'));
+  t.equal(named.statusCode, 200, named.body);
+  const inline = (await post(api.app, '/v1/generate', body({ values }))).json();
+  t.same(inline.tokens, named.json().tokens, 'inline values and the registered vector steer alike');
+  const plain = (await post(api.app, '/v1/generate', { prompt: 'By hash', max_new_tokens: 5, temperature: 0 })).json();
+  t.not(plain.text, inline.text, 'and they do steer');
+
+  const q = `${p}q:${queueName(api.svc.engine.info.fingerprint)}`;
+  const jobs = await probe.keys(`${q}:*-*-*`);
+  t.ok(jobs.length >= 2, 'finished jobs are kept');
+  for (const k of jobs) {
+    const data = JSON.parse((await probe.hget(k, 'data'))!);
+    if (data.req.interventions.length) t.same(Object.keys(data.req.interventions[0]).sort(), ['coeff', 'hash', 'layer', 'positions', 'rows'], 'a job names its vector by hash, without values');
+  }
+  t.equal(await probe.ttl(valuesKey(p, hash)), -1, 'registered values do not expire');
+  const other = Array.from({ length: 64 }, (_, j) => Math.sin(j) * 0.3);
+  await post(api.app, '/v1/generate', body({ values: other }));
+  const keys = await probe.keys(valuesKey(p, '*'));
+  t.equal(keys.length, 2, 'inline values are stored once, under their hash');
+  const inlineKey = keys.find((k) => k !== valuesKey(p, hash))!;
+  t.ok((await probe.ttl(inlineKey)) > 3600, 'inline values expire (after a day)');
+  t.equal((await api.app.inject({ method: 'DELETE', url: '/v1/vectors/v' })).statusCode, 204);
+  t.ok((await probe.ttl(valuesKey(p, hash))) > 3600, "a deleted vector's values expire rather than vanish under a queued job");
+  await probe.del(valuesKey(p, hash), inlineKey);
+  const lost = await post(api.app, '/v1/generate', body({ values: other }));
+  t.equal(lost.statusCode, 200, 'values gone from Redis are put back by the next request');
+});
+
+t.test('the queue depth limit counts every API process', { skip }, async (t) => {
+  const p = `${prefix}depth:`;
+  const shared = (worker: boolean) => (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: p, worker, limits: { ...c.limits, queueDepth: 5 } });
+  const a = await harness(model, shared(false));
+  const b = await harness(model, shared(false));
+  t.teardown(async () => {
+    await a.close();
+    await b.close();
+  });
+  const q = `${p}q:${queueName(a.svc.engine.info.fingerprint)}:wait`;
+  const waiting = async (n: number) => {
+    for (const t0 = Date.now(); (await probe.llen(q)) < n && Date.now() - t0 < 5000; ) await new Promise((res) => setTimeout(res, 20));
+    return probe.llen(q);
+  };
+  t.equal(await waiting(2), 2, "each API process's start-up measurement (/v1/model's norms) waits (no worker yet)");
+  const r = (i: number) => ({ prompt: `Waiting ${i}`, max_new_tokens: 3, temperature: 0 });
+  const admitted = [];
+  for (const [i, h] of [a, a, b].entries()) {
+    admitted.push(post(h.app, '/v1/generate', r(i)));
+    t.equal(await waiting(3 + i), 3 + i);
+  }
+  const refused = await post(b.app, '/v1/generate', r(3));
+  t.equal(refused.statusCode, 429, 'the fourth is refused by the other process');
+  t.equal(refused.headers['retry-after'], '1');
+  t.match(refused.json().error, { code: 'queue_full', details: { queue_depth: 5 } });
+  const worker = await harness(model, shared(true));
+  t.teardown(() => worker.close());
+  t.same((await Promise.all(admitted)).map((x) => x.statusCode), [200, 200, 200], 'the admitted ones complete once a worker comes');
 });

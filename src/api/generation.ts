@@ -1,15 +1,14 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
+import { QueueFullError, SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
 import type { GenerateEvent, GenerateRequest } from '../engine/types.js';
 import type { Service } from './service.js';
 
 /** Refuses new work while draining (503) or when the queue is full (429), else counts it in. */
-export function admit(svc: Service, reply: FastifyReply): () => void {
+export function admit(svc: Service): () => void {
   if (svc.draining) throw new UnavailableError('the server is shutting down');
   const depth = svc.config.limits.queueDepth;
   if (svc.inFlight >= depth) {
-    reply.header('retry-after', '1');
-    throw new SteerdError(`the queue is full (${depth} requests in flight); retry later`, 429, 'queue_full', { queue_depth: depth });
+    throw new QueueFullError(`the queue is full (${depth} requests in flight); retry later`, depth);
   }
   svc.inFlight++;
   let released = false;

@@ -64,7 +64,7 @@ export async function resolveInterventions(svc: Service, list: InterventionBody[
     if (shape.at(-1) !== H) throw new UnprocessableError(`${where}: vector width ${shape.at(-1)} does not match this model's hidden size ${H}`);
     const rows = shape.length === 1 ? 1 : shape[0];
     const positions = iv.positions ?? (rows === 1 ? 'all' : 'front');
-    engine.push({ values, rows, layer: iv.layer, coeff: iv.coeff, positions });
+    engine.push({ values, rows, layer: iv.layer, coeff: iv.coeff, positions, hash });
     applied.push({ vector: name, hash, shape, layer: iv.layer, coeff: iv.coeff, positions });
   }
   return { engine, applied };

@@ -17,6 +17,8 @@ export interface Intervention {
   coeff: number;
   /** Default: `all` for a direction, `front` for a sequence. */
   positions?: Positions;
+  /** Content hash of `values` where known (a registered vector); the engine does not read it. */
+  hash?: string;
 }
 
 export interface SamplingParams {

@@ -2,16 +2,23 @@ import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequ
 
 /**
  * What crosses Redis between API processes and `steerd worker` processes (BullMQ jobs). Requests
- * are validated before they are enqueued; vectors travel as little-endian float32 in base64.
+ * are validated before they are enqueued; vectors travel by content hash (their values are in the
+ * registry, `vectors:values:<hash>`), activations come back as little-endian float32 in base64.
  */
-export const QUEUE = 'steerd';
+
+/**
+ * One queue per model (checkpoint fingerprint): a worker only ever takes jobs made for the model it
+ * has loaded, and several models can share one Redis.
+ */
+export const queueName = (fingerprint: string) => `steerd-${fingerprint.slice(0, 16)}`;
 /** Pub/sub channel on which API processes ask workers to cancel an active job. */
 export const cancelChannel = (prefix: string) => `${prefix}cancel`;
 /** BullMQ's own key prefix, inside ours. */
 export const bullPrefix = (prefix: string) => `${prefix}q`;
 
-export interface WireIntervention extends Omit<Intervention, 'values'> {
-  values_b64: string;
+/** An intervention by the content hash of its values (the `hash` of `Intervention`, required). */
+export interface WireIntervention extends Omit<Intervention, 'values' | 'hash'> {
+  hash: string;
 }
 
 export type JobData =
@@ -41,8 +48,8 @@ const f32 = (s: string) => {
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 };
 
-export const toWire = (list: Intervention[] = []): WireIntervention[] => list.map(({ values, ...rest }) => ({ ...rest, values_b64: b64(values) }));
-export const fromWire = (list: WireIntervention[]): Intervention[] => list.map(({ values_b64, ...rest }) => ({ ...rest, values: f32(values_b64) }));
+export const toWire = (list: Intervention[], hashOf: (iv: Intervention) => string): WireIntervention[] =>
+  list.map(({ values: _, ...rest }, i) => ({ ...rest, hash: hashOf(list[i]) }));
 
 export const activationsToWire = (r: ActivationsResult): WireActivations => ({
   tokens: r.tokens,

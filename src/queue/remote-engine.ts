@@ -1,14 +1,28 @@
 import { Job, Queue, QueueEvents } from 'bullmq';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { SteerdError, UnavailableError } from '../errors.js';
+import { QueueFullError, SteerdError, UnavailableError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
-import type { ActivationsRequest, ActivationsResult, DoneEvent, GenerateEvent, GenerateRequest, ModelInfo } from '../engine/types.js';
+import type { ActivationsRequest, ActivationsResult, DoneEvent, GenerateEvent, GenerateRequest, Intervention, ModelInfo } from '../engine/types.js';
 import { validateActivations, validateGenerate } from '../engine/validate.js';
 import { modelInfo } from '../engine/model-info.js';
 import { EventStream } from '../engine/event-stream.js';
-import { activationsFromWire, bullPrefix, cancelChannel, QUEUE, toWire, type JobData, type Progress, type WireActivations, type WireFailure } from './protocol.js';
+import { ORPHAN_TTL_S, valuesKey } from '../store/redis-vectors.js';
+import { vectorHash } from '../store/vectors.js';
+import { activationsFromWire, bullPrefix, cancelChannel, queueName, toWire, type JobData, type Progress, type WireActivations, type WireFailure, type WireIntervention } from './protocol.js';
+
+/**
+ * For each key: 1 if it exists (a volatile one then lives another ARGV[1] seconds at least; a
+ * registered vector's stays persistent), else 0.
+ */
+const TOUCH = `
+local found = {}
+for i, k in ipairs(KEYS) do
+  found[i] = redis.call('EXISTS', k)
+  if found[i] == 1 then redis.call('EXPIRE', k, ARGV[1], 'GT') end
+end
+return found`;
 
 export interface RemoteEngineOptions {
   /** The checkpoint directory: its config and tokenizer (no weights are loaded here). */
@@ -20,6 +34,12 @@ export interface RemoteEngineOptions {
   maxContext?: number;
   /** Kept finished jobs: age in seconds and count. Default 3600 s, 1000 jobs. */
   keepCompleted?: { age: number; count: number };
+  /**
+   * Jobs waiting or running in the shared queue, all API processes together, beyond which new
+   * requests get 429. Checked before each enqueue, so processes admitting at the same instant can
+   * overshoot it by one each. Default: no limit.
+   */
+  maxDepth?: number;
 }
 
 type Listener = { progress(p: Progress): void; completed(v: unknown): void; failed(reason: string): void };
@@ -43,6 +63,7 @@ export class RemoteEngine {
     private readonly prefix: string,
     private readonly keep: { age: number; count: number },
     maxContext: number | undefined,
+    private readonly maxDepth = Infinity,
   ) {
     this.maxContext = Math.min(maxContext ?? info.n_positions, info.n_positions);
   }
@@ -56,7 +77,7 @@ export class RemoteEngine {
   private listen(): QueueEvents {
     if (this.events) return this.events;
     if (this.closing || this.conns[1].status !== 'ready') throw new Error('not connected');
-    const events = new QueueEvents(QUEUE, this.eventsOpts);
+    const events = new QueueEvents(queueName(this.info.fingerprint), this.eventsOpts);
     events.on('error', () => undefined);
     events.on('progress', ({ jobId, data }) => this.listeners.get(jobId)?.progress(data as unknown as Progress));
     events.on('completed', ({ jobId, returnvalue }) => this.listeners.get(jobId)?.completed(returnvalue));
@@ -73,12 +94,14 @@ export class RemoteEngine {
     const qConn = new Redis(o.redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
     const eConn = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
     for (const c of [qConn, eConn]) c.on('error', () => undefined);
-    const queue = new Queue<JobData>(QUEUE, { connection: qConn, prefix: bullPrefix(prefix) });
+    const info = modelInfo(ck, 'queue');
+    const queue = new Queue<JobData>(queueName(info.fingerprint), { connection: qConn, prefix: bullPrefix(prefix) });
     queue.on('error', () => undefined);
     const pub = new Redis(o.redisUrl, { maxRetriesPerRequest: 1 });
     pub.on('error', () => undefined);
-    const info = modelInfo(ck, 'queue');
-    const engine = new RemoteEngine(info, tokenizer, queue, { connection: eConn, prefix: bullPrefix(prefix) }, [pub, qConn, eConn], prefix, o.keepCompleted ?? { age: 3600, count: 1000 }, o.maxContext);
+    const events = { connection: eConn, prefix: bullPrefix(prefix) };
+    const keep = o.keepCompleted ?? { age: 3600, count: 1000 };
+    const engine = new RemoteEngine(info, tokenizer, queue, events, [pub, qConn, eConn], prefix, keep, o.maxContext, o.maxDepth);
     // Listen from the start when Redis is there (within a second); else the first request will.
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, 1000);
@@ -114,7 +137,26 @@ export class RemoteEngine {
     }
   }
 
-  private async enqueue(id: string, data: JobData): Promise<void> {
+  /**
+   * The job's interventions by hash. Registered vectors' values are in the registry already; inline
+   * ones are put there (content-addressed, kept `ORPHAN_TTL_S`), once per distinct vector.
+   */
+  private async share(list: Intervention[] = []): Promise<WireIntervention[]> {
+    const H = this.info.n_embd;
+    const wire = toWire(list, (iv) => iv.hash ?? vectorHash(iv.rows === 1 ? [H] : [iv.rows, H], iv.values));
+    if (!wire.length) return wire;
+    const redis = this.conns[1];
+    const keys = wire.map((w) => valuesKey(this.prefix, w.hash));
+    const found = (await redis.eval(TOUCH, keys.length, ...keys, ORPHAN_TTL_S)) as number[];
+    const upload = redis.multi();
+    found.forEach((f, i) => {
+      if (!f) upload.set(keys[i], Buffer.from(list[i].values.buffer, list[i].values.byteOffset, list[i].values.byteLength), 'EX', ORPHAN_TTL_S, 'NX');
+    });
+    if (found.includes(0)) await upload.exec();
+    return wire;
+  }
+
+  private async enqueue(id: string, make: (interventions: WireIntervention[]) => JobData, interventions?: Intervention[]): Promise<void> {
     try {
       // events must be listened to before the job exists; both connections get a second to be up
       await Promise.race([
@@ -124,6 +166,12 @@ export class RemoteEngine {
         })(),
         new Promise((_, reject) => setTimeout(() => reject(new Error('not connected')), 1000)),
       ]);
+      if (this.maxDepth < Infinity) {
+        const counts = await this.queue.getJobCounts('active', 'waiting', 'prioritized', 'delayed', 'paused');
+        const depth = Object.values(counts).reduce((a, b) => a + b, 0);
+        if (depth >= this.maxDepth) throw new QueueFullError(`the queue is full (${depth} requests waiting or running across the deployment); retry later`, this.maxDepth);
+      }
+      const data = make(await this.share(interventions));
       await this.queue.add(data.kind, data, {
         jobId: id,
         attempts: 3,
@@ -132,6 +180,7 @@ export class RemoteEngine {
         removeOnFail: { age: 24 * 3600 },
       });
     } catch (e) {
+      if (e instanceof SteerdError) throw e;
       throw new UnavailableError(`the queue (Redis) is unavailable: ${(e as Error).message}`);
     }
   }
@@ -168,7 +217,7 @@ export class RemoteEngine {
         self.count++;
         const onAbort = () => void self.cancel(id);
         try {
-          await self.enqueue(id, { kind: 'generate', req: { ...req, interventions: toWire(req.interventions) } });
+          await self.enqueue(id, (interventions) => ({ kind: 'generate', req: { ...req, interventions } }), req.interventions);
           if (opts.signal?.aborted) onAbort();
           else opts.signal?.addEventListener('abort', onAbort, { once: true });
           yield* stream.drain();
@@ -195,7 +244,7 @@ export class RemoteEngine {
           failed: (reason) => reject(this.failure(reason)),
         });
       });
-      await this.enqueue(id, { kind: 'activations', req: { ...req, interventions: toWire(req.interventions) } });
+      await this.enqueue(id, (interventions) => ({ kind: 'activations', req: { ...req, interventions } }), req.interventions);
       return await result;
     } finally {
       this.listeners.delete(id);
@@ -205,6 +254,9 @@ export class RemoteEngine {
 
   async close(): Promise<void> {
     this.closing = true;
+    // requests still waiting for a worker end now (a drain has let the others finish)
+    const gone: WireFailure = { status: 503, code: 'unavailable', message: 'the server is shutting down' };
+    for (const l of this.listeners.values()) l.failed(JSON.stringify(gone));
     // a graceful close waits for Redis; do not wait for one that is gone
     const within = (p: Promise<unknown>) => Promise.race([p.catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
     if (this.events) await within(this.events.close());

@@ -3,7 +3,8 @@ import { Redis } from 'ioredis';
 import { SteerdError } from '../errors.js';
 import type { Engine } from '../engine/engine.js';
 import type { DoneEvent } from '../engine/types.js';
-import { activationsToWire, bullPrefix, cancelChannel, fromWire, QUEUE, type JobData, type WireFailure } from './protocol.js';
+import { activationsToWire, bullPrefix, cancelChannel, queueName, type JobData, type WireFailure } from './protocol.js';
+import { VectorCache } from './vector-cache.js';
 
 /** Options of a queue worker. */
 export interface QueueWorkerOptions {
@@ -19,8 +20,9 @@ export interface QueueWorkerOptions {
 }
 
 /**
- * Consumes generation and activation jobs with a local engine. Every job goes straight to the
- * engine's scheduler, which batches them; tokens go back as job progress, the result as the
+ * Consumes generation and activation jobs with a local engine, from the queue of the model it has
+ * loaded. Every job goes straight to the engine's scheduler, which batches them; steering vectors
+ * come from the registry by hash (cached); tokens go back as job progress, the result as the
  * job's return value. Requests the engine refuses fail without retry; crashes are retried.
  */
 export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
@@ -30,17 +32,19 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
   sub.on('error', () => undefined);
   await sub.subscribe(cancelChannel(prefix));
   sub.on('message', (_channel, id: string) => active.get(id)?.abort());
+  const data = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
+  data.on('error', () => undefined);
+  const vectors = new VectorCache(data, prefix, engine.info.n_embd);
 
   const processor = async (job: Job<JobData>) => {
     const ac = new AbortController();
     active.set(job.id!, ac);
     try {
-      if (job.data.kind === 'activations') {
-        return activationsToWire(await engine.activations({ ...job.data.req, interventions: fromWire(job.data.req.interventions) }));
-      }
+      const interventions = await vectors.resolve(job.data.req.interventions);
+      if (job.data.kind === 'activations') return activationsToWire(await engine.activations({ ...job.data.req, interventions }));
       let i = 0;
       let done: DoneEvent | undefined;
-      for await (const e of engine.generate({ ...job.data.req, interventions: fromWire(job.data.req.interventions) }, { signal: ac.signal })) {
+      for await (const e of engine.generate({ ...job.data.req, interventions }, { signal: ac.signal })) {
         if (e.type === 'done') done = e;
         else await job.updateProgress({ i: i++, e });
       }
@@ -55,7 +59,7 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
       active.delete(job.id!);
     }
   };
-  const worker = new Worker<JobData>(QUEUE, processor, {
+  const worker = new Worker<JobData>(queueName(engine.info.fingerprint), processor, {
     connection: { url: o.redisUrl, maxRetriesPerRequest: null } as never,
     prefix: bullPrefix(prefix),
     concurrency: o.concurrency,
@@ -70,6 +74,7 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
     async close() {
       await worker.close();
       sub.disconnect();
+      data.disconnect();
     },
   };
 }

@@ -3,19 +3,47 @@ import { SteerdError } from '../errors.js';
 import { ConflictError, LimitError, NotFoundError, type StoredVector, type VectorMeta, type VectorStore } from './vectors.js';
 
 /**
+ * Values no name refers to any more are not deleted at once: a queued job may still refer to them
+ * by hash. They expire after `ORPHAN_TTL_S` instead (a later put of the same values keeps them).
+ * The scripts' last two arguments are the values key prefix and that TTL; building a key inside a
+ * script assumes a single Redis instance (not a cluster).
+ */
+const RELEASE = `
+local hash = cjson.decode(old).hash
+local shared = false
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  if cjson.decode(v).hash == hash then shared = true break end
+end
+if not shared then redis.call('EXPIRE', ARGV[#ARGV - 1] .. hash, ARGV[#ARGV]) end`;
+
+const DELETE = `
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+${RELEASE}
+return 1`;
+
+const PUT = `
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old and ARGV[4] == '0' then return 'conflict' end
+if not old and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return 'limit' end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if old then ${RELEASE} end
+return 'ok'`;
+
+/** Seconds that values nothing refers to (replaced, deleted, or sent inline with a job) are kept. */
+export const ORPHAN_TTL_S = 24 * 3600;
+
+/** Where the float32 values of the vector with content hash `hash` live. */
+export const valuesKey = (prefix: string, hash: string) => `${prefix}vectors:values:${hash}`;
+
+/**
  * The vector registry in Redis, shared by every process on the same Redis: metadata in one hash
  * (name → JSON, the name → hash link included), values as binary float32 under their content
  * hash (so a job can carry the hash and any worker fetch the values). Writes are one Lua script:
  * the name check, the count limit and both writes happen atomically.
  */
-const PUT = `
-local exists = redis.call('HEXISTS', KEYS[1], ARGV[1])
-if exists == 1 and ARGV[4] == '0' then return 'conflict' end
-if exists == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return 'limit' end
-redis.call('SET', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 'ok'`;
-
 export class RedisVectorStore implements VectorStore {
   readonly redis: Redis;
 
@@ -34,7 +62,12 @@ export class RedisVectorStore implements VectorStore {
   }
 
   private valuesKey(hash: string) {
-    return `${this.prefix}vectors:values:${hash}`;
+    return valuesKey(this.prefix, hash);
+  }
+
+  /** The arguments the scripts need to find and expire orphaned values. */
+  private get releaseArgs() {
+    return [valuesKey(this.prefix, ''), String(ORPHAN_TTL_S)];
   }
 
   /** Waits up to a second for the connection (at start, or while it comes back), else fails. */
@@ -106,6 +139,7 @@ export class RedisVectorStore implements VectorStore {
         Buffer.from(values.buffer, values.byteOffset, values.byteLength),
         opts.replace ? '1' : '0',
         String(opts.max),
+        ...this.releaseArgs,
       );
       if (r === 'conflict') throw new ConflictError(v.name);
       if (r === 'limit') throw new LimitError(opts.max);
@@ -114,8 +148,7 @@ export class RedisVectorStore implements VectorStore {
 
   delete(name: string): Promise<void> {
     return this.call(async () => {
-      // values stay under their hash: a queued job may still refer to them
-      if ((await this.redis.hdel(this.metaKey, name)) === 0) throw new NotFoundError(name);
+      if ((await this.redis.eval(DELETE, 1, this.metaKey, name, ...this.releaseArgs)) === 0) throw new NotFoundError(name);
     });
   }
 
