@@ -126,10 +126,10 @@ t.test('API keys, rate limit, queue depth, body size', async (t) => {
   const t0 = Date.now();
   while (h.svc.inFlight === 0 && Date.now() - t0 < 10_000) await new Promise((r) => setImmediate(r));
   const full = await post(app, '/v1/generate', { prompt: 'x', max_new_tokens: 2 }, auth);
-  t.equal(full.statusCode, 429);
+  t.equal(full.statusCode, 429, full.body);
   t.equal(full.headers['retry-after'], '1');
   t.match(full.json().error, { code: 'queue_full', message: /queue is full \(1 requests in flight\)/ });
-  t.equal((await first).statusCode, 200);
+  t.equal((await first).statusCode, 200, (await first).body);
 
   const big = await post(app, '/v1/vectors', { name: 'big', values: Array(500).fill(0.123456) }, auth);
   t.equal(big.statusCode, 413);

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openapiYaml } from '../src/api/spec.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
-import { harness, post } from './helpers/api.ts';
+import { harness, post, queueMode } from './helpers/api.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-api-'));
 const model = join(root, 'model');
@@ -196,7 +196,7 @@ t.test('OpenAI-compatible completions and models', async (t) => {
 
 t.test('model, health, readiness, metrics', async (t) => {
   const m = (await app.inject('/v1/model')).json();
-  t.match(m, { name: 'model', architecture: 'gpt2', random_weights: true, n_layer: 8, n_embd: H, provider: 'cpu', limits: { max_new_tokens: 512, max_context: 128 } });
+  t.match(m, { name: 'model', architecture: 'gpt2', random_weights: true, n_layer: 8, n_embd: H, provider: queueMode ? 'queue' : 'cpu', limits: { max_new_tokens: 512, max_context: 128 } });
   t.equal(m.resid_norms.layers.length, 9, 'one entry per hook point');
   t.ok(m.resid_norms.layers.every((l: { mean: number; max: number }) => l.mean > 0 && l.max >= l.mean));
   t.same((await app.inject('/healthz')).json(), { status: 'ok' });

@@ -1,5 +1,4 @@
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,7 +7,7 @@ import { queueName } from '../src/queue/protocol.ts';
 import { valuesKey } from '../src/store/redis-vectors.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness, post } from './helpers/api.ts';
-import { testRedis } from './helpers/redis.ts';
+import { spawnWorker as spawnRedisWorker, testRedis } from './helpers/redis.ts';
 
 const { url, probe, prefix, skip, cleanup } = await testRedis();
 const root = mkdtempSync(join(tmpdir(), 'steerd-queue-'));
@@ -19,24 +18,7 @@ t.teardown(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
-/** A `steerd worker` process on the test Redis; `ready` resolves once it serves. */
-function spawnWorker(redisPrefix: string, env: Record<string, string> = {}) {
-  const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'worker', '--model', model], {
-    env: { ...process.env, REDIS_URL: url, STEERD_REDIS_PREFIX: redisPrefix, STEERD_BATCH_CAPACITY: '8', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const ready = new Promise<void>((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d;
-      if (out.includes('steerd worker: serving')) resolve();
-    });
-    child.stderr!.on('data', (d: Buffer) => (out += d));
-    child.on('exit', (code) => reject(new Error(`worker exited (${code}): ${out}`)));
-  });
-  ready.catch(() => undefined);
-  return { child, ready };
-}
+const spawnWorker = (redisPrefix: string, env: Record<string, string> = {}) => spawnRedisWorker(url, model, redisPrefix, env);
 
 const redisMode = (worker: boolean) => (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: prefix, worker });
 const requests = Array.from({ length: 32 }, (_, i) => ({

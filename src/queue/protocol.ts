@@ -13,6 +13,11 @@ import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequ
 export const queueName = (fingerprint: string) => `steerd-${fingerprint.slice(0, 16)}`;
 /** Pub/sub channel on which API processes ask workers to cancel an active job. */
 export const cancelChannel = (prefix: string) => `${prefix}cancel`;
+/**
+ * Set (for an hour) when an API process cancels a job: a worker that takes the job afterwards
+ * (it was between the waiting list and its processor, or is taking a stalled job over) sees it.
+ */
+export const cancelKey = (prefix: string, id: string) => `${prefix}cancelled:${id}`;
 /** BullMQ's own key prefix, inside ours. */
 export const bullPrefix = (prefix: string) => `${prefix}q`;
 

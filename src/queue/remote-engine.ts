@@ -1,5 +1,5 @@
 import { Job, Queue, QueueEvents } from 'bullmq';
-import { randomUUID } from 'node:crypto';
+import { randomInt, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { QueueFullError, SteerdError, UnavailableError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
@@ -10,7 +10,7 @@ import { modelInfo } from '../engine/model-info.js';
 import { EventStream } from '../engine/event-stream.js';
 import { ORPHAN_TTL_S, valuesKey } from '../store/redis-vectors.js';
 import { vectorHash } from '../store/vectors.js';
-import { activationsFromWire, bullPrefix, cancelChannel, queueName, toWire, type JobData, type Progress, type WireActivations, type WireFailure, type WireIntervention } from './protocol.js';
+import { activationsFromWire, bullPrefix, cancelChannel, cancelKey, queueName, toWire, type JobData, type Progress, type WireActivations, type WireFailure, type WireIntervention } from './protocol.js';
 
 /**
  * For each key: 1 if it exists (a volatile one then lives another ARGV[1] seconds at least; a
@@ -185,25 +185,40 @@ export class RemoteEngine {
     }
   }
 
-  /** Cancels a job: removed while it waits, else its worker is told to retire it. */
-  private async cancel(id: string): Promise<void> {
+  /**
+   * Cancels a job: removed while it waits (then `removed` is called: no worker will answer), else
+   * marked cancelled and its worker told to retire it.
+   */
+  private async cancel(id: string, removed: () => void = () => undefined): Promise<void> {
     try {
       const job = await Job.fromId(this.queue, id);
-      if (job && (await job.getState()) === 'waiting') await job.remove();
-      else await this.conns[0].publish(cancelChannel(this.prefix), id);
+      if (!job) return;
+      if ((await job.getState()) === 'waiting') {
+        try {
+          await job.remove();
+          return removed();
+        } catch {
+          // a worker took it meanwhile
+        }
+      }
+      await this.conns[0].set(cancelKey(this.prefix, id), '1', 'EX', 3600);
+      await this.conns[0].publish(cancelChannel(this.prefix), id);
     } catch {
       // the job finished meanwhile, or Redis is away: nothing left to cancel
     }
   }
 
-  generate(req: GenerateRequest, opts: { signal?: AbortSignal } = {}): AsyncIterable<GenerateEvent> {
+  generate(request: GenerateRequest, opts: { signal?: AbortSignal } = {}): AsyncIterable<GenerateEvent> {
     if (this.closing) throw new UnavailableError('the server is shutting down');
-    validateGenerate(req, this.info, this.maxContext);
+    validateGenerate(request, this.info, this.maxContext);
+    // seeded here, so that a job retried on another worker samples the same tokens
+    const req = { ...request, seed: request.seed ?? randomInt(0, 2 ** 32) };
     const id = randomUUID();
     const self = this;
     return {
       async *[Symbol.asyncIterator]() {
         const stream = new EventStream<GenerateEvent>();
+        const submitted = performance.now();
         let seen = 0; // tokens already yielded: a retried job repeats them (same seed, same tokens)
         self.listeners.set(id, {
           progress(p) {
@@ -215,7 +230,13 @@ export class RemoteEngine {
           failed: (reason) => stream.fail(self.failure(reason)),
         });
         self.count++;
-        const onAbort = () => void self.cancel(id);
+        // removed before any worker took it: the request ends here, as the engine ends a cancelled one
+        const removed = () => {
+          const ms = performance.now() - submitted;
+          const usage = { prompt_tokens: req.prompt.length, completion_tokens: 0 };
+          stream.push({ type: 'done', finish_reason: 'cancelled', text: '', seed: req.seed, usage, timings: { queue_ms: ms, first_token_ms: ms, total_ms: ms } });
+        };
+        const onAbort = () => void self.cancel(id, removed);
         try {
           await self.enqueue(id, (interventions) => ({ kind: 'generate', req: { ...req, interventions } }), req.interventions);
           if (opts.signal?.aborted) onAbort();

@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import { SteerdError } from '../errors.js';
 import type { Engine } from '../engine/engine.js';
 import type { DoneEvent } from '../engine/types.js';
-import { activationsToWire, bullPrefix, cancelChannel, queueName, type JobData, type WireFailure } from './protocol.js';
+import { activationsToWire, bullPrefix, cancelChannel, cancelKey, queueName, type JobData, type WireFailure } from './protocol.js';
 import { VectorCache } from './vector-cache.js';
 
 /** Options of a queue worker. */
@@ -40,6 +40,7 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
     const ac = new AbortController();
     active.set(job.id!, ac);
     try {
+      if (await data.exists(cancelKey(prefix, job.id!))) ac.abort(); // cancelled before it got here
       const interventions = await vectors.resolve(job.data.req.interventions);
       if (job.data.kind === 'activations') return activationsToWire(await engine.activations({ ...job.data.req, interventions }));
       let i = 0;
