@@ -1,33 +1,52 @@
-# steerd image. GPU by default (CUDA 12 + cuDNN 9 runtime, onnxruntime-node's CUDA 12 build);
-# `--build-arg VARIANT=cpu` builds a CPU-only image without the CUDA base.
+# syntax=docker/dockerfile:1
+# steerd: one image whose command is `serve` (the HTTP API) or `worker` (an engine on the Redis queue).
+#   docker build -t steerd:gpu .                         # CUDA 12 + cuDNN 9, onnxruntime-node's CUDA 12 build
+#   docker build -t steerd:cpu --build-arg VARIANT=cpu . # no CUDA base, for machines without a GPU
 ARG VARIANT=gpu
+ARG NODE_IMAGE=node:20-bookworm-slim
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 
-FROM node:20-bookworm-slim AS base-cpu
-RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
-
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 AS base-gpu
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl gnupg tini \
- && curl -fsSL https://deb.nodesource.com/setup_20.x | bash - \
- && apt-get install -y --no-install-recommends nodejs \
- && rm -rf /var/lib/apt/lists/*
-
-FROM base-${VARIANT}
+# ---- build: production node_modules. No compile step: tsx (a regular dependency) runs the
+# TypeScript sources, so dev dependencies (tap, typescript, @types) are never installed.
+FROM ${NODE_IMAGE} AS build
 ARG VARIANT
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
-# .npmrc skips onnxruntime-node's CUDA download; the GPU image opts back in.
-RUN if [ "$VARIANT" = "gpu" ]; then export ONNXRUNTIME_NODE_INSTALL=cuda12; fi \
- && npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+# .npmrc skips onnxruntime-node's CUDA download (onnxruntime-node-install=skip); the environment
+# variable takes precedence over it, so the GPU variant opts back in to the CUDA 12 providers.
+RUN if [ "$VARIANT" = gpu ]; then export ONNXRUNTIME_NODE_INSTALL=cuda12; fi \
+ && npm ci --omit=dev --no-audit --no-fund \
+ && npm cache clean --force
+
+# ---- runtime bases
+FROM ${NODE_IMAGE} AS runtime-cpu
+RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
+
+FROM ${CUDA_IMAGE} AS runtime-gpu
+# Node from the official image: its binary needs glibc >= 2.28 and libstdc++ (Ubuntu 22.04: 2.35).
+COPY --from=build /usr/local/bin/node /usr/local/bin/node
+RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
+ENV STEERD_PROVIDER=cuda
+
+# ---- runtime
+FROM runtime-${VARIANT}
+ARG VARIANT
+LABEL org.opencontainers.image.title="steerd" org.opencontainers.image.description="steerd (${VARIANT})"
+RUN useradd --create-home --uid 10001 steerd && mkdir -p /data /cache && chown steerd:steerd /data /cache
+WORKDIR /app
+COPY --from=build /app/node_modules ./node_modules
+COPY package.json ./
 COPY bin ./bin
 COPY src ./src
 COPY routes ./routes
-COPY openapi.yaml ./
-RUN useradd --create-home --uid 10001 steerd && mkdir -p /data /cache && chown steerd /data /cache
+COPY docker/healthcheck.mjs ./docker/
 USER steerd
 ENV HOST=0.0.0.0 PORT=8080 STEERD_DATA=/data STEERD_CACHE=/cache
 EXPOSE 8080
 VOLUME ["/data", "/cache"]
-HEALTHCHECK --interval=15s --timeout=5s --start-period=600s \
-  CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/readyz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+# `serve`: GET /readyz (model loaded, Redis reachable, not draining). `worker` serves no HTTP: the
+# script reports it healthy while it runs (see docker/healthcheck.mjs). The start period covers a
+# first model download.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30m --retries=3 CMD ["node", "docker/healthcheck.mjs"]
 ENTRYPOINT ["tini", "--", "node", "bin/steerd.js"]
 CMD ["serve"]
