@@ -1,0 +1,188 @@
+import t, { type Test } from 'tap';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Config } from '../src/config.ts';
+import { checkAnswer, CrossChecks } from '../src/loadtest/checks.ts';
+import type { Answer } from '../src/loadtest/client.ts';
+import { main } from '../src/loadtest/main.ts';
+import { isLoopback, parseOptions } from '../src/loadtest/options.ts';
+import { parsePrometheus, total } from '../src/loadtest/prometheus.ts';
+import type { Report } from '../src/loadtest/report.ts';
+import { readSse } from '../src/loadtest/sse.ts';
+import { percentile, summarize } from '../src/loadtest/stats.ts';
+import type { Planned } from '../src/loadtest/workload.ts';
+import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { harness, type Harness } from './helpers/api.ts';
+import { testRedis } from './helpers/redis.ts';
+
+const redis = await testRedis();
+const root = mkdtempSync(join(tmpdir(), 'steerd-loadtest-'));
+const model = join(root, 'model');
+writeTinyCheckpoint(model, { layers: 4, embd: 64, heads: 4, ctx: 256, seed: 3, initScale: 10 });
+t.teardown(async () => {
+  await redis.cleanup();
+  rmSync(root, { recursive: true, force: true });
+});
+
+/** Runs the load test against `h`, listening on a free port; returns its exit status, report (read back from --json) and table. */
+async function loadTest(t: Test, h: Harness, name: string, args: string[]) {
+  await h.app.listen({ host: '127.0.0.1', port: 0 });
+  const { port } = h.app.server.address() as { port: number };
+  const json = join(root, `${name}.json`);
+  const out: string[] = [];
+  const err: string[] = [];
+  const argv = ['node', 'loadtest', '--url', `http://127.0.0.1:${port}`, '--json', json, '--max-new-tokens', '4', ...args];
+  const code = await main(argv, { out: (s) => out.push(s), err: (s) => err.push(s) });
+  t.same(err, [], `${name}: nothing on stderr`);
+  return { code, report: JSON.parse(readFileSync(json, 'utf8')) as Report, table: out.join('\n') };
+}
+
+/** The report's counts equal the server's own counters (read in-process, independently of /metrics parsing). */
+async function agreesWithServer(t: Test, h: Harness, report: Report) {
+  for (const c of report.server.comparisons) t.ok(c.agree, `${c.what}: client ${c.client}, server /metrics ${c.server}`);
+  const http = (await h.svc.metrics.http.get()).values;
+  for (const route of ['/v1/generate', '/v1/completions']) {
+    const server = Object.fromEntries(http.filter((v) => v.labels.route === route).map((v) => [v.labels.status, v.value]));
+    t.same(report.requests.by_status[route], server, `${route}: the client's statuses are the server's`);
+  }
+  t.equal(report.throughput.generated_tokens, (await h.svc.metrics.generationTokens.get()).values[0].value, 'generated tokens');
+  const vectors = (await h.app.inject('/v1/vectors')).json().data;
+  t.same(vectors, [], 'the registered vector is deleted');
+}
+
+const SIXTY = ['--duration', '60', '--max-requests', '60', '--probe-fraction', '0.4'];
+
+/** Every kind of request was sent, and every answer passed its checks. */
+function clean(t: Test, { code, report, table }: Awaited<ReturnType<typeof loadTest>>) {
+  t.equal(code, 0, 'exit status 0');
+  t.equal(report.errors.total, 0, `no errors: ${JSON.stringify(report.errors.examples)}`);
+  // bounded by the request count, not the clock: the same requests however fast this machine is (with the
+  // default seed, 60 hold every kind of request, the registered vector and repeated greedy probes)
+  t.equal(report.requests.sent, 60);
+  for (const [kind, n] of Object.entries(report.requests.by_kind)) t.ok(n.steered > 0 && n.unsteered > 0, `${kind}: steered and unsteered`);
+  t.ok(report.requests.by_steering.named > 0 && report.requests.greedy_probes > 0, 'named vector and greedy probes');
+  t.equal(report.latency_ms.e2e.n, report.requests.sent);
+  t.ok(report.latency_ms.ttft_stream.n > 0 && report.latency_ms.ttft_stream.p50 <= report.latency_ms.e2e.max);
+  t.match(table, /errors: none/);
+  t.match(table, /generated tokens\s+(\d+)\s+\1\s+agree/);
+}
+
+t.test('embedded mode, closed loop with a ramp: no errors, no mismatches, the counts of /metrics', async (t) => {
+  const h = await harness(model);
+  t.teardown(() => h.close());
+  const run = await loadTest(t, h, 'embedded', ['--concurrency', '4', '--ramp', '0.5', ...SIXTY]);
+  clean(t, run);
+  await agreesWithServer(t, h, run.report);
+});
+
+t.test('Redis mode (worker in the API process), open loop with a ramp', { skip: redis.skip }, async (t) => {
+  const h = await harness(model, (c: Config) => ({ ...c, redisUrl: redis.url, redisPrefix: redis.prefix, worker: true }));
+  t.teardown(() => h.close());
+  const run = await loadTest(t, h, 'redis', ['--rate', '40', '--ramp', '0.5', ...SIXTY]);
+  clean(t, run);
+  // 1 → 40 requests/s over 0.5 s (about 10 requests), then the other 50 at 40/s
+  t.ok(run.report.wall_s > 1.5, `open loop: the schedule's pace (${run.report.wall_s} s)`);
+  await agreesWithServer(t, h, run.report);
+});
+
+t.test('refusals are counted by status, as the server counts them', async (t) => {
+  const h = await harness(model, (c) => ({ ...c, limits: { ...c.limits, queueDepth: 1 } }));
+  t.teardown(() => h.close());
+  const { code, report, table } = await loadTest(t, h, 'refusals', ['--concurrency', '6', '--duration', '1', '--max-requests', '60']);
+  t.equal(code, 1, 'exit status 1');
+  t.ok(report.errors.by_kind['429'] > 0, `429s: ${JSON.stringify(report.errors.by_kind)}`);
+  t.equal(Object.keys(report.errors.by_kind).join(), '429', 'and nothing else');
+  t.match(report.errors.examples[0], { kind: '429', message: /^queue_full: / });
+  t.match(table, /POST \/v1\/\w+ 429\s+(\d+)\s+\1\s+agree/);
+  await agreesWithServer(t, h, report);
+});
+
+t.test('options: loopback only unless --allow-remote, defaults', async (t) => {
+  const argv = (...a: string[]) => ['node', 'loadtest', ...a];
+  const written: string[] = [];
+  const io = { out: () => undefined, err: (s: string) => written.push(s) };
+  const o = parseOptions(argv(), io);
+  t.match(o, { url: 'http://127.0.0.1:8080', concurrency: 4, duration: 10, maxRequests: 1000, maxNewTokens: 16, namedVector: true, seed: 1 });
+  t.equal(o.rate, undefined, 'closed loop by default');
+  for (const u of ['http://localhost:1', 'http://127.0.0.2', 'http://[::1]:8080']) t.ok(isLoopback(new URL(u)), u);
+  for (const u of ['http://10.0.0.1', 'http://example.com', 'http://127.0.0.1.example.com']) t.notOk(isLoopback(new URL(u)), u);
+  t.throws(() => parseOptions(argv('--steered-fraction', '1.5'), io), { code: 'commander.invalidArgument' });
+  t.throws(() => parseOptions(argv('--url', 'ftp://127.0.0.1'), io), { code: 'commander.error' });
+  t.throws(() => parseOptions(argv('--ramp', '5', '--duration', '2'), io), { code: 'commander.error' });
+  t.match(written.at(-1), /--ramp 5 is longer than --duration 2/);
+  t.equal(await main(argv('--url', 'http://example.com:8080'), io), 2, 'remote: refused, 2');
+  t.match(written.at(-1), /refusing to load-test http:\/\/example.com:8080: not a loopback address.*denial-of-service.*--allow-remote/);
+  t.equal(parseOptions(argv('--url', 'http://example.com:8080/', '--allow-remote'), io).url, 'http://example.com:8080');
+  t.equal(await main(argv('--url', 'http://127.0.0.1:9'), io), 2, 'unreachable: 2');
+  t.match(written.at(-1), /^loadtest: cannot read the model from http:\/\/127.0.0.1:9/);
+});
+
+t.test('percentiles', async (t) => {
+  t.equal(percentile([1, 2, 3, 4], 50), 2.5);
+  t.equal(percentile([1, 2, 3, 4], 100), 4);
+  t.equal(percentile([7], 99), 7);
+  t.ok(Number.isNaN(percentile([], 50)));
+  t.match(summarize([5, 1, 3]), { n: 3, mean: 3, p50: 3, max: 5 });
+});
+
+t.test('server-sent events split anywhere, CRLF, comments, several data lines', async (t) => {
+  const text = ': keep-alive\r\nevent: token\r\ndata: {"a":1}\r\n\r\ndata: one\ndata: two\n\nevent: done\ndata: [DONE]\n\ndata: unfinished';
+  const bytes = new TextEncoder().encode(text);
+  for (const size of [1, 2, 7, bytes.length]) {
+    const body = new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let i = 0; i < bytes.length; i += size) c.enqueue(bytes.slice(i, i + size));
+        c.close();
+      },
+    });
+    const got = [];
+    for await (const e of readSse(body)) got.push(e);
+    t.same(got, [{ event: 'token', data: '{"a":1}' }, { event: 'message', data: 'one\ntwo' }, { event: 'done', data: '[DONE]' }], `chunks of ${size} bytes`);
+  }
+});
+
+t.test('Prometheus text', async (t) => {
+  const s = parsePrometheus('# HELP x\nsteerd:http_requests_total{route="/v1/generate",status="200"} 3\nsteerd:http_requests_total{route="/v1/generate",status="429"} 2\nup 1\n');
+  t.equal(total(s, 'steerd:http_requests_total', { route: '/v1/generate' }), 5);
+  t.equal(total(s, 'steerd:http_requests_total', { status: '429' }), 2);
+  t.equal(total(s, 'up'), 1);
+});
+
+t.test('the checks catch an answer that is not its request’s', async (t) => {
+  const plan: Planned = {
+    index: 3,
+    endpoint: '/v1/generate',
+    stream: true,
+    steering: 'inline',
+    probe: '0/inline',
+    body: {},
+    seed: 42,
+    promptTokens: 5,
+    maxTokens: 4,
+    interventions: [{ vector: null, hash: 'abc', layer: 1, coeff: 2 }],
+  };
+  const good: Answer = {
+    ids: ['gen-1'],
+    text: 'abcd',
+    finishReason: 'length',
+    usage: { prompt_tokens: 5, completion_tokens: 4 },
+    tokenCount: 4,
+    streamedText: 'abcd',
+    seed: 42,
+    interventions: [{ vector: null, hash: 'abc', layer: 1, coeff: 2 }],
+  };
+  t.same(checkAnswer(plan, good), []);
+  const bad = (change: Partial<Answer>, problem: RegExp) => t.match(checkAnswer(plan, { ...good, ...change }).join(), problem);
+  bad({ seed: 43 }, /seed 43, sent 42/);
+  bad({ usage: { prompt_tokens: 6, completion_tokens: 4 } }, /prompt_tokens 6, the prompt has 5/);
+  bad({ usage: { prompt_tokens: 5, completion_tokens: 3 } }, /3 completion tokens, finish_reason length/);
+  bad({ tokenCount: 3 }, /3 tokens received/);
+  bad({ streamedText: 'abc' }, /do not add up/);
+  bad({ ids: ['gen-1', 'gen-2'] }, /2 response ids/);
+  bad({ interventions: [{ vector: null, hash: 'abd', layer: 1, coeff: 2 }] }, /interventions echoed as/);
+  const cross = new CrossChecks();
+  t.same(cross.check(plan, good), [], 'the first answer to a probe is remembered');
+  t.match(cross.check(plan, { ...good, ids: ['gen-2'], text: 'abce' }).join(), /greedy probe 0\/inline: "abce", request #3 got "abcd"/);
+  t.match(cross.check({ ...plan, probe: undefined }, good).join(), /gen-1 was already received/);
+});
