@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import type { Config } from '../src/config.ts';
 import { queueName } from '../src/queue/protocol.ts';
 import { valuesKey } from '../src/store/redis-vectors.ts';
+import { vectorHash } from '../src/store/vectors.ts';
+import { VectorCache } from '../src/queue/vector-cache.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness, post } from './helpers/api.ts';
 import { spawnWorker as spawnRedisWorker, testRedis } from './helpers/redis.ts';
@@ -171,4 +173,30 @@ t.test('the queue depth limit counts every API process', { skip }, async (t) => 
   const worker = await harness(model, shared(true));
   t.teardown(() => worker.close());
   t.same((await Promise.all(admitted)).map((x) => x.statusCode), [200, 200, 200], 'the admitted ones complete once a worker comes');
+});
+
+t.test("a worker's vector cache: fetched once, checked against its hash, bounded", { skip }, async (t) => {
+  const p = `${prefix}cache:`;
+  const H = 4;
+  const put = async (values: number[], rows = 1) => {
+    const f = Float32Array.from(values);
+    const hash = vectorHash(rows === 1 ? [H] : [rows, H], f);
+    await probe.set(valuesKey(p, hash), Buffer.from(f.buffer));
+    return { hash, rows, layer: 1, coeff: 1 };
+  };
+  const cache = new VectorCache(probe, p, H, 40); // room for two directions (16 bytes each), not three
+  const a = await put([1, 2, 3, 4]);
+  const [got] = await cache.resolve([a]);
+  t.same(Array.from(got.values), [1, 2, 3, 4]);
+  await probe.del(valuesKey(p, a.hash));
+  t.same(Array.from((await cache.resolve([a]))[0].values), [1, 2, 3, 4], 'a second use needs no Redis');
+  const b = await put([5, 6, 7, 8]);
+  const c = await put([9, 10, 11, 12]);
+  await cache.resolve([b, c]);
+  t.equal(cache.size, 2, 'the least recently used left beyond the bound');
+  await t.rejects(cache.resolve([a]), /vector_gone.*no longer in the registry/, 'values gone from Redis and from the cache: 410');
+  const seq = await put([1, 1, 1, 1, 2, 2, 2, 2], 2);
+  t.same((await cache.resolve([seq]))[0].rows, 2, 'a sequence: its shape is part of its hash');
+  await probe.set(valuesKey(p, (await put([0, 0, 0, 1])).hash), Buffer.from(Float32Array.from([0, 0, 0, 2]).buffer));
+  await t.rejects(cache.resolve([{ hash: vectorHash([H], Float32Array.from([0, 0, 0, 1])), rows: 1, layer: 1, coeff: 1 }]), /do not match their hash/, 'values that do not match their hash are refused');
 });
