@@ -21,10 +21,10 @@ function expected(l: number[], T: number, k: number, p: number): number[] {
   return out.map((x) => x / z);
 }
 
-function frequencies(params: typeof base, n = 20000): number[] {
-  const s = new Sampler(params, 123, logits.length);
-  const f = new Array(logits.length).fill(0);
-  for (let i = 0; i < n; i++) f[s.sample(logits).id] += 1 / n;
+function frequencies(params: typeof base, n = 20000, l = logits): number[] {
+  const s = new Sampler(params, 123, l.length);
+  const f = new Array(l.length).fill(0);
+  for (let i = 0; i < n; i++) f[s.sample(l).id] += 1 / n;
   return f;
 }
 
@@ -43,6 +43,30 @@ t.test('sampled frequencies follow temperature, top-k and top-p', async (t) => {
     const err = Math.max(...got.map((g, i) => Math.abs(g - want[i])));
     t.ok(err < 0.015, `${name}: frequencies ${got.map((x) => x.toFixed(3))} vs ${want.map((x) => x.toFixed(3))}`);
     t.ok(got.every((g, i) => want[i] > 0 || g === 0), `${name}: nothing outside the kept set`);
+  }
+});
+
+t.test('a wide vocabulary: top-k and top-p keep exactly the sorted prefix, ties to the lower id', async (t) => {
+  // 20 likely tokens at scattered ids over a tail of 4980 exactly equal logits: the cut falls
+  // inside the tail for top-k 25 (the five lowest tail ids are kept) and inside the head for top-p
+  const V = 5000;
+  const wide = new Float32Array(V);
+  const head = Array.from({ length: 20 }, (_, j) => (j * 337 + 11) % V);
+  head.forEach((id, j) => (wide[id] = 2 + 0.15 * j));
+  const cases: [string, typeof base][] = [
+    ['top_k 25', { ...base, top_k: 25 }],
+    ['top_k 20', { ...base, top_k: 20 }],
+    ['top_p 0.5', { ...base, top_p: 0.5 }],
+    ['top_p 0.995 (into the tail)', { ...base, top_p: 0.995 }],
+    ['top_k 30 then top_p 0.9', { ...base, top_k: 30, top_p: 0.9 }],
+  ];
+  for (const [name, p] of cases) {
+    const want = expected(Array.from(wide), p.temperature, p.top_k, p.top_p);
+    const got = frequencies(p, 4000, wide);
+    const err = Math.max(...got.map((g, i) => Math.abs(g - want[i])));
+    t.ok(err < 0.02, `${name}: largest frequency error ${err.toFixed(4)}`);
+    const outside = got.findIndex((g, i) => g > 0 && want[i] === 0);
+    t.equal(outside, -1, `${name}: nothing outside the kept set (${want.filter((w) => w > 0).length} tokens)`);
   }
 });
 

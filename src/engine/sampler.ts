@@ -1,6 +1,11 @@
 import { Rng } from '../util/rng.js';
 import type { SamplingParams } from './types.js';
 
+/** Buckets of one split in `Sampler.top`: 16 bits of a float64's high word. */
+const BUCKETS = 1 << 16;
+/** Index of a float64's high 32-bit word in a Uint32Array view of it (1 on little-endian machines). */
+const HI = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1 ? 1 : 0;
+
 export interface Sampled {
   id: number;
   /** log p(id) under the model's raw distribution. */
@@ -19,8 +24,12 @@ export class Sampler {
   private readonly rng: Rng;
   // Scratch buffers reused across steps (the vocabulary is ~50k wide).
   private probs: Float64Array;
-  private heap: Int32Array;
   private keep: Uint8Array;
+  private chosen: Int32Array;
+  private edgeA: Int32Array;
+  private edgeB: Int32Array;
+  private readonly bucketCount = new Uint32Array(BUCKETS);
+  private readonly bucketMass = new Float64Array(BUCKETS);
 
   constructor(
     private readonly p: Required<Pick<SamplingParams, 'temperature' | 'top_k' | 'top_p' | 'frequency_penalty' | 'presence_penalty'>>,
@@ -29,8 +38,10 @@ export class Sampler {
   ) {
     this.rng = new Rng(seed);
     this.probs = new Float64Array(vocab);
-    this.heap = new Int32Array(vocab);
     this.keep = new Uint8Array(vocab);
+    this.chosen = new Int32Array(vocab);
+    this.edgeA = new Int32Array(vocab);
+    this.edgeB = new Int32Array(vocab);
   }
 
   /** Records a token as generated (for the penalties). */
@@ -104,38 +115,12 @@ export class Sampler {
       }
       return V - 1; // rounding left u a hair above zero
     }
-    // Pop tokens in descending probability from a max-heap until top-k and top-p are satisfied.
-    const heap = this.heap;
-    for (let i = 0; i < V; i++) heap[i] = i;
-    const better = (a: number, b: number) => x[a] > x[b] || (x[a] === x[b] && a < b);
-    const siftDown = (start: number, n: number) => {
-      let i = start;
-      for (;;) {
-        const l = 2 * i + 1;
-        if (l >= n) return;
-        let c = l;
-        if (l + 1 < n && better(heap[l + 1], heap[l])) c = l + 1;
-        if (!better(heap[c], heap[i])) return;
-        const tmp = heap[i];
-        heap[i] = heap[c];
-        heap[c] = tmp;
-        i = c;
-      }
-    };
-    for (let i = (V >> 1) - 1; i >= 0; i--) siftDown(i, V);
-    const chosen: number[] = [];
-    let n = V;
-    let mass = 0;
-    while (chosen.length < k) {
-      const top = heap[0];
-      chosen.push(top);
-      mass += x[top];
-      heap[0] = heap[--n];
-      siftDown(0, n);
-      if (k === V && mass >= topP * sum) break; // top-p alone: the smallest prefix reaching top_p
-    }
+    const top = this.top(x, V, k, k === V ? topP * sum : Infinity);
+    let chosen = this.chosen.subarray(0, top.n);
+    let mass = top.mass;
     if (k < V && topP < 1) {
-      // top-p on the renormalised top-k distribution
+      // top-p on the renormalised top-k distribution, in descending order (ties: lower id first)
+      chosen = Int32Array.from(chosen).sort((a, b) => x[b] - x[a] || a - b);
       let cum = 0;
       let cut = chosen.length;
       for (let i = 0; i < chosen.length; i++) {
@@ -145,7 +130,7 @@ export class Sampler {
           break;
         }
       }
-      chosen.length = cut;
+      chosen = chosen.subarray(0, cut);
       mass = 0;
       for (const c of chosen) mass += x[c];
     }
@@ -164,5 +149,75 @@ export class Sampler {
       if (u < 0) return i;
     }
     return lastKept;
+  }
+
+  /**
+   * The most probable tokens, the fewest that reach `k` tokens or `target` mass (in descending
+   * order of weight, ties to the lower id): their count `n` (in `this.chosen`, not sorted) and
+   * their mass. Weights `x` are in (0, 1], so the high 32-bit word of a float64 orders them. Tokens
+   * are counted into buckets by that word's top 16 bits (exponent and 4 mantissa bits) and the
+   * buckets walked down from the top; the bucket where the walk stops is split again by the word's
+   * low 16 bits, and only the last bucket is sorted. O(V), where a sort or a heap is O(V log V).
+   */
+  private top(x: Float64Array, V: number, k: number, target: number): { n: number; mass: number } {
+    const hi = new Uint32Array(x.buffer, x.byteOffset, 2 * V);
+    const pick = { n: 0, mass: 0, k, target };
+    let m = this.level(x, hi, null, V, false, this.edgeA, pick);
+    let last = this.edgeA;
+    if (m > 64) {
+      m = this.level(x, hi, this.edgeA, m, true, this.edgeB, pick);
+      last = this.edgeB;
+    }
+    const rest = Array.from(last.subarray(0, m)).sort((a, b) => x[b] - x[a] || a - b);
+    for (const i of rest) {
+      if (pick.n >= k || pick.mass >= target) break;
+      this.chosen[pick.n++] = i;
+      pick.mass += x[i];
+    }
+    return pick;
+  }
+
+  /**
+   * One split of `top`: counts the tokens `ids` (0..m−1 when null) into 2^16 buckets by 16 bits of
+   * their weight's high word (the top half, or the low half within one top-half bucket), takes every
+   * token of the buckets above the one where `k` or `target` would be reached, and writes that
+   * bucket's tokens to `out`; returns how many.
+   */
+  private level(
+    x: Float64Array,
+    hi: Uint32Array,
+    ids: Int32Array | null,
+    m: number,
+    low: boolean,
+    out: Int32Array,
+    pick: { n: number; mass: number; k: number; target: number },
+  ): number {
+    const { bucketCount: count, bucketMass: bmass, chosen } = this;
+    const key = (i: number) => (low ? hi[2 * i + HI] & 0xffff : hi[2 * i + HI] >>> 16);
+    count.fill(0);
+    bmass.fill(0);
+    for (let j = 0; j < m; j++) {
+      const i = ids ? ids[j] : j;
+      const b = key(i);
+      count[b]++;
+      bmass[b] += x[i];
+    }
+    let n = pick.n;
+    let mass = pick.mass;
+    let edge = BUCKETS - 1;
+    for (; edge > 0; edge--) {
+      if (n + count[edge] >= pick.k || mass + bmass[edge] >= pick.target) break;
+      n += count[edge];
+      mass += bmass[edge];
+    }
+    pick.mass = mass;
+    let rest = 0;
+    for (let j = 0; j < m; j++) {
+      const i = ids ? ids[j] : j;
+      const b = key(i);
+      if (b > edge) chosen[pick.n++] = i;
+      else if (b === edge) out[rest++] = i;
+    }
+    return rest;
   }
 }
