@@ -5,6 +5,9 @@ import type { Service } from '../src/api/service.js';
 export const NORM_TEXT =
   'The city council met on Tuesday to discuss the budget for the coming year. Members reviewed the reports, asked questions, and agreed to continue the discussion at the next meeting.';
 
+/** How long /v1/model waits for the norms (measured at start) before answering without them. */
+const NORMS_WAIT_MS = 5000;
+
 export interface NormStat {
   layer: number;
   mean: number;
@@ -64,7 +67,8 @@ export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: 
               provider: { type: 'string' },
               limits: { type: 'object', additionalProperties: { type: 'integer' } },
               resid_norms: {
-                type: 'object',
+                type: ['object', 'null'],
+                description: `null until an engine has measured them (Redis mode: while no worker answers within ${NORMS_WAIT_MS / 1000} s)`,
                 properties: {
                   text: { type: 'string' },
                   layers: { type: 'array', items: { type: 'object', properties: { layer: { type: 'integer' }, mean: { type: 'number' }, median: { type: 'number' }, max: { type: 'number' } } } },
@@ -78,6 +82,10 @@ export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: 
     },
     async () => {
       norms ??= measure();
+      let timer: NodeJS.Timeout | undefined;
+      // not measured in time, or not at all (no engine answered): without them, measured again later
+      const measured = norms.catch(() => null);
+      const layers = await Promise.race([measured, new Promise<null>((r) => (timer = setTimeout(() => r(null), NORMS_WAIT_MS)))]).finally(() => clearTimeout(timer));
       const i = svc.engine.info;
       return {
         id: svc.model.id,
@@ -100,7 +108,7 @@ export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: 
           request_timeout_ms: svc.config.limits.requestTimeoutMs,
           max_context: svc.engine.maxContext,
         },
-        resid_norms: { text: NORM_TEXT, layers: await norms },
+        resid_norms: layers && { text: NORM_TEXT, layers },
       };
     },
   );

@@ -88,7 +88,13 @@ export async function createService(config: Config, progress?: ProgressReporter)
   let engine: EngineLike;
   if (config.redisUrl) {
     if (config.worker) closers.push((await startWorker(config, m.dir)).close);
-    engine = await RemoteEngine.open({ model: m.dir, redisUrl: config.redisUrl, prefix: config.redisPrefix, maxDepth: config.limits.queueDepth });
+    engine = await RemoteEngine.open({
+      model: m.dir,
+      redisUrl: config.redisUrl,
+      prefix: config.redisPrefix,
+      maxDepth: config.limits.queueDepth,
+      timeoutMs: config.limits.requestTimeoutMs,
+    });
   } else {
     engine = await Engine.start(engineOptions(config, m.dir));
   }

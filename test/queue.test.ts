@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Config } from '../src/config.ts';
 import { queueName } from '../src/queue/protocol.ts';
+import { INLINE_TTL_S } from '../src/queue/remote-engine.ts';
 import { valuesKey } from '../src/store/redis-vectors.ts';
 import { vectorHash } from '../src/store/vectors.ts';
 import { VectorCache } from '../src/queue/vector-cache.ts';
@@ -21,6 +22,12 @@ t.teardown(async () => {
 });
 
 const spawnWorker = (redisPrefix: string, env: Record<string, string> = {}) => spawnRedisWorker(url, model, redisPrefix, env);
+
+/** How many times each job of the queue was started (BullMQ's attemptsStarted). */
+async function jobStarts(p: string, fingerprint: string): Promise<number[]> {
+  const keys = await probe.keys(`${p}q:${queueName(fingerprint)}:*-*-*`);
+  return Promise.all(keys.map(async (k) => Number(await probe.hget(k, 'ats'))));
+}
 
 const redisMode = (worker: boolean) => (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: prefix, worker });
 const requests = Array.from({ length: 32 }, (_, i) => ({
@@ -73,8 +80,9 @@ t.test('scale-out: one API process, two worker processes, 32 concurrent requests
   const got = await Promise.all(requests.map((r) => post(api.app, '/v1/generate', r)));
   t.same(got.map((r) => r.statusCode), requests.map(() => 200), 'every request completed');
   t.same(got.map((r) => r.json().tokens), want, 'each with the tokens it gets in embedded mode');
-  const ids = new Set(got.map((r) => r.json().id));
-  t.equal(ids.size, 32, 'each exactly once');
+  const starts = await jobStarts(prefix, api.svc.engine.info.fingerprint);
+  t.ok(starts.length >= 32, `${starts.length} jobs kept (these 32 and the earlier tests')`);
+  t.ok(starts.every((n) => n === 1), 'each started exactly once');
   for (const w of workers) w.kill('SIGTERM');
   t.same(await Promise.all(exits), [0, 0], 'workers drain and exit 0 on SIGTERM');
 });
@@ -97,15 +105,16 @@ t.test('a worker killed mid-generation: its jobs are taken over and every reques
   const pending = Promise.all(long.map((r) => post(api.app, '/v1/generate', r)));
   // kill worker A once it is generating, then start B, which takes the stalled jobs over
   const t0 = Date.now();
-  while (Number(/steerd:generation_tokens_total (\d+)/.exec(await api.svc.metrics.registry.metrics())?.[1] ?? 0) < 10 && Date.now() - t0 < 20_000) {
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  const generated = async () => Number(/steerd:generation_tokens_total (\d+)/.exec(await api.svc.metrics.registry.metrics())?.[1] ?? 0);
+  while ((await generated()) < 10 && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 20));
+  t.ok((await generated()) >= 10, 'worker A was generating');
   a.child.kill('SIGKILL');
   b = spawnWorker(`${prefix}kill:`, quick);
   await b.ready;
   const got = await pending;
   t.same(got.map((r) => r.statusCode), long.map(() => 200), 'every request completed');
   t.same(got.map((r) => r.json().tokens), want, 'with the tokens of an uninterrupted run, none repeated');
+  t.ok((await jobStarts(`${prefix}kill:`, api.svc.engine.info.fingerprint)).some((n) => n > 1), 'worker B restarted jobs that A had started');
 });
 
 t.test('jobs carry vectors by hash; workers fetch them from the registry', { skip }, async (t) => {
@@ -137,7 +146,8 @@ t.test('jobs carry vectors by hash; workers fetch them from the registry', { ski
   const keys = await probe.keys(valuesKey(p, '*'));
   t.equal(keys.length, 2, 'inline values are stored once, under their hash');
   const inlineKey = keys.find((k) => k !== valuesKey(p, hash))!;
-  t.ok((await probe.ttl(inlineKey)) > 3600, 'inline values expire (after a day)');
+  const ttl = await probe.ttl(inlineKey);
+  t.ok(ttl > 0 && ttl <= INLINE_TTL_S, `inline values expire (${ttl} s)`);
   t.equal((await api.app.inject({ method: 'DELETE', url: '/v1/vectors/v' })).statusCode, 204);
   t.ok((await probe.ttl(valuesKey(p, hash))) > 3600, "a deleted vector's values expire rather than vanish under a queued job");
   await probe.del(valuesKey(p, hash), inlineKey);
@@ -195,8 +205,68 @@ t.test("a worker's vector cache: fetched once, checked against its hash, bounded
   await cache.resolve([b, c]);
   t.equal(cache.size, 2, 'the least recently used left beyond the bound');
   await t.rejects(cache.resolve([a]), /vector_gone.*no longer in the registry/, 'values gone from Redis and from the cache: 410');
+  const twice = new VectorCache(probe, p, H, 40);
+  const d = await put([3, 1, 4, 1]);
+  await Promise.all([twice.resolve([d]), twice.resolve([d, d])]);
+  await twice.resolve([await put([2, 7, 1, 8])]);
+  t.equal(twice.size, 2, 'a vector fetched by several jobs at once is counted once');
   const seq = await put([1, 1, 1, 1, 2, 2, 2, 2], 2);
   t.same((await cache.resolve([seq]))[0].rows, 2, 'a sequence: its shape is part of its hash');
   await probe.set(valuesKey(p, (await put([0, 0, 0, 1])).hash), Buffer.from(Float32Array.from([0, 0, 0, 2]).buffer));
   await t.rejects(cache.resolve([{ hash: vectorHash([H], Float32Array.from([0, 0, 0, 1])), rows: 1, layer: 1, coeff: 1 }]), /do not match their hash/, 'values that do not match their hash are refused');
+});
+
+t.test('every wait is bounded: no worker, or a worker gone with nobody to take over', { skip }, async (t) => {
+  const p = `${prefix}bounds:`;
+  const limits = (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: p, worker: false, limits: { ...c.limits, requestTimeoutMs: 2000 } });
+  const api = await harness(model, limits);
+  t.teardown(() => api.close());
+  const timed = async <T>(f: () => Promise<T>) => {
+    const t0 = Date.now();
+    return { r: await f(), ms: Date.now() - t0 };
+  };
+  // no worker at all
+  const m = await timed(() => api.app.inject('/v1/model'));
+  t.equal(m.r.statusCode, 200);
+  t.equal(m.r.json().resid_norms, null, `/v1/model answers without the norms (${m.ms} ms)`);
+  const acts = await timed(() => post(api.app, '/v1/activations', { prompt: 'x', layers: [1] }));
+  t.equal(acts.r.statusCode, 504, 'activations: 504 at the time limit');
+  t.ok(acts.ms < 4000, `(${acts.ms} ms)`);
+  const gen = await timed(() => post(api.app, '/v1/generate', { prompt: 'x', max_new_tokens: 5 }));
+  t.equal(gen.r.statusCode, 504, 'a generation: 504 at the time limit');
+  t.ok(gen.ms < 4000, `(${gen.ms} ms)`);
+  const q = `${p}q:${queueName(api.svc.engine.info.fingerprint)}`;
+  t.equal(await probe.llen(`${q}:wait`), 0, 'their jobs were removed at the limit (the start-up measurement too)');
+
+  // a worker that dies mid-generation, none to take over: the request ends at its limit + the grace
+  const w = spawnWorker(p, { STEERD_QUEUE_LOCK_MS: '60000' });
+  t.teardown(() => w.stop());
+  await w.ready;
+  const pending = timed(() => post(api.app, '/v1/generate', { prompt: 'x', max_new_tokens: 250, temperature: 0 }));
+  const tokens = async () => Number(/steerd:generation_tokens_total (\d+)/.exec(await api.svc.metrics.registry.metrics())?.[1] ?? 0);
+  const before = await tokens();
+  for (const t0 = Date.now(); (await tokens()) === before && Date.now() - t0 < 10_000; ) await new Promise((r) => setTimeout(r, 10));
+  w.child.kill('SIGKILL');
+  const died = await pending;
+  t.equal(died.r.statusCode, 504, `its worker gone: 504 ${died.r.body}`);
+  t.ok(died.ms < 2000 + 3000 + 2000, `after the time limit and the grace period (${died.ms} ms)`);
+  t.equal(api.svc.engine.inFlight, 0, 'nothing left waiting');
+});
+
+t.test('a generation past its time limit is cancelled on its worker', { skip }, async (t) => {
+  const p = `${prefix}cancel:`;
+  const api = await harness(model, (c) => ({ ...c, redisUrl: url, redisPrefix: p, worker: true, limits: { ...c.limits, requestTimeoutMs: 400 } }));
+  t.teardown(() => api.close());
+  const r = await post(api.app, '/v1/generate', { prompt: 'x', max_new_tokens: 250, temperature: 0 });
+  t.equal(r.statusCode, 504, r.body);
+  const q = `${p}q:${queueName(api.svc.engine.info.fingerprint)}`;
+  let done: { finish_reason: string; usage: { completion_tokens: number } } | undefined;
+  for (const t0 = Date.now(); !done && Date.now() - t0 < 5000; await new Promise((res) => setTimeout(res, 20))) {
+    for (const k of await probe.keys(`${q}:*-*-*`)) {
+      const [name, value] = await probe.hmget(k, 'name', 'returnvalue');
+      if (name === 'generate' && value) done = JSON.parse(value);
+    }
+  }
+  t.equal(done?.finish_reason, 'cancelled', 'the worker retired the row');
+  t.ok(done && done.usage.completion_tokens < 250, `after ${done?.usage.completion_tokens} of 250 tokens`);
 });

@@ -9,7 +9,7 @@ export function checkAnswer(plan: Planned, a: Answer): string[] {
   expect(a.usage.prompt_tokens === plan.promptTokens, `usage.prompt_tokens ${a.usage.prompt_tokens}, the prompt has ${plan.promptTokens}`);
   const n = a.usage.completion_tokens;
   expect(n <= plan.maxTokens && (a.finishReason !== 'length' || n === plan.maxTokens), `${n} completion tokens, finish_reason ${a.finishReason}, asked for ${plan.maxTokens}`);
-  if (a.tokenCount !== undefined) expect(a.tokenCount === n, `${a.tokenCount} tokens received, usage says ${n}`);
+  if (a.tokenIds !== undefined) expect(a.tokenIds.length === n, `${a.tokenIds.length} tokens received, usage says ${n}`);
   if (a.streamedText !== undefined) expect(a.streamedText === a.text, 'the streamed pieces do not add up to the final text');
   if (a.seed !== undefined) expect(a.seed === plan.seed, `seed ${a.seed}, sent ${plan.seed}`);
   if (a.interventions !== undefined) {

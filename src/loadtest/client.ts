@@ -8,7 +8,9 @@ export class StreamError extends Error {}
 export class Api {
   constructor(
     private readonly base: string,
-    private readonly apiKey?: string,
+    private readonly apiKey: string | undefined,
+    /** Time limit of each `json` and `metrics` call (set-up and tear-down), ms. */
+    private readonly callTimeoutMs: number,
   ) {}
 
   fetch(path: string, init: RequestInit = {}): Promise<Response> {
@@ -18,21 +20,29 @@ export class Api {
   }
 
   /** A JSON call (undefined for 204). */
-  async json<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const res = await this.succeed(method, path, body);
-    return (res.status === 204 ? undefined : await res.json()) as T;
+  json<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return this.call(method, path, body, async (res) => (res.status === 204 ? undefined : await res.json()) as T);
   }
 
   /** GET /metrics, Prometheus text. */
-  async metrics(): Promise<string> {
-    return (await this.succeed('GET', '/metrics')).text();
+  metrics(): Promise<string> {
+    return this.call('GET', '/metrics', undefined, (res) => res.text());
   }
 
-  /** A call that must succeed: a status other than 2xx throws, with the server's message. */
-  private async succeed(method: string, path: string, body?: unknown): Promise<Response> {
-    const res = await this.fetch(path, { method, body: body === undefined ? undefined : JSON.stringify(body) });
-    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await errorMessage(res)}`);
-    return res;
+  /**
+   * A call that must succeed, its response read by `read`: a status other than 2xx throws, with the
+   * server's message, and so does no whole answer within the time limit.
+   */
+  private async call<T>(method: string, path: string, body: unknown, read: (res: Response) => Promise<T>): Promise<T> {
+    const signal = AbortSignal.timeout(this.callTimeoutMs);
+    try {
+      const res = await this.fetch(path, { method, body: body === undefined ? undefined : JSON.stringify(body), signal });
+      if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await errorMessage(res)}`);
+      return await read(res);
+    } catch (e) {
+      if ((e as Error).name === 'TimeoutError') throw new Error(`${method} ${path}: no answer within ${this.callTimeoutMs / 1000} s (--timeout)`);
+      throw e;
+    }
   }
 }
 
@@ -69,8 +79,8 @@ export interface Answer {
   usage: Usage;
   /** Streamed only: time to the first token event or text chunk, ms after the request was sent. */
   ttftMs?: number;
-  /** Tokens listed (`tokens`) or streamed (`token` events). */
-  tokenCount?: number;
+  /** Ids of the tokens listed (`tokens`) or streamed (`token` events). */
+  tokenIds?: number[];
   /** The streamed `token` and `text` pieces, joined: the final text, when nothing is lost. */
   streamedText?: string;
   seed?: number;
@@ -105,18 +115,18 @@ const fromGenerate = (b: GenerateBody): Answer => ({
 /** The events of /v1/generate with `stream: true`: `token` and `text` pieces, then `done` (or `error`). */
 async function readGenerateStream(res: Response, sentAt: number): Promise<Answer> {
   const pieces: string[] = [];
-  let tokens = 0;
+  const tokenIds: number[] = [];
   let ttftMs: number | undefined;
   for await (const e of readSse(res.body!)) {
     const data = JSON.parse(e.data);
     if (e.event === 'token') {
       ttftMs ??= performance.now() - sentAt;
-      tokens++;
+      tokenIds.push(data.id);
       pieces.push(data.text);
     } else if (e.event === 'text') {
       pieces.push(data.text);
     } else if (e.event === 'done') {
-      return { ...fromGenerate(data as GenerateBody), ttftMs, tokenCount: tokens, streamedText: pieces.join('') };
+      return { ...fromGenerate(data as GenerateBody), ttftMs, tokenIds, streamedText: pieces.join('') };
     } else if (e.event === 'error') {
       throw new StreamError(`${data.error.code}: ${data.error.message}`);
     }
@@ -154,7 +164,7 @@ export async function readAnswer(plan: Planned, res: Response, sentAt: number): 
   if (plan.endpoint === '/v1/generate') {
     if (plan.stream) return readGenerateStream(res, sentAt);
     const body = (await res.json()) as GenerateBody;
-    return { ...fromGenerate(body), tokenCount: body.tokens?.length };
+    return { ...fromGenerate(body), tokenIds: body.tokens?.map((t) => t.id) };
   }
   if (plan.stream) return readCompletionStream(res, sentAt);
   const body = (await res.json()) as CompletionBody;

@@ -16,7 +16,11 @@ export interface LoadTestOptions {
   duration: number;
   /** Requests at most, whatever the duration. Default 1000. */
   maxRequests: number;
-  /** A request's time limit in seconds (then it counts as a `timeout` error). Default 60. */
+  /**
+   * A request's time limit in seconds (then it counts as a `timeout` error), and that of each set-up
+   * and tear-down call: GET /v1/model, the vector's registration and deletion, the reads of /metrics.
+   * Default 60.
+   */
   timeout: number;
   /** `max_new_tokens` (`max_tokens` on /v1/completions) of every request. Default 16. */
   maxNewTokens: number;
@@ -32,7 +36,14 @@ export interface LoadTestOptions {
   apiKey?: string;
   /** Also write the report as JSON to this file. Default none. */
   json?: string;
-  /** Seed of the request mix, the vectors and the requests' sampling seeds (prompts also carry an id of the run's own). Default 1. */
+  /**
+   * Answers (not the probes') asked for again at the end, non-streaming with the same body and seed,
+   * which must come back the same (else the request counts as a `mismatch`); spread over the
+   * endpoints, streaming or not, steered or not. 0 (or absent, in a run not made from a command
+   * line) for none. Default 16.
+   */
+  replay?: number;
+  /** Seed of the request mix, the vectors and the requests' sampling seeds (prompts also carry an id of the run's own and a random nonce). Default 1. */
   seed: number;
 }
 
@@ -73,7 +84,7 @@ function loadTestCommand(io: CliOutput): Command {
     .option('--ramp <s>', 'seconds to climb linearly from 1 to the concurrency or rate', nonNegative, 0)
     .option('--duration <s>', 'seconds during which new requests start', positive, 10)
     .option('--max-requests <n>', 'requests at most', positiveInt, 1000)
-    .option('--timeout <s>', "a request's time limit in seconds", positive, 60)
+    .option('--timeout <s>', "a request's time limit in seconds, and that of each set-up and tear-down call (model, vector, /metrics)", positive, 60)
     .option('--max-new-tokens <n>', 'max_new_tokens of each request', positiveInt, 16)
     .option('--steered-fraction <f>', 'fraction of requests with an intervention', fraction, 0.5)
     .option('--stream-fraction <f>', 'fraction of requests streamed (server-sent events)', fraction, 0.5)
@@ -81,6 +92,7 @@ function loadTestCommand(io: CliOutput): Command {
     .option('--no-named-vector', 'do not register a vector (steer with inline vectors only)')
     .addOption(new Option('--api-key <key>', 'bearer key for /v1/*').env('STEERD_API_KEY'))
     .option('--json <file>', 'also write the report as JSON to this file')
+    .option('--replay <n>', "answers (not the probes') asked for again at the end, non-streaming with the same body, which must be the same", nonNegativeInt, 16)
     .option('--seed <n>', 'seed of the request mix, the vectors and the sampling seeds', nonNegativeInt, 1)
     .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.trimEnd()) })
     .exitOverride();

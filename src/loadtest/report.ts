@@ -1,5 +1,6 @@
 import type { LoadTestOptions } from './options.js';
 import { total, type Sample } from './prometheus.js';
+import type { ReplayReport } from './replay.js';
 import type { Outcome } from './run.js';
 import { summarize, type Summary } from './stats.js';
 import type { Endpoint, ModelInfo } from './workload.js';
@@ -43,9 +44,15 @@ export interface Report {
     by_status: Record<string, Record<string, number>>;
   };
   throughput: { requests_per_s: number; ok_requests_per_s: number; generated_tokens: number; generated_tokens_per_s: number };
+  /**
+   * Of the requests answered with 200 that passed every check (`requests.ok`): a failed one is in
+   * `errors` only, for a refusal comes fast and a timeout as late as --timeout.
+   */
   latency_ms: { e2e: Summary; ttft_stream: Summary; ttft_non_stream: string };
   /** Failed requests by kind of error (see Outcome), the first few of each in full. */
   errors: { total: number; by_kind: Record<string, number>; examples: { kind: string; request: number; what: string; message: string }[] };
+  /** Answers asked for again at the end (after the second read of /metrics, so not in `server`). */
+  replay: ReplayReport;
   server: {
     comparisons: Comparison[];
     /** Mean end-to-end latency and time to first token as the server measures them (engine side, every request). */
@@ -54,8 +61,9 @@ export interface Report {
   };
 }
 
-const kind = (endpoint: Endpoint, stream: boolean) => `${endpoint} ${stream ? 'stream' : 'non-stream'}`;
-/** The four kinds of request: `/v1/generate stream`, …, `/v1/completions non-stream`. */
+/** A kind of request: `/v1/generate stream`, …, `/v1/completions non-stream`. */
+export const kind = (endpoint: Endpoint, stream: boolean) => `${endpoint} ${stream ? 'stream' : 'non-stream'}`;
+/** The four kinds of request. */
 const KINDS = ROUTES.flatMap((route) => [kind(route, true), kind(route, false)]);
 const kindOf = (o: Outcome) => kind(o.plan.endpoint, o.plan.stream);
 
@@ -79,10 +87,10 @@ function compare(outcomes: Outcome[], before: Sample[], after: Sample[], byStatu
       if (server || client) rows.push({ what: `POST ${route} ${status}`, client, server });
     }
   }
-  const answered = outcomes.filter((o) => o.completionTokens !== undefined);
+  const answered = outcomes.flatMap((o) => (o.answer ? [o.answer] : []));
   rows.push(
-    { what: 'generated tokens', client: sum(answered.map((o) => o.completionTokens)), server: delta('steerd:generation_tokens_total') },
-    { what: 'prompt tokens', client: sum(answered.map((o) => o.promptTokens)), server: delta('steerd:prompt_tokens_total') },
+    { what: 'generated tokens', client: sum(answered.map((a) => a.usage.completion_tokens)), server: delta('steerd:generation_tokens_total') },
+    { what: 'prompt tokens', client: sum(answered.map((a) => a.usage.prompt_tokens)), server: delta('steerd:prompt_tokens_total') },
     { what: 'finished generations', client: answered.length, server: delta('steerd:request_success_total') },
   );
   const mean = (name: string) => delta(`${name}_sum`) / delta(`${name}_count`) * 1000;
@@ -102,18 +110,20 @@ export interface ReportInput {
   outcomes: Outcome[];
   before: Sample[];
   after: Sample[];
+  replayed: ReplayReport;
 }
 
-export function buildReport({ opts, model, startedAt, wallMs, interrupted, outcomes, before, after }: ReportInput): Report {
+export function buildReport({ opts, model, startedAt, wallMs, interrupted, outcomes, before, after, replayed }: ReportInput): Report {
   const { apiKey: _, ...options } = opts;
   const wall = wallMs / 1000;
   const failed = outcomes.filter((o) => o.error);
+  const ok = outcomes.filter((o) => !o.error);
   const byKind = Object.fromEntries(KINDS.map((k) => [k, { steered: 0, unsteered: 0 }]));
   for (const o of outcomes) byKind[kindOf(o)][o.plan.steering === 'none' ? 'unsteered' : 'steered']++;
   const byStatus = Object.fromEntries(
     ROUTES.map((route) => [route, count(outcomes.filter((o) => o.plan.endpoint === route && o.status !== undefined), (o) => String(o.status))]),
   );
-  const generated = sum(outcomes.map((o) => o.completionTokens));
+  const generated = sum(outcomes.map((o) => o.answer?.usage.completion_tokens));
   const listed: Record<string, number> = {};
   return {
     model: { id: model.id, name: model.name, n_layer: model.n_layer, n_embd: model.n_embd },
@@ -123,7 +133,7 @@ export function buildReport({ opts, model, startedAt, wallMs, interrupted, outco
     interrupted,
     requests: {
       sent: outcomes.length,
-      ok: outcomes.length - failed.length,
+      ok: ok.length,
       by_kind: byKind,
       by_steering: { none: 0, inline: 0, named: 0, ...count(outcomes, (o) => o.plan.steering) },
       greedy_probes: outcomes.filter((o) => o.plan.probe !== undefined).length,
@@ -131,13 +141,13 @@ export function buildReport({ opts, model, startedAt, wallMs, interrupted, outco
     },
     throughput: {
       requests_per_s: outcomes.length / wall,
-      ok_requests_per_s: (outcomes.length - failed.length) / wall,
+      ok_requests_per_s: ok.length / wall,
       generated_tokens: generated,
       generated_tokens_per_s: generated / wall,
     },
     latency_ms: {
       e2e: summarize(outcomes.map((o) => o.e2eMs)),
-      ttft_stream: summarize(outcomes.flatMap((o) => (o.ttftMs === undefined ? [] : [o.ttftMs]))),
+      ttft_stream: summarize(ok.flatMap((o) => (o.answer?.ttftMs === undefined ? [] : [o.answer.ttftMs]))),
       ttft_non_stream: TTFT_NON_STREAM,
     },
     errors: {
@@ -148,6 +158,7 @@ export function buildReport({ opts, model, startedAt, wallMs, interrupted, outco
         .map((o) => ({ kind: o.error!.kind, request: o.plan.index, what: kindOf(o), message: o.error!.message })),
     },
     server: compare(outcomes, before, after, byStatus),
+    replay: replayed,
   };
 }
 
@@ -158,6 +169,17 @@ function table(rows: string[][], indent = '  '): string[] {
 }
 
 const fmt = (n: number, digits = 1) => (Number.isNaN(n) ? '–' : n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }));
+
+/** The replay's line, and why each replay that failed did. */
+function replayLines(r: ReplayReport): string[] {
+  if (r.requests.length === 0) return ['replay: none', ''];
+  return [
+    `replay: ${r.requests.length} answers asked for again (non-streaming, same body and seed): ${r.same} the same, ` +
+      `${r.different} different${r.different ? ' (mismatch errors)' : ''}, ${r.failed.length} failed`,
+    ...r.failed.map((f) => `  replay of #${f.request} failed: ${f.message}`),
+    '',
+  ];
+}
 
 /** The report as a readable table. */
 export function formatReport(r: Report): string {
@@ -184,12 +206,14 @@ export function formatReport(r: Report): string {
   const lat = (name: string, x: Summary) => [name, String(x.n), ...[x.mean, x.p50, x.p90, x.p99, x.max].map((v) => fmt(v))];
   lines.push(
     ...table([
-      ['latency (ms)', 'n', 'mean', 'p50', 'p90', 'p99', 'max'],
+      ['latency (ms) of the ok requests', 'n', 'mean', 'p50', 'p90', 'p99', 'max'],
       lat('end-to-end', r.latency_ms.e2e),
       lat('time to first token (streaming)', r.latency_ms.ttft_stream),
     ]),
     `  time to first token (non-streaming): ${r.latency_ms.ttft_non_stream}`,
+    ...(r.errors.total ? [`  (the ${r.errors.total} failed requests are left out: see errors)`] : []),
     '',
+    ...replayLines(r.replay),
   );
   if (r.errors.total === 0) lines.push('errors: none', '');
   else {

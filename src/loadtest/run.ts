@@ -2,9 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Rng } from '../util/rng.js';
 import { checkAnswer, CrossChecks } from './checks.js';
-import { Api, errorMessage, readAnswer, StreamError } from './client.js';
+import { Api, errorMessage, readAnswer, StreamError, type Answer } from './client.js';
 import type { LoadTestOptions } from './options.js';
 import { parsePrometheus, total, type Sample } from './prometheus.js';
+import { pickReplays, replay } from './replay.js';
 import { buildReport, HTTP_REQUESTS, ROUTES, type Report } from './report.js';
 import { randomDirection, Workload, type ModelInfo, type NamedVector, type Planned } from './workload.js';
 
@@ -16,10 +17,8 @@ export interface Outcome {
   /** The error, by kind: the HTTP status, `network`, `timeout`, `stream_error`, `invalid_response` or `mismatch`. */
   error?: { kind: string; message: string };
   e2eMs: number;
-  ttftMs?: number;
-  /** Usage of an answer that came whole (mismatched or not). */
-  promptTokens?: number;
-  completionTokens?: number;
+  /** An answer that came whole (mismatched or not). */
+  answer?: Answer;
 }
 
 /** `timeout`, `network` (fetch's failures carry the socket's as their cause), `stream_error`, or `invalid_response` (not JSON, or not the expected shape). */
@@ -40,15 +39,7 @@ async function send(api: Api, plan: Planned, timeoutMs: number, cross: CrossChec
     const answer = await readAnswer(plan, res, sentAt);
     const e2eMs = performance.now() - sentAt;
     const problems = [...checkAnswer(plan, answer), ...cross.check(plan, answer)];
-    return {
-      plan,
-      status,
-      e2eMs,
-      ttftMs: answer.ttftMs,
-      promptTokens: answer.usage.prompt_tokens,
-      completionTokens: answer.usage.completion_tokens,
-      ...(problems.length && { error: { kind: 'mismatch', message: problems.join('; ') } }),
-    };
+    return { plan, status, e2eMs, answer, ...(problems.length && { error: { kind: 'mismatch', message: problems.join('; ') } }) };
   } catch (e) {
     const err = e as Error & { cause?: Error };
     const kind = errorKind(err);
@@ -129,11 +120,13 @@ export interface RunControl {
 
 /**
  * The load test: reads the model, registers a vector (unless told not to), reads /metrics, sends
- * requests for the duration, reads /metrics again, deletes the vector, and reports. Throws when
- * the server cannot be used at all (unreachable, refuses the set-up).
+ * requests for the duration, reads /metrics again, asks again for some answers (`replay`), deletes
+ * the vector, and reports. Throws when the server cannot be used at all (unreachable, refuses the
+ * set-up or does not answer it within --timeout).
  */
 export async function runLoadTest(opts: LoadTestOptions, { log = console.error, stop }: RunControl = {}): Promise<Report> {
-  const api = new Api(opts.url, opts.apiKey);
+  const timeoutMs = opts.timeout * 1000;
+  const api = new Api(opts.url, opts.apiKey, timeoutMs);
   const model = await api.json<ModelInfo>('GET', '/v1/model').catch((e: Error) => {
     throw new Error(`cannot read the model from ${opts.url}: ${e.cause instanceof Error ? e.cause.message : e.message}`);
   });
@@ -147,9 +140,11 @@ export async function runLoadTest(opts: LoadTestOptions, { log = console.error, 
     const cross = new CrossChecks();
     const before = parsePrometheus(await api.metrics());
     const startedAt = new Date();
-    const { outcomes, wallMs } = await drive(opts, stop, (i) => send(api, workload.next(i), opts.timeout * 1000, cross));
+    const { outcomes, wallMs } = await drive(opts, stop, (i) => send(api, workload.next(i), timeoutMs, cross));
     const after = await settledMetrics(api, before, outcomes.filter((o) => o.status !== undefined).length);
-    return buildReport({ opts, model, startedAt, wallMs, interrupted: stop?.aborted === true, outcomes, before, after });
+    // after the second read of /metrics: the replays are not the run's traffic
+    const replayed = await replay(pickReplays(outcomes, 0), (plan) => send(api, plan, timeoutMs, cross), stop);
+    return buildReport({ opts, model, startedAt, wallMs, interrupted: stop?.aborted === true, outcomes, before, after, replayed });
   } finally {
     if (named) await api.json('DELETE', `/v1/vectors/${named.name}`).catch((e: Error) => log(`could not delete vector ${named.name}: ${e.message}`));
   }

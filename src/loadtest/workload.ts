@@ -1,4 +1,5 @@
 import { encode } from 'gpt-3-encoder';
+import { randomBytes, randomInt } from 'node:crypto';
 import { vectorHash } from '../store/vectors.js';
 import { Rng } from '../util/rng.js';
 import type { LoadTestOptions } from './options.js';
@@ -123,9 +124,15 @@ export class Workload {
     };
   }
 
-  /** A prompt no other request of any run has; its length varies with the index. */
+  /**
+   * A prompt no other request of any run has, whose length in tokens the requests around it seldom
+   * share (about 3 % of pairs): it carries an unguessable nonce of random length, which tokenizes
+   * unpredictably, and 0 to 15 filler phrases. An answer swapped with another request's then
+   * mostly shows in its usage.prompt_tokens.
+   */
   private prompt(index: number): string {
-    return `Load test ${this.runId}, request ${index}: the story so far is that${' and then'.repeat(index % 5)}`;
+    const nonce = randomBytes(randomInt(4, 17)).toString('base64url');
+    return `Load test ${this.runId}, request ${index}, nonce ${nonce}: the story so far is that${' and then'.repeat(randomInt(16))}`;
   }
 
   /**

@@ -8,7 +8,7 @@ import type { ActivationsRequest, ActivationsResult, DoneEvent, GenerateEvent, G
 import { validateActivations, validateGenerate } from '../engine/validate.js';
 import { modelInfo } from '../engine/model-info.js';
 import { EventStream } from '../engine/event-stream.js';
-import { ORPHAN_TTL_S, valuesKey } from '../store/redis-vectors.js';
+import { valuesKey } from '../store/redis-vectors.js';
 import { vectorHash } from '../store/vectors.js';
 import { activationsFromWire, bullPrefix, cancelChannel, cancelKey, queueName, toWire, type JobData, type Progress, type WireActivations, type WireFailure, type WireIntervention } from './protocol.js';
 
@@ -40,7 +40,25 @@ export interface RemoteEngineOptions {
    * overshoot it by one each. Default: no limit.
    */
   maxDepth?: number;
+  /**
+   * How long an activations request waits for its result, ms (generation is bounded by the caller's
+   * signal). Default 300000.
+   */
+  timeoutMs?: number;
+  /**
+   * After a generation is cancelled, how long to wait for its worker to confirm before ending the
+   * request here (a worker may be gone, or Redis), ms. Default 3000.
+   */
+  cancelGraceMs?: number;
 }
+
+/**
+ * Seconds inline vectors' values are kept after their last use: a job needs them only until it
+ * has run (three times the default request time limit).
+ */
+export const INLINE_TTL_S = 900;
+
+type Settings = Required<Pick<RemoteEngineOptions, 'prefix' | 'keepCompleted' | 'maxDepth' | 'timeoutMs' | 'cancelGraceMs'>>;
 
 type Listener = { progress(p: Progress): void; completed(v: unknown): void; failed(reason: string): void };
 
@@ -60,10 +78,8 @@ export class RemoteEngine {
     private readonly queue: Queue<JobData>,
     private readonly eventsOpts: ConstructorParameters<typeof QueueEvents>[1],
     private readonly conns: Redis[],
-    private readonly prefix: string,
-    private readonly keep: { age: number; count: number },
+    private readonly o: Settings,
     maxContext: number | undefined,
-    private readonly maxDepth = Infinity,
   ) {
     this.maxContext = Math.min(maxContext ?? info.n_positions, info.n_positions);
   }
@@ -100,8 +116,21 @@ export class RemoteEngine {
     const pub = new Redis(o.redisUrl, { maxRetriesPerRequest: 1 });
     pub.on('error', () => undefined);
     const events = { connection: eConn, prefix: bullPrefix(prefix) };
-    const keep = o.keepCompleted ?? { age: 3600, count: 1000 };
-    const engine = new RemoteEngine(info, tokenizer, queue, events, [pub, qConn, eConn], prefix, keep, o.maxContext, o.maxDepth);
+    const engine = new RemoteEngine(
+      info,
+      tokenizer,
+      queue,
+      events,
+      [pub, qConn, eConn],
+      {
+        prefix,
+        keepCompleted: o.keepCompleted ?? { age: 3600, count: 1000 },
+        maxDepth: o.maxDepth ?? Infinity,
+        timeoutMs: o.timeoutMs ?? 300_000,
+        cancelGraceMs: o.cancelGraceMs ?? 3000,
+      },
+      o.maxContext,
+    );
     // Listen from the start when Redis is there (within a second); else the first request will.
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, 1000);
@@ -139,18 +168,18 @@ export class RemoteEngine {
 
   /**
    * The job's interventions by hash. Registered vectors' values are in the registry already; inline
-   * ones are put there (content-addressed, kept `ORPHAN_TTL_S`), once per distinct vector.
+   * ones are put there (content-addressed, kept `INLINE_TTL_S`), once per distinct vector.
    */
   private async share(list: Intervention[] = []): Promise<WireIntervention[]> {
     const H = this.info.n_embd;
     const wire = toWire(list, (iv) => iv.hash ?? vectorHash(iv.rows === 1 ? [H] : [iv.rows, H], iv.values));
     if (!wire.length) return wire;
     const redis = this.conns[1];
-    const keys = wire.map((w) => valuesKey(this.prefix, w.hash));
-    const found = (await redis.eval(TOUCH, keys.length, ...keys, ORPHAN_TTL_S)) as number[];
+    const keys = wire.map((w) => valuesKey(this.o.prefix, w.hash));
+    const found = (await redis.eval(TOUCH, keys.length, ...keys, INLINE_TTL_S)) as number[];
     const upload = redis.multi();
     found.forEach((f, i) => {
-      if (!f) upload.set(keys[i], Buffer.from(list[i].values.buffer, list[i].values.byteOffset, list[i].values.byteLength), 'EX', ORPHAN_TTL_S, 'NX');
+      if (!f) upload.set(keys[i], Buffer.from(list[i].values.buffer, list[i].values.byteOffset, list[i].values.byteLength), 'EX', INLINE_TTL_S, 'NX');
     });
     if (found.includes(0)) await upload.exec();
     return wire;
@@ -159,24 +188,25 @@ export class RemoteEngine {
   private async enqueue(id: string, make: (interventions: WireIntervention[]) => JobData, interventions?: Intervention[]): Promise<void> {
     try {
       // events must be listened to before the job exists; both connections get a second to be up
+      let timer: NodeJS.Timeout | undefined;
       await Promise.race([
         (async () => {
           await this.queue.waitUntilReady();
           await this.listen().waitUntilReady();
         })(),
-        new Promise((_, reject) => setTimeout(() => reject(new Error('not connected')), 1000)),
-      ]);
-      if (this.maxDepth < Infinity) {
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('not connected')), 1000))),
+      ]).finally(() => clearTimeout(timer));
+      if (this.o.maxDepth < Infinity) {
         const counts = await this.queue.getJobCounts('active', 'waiting', 'prioritized', 'delayed', 'paused');
         const depth = Object.values(counts).reduce((a, b) => a + b, 0);
-        if (depth >= this.maxDepth) throw new QueueFullError(`the queue is full (${depth} requests waiting or running across the deployment); retry later`, this.maxDepth);
+        if (depth >= this.o.maxDepth) throw new QueueFullError(`the queue is full (${depth} requests waiting or running across the deployment); retry later`, this.o.maxDepth);
       }
       const data = make(await this.share(interventions));
       await this.queue.add(data.kind, data, {
         jobId: id,
         attempts: 3,
         backoff: { type: 'fixed', delay: 200 },
-        removeOnComplete: this.keep,
+        removeOnComplete: this.o.keepCompleted,
         removeOnFail: { age: 24 * 3600 },
       });
     } catch (e) {
@@ -201,8 +231,8 @@ export class RemoteEngine {
           // a worker took it meanwhile
         }
       }
-      await this.conns[0].set(cancelKey(this.prefix, id), '1', 'EX', 3600);
-      await this.conns[0].publish(cancelChannel(this.prefix), id);
+      await this.conns[0].set(cancelKey(this.o.prefix, id), '1', 'EX', 3600);
+      await this.conns[0].publish(cancelChannel(this.o.prefix), id);
     } catch {
       // the job finished meanwhile, or Redis is away: nothing left to cancel
     }
@@ -230,19 +260,26 @@ export class RemoteEngine {
           failed: (reason) => stream.fail(self.failure(reason)),
         });
         self.count++;
-        // removed before any worker took it: the request ends here, as the engine ends a cancelled one
-        const removed = () => {
+        // Removed before any worker took it, or its worker silent past the grace period (gone, or
+        // Redis is): the request ends here, as the engine ends a cancelled one.
+        const ended = () => {
+          if (stream.settled) return;
           const ms = performance.now() - submitted;
-          const usage = { prompt_tokens: req.prompt.length, completion_tokens: 0 };
+          const usage = { prompt_tokens: req.prompt.length, completion_tokens: seen };
           stream.push({ type: 'done', finish_reason: 'cancelled', text: '', seed: req.seed, usage, timings: { queue_ms: ms, first_token_ms: ms, total_ms: ms } });
         };
-        const onAbort = () => void self.cancel(id, removed);
+        let grace: NodeJS.Timeout | undefined;
+        const onAbort = () => {
+          grace = setTimeout(ended, self.o.cancelGraceMs);
+          void self.cancel(id, ended);
+        };
         try {
           await self.enqueue(id, (interventions) => ({ kind: 'generate', req: { ...req, interventions } }), req.interventions);
           if (opts.signal?.aborted) onAbort();
           else opts.signal?.addEventListener('abort', onAbort, { once: true });
           yield* stream.drain();
         } finally {
+          clearTimeout(grace);
           opts.signal?.removeEventListener('abort', onAbort);
           if (!stream.settled) void self.cancel(id);
           self.listeners.delete(id);
@@ -252,11 +289,13 @@ export class RemoteEngine {
     };
   }
 
+  /** Activations, from a worker; a result that does not come within `timeoutMs` is a 504. */
   async activations(req: ActivationsRequest): Promise<ActivationsResult> {
     if (this.closing) throw new UnavailableError('the server is shutting down');
     validateActivations(req, this.info, this.maxContext);
     const id = randomUUID();
     this.count++;
+    let timer: NodeJS.Timeout | undefined;
     try {
       const result = new Promise<ActivationsResult>((resolve, reject) => {
         this.listeners.set(id, {
@@ -264,10 +303,16 @@ export class RemoteEngine {
           completed: (v) => resolve(activationsFromWire(v as WireActivations)),
           failed: (reason) => reject(this.failure(reason)),
         });
+        timer = setTimeout(() => {
+          void this.cancel(id);
+          reject(new SteerdError(`no worker answered within the time limit (${this.o.timeoutMs} ms)`, 504, 'timeout'));
+        }, this.o.timeoutMs);
       });
+      result.catch(() => undefined); // rejected by the timer while the enqueue still runs
       await this.enqueue(id, (interventions) => ({ kind: 'activations', req: { ...req, interventions } }), req.interventions);
       return await result;
     } finally {
+      clearTimeout(timer);
       this.listeners.delete(id);
       this.count--;
     }
@@ -275,11 +320,18 @@ export class RemoteEngine {
 
   async close(): Promise<void> {
     this.closing = true;
-    // requests still waiting for a worker end now (a drain has let the others finish)
+    // a graceful close waits for Redis; do not wait for one that is gone
+    const within = async (p: Promise<unknown>) => {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([p.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 1000)))]);
+      clearTimeout(timer);
+    };
+    // requests still waiting for a worker end now (a drain has let the others finish), their jobs
+    // removed or cancelled: nobody would read their results
+    const ids = [...this.listeners.keys()];
     const gone: WireFailure = { status: 503, code: 'unavailable', message: 'the server is shutting down' };
     for (const l of this.listeners.values()) l.failed(JSON.stringify(gone));
-    // a graceful close waits for Redis; do not wait for one that is gone
-    const within = (p: Promise<unknown>) => Promise.race([p.catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
+    await within(Promise.all(ids.map((id) => this.cancel(id))));
     if (this.events) await within(this.events.close());
     await within(this.queue.close());
     for (const c of this.conns) c.disconnect();

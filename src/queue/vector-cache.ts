@@ -12,6 +12,7 @@ import type { WireFailure, WireIntervention } from './protocol.js';
  */
 export class VectorCache {
   private readonly entries = new Map<string, Float32Array>();
+  private readonly fetching = new Map<string, Promise<Float32Array>>();
   private bytes = 0;
 
   constructor(
@@ -27,19 +28,29 @@ export class VectorCache {
     return this.entries.size;
   }
 
-  private async fetch(hash: string, rows: number): Promise<Float32Array> {
+  private fetch(hash: string, rows: number): Promise<Float32Array> {
     const hit = this.entries.get(hash);
     if (hit) {
       this.entries.delete(hash); // re-inserted: most recently used last
       this.entries.set(hash, hit);
-      return hit;
+      return Promise.resolve(hit);
     }
+    // jobs arriving together with a new vector share one fetch
+    let pending = this.fetching.get(hash);
+    if (!pending) {
+      pending = this.load(hash, rows).finally(() => this.fetching.delete(hash));
+      this.fetching.set(hash, pending);
+    }
+    return pending;
+  }
+
+  private async load(hash: string, rows: number): Promise<Float32Array> {
     const bytes = await this.redis.getBuffer(valuesKey(this.prefix, hash));
     const gone = (why: string): never => {
       const f: WireFailure = { status: 410, code: 'vector_gone', message: `steering vector ${hash.slice(0, 12)}…: ${why}` };
       throw new UnrecoverableError(JSON.stringify(f));
     };
-    if (!bytes) return gone('its values are no longer in the registry (deleted or replaced more than a day ago); send the request again');
+    if (!bytes) return gone('its values are no longer in the registry (deleted or replaced a day ago, or sent inline and unused for 15 minutes); send the request again');
     const values = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
     const shape = rows === 1 ? [this.nEmbd] : [rows, this.nEmbd];
     if (vectorHash(shape, values) !== hash) return gone('the values in the registry do not match their hash');

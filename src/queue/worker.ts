@@ -47,7 +47,11 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
       let done: DoneEvent | undefined;
       for await (const e of engine.generate({ ...job.data.req, interventions }, { signal: ac.signal })) {
         if (e.type === 'done') done = e;
-        else await job.updateProgress({ i: i++, e });
+        else {
+          await job.updateProgress({ i: i++, e });
+          // a cancel published while the subscriber was reconnecting is lost: look every 32 tokens
+          if (i % 32 === 0 && (await data.exists(cancelKey(prefix, job.id!)))) ac.abort();
+        }
       }
       return done;
     } catch (e) {
