@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Config } from '../src/config.ts';
@@ -8,10 +9,12 @@ import type { Answer } from '../src/loadtest/client.ts';
 import { main } from '../src/loadtest/main.ts';
 import { isLoopback, parseOptions } from '../src/loadtest/options.ts';
 import { parsePrometheus, total } from '../src/loadtest/prometheus.ts';
+import { pickReplays } from '../src/loadtest/replay.ts';
 import type { Report } from '../src/loadtest/report.ts';
+import type { Outcome } from '../src/loadtest/run.ts';
 import { readSse } from '../src/loadtest/sse.ts';
 import { percentile, summarize } from '../src/loadtest/stats.ts';
-import type { Planned } from '../src/loadtest/workload.ts';
+import { Workload, type ModelInfo, type Planned } from '../src/loadtest/workload.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness, type Harness } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
@@ -38,15 +41,21 @@ async function loadTest(t: Test, h: Harness, name: string, args: string[]) {
   return { code, report: JSON.parse(readFileSync(json, 'utf8')) as Report, table: out.join('\n') };
 }
 
-/** The report's counts equal the server's own counters (read in-process, independently of /metrics parsing). */
+/**
+ * The report's counts equal the server's own counters (read in-process, independently of /metrics
+ * parsing), which also count the replays: the report's /metrics comparison does not.
+ */
 async function agreesWithServer(t: Test, h: Harness, report: Report) {
   for (const c of report.server.comparisons) t.ok(c.agree, `${c.what}: client ${c.client}, server /metrics ${c.server}`);
   const http = (await h.svc.metrics.http.get()).values;
-  for (const route of ['/v1/generate', '/v1/completions']) {
+  for (const route of ['/v1/generate', '/v1/completions'] as const) {
     const server = Object.fromEntries(http.filter((v) => v.labels.route === route).map((v) => [v.labels.status, v.value]));
-    t.same(report.requests.by_status[route], server, `${route}: the client's statuses are the server's`);
+    const client = { ...report.requests.by_status[route] };
+    for (const [status, n] of Object.entries(report.replay.by_status[route])) client[status] = (client[status] ?? 0) + n;
+    t.same(client, server, `${route}: the client's statuses (the run's and the replays') are the server's`);
   }
-  t.equal(report.throughput.generated_tokens, (await h.svc.metrics.generationTokens.get()).values[0].value, 'generated tokens');
+  const generated = report.throughput.generated_tokens + report.replay.generated_tokens;
+  t.equal(generated, (await h.svc.metrics.generationTokens.get()).values[0].value, 'generated tokens');
   const vectors = (await h.app.inject('/v1/vectors')).json().data;
   t.same(vectors, [], 'the registered vector is deleted');
 }
@@ -64,7 +73,13 @@ function clean(t: Test, { code, report, table }: Awaited<ReturnType<typeof loadT
   t.ok(report.requests.by_steering.named > 0 && report.requests.greedy_probes > 0, 'named vector and greedy probes');
   t.equal(report.latency_ms.e2e.n, report.requests.sent);
   t.ok(report.latency_ms.ttft_stream.n > 0 && report.latency_ms.ttft_stream.p50 <= report.latency_ms.e2e.max);
+  // the answers asked for again, non-streaming, are the run's: over both endpoints, streamed or not, steered or not
+  t.match(report.replay, { same: 16, different: 0 });
+  t.same(report.replay.failed, [], 'every replay answered');
+  t.equal(report.replay.requests.length, 16);
+  t.equal(new Set(report.replay.requests.map((r) => r.what)).size, 8, 'every kind replayed, steered and not');
   t.match(table, /errors: none/);
+  t.match(table, /replay: 16 answers asked for again \(non-streaming, same body and seed\): 16 the same, 0 different, 0 failed/);
   t.match(table, /generated tokens\s+(\d+)\s+\1\s+agree/);
 }
 
@@ -95,7 +110,94 @@ t.test('refusals are counted by status, as the server counts them', async (t) =>
   t.equal(Object.keys(report.errors.by_kind).join(), '429', 'and nothing else');
   t.match(report.errors.examples[0], { kind: '429', message: /^queue_full: / });
   t.match(table, /POST \/v1\/\w+ 429\s+(\d+)\s+\1\s+agree/);
+  // a refusal comes in a moment: the latencies are of the requests answered
+  t.ok(report.requests.ok > 0 && report.requests.ok < report.requests.sent, `${report.requests.ok} of ${report.requests.sent} ok`);
+  t.equal(report.latency_ms.e2e.n, report.requests.ok, 'latencies of the ok requests only');
+  t.match(table, new RegExp(`the ${report.errors.total} failed requests are left out: see errors`));
   await agreesWithServer(t, h, report);
+});
+
+t.test('an answer swapped with another request’s of the same prompt length is caught by the replay', async (t) => {
+  const h = await harness(model);
+  t.teardown(() => h.close());
+  // each non-streaming sampled completion gets the text of the one before, with its own id and usage: a swap
+  // between prompts of the same length in tokens, which no check of the answer alone can see; a replay
+  // (its prompt seen before) gets its true answer
+  const seen = new Set<string>();
+  const firsts = new WeakSet<object>();
+  const swapped = new Set<number>();
+  let previous: string | undefined;
+  h.app.addHook('preHandler', async (req) => {
+    if (req.url !== '/v1/completions') return;
+    const { prompt } = req.body as { prompt: string };
+    if (!seen.has(prompt)) firsts.add(req);
+    seen.add(prompt);
+  });
+  h.app.addHook('onSend', async (req, reply, payload) => {
+    const body = req.body as { prompt: string; stream: boolean; temperature: number };
+    if (!firsts.has(req) || reply.statusCode !== 200 || body.stream || body.temperature === 0) return payload;
+    const answer = JSON.parse(payload as string);
+    const text = answer.choices[0].text;
+    if (previous !== undefined && previous !== text) {
+      answer.choices[0].text = previous;
+      swapped.add(Number(/request (\d+)/.exec(body.prompt)![1]));
+    }
+    previous = text;
+    return JSON.stringify(answer);
+  });
+  const { code, report, table } = await loadTest(t, h, 'swapped', SIXTY);
+  const caught = report.replay.requests.filter((r) => swapped.has(r.request));
+  t.ok(caught.length > 0, `swapped answers replayed: ${caught.length} of ${swapped.size}`);
+  t.equal(code, 1, 'exit status 1');
+  t.match(report.replay, { same: report.replay.requests.length - caught.length, different: caught.length });
+  t.same(report.replay.failed, [], 'every replay answered');
+  t.same(report.errors.by_kind, { mismatch: caught.length }, 'each one a mismatch, and nothing else');
+  for (const e of report.errors.examples) {
+    t.match(e, { what: '/v1/completions non-stream', message: /^asked for again \(non-streaming, same body\): text "/ });
+    t.ok(swapped.has(e.request), `#${e.request} was swapped`);
+  }
+  t.match(table, new RegExp(`${caught.length} different \\(mismatch errors\\)`));
+  await agreesWithServer(t, h, report);
+});
+
+// without the limit, the first call waits for ever: failed after a minute
+t.test('set-up and tear-down calls have a time limit: --timeout', { timeout: 60_000 }, async (t) => {
+  const written: string[] = [];
+  const io = { out: () => undefined, err: (s: string) => written.push(s) };
+  const argv = (port: number, ...a: string[]) => ['node', 'loadtest', '--url', `http://127.0.0.1:${port}`, '--timeout', '1', '--max-new-tokens', '4', ...a];
+
+  const silent = createServer(() => undefined);
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    silent.closeAllConnections();
+    silent.close();
+  });
+  t.equal(await main(argv((silent.address() as { port: number }).port), io), 2, 'a server that never answers: 2');
+  t.match(written.at(-1), /^loadtest: cannot read the model from http:\/\/127\.0\.0\.1:\d+: GET \/v1\/model: no answer within 1 s \(--timeout\)$/);
+
+  // the server holds the vector calls of one method until the end
+  const h = await harness(model);
+  let hold = 'POST';
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  h.app.addHook('onRequest', async (req) => {
+    if (req.method === hold && req.url.startsWith('/v1/vectors')) await held;
+  });
+  t.teardown(async () => {
+    release();
+    await h.close();
+  });
+  await h.app.listen({ host: '127.0.0.1', port: 0 });
+  const { port } = h.app.server.address() as { port: number };
+  t.equal(await main(argv(port), io), 2, 'no answer to the registration: 2');
+  t.match(written.at(-1), /^loadtest: POST \/v1\/vectors: no answer within 1 s \(--timeout\)$/);
+
+  hold = 'DELETE';
+  const out: string[] = [];
+  const code = await main(argv(port, '--max-requests', '4', '--replay', '2'), { out: (s) => out.push(s), err: io.err });
+  t.equal(code, 0, 'no answer to the deletion: a warning, and the report');
+  t.match(written.at(-1), /^could not delete vector loadtest-\w+: DELETE \/v1\/vectors\/loadtest-\w+: no answer within 1 s \(--timeout\)$/);
+  t.match(out.join('\n'), /4 requests \(4 ok\)/);
 });
 
 t.test('options: loopback only unless --allow-remote, defaults', async (t) => {
@@ -103,7 +205,7 @@ t.test('options: loopback only unless --allow-remote, defaults', async (t) => {
   const written: string[] = [];
   const io = { out: () => undefined, err: (s: string) => written.push(s) };
   const o = parseOptions(argv(), io);
-  t.match(o, { url: 'http://127.0.0.1:8080', concurrency: 4, duration: 10, maxRequests: 1000, maxNewTokens: 16, namedVector: true, seed: 1 });
+  t.match(o, { url: 'http://127.0.0.1:8080', concurrency: 4, duration: 10, maxRequests: 1000, timeout: 60, maxNewTokens: 16, namedVector: true, replay: 16, seed: 1 });
   t.equal(o.rate, undefined, 'closed loop by default');
   for (const u of ['http://localhost:1', 'http://127.0.0.2', 'http://[::1]:8080']) t.ok(isLoopback(new URL(u)), u);
   for (const u of ['http://10.0.0.1', 'http://example.com', 'http://127.0.0.1.example.com']) t.notOk(isLoopback(new URL(u)), u);
@@ -116,6 +218,44 @@ t.test('options: loopback only unless --allow-remote, defaults', async (t) => {
   t.equal(parseOptions(argv('--url', 'http://example.com:8080/', '--allow-remote'), io).url, 'http://example.com:8080');
   t.equal(await main(argv('--url', 'http://127.0.0.1:9'), io), 2, 'unreachable: 2');
   t.match(written.at(-1), /^loadtest: cannot read the model from http:\/\/127.0.0.1:9/);
+});
+
+t.test('the replay: a sample of the successful non-probe requests, spread over the kinds and over the run', async (t) => {
+  const outcome = (index: number, endpoint: Planned['endpoint'], stream: boolean, steered: boolean, more: Partial<Outcome> = {}): Outcome => ({
+    plan: { index, endpoint, stream, steering: steered ? 'inline' : 'none' } as Planned,
+    status: 200,
+    e2eMs: 1,
+    ...more,
+  });
+  const outcomes = Array.from({ length: 80 }, (_, i) => outcome(i, i % 2 ? '/v1/generate' : '/v1/completions', i % 4 < 2, i % 8 < 4));
+  outcomes.push(
+    outcome(80, '/v1/generate', true, true, { plan: { index: 80, endpoint: '/v1/generate', stream: true, steering: 'none', probe: '0/none' } as Planned }),
+    outcome(81, '/v1/generate', true, true, { status: 429, error: { kind: '429', message: 'queue_full' } }),
+    outcome(82, '/v1/generate', true, true, { error: { kind: 'mismatch', message: 'seed' } }),
+  );
+  const picked = pickReplays(outcomes, 16).map((o) => o.plan.index);
+  t.equal(picked.length, 16);
+  t.notOk(picked.some((i) => i >= 80), 'no probe, no failed request');
+  t.same(picked, [...picked].sort((a, b) => a - b), "in the run's order");
+  // 8 kinds of 10 requests each: 2 of each, a quarter and three quarters into the run
+  for (let k = 0; k < 8; k++) t.same(picked.filter((i) => i % 8 === k), [k + 16, k + 56], `kind ${k}`);
+  t.equal(pickReplays(outcomes.slice(0, 5), 16).length, 5, 'all there are, when fewer');
+  t.same(pickReplays(outcomes, 0), [], '--replay 0: none');
+  // a kind with fewer than its share leaves the rest to the others
+  const few = [...outcomes.slice(0, 8), ...Array.from({ length: 20 }, (_, i) => outcome(100 + i, '/v1/generate', true, true))];
+  t.equal(pickReplays(few, 16).length, 16);
+});
+
+t.test('prompts: the requests around one seldom share its length in tokens', async (t) => {
+  const info: ModelInfo = { id: 'm', name: 'm', n_layer: 2, n_embd: 8, limits: { max_new_tokens: 16 }, resid_norms: { layers: [0, 1, 2].map((layer) => ({ layer, median: 1 })) } };
+  const opts = { seed: 1, maxNewTokens: 4, steeredFraction: 0.5, streamFraction: 0.5, probeFraction: 0 };
+  const workload = new Workload(opts, info, 'abcd1234');
+  const lengths = Array.from({ length: 400 }, (_, i) => workload.next(i).promptTokens);
+  const share = new Map<number, number>();
+  for (const n of lengths) share.set(n, (share.get(n) ?? 0) + 1 / lengths.length);
+  // the chance that two requests have prompts of the same length (under a fifth when the length cycled over 5 values)
+  const same = [...share.values()].reduce((s, p) => s + p * p, 0);
+  t.ok(same < 0.06, `two prompts of the same length: ${(same * 100).toFixed(1)} %`);
 });
 
 t.test('percentiles', async (t) => {
@@ -167,7 +307,7 @@ t.test('the checks catch an answer that is not its request’s', async (t) => {
     text: 'abcd',
     finishReason: 'length',
     usage: { prompt_tokens: 5, completion_tokens: 4 },
-    tokenCount: 4,
+    tokenIds: [1, 2, 3, 4],
     streamedText: 'abcd',
     seed: 42,
     interventions: [{ vector: null, hash: 'abc', layer: 1, coeff: 2 }],
@@ -177,7 +317,7 @@ t.test('the checks catch an answer that is not its request’s', async (t) => {
   bad({ seed: 43 }, /seed 43, sent 42/);
   bad({ usage: { prompt_tokens: 6, completion_tokens: 4 } }, /prompt_tokens 6, the prompt has 5/);
   bad({ usage: { prompt_tokens: 5, completion_tokens: 3 } }, /3 completion tokens, finish_reason length/);
-  bad({ tokenCount: 3 }, /3 tokens received/);
+  bad({ tokenIds: [1, 2, 3] }, /3 tokens received/);
   bad({ streamedText: 'abc' }, /do not add up/);
   bad({ ids: ['gen-1', 'gen-2'] }, /2 response ids/);
   bad({ interventions: [{ vector: null, hash: 'abd', layer: 1, coeff: 2 }] }, /interventions echoed as/);

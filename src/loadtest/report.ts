@@ -146,7 +146,7 @@ export function buildReport({ opts, model, startedAt, wallMs, interrupted, outco
       generated_tokens_per_s: generated / wall,
     },
     latency_ms: {
-      e2e: summarize(outcomes.map((o) => o.e2eMs)),
+      e2e: summarize(ok.map((o) => o.e2eMs)),
       ttft_stream: summarize(ok.flatMap((o) => (o.answer?.ttftMs === undefined ? [] : [o.answer.ttftMs]))),
       ttft_non_stream: TTFT_NON_STREAM,
     },

@@ -143,7 +143,7 @@ export async function runLoadTest(opts: LoadTestOptions, { log = console.error, 
     const { outcomes, wallMs } = await drive(opts, stop, (i) => send(api, workload.next(i), timeoutMs, cross));
     const after = await settledMetrics(api, before, outcomes.filter((o) => o.status !== undefined).length);
     // after the second read of /metrics: the replays are not the run's traffic
-    const replayed = await replay(pickReplays(outcomes, 0), (plan) => send(api, plan, timeoutMs, cross), stop);
+    const replayed = await replay(pickReplays(outcomes, opts.replay ?? 0), (plan) => send(api, plan, timeoutMs, cross), stop);
     return buildReport({ opts, model, startedAt, wallMs, interrupted: stop?.aborted === true, outcomes, before, after, replayed });
   } finally {
     if (named) await api.json('DELETE', `/v1/vectors/${named.name}`).catch((e: Error) => log(`could not delete vector ${named.name}: ${e.message}`));
