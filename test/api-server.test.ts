@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
-import { harness, post } from './helpers/api.ts';
+import { harness, post, queueMode } from './helpers/api.ts';
+import { testRedis } from './helpers/redis.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-srv-'));
 const model = join(root, 'model');
@@ -228,8 +229,13 @@ t.test('vectors survive a restart on the same data directory', async (t) => {
 
 t.test('SIGTERM: stop accepting, finish what is in flight, exit 0', async (t) => {
   const data = mkdtempSync(join(root, 'data-'));
-  const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'serve', '--model', model, '--port', '0', '--data', data], {
-    env: { ...process.env, LOG_LEVEL: 'info' },
+  // in Redis mode: `serve --worker`, whose queue worker drains too
+  const redis = queueMode ? await testRedis() : undefined;
+  t.teardown(() => redis?.cleanup());
+  const env = redis ? { REDIS_URL: redis.url, STEERD_REDIS_PREFIX: redis.prefix } : {};
+  const args = ['serve', '--model', model, '--port', '0', '--data', data, ...(redis ? ['--worker'] : [])];
+  const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), ...args], {
+    env: { ...process.env, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
