@@ -108,6 +108,9 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     await app.register(rateLimit, {
       max: config.rateLimit,
       timeWindow: 60_000,
+      // Redis mode: one count per key across every API process; while Redis is away requests
+      // pass here (and get 503 from the queue)
+      ...(svc.redis && { redis: svc.redis, nameSpace: `${config.redisPrefix}ratelimit:`, skipOnError: true }),
       // keys are checked before this runs; without keys a bearer header is anyone's to invent
       keyGenerator: (request) => (config.apiKeys.length ? bearer(request.headers.authorization) : undefined) ?? request.ip,
       allowList: (request) => !isApi(request),

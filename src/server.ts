@@ -98,10 +98,12 @@ export async function createService(config: Config, progress?: ProgressReporter)
   } else {
     engine = await Engine.start(engineOptions(config, m.dir));
   }
+  const store = config.redisUrl ? new RedisVectorStore(config.redisUrl, config.redisPrefix) : new FileVectorStore(config.dataDir);
   return {
     config,
     engine,
-    store: config.redisUrl ? new RedisVectorStore(config.redisUrl, config.redisPrefix) : new FileVectorStore(config.dataDir),
+    store,
+    redis: store instanceof RedisVectorStore ? store.redis : undefined,
     model: { id: `${m.name}@${engine.info.fingerprint.slice(0, 12)}`, n_embd: engine.info.n_embd, name: m.name, random_weights: m.randomWeights },
     metrics: new Metrics(),
     inFlight: 0,

@@ -270,3 +270,19 @@ t.test('a generation past its time limit is cancelled on its worker', { skip }, 
   t.equal(done?.finish_reason, 'cancelled', 'the worker retired the row');
   t.ok(done && done.usage.completion_tokens < 250, `after ${done?.usage.completion_tokens} of 250 tokens`);
 });
+
+t.test('the rate limit counts every API process', { skip }, async (t) => {
+  const p = `${prefix}rate:`;
+  const shared = (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: p, worker: false, apiKeys: ['k1', 'k2'], rateLimit: 3 });
+  const a = await harness(model, shared);
+  const b = await harness(model, shared);
+  t.teardown(async () => {
+    await a.close();
+    await b.close();
+  });
+  const list = (h: typeof a, key: string) => h.app.inject({ url: '/v1/vectors', headers: { authorization: `Bearer ${key}` } }).then((r) => r.statusCode);
+  t.same([await list(a, 'k1'), await list(b, 'k1'), await list(a, 'k1')], [200, 200, 200], 'three requests of k1, over two processes');
+  t.equal(await list(b, 'k1'), 429, 'the fourth is refused, by either');
+  t.equal(await list(a, 'k2'), 200, 'k2 counts apart');
+  t.ok((await probe.keys(`${p}ratelimit:*`)).length > 0, 'the counts live in Redis, under the prefix');
+});

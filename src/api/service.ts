@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { Engine } from '../engine/engine.js';
 import type { VectorModel, VectorStore } from '../store/vectors.js';
@@ -21,6 +22,8 @@ export interface Service {
   draining: boolean;
   /** Cancels the requests in flight (a drain past its timeout). */
   aborts: Set<() => void>;
+  /** Redis mode: the connection for counters every API process shares (the rate limit). */
+  redis?: Redis;
   /** Closed after the engine at shutdown (an in-process queue worker and its engine). */
   closers: (() => Promise<void>)[];
 }
