@@ -157,10 +157,19 @@ t.test('graph matches the float64 reference', async (t) => {
     const padded = leftPad([randomIds(7), randomIds(4)]);
     const full = await runGraph(f.session, f.dims, padded);
     const flag = (v: boolean) => ({ logits_all: new ort.Tensor('bool', Uint8Array.of(v ? 1 : 0), []) });
-    const lastOnly = await runGraph(serve, f.dims, { ...padded, extra: flag(false) }, ['logits', 'last_logits']);
+    const lastOnly = await runGraph(serve, f.dims, { ...padded, extra: flag(false) }, ['logits', 'last_logits', 'last_lse']);
     const all = await runGraph(serve, f.dims, { ...padded, extra: flag(true) }, ['logits']);
     t.same(lastOnly.logits.dims, [2, 1, f.dims.vocab]);
     t.equal(maxAbsDiff(lastOnly.last_logits.data as Float32Array, full.last_logits.data as Float32Array), 0);
+    const V = f.dims.vocab;
+    const rows = full.last_logits.data as Float32Array;
+    const lse = Array.from({ length: 2 }, (_, b) => {
+      const row = Array.from(rows.subarray(b * V, (b + 1) * V));
+      const m = Math.max(...row);
+      return m + Math.log(row.reduce((a, x) => a + Math.exp(x - m), 0));
+    });
+    const lseErr = maxAbsDiff(lastOnly.last_lse.data as Float32Array, Float32Array.from(lse));
+    t.ok(lseErr < 1e-5 * Math.max(...lse.map(Math.abs)), `last_lse: the log-sum-exp of each row, computed in float64 (${lseErr.toExponential(2)})`);
     t.same(all.logits.dims, full.logits.dims);
     t.equal(maxAbsDiff(all.logits.data as Float32Array, full.logits.data as Float32Array), 0);
     // a decode step on top of the prefill, in both graphs: the serving graph (which attends to the

@@ -90,4 +90,6 @@ t.test('greedy, logprob and penalties', async (t) => {
   reported.observe(3);
   const r = reported.sample(logits);
   t.ok(Math.abs(r.logprob - (logits[r.id] - Math.log(z))) < 1e-6, 'logprob stays the raw model probability under penalties and temperature');
+  const given = new Sampler({ ...base, temperature: 0 }, 1, 5).sample(logits, 7.5);
+  t.same(given, { id: 3, logprob: 3 - 7.5 }, 'a given log-sum-exp is used as the normaliser');
 });

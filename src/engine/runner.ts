@@ -37,6 +37,8 @@ export interface ForwardInput {
 export interface ForwardOutput {
   /** [B, V] */
   lastLogits: Float32Array;
+  /** [B]: log-sum-exp of each row of `lastLogits`. */
+  lastLse: Float32Array;
   /** The new tokens' keys and values: [B, n_head, T, head_dim] per layer. */
   fresh: { k: Float32Array[]; v: Float32Array[]; T: number };
   /** [B, T, H] per requested hook point. */
@@ -63,7 +65,7 @@ export class ModelRunner {
     readonly tokenizer: Gpt2Tokenizer,
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
-    this.fetches = ['last_logits'];
+    this.fetches = ['last_logits', 'last_lse'];
     for (let l = 0; l < info.n_layer; l++) this.fetches.push(`new.${l}.key`, `new.${l}.value`);
   }
 
@@ -121,7 +123,7 @@ export class ModelRunner {
     }
     const resid = new Map<number, Float32Array>();
     for (const l of inp.resid ?? []) resid.set(l, out[`resid.${l}`].data as Float32Array);
-    return { lastLogits: out.last_logits.data as Float32Array, fresh, resid };
+    return { lastLogits: out.last_logits.data as Float32Array, lastLse: out.last_lse.data as Float32Array, fresh, resid };
   }
 
   async close(): Promise<void> {

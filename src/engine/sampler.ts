@@ -49,7 +49,12 @@ export class Sampler {
     this.counts.set(id, (this.counts.get(id) ?? 0) + 1);
   }
 
-  sample(logits: Float32Array): Sampled {
+  /**
+   * Draws the next token from one row of logits. `lse`, log Σ exp(logits), gives the token's
+   * logprob without another pass over the vocabulary (the serving graph computes it); without it,
+   * it is computed here.
+   */
+  sample(logits: Float32Array, lse?: number): Sampled {
     const V = logits.length;
     const { frequency_penalty: fp, presence_penalty: pp, temperature: t } = this.p;
     const penalised = (fp !== 0 || pp !== 0) && this.counts.size > 0;
@@ -77,6 +82,10 @@ export class Sampler {
       }
     }
     // log p(id) under the raw distribution; with temperature 1 and no penalty, draw() has the sum
+    if (lse !== undefined) {
+      this.lastRawSum = undefined;
+      return { id, logprob: logits[id] - lse };
+    }
     let rawSum = this.lastRawSum;
     if (rawSum === undefined) {
       // terms below e^-30 of the maximum change the sum by less than V·e^-30 ≈ 5e-9 (relative):

@@ -243,12 +243,12 @@ export class Scheduler {
     const V = this.runner.info.vocab_size;
     if (s.cancelled) return this.finish(s, 'cancelled');
     s.state = 'decoding';
-    this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V));
+    this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V), out.lastLse[b]);
   }
 
   /** Samples from a row's logits, emits the token, and finishes the row when it should stop. */
-  private accept(s: Slot, logits: Float32Array): void {
-    const { id, logprob } = s.sampler.sample(logits);
+  private accept(s: Slot, logits: Float32Array, lse: number): void {
+    const { id, logprob } = s.sampler.sample(logits, lse);
     s.sampler.observe(id);
     s.firstToken ??= now();
     if (id === this.runner.info.eos_token_id && s.req.stop_at_eos !== false) return this.finish(s, 'eos');
@@ -313,7 +313,7 @@ export class Scheduler {
       batch.append(r, { k: out.fresh.k, v: out.fresh.v, S: 1, b: r, from: 0, count: 1 });
       if (s.state !== 'decoding') return;
       if (s.cancelled) return this.finish(s, 'cancelled');
-      this.accept(s, out.lastLogits.subarray(r * V, (r + 1) * V));
+      this.accept(s, out.lastLogits.subarray(r * V, (r + 1) * V), out.lastLse[r]);
     });
   }
 

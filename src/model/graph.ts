@@ -25,6 +25,9 @@ import { openCheckpoint, type Checkpoint } from './checkpoint.js';
  *   out new.{l}.key / new.{l}.value   float32 [B, n_head, T, head_dim]  the new tokens' keys and
  *       values, instead of present.{l}.* (ONNX Runtime computes every output, fetched or not, and
  *       concatenating the cache would copy all of it at every step)
+ *   out last_lse        float32 [B]          log-sum-exp of `last_logits` (the log-softmax
+ *       normaliser, for the sampled token's logprob: one vectorised reduction in the session
+ *       instead of an exp over the vocabulary per row on the engine thread)
  */
 
 /** Recorded in the graph's metadata; informational (rebuilds are decided by content). */
@@ -157,9 +160,11 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
   const logits = g.op1('Reshape', [flat, g.op1('Concat', [bt, vocabDim], [int('axis', 0)])], [], 'logits'); // [B, T', V]
   const lastRow = g.op1('Slice', [logits, g.constI('c.last_start', [-1]), 'c.int_max', one]); // [B, 1, V]
   g.op1('Reshape', [lastRow, lastShape], [], 'last_logits'); // [B, V]
+  if (opts.serving) g.op1('ReduceLogSumExp', ['last_logits', g.constI('c.vocab_axis', [1])], [int('keepdims', 0)], 'last_lse'); // [B]
 
   g.output('logits', DataType.FLOAT, ['batch', 'seq_out', V]);
   g.output('last_logits', DataType.FLOAT, ['batch', V]);
+  if (opts.serving) g.output('last_lse', DataType.FLOAT, ['batch']);
   if (!opts.serving) {
     for (let l = 0; l < c.n_layer; l++) {
       g.output(`present.${l}.key`, DataType.FLOAT, ['batch', nh, 'total', hd]);
