@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Config } from '../src/config.ts';
-import { queueName } from '../src/queue/protocol.ts';
+import { queueName, TokenSequence, type Progress } from '../src/queue/protocol.ts';
 import { INLINE_TTL_S } from '../src/queue/remote-engine.ts';
 import { valuesKey } from '../src/store/redis-vectors.ts';
 import { vectorHash } from '../src/store/vectors.ts';
@@ -285,4 +285,14 @@ t.test('the rate limit counts every API process', { skip }, async (t) => {
   t.equal(await list(b, 'k1'), 429, 'the fourth is refused, by either');
   t.equal(await list(a, 'k2'), 200, 'k2 counts apart');
   t.ok((await probe.keys(`${p}ratelimit:*`)).length > 0, 'the counts live in Redis, under the prefix');
+});
+
+t.test("a job's token events: repeats of a retry skipped, a divergent retry or a gap refused", async (t) => {
+  const ev = (i: number, id: number): Progress => ({ i, e: { type: 'token', id, text: `<${id}>`, logprob: -1 } });
+  const seq = new TokenSequence();
+  const streamed = [ev(0, 5), ev(1, 6), ev(0, 5), ev(1, 6), ev(2, 7), ev(3, -1)].map((p) => seq.accept(p)).filter((e) => e !== undefined);
+  t.same(streamed.map((e) => (e.type === 'token' ? e.id : null)), [5, 6, 7, -1], 'a retried job restarting from token 0 streams nothing twice');
+  t.equal(seq.generated, 3, 'the text-only event is not a generated token');
+  t.throws(() => seq.accept(ev(1, 9)), { status: 502, code: 'worker_diverged' }, 'a retry that samples another token');
+  t.throws(() => seq.accept(ev(6, 1)), { status: 502, code: 'events_lost' }, 'a gap');
 });

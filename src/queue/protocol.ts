@@ -1,3 +1,4 @@
+import { SteerdError } from '../errors.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, Intervention } from '../engine/types.js';
 
 /**
@@ -34,6 +35,33 @@ export type JobData =
 export interface Progress {
   i: number;
   e: GenerateEvent;
+}
+
+/**
+ * A job's numbered token events, in order, for its request. A retried job repeats the tokens
+ * already streamed (same seed, same tokens): they are skipped once checked to be the same. A repeat
+ * that differs (a retry on a worker that samples differently) or a gap (events lost) ends the
+ * request rather than splice two sequences.
+ */
+export class TokenSequence {
+  private readonly ids: number[] = [];
+
+  /** Tokens generated so far (a final text-only event, id −1, is not one). */
+  get generated(): number {
+    return this.ids.filter((id) => id >= 0).length;
+  }
+
+  /** The event to stream, or undefined for a repeat; throws on a divergence or a gap. */
+  accept(p: Progress): GenerateEvent | undefined {
+    const id = p.e.type === 'token' ? p.e.id : -1;
+    if (p.i < this.ids.length) {
+      if (id === this.ids[p.i]) return undefined;
+      throw new SteerdError(`the job was retried on a worker whose token ${p.i} differs (${id}, not ${this.ids[p.i]}); send the request again`, 502, 'worker_diverged');
+    }
+    if (p.i > this.ids.length) throw new SteerdError(`token events ${this.ids.length}..${p.i - 1} of the job were lost; send the request again`, 502, 'events_lost');
+    this.ids.push(id);
+    return p.e;
+  }
 }
 
 export interface WireActivations extends Omit<ActivationsResult, 'activations'> {

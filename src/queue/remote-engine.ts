@@ -10,7 +10,7 @@ import { modelInfo } from '../engine/model-info.js';
 import { EventStream } from '../engine/event-stream.js';
 import { valuesKey } from '../store/redis-vectors.js';
 import { vectorHash } from '../store/vectors.js';
-import { activationsFromWire, bullPrefix, cancelChannel, cancelKey, queueName, toWire, type JobData, type Progress, type WireActivations, type WireFailure, type WireIntervention } from './protocol.js';
+import { activationsFromWire, bullPrefix, cancelChannel, cancelKey, queueName, TokenSequence, toWire, type JobData, type Progress, type WireActivations, type WireFailure, type WireIntervention } from './protocol.js';
 
 /**
  * For each key: 1 if it exists (a volatile one then lives another ARGV[1] seconds at least; a
@@ -249,12 +249,16 @@ export class RemoteEngine {
       async *[Symbol.asyncIterator]() {
         const stream = new EventStream<GenerateEvent>();
         const submitted = performance.now();
-        let seen = 0; // tokens already yielded: a retried job repeats them (same seed, same tokens)
+        const tokens = new TokenSequence();
         self.listeners.set(id, {
           progress(p) {
-            if (p.i < seen) return;
-            seen = p.i + 1;
-            stream.push(p.e);
+            try {
+              const e = tokens.accept(p);
+              if (e) stream.push(e);
+            } catch (err) {
+              stream.fail(err as Error);
+              void self.cancel(id);
+            }
           },
           completed: (v) => stream.push(v as DoneEvent),
           failed: (reason) => stream.fail(self.failure(reason)),
@@ -265,7 +269,7 @@ export class RemoteEngine {
         const ended = () => {
           if (stream.settled) return;
           const ms = performance.now() - submitted;
-          const usage = { prompt_tokens: req.prompt.length, completion_tokens: seen };
+          const usage = { prompt_tokens: req.prompt.length, completion_tokens: tokens.generated };
           stream.push({ type: 'done', finish_reason: 'cancelled', text: '', seed: req.seed, usage, timings: { queue_ms: ms, first_token_ms: ms, total_ms: ms } });
         };
         let grace: NodeJS.Timeout | undefined;
