@@ -175,6 +175,16 @@ t.test('set-up and tear-down calls have a time limit: --timeout', { timeout: 60_
   t.equal(await main(argv((silent.address() as { port: number }).port), io), 2, 'a server that never answers: 2');
   t.match(written.at(-1), /^loadtest: cannot read the model from http:\/\/127\.0\.0\.1:\d+: GET \/v1\/model: no answer within 1 s \(--timeout\)$/);
 
+  // a Redis-mode API with no worker yet: /v1/model has no norms to size the coefficients with
+  const unmeasured = createServer((_req, res) => {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ id: 'm', name: 'm', n_layer: 2, n_embd: 4, limits: { max_new_tokens: 16 }, resid_norms: null }));
+  });
+  await new Promise<void>((resolve) => unmeasured.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => unmeasured.close());
+  t.equal(await main(argv((unmeasured.address() as { port: number }).port), io), 2, 'a server without its norms: 2');
+  t.match(written.at(-1), /has not measured its residual-stream norms yet \(in Redis mode: no worker has answered\)/);
+
   // the server holds the vector calls of one method until the end
   const h = await harness(model);
   let hold = 'POST';

@@ -130,6 +130,10 @@ export async function runLoadTest(opts: LoadTestOptions, { log = console.error, 
   const model = await api.json<ModelInfo>('GET', '/v1/model').catch((e: Error) => {
     throw new Error(`cannot read the model from ${opts.url}: ${e.cause instanceof Error ? e.cause.message : e.message}`);
   });
+  if (!model.resid_norms) {
+    // the steered requests' coefficients are sized from them
+    throw new Error(`${opts.url} has not measured its residual-stream norms yet (in Redis mode: no worker has answered); start a worker, or wait, and run again`);
+  }
   if (opts.maxNewTokens > model.limits.max_new_tokens) {
     throw new Error(`--max-new-tokens ${opts.maxNewTokens} is above the server's limit of ${model.limits.max_new_tokens}`);
   }

@@ -15,7 +15,8 @@ export interface ModelInfo {
   n_layer: number;
   n_embd: number;
   limits: { max_new_tokens: number };
-  resid_norms: { layers: { layer: number; median: number }[] };
+  /** null while the server has not measured them (Redis mode: no worker has answered yet). */
+  resid_norms: { layers: { layer: number; median: number }[] } | null;
 }
 
 /** The vector registered for the run. */
@@ -142,7 +143,7 @@ export class Workload {
   private intervention(steering: 'inline' | 'named', probe: number | undefined): Intervention {
     const hooks = this.model.n_layer + 1;
     const layer = probe === undefined ? Math.floor(this.rng.next() * hooks) : probe % hooks;
-    const coeff = Number(this.model.resid_norms.layers[layer].median.toFixed(3));
+    const coeff = Number(this.model.resid_norms!.layers[layer].median.toFixed(3));
     if (steering === 'named') {
       const { name, hash } = this.named!;
       return { body: { vector: name, layer, coeff }, expect: { vector: name, hash, layer, coeff } };
