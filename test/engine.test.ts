@@ -196,6 +196,21 @@ t.test('cancellation frees the slot; the rest of the batch is unchanged', async 
   t.equal(eng.inFlight, 0);
 });
 
+t.test('a steering coefficient that overflows float32 fails its own request with 422, not its neighbours', async (t) => {
+  const eng = await Engine.start({ model: dir, batchCapacity: 4 });
+  t.teardown(() => eng.close());
+  const plain = { prompt: ids(5), max_new_tokens: 8, temperature: 0, stop_at_eos: false };
+  const alone = (await run(eng, plain)).ids;
+  // each within float32's range, their sum beyond it: only the forward pass can tell
+  const v = Float32Array.from({ length: H }, (_, i) => (i % 2 ? 1 : -1));
+  const huge = { ...plain, prompt: ids(6), interventions: [iv(2, 3e38, v), iv(2, 3e38, v)] };
+  const [bad, good] = await Promise.allSettled([run(eng, huge), run(eng, plain)]);
+  t.equal(bad.status, 'rejected');
+  t.match((bad as PromiseRejectedResult).reason, { status: 422, message: /logits are not finite.*lower the coeff/ });
+  t.same(good.status === 'fulfilled' && good.value.ids, alone, 'the request beside it is unchanged');
+  t.equal(eng.inFlight, 0);
+});
+
 t.test('bad requests are refused before they reach a batch', async (t) => {
   const ok: GenerateRequest = { prompt: ids(3), max_new_tokens: 4 };
   const bad: [string, GenerateRequest, number, RegExp][] = [
@@ -205,6 +220,7 @@ t.test('bad requests are refused before they reach a batch', async (t) => {
     ['wrong size', { ...ok, interventions: [{ layer: 1, coeff: 1, values: new Float32Array(63), rows: 1 }] }, 422, /63 values, expected 1 × 64/],
     ['NaN', { ...ok, interventions: [iv(1, 1, Float32Array.from({ length: H }, (_, i) => (i === 5 ? NaN : 0)))] }, 400, /finite/],
     ['Infinity coeff', { ...ok, interventions: [iv(1, Infinity, direction(1))] }, 400, /coeff must be a finite number/],
+    ['coeff × vector beyond float32', { ...ok, interventions: [iv(1, 1e39, direction(1))] }, 422, /coeff × vector reaches .*beyond float32's range/],
     ['top_p 0', { ...ok, top_p: 0 }, 400, /top_p must be in \(0, 1\]/],
     ['top_p 1.5', { ...ok, top_p: 1.5 }, 400, /top_p/],
     ['negative temperature', { ...ok, temperature: -1 }, 400, /temperature/],

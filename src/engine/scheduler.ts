@@ -1,5 +1,5 @@
 import { randomInt } from 'node:crypto';
-import { SteerdError } from '../errors.js';
+import { SteerdError, UnprocessableError } from '../errors.js';
 import { TextStream } from './detok.js';
 import { KvStore, type KvSource } from './kv.js';
 import type { ForwardOutput, ModelRunner } from './runner.js';
@@ -248,6 +248,10 @@ export class Scheduler {
 
   /** Samples from a row's logits, emits the token, and finishes the row when it should stop. */
   private accept(s: Slot, logits: Float32Array, lse: number): void {
+    if (!Number.isFinite(lse)) {
+      // a coefficient large enough to overflow float32 in the residual stream (LayerNorm squares it)
+      return this.abort(s, new UnprocessableError('the logits are not finite: the steered residual stream overflowed float32; lower the coeff of the interventions'));
+    }
     const { id, logprob } = s.sampler.sample(logits, lse);
     s.sampler.observe(id);
     s.firstToken ??= now();
@@ -258,6 +262,15 @@ export class Scheduler {
     this.sink.event(s.id, { type: 'token', id, text, logprob });
     if (s.text.stopped) return this.finish(s, 'stop');
     if (s.generated.length >= s.maxNew) return this.finish(s, 'length');
+  }
+
+  /** Ends a row with an error instead of a done event. */
+  private abort(s: Slot, e: SteerdError): void {
+    s.state = 'done';
+    s.source = undefined;
+    s.staging = undefined;
+    this.slots.delete(s.id);
+    this.sink.error(s.id, e);
   }
 
   private finish(s: Slot, reason: FinishReason): void {

@@ -18,6 +18,9 @@ function checkPrompt(prompt: unknown, info: ModelInfo): number[] {
   return prompt;
 }
 
+/** The largest finite float32: the residual stream's type. */
+const FLOAT32_MAX = 3.4028234663852886e38;
+
 export function checkInterventions(list: Intervention[] | undefined, promptLength: number, info: ModelInfo): void {
   for (const [i, iv] of (list ?? []).entries()) {
     const where = `interventions[${i}]`;
@@ -31,7 +34,14 @@ export function checkInterventions(list: Intervention[] | undefined, promptLengt
         `${where}: vector has ${iv.values?.length ?? 0} values, expected ${iv.rows} × ${info.n_embd} (this model's hidden size)`,
       );
     }
-    for (const v of iv.values) if (!Number.isFinite(v)) throw new BadRequestError(`${where}: vector values must be finite (got ${v})`);
+    let peak = 0;
+    for (const v of iv.values) {
+      if (!Number.isFinite(v)) throw new BadRequestError(`${where}: vector values must be finite (got ${v})`);
+      peak = Math.max(peak, Math.abs(v));
+    }
+    if (peak * Math.abs(iv.coeff) > FLOAT32_MAX) {
+      throw new UnprocessableError(`${where}: coeff × vector reaches ${(peak * Math.abs(iv.coeff)).toExponential(2)}, beyond float32's range (${FLOAT32_MAX.toExponential(2)})`);
+    }
     const positions = iv.positions ?? (iv.rows === 1 ? 'all' : 'front');
     if (!['all', 'prompt', 'generated', 'front'].includes(positions)) {
       throw new BadRequestError(`${where}.positions must be one of all, prompt, generated, front`);
