@@ -208,6 +208,17 @@ t.test('a steering coefficient that overflows float32 fails its own request with
   t.equal(bad.status, 'rejected');
   t.match((bad as PromiseRejectedResult).reason, { status: 422, message: /logits are not finite.*lower the coeff/ });
   t.same(good.status === 'fulfilled' && good.value.ids, alone, 'the request beside it is unchanged');
+  // overflowing mid-decode, while a long request keeps the batch (and its cache buffers) alive:
+  // the next request in the freed row must not inherit non-finite keys and values
+  let going!: () => void;
+  const started = new Promise<void>((res) => (going = res));
+  const long = collect(eng.generate({ prompt: ids(30), max_new_tokens: 60, temperature: 0, stop_at_eos: false }), (n) => n === 1 && going());
+  await started; // the long request holds row 0: the overflowing one is the last row, removed by a pop
+  const late = { ...huge, interventions: huge.interventions.map((x) => ({ ...x, positions: 'generated' as const })) };
+  const failed = await run(eng, late).then(() => undefined, (e: { status: number }) => e);
+  t.equal(failed?.status, 422, 'an overflow on a generated token');
+  t.same((await run(eng, plain)).ids, alone, 'the next request in its place is unchanged');
+  await long;
   t.equal(eng.inFlight, 0);
 });
 

@@ -131,6 +131,19 @@ export class KvStore {
     this.len[r] = at + src.count;
   }
 
+  /**
+   * Zeroes row r's keys and values. Masked slots still enter attention (the mask is added to the
+   * scores, and a NaN plus the mask's −FLT_MAX is NaN): a row whose values went non-finite must
+   * not leave them behind for the next row in its place.
+   */
+  zero(r: number): void {
+    const block = this.s.nHead * this.P * this.s.headDim;
+    for (let l = 0; l < this.s.nLayer; l++) {
+      this.k[l].fill(0, r * block, (r + 1) * block);
+      this.v[l].fill(0, r * block, (r + 1) * block);
+    }
+  }
+
   /** Removes row r by moving the last row into its place; returns the index that moved there, or -1. */
   remove(r: number): number {
     const last = this.n - 1;

@@ -264,8 +264,10 @@ export class Scheduler {
     if (s.generated.length >= s.maxNew) return this.finish(s, 'length');
   }
 
-  /** Ends a row with an error instead of a done event. */
+  /** Ends a row with an error instead of a done event; its cache is zeroed (it may hold NaNs). */
   private abort(s: Slot, e: SteerdError): void {
+    const r = this.rows.indexOf(s);
+    if (r >= 0) this.batch.zero(r);
     s.state = 'done';
     s.source = undefined;
     s.staging = undefined;
