@@ -3,7 +3,7 @@ import { fastifySSE as sse } from '@fastify/sse';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import rateLimit from '@fastify/rate-limit';
-import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import activationRoutes from '../routes/activations.js';
 import completionRoutes from '../routes/completions.js';
@@ -111,8 +111,12 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
       // Redis mode: one count per key across every API process; while Redis is away requests
       // pass here (and get 503 from the queue)
       ...(svc.redis && { redis: svc.redis, nameSpace: `${config.redisPrefix}ratelimit:`, skipOnError: true }),
-      // keys are checked before this runs; without keys a bearer header is anyone's to invent
-      keyGenerator: (request) => (config.apiKeys.length ? bearer(request.headers.authorization) : undefined) ?? request.ip,
+      // keys are checked before this runs; without keys a bearer header is anyone's to invent.
+      // A key is counted under its hash: the counters' names (Redis keys) must not reveal it.
+      keyGenerator: (request) => {
+        const key = config.apiKeys.length ? bearer(request.headers.authorization) : undefined;
+        return key ? `key:${createHash('sha256').update(key).digest('hex').slice(0, 32)}` : request.ip;
+      },
       allowList: (request) => !isApi(request),
       errorResponseBuilder: (_request, ctx) =>
         new SteerdError(`rate limit of ${ctx.max} requests per minute reached; retry in ${ctx.after}`, 429, 'rate_limited', { limit: ctx.max }),

@@ -147,12 +147,12 @@ t.test('API keys, rate limit, queue depth, body size', async (t) => {
 });
 
 t.test('a generation past the request time limit is cancelled with 504', async (t) => {
-  const h = await harness(model, (c) => ({ ...c, limits: { ...c.limits, requestTimeoutMs: 300 } }));
+  const h = await harness(model, (c) => ({ ...c, limits: { ...c.limits, requestTimeoutMs: 100 } }));
   t.teardown(() => h.close());
   const t0 = Date.now();
   const r = await post(h.app, '/v1/generate', { prompt: 'x', max_new_tokens: 500, temperature: 0 });
   t.equal(r.statusCode, 504);
-  t.match(r.json().error, { code: 'timeout', message: /time limit \(300 ms\)/ });
+  t.match(r.json().error, { code: 'timeout', message: /time limit \(100 ms\)/ });
   t.ok(Date.now() - t0 < 5000, 'answered soon after the limit');
   t.equal(h.svc.engine.inFlight, 0, 'the generation was cancelled');
   const oai = await post(h.app, '/v1/completions', { prompt: 'x', max_tokens: 500, temperature: 0 });
