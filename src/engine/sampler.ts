@@ -1,8 +1,47 @@
 import { Rng } from '../util/rng.js';
 import type { SamplingParams } from './types.js';
 
-/** Buckets of one split in `Sampler.top`: 16 bits of a float64's high word. */
+/** Buckets of one split in `Sampler.top`: 16 bits of a float64. */
 const BUCKETS = 1 << 16;
+
+/**
+ * Working memory of `sample`, shared by every sampler of a thread: rows are sampled one at a time,
+ * so a request's sampler holds only its counts and its generator (not ~2 MB of buffers while it
+ * waits in a queue).
+ */
+interface Scratch {
+  probs: Float64Array;
+  keep: Uint8Array;
+  chosen: Int32Array;
+  groupA: Int32Array;
+  groupB: Int32Array;
+  count: Uint32Array;
+  mass: Float64Array;
+}
+const scratches = new Map<number, Scratch>();
+
+/** Whether the weights of `group` (0..m−1 when null) are all equal. */
+function equal(x: Float64Array, group: Int32Array | null, m: number): boolean {
+  const first = x[group ? group[0] : 0];
+  for (let j = 1; j < m; j++) if (x[group ? group[j] : j] !== first) return false;
+  return true;
+}
+function scratchFor(vocab: number): Scratch {
+  let s = scratches.get(vocab);
+  if (!s) {
+    s = {
+      probs: new Float64Array(vocab),
+      keep: new Uint8Array(vocab),
+      chosen: new Int32Array(vocab),
+      groupA: new Int32Array(vocab),
+      groupB: new Int32Array(vocab),
+      count: new Uint32Array(BUCKETS),
+      mass: new Float64Array(BUCKETS),
+    };
+    scratches.set(vocab, s);
+  }
+  return s;
+}
 /** Index of a float64's high 32-bit word in a Uint32Array view of it (1 on little-endian machines). */
 const HI = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1 ? 1 : 0;
 
@@ -22,14 +61,7 @@ export interface Sampled {
 export class Sampler {
   private readonly counts = new Map<number, number>();
   private readonly rng: Rng;
-  // Scratch buffers reused across steps (the vocabulary is ~50k wide).
-  private probs: Float64Array;
-  private keep: Uint8Array;
-  private chosen: Int32Array;
-  private edgeA: Int32Array;
-  private edgeB: Int32Array;
-  private readonly bucketCount = new Uint32Array(BUCKETS);
-  private readonly bucketMass = new Float64Array(BUCKETS);
+  private readonly scratch: Scratch;
 
   constructor(
     private readonly p: Required<Pick<SamplingParams, 'temperature' | 'top_k' | 'top_p' | 'frequency_penalty' | 'presence_penalty'>>,
@@ -37,11 +69,7 @@ export class Sampler {
     vocab: number,
   ) {
     this.rng = new Rng(seed);
-    this.probs = new Float64Array(vocab);
-    this.keep = new Uint8Array(vocab);
-    this.chosen = new Int32Array(vocab);
-    this.edgeA = new Int32Array(vocab);
-    this.edgeB = new Int32Array(vocab);
+    this.scratch = scratchFor(vocab);
   }
 
   /** Records a token as generated (for the penalties). */
@@ -67,7 +95,7 @@ export class Sampler {
         best = i;
       }
     }
-    const x = this.probs;
+    const x = this.scratch.probs;
     let id: number;
     if (t === 0 && !penalised) {
       id = best; // the first maximum: the lowest id wins a tie
@@ -125,7 +153,7 @@ export class Sampler {
       return V - 1; // rounding left u a hair above zero
     }
     const top = this.top(x, V, k, k === V ? topP * sum : Infinity);
-    let chosen = this.chosen.subarray(0, top.n);
+    let chosen = this.scratch.chosen.subarray(0, top.n);
     let mass = top.mass;
     if (k < V && topP < 1) {
       // top-p on the renormalised top-k distribution, in descending order (ties: lower id first)
@@ -146,7 +174,7 @@ export class Sampler {
     // Walk the kept tokens in id order, not in probability order: near-equal probabilities (a flat
     // distribution) may swap places under the last-bit differences that batching causes, and a walk
     // in probability order would then land on a different token for the same draw.
-    const keep = this.keep;
+    const keep = this.scratch.keep;
     keep.fill(0);
     for (const c of chosen) keep[c] = 1;
     let u = this.rng.next() * mass;
@@ -162,51 +190,65 @@ export class Sampler {
 
   /**
    * The most probable tokens, the fewest that reach `k` tokens or `target` mass (in descending
-   * order of weight, ties to the lower id): their count `n` (in `this.chosen`, not sorted) and
-   * their mass. Weights `x` are in (0, 1], so the high 32-bit word of a float64 orders them. Tokens
-   * are counted into buckets by that word's top 16 bits (exponent and 4 mantissa bits) and the
-   * buckets walked down from the top; the bucket where the walk stops is split again by the word's
-   * low 16 bits, and only the last bucket is sorted. O(V), where a sort or a heap is O(V log V).
+   * order of weight, ties to the lower id): their count `n` (in `scratch.chosen`, not sorted) and
+   * their mass. Weights `x` are in [0, 1], and a non-negative float64's bits order it: tokens are
+   * counted into buckets by 16 bits at a time, from the top (exponent and 4 mantissa bits) down,
+   * each split taking every token of the buckets above the cut and splitting again the bucket where
+   * the cut falls, until that group is small (then sorted) or of equal weights (then taken in id
+   * order: ties, or weights that underflowed to 0). O(V), where a sort or a heap is O(V log V).
    */
   private top(x: Float64Array, V: number, k: number, target: number): { n: number; mass: number } {
-    const hi = new Uint32Array(x.buffer, x.byteOffset, 2 * V);
+    const { chosen, groupA, groupB } = this.scratch;
+    const words = new Uint32Array(x.buffer, x.byteOffset, 2 * V);
     const pick = { n: 0, mass: 0, k, target };
-    let m = this.level(x, hi, null, V, false, this.edgeA, pick);
-    let last = this.edgeA;
-    if (m > 64) {
-      m = this.level(x, hi, this.edgeA, m, true, this.edgeB, pick);
-      last = this.edgeB;
+    let group: Int32Array | null = null; // null: every token
+    let m = V;
+    const at = (j: number) => (group ? group[j] : j);
+    for (let split = 0; split < 4 && m > 64 && !equal(x, group, m); split++) {
+      const out = split % 2 ? groupB : groupA;
+      m = this.split(x, words, split, group, m, out, pick);
+      group = out;
     }
-    const rest = Array.from(last.subarray(0, m)).sort((a, b) => x[b] - x[a] || a - b);
-    for (const i of rest) {
-      if (pick.n >= k || pick.mass >= target) break;
-      this.chosen[pick.n++] = i;
+    const take = (i: number) => {
+      chosen[pick.n++] = i;
       pick.mass += x[i];
+    };
+    if (m <= 64) {
+      const ids = Array.from({ length: m }, (_, j) => at(j)).sort((a, b) => x[b] - x[a] || a - b);
+      for (const i of ids) {
+        if (pick.n >= k || pick.mass >= target) break;
+        take(i);
+      }
+    } else {
+      // equal weights (ties, or all underflowed to 0): in id order, as they came
+      for (let j = 0; j < m && pick.n < k && pick.mass < target; j++) take(at(j));
     }
     return pick;
   }
 
   /**
-   * One split of `top`: counts the tokens `ids` (0..m−1 when null) into 2^16 buckets by 16 bits of
-   * their weight's high word (the top half, or the low half within one top-half bucket), takes every
-   * token of the buckets above the one where `k` or `target` would be reached, and writes that
-   * bucket's tokens to `out`; returns how many.
+   * One split of `top`: counts the tokens of `group` (0..m−1 when null) into 2^16 buckets by the
+   * `split`-th 16 bits of their weight (0: the top of the high word … 3: the bottom of the low word),
+   * takes every token of the buckets above the one where `k` or `target` would be reached, and
+   * writes that bucket's tokens, in the order they came, to `out`; returns how many.
    */
-  private level(
+  private split(
     x: Float64Array,
-    hi: Uint32Array,
-    ids: Int32Array | null,
+    words: Uint32Array,
+    split: number,
+    group: Int32Array | null,
     m: number,
-    low: boolean,
     out: Int32Array,
     pick: { n: number; mass: number; k: number; target: number },
   ): number {
-    const { bucketCount: count, bucketMass: bmass, chosen } = this;
-    const key = (i: number) => (low ? hi[2 * i + HI] & 0xffff : hi[2 * i + HI] >>> 16);
+    const { count, mass: bmass, chosen } = this.scratch;
+    const word = split < 2 ? HI : 1 - HI;
+    const shift = split % 2 ? 0 : 16;
+    const key = (i: number) => (words[2 * i + word] >>> shift) & 0xffff;
     count.fill(0);
     bmass.fill(0);
     for (let j = 0; j < m; j++) {
-      const i = ids ? ids[j] : j;
+      const i = group ? group[j] : j;
       const b = key(i);
       count[b]++;
       bmass[b] += x[i];
@@ -222,7 +264,7 @@ export class Sampler {
     pick.mass = mass;
     let rest = 0;
     for (let j = 0; j < m; j++) {
-      const i = ids ? ids[j] : j;
+      const i = group ? group[j] : j;
       const b = key(i);
       if (b > edge) chosen[pick.n++] = i;
       else if (b === edge) out[rest++] = i;
