@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import type { LoadTestOptions } from '../src/loadtest/options.ts';
 import { runLoadTest } from '../src/loadtest/run.ts';
+import { percentile } from '../src/loadtest/stats.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 
 const { values: o } = parseArgs({
@@ -131,10 +132,7 @@ try {
   rmSync(root, { recursive: true, force: true });
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
+const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
 const of = (mode: string, k: keyof Row) => median(rows.filter((r) => r.mode === mode).map((r) => r[k] as number));
 const fmt = (n: number, d = 1) => n.toFixed(d).padStart(9);
 console.log(`\nconcurrency ${o.concurrency}, ${o.duration} s per round, max_new_tokens ${o.new}, tiny checkpoint (8 layers, 128 wide)\n`);

@@ -2,8 +2,8 @@
  * The sampler's cost per row, on a GPT-2-sized vocabulary (50257): plain sampling (temperature 1),
  * top-p 0.9, top-k 50 and top-k 50 + top-p 0.9, each as a ratio to greedy decoding measured in the
  * same run, on two kinds of logits: peaked (a trained model's: a few tokens hold most of the mass)
- * and flat (a random model's: top-p 0.9 keeps most of the vocabulary). Each setting also with the
- * log-sum-exp given, as the serving graph's `last_lse` gives it to the engine.
+ * and flat (a random model's: top-p 0.9 keeps most of the vocabulary). Each row comes with its
+ * log-sum-exp, as the serving graph's `last_lse` gives it to the engine.
  *
  *   npm run bench:sampler [-- --rows 2000]
  */
@@ -38,10 +38,10 @@ const logSumExp = (l: Float32Array) => {
 };
 const lse = { peaked: logits.peaked.map(logSumExp), flat: logits.flat.map(logSumExp) };
 
-function perRow(kind: keyof typeof logits, p: (typeof settings)[keyof typeof settings], given = false): number {
+function perRow(kind: keyof typeof logits, p: (typeof settings)[keyof typeof settings]): number {
   const s = new Sampler({ ...p, frequency_penalty: 0, presence_penalty: 0 }, 1, V);
   const ls = logits[kind];
-  const sample = (i: number) => s.sample(ls[i % ls.length], given ? lse[kind][i % ls.length] : undefined);
+  const sample = (i: number) => s.sample(ls[i % ls.length], lse[kind][i % ls.length]);
   for (let i = 0; i < 50; i++) sample(i); // warm-up
   const t0 = performance.now();
   for (let i = 0; i < rows; i++) sample(i);
@@ -49,14 +49,12 @@ function perRow(kind: keyof typeof logits, p: (typeof settings)[keyof typeof set
 }
 
 console.log(`sampler, vocabulary ${V}, ${rows} rows per cell: ms per row (× greedy)\n`);
-console.log(`${'setting'.padEnd(30)} ${'peaked'.padStart(16)} ${'flat'.padStart(16)}`);
+console.log(`${'setting'.padEnd(22)} ${'peaked'.padStart(16)} ${'flat'.padStart(16)}`);
 const greedy = { peaked: perRow('peaked', settings.greedy), flat: perRow('flat', settings.greedy) };
-for (const given of [false, true]) {
-  for (const [name, p] of Object.entries(settings)) {
-    const cell = (kind: 'peaked' | 'flat') => {
-      const ms = perRow(kind, p, given);
-      return `${ms.toFixed(3)} (${(ms / greedy[kind]).toFixed(1)}×)`.padStart(16);
-    };
-    console.log(`${(given ? `${name}, lse given` : name).padEnd(30)} ${cell('peaked')} ${cell('flat')}`);
-  }
+for (const [name, p] of Object.entries(settings)) {
+  const cell = (kind: 'peaked' | 'flat') => {
+    const ms = perRow(kind, p);
+    return `${ms.toFixed(3)} (${(ms / greedy[kind]).toFixed(1)}×)`.padStart(16);
+  };
+  console.log(`${name.padEnd(22)} ${cell('peaked')} ${cell('flat')}`);
 }

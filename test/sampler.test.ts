@@ -4,6 +4,10 @@ import { Sampler } from '../src/engine/sampler.ts';
 const logits = Float32Array.from([2.0, 1.0, 0.5, 3.0, -1.0]);
 const base = { temperature: 1, top_k: 0, top_p: 1, frequency_penalty: 0, presence_penalty: 0 };
 
+/** log Σ exp(l), as the serving graph's `last_lse` gives it to the sampler. */
+const logZ = (l: ArrayLike<number>) => Math.log(Array.from(l).reduce((a, x) => a + Math.exp(x), 0));
+const lse = logZ(logits);
+
 /** The expected distribution, computed independently: softmax(l / T), keep top-k, then the top-p prefix. */
 function expected(l: number[], T: number, k: number, p: number): number[] {
   const w = l.map((x) => Math.exp(x / T));
@@ -24,7 +28,8 @@ function expected(l: number[], T: number, k: number, p: number): number[] {
 function frequencies(params: typeof base, n = 20000, l = logits): number[] {
   const s = new Sampler(params, 123, l.length);
   const f = new Array(l.length).fill(0);
-  for (let i = 0; i < n; i++) f[s.sample(l).id] += 1 / n;
+  const z = logZ(l);
+  for (let i = 0; i < n; i++) f[s.sample(l, z).id] += 1 / n;
   return f;
 }
 
@@ -72,23 +77,23 @@ t.test('a wider vocabulary: top-k and top-p keep exactly the sorted prefix, ties
 
 t.test('greedy, logprob and penalties', async (t) => {
   const s = new Sampler({ ...base, temperature: 0 }, 1, 5);
-  const { id, logprob } = s.sample(logits);
+  const { id, logprob } = s.sample(logits, lse);
   t.equal(id, 3);
   const z = Array.from(logits).reduce((a, x) => a + Math.exp(x), 0);
   t.ok(Math.abs(logprob - (3 - Math.log(z))) < 1e-9, 'log-softmax of the raw logits');
   const pen = new Sampler({ ...base, temperature: 0, frequency_penalty: 0.6 }, 1, 5);
   pen.observe(3);
-  t.equal(pen.sample(logits).id, 3, '3.0 − 0.6 still wins');
+  t.equal(pen.sample(logits, lse).id, 3, '3.0 − 0.6 still wins');
   pen.observe(3);
-  t.equal(pen.sample(logits).id, 0, '3.0 − 1.2 loses to 2.0');
+  t.equal(pen.sample(logits, lse).id, 0, '3.0 − 1.2 loses to 2.0');
   const pres = new Sampler({ ...base, temperature: 0, presence_penalty: 1.5 }, 1, 5);
   pres.observe(3);
   pres.observe(3);
-  t.equal(pres.sample(logits).id, 0, 'presence: 3.0 − 1.5 < 2.0');
-  t.equal(new Sampler({ ...base, top_k: 1 }, 9, 5).sample(logits).id, 3, 'top_k 1 is greedy');
+  t.equal(pres.sample(logits, lse).id, 0, 'presence: 3.0 − 1.5 < 2.0');
+  t.equal(new Sampler({ ...base, top_k: 1 }, 9, 5).sample(logits, lse).id, 3, 'top_k 1 is greedy');
   const reported = new Sampler({ ...base, temperature: 0.7, frequency_penalty: 1 }, 5, 5);
   reported.observe(3);
-  const r = reported.sample(logits);
+  const r = reported.sample(logits, lse);
   t.ok(Math.abs(r.logprob - (logits[r.id] - Math.log(z))) < 1e-6, 'logprob stays the raw model probability under penalties and temperature');
   const given = new Sampler({ ...base, temperature: 0 }, 1, 5).sample(logits, 7.5);
   t.same(given, { id: 3, logprob: 3 - 7.5 }, 'a given log-sum-exp is used as the normaliser');

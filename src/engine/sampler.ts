@@ -78,56 +78,28 @@ export class Sampler {
   }
 
   /**
-   * Draws the next token from one row of logits. `lse`, log Σ exp(logits), gives the token's
-   * logprob without another pass over the vocabulary (the serving graph computes it); without it,
-   * it is computed here.
+   * Draws the next token from one row of logits. `lse`, log Σ exp(logits) (the serving graph's
+   * `last_lse`), makes the token's logprob under the raw distribution.
    */
-  sample(logits: Float32Array, lse?: number): Sampled {
+  sample(logits: Float32Array, lse: number): Sampled {
     const V = logits.length;
     const { frequency_penalty: fp, presence_penalty: pp, temperature: t } = this.p;
     const penalised = (fp !== 0 || pp !== 0) && this.counts.size > 0;
-    // One pass: the raw maximum (for the log-softmax normaliser) and the greedy choice.
-    let rawMax = -Infinity;
-    let best = 0;
-    for (let i = 0; i < V; i++) {
-      if (logits[i] > rawMax) {
-        rawMax = logits[i];
-        best = i;
-      }
-    }
-    const x = this.scratch.probs;
-    let id: number;
+    let id = 0;
     if (t === 0 && !penalised) {
-      id = best; // the first maximum: the lowest id wins a tie
+      for (let i = 1; i < V; i++) if (logits[i] > logits[id]) id = i; // the lowest id wins a tie
     } else {
+      const x = this.scratch.probs;
       for (let i = 0; i < V; i++) x[i] = logits[i];
       if (penalised) for (const [tok, n] of this.counts) x[tok] -= fp * n + pp;
       if (t === 0) {
-        id = 0;
         for (let i = 1; i < V; i++) if (x[i] > x[id]) id = i;
       } else {
         id = this.draw(x, V);
       }
     }
-    // log p(id) under the raw distribution; with temperature 1 and no penalty, draw() has the sum
-    if (lse !== undefined) {
-      this.lastRawSum = undefined;
-      return { id, logprob: logits[id] - lse };
-    }
-    let rawSum = this.lastRawSum;
-    if (rawSum === undefined) {
-      // terms below e^-30 of the maximum change the sum by less than V·e^-30 ≈ 5e-9 (relative):
-      // skip their exp (most of the vocabulary, for a trained model)
-      rawSum = 0;
-      const floor = rawMax - 30;
-      for (let i = 0; i < V; i++) if (logits[i] > floor) rawSum += Math.exp(logits[i] - rawMax);
-    }
-    this.lastRawSum = undefined;
-    return { id, logprob: logits[id] - rawMax - Math.log(rawSum) };
+    return { id, logprob: logits[id] - lse };
   }
-
-  /** Set by draw() when its weights are the raw softmax's (temperature 1, no penalty). */
-  private lastRawSum: number | undefined;
 
   /** Temperature, top-k, top-p and the draw, on penalised logits `x` (overwritten with unnormalised weights). */
   private draw(x: Float64Array, V: number): number {
@@ -139,8 +111,6 @@ export class Sampler {
       x[i] = Math.exp((x[i] - max) / t);
       sum += x[i];
     }
-    const penalised = (this.p.frequency_penalty !== 0 || this.p.presence_penalty !== 0) && this.counts.size > 0;
-    if (t === 1 && !penalised) this.lastRawSum = sum;
 
     const k = this.p.top_k > 0 ? Math.min(this.p.top_k, V) : V;
     const topP = this.p.top_p;
