@@ -3,7 +3,7 @@
 #   docker build -t steerd:gpu .                         # CUDA 12 + cuDNN 9, onnxruntime-node's CUDA 12 build
 #   docker build -t steerd:cpu --build-arg VARIANT=cpu . # no CUDA base, for machines without a GPU
 ARG VARIANT=gpu
-ARG NODE_IMAGE=node:20-bookworm-slim
+ARG NODE_IMAGE=node:24-bookworm-slim
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 
 # ---- build: production node_modules. No compile step: tsx (a regular dependency) runs the
@@ -11,11 +11,12 @@ ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 FROM ${NODE_IMAGE} AS build
 ARG VARIANT
 WORKDIR /app
-COPY package.json package-lock.json .npmrc ./
-# .npmrc skips onnxruntime-node's CUDA download (onnxruntime-node-install=skip); the environment
-# variable takes precedence over it, so the GPU variant opts back in to the CUDA 12 providers.
-RUN if [ "$VARIANT" = gpu ]; then export ONNXRUNTIME_NODE_INSTALL=cuda12; fi \
- && npm ci --omit=dev --no-audit --no-fund \
+COPY package.json package-lock.json ./
+# onnxruntime-node's install script downloads its CUDA providers. npm 11.19+ does not run it
+# (package.json's allowScripts denies it); ONNXRUNTIME_NODE_INSTALL=skip stops it under an npm that
+# does not read allowScripts. The GPU variant then runs it on purpose, for CUDA 12.
+RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund \
+ && if [ "$VARIANT" = gpu ]; then npm run install:cuda; fi \
  && npm cache clean --force
 
 # ---- runtime bases

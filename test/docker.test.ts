@@ -1,23 +1,29 @@
-import t from 'tap';
 import { execFile, spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import t from 'tap';
 import { parse, parseDocument } from 'yaml';
-import { program } from '../src/cli/main.ts';
-import { loadConfig } from '../src/config.ts';
-import { buildApp } from '../src/app.ts';
 import { Metrics } from '../src/api/metrics.ts';
 import type { Service } from '../src/api/service.ts';
+import { buildApp } from '../src/app.ts';
+import { program } from '../src/cli/main.ts';
+import { loadConfig } from '../src/config.ts';
 
 // There is no Docker engine here: parse the Dockerfile, the compose files and .env.example, and
 // check what they run, publish and set against the code.
 const rootUrl = new URL('..', import.meta.url);
 const root = fileURLToPath(rootUrl);
 const read = (path: string) => readFileSync(new URL(path, rootUrl), 'utf8');
-const pkg = JSON.parse(read('package.json')) as { bin: { steerd: string }; dependencies: Record<string, string>; devDependencies: Record<string, string> };
+const pkg = JSON.parse(read('package.json')) as {
+  bin: { steerd: string };
+  dependencies: Record<string, string>;
+  devDependencies: Record<string, string>;
+  scripts: Record<string, string>;
+  allowScripts: Record<string, boolean>;
+};
 const cliCommands = program().commands.map((c) => c.name());
 const defaults = loadConfig({});
 
@@ -53,10 +59,12 @@ for (const line of dockerfile.replace(/\\\n/g, ' ').split('\n')) {
 }
 const stage = (name: string) => stages.find((s) => s.name === name)!;
 const final = stages.at(-1)!;
-const expand = (s: string, args: Record<string, string>) => s.replace(/\$\{(\w+)\}|\$(\w+)/g, (_m, a, b) => args[a ?? b] ?? '');
+const expand = (s: string, args: Record<string, string>) =>
+  s.replace(/\$\{(\w+)\}|\$(\w+)/g, (_m, a, b) => args[a ?? b] ?? '');
 const ops = (s: Stage, op: string) => s.body.filter((i) => i.op === op).map((i) => i.args);
 /** `ENV K=V K2=V2` pairs of a stage. */
-const envOf = (s: Stage) => Object.fromEntries(ops(s, 'ENV').flatMap((a) => [...a.matchAll(/(\w+)=(\S+)/g)].map(([, k, v]) => [k, v])));
+const envOf = (s: Stage) =>
+  Object.fromEntries(ops(s, 'ENV').flatMap((a) => [...a.matchAll(/(\w+)=(\S+)/g)].map(([, k, v]) => [k, v])));
 /** The stage a build with these args ends in, and the stages it goes through. */
 function chain(variant: string): Stage[] {
   const args = { ...globalArgs, VARIANT: variant };
@@ -90,13 +98,16 @@ const sources = (dir: string): string[] =>
     .filter((e) => e.isFile() && /\.(ts|js|mjs)$/.test(e.name))
     .map((e) => join(e.parentPath, e.name));
 const codeFiles = [...sources('src'), ...sources('routes'), ...sources('bin')];
-const processEnvVars = new Set(codeFiles.flatMap((f) => [...readFileSync(f, 'utf8').matchAll(/process\.env\.([A-Z_][A-Z0-9_]*)/g)].map((m) => m[1])));
+const processEnvVars = new Set(
+  codeFiles.flatMap((f) => [...readFileSync(f, 'utf8').matchAll(/process\.env\.([A-Z_][A-Z0-9_]*)/g)].map((m) => m[1])),
+);
 const knownVars = new Set([...configVars, ...processEnvVars]);
 const readme = read('README.md');
 
 t.test('the code reads its settings from the environment', async (t) => {
   t.ok(configVars.size >= 20, `loadConfig reads ${configVars.size} variables`);
-  for (const k of ['HOST', 'PORT', 'REDIS_URL', 'STEERD_PROVIDER', 'STEERD_DRAIN_TIMEOUT_MS']) t.ok(configVars.has(k), k);
+  for (const k of ['HOST', 'PORT', 'REDIS_URL', 'STEERD_PROVIDER', 'STEERD_DRAIN_TIMEOUT_MS'])
+    t.ok(configVars.has(k), k);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -110,27 +121,39 @@ t.test('the image runs the package bin with a command the CLI has', async (t) =>
   for (const c of ['serve', 'worker']) t.ok(cliCommands.includes(c), `"${c}" is a steerd command`);
   for (const variant of ['gpu', 'cpu']) {
     const body = chain(variant).flatMap((s) => s.body);
-    t.ok(body.some((i) => i.op === 'RUN' && /apt-get install[^&]*\btini\b/.test(i.args)), `${variant}: installs tini`);
-    t.ok(body.some((i) => i.op === 'RUN' && /useradd .*\bsteerd\b/.test(i.args)), `${variant}: creates the user`);
+    t.ok(
+      body.some((i) => i.op === 'RUN' && /apt-get install[^&]*\btini\b/.test(i.args)),
+      `${variant}: installs tini`,
+    );
+    t.ok(
+      body.some((i) => i.op === 'RUN' && /useradd .*\bsteerd\b/.test(i.args)),
+      `${variant}: creates the user`,
+    );
   }
   const users = ops(final, 'USER');
   t.same(users, ['steerd'], 'runs as the non-root user');
 });
 
-t.test('one Dockerfile, two variants: CUDA 12 + cuDNN 9 with Node 20, or CPU only', async (t) => {
+t.test('one Dockerfile, two variants: CUDA 12 + cuDNN 9 with Node 24, or CPU only', async (t) => {
   t.equal(globalArgs.VARIANT, 'gpu', 'GPU unless --build-arg VARIANT=cpu');
   t.equal(final.base, 'runtime-${VARIANT}', 'the build argument picks the runtime base');
   const gpu = imageOf('gpu');
   const cpu = imageOf('cpu');
   t.match(gpu, /^nvidia\/cuda:12\.[\d.]+-cudnn-runtime-ubuntu22\.04$/, `gpu base ${gpu}`);
-  t.match(cpu, /^node:20-bookworm-slim$/, `cpu base ${cpu}`);
-  t.notMatch(chain('cpu').map((s) => s.base).join(' '), /cuda/, 'no CUDA in the CPU image');
-  // Node in the CUDA image: the official binary, from an official node:20 image (glibc 2.28+; Ubuntu 22.04 has 2.35)
+  t.match(cpu, /^node:24-bookworm-slim$/, `cpu base ${cpu}`);
+  t.notMatch(
+    chain('cpu')
+      .map((s) => s.base)
+      .join(' '),
+    /cuda/,
+    'no CUDA in the CPU image',
+  );
+  // Node in the CUDA image: the official binary, from an official node:24 image (glibc 2.28+; Ubuntu 22.04 has 2.35)
   const copyNode = ops(stage('runtime-gpu'), 'COPY').find((a) => a.includes('/usr/local/bin/node'));
   t.ok(copyNode, 'the GPU base copies the node binary');
   const from = /--from=(\S+)/.exec(copyNode ?? '')?.[1] ?? '';
   const fromImage = stages.find((s) => s.name === from)?.base ?? from;
-  t.match(expand(fromImage, globalArgs), /^node:20[-.\w]*$/, 'from an official Node 20 image');
+  t.match(expand(fromImage, globalArgs), /^node:24[-.\w]*$/, 'from an official Node 24 image');
   t.notMatch(dockerfile, /curl[^\n]*\|\s*(ba)?sh/, 'no curl | bash');
   t.equal(runtimeEnv('gpu').STEERD_PROVIDER, 'cuda', 'the GPU image runs the CUDA provider');
   t.equal(runtimeEnv('cpu').STEERD_PROVIDER, undefined, 'the CPU image keeps the default (cpu)');
@@ -141,15 +164,31 @@ t.test('the build stage installs production dependencies; the runtime stage copi
   t.ok(build, 'a build stage');
   const install = ops(build, 'RUN').find((a) => a.includes('npm ci'))!;
   t.match(install, /npm ci --omit=dev/, 'dev dependencies left out');
-  t.ok(ops(build, 'COPY').some((a) => /package-lock\.json/.test(a) && /\.npmrc/.test(a)), 'installs from the lockfile, with .npmrc');
-  t.ok(ops(final, 'COPY').some((a) => a.startsWith('--from=build ') && a.includes('/app/node_modules')), 'node_modules from the build stage');
-  for (const dir of ['bin', 'src', 'routes']) t.ok(ops(final, 'COPY').some((a) => a.startsWith(`${dir} `)), `copies ${dir}`);
-  t.notOk(ops(final, 'COPY').some((a) => /^test\b/.test(a)), 'no tests in the image');
+  t.ok(
+    ops(build, 'COPY').some((a) => /package-lock\.json/.test(a)),
+    'installs from the lockfile',
+  );
+  t.ok(
+    ops(final, 'COPY').some((a) => a.startsWith('--from=build ') && a.includes('/app/node_modules')),
+    'node_modules from the build stage',
+  );
+  for (const dir of ['bin', 'src', 'routes'])
+    t.ok(
+      ops(final, 'COPY').some((a) => a.startsWith(`${dir} `)),
+      `copies ${dir}`,
+    );
+  t.notOk(
+    ops(final, 'COPY').some((a) => /^test\b/.test(a)),
+    'no tests in the image',
+  );
 
   // ONNXRUNTIME_NODE_INSTALL=cuda12 in the GPU build only: run the install step with a stand-in npm
   const bin = mkdtempSync(join(tmpdir(), 'steerd-npm-'));
   t.teardown(() => rmSync(bin, { recursive: true, force: true }));
-  writeFileSync(join(bin, 'npm'), '#!/bin/sh\necho "npm $* [ONNXRUNTIME_NODE_INSTALL=${ONNXRUNTIME_NODE_INSTALL:-}]"\n');
+  writeFileSync(
+    join(bin, 'npm'),
+    '#!/bin/sh\necho "npm $* [ONNXRUNTIME_NODE_INSTALL=${ONNXRUNTIME_NODE_INSTALL:-}]"\n',
+  );
   chmodSync(join(bin, 'npm'), 0o755);
   const run = (variant: string) => {
     const env: NodeJS.ProcessEnv = { PATH: `${bin}:${process.env.PATH}`, VARIANT: variant };
@@ -157,11 +196,25 @@ t.test('the build stage installs production dependencies; the runtime stage copi
     t.equal(r.status, 0, r.stderr);
     return r.stdout;
   };
-  t.match(run('gpu'), /npm ci --omit=dev.*\[ONNXRUNTIME_NODE_INSTALL=cuda12\]/, 'gpu: onnxruntime-node fetches its CUDA 12 providers');
-  t.match(run('cpu'), /npm ci --omit=dev.*\[ONNXRUNTIME_NODE_INSTALL=\]/, 'cpu: no CUDA download (.npmrc skips it)');
-  t.match(read('.npmrc'), /^onnxruntime-node-install=skip$/m, '.npmrc skips the download by default');
+  // the GPU build opts in to the CUDA 12 providers after the install; no build downloads them during it
+  const gpu = run('gpu');
+  const cpu = run('cpu');
+  for (const [variant, out] of [
+    ['gpu', gpu],
+    ['cpu', cpu],
+  ])
+    t.match(out, /npm ci --omit=dev.*\[ONNXRUNTIME_NODE_INSTALL=skip\]/, `${variant}: npm ci skips the CUDA download`);
+  t.match(gpu, /npm run install:cuda/, 'gpu: onnxruntime-node fetches its CUDA 12 providers');
+  t.notMatch(cpu, /install:cuda/, 'cpu: no CUDA download');
+  t.match(pkg.scripts['install:cuda'], /ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules\/onnxruntime-node\/script\/install/);
+  t.equal(pkg.allowScripts['onnxruntime-node'], false, "npm's script policy never runs its download");
+  t.notOk(existsSync(join(root, '.npmrc')), 'no .npmrc (npm 12 will not read its custom keys)');
   for (const s of stages.filter((s) => s !== build)) {
-    t.notMatch(s.body.map((i) => i.args).join('\n'), /ONNXRUNTIME_NODE_INSTALL/, `${s.name ?? 'runtime'}: install-time only`);
+    t.notMatch(
+      s.body.map((i) => i.args).join('\n'),
+      /ONNXRUNTIME_NODE_INSTALL/,
+      `${s.name ?? 'runtime'}: install-time only`,
+    );
   }
 
   // --omit=dev is safe: everything the runtime imports is a regular dependency
@@ -206,7 +259,10 @@ t.test('the health check asks /readyz of serve, a route the app serves; a worker
   const argv = JSON.parse(cmd) as string[];
   t.equal(argv[0], 'node');
   const script = argv[1];
-  t.ok(ops(final, 'COPY').some((a) => a.startsWith(script)), `${script} is copied into the image`);
+  t.ok(
+    ops(final, 'COPY').some((a) => a.startsWith(script)),
+    `${script} is copied into the image`,
+  );
   t.ok(existsSync(join(root, script)), `${script} exists`);
   t.match(readFileSync(join(root, script), 'utf8'), /\/readyz/);
   const interval = Number.parseInt(/--start-period=(\d+)m/.exec(hc)?.[1] ?? '0', 10);
@@ -235,8 +291,11 @@ t.test('the health check asks /readyz of serve, a route the app serves; a worker
 
   const check = (args: string[], PORT: string) =>
     new Promise<number>((resolve) => {
-      execFile(process.execPath, [join(root, script), ...args], { env: { ...process.env, PORT }, cwd: root, timeout: 20_000 }, (err) =>
-        resolve(err ? ((err as { code?: number }).code ?? -1) : 0),
+      execFile(
+        process.execPath,
+        [join(root, script), ...args],
+        { env: { ...process.env, PORT }, cwd: root, timeout: 20_000 },
+        (err) => resolve(err ? ((err as { code?: number }).code ?? -1) : 0),
       );
     });
   t.equal(await check(['serve'], String(port)), 0, 'serve, ready: healthy');
@@ -266,7 +325,11 @@ interface ComposeService {
   stop_grace_period?: string;
   healthcheck?: { test?: string[]; disable?: boolean; start_period?: string };
   depends_on?: Record<string, { condition: string }>;
-  deploy?: { resources?: { reservations?: { devices?: { driver?: string; count?: number | string; capabilities?: string[] }[] } } };
+  deploy?: {
+    resources?: {
+      reservations?: { devices?: { driver?: string; count?: number | string; capabilities?: string[] }[] };
+    };
+  };
   profiles?: string[];
 }
 interface Compose {
@@ -278,10 +341,16 @@ const cpuDoc = parseDocument(read('docker/compose.cpu.yaml'), { merge: true, log
 const cpu = cpuDoc.toJS() as Compose;
 const isSteerd = (s: ComposeService) => /^steerd:/.test(s.image ?? '');
 const steerdServices = Object.entries(compose.services).filter(([, s]) => isSteerd(s));
-const gpuDevices = (s: ComposeService) => (s.deploy?.resources?.reservations?.devices ?? []).filter((d) => d.driver === 'nvidia' && d.capabilities?.includes('gpu'));
+const gpuDevices = (s: ComposeService) =>
+  (s.deploy?.resources?.reservations?.devices ?? []).filter(
+    (d) => d.driver === 'nvidia' && d.capabilities?.includes('gpu'),
+  );
 /** Go-style durations, as compose writes them: 45s, 1m30s, 500ms. */
 const durationMs = (d: string) =>
-  [...d.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)].reduce((sum, [, n, u]) => sum + Number(n) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[u]!, 0);
+  [...d.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)].reduce(
+    (sum, [, n, u]) => sum + Number(n) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[u]!,
+    0,
+  );
 const envFile = (path: string) =>
   Object.fromEntries(
     read(path)
@@ -319,14 +388,27 @@ t.test('compose: ports, environment and volumes agree with the code and the imag
     } else t.notOk(s.ports, `${name}: no port (no HTTP server)`);
     t.same(s.env_file, [{ path: '../.env', required: false }], `${name}: the root .env, optional`);
     const mounts = Object.fromEntries((s.volumes ?? []).map((v) => v.split(':').reverse()));
-    t.ok(mounts[config.cacheDir!] && compose.volumes?.[mounts[config.cacheDir!]] !== undefined, `${name}: the model cache is a named volume`);
-    t.ok(mounts[config.dataDir] && compose.volumes?.[mounts[config.dataDir]] !== undefined, `${name}: the data directory is a named volume`);
+    t.ok(
+      mounts[config.cacheDir!] && compose.volumes?.[mounts[config.cacheDir!]] !== undefined,
+      `${name}: the model cache is a named volume`,
+    );
+    t.ok(
+      mounts[config.dataDir] && compose.volumes?.[mounts[config.dataDir]] !== undefined,
+      `${name}: the data directory is a named volume`,
+    );
     const grace = durationMs(s.stop_grace_period ?? '0s');
-    t.ok(grace > defaults.drainTimeoutMs, `${name}: stop_grace_period ${s.stop_grace_period} covers the drain timeout (${defaults.drainTimeoutMs} ms)`);
+    t.ok(
+      grace > defaults.drainTimeoutMs,
+      `${name}: stop_grace_period ${s.stop_grace_period} covers the drain timeout (${defaults.drainTimeoutMs} ms)`,
+    );
   }
   t.equal(compose.services.api.environment?.REDIS_URL, 'redis://redis:6379', 'api: enqueues to the compose Redis');
   t.equal(compose.services.worker.environment?.REDIS_URL, 'redis://redis:6379', 'worker: consumes the compose Redis');
-  t.equal(loadConfig({ REDIS_URL: String(compose.services.embedded.environment?.REDIS_URL) }).redisUrl, undefined, 'embedded: no Redis, even if .env sets one');
+  t.equal(
+    loadConfig({ REDIS_URL: String(compose.services.embedded.environment?.REDIS_URL) }).redisUrl,
+    undefined,
+    'embedded: no Redis, even if .env sets one',
+  );
   t.equal(compose.services.worker.environment?.STEERD_PROVIDER, 'cuda');
 });
 
@@ -341,21 +423,33 @@ t.test('compose: GPU reservations, Redis, health checks and dependencies', async
   t.match(args, /--appendonly yes/, 'redis: append-only');
   t.match(args, /--maxmemory-policy noeviction/, 'redis: noeviction (BullMQ)');
   t.match((redis.healthcheck?.test ?? []).join(' '), /redis-cli ping/, 'redis: health check');
-  t.ok(redis.volumes?.some((v) => /^\w+:\/data$/.test(v) && compose.volumes?.[v.split(':')[0]] !== undefined), 'redis: its data in a named volume');
+  t.ok(
+    redis.volumes?.some((v) => /^\w+:\/data$/.test(v) && compose.volumes?.[v.split(':')[0]] !== undefined),
+    'redis: its data in a named volume',
+  );
 
   const hasHealthcheck = (s: ComposeService) =>
-    s.healthcheck?.disable !== true && (Boolean(s.healthcheck?.test?.length) || (isSteerd(s) && ops(final, 'HEALTHCHECK').length > 0));
+    s.healthcheck?.disable !== true &&
+    (Boolean(s.healthcheck?.test?.length) || (isSteerd(s) && ops(final, 'HEALTHCHECK').length > 0));
   for (const [name, s] of Object.entries(compose.services)) {
     for (const [dep, { condition }] of Object.entries(s.depends_on ?? {})) {
       t.ok(compose.services[dep], `${name} depends on ${dep}, a service`);
-      if (condition === 'service_healthy') t.ok(hasHealthcheck(compose.services[dep]), `${name} waits for ${dep} to be healthy: ${dep} has a health check`);
+      if (condition === 'service_healthy')
+        t.ok(
+          hasHealthcheck(compose.services[dep]),
+          `${name} waits for ${dep} to be healthy: ${dep} has a health check`,
+        );
     }
   }
   t.equal(compose.services.worker.depends_on?.redis?.condition, 'service_healthy');
   t.equal(compose.services.api.depends_on?.redis?.condition, 'service_healthy');
   t.equal(compose.services.worker.healthcheck?.disable, true, 'worker: no health check (nothing to probe)');
   const api = compose.services.api.healthcheck!;
-  t.same(api.test, ['CMD', 'node', JSON.parse(/\bCMD\s+(\[.*\])$/.exec(ops(final, 'HEALTHCHECK')[0])![1])[1], 'serve'], 'api: the image script, as serve');
+  t.same(
+    api.test,
+    ['CMD', 'node', JSON.parse(/\bCMD\s+(\[.*\])$/.exec(ops(final, 'HEALTHCHECK')[0])![1])[1], 'serve'],
+    'api: the image script, as serve',
+  );
   t.ok(durationMs(api.start_period ?? '0s') >= 10 * 60_000, 'api: time for a first model download');
 });
 
@@ -369,8 +463,13 @@ t.test('the CPU variant: CPU image, cpu provider, no GPU, tiny model by default'
     // the base's env_file is replaced: cpu.env first, so that the root .env overrides it
     const node = cpuDoc.getIn(['services', name, 'env_file'], true) as { tag?: string } | undefined;
     t.equal(node?.tag, '!override', `${name}: env_file replaced, not appended`);
-    t.same(s.env_file, [{ path: 'cpu.env' }, { path: '../.env', required: false }], `${name}: cpu.env, then the root .env`);
-    for (const k of Object.keys(s.environment ?? {})) t.ok(knownVars.has(k) && readme.includes(`\`${k}\``), `${name}: ${k} is a documented setting`);
+    t.same(
+      s.env_file,
+      [{ path: 'cpu.env' }, { path: '../.env', required: false }],
+      `${name}: cpu.env, then the root .env`,
+    );
+    for (const k of Object.keys(s.environment ?? {}))
+      t.ok(knownVars.has(k) && readme.includes(`\`${k}\``), `${name}: ${k} is a documented setting`);
   }
   t.notMatch(read('docker/compose.cpu.yaml'), /devices|nvidia/, 'no GPU anywhere');
   for (const [name, s] of Object.entries(compose.services)) {
@@ -389,9 +488,21 @@ t.test('the CPU variant: CPU image, cpu provider, no GPU, tiny model by default'
 t.test('.env.example names every setting, with its default', async (t) => {
   const example = envFile('.env.example');
   const names = Object.keys(example);
-  t.same(names.filter((k) => !knownVars.has(k)), [], 'only settings the code reads');
-  t.same([...configVars].filter((k) => !(k in example)), [], 'every setting src/config.ts reads');
-  t.same([...processEnvVars].filter((k) => !(k in example)), [], 'and the hub settings');
+  t.same(
+    names.filter((k) => !knownVars.has(k)),
+    [],
+    'only settings the code reads',
+  );
+  t.same(
+    [...configVars].filter((k) => !(k in example)),
+    [],
+    'every setting src/config.ts reads',
+  );
+  t.same(
+    [...processEnvVars].filter((k) => !(k in example)),
+    [],
+    'and the hub settings',
+  );
   t.equal(new Set(names).size, read('.env.example').match(/^#?\s?[A-Z][A-Z0-9_]*=/gm)!.length, 'each once');
   for (const [k, v] of Object.entries(example)) {
     if (configVars.has(k) && v !== '') t.same(loadConfig({ [k]: v }), defaults, `${k}=${v} is the default`);
@@ -407,13 +518,15 @@ t.test('.dockerignore keeps the context small and the copied paths in', async (t
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => l && !l.startsWith('#'));
-  for (const p of ['node_modules', '.git', 'coverage', '.tap', 'models', 'data', 'bench/results', '.scratch*', '.env']) t.ok(patterns.includes(p), `ignores ${p}`);
+  for (const p of ['node_modules', '.git', 'coverage', '.tap', 'models', 'data', 'bench/results', '.scratch*', '.env'])
+    t.ok(patterns.includes(p), `ignores ${p}`);
   const copied = stages
     .flatMap((s) => ops(s, 'COPY'))
     .filter((a) => !a.startsWith('--from'))
     .flatMap((a) => a.split(/\s+/).slice(0, -1));
   t.ok(copied.includes('docker/healthcheck.mjs') && copied.includes('package-lock.json'));
-  const ignored = (path: string) => patterns.some((p) => !p.startsWith('!') && (path === p || path.startsWith(`${p}/`)));
+  const ignored = (path: string) =>
+    patterns.some((p) => !p.startsWith('!') && (path === p || path.startsWith(`${p}/`)));
   for (const path of copied) {
     t.notOk(ignored(path), `${path} reaches the build`);
     t.ok(existsSync(join(root, path)), `${path} exists`);
