@@ -7,11 +7,12 @@
  *
  *   npm run bench [-- --dir DIR --concurrency 1,8,32 --prompt 32 --new 64 --out FILE]
  */
-import ort from 'onnxruntime-node';
+
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import ort from 'onnxruntime-node';
 import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
@@ -85,7 +86,12 @@ async function matmulCeiling(rows: number) {
 async function load(engine: Engine, concurrency: number, steered: boolean, rng: Rng) {
   const reqs: GenerateRequest[] = Array.from({ length: concurrency }, () => {
     const interventions: Intervention[] = steered
-      ? [1, 4, 7, 10].map((layer) => ({ layer, coeff: 2, rows: 1, values: Float32Array.from({ length: H }, () => 0.05 * rng.normal()) }))
+      ? [1, 4, 7, 10].map((layer) => ({
+          layer,
+          coeff: 2,
+          rows: 1,
+          values: Float32Array.from({ length: H }, () => 0.05 * rng.normal()),
+        }))
       : [];
     return {
       prompt: Array.from({ length: promptLen }, () => Math.floor(rng.next() * 50000)),
@@ -110,7 +116,15 @@ async function load(engine: Engine, concurrency: number, steered: boolean, rng: 
   const sec = (performance.now() - t0) / 1000;
   const tokens = done.reduce((s, d) => s + d.n, 0);
   const ttft = done.map((d) => d.first);
-  return { concurrency, steered, tokens, seconds: sec, tokens_per_s: tokens / sec, ttft_p50_ms: quantile(ttft, 0.5), ttft_p99_ms: quantile(ttft, 0.99) };
+  return {
+    concurrency,
+    steered,
+    tokens,
+    seconds: sec,
+    tokens_per_s: tokens / sec,
+    ttft_p50_ms: quantile(ttft, 0.5),
+    ttft_p99_ms: quantile(ttft, 0.99),
+  };
 }
 
 // The machine is shared: every measurement is repeated and the best kept (noise only slows runs
@@ -152,8 +166,18 @@ const summary = {
     [`c${cmax}_over_ceiling`]: at(cmax, false).tokens_per_s / ceiling.tokens_per_s,
   },
 };
-console.table(rows.map((r) => ({ ...r, seconds: +r.seconds.toFixed(2), tokens_per_s: +r.tokens_per_s.toFixed(1), ttft_p50_ms: +r.ttft_p50_ms.toFixed(0), ttft_p99_ms: +r.ttft_p99_ms.toFixed(0) })));
-console.table({ ceiling: { rows: ceiling.rows, gflops: +ceiling.gflops.toFixed(1), tokens_per_s: +ceiling.tokens_per_s.toFixed(1) } });
+console.table(
+  rows.map((r) => ({
+    ...r,
+    seconds: +r.seconds.toFixed(2),
+    tokens_per_s: +r.tokens_per_s.toFixed(1),
+    ttft_p50_ms: +r.ttft_p50_ms.toFixed(0),
+    ttft_p99_ms: +r.ttft_p99_ms.toFixed(0),
+  })),
+);
+console.table({
+  ceiling: { rows: ceiling.rows, gflops: +ceiling.gflops.toFixed(1), tokens_per_s: +ceiling.tokens_per_s.toFixed(1) },
+});
 console.table(Object.fromEntries(Object.entries(summary.ratios).map(([k, v]) => [k, { ratio: +v.toFixed(3) }])));
 mkdirSync(dirname(o.out!), { recursive: true });
 writeFileSync(o.out!, JSON.stringify(summary, null, 2) + '\n');

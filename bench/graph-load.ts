@@ -9,8 +9,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 
 const { values: o } = parseArgs({
   options: {
@@ -43,7 +43,11 @@ async function phase(name: string): Promise<Record<string, number>> {
     await s.release();
     return { ms, rss_before_mb: mb(before), rss_after_mb: mb(rss), peak_rss_mb: process.resourceUsage().maxRSS / 1024 };
   }
-  return { ms: performance.now() - t0, peak_rss_mb: process.resourceUsage().maxRSS / 1024, rss_after_mb: mb(process.memoryUsage().rss) };
+  return {
+    ms: performance.now() - t0,
+    peak_rss_mb: process.resourceUsage().maxRSS / 1024,
+    rss_after_mb: mb(process.memoryUsage().rss),
+  };
 }
 
 if (o.phase) {
@@ -55,7 +59,9 @@ if (o.phase) {
   }
   const self = fileURLToPath(import.meta.url);
   const run = (p: string) =>
-    JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', self, '--dir', o.dir!, '--phase', p], { encoding: 'utf8' }));
+    JSON.parse(
+      execFileSync(process.execPath, ['--import', 'tsx', self, '--dir', o.dir!, '--phase', p], { encoding: 'utf8' }),
+    );
   const weights = mb(statSync(join(o.dir!, 'model.safetensors')).size);
   const baseline = run('baseline');
   const build = run('build');
@@ -74,7 +80,12 @@ if (o.phase) {
     load_rss_added_over_weights: (load.rss_after_mb - load.rss_before_mb) / weights,
     load_peak_over_weights: (load.peak_rss_mb - baseline.peak_rss_mb) / weights,
   };
-  console.table(Object.entries(result).map(([k, v]) => ({ measure: k, value: typeof v === 'number' ? +v.toFixed(2) : JSON.stringify(v) })));
+  console.table(
+    Object.entries(result).map(([k, v]) => ({
+      measure: k,
+      value: typeof v === 'number' ? +v.toFixed(2) : JSON.stringify(v),
+    })),
+  );
   mkdirSync(dirname(o.out!), { recursive: true });
   writeFileSync(o.out!, JSON.stringify(result, null, 2) + '\n');
   console.log(`wrote ${o.out}`);

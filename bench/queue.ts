@@ -7,7 +7,7 @@
  *
  *   npm run bench:queue [-- --concurrency 8 --duration 8 --new 32 --rounds 2 --out FILE]
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -39,7 +39,10 @@ const children: ChildProcess[] = [];
 
 /** Starts a steerd command; resolves with its output once `ready` matches it. */
 function start(args: string[], env: Record<string, string>, ready: RegExp): Promise<RegExpExecArray> {
-  const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, LOG_LEVEL: 'info', STEERD_DATA: join(root, 'data'), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [bin, ...args], {
+    env: { ...process.env, LOG_LEVEL: 'info', STEERD_DATA: join(root, 'data'), ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   children.push(child);
   return new Promise((resolve, reject) => {
     let out = '';
@@ -120,7 +123,9 @@ try {
         ttft_p99: r.latency_ms.ttft_stream.p99,
       };
       rows.push(row);
-      console.error(`round ${round} ${mode}: ${row.requests} requests, ${row.tokens_per_s.toFixed(1)} tokens/s, e2e p50 ${row.e2e_p50.toFixed(0)} ms`);
+      console.error(
+        `round ${round} ${mode}: ${row.requests} requests, ${row.tokens_per_s.toFixed(1)} tokens/s, e2e p50 ${row.e2e_p50.toFixed(0)} ms`,
+      );
     }
   }
 } finally {
@@ -132,15 +137,32 @@ try {
   rmSync(root, { recursive: true, force: true });
 }
 
-const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+const median = (xs: number[]) =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    50,
+  );
 const of = (mode: string, k: keyof Row) => median(rows.filter((r) => r.mode === mode).map((r) => r[k] as number));
 const fmt = (n: number, d = 1) => n.toFixed(d).padStart(9);
-console.log(`\nconcurrency ${o.concurrency}, ${o.duration} s per round, max_new_tokens ${o.new}, tiny checkpoint (8 layers, 128 wide)\n`);
+console.log(
+  `\nconcurrency ${o.concurrency}, ${o.duration} s per round, max_new_tokens ${o.new}, tiny checkpoint (8 layers, 128 wide)\n`,
+);
 console.log('mode       round  requests errors  tokens/s  e2e p50  e2e p99  ttft p50  ttft p99   (ms)');
 for (const r of rows) {
-  console.log(`${r.mode.padEnd(10)} ${String(r.round).padStart(5)} ${String(r.requests).padStart(9)} ${String(r.errors).padStart(6)}${fmt(r.tokens_per_s)}${fmt(r.e2e_p50, 0)}${fmt(r.e2e_p99, 0)}${fmt(r.ttft_p50, 0)}${fmt(r.ttft_p99, 0)}`);
+  console.log(
+    `${r.mode.padEnd(10)} ${String(r.round).padStart(5)} ${String(r.requests).padStart(9)} ${String(r.errors).padStart(6)}${fmt(r.tokens_per_s)}${fmt(r.e2e_p50, 0)}${fmt(r.e2e_p99, 0)}${fmt(r.ttft_p50, 0)}${fmt(r.ttft_p99, 0)}`,
+  );
 }
-const ratios = Object.fromEntries((['tokens_per_s', 'e2e_p50', 'e2e_p99', 'ttft_p50', 'ttft_p99'] as const).map((k) => [k, of('redis', k) / of('embedded', k)]));
-console.log(`\nredis / embedded (medians over rounds): ${Object.entries(ratios).map(([k, v]) => `${k} ${v.toFixed(2)}×`).join(', ')}`);
+const ratios = Object.fromEntries(
+  (['tokens_per_s', 'e2e_p50', 'e2e_p99', 'ttft_p50', 'ttft_p99'] as const).map((k) => [
+    k,
+    of('redis', k) / of('embedded', k),
+  ]),
+);
+console.log(
+  `\nredis / embedded (medians over rounds): ${Object.entries(ratios)
+    .map(([k, v]) => `${k} ${v.toFixed(2)}×`)
+    .join(', ')}`,
+);
 mkdirSync(dirname(o.out!), { recursive: true });
 writeFileSync(o.out!, `${JSON.stringify({ options: o, rows, ratios }, null, 2)}\n`);

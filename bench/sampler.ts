@@ -18,7 +18,9 @@ const rng = new Rng(7);
 const normal = () => Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next());
 const logits = {
   // a trained model's: heavy tail, a handful of tokens within a few nats of the top
-  peaked: Array.from({ length: 16 }, () => Float32Array.from({ length: V }, () => 3 * normal() + (rng.next() < 0.001 ? 12 : 0))),
+  peaked: Array.from({ length: 16 }, () =>
+    Float32Array.from({ length: V }, () => 3 * normal() + (rng.next() < 0.001 ? 12 : 0)),
+  ),
   flat: Array.from({ length: 16 }, () => Float32Array.from({ length: V }, () => 0.05 * normal())),
 };
 const settings = {

@@ -22,7 +22,8 @@ if (command !== 'serve') process.exit(0);
 
 // `serve --port N` (or --port=N) wins over PORT, as in the CLI.
 const flag = args.findIndex((a) => a === '--port' || a.startsWith('--port='));
-const port = flag < 0 ? process.env.PORT || '8080' : args[flag].includes('=') ? args[flag].split('=')[1] : args[flag + 1];
+const port =
+  flag < 0 ? process.env.PORT || '8080' : args[flag].includes('=') ? args[flag].split('=')[1] : args[flag + 1];
 try {
   const res = await fetch(`http://127.0.0.1:${port}/readyz`, { signal: AbortSignal.timeout(4000) });
   process.exit(res.ok ? 0 : 1);

@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { admit } from '../src/api/generation.js';
-import { resolveInterventions, type InterventionBody } from '../src/api/resolve.js';
+import { type InterventionBody, resolveInterventions } from '../src/api/resolve.js';
 import type { Service } from '../src/api/service.js';
 import type { Reduce } from '../src/engine/types.js';
 
@@ -39,7 +39,10 @@ export default async function activationRoutes(app: FastifyInstance, { svc }: { 
           200: {
             type: 'object',
             properties: {
-              tokens: { type: 'array', items: { type: 'object', properties: { id: { type: 'integer' }, text: { type: 'string' } } } },
+              tokens: {
+                type: 'array',
+                items: { type: 'object', properties: { id: { type: 'integer' }, text: { type: 'string' } } },
+              },
               shape: { type: 'array', items: { type: 'integer' }, description: '[T, H] or [H] per layer' },
               encoding: { type: 'string' },
               activations: { type: 'object', additionalProperties: true, description: 'hook point → values' },
@@ -61,7 +64,8 @@ export default async function activationRoutes(app: FastifyInstance, { svc }: { 
         const H = svc.engine.info.n_embd;
         const activations: Record<string, unknown> = {};
         for (const [l, a] of Object.entries(r.activations)) {
-          if (b.encoding === 'base64') activations[l] = Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
+          if (b.encoding === 'base64')
+            activations[l] = Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
           else if (r.rows === 1 && (b.reduce ?? 'none') !== 'none') activations[l] = Array.from(a);
           else activations[l] = Array.from({ length: r.rows }, (_, t) => Array.from(a.subarray(t * H, (t + 1) * H)));
         }

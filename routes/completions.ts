@@ -1,10 +1,10 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { admit, checkLimits, requestSignal, streamErrors, timeoutError, tracked } from '../src/api/generation.js';
-import { resolveInterventions, type InterventionBody } from '../src/api/resolve.js';
+import { type InterventionBody, resolveInterventions } from '../src/api/resolve.js';
 import type { Service } from '../src/api/service.js';
-import { BadRequestError } from '../src/errors.js';
 import type { FinishReason } from '../src/engine/types.js';
+import { BadRequestError } from '../src/errors.js';
 
 interface Body {
   model?: string;
@@ -36,7 +36,18 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
             type: 'object',
             properties: {
               object: { type: 'string' },
-              data: { type: 'array', items: { type: 'object', properties: { id: { type: 'string' }, object: { type: 'string' }, created: { type: 'integer' }, owned_by: { type: 'string' } } } },
+              data: {
+                type: 'array',
+                items: {
+                  type: 'object',
+                  properties: {
+                    id: { type: 'string' },
+                    object: { type: 'string' },
+                    created: { type: 'integer' },
+                    owned_by: { type: 'string' },
+                  },
+                },
+              },
             },
           },
         },
@@ -52,18 +63,30 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
       schema: {
         tags: ['openai'],
         summary: 'OpenAI-compatible completions (with an extra `interventions` field)',
-        description: 'Fields OpenAI defines and steerd does not use are accepted and ignored; `n` must be 1. Streaming sends `data: {chunk}` events and `data: [DONE]`.',
+        description:
+          'Fields OpenAI defines and steerd does not use are accepted and ignored; `n` must be 1. Streaming sends `data: {chunk}` events and `data: [DONE]`.',
         body: {
           type: 'object',
           required: ['prompt'],
           properties: {
             model: { type: 'string' },
-            prompt: { oneOf: [{ type: 'string', minLength: 1 }, { type: 'array', items: { type: 'string', minLength: 1 }, minItems: 1, maxItems: 1 }] },
+            prompt: {
+              oneOf: [
+                { type: 'string', minLength: 1 },
+                { type: 'array', items: { type: 'string', minLength: 1 }, minItems: 1, maxItems: 1 },
+              ],
+            },
             max_tokens: { type: 'integer', minimum: 1, default: 16 },
             temperature: { type: 'number', minimum: 0, maximum: 2, default: 1 },
             top_p: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 1 },
             n: { type: 'integer', minimum: 1, default: 1 },
-            stop: { oneOf: [{ type: 'string' }, { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 4 }, { type: 'null' }] },
+            stop: {
+              oneOf: [
+                { type: 'string' },
+                { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 4 },
+                { type: 'null' },
+              ],
+            },
             seed: { type: 'integer' },
             stream: { type: 'boolean', default: false },
             frequency_penalty: { type: 'number', minimum: -2, maximum: 2, default: 0 },
@@ -81,9 +104,24 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
               model: { type: 'string' },
               choices: {
                 type: 'array',
-                items: { type: 'object', properties: { text: { type: 'string' }, index: { type: 'integer' }, logprobs: { type: 'null' }, finish_reason: { type: 'string' } } },
+                items: {
+                  type: 'object',
+                  properties: {
+                    text: { type: 'string' },
+                    index: { type: 'integer' },
+                    logprobs: { type: 'null' },
+                    finish_reason: { type: 'string' },
+                  },
+                },
               },
-              usage: { type: 'object', properties: { prompt_tokens: { type: 'integer' }, completion_tokens: { type: 'integer' }, total_tokens: { type: 'integer' } } },
+              usage: {
+                type: 'object',
+                properties: {
+                  prompt_tokens: { type: 'integer' },
+                  completion_tokens: { type: 'integer' },
+                  total_tokens: { type: 'integer' },
+                },
+              },
             },
           },
           '4xx': { $ref: 'Error#' },
@@ -135,7 +173,11 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
             continue;
           }
           if (sig.timedOut()) throw timeoutError(svc);
-          const usage = { prompt_tokens: e.usage.prompt_tokens, completion_tokens: e.usage.completion_tokens, total_tokens: e.usage.prompt_tokens + e.usage.completion_tokens };
+          const usage = {
+            prompt_tokens: e.usage.prompt_tokens,
+            completion_tokens: e.usage.completion_tokens,
+            total_tokens: e.usage.prompt_tokens + e.usage.completion_tokens,
+          };
           if (stream) {
             await sig.send({ data: { ...chunk('', openaiReason(e.finish_reason)), usage } });
             await sig.send({ data: '[DONE]' });

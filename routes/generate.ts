@@ -1,7 +1,7 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { randomInt, randomUUID } from 'node:crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { admit, checkLimits, requestSignal, streamErrors, timeoutError, tracked } from '../src/api/generation.js';
-import { resolveInterventions, type InterventionBody } from '../src/api/resolve.js';
+import { type InterventionBody, resolveInterventions } from '../src/api/resolve.js';
 import { samplingProperties, tokenSchema } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import type { DoneEvent, GenerateEvent, GenerateRequest, SamplingParams } from '../src/engine/types.js';
@@ -22,16 +22,24 @@ const completionSchema = {
     text: { type: 'string' },
     tokens: { type: 'array', items: tokenSchema },
     finish_reason: { type: 'string', enum: ['length', 'eos', 'stop', 'cancelled'] },
-    usage: { type: 'object', properties: { prompt_tokens: { type: 'integer' }, completion_tokens: { type: 'integer' } } },
+    usage: {
+      type: 'object',
+      properties: { prompt_tokens: { type: 'integer' }, completion_tokens: { type: 'integer' } },
+    },
   },
 } as const;
 
 /** A completion collected from the engine's events. */
-async function collect(svc: Service, events: AsyncIterable<GenerateEvent>, onToken?: (e: GenerateEvent) => Promise<void>) {
+async function collect(
+  svc: Service,
+  events: AsyncIterable<GenerateEvent>,
+  onToken?: (e: GenerateEvent) => Promise<void>,
+) {
   const tokens: { id: number; text: string; logprob: number }[] = [];
   let done: DoneEvent | undefined;
   for await (const e of events) {
-    if (e.type === 'token' && e.id >= 0) tokens.push({ id: e.id, text: svc.engine.tokenizer.decode([e.id]), logprob: e.logprob });
+    if (e.type === 'token' && e.id >= 0)
+      tokens.push({ id: e.id, text: svc.engine.tokenizer.decode([e.id]), logprob: e.logprob });
     if (e.type === 'done') done = e;
     await onToken?.(e);
   }
@@ -70,7 +78,14 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
               model: { type: 'string' },
               ...completionSchema.properties,
               seed: { type: 'integer' },
-              timings: { type: 'object', properties: { queue_ms: { type: 'number' }, first_token_ms: { type: 'number' }, total_ms: { type: 'number' } } },
+              timings: {
+                type: 'object',
+                properties: {
+                  queue_ms: { type: 'number' },
+                  first_token_ms: { type: 'number' },
+                  total_ms: { type: 'number' },
+                },
+              },
               interventions: {
                 type: 'array',
                 items: {
@@ -151,7 +166,12 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
         timings: result.done.timings,
         interventions: applied,
         ...(baselineResult && {
-          baseline: await baselineResult.then((r) => ({ text: r.done.text, tokens: r.tokens, finish_reason: r.done.finish_reason, usage: r.done.usage })),
+          baseline: await baselineResult.then((r) => ({
+            text: r.done.text,
+            tokens: r.tokens,
+            finish_reason: r.done.finish_reason,
+            usage: r.done.usage,
+          })),
         }),
       };
       if (stream) {

@@ -3,9 +3,19 @@ import type { Service } from '../src/api/service.js';
 import { UnavailableError } from '../src/errors.js';
 
 export default async function healthRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
-  app.get('/healthz', { schema: { tags: ['health'], summary: 'Alive', response: { 200: { type: 'object', properties: { status: { type: 'string' } } } } } }, async () => ({
-    status: 'ok',
-  }));
+  app.get(
+    '/healthz',
+    {
+      schema: {
+        tags: ['health'],
+        summary: 'Alive',
+        response: { 200: { type: 'object', properties: { status: { type: 'string' } } } },
+      },
+    },
+    async () => ({
+      status: 'ok',
+    }),
+  );
 
   app.get(
     '/readyz',
@@ -19,13 +29,18 @@ export default async function healthRoutes(app: FastifyInstance, { svc }: { svc:
     async () => {
       if (svc.draining) throw new UnavailableError('the server is shutting down');
       if (!svc.engine.ready) throw new UnavailableError('the engine is not running');
-      if (svc.store.ping && !(await svc.store.ping())) throw new UnavailableError('the vector registry (Redis) is unreachable');
+      if (svc.store.ping && !(await svc.store.ping()))
+        throw new UnavailableError('the vector registry (Redis) is unreachable');
       return { status: 'ready' };
     },
   );
 
-  app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus metrics', produces: ['text/plain'] } }, async (_req, reply) => {
-    reply.type(svc.metrics.registry.contentType);
-    return svc.metrics.registry.metrics();
-  });
+  app.get(
+    '/metrics',
+    { schema: { tags: ['health'], summary: 'Prometheus metrics', produces: ['text/plain'] } },
+    async (_req, reply) => {
+      reply.type(svc.metrics.registry.contentType);
+      return svc.metrics.registry.metrics();
+    },
+  );
 }

@@ -31,7 +31,12 @@ export async function residNorms(svc: Service): Promise<NormStat[]> {
       norms.push(Math.sqrt(s));
     }
     norms.sort((x, y) => x - y);
-    return { layer: l, mean: norms.reduce((x, y) => x + y, 0) / norms.length, median: norms[norms.length >> 1], max: norms[norms.length - 1] };
+    return {
+      layer: l,
+      mean: norms.reduce((x, y) => x + y, 0) / norms.length,
+      median: norms[norms.length >> 1],
+      max: norms[norms.length - 1],
+    };
   });
 }
 
@@ -71,7 +76,18 @@ export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: 
                 description: `null until an engine has measured them (Redis mode: while no worker answers within ${NORMS_WAIT_MS / 1000} s)`,
                 properties: {
                   text: { type: 'string' },
-                  layers: { type: 'array', items: { type: 'object', properties: { layer: { type: 'integer' }, mean: { type: 'number' }, median: { type: 'number' }, max: { type: 'number' } } } },
+                  layers: {
+                    type: 'array',
+                    items: {
+                      type: 'object',
+                      properties: {
+                        layer: { type: 'integer' },
+                        mean: { type: 'number' },
+                        median: { type: 'number' },
+                        max: { type: 'number' },
+                      },
+                    },
+                  },
                 },
               },
             },
@@ -85,7 +101,10 @@ export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: 
       let timer: NodeJS.Timeout | undefined;
       // not measured in time, or not at all (no engine answered): without them, measured again later
       const measured = norms.catch(() => null);
-      const layers = await Promise.race([measured, new Promise<null>((r) => (timer = setTimeout(() => r(null), NORMS_WAIT_MS)))]).finally(() => clearTimeout(timer));
+      const layers = await Promise.race([
+        measured,
+        new Promise<null>((r) => (timer = setTimeout(() => r(null), NORMS_WAIT_MS))),
+      ]).finally(() => clearTimeout(timer));
       const i = svc.engine.info;
       return {
         id: svc.model.id,

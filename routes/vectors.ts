@@ -1,11 +1,11 @@
 import type { FastifyInstance } from 'fastify';
+import { admit } from '../src/api/generation.js';
 import { toFloat32 } from '../src/api/resolve.js';
 import { vectorValuesSchema } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import { NAME_PATTERN } from '../src/config.js';
-import { admit } from '../src/api/generation.js';
-import { BadRequestError, UnprocessableError } from '../src/errors.js';
 import { deriveVector, normalizeRows, type Recipe } from '../src/engine/recipes.js';
+import { BadRequestError, UnprocessableError } from '../src/errors.js';
 import { describe, type StoredVector } from '../src/store/vectors.js';
 
 interface VectorBody {
@@ -70,7 +70,11 @@ const bodySchema = {
 } as const;
 
 const errors = { '4xx': { $ref: 'Error#' }, '5xx': { $ref: 'Error#' } } as const;
-const nameParam = { type: 'object', required: ['name'], properties: { name: { type: 'string', pattern: NAME_PATTERN } } } as const;
+const nameParam = {
+  type: 'object',
+  required: ['name'],
+  properties: { name: { type: 'string', pattern: NAME_PATTERN } },
+} as const;
 
 function shaped(v: StoredVector): number[] | number[][] {
   const values = Array.from(v.values);
@@ -87,7 +91,9 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
   async function make(b: VectorBody): Promise<StoredVector> {
     const H = svc.engine.info.n_embd;
     if (b.layer !== undefined && b.layer > svc.engine.info.n_layer) {
-      throw new UnprocessableError(`layer ${b.layer} is out of range: this model's hook points are 0..${svc.engine.info.n_layer}`);
+      throw new UnprocessableError(
+        `layer ${b.layer} is out of range: this model's hook points are 0..${svc.engine.info.n_layer}`,
+      );
     }
     let values: Float32Array;
     let shape: number[];
@@ -95,7 +101,8 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
     let layer = b.layer ?? null;
     if (b.recipe) {
       const r = b.recipe;
-      if (r.kind !== 'mean_diff' && (!r.positive || !r.negative)) throw new BadRequestError(`recipe ${r.kind} needs positive and negative prompts`);
+      if (r.kind !== 'mean_diff' && (!r.positive || !r.negative))
+        throw new BadRequestError(`recipe ${r.kind} needs positive and negative prompts`);
       if (r.kind === 'mean_diff' && !r.pairs) throw new BadRequestError('recipe mean_diff needs pairs');
       const release = admit(svc);
       try {
@@ -110,7 +117,9 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
     } else {
       ({ values, shape } = toFloat32(b.values!, 'values'));
       if (shape.at(-1) !== H) {
-        throw new UnprocessableError(`vector width ${shape.at(-1)} does not match this model's hidden size ${H}`, { n_embd: H });
+        throw new UnprocessableError(`vector width ${shape.at(-1)} does not match this model's hidden size ${H}`, {
+          n_embd: H,
+        });
       }
       for (const v of values) if (!Number.isFinite(v)) throw new BadRequestError('vector values must be finite');
       if (b.normalize) values = Float32Array.from(normalizeRows(Float64Array.from(values), H));
@@ -133,7 +142,8 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
       schema: {
         tags: ['vectors'],
         summary: 'Register a steering vector, from values or from a recipe',
-        description: 'Recipes read the model\'s own activations at `recipe.layer`: `diff` (last token of positive minus negative), `actadd` (per-position difference, BOS prepended, the shorter padded with spaces: a sequence), `mean_diff` (mean last-token difference over pairs).',
+        description:
+          "Recipes read the model's own activations at `recipe.layer`: `diff` (last token of positive minus negative), `actadd` (per-position difference, BOS prepended, the shorter padded with spaces: a sequence), `mean_diff` (mean last-token difference over pairs).",
         body: bodySchema,
         response: { 201: { $ref: 'Vector#' }, ...errors },
       },
@@ -173,7 +183,10 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
       schema: {
         tags: ['vectors'],
         summary: 'List stored vectors',
-        response: { 200: { type: 'object', properties: { data: { type: 'array', items: { $ref: 'Vector#' } } } }, ...errors },
+        response: {
+          200: { type: 'object', properties: { data: { type: 'array', items: { $ref: 'Vector#' } } } },
+          ...errors,
+        },
       },
     },
     async () => ({ data: await svc.store.list() }),
@@ -186,7 +199,11 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
         tags: ['vectors'],
         summary: 'One stored vector (with ?values=true, its values)',
         params: nameParam,
-        querystring: { type: 'object', additionalProperties: false, properties: { values: { type: 'string', enum: ['true', 'false'] } } },
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { values: { type: 'string', enum: ['true', 'false'] } },
+        },
         response: { 200: { $ref: 'Vector#' }, ...errors },
       },
     },

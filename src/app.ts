@@ -1,10 +1,10 @@
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import rateLimit from '@fastify/rate-limit';
 import { fastifySSE as sse } from '@fastify/sse';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import rateLimit from '@fastify/rate-limit';
-import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import activationRoutes from '../routes/activations.js';
 import completionRoutes from '../routes/completions.js';
 import generateRoutes from '../routes/generate.js';
@@ -22,7 +22,9 @@ export interface AppOptions {
   logger?: boolean | Record<string, unknown>;
 }
 
-const errorBody = (code: string, message: string, details?: unknown) => ({ error: { code, message, ...(details ? { details } : {}) } });
+const errorBody = (code: string, message: string, details?: unknown) => ({
+  error: { code, message, ...(details ? { details } : {}) },
+});
 
 function keyMatches(given: string, keys: string[]): boolean {
   const g = Buffer.from(given);
@@ -47,7 +49,11 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     logger:
       opts.logger === false
         ? false
-        : { level: config.logLevel, redact: ['req.headers.authorization', 'req.headers["x-api-key"]'], ...(typeof opts.logger === 'object' ? opts.logger : {}) },
+        : {
+            level: config.logLevel,
+            redact: ['req.headers.authorization', 'req.headers["x-api-key"]'],
+            ...(typeof opts.logger === 'object' ? opts.logger : {}),
+          },
     bodyLimit: config.limits.bodyLimit,
     requestIdHeader: 'x-request-id',
     genReqId: () => randomUUID(),
@@ -64,16 +70,23 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
       info: {
         title: 'steerd',
         version: pkg.version,
-        description: 'Activation steering for GPT-2 over HTTP: read the residual stream, register steering vectors, generate with interventions.',
+        description:
+          'Activation steering for GPT-2 over HTTP: read the residual stream, register steering vectors, generate with interventions.',
       },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'only when the server has API keys' } } },
+      components: {
+        securitySchemes: {
+          bearer: { type: 'http', scheme: 'bearer', description: 'only when the server has API keys' },
+        },
+      },
       tags: ['vectors', 'generation', 'activations', 'openai', 'model', 'health'].map((name) => ({ name })),
     },
     refResolver: { buildLocalReference: (json, _base, _frag, i) => (json.$id as string) ?? `def-${i}` },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-  app.get('/openapi.yaml', { schema: { hide: true } }, async (_req, reply) => reply.type('application/yaml').send(app.swagger({ yaml: true })));
+  app.get('/openapi.yaml', { schema: { hide: true } }, async (_req, reply) =>
+    reply.type('application/yaml').send(app.swagger({ yaml: true })),
+  );
 
   await app.register(sse, { serializer: (d: unknown) => (typeof d === 'string' ? d : JSON.stringify(d)) });
 
@@ -83,16 +96,23 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     if (err.validation) {
       const v = err.validation[0];
       const where = `${err.validationContext ?? 'body'}${v?.instancePath ?? ''}`;
-      return reply.status(400).send(errorBody('invalid_request', `${where} ${v?.message ?? 'is invalid'}`, { errors: err.validation }));
+      return reply
+        .status(400)
+        .send(errorBody('invalid_request', `${where} ${v?.message ?? 'is invalid'}`, { errors: err.validation }));
     }
     const status = err.statusCode ?? 500;
-    if (status === 413) return reply.status(413).send(errorBody('too_large', `the body exceeds the limit of ${config.limits.bodyLimit} bytes`));
+    if (status === 413)
+      return reply
+        .status(413)
+        .send(errorBody('too_large', `the body exceeds the limit of ${config.limits.bodyLimit} bytes`));
     if (status === 415) return reply.status(415).send(errorBody('unsupported_media_type', err.message));
     if (status >= 400 && status < 500) return reply.status(status).send(errorBody('invalid_request', err.message));
     request.log.error({ err }, 'request failed');
     return reply.status(500).send(errorBody('internal', 'internal error'));
   });
-  app.setNotFoundHandler((request, reply) => reply.status(404).send(errorBody('not_found', `no route ${request.method} ${request.url.split('?')[0]}`)));
+  app.setNotFoundHandler((request, reply) =>
+    reply.status(404).send(errorBody('not_found', `no route ${request.method} ${request.url.split('?')[0]}`)),
+  );
 
   if (config.apiKeys.length) {
     app.addHook('onRequest', async (request, reply) => {
@@ -119,7 +139,12 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
       },
       allowList: (request) => !isApi(request),
       errorResponseBuilder: (_request, ctx) =>
-        new SteerdError(`rate limit of ${ctx.max} requests per minute reached; retry in ${ctx.after}`, 429, 'rate_limited', { limit: ctx.max }),
+        new SteerdError(
+          `rate limit of ${ctx.max} requests per minute reached; retry in ${ctx.after}`,
+          429,
+          'rate_limited',
+          { limit: ctx.max },
+        ),
     });
   }
   app.addHook('onRequest', async (request) => {

@@ -67,7 +67,8 @@ function int(env: NodeJS.ProcessEnv, name: string, d: number, min = 1): number {
   const v = env[name];
   if (v === undefined || v === '') return d;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new SteerdError(`${name}=${JSON.stringify(v)}: expected an integer >= ${min}`, 500, 'bad_config');
+  if (!Number.isInteger(n) || n < min)
+    throw new SteerdError(`${name}=${JSON.stringify(v)}: expected an integer >= ${min}`, 500, 'bad_config');
   return n;
 }
 
@@ -87,7 +88,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     threads: int(env, 'STEERD_THREADS', 0, 0),
     batchCapacity: int(env, 'STEERD_BATCH_CAPACITY', 32),
     tokenBudget: int(env, 'STEERD_TOKEN_BUDGET', 256),
-    apiKeys: (env.STEERD_API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean),
+    apiKeys: (env.STEERD_API_KEYS ?? '')
+      .split(',')
+      .map((k) => k.trim())
+      .filter(Boolean),
     rateLimit: int(env, 'STEERD_RATE_LIMIT', 0, 0),
     drainTimeoutMs: int(env, 'STEERD_DRAIN_TIMEOUT_MS', 30_000, 0),
     logLevel: env.LOG_LEVEL ?? 'info',

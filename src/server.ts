@@ -1,19 +1,18 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { buildApp } from './app.js';
 import { Metrics } from './api/metrics.js';
-import type { Service } from './api/service.js';
+import type { EngineLike, Service } from './api/service.js';
+import { buildApp } from './app.js';
 import type { Config } from './config.js';
 import { Engine } from './engine/engine.js';
 import { DownloadError, SteerdError } from './errors.js';
-import { defaultCacheDir, pull, type ProgressReporter } from './model/hub.js';
+import { defaultCacheDir, type ProgressReporter, pull } from './model/hub.js';
 import { writeTinyCheckpoint } from './model/tiny.js';
-import { FileVectorStore } from './store/vectors.js';
-import { RedisVectorStore } from './store/redis-vectors.js';
 import { RemoteEngine } from './queue/remote-engine.js';
 import { startQueueWorker } from './queue/worker.js';
-import type { EngineLike } from './api/service.js';
+import { RedisVectorStore } from './store/redis-vectors.js';
+import { FileVectorStore } from './store/vectors.js';
 
 export interface ResolvedModel {
   dir: string;
@@ -31,7 +30,8 @@ export async function resolveModel(config: Config, progress?: ProgressReporter):
     name = config.model.replace(/\/+$/, '').split('/').pop()!;
   } else if (config.model === 'tiny') {
     dir = join(cache, 'models', 'tiny');
-    if (!existsSync(join(dir, 'model.safetensors'))) writeTinyCheckpoint(dir, { layers: 8, embd: 128, heads: 4, ctx: 512, initScale: 5 }); // 8 layers: the README's layer-6 examples run on it
+    if (!existsSync(join(dir, 'model.safetensors')))
+      writeTinyCheckpoint(dir, { layers: 8, embd: 128, heads: 4, ctx: 512, initScale: 5 }); // 8 layers: the README's layer-6 examples run on it
   } else {
     try {
       dir = await pull(config.model, { cache, progress });
@@ -98,13 +98,20 @@ export async function createService(config: Config, progress?: ProgressReporter)
   } else {
     engine = await Engine.start(engineOptions(config, m.dir));
   }
-  const store = config.redisUrl ? new RedisVectorStore(config.redisUrl, config.redisPrefix) : new FileVectorStore(config.dataDir);
+  const store = config.redisUrl
+    ? new RedisVectorStore(config.redisUrl, config.redisPrefix)
+    : new FileVectorStore(config.dataDir);
   return {
     config,
     engine,
     store,
     redis: store instanceof RedisVectorStore ? store.redis : undefined,
-    model: { id: `${m.name}@${engine.info.fingerprint.slice(0, 12)}`, n_embd: engine.info.n_embd, name: m.name, random_weights: m.randomWeights },
+    model: {
+      id: `${m.name}@${engine.info.fingerprint.slice(0, 12)}`,
+      n_embd: engine.info.n_embd,
+      name: m.name,
+      random_weights: m.randomWeights,
+    },
     metrics: new Metrics(),
     inFlight: 0,
     draining: false,
@@ -141,7 +148,8 @@ export async function serve(config: Config, progress?: ProgressReporter): Promis
   const svc = await createService(config, progress);
   const app = await buildApp(svc);
   await app.listen({ host: config.host, port: config.port });
-  if (svc.model.random_weights) app.log.warn(`serving ${svc.model.name}: random weights, the text it generates is nonsense`);
+  if (svc.model.random_weights)
+    app.log.warn(`serving ${svc.model.name}: random weights, the text it generates is nonsense`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -162,7 +170,8 @@ export async function serve(config: Config, progress?: ProgressReporter): Promis
 
 /** `steerd worker`: consumes the queue until SIGTERM, then finishes its active jobs and exits 0. */
 export async function runWorker(config: Config, progress?: ProgressReporter): Promise<void> {
-  if (!config.redisUrl) throw new SteerdError('steerd worker needs REDIS_URL (the queue it consumes)', 500, 'bad_config');
+  if (!config.redisUrl)
+    throw new SteerdError('steerd worker needs REDIS_URL (the queue it consumes)', 500, 'bad_config');
   const m = await resolveModel(config, progress);
   const w = await startWorker(config, m.dir);
   console.log(`steerd worker: serving ${m.name} from ${config.redisUrl} (${config.batchCapacity} jobs at once)`);

@@ -1,9 +1,9 @@
-import t from 'tap';
-import fc from 'fast-check';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
+import t from 'tap';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness, post, queueMode } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
@@ -39,35 +39,74 @@ t.test('SSE streaming and client disconnects, through a listening server', async
   await h.app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = h.app.server.address() as { port: number };
   const url = `http://127.0.0.1:${port}`;
-  const body = (b: unknown) => ({ method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(b) });
+  const body = (b: unknown) => ({
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(b),
+  });
 
-  const res = await fetch(`${url}/v1/generate`, body({ prompt: 'Hello', max_new_tokens: 8, temperature: 0, stream: true }));
+  const res = await fetch(
+    `${url}/v1/generate`,
+    body({ prompt: 'Hello', max_new_tokens: 8, temperature: 0, stream: true }),
+  );
   t.equal(res.headers.get('content-type'), 'text/event-stream');
   const got: { event: string; data: string }[] = [];
   for await (const e of events(res)) got.push(e);
-  t.same(got.map((e) => e.event), [...Array(8).fill('token'), 'done']);
+  t.same(
+    got.map((e) => e.event),
+    [...Array(8).fill('token'), 'done'],
+  );
   const done = JSON.parse(got.at(-1)!.data);
-  const text = got.slice(0, -1).map((e) => JSON.parse(e.data).text).join('');
+  const text = got
+    .slice(0, -1)
+    .map((e) => JSON.parse(e.data).text)
+    .join('');
   t.equal(text, done.text, 'token deltas add up to the final text');
-  const plain = (await (await fetch(`${url}/v1/generate`, body({ prompt: 'Hello', max_new_tokens: 8, temperature: 0 }))).json()) as { text: string };
+  const plain = (await (
+    await fetch(`${url}/v1/generate`, body({ prompt: 'Hello', max_new_tokens: 8, temperature: 0 }))
+  ).json()) as { text: string };
   t.equal(done.text, plain.text, 'same as the non-streaming answer');
 
   // a stop string that starts like the last token's text is held back, then released at the end
   const lastText = JSON.parse(got.at(-2)!.data).text;
-  const held = await fetch(`${url}/v1/generate`, body({ prompt: 'Hello', max_new_tokens: 8, temperature: 0, stream: true, stop: [`${lastText}qqqq`] }));
+  const held = await fetch(
+    `${url}/v1/generate`,
+    body({ prompt: 'Hello', max_new_tokens: 8, temperature: 0, stream: true, stop: [`${lastText}qqqq`] }),
+  );
   const heldEvents: { event: string; data: string }[] = [];
   for await (const e of events(held)) heldEvents.push(e);
-  const streamed = heldEvents.filter((e) => e.event === 'token' || e.event === 'text').map((e) => JSON.parse(e.data).text).join('');
-  t.ok(heldEvents.some((e) => e.event === 'text'), 'the held-back text comes as a text event');
+  const streamed = heldEvents
+    .filter((e) => e.event === 'token' || e.event === 'text')
+    .map((e) => JSON.parse(e.data).text)
+    .join('');
+  t.ok(
+    heldEvents.some((e) => e.event === 'text'),
+    'the held-back text comes as a text event',
+  );
   t.equal(streamed, JSON.parse(heldEvents.at(-1)!.data).text, 'streamed pieces add up to the final text');
 
-  const oai = await fetch(`${url}/v1/completions`, body({ prompt: 'Hello', max_tokens: 4, temperature: 0, stream: true }));
+  const oai = await fetch(
+    `${url}/v1/completions`,
+    body({ prompt: 'Hello', max_tokens: 4, temperature: 0, stream: true }),
+  );
   const chunks: string[] = [];
   for await (const e of events(oai)) chunks.push(e.data);
   t.equal(chunks.at(-1), '[DONE]');
   const last = JSON.parse(chunks.at(-2)!);
   t.equal(last.choices[0].finish_reason, 'length');
-  t.equal(chunks.slice(0, -2).map((c) => JSON.parse(c).choices[0].text).join(''), plain.text.slice(0, chunks.slice(0, -2).map((c) => JSON.parse(c).choices[0].text).join('').length));
+  t.equal(
+    chunks
+      .slice(0, -2)
+      .map((c) => JSON.parse(c).choices[0].text)
+      .join(''),
+    plain.text.slice(
+      0,
+      chunks
+        .slice(0, -2)
+        .map((c) => JSON.parse(c).choices[0].text)
+        .join('').length,
+    ),
+  );
 
   const count = async () => {
     const m = await (await fetch(`${url}/metrics`)).text();
@@ -75,7 +114,10 @@ t.test('SSE streaming and client disconnects, through a listening server', async
   };
   // a streaming client that goes away after 3 tokens
   const ac = new AbortController();
-  const long = await fetch(`${url}/v1/generate`, { ...body({ prompt: 'Hello', max_new_tokens: 400, temperature: 0, stream: true }), signal: ac.signal });
+  const long = await fetch(`${url}/v1/generate`, {
+    ...body({ prompt: 'Hello', max_new_tokens: 400, temperature: 0, stream: true }),
+    signal: ac.signal,
+  });
   let n = 0;
   try {
     for await (const e of events(long)) if (e.event === 'token' && ++n === 3) ac.abort();
@@ -84,7 +126,8 @@ t.test('SSE streaming and client disconnects, through a listening server', async
   }
   const settle = async (cancelled: number) => {
     const t0 = Date.now();
-    while ((h.svc.inFlight > 0 || (await count()) < cancelled) && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 20));
+    while ((h.svc.inFlight > 0 || (await count()) < cancelled) && Date.now() - t0 < 10_000)
+      await new Promise((r) => setTimeout(r, 20));
   };
   await settle(1);
   t.equal(await count(), 1, 'the streaming generation was cancelled');
@@ -92,7 +135,10 @@ t.test('SSE streaming and client disconnects, through a listening server', async
   // a non-streaming client that goes away while its generation runs
   const ac2 = new AbortController();
   let settled = false;
-  const p = fetch(`${url}/v1/generate`, { ...body({ prompt: 'Hello', max_new_tokens: 400, temperature: 0 }), signal: ac2.signal })
+  const p = fetch(`${url}/v1/generate`, {
+    ...body({ prompt: 'Hello', max_new_tokens: 400, temperature: 0 }),
+    signal: ac2.signal,
+  })
     .catch(() => undefined)
     .finally(() => (settled = true));
   const t1 = Date.now();
@@ -107,23 +153,38 @@ t.test('SSE streaming and client disconnects, through a listening server', async
 });
 
 t.test('API keys, rate limit, queue depth, body size', async (t) => {
-  const h = await harness(model, (c) => ({ ...c, apiKeys: ['k1', 'k2'], rateLimit: 4, limits: { ...c.limits, queueDepth: 1, bodyLimit: 2000 } }));
+  const h = await harness(model, (c) => ({
+    ...c,
+    apiKeys: ['k1', 'k2'],
+    rateLimit: 4,
+    limits: { ...c.limits, queueDepth: 1, bodyLimit: 2000 },
+  }));
   t.teardown(() => h.close());
   const { app } = h;
   const auth = { authorization: 'Bearer k1' };
   t.equal((await app.inject('/v1/vectors')).statusCode, 401);
   const bad = await app.inject({ url: '/v1/vectors', headers: { authorization: 'Bearer nope' } });
   t.equal(bad.statusCode, 401);
-  t.same(bad.json(), { error: { code: 'unauthorized', message: 'missing or unknown API key' } }, '401 and nothing else');
+  t.same(
+    bad.json(),
+    { error: { code: 'unauthorized', message: 'missing or unknown API key' } },
+    '401 and nothing else',
+  );
   t.equal(bad.headers['www-authenticate'], 'Bearer');
   t.equal((await app.inject({ url: '/v1/vectors', headers: auth })).statusCode, 200);
   for (const dodge of ['/%761/vectors', '/v%31/vectors', '/v1//vectors']) {
     t.not((await app.inject(dodge)).statusCode, 200, `${dodge} does not get around the key`);
   }
-  for (const open of ['/healthz', '/readyz', '/metrics', '/openapi.json']) t.equal((await app.inject(open)).statusCode, 200, `${open} stays open`);
+  for (const open of ['/healthz', '/readyz', '/metrics', '/openapi.json'])
+    t.equal((await app.inject(open)).statusCode, 200, `${open} stays open`);
 
   // queue depth 1: a second request while one is in flight gets 429 with Retry-After
-  const first = post(app, '/v1/generate', { prompt: 'x', max_new_tokens: 200, temperature: 0 }, { authorization: 'Bearer k2' });
+  const first = post(
+    app,
+    '/v1/generate',
+    { prompt: 'x', max_new_tokens: 200, temperature: 0 },
+    { authorization: 'Bearer k2' },
+  );
   const t0 = Date.now();
   while (h.svc.inFlight === 0 && Date.now() - t0 < 10_000) await new Promise((r) => setImmediate(r));
   const full = await post(app, '/v1/generate', { prompt: 'x', max_new_tokens: 2 }, auth);
@@ -143,7 +204,11 @@ t.test('API keys, rate limit, queue depth, body size', async (t) => {
   t.equal(r6.statusCode, 429);
   t.ok(Number(r6.headers['retry-after']) > 0, 'Retry-After');
   t.equal(r6.json().error.code, 'rate_limited');
-  t.equal((await app.inject({ url: '/v1/vectors', headers: { authorization: 'Bearer k2' } })).statusCode, 200, 'per key');
+  t.equal(
+    (await app.inject({ url: '/v1/vectors', headers: { authorization: 'Bearer k2' } })).statusCode,
+    200,
+    'per key',
+  );
 });
 
 t.test('a generation past the request time limit is cancelled with 504', async (t) => {
@@ -164,7 +229,10 @@ t.test('without API keys, the rate limit counts per address whatever bearer is s
   const h = await harness(model, (c) => ({ ...c, rateLimit: 2 }));
   t.teardown(() => h.close());
   const codes = [];
-  for (let i = 0; i < 4; i++) codes.push((await h.app.inject({ url: '/v1/vectors', headers: { authorization: `Bearer made-up-${i}` } })).statusCode);
+  for (let i = 0; i < 4; i++)
+    codes.push(
+      (await h.app.inject({ url: '/v1/vectors', headers: { authorization: `Bearer made-up-${i}` } })).statusCode,
+    );
   t.same(codes, [200, 200, 429, 429]);
 });
 
@@ -182,7 +250,25 @@ t.test('random and malformed bodies: only 4xx, no crash, stored vectors unchange
     ['POST', '/v1/completions'],
     ['DELETE', '/v1/vectors/..%2Fkeep'],
   ];
-  const fields = fc.constantFrom('name', 'values', 'recipe', 'prompt', 'layers', 'layer', 'max_new_tokens', 'max_tokens', 'interventions', 'top_p', 'temperature', 'stream', 'n', 'seed', 'vector', 'coeff', 'kind');
+  const fields = fc.constantFrom(
+    'name',
+    'values',
+    'recipe',
+    'prompt',
+    'layers',
+    'layer',
+    'max_new_tokens',
+    'max_tokens',
+    'interventions',
+    'top_p',
+    'temperature',
+    'stream',
+    'n',
+    'seed',
+    'vector',
+    'coeff',
+    'kind',
+  );
   const value = fc.oneof(
     fc.jsonValue(),
     fc.constantFrom(-1, 0, 1e308, -1e308, 2 ** 53, 0.5, 'keep', '', 'x'.repeat(300), [], [[]], { values: [] }, null),
@@ -191,13 +277,21 @@ t.test('random and malformed bodies: only 4xx, no crash, stored vectors unchange
   const body = fc.oneof(
     fc.dictionary(fields, value, { maxKeys: 6 }),
     fc.jsonValue(),
-    fc.record({ prompt: fc.string(), interventions: fc.array(fc.dictionary(fields, value, { maxKeys: 4 }), { maxLength: 3 }) }),
+    fc.record({
+      prompt: fc.string(),
+      interventions: fc.array(fc.dictionary(fields, value, { maxKeys: 4 }), { maxLength: 3 }),
+    }),
   );
   let statuses = new Map<number, number>();
   await fc.assert(
     fc.asyncProperty(fc.constantFrom(...routes), body, fc.boolean(), async ([method, url], b, raw) => {
       const payload = raw ? JSON.stringify(b).slice(0, Math.max(1, JSON.stringify(b).length - 1)) : JSON.stringify(b);
-      const r = await app.inject({ method: method as 'POST', url, payload, headers: { 'content-type': 'application/json' } });
+      const r = await app.inject({
+        method: method as 'POST',
+        url,
+        payload,
+        headers: { 'content-type': 'application/json' },
+      });
       statuses.set(r.statusCode, (statuses.get(r.statusCode) ?? 0) + 1);
       if (r.statusCode >= 500) return false;
       if (r.statusCode >= 400) return typeof r.json().error?.message === 'string';
@@ -215,14 +309,23 @@ t.test('random and malformed bodies: only 4xx, no crash, stored vectors unchange
 t.test('vectors survive a restart on the same data directory', async (t) => {
   const data = mkdtempSync(join(root, 'data-'));
   const a = await harness(model, (c) => c, data);
-  const made = (await post(a.app, '/v1/vectors', { name: 'persist', recipe: { kind: 'actadd', layer: 1, positive: 'Love', negative: 'Hate' } })).json();
+  const made = (
+    await post(a.app, '/v1/vectors', {
+      name: 'persist',
+      recipe: { kind: 'actadd', layer: 1, positive: 'Love', negative: 'Hate' },
+    })
+  ).json();
   t.match(made, { kind: 'sequence' });
   await a.close();
   const b = await harness(model, (c) => c, data);
   t.teardown(() => b.close());
   const again = (await b.app.inject('/v1/vectors/persist')).json();
   t.same(again, made, 'same metadata after the restart');
-  const use = await post(b.app, '/v1/generate', { prompt: 'I love you so', max_new_tokens: 3, interventions: [{ vector: 'persist', layer: 1, coeff: 2 }] });
+  const use = await post(b.app, '/v1/generate', {
+    prompt: 'I love you so',
+    max_new_tokens: 3,
+    interventions: [{ vector: 'persist', layer: 1, coeff: 2 }],
+  });
   t.equal(use.statusCode, 200, 'and usable: the model is the same');
   t.equal(use.json().interventions[0].positions, 'front');
 });
@@ -249,12 +352,20 @@ t.test('SIGTERM: stop accepting, finish what is in flight, exit 0', async (t) =>
     child.on('exit', () => reject(new Error(`server exited: ${log}`)));
   });
   const url = `http://127.0.0.1:${port}`;
-  const inflight = fetch(`${url}/v1/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_new_tokens: 150, temperature: 0 }) });
+  const inflight = fetch(`${url}/v1/generate`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ prompt: 'x', max_new_tokens: 150, temperature: 0 }),
+  });
   await new Promise((r) => setTimeout(r, 150));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
   child.kill('SIGTERM');
   await new Promise((r) => setTimeout(r, 50));
-  const refused = await fetch(`${url}/v1/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_new_tokens: 2 }) }).then(
+  const refused = await fetch(`${url}/v1/generate`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ prompt: 'x', max_new_tokens: 2 }),
+  }).then(
     (r) => r.status,
     () => 'closed',
   );

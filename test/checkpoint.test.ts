@@ -1,7 +1,16 @@
-import t, { type Test } from 'tap';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import t, { type Test } from 'tap';
 import { CheckpointError } from '../src/errors.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 import { writeSafetensors } from '../src/model/safetensors-write.ts';
@@ -18,7 +27,8 @@ let n = 0;
 function variant(edit: (dir: string) => void): string {
   const dir = join(root, `v${n++}`);
   mkdirSync(dir);
-  for (const f of ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt']) copyFileSync(join(good, f), join(dir, f));
+  for (const f of ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt'])
+    copyFileSync(join(good, f), join(dir, f));
   edit(dir);
   return dir;
 }
@@ -60,16 +70,39 @@ t.test('a good checkpoint opens with canonical names and a tied head', async (t)
 
 t.test('layouts written by save_pretrained are accepted', async (t) => {
   const dir = join(root, 'saved');
-  writeTinyCheckpoint(dir, { layers: 2, embd: 32, heads: 2, ctx: 16, prefix: 'transformer.', lmHead: 'copy', maskBuffers: true });
+  writeTinyCheckpoint(dir, {
+    layers: 2,
+    embd: 32,
+    heads: 2,
+    ctx: 16,
+    prefix: 'transformer.',
+    lmHead: 'copy',
+    maskBuffers: true,
+  });
   const ck = openCheckpoint(dir);
   t.ok(ck.params.has('h.0.ln_1.weight'), 'transformer. prefix dropped');
-  t.notOk([...ck.params.keys()].some((k) => k.endsWith('attn.bias') && !k.includes('c_')), 'mask buffers ignored');
+  t.notOk(
+    [...ck.params.keys()].some((k) => k.endsWith('attn.bias') && !k.includes('c_')),
+    'mask buffers ignored',
+  );
   t.notOk(ck.tiedLmHead, 'explicit lm_head used');
 });
 
 t.test('bad checkpoints name the file and the problem', async (t) => {
-  refuses(t, variant((d) => unlinkSync(join(d, 'config.json'))), 'config.json', /cannot read \(ENOENT\)/, 'missing config');
-  refuses(t, variant((d) => writeFileSync(join(d, 'config.json'), '{"model_type": "gpt2",')), 'config.json', /not valid JSON/, 'broken JSON');
+  refuses(
+    t,
+    variant((d) => unlinkSync(join(d, 'config.json'))),
+    'config.json',
+    /cannot read \(ENOENT\)/,
+    'missing config',
+  );
+  refuses(
+    t,
+    variant((d) => writeFileSync(join(d, 'config.json'), '{"model_type": "gpt2",')),
+    'config.json',
+    /not valid JSON/,
+    'broken JSON',
+  );
   refuses(
     t,
     variant((d) => editConfig(d, { model_type: 'llama', architectures: ['LlamaForCausalLM'] })),
@@ -77,10 +110,34 @@ t.test('bad checkpoints name the file and the problem', async (t) => {
     /model_type is "llama" \(LlamaForCausalLM\).*GPT-2/,
     'other architecture',
   );
-  refuses(t, variant((d) => editConfig(d, { activation_function: 'relu' })), 'config.json', /activation_function "relu"/, 'activation');
-  refuses(t, variant((d) => editConfig(d, { n_head: 3 })), 'config.json', /not a multiple of n_head/, 'heads');
-  refuses(t, variant((d) => editConfig(d, { n_layer: 0 })), 'config.json', /"n_layer" must be a positive integer/, 'layers');
-  refuses(t, variant((d) => unlinkSync(join(d, 'model.safetensors'))), 'model.safetensors', /missing/, 'missing weights');
+  refuses(
+    t,
+    variant((d) => editConfig(d, { activation_function: 'relu' })),
+    'config.json',
+    /activation_function "relu"/,
+    'activation',
+  );
+  refuses(
+    t,
+    variant((d) => editConfig(d, { n_head: 3 })),
+    'config.json',
+    /not a multiple of n_head/,
+    'heads',
+  );
+  refuses(
+    t,
+    variant((d) => editConfig(d, { n_layer: 0 })),
+    'config.json',
+    /"n_layer" must be a positive integer/,
+    'layers',
+  );
+  refuses(
+    t,
+    variant((d) => unlinkSync(join(d, 'model.safetensors'))),
+    'model.safetensors',
+    /missing/,
+    'missing weights',
+  );
   refuses(
     t,
     variant((d) => {
@@ -132,17 +189,43 @@ t.test('bad checkpoints name the file and the problem', async (t) => {
     /corrupt header: not valid JSON/,
     'garbled header',
   );
-  refuses(t, variant((d) => editConfig(d, { n_inner: 64 })), 'model.safetensors', /"h\.0\.mlp\.c_fc\.weight" has shape \[32, 128\], expected \[32, 64\]/, 'wrong shape');
-  refuses(t, variant((d) => editConfig(d, { n_layer: 3 })), 'model.safetensors', /missing tensor "h\.2\./, 'missing tensor');
-  refuses(t, variant((d) => editConfig(d, { n_layer: 1 })), 'model.safetensors', /unexpected tensor "h\.1\./, 'extra tensor');
+  refuses(
+    t,
+    variant((d) => editConfig(d, { n_inner: 64 })),
+    'model.safetensors',
+    /"h\.0\.mlp\.c_fc\.weight" has shape \[32, 128\], expected \[32, 64\]/,
+    'wrong shape',
+  );
+  refuses(
+    t,
+    variant((d) => editConfig(d, { n_layer: 3 })),
+    'model.safetensors',
+    /missing tensor "h\.2\./,
+    'missing tensor',
+  );
+  refuses(
+    t,
+    variant((d) => editConfig(d, { n_layer: 1 })),
+    'model.safetensors',
+    /unexpected tensor "h\.1\./,
+    'extra tensor',
+  );
 });
 
 t.test('half-precision weights are refused with the reason', async (t) => {
   const dir = variant((d) => {
-    const shapes: [string, number[]][] = [['wte.weight', [50257, 32]], ['wpe.weight', [16, 32]]];
+    const shapes: [string, number[]][] = [
+      ['wte.weight', [50257, 32]],
+      ['wpe.weight', [16, 32]],
+    ];
     writeSafetensors(
       join(d, 'model.safetensors'),
-      shapes.map(([name, shape]) => ({ name, shape, dtype: 'F16' as const, data: () => new Uint8Array(shape[0] * shape[1] * 2) })),
+      shapes.map(([name, shape]) => ({
+        name,
+        shape,
+        dtype: 'F16' as const,
+        data: () => new Uint8Array(shape[0] * shape[1] * 2),
+      })),
     );
   });
   refuses(t, dir, 'model.safetensors', /is F16; .*float32/, 'F16');

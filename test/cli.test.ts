@@ -1,8 +1,8 @@
-import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import t from 'tap';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-cli-'));
@@ -12,10 +12,27 @@ const steerd = (...args: string[]) =>
 
 t.test('model tiny then model build, through the package bin', async (t) => {
   const dir = join(root, 'tiny');
-  const tiny = steerd('model', 'tiny', dir, '--layers', '3', '--embd', '48', '--heads', '3', '--ctx', '32', '--seed', '9');
+  const tiny = steerd(
+    'model',
+    'tiny',
+    dir,
+    '--layers',
+    '3',
+    '--embd',
+    '48',
+    '--heads',
+    '3',
+    '--ctx',
+    '32',
+    '--seed',
+    '9',
+  );
   t.equal(tiny.status, 0, tiny.stderr);
   const ck = openCheckpoint(dir);
-  t.same([ck.config.n_layer, ck.config.n_embd, ck.config.n_head, ck.config.n_positions, ck.config.vocab_size], [3, 48, 3, 32, 50257]);
+  t.same(
+    [ck.config.n_layer, ck.config.n_embd, ck.config.n_head, ck.config.n_positions, ck.config.vocab_size],
+    [3, 48, 3, 32, 50257],
+  );
 
   const first = steerd('model', 'build', dir);
   t.equal(first.status, 0, first.stderr);
@@ -29,7 +46,8 @@ t.test('model tiny then model build, through the package bin', async (t) => {
 t.test('the same options give the same checkpoint bytes', async (t) => {
   const a = join(root, 'a');
   const b = join(root, 'b');
-  for (const d of [a, b]) steerd('model', 'tiny', d, '--layers', '1', '--embd', '16', '--heads', '2', '--ctx', '8', '--seed', '3');
+  for (const d of [a, b])
+    steerd('model', 'tiny', d, '--layers', '1', '--embd', '16', '--heads', '2', '--ctx', '8', '--seed', '3');
   const { readFileSync } = await import('node:fs');
   t.ok(readFileSync(join(a, 'model.safetensors')).equals(readFileSync(join(b, 'model.safetensors'))));
 });
@@ -47,23 +65,36 @@ t.test('errors exit non-zero with one clear line', async (t) => {
 });
 
 t.test('serve: a default model that cannot be pulled exits with the offline alternative', async (t) => {
-  const r = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'serve', '--port', '0', '--data', join(root, 'd')], {
-    encoding: 'utf8',
-    env: { ...process.env, HF_ENDPOINT: 'http://127.0.0.1:9', STEERD_CACHE: join(root, 'cache'), STEERD_MODEL: '' },
-    timeout: 60_000,
-  });
+  const r = spawnSync(
+    process.execPath,
+    [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'serve', '--port', '0', '--data', join(root, 'd')],
+    {
+      encoding: 'utf8',
+      env: { ...process.env, HF_ENDPOINT: 'http://127.0.0.1:9', STEERD_CACHE: join(root, 'cache'), STEERD_MODEL: '' },
+      timeout: 60_000,
+    },
+  );
   t.equal(r.status, 1, r.stderr);
   t.match(r.stderr, /cannot get model "gpt2-xl".*cannot reach.*--model tiny/s);
-  t.notOk(statSync(join(root, 'cache'), { throwIfNoEntry: false })?.isDirectory() && statSync(join(root, 'cache', 'models', 'tiny'), { throwIfNoEntry: false }), 'no random model was made');
+  t.notOk(
+    statSync(join(root, 'cache'), { throwIfNoEntry: false })?.isDirectory() &&
+      statSync(join(root, 'cache', 'models', 'tiny'), { throwIfNoEntry: false }),
+    'no random model was made',
+  );
 });
 
 t.test('configuration from the environment is checked', async (t) => {
   const { loadConfig } = await import('../src/config.ts');
   t.equal(loadConfig({ STEERD_BATCH_CAPACITY: '8', PORT: '0' }).batchCapacity, 8);
-  t.throws(() => loadConfig({ STEERD_BATCH_CAPACITY: '0' }), { message: /STEERD_BATCH_CAPACITY="0": expected an integer >= 1/ });
+  t.throws(() => loadConfig({ STEERD_BATCH_CAPACITY: '0' }), {
+    message: /STEERD_BATCH_CAPACITY="0": expected an integer >= 1/,
+  });
   t.throws(() => loadConfig({ STEERD_QUEUE_DEPTH: 'abc' }), { message: /STEERD_QUEUE_DEPTH/ });
   t.throws(() => loadConfig({ STEERD_TOKEN_BUDGET: '2.5' }), { message: /STEERD_TOKEN_BUDGET/ });
-  const r = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'serve'], { encoding: 'utf8', env: { ...process.env, STEERD_QUEUE_DEPTH: '-1' } });
+  const r = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'serve'], {
+    encoding: 'utf8',
+    env: { ...process.env, STEERD_QUEUE_DEPTH: '-1' },
+  });
   t.equal(r.status, 1);
   t.match(r.stderr, /^steerd: STEERD_QUEUE_DEPTH="-1": expected an integer >= 1\n$/);
 });

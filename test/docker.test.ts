@@ -206,7 +206,10 @@ t.test('the build stage installs production dependencies; the runtime stage copi
     t.match(out, /npm ci --omit=dev.*\[ONNXRUNTIME_NODE_INSTALL=skip\]/, `${variant}: npm ci skips the CUDA download`);
   t.match(gpu, /npm run install:cuda/, 'gpu: onnxruntime-node fetches its CUDA 12 providers');
   t.notMatch(cpu, /install:cuda/, 'cpu: no CUDA download');
-  t.match(pkg.scripts['install:cuda'], /ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules\/onnxruntime-node\/script\/install/);
+  t.match(
+    pkg.scripts['install:cuda'],
+    /ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules\/onnxruntime-node\/script\/install/,
+  );
   t.equal(pkg.allowScripts['onnxruntime-node'], false, "npm's script policy never runs its download");
   t.notOk(existsSync(join(root, '.npmrc')), 'no .npmrc (npm 12 will not read its custom keys)');
   for (const s of stages.filter((s) => s !== build)) {

@@ -1,15 +1,15 @@
-import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import t from 'tap';
 import { Engine } from '../src/engine/engine.ts';
 import { deriveVector } from '../src/engine/recipes.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, referenceGreedy, run } from './helpers/engine-util.ts';
-import { loadReference, referenceForward } from './helpers/reference.ts';
 import { maxAbsDiff, range } from './helpers/graph-run.ts';
+import { loadReference, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-engine-'));
 const dir = join(root, 'm');
@@ -25,7 +25,12 @@ t.teardown(async () => {
 const rng = new Rng(3);
 const ids = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * 50000));
 const direction = (scale: number): Float32Array => Float32Array.from({ length: H }, () => scale * rng.normal());
-const iv = (layer: number, coeff: number, values: Float32Array, positions?: Intervention['positions']): Intervention => ({
+const iv = (
+  layer: number,
+  coeff: number,
+  values: Float32Array,
+  positions?: Intervention['positions'],
+): Intervention => ({
   layer,
   coeff,
   values,
@@ -38,7 +43,16 @@ t.test('greedy generation equals a full-recompute greedy decode of the float64 r
   const cases: [string, Intervention[]][] = [
     ['unsteered', []],
     ['direction at all positions, layers 1 and 3', [iv(1, 4, direction(0.1)), iv(3, -2, direction(0.1))]],
-    ['ActAdd-style sequence on the first 3 positions', [iv(0, 1, Float32Array.from({ length: 3 * H }, () => 0.4 * rng.normal()))]],
+    [
+      'ActAdd-style sequence on the first 3 positions',
+      [
+        iv(
+          0,
+          1,
+          Float32Array.from({ length: 3 * H }, () => 0.4 * rng.normal()),
+        ),
+      ],
+    ],
   ];
   const outputs: number[][] = [];
   for (const [name, interventions] of cases) {
@@ -62,7 +76,14 @@ function mixedRequests(): GenerateRequest[] {
     const interventions: Intervention[] = [];
     if (i % 3 === 1) interventions.push(iv(i % 4, 3, direction(0.1)));
     if (i % 5 === 2) interventions.push(iv(2, 2, direction(0.1), 'generated'), iv(0, 1, direction(0.2), 'prompt'));
-    if (i % 7 === 3 && prompt.length >= 2) interventions.push(iv(1, 1, Float32Array.from({ length: 2 * H }, () => 0.3 * rng.normal())));
+    if (i % 7 === 3 && prompt.length >= 2)
+      interventions.push(
+        iv(
+          1,
+          1,
+          Float32Array.from({ length: 2 * H }, () => 0.3 * rng.normal()),
+        ),
+      );
     out.push({
       prompt,
       max_new_tokens: 4 + (i % 9),
@@ -89,8 +110,15 @@ t.test('batch invariance: 24 requests at once give the tokens each gives alone',
   const small = await Engine.start({ model: dir, batchCapacity: 5, tokenBudget: 16 });
   const queued = await Promise.all(reqs.map((r) => run(small, r)));
   await small.close();
-  t.same(queued.map((c) => c.ids), alone, 'capacity 5, budget 16: same tokens');
-  t.ok(queued.some((c) => c.done.timings.queue_ms > together[0].done.timings.queue_ms), 'some requests waited for a slot');
+  t.same(
+    queued.map((c) => c.ids),
+    alone,
+    'capacity 5, budget 16: same tokens',
+  );
+  t.ok(
+    queued.some((c) => c.done.timings.queue_ms > together[0].done.timings.queue_ms),
+    'some requests waited for a slot',
+  );
 });
 
 t.test('seeds: same seed, same output; different seeds, different outputs', async (t) => {
@@ -117,14 +145,23 @@ t.test('positions policies do what they say', async (t) => {
 
   const gen = [iv(1, 5, direction(0.2), 'generated')];
   const withGen = await engine.activations({ prompt, layers, interventions: gen });
-  t.ok(layers.every((l) => same(withGen.activations[l], plain.activations[l])), 'generated-only leaves the prompt activations untouched');
+  t.ok(
+    layers.every((l) => same(withGen.activations[l], plain.activations[l])),
+    'generated-only leaves the prompt activations untouched',
+  );
   const g = await run(engine, { prompt, max_new_tokens: 6, temperature: 0, stop_at_eos: false, interventions: gen });
   const u = await run(engine, { prompt, max_new_tokens: 6, temperature: 0, stop_at_eos: false });
   t.equal(g.ids[0], u.ids[0], 'the first token comes from the untouched prompt pass');
   t.same(g.ids, referenceGreedy(ref, prompt, 6, gen).ids, 'later tokens are steered as the reference says');
 
   const k = 3;
-  const front = [iv(1, 1, Float32Array.from({ length: k * H }, () => 0.5 * rng.normal()))];
+  const front = [
+    iv(
+      1,
+      1,
+      Float32Array.from({ length: k * H }, () => 0.5 * rng.normal()),
+    ),
+  ];
   const withFront = await engine.activations({ prompt, layers, interventions: front });
   const row = (a: Float32Array, p: number) => a.subarray(p * H, (p + 1) * H);
   for (let p = 0; p < prompt.length; p++) {
@@ -135,14 +172,22 @@ t.test('positions policies do what they say', async (t) => {
   t.same(f.ids, referenceGreedy(ref, prompt, 6, front).ids, 'front applies to the prompt pass only');
 
   const promptOnly = [iv(2, 3, direction(0.2), 'prompt')];
-  const p = await run(engine, { prompt, max_new_tokens: 6, temperature: 0, stop_at_eos: false, interventions: promptOnly });
+  const p = await run(engine, {
+    prompt,
+    max_new_tokens: 6,
+    temperature: 0,
+    stop_at_eos: false,
+    interventions: promptOnly,
+  });
   t.same(p.ids, referenceGreedy(ref, prompt, 6, promptOnly).ids, 'prompt-only: steered prompt, unsteered generation');
 });
 
 t.test('activations equal the reference, reduced as asked', async (t) => {
   const prompt = ids(5);
   const steer = [iv(2, 2, direction(0.2))];
-  const want = referenceForward(ref, prompt, (l) => (l === 2 ? Float64Array.from(steer[0].values, (v) => 2 * v) : undefined));
+  const want = referenceForward(ref, prompt, (l) =>
+    l === 2 ? Float64Array.from(steer[0].values, (v) => 2 * v) : undefined,
+  );
   const none = await engine.activations({ prompt, layers: [1, 3], interventions: steer });
   t.equal(none.rows, 5);
   for (const l of [1, 3]) {
@@ -177,7 +222,13 @@ t.test('stop strings, EOS and text', async (t) => {
 t.test('cancellation frees the slot; the rest of the batch is unchanged', async (t) => {
   const eng = await Engine.start({ model: dir, batchCapacity: 2 });
   t.teardown(() => eng.close());
-  const reqs = [ids(4), ids(6), ids(5)].map((prompt, i) => ({ prompt, max_new_tokens: 40, temperature: 0, seed: i, stop_at_eos: false }));
+  const reqs = [ids(4), ids(6), ids(5)].map((prompt, i) => ({
+    prompt,
+    max_new_tokens: 40,
+    temperature: 0,
+    seed: i,
+    stop_at_eos: false,
+  }));
   const alone = [];
   for (const r of reqs) alone.push((await run(eng, r)).ids);
   const ac = new AbortController();
@@ -192,50 +243,96 @@ t.test('cancellation frees the slot; the rest of the batch is unchanged', async 
   t.same(a.ids, alone[0].slice(0, a.ids.length), 'what it produced before was right');
   t.same(b.ids, alone[1], 'its neighbour finished unchanged');
   t.same(c.ids, alone[2], 'the waiting request took the freed slot and finished unchanged');
-  t.ok(thirdStartedAt >= 0 && thirdStartedAt < 40, `the third started while the second was running (at its token ${thirdStartedAt})`);
+  t.ok(
+    thirdStartedAt >= 0 && thirdStartedAt < 40,
+    `the third started while the second was running (at its token ${thirdStartedAt})`,
+  );
   t.equal(eng.inFlight, 0);
 });
 
-t.test('a steering coefficient that overflows float32 fails its own request with 422, not its neighbours', async (t) => {
-  const eng = await Engine.start({ model: dir, batchCapacity: 4 });
-  t.teardown(() => eng.close());
-  const plain = { prompt: ids(5), max_new_tokens: 8, temperature: 0, stop_at_eos: false };
-  const alone = (await run(eng, plain)).ids;
-  // each within float32's range, their sum beyond it: only the forward pass can tell
-  const v = Float32Array.from({ length: H }, (_, i) => (i % 2 ? 1 : -1));
-  const huge = { ...plain, prompt: ids(6), interventions: [iv(2, 3e38, v), iv(2, 3e38, v)] };
-  const [bad, good] = await Promise.allSettled([run(eng, huge), run(eng, plain)]);
-  t.equal(bad.status, 'rejected');
-  t.match((bad as PromiseRejectedResult).reason, { status: 422, message: /logits are not finite.*lower the coeff/ });
-  t.same(good.status === 'fulfilled' && good.value.ids, alone, 'the request beside it is unchanged');
-  // overflowing mid-decode, while a long request keeps the batch (and its cache buffers) alive:
-  // the next request in the freed row must not inherit non-finite keys and values
-  let going!: () => void;
-  const started = new Promise<void>((res) => (going = res));
-  const long = collect(eng.generate({ prompt: ids(30), max_new_tokens: 60, temperature: 0, stop_at_eos: false }), (n) => n === 1 && going());
-  await started; // the long request holds row 0: the overflowing one is the last row, removed by a pop
-  const late = { ...huge, interventions: huge.interventions.map((x) => ({ ...x, positions: 'generated' as const })) };
-  const failed = await run(eng, late).then(() => undefined, (e: { status: number }) => e);
-  t.equal(failed?.status, 422, 'an overflow on a generated token');
-  t.same((await run(eng, plain)).ids, alone, 'the next request in its place is unchanged');
-  await long;
-  t.equal(eng.inFlight, 0);
-});
+t.test(
+  'a steering coefficient that overflows float32 fails its own request with 422, not its neighbours',
+  async (t) => {
+    const eng = await Engine.start({ model: dir, batchCapacity: 4 });
+    t.teardown(() => eng.close());
+    const plain = { prompt: ids(5), max_new_tokens: 8, temperature: 0, stop_at_eos: false };
+    const alone = (await run(eng, plain)).ids;
+    // each within float32's range, their sum beyond it: only the forward pass can tell
+    const v = Float32Array.from({ length: H }, (_, i) => (i % 2 ? 1 : -1));
+    const huge = { ...plain, prompt: ids(6), interventions: [iv(2, 3e38, v), iv(2, 3e38, v)] };
+    const [bad, good] = await Promise.allSettled([run(eng, huge), run(eng, plain)]);
+    t.equal(bad.status, 'rejected');
+    t.match((bad as PromiseRejectedResult).reason, { status: 422, message: /logits are not finite.*lower the coeff/ });
+    t.same(good.status === 'fulfilled' && good.value.ids, alone, 'the request beside it is unchanged');
+    // overflowing mid-decode, while a long request keeps the batch (and its cache buffers) alive:
+    // the next request in the freed row must not inherit non-finite keys and values
+    let going!: () => void;
+    const started = new Promise<void>((res) => (going = res));
+    const long = collect(
+      eng.generate({ prompt: ids(30), max_new_tokens: 60, temperature: 0, stop_at_eos: false }),
+      (n) => n === 1 && going(),
+    );
+    await started; // the long request holds row 0: the overflowing one is the last row, removed by a pop
+    const late = { ...huge, interventions: huge.interventions.map((x) => ({ ...x, positions: 'generated' as const })) };
+    const failed = await run(eng, late).then(
+      () => undefined,
+      (e: { status: number }) => e,
+    );
+    t.equal(failed?.status, 422, 'an overflow on a generated token');
+    t.same((await run(eng, plain)).ids, alone, 'the next request in its place is unchanged');
+    await long;
+    t.equal(eng.inFlight, 0);
+  },
+);
 
 t.test('bad requests are refused before they reach a batch', async (t) => {
   const ok: GenerateRequest = { prompt: ids(3), max_new_tokens: 4 };
   const bad: [string, GenerateRequest, number, RegExp][] = [
     ['empty prompt', { ...ok, prompt: [] }, 400, /prompt is empty/],
-    ['too long', { ...ok, prompt: ids(100), max_new_tokens: 29 }, 422, /prompt \(100 tokens\) \+ max_new_tokens \(29\) exceeds the context \(128\)/],
+    [
+      'too long',
+      { ...ok, prompt: ids(100), max_new_tokens: 29 },
+      422,
+      /prompt \(100 tokens\) \+ max_new_tokens \(29\) exceeds the context \(128\)/,
+    ],
     ['layer out of range', { ...ok, interventions: [iv(4, 1, direction(1))] }, 422, /layer 4 is out of range.*0\.\.3/],
-    ['wrong size', { ...ok, interventions: [{ layer: 1, coeff: 1, values: new Float32Array(63), rows: 1 }] }, 422, /63 values, expected 1 × 64/],
-    ['NaN', { ...ok, interventions: [iv(1, 1, Float32Array.from({ length: H }, (_, i) => (i === 5 ? NaN : 0)))] }, 400, /finite/],
+    [
+      'wrong size',
+      { ...ok, interventions: [{ layer: 1, coeff: 1, values: new Float32Array(63), rows: 1 }] },
+      422,
+      /63 values, expected 1 × 64/,
+    ],
+    [
+      'NaN',
+      {
+        ...ok,
+        interventions: [
+          iv(
+            1,
+            1,
+            Float32Array.from({ length: H }, (_, i) => (i === 5 ? NaN : 0)),
+          ),
+        ],
+      },
+      400,
+      /finite/,
+    ],
     ['Infinity coeff', { ...ok, interventions: [iv(1, Infinity, direction(1))] }, 400, /coeff must be a finite number/],
-    ['coeff × vector beyond float32', { ...ok, interventions: [iv(1, 1e39, direction(1))] }, 422, /coeff × vector reaches .*beyond float32's range/],
+    [
+      'coeff × vector beyond float32',
+      { ...ok, interventions: [iv(1, 1e39, direction(1))] },
+      422,
+      /coeff × vector reaches .*beyond float32's range/,
+    ],
     ['top_p 0', { ...ok, top_p: 0 }, 400, /top_p must be in \(0, 1\]/],
     ['top_p 1.5', { ...ok, top_p: 1.5 }, 400, /top_p/],
     ['negative temperature', { ...ok, temperature: -1 }, 400, /temperature/],
-    ['sequence longer than the prompt', { ...ok, interventions: [iv(0, 1, new Float32Array(4 * H))] }, 422, /4-row sequence needs a prompt of at least 4/],
+    [
+      'sequence longer than the prompt',
+      { ...ok, interventions: [iv(0, 1, new Float32Array(4 * H))] },
+      422,
+      /4-row sequence needs a prompt of at least 4/,
+    ],
     ['token outside the vocabulary', { ...ok, prompt: [50257] }, 400, /not an id/],
   ];
   for (const [name, req, status, msg] of bad) {
@@ -269,7 +366,9 @@ t.test('the main thread keeps ticking while the engine works', async (t) => {
 });
 
 t.test('an unavailable execution provider fails at start with a clear message', async (t) => {
-  await t.rejects(Engine.start({ model: dir, provider: 'tpu' }), { message: /execution provider "tpu" is not supported.*cpu/ });
+  await t.rejects(Engine.start({ model: dir, provider: 'tpu' }), {
+    message: /execution provider "tpu" is not supported.*cpu/,
+  });
 });
 
 t.test('recipes equal the same arithmetic done by hand on reference activations', async (t) => {
@@ -296,7 +395,11 @@ t.test('recipes equal the same arithmetic done by hand on reference activations'
   close(unit.values, norm(diff), 'diff, normalized');
   t.equal(unit.rows, 1);
 
-  const pairs: [string, string][] = [['I love you', 'I hate you'], ['Great job', 'Terrible job'], ['yes', 'no']];
+  const pairs: [string, string][] = [
+    ['I love you', 'I hate you'],
+    ['Great job', 'Terrible job'],
+    ['yes', 'no'],
+  ];
   const mean = new Array(H).fill(0);
   for (const [p, n] of pairs) {
     const [x, y] = [lastAct(p), lastAct(n)];
@@ -314,8 +417,14 @@ t.test('recipes equal the same arithmetic done by hand on reference activations'
   const act = await deriveVector(engine, { kind: 'actadd', layer, positive: 'Love and kindness', negative: 'Hate' });
   t.equal(act.rows, pos.length, 'one row per aligned position');
   close(act.values, seq, 'actadd');
-  await t.rejects(deriveVector(engine, { kind: 'diff', layer, positive: '', negative: 'x' }), { status: 400, message: /positive must be a non-empty string/ });
-  await t.rejects(deriveVector(engine, { kind: 'mean_diff', layer, pairs: [] }), { status: 400, message: /at least one pair/ });
+  await t.rejects(deriveVector(engine, { kind: 'diff', layer, positive: '', negative: 'x' }), {
+    status: 400,
+    message: /positive must be a non-empty string/,
+  });
+  await t.rejects(deriveVector(engine, { kind: 'mean_diff', layer, pairs: [] }), {
+    status: 400,
+    message: /at least one pair/,
+  });
 });
 
 t.test('close drains: requests in flight finish, new ones are refused', async (t) => {

@@ -1,12 +1,12 @@
-import t, { type Test } from 'tap';
-import ort from 'onnxruntime-node';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import ort from 'onnxruntime-node';
+import t, { type Test } from 'tap';
 import { buildGraph } from '../src/model/graph.ts';
-import { Rng, writeTinyCheckpoint, type TinyOptions } from '../src/model/tiny.ts';
-import { at, leftPad, maxAbsDiff, range, runGraph, type Dims } from './helpers/graph-run.ts';
-import { loadReference, referenceForward, type RefModel, type RefSteer } from './helpers/reference.ts';
+import { Rng, type TinyOptions, writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { at, type Dims, leftPad, maxAbsDiff, range, runGraph } from './helpers/graph-run.ts';
+import { loadReference, type RefModel, type RefSteer, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-graph-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
@@ -32,7 +32,14 @@ const randomIds = (n: number) => Array.from({ length: n }, () => Math.floor(rng.
 const randomVec = (H: number, scale: number) => Float64Array.from({ length: H }, () => scale * rng.normal());
 
 /** Compares ORT's logits and every resid.{l} for row b against the reference (positions [from, from+n)). */
-function expectMatch(tt: Test, out: ort.InferenceSession.ReturnType, ref: ReturnType<typeof referenceForward>, b: number, offset: number, what: string) {
+function expectMatch(
+  tt: Test,
+  out: ort.InferenceSession.ReturnType,
+  ref: ReturnType<typeof referenceForward>,
+  b: number,
+  offset: number,
+  what: string,
+) {
   const n = ref.logits.length;
   const tol = 1e-4 * range(ref.logits);
   let worst = 0;
@@ -52,7 +59,17 @@ t.test('graph matches the float64 reference', async (t) => {
   const fixtures = {
     hub: await fixture('hub', { layers: 3, embd: 64, heads: 4, ctx: 64, seed: 1, initScale: 10 }),
     // save_pretrained layout: prefixed keys, an untied lm_head, stale causal-mask buffers
-    saved: await fixture('saved', { layers: 2, embd: 48, heads: 3, ctx: 32, seed: 2, prefix: 'transformer.', lmHead: 'random', maskBuffers: true, initScale: 10 }),
+    saved: await fixture('saved', {
+      layers: 2,
+      embd: 48,
+      heads: 3,
+      ctx: 32,
+      seed: 2,
+      prefix: 'transformer.',
+      lmHead: 'random',
+      maskBuffers: true,
+      initScale: 10,
+    }),
   };
   for (const [name, f] of Object.entries(fixtures)) {
     const H = f.dims.nEmbd;
@@ -83,7 +100,10 @@ t.test('graph matches the float64 reference', async (t) => {
       expectMatch(t, out, ref, 0, 0, 'front sequence');
       // The hook itself changes only the first k positions; later blocks carry it forward by attention.
       t.ok(maxAbsDiff(at(out['resid.1'], 0, k), plain.resid[1][k]) < 1e-5, 'resid.1 after position k is untouched');
-      t.ok(maxAbsDiff(at(out['resid.2'], 0, k), plain.resid[2][k]) > 1e-4, 'resid.2 after position k sees the steered prefix');
+      t.ok(
+        maxAbsDiff(at(out['resid.2'], 0, k), plain.resid[2][k]) > 1e-4,
+        'resid.2 after position k sees the steered prefix',
+      );
     });
   }
 
@@ -105,11 +125,15 @@ t.test('graph matches the float64 reference', async (t) => {
         past,
         steer: [steer],
       });
-      t.same(out['present.0.key'].dims, [1, f.dims.nHead, ids.length, f.dims.nEmbd / f.dims.nHead], 'cache grows by one');
+      t.same(
+        out['present.0.key'].dims,
+        [1, f.dims.nHead, ids.length, f.dims.nEmbd / f.dims.nHead],
+        'cache grows by one',
+      );
       const ref = referenceForward(f.ref, ids, steer);
       const last = { logits: [ref.logits.at(-1)!], resid: ref.resid.map((r) => [r.at(-1)!]) };
       expectMatch(t, out, last, 0, 0, `decode step ${step + 1}`);
-      const lastLogits = (out.last_logits.data as Float32Array);
+      const lastLogits = out.last_logits.data as Float32Array;
       t.ok(maxAbsDiff(lastLogits, ref.logits.at(-1)!) <= 1e-4 * range(ref.logits), 'last_logits is the last position');
     }
   });
@@ -150,53 +174,70 @@ t.test('graph matches the float64 reference', async (t) => {
     }
   });
 
-  await t.test('serving variant: logits_all=false projects only the last position; new.* are the new keys and values', async (t) => {
-    const f = fixtures.hub;
-    const { file } = buildGraph(f.dir, { serving: true, fileName: 'serve.onnx' });
-    const serve = await ort.InferenceSession.create(file);
-    const padded = leftPad([randomIds(7), randomIds(4)]);
-    const full = await runGraph(f.session, f.dims, padded);
-    const flag = (v: boolean) => ({ logits_all: new ort.Tensor('bool', Uint8Array.of(v ? 1 : 0), []) });
-    const lastOnly = await runGraph(serve, f.dims, { ...padded, extra: flag(false) }, ['logits', 'last_logits', 'last_lse']);
-    const all = await runGraph(serve, f.dims, { ...padded, extra: flag(true) }, ['logits']);
-    t.same(lastOnly.logits.dims, [2, 1, f.dims.vocab]);
-    t.equal(maxAbsDiff(lastOnly.last_logits.data as Float32Array, full.last_logits.data as Float32Array), 0);
-    const V = f.dims.vocab;
-    const rows = full.last_logits.data as Float32Array;
-    const lse = Array.from({ length: 2 }, (_, b) => {
-      const row = Array.from(rows.subarray(b * V, (b + 1) * V));
-      const m = Math.max(...row);
-      return m + Math.log(row.reduce((a, x) => a + Math.exp(x - m), 0));
-    });
-    const lseErr = maxAbsDiff(lastOnly.last_lse.data as Float32Array, Float32Array.from(lse));
-    t.ok(lseErr < 1e-5 * Math.max(...lse.map(Math.abs)), `last_lse: the log-sum-exp of each row, computed in float64 (${lseErr.toExponential(2)})`);
-    t.same(all.logits.dims, full.logits.dims);
-    t.equal(maxAbsDiff(all.logits.data as Float32Array, full.logits.data as Float32Array), 0);
-    // a decode step on top of the prefill, in both graphs: the serving graph (which attends to the
-    // cache without concatenating it) gives the same logits, and its new.* are the last position
-    // of the contract graph's present.*
-    const past = Object.fromEntries(Object.entries(full).filter(([k]) => k.startsWith('present.')));
-    const stepIn = { ids: [[11], [12]], mask: padded.mask.map((m) => [...m, 1]), pos: [[7], [4]], past };
-    const contract = await runGraph(f.session, f.dims, stepIn);
-    const step = await runGraph(serve, f.dims, { ...stepIn, extra: flag(false) });
-    t.notOk('present.0.key' in step, 'no present.* in the serving graph');
-    const lastErr = maxAbsDiff(step.last_logits.data as Float32Array, contract.last_logits.data as Float32Array);
-    t.ok(lastErr <= 1e-5 * range([contract.last_logits.data as Float32Array]), `decode step: same last_logits (${lastErr.toExponential(2)})`);
-    const hd = f.dims.nEmbd / f.dims.nHead;
-    for (const l of [0, f.dims.nLayer - 1]) {
-      for (const kv of ['key', 'value']) {
-        const fresh = step[`new.${l}.${kv}`];
-        t.same(fresh.dims, [2, f.dims.nHead, 1, hd], `new.${l}.${kv} shape`);
-        const present = contract[`present.${l}.${kv}`].data as Float32Array;
-        const S = padded.T + 1;
-        const lastPositions = new Float32Array(2 * f.dims.nHead * hd);
-        for (let bh = 0; bh < 2 * f.dims.nHead; bh++) lastPositions.set(present.subarray((bh * S + S - 1) * hd, (bh * S + S) * hd), bh * hd);
-        const err = maxAbsDiff(fresh.data as Float32Array, lastPositions);
-        t.ok(err <= 1e-5 * range([lastPositions]), `new.${l}.${kv} = last position of present (${err.toExponential(2)})`);
+  await t.test(
+    'serving variant: logits_all=false projects only the last position; new.* are the new keys and values',
+    async (t) => {
+      const f = fixtures.hub;
+      const { file } = buildGraph(f.dir, { serving: true, fileName: 'serve.onnx' });
+      const serve = await ort.InferenceSession.create(file);
+      const padded = leftPad([randomIds(7), randomIds(4)]);
+      const full = await runGraph(f.session, f.dims, padded);
+      const flag = (v: boolean) => ({ logits_all: new ort.Tensor('bool', Uint8Array.of(v ? 1 : 0), []) });
+      const lastOnly = await runGraph(serve, f.dims, { ...padded, extra: flag(false) }, [
+        'logits',
+        'last_logits',
+        'last_lse',
+      ]);
+      const all = await runGraph(serve, f.dims, { ...padded, extra: flag(true) }, ['logits']);
+      t.same(lastOnly.logits.dims, [2, 1, f.dims.vocab]);
+      t.equal(maxAbsDiff(lastOnly.last_logits.data as Float32Array, full.last_logits.data as Float32Array), 0);
+      const V = f.dims.vocab;
+      const rows = full.last_logits.data as Float32Array;
+      const lse = Array.from({ length: 2 }, (_, b) => {
+        const row = Array.from(rows.subarray(b * V, (b + 1) * V));
+        const m = Math.max(...row);
+        return m + Math.log(row.reduce((a, x) => a + Math.exp(x - m), 0));
+      });
+      const lseErr = maxAbsDiff(lastOnly.last_lse.data as Float32Array, Float32Array.from(lse));
+      t.ok(
+        lseErr < 1e-5 * Math.max(...lse.map(Math.abs)),
+        `last_lse: the log-sum-exp of each row, computed in float64 (${lseErr.toExponential(2)})`,
+      );
+      t.same(all.logits.dims, full.logits.dims);
+      t.equal(maxAbsDiff(all.logits.data as Float32Array, full.logits.data as Float32Array), 0);
+      // a decode step on top of the prefill, in both graphs: the serving graph (which attends to the
+      // cache without concatenating it) gives the same logits, and its new.* are the last position
+      // of the contract graph's present.*
+      const past = Object.fromEntries(Object.entries(full).filter(([k]) => k.startsWith('present.')));
+      const stepIn = { ids: [[11], [12]], mask: padded.mask.map((m) => [...m, 1]), pos: [[7], [4]], past };
+      const contract = await runGraph(f.session, f.dims, stepIn);
+      const step = await runGraph(serve, f.dims, { ...stepIn, extra: flag(false) });
+      t.notOk('present.0.key' in step, 'no present.* in the serving graph');
+      const lastErr = maxAbsDiff(step.last_logits.data as Float32Array, contract.last_logits.data as Float32Array);
+      t.ok(
+        lastErr <= 1e-5 * range([contract.last_logits.data as Float32Array]),
+        `decode step: same last_logits (${lastErr.toExponential(2)})`,
+      );
+      const hd = f.dims.nEmbd / f.dims.nHead;
+      for (const l of [0, f.dims.nLayer - 1]) {
+        for (const kv of ['key', 'value']) {
+          const fresh = step[`new.${l}.${kv}`];
+          t.same(fresh.dims, [2, f.dims.nHead, 1, hd], `new.${l}.${kv} shape`);
+          const present = contract[`present.${l}.${kv}`].data as Float32Array;
+          const S = padded.T + 1;
+          const lastPositions = new Float32Array(2 * f.dims.nHead * hd);
+          for (let bh = 0; bh < 2 * f.dims.nHead; bh++)
+            lastPositions.set(present.subarray((bh * S + S - 1) * hd, (bh * S + S) * hd), bh * hd);
+          const err = maxAbsDiff(fresh.data as Float32Array, lastPositions);
+          t.ok(
+            err <= 1e-5 * range([lastPositions]),
+            `new.${l}.${kv} = last position of present (${err.toExponential(2)})`,
+          );
+        }
       }
-    }
-    await serve.release();
-  });
+      await serve.release();
+    },
+  );
 
   for (const f of Object.values(fixtures)) await f.session.release();
 });
@@ -207,7 +248,10 @@ t.test('weights stay in model.safetensors; rebuilds follow the layout, not the v
   const first = buildGraph(dir);
   t.ok(first.built, 'first build writes the graph');
   const graphBytes = statSync(first.file).size;
-  t.ok(graphBytes * 50 < first.checkpoint.paramBytes, `graph file (${graphBytes} B) holds no weights (${first.checkpoint.paramBytes} B)`);
+  t.ok(
+    graphBytes * 50 < first.checkpoint.paramBytes,
+    `graph file (${graphBytes} B) holds no weights (${first.checkpoint.paramBytes} B)`,
+  );
   const mtime = statSync(first.file).mtimeMs;
   t.notOk(buildGraph(dir).built, 'second build is a no-op');
   t.equal(statSync(first.file).mtimeMs, mtime, 'graph file untouched');
@@ -220,7 +264,10 @@ t.test('weights stay in model.safetensors; rebuilds follow the layout, not the v
   const ids = randomIds(5);
   const out = await runGraph(s, { nLayer: 1, nHead: 2, nEmbd: 32, vocab: 50257 }, single(ids));
   const expected = referenceForward(ref, ids);
-  t.ok(maxAbsDiff(at(out.logits, 0, 4), expected.logits[4]) <= 1e-4 * range(expected.logits), 'logits follow the new weights');
+  t.ok(
+    maxAbsDiff(at(out.logits, 0, 4), expected.logits[4]) <= 1e-4 * range(expected.logits),
+    'logits follow the new weights',
+  );
   await s.release();
 
   // A config change (epsilon) changes the graph: rebuilt.

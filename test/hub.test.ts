@@ -1,14 +1,23 @@
-import t from 'tap';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import fs, { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import fs, {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import t from 'tap';
 import { DownloadError } from '../src/errors.ts';
-import { cachePath, pull, type ProgressReporter } from '../src/model/hub.ts';
+import { cachePath, type ProgressReporter, pull } from '../src/model/hub.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-hub-'));
@@ -32,7 +41,12 @@ const gitBlobId = (b: Buffer) => createHash('sha1').update(`blob ${b.length}\0`)
 function sibling(file: string) {
   const b = bytes.get(file)!;
   if (file === 'model.safetensors') {
-    return { rfilename: file, size: b.length, blobId: gitBlobId(Buffer.from('lfs pointer')), lfs: { sha256: sha256(b), size: b.length } };
+    return {
+      rfilename: file,
+      size: b.length,
+      blobId: gitBlobId(Buffer.from('lfs pointer')),
+      lfs: { sha256: sha256(b), size: b.length },
+    };
   }
   return { rfilename: file, size: b.length, blobId: gitBlobId(b) };
 }
@@ -108,8 +122,12 @@ const server: Server = createServer((req, res) => {
       res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"Repository not found"}');
       return;
     }
-    const siblings = files.map((f) => (bytes.has(f) ? sibling(f) : { rfilename: f, size: 10, blobId: gitBlobId(Buffer.from('# readme\n')) }));
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id: api[1], sha: COMMIT, siblings }));
+    const siblings = files.map((f) =>
+      bytes.has(f) ? sibling(f) : { rfilename: f, size: 10, blobId: gitBlobId(Buffer.from('# readme\n')) },
+    );
+    res
+      .writeHead(200, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ id: api[1], sha: COMMIT, siblings }));
     return;
   }
   const resolve = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(url.pathname);
@@ -137,8 +155,13 @@ const server: Server = createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(slice.subarray(0, half));
     return;
   }
-  const headers = { 'content-type': 'application/octet-stream', 'content-length': String(slice.length), 'accept-ranges': 'bytes' };
-  if (start > 0) res.writeHead(206, { ...headers, 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` });
+  const headers = {
+    'content-type': 'application/octet-stream',
+    'content-length': String(slice.length),
+    'accept-ranges': 'bytes',
+  };
+  if (start > 0)
+    res.writeHead(206, { ...headers, 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` });
   else res.writeHead(200, headers);
   if (mode === 'interrupt-abrupt' && file === 'model.safetensors' && cuts.length > 0) {
     // the retry: answered once the write that was in flight at the cut has landed
@@ -217,13 +240,15 @@ function recorder(): Recorded {
   return r;
 }
 
-const resolveRequests = (file?: string) => requests.filter((q) => q.path.includes('/resolve/') && (!file || q.path.endsWith(`/${file}`)));
+const resolveRequests = (file?: string) =>
+  requests.filter((q) => q.path.includes('/resolve/') && (!file || q.path.endsWith(`/${file}`)));
 
 /** A tap subtest (the last overload of t.test takes only the callback). */
 type TapTest = Parameters<Parameters<typeof t.test>[0]>[0];
 
 function assertIdentical(tt: TapTest, dir: string) {
-  for (const f of FILES) tt.ok(readFileSync(join(dir, f)).equals(bytes.get(f)!), `${f} is byte-identical to the source`);
+  for (const f of FILES)
+    tt.ok(readFileSync(join(dir, f)).equals(bytes.get(f)!), `${f} is byte-identical to the source`);
   const leftovers = readdirSync(dir).filter((f) => f.endsWith('.part'));
   tt.same(leftovers, [], 'no .part file is left');
 }
@@ -248,13 +273,13 @@ t.test('a clean pull downloads and verifies every file; a second pull downloads 
   t.notOk(existsSync(join(dir, 'README.md')), 'files steerd does not need are not downloaded');
   t.same(
     requests.map((q) => q.path),
-    [
-      `/api/models/${REPO}/revision/main?blobs=true`,
-      ...FILES.map((f) => `/${REPO}/resolve/${COMMIT}/${f}`),
-    ],
+    [`/api/models/${REPO}/revision/main?blobs=true`, ...FILES.map((f) => `/${REPO}/resolve/${COMMIT}/${f}`)],
     'one API call, then each required file once, from the resolved commit',
   );
-  t.ok(requests.every((q) => q.range === undefined), 'a fresh download asks for no range');
+  t.ok(
+    requests.every((q) => q.range === undefined),
+    'a fresh download asks for no range',
+  );
   t.same(progress.advanced.get('model.safetensors'), model.length, 'progress advanced by the whole file');
   t.match(progress.logs.join('\n'), /model\.safetensors: \d+ bytes, sha256 verified/);
   t.match(progress.logs.join('\n'), /config\.json: \d+ bytes, sha1 verified/);
@@ -264,7 +289,11 @@ t.test('a clean pull downloads and verifies every file; a second pull downloads 
   reset();
   const again = await pull('gpt2', { endpoint: `${endpoint}/`, cache });
   t.equal(again, dir, 'the second pull returns the same directory (trailing slash on the endpoint ignored)');
-  t.same(requests.map((q) => q.path), [`/api/models/${REPO}/revision/main?blobs=true`], 'only the API call, no resolve request');
+  t.same(
+    requests.map((q) => q.path),
+    [`/api/models/${REPO}/revision/main?blobs=true`],
+    'only the API call, no resolve request',
+  );
   assertIdentical(t, dir);
 });
 
@@ -336,8 +365,14 @@ t.test('a body that ends cleanly but short is resumed, not taken for the file', 
   const dir = await pull('gpt2', { endpoint, cache, progress });
   assertIdentical(t, dir);
   const half = cuts[0];
-  t.same(resolveRequests('model.safetensors').map((q) => q.range), [undefined, `bytes=${half}-`]);
-  t.match(progress.logs.join('\n'), `model.safetensors: attempt 1 of 5 failed (connection closed at ${half} of ${model.length} bytes)`);
+  t.same(
+    resolveRequests('model.safetensors').map((q) => q.range),
+    [undefined, `bytes=${half}-`],
+  );
+  t.match(
+    progress.logs.join('\n'),
+    `model.safetensors: attempt 1 of 5 failed (connection closed at ${half} of ${model.length} bytes)`,
+  );
 });
 
 // When the connection drops while a write to the .part is still in flight, `pipeline` rejects
@@ -369,7 +404,8 @@ t.test('a connection dropped while a write to the .part is in flight does not co
     const got = resolveRequests('model.safetensors');
     shapes.push(`${cuts.length} cut, ranges ${got.map((q) => q.range ?? 'none').join(' ')}`);
     if (err) failures.push(`run ${i}: ${(err as Error).message}`);
-    else if (!readFileSync(join(expectedDir(cache), 'model.safetensors')).equals(model)) failures.push(`run ${i}: wrong bytes`);
+    else if (!readFileSync(join(expectedDir(cache), 'model.safetensors')).equals(model))
+      failures.push(`run ${i}: wrong bytes`);
   }
   t.same(
     shapes.map((x) => x.replace(/\d{2,}/g, 'N')),
@@ -390,9 +426,16 @@ t.test('a .part from an earlier run is resumed; a corrupted one is refused', asy
     const progress = recorder();
     t.equal(await pull('gpt2', { endpoint, cache, progress }), dir);
     const got = resolveRequests('model.safetensors');
-    t.same(got.map((q) => q.range), [`bytes=${K}-`], 'one request, from byte K');
+    t.same(
+      got.map((q) => q.range),
+      [`bytes=${K}-`],
+      'one request, from byte K',
+    );
     t.equal(progress.advanced.get('model.safetensors'), model.length - K, 'only the rest was transferred');
-    t.same(progress.starts.find((s) => s.file === 'model.safetensors'), { file: 'model.safetensors', total: model.length, already: K });
+    t.same(
+      progress.starts.find((s) => s.file === 'model.safetensors'),
+      { file: 'model.safetensors', total: model.length, already: K },
+    );
     assertIdentical(t, dir);
   });
   t.test('a partial file with wrong leading bytes', async (t) => {
@@ -405,8 +448,14 @@ t.test('a .part from an earlier run is resumed; a corrupted one is refused', asy
     writeFileSync(join(dir, 'model.safetensors.part'), bad);
     const err = await caught(pull('gpt2', { endpoint, cache }));
     t.type(err, DownloadError);
-    t.match((err as Error).message, /^model\.safetensors: checksum mismatch \(sha256 [0-9a-f]{64}, the hub says [0-9a-f]{64}\)/);
-    t.same(resolveRequests('model.safetensors').map((q) => q.range), [`bytes=${K}-`]);
+    t.match(
+      (err as Error).message,
+      /^model\.safetensors: checksum mismatch \(sha256 [0-9a-f]{64}, the hub says [0-9a-f]{64}\)/,
+    );
+    t.same(
+      resolveRequests('model.safetensors').map((q) => q.range),
+      [`bytes=${K}-`],
+    );
     t.notOk(existsSync(join(dir, 'model.safetensors')), 'no unverified model.safetensors');
     t.notOk(existsSync(join(dir, 'model.safetensors.part')), 'the bad .part was discarded');
     reset();
@@ -454,8 +503,15 @@ t.test('a server that ignores Range restarts the download from zero', async (t) 
   writeFileSync(join(dir, 'model.safetensors.part'), model.subarray(0, K));
   const progress = recorder();
   await pull('gpt2', { endpoint, cache, progress });
-  t.same(resolveRequests('model.safetensors').map((q) => q.range), [`bytes=${K}-`], 'a range was asked for (and ignored)');
-  t.same(progress.starts.find((s) => s.file === 'model.safetensors'), { file: 'model.safetensors', total: model.length, already: 0 });
+  t.same(
+    resolveRequests('model.safetensors').map((q) => q.range),
+    [`bytes=${K}-`],
+    'a range was asked for (and ignored)',
+  );
+  t.same(
+    progress.starts.find((s) => s.file === 'model.safetensors'),
+    { file: 'model.safetensors', total: model.length, already: 0 },
+  );
   assertIdentical(t, dir);
 });
 

@@ -1,14 +1,14 @@
-import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import t from 'tap';
 import type { Config } from '../src/config.ts';
-import { queueName, TokenSequence, type Progress } from '../src/queue/protocol.ts';
+import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { type Progress, queueName, TokenSequence } from '../src/queue/protocol.ts';
 import { INLINE_TTL_S } from '../src/queue/remote-engine.ts';
+import { VectorCache } from '../src/queue/vector-cache.ts';
 import { valuesKey } from '../src/store/redis-vectors.ts';
 import { vectorHash } from '../src/store/vectors.ts';
-import { VectorCache } from '../src/queue/vector-cache.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness, post } from './helpers/api.ts';
 import { spawnWorker as spawnRedisWorker, testRedis } from './helpers/redis.ts';
 
@@ -21,7 +21,8 @@ t.teardown(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
-const spawnWorker = (redisPrefix: string, env: Record<string, string> = {}) => spawnRedisWorker(url, model, redisPrefix, env);
+const spawnWorker = (redisPrefix: string, env: Record<string, string> = {}) =>
+  spawnRedisWorker(url, model, redisPrefix, env);
 
 /** How many times each job of the queue was started (BullMQ's attemptsStarted). */
 async function jobStarts(p: string, fingerprint: string): Promise<number[]> {
@@ -29,14 +30,25 @@ async function jobStarts(p: string, fingerprint: string): Promise<number[]> {
   return Promise.all(keys.map(async (k) => Number(await probe.hget(k, 'ats'))));
 }
 
-const redisMode = (worker: boolean) => (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: prefix, worker });
+const redisMode =
+  (worker: boolean) =>
+  (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: prefix, worker });
 const requests = Array.from({ length: 32 }, (_, i) => ({
   prompt: `Request number ${i} says`,
   max_new_tokens: 4 + (i % 7),
   temperature: i % 2 ? 0 : 0.9,
   top_p: i % 3 ? 1 : 0.8,
   seed: 100 + i,
-  interventions: i % 4 === 1 ? [{ vector: { values: Array.from({ length: 64 }, (_, j) => Math.sin(i + j) * 0.2) }, layer: 1 + (i % 3), coeff: 4 }] : [],
+  interventions:
+    i % 4 === 1
+      ? [
+          {
+            vector: { values: Array.from({ length: 64 }, (_, j) => Math.sin(i + j) * 0.2) },
+            layer: 1 + (i % 3),
+            coeff: 4,
+          },
+        ]
+      : [],
 }));
 
 t.test('through the queue, with a worker in the API process: the same answers as embedded', { skip }, async (t) => {
@@ -53,11 +65,19 @@ t.test('through the queue, with a worker in the API process: the same answers as
     t.equal(b.statusCode, 200, b.body);
     t.same(b.json().tokens, a.tokens, `"${r.prompt}": same tokens`);
   }
-  const acts = (app: typeof embedded.app) => post(app, '/v1/activations', { prompt: 'The cat', layers: [1], reduce: 'last' }).then((r) => r.json());
+  const acts = (app: typeof embedded.app) =>
+    post(app, '/v1/activations', { prompt: 'The cat', layers: [1], reduce: 'last' }).then((r) => r.json());
   t.same((await acts(queued.app)).activations, (await acts(embedded.app)).activations, 'activations too');
-  const bad = await post(queued.app, '/v1/generate', { prompt: 'x', interventions: [{ vector: { values: [1, 2] }, layer: 1, coeff: 1 }] });
+  const bad = await post(queued.app, '/v1/generate', {
+    prompt: 'x',
+    interventions: [{ vector: { values: [1, 2] }, layer: 1, coeff: 1 }],
+  });
   t.equal(bad.statusCode, 422, 'a bad request is refused before it is queued');
-  t.equal(await probe.llen(`${prefix}q:${queueName(queued.svc.engine.info.fingerprint)}:wait`), 0, 'nothing waits in the queue');
+  t.equal(
+    await probe.llen(`${prefix}q:${queueName(queued.svc.engine.info.fingerprint)}:wait`),
+    0,
+    'nothing waits in the queue',
+  );
 });
 
 t.test('scale-out: one API process, two worker processes, 32 concurrent requests', { skip }, async (t) => {
@@ -78,11 +98,22 @@ t.test('scale-out: one API process, two worker processes, 32 concurrent requests
   const want = [];
   for (const r of requests) want.push((await post(embedded.app, '/v1/generate', r)).json().tokens);
   const got = await Promise.all(requests.map((r) => post(api.app, '/v1/generate', r)));
-  t.same(got.map((r) => r.statusCode), requests.map(() => 200), 'every request completed');
-  t.same(got.map((r) => r.json().tokens), want, 'each with the tokens it gets in embedded mode');
+  t.same(
+    got.map((r) => r.statusCode),
+    requests.map(() => 200),
+    'every request completed',
+  );
+  t.same(
+    got.map((r) => r.json().tokens),
+    want,
+    'each with the tokens it gets in embedded mode',
+  );
   const starts = await jobStarts(prefix, api.svc.engine.info.fingerprint);
   t.ok(starts.length >= 32, `${starts.length} jobs kept (these 32 and the earlier tests')`);
-  t.ok(starts.every((n) => n === 1), 'each started exactly once');
+  t.ok(
+    starts.every((n) => n === 1),
+    'each started exactly once',
+  );
   for (const w of workers) w.kill('SIGTERM');
   t.same(await Promise.all(exits), [0, 0], 'workers drain and exit 0 on SIGTERM');
 });
@@ -105,16 +136,28 @@ t.test('a worker killed mid-generation: its jobs are taken over and every reques
   const pending = Promise.all(long.map((r) => post(api.app, '/v1/generate', r)));
   // kill worker A once it is generating, then start B, which takes the stalled jobs over
   const t0 = Date.now();
-  const generated = async () => Number(/steerd:generation_tokens_total (\d+)/.exec(await api.svc.metrics.registry.metrics())?.[1] ?? 0);
+  const generated = async () =>
+    Number(/steerd:generation_tokens_total (\d+)/.exec(await api.svc.metrics.registry.metrics())?.[1] ?? 0);
   while ((await generated()) < 10 && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 20));
   t.ok((await generated()) >= 10, 'worker A was generating');
   a.child.kill('SIGKILL');
   b = spawnWorker(`${prefix}kill:`, quick);
   await b.ready;
   const got = await pending;
-  t.same(got.map((r) => r.statusCode), long.map(() => 200), 'every request completed');
-  t.same(got.map((r) => r.json().tokens), want, 'with the tokens of an uninterrupted run, none repeated');
-  t.ok((await jobStarts(`${prefix}kill:`, api.svc.engine.info.fingerprint)).some((n) => n > 1), 'worker B restarted jobs that A had started');
+  t.same(
+    got.map((r) => r.statusCode),
+    long.map(() => 200),
+    'every request completed',
+  );
+  t.same(
+    got.map((r) => r.json().tokens),
+    want,
+    'with the tokens of an uninterrupted run, none repeated',
+  );
+  t.ok(
+    (await jobStarts(`${prefix}kill:`, api.svc.engine.info.fingerprint)).some((n) => n > 1),
+    'worker B restarted jobs that A had started',
+  );
 });
 
 t.test('jobs carry vectors by hash; workers fetch them from the registry', { skip }, async (t) => {
@@ -125,7 +168,12 @@ t.test('jobs carry vectors by hash; workers fetch them from the registry', { ski
   const made = await post(api.app, '/v1/vectors', { name: 'v', values });
   t.equal(made.statusCode, 201, made.body);
   const hash = made.json().hash;
-  const body = (vector: unknown) => ({ prompt: 'By hash', max_new_tokens: 5, temperature: 0, interventions: [{ vector, layer: 2, coeff: 6 }] });
+  const body = (vector: unknown) => ({
+    prompt: 'By hash',
+    max_new_tokens: 5,
+    temperature: 0,
+    interventions: [{ vector, layer: 2, coeff: 6 }],
+  });
   const named = await post(api.app, '/v1/generate', body('v'));
   t.equal(named.statusCode, 200, named.body);
   const inline = (await post(api.app, '/v1/generate', body({ values }))).json();
@@ -138,7 +186,12 @@ t.test('jobs carry vectors by hash; workers fetch them from the registry', { ski
   t.ok(jobs.length >= 2, 'finished jobs are kept');
   for (const k of jobs) {
     const data = JSON.parse((await probe.hget(k, 'data'))!);
-    if (data.req.interventions.length) t.same(Object.keys(data.req.interventions[0]).sort(), ['coeff', 'hash', 'layer', 'positions', 'rows'], 'a job names its vector by hash, without values');
+    if (data.req.interventions.length)
+      t.same(
+        Object.keys(data.req.interventions[0]).sort(),
+        ['coeff', 'hash', 'layer', 'positions', 'rows'],
+        'a job names its vector by hash, without values',
+      );
   }
   t.equal(await probe.ttl(valuesKey(p, hash)), -1, 'registered values do not expire');
   const other = Array.from({ length: 64 }, (_, j) => Math.sin(j) * 0.3);
@@ -149,7 +202,10 @@ t.test('jobs carry vectors by hash; workers fetch them from the registry', { ski
   const ttl = await probe.ttl(inlineKey);
   t.ok(ttl > 0 && ttl <= INLINE_TTL_S, `inline values expire (${ttl} s)`);
   t.equal((await api.app.inject({ method: 'DELETE', url: '/v1/vectors/v' })).statusCode, 204);
-  t.ok((await probe.ttl(valuesKey(p, hash))) > 3600, "a deleted vector's values expire rather than vanish under a queued job");
+  t.ok(
+    (await probe.ttl(valuesKey(p, hash))) > 3600,
+    "a deleted vector's values expire rather than vanish under a queued job",
+  );
   await probe.del(valuesKey(p, hash), inlineKey);
   const lost = await post(api.app, '/v1/generate', body({ values: other }));
   t.equal(lost.statusCode, 200, 'values gone from Redis are put back by the next request');
@@ -157,7 +213,9 @@ t.test('jobs carry vectors by hash; workers fetch them from the registry', { ski
 
 t.test('the queue depth limit counts every API process', { skip }, async (t) => {
   const p = `${prefix}depth:`;
-  const shared = (worker: boolean) => (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: p, worker, limits: { ...c.limits, queueDepth: 5 } });
+  const shared =
+    (worker: boolean) =>
+    (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: p, worker, limits: { ...c.limits, queueDepth: 5 } });
   const a = await harness(model, shared(false));
   const b = await harness(model, shared(false));
   t.teardown(async () => {
@@ -166,7 +224,8 @@ t.test('the queue depth limit counts every API process', { skip }, async (t) => 
   });
   const q = `${p}q:${queueName(a.svc.engine.info.fingerprint)}:wait`;
   const waiting = async (n: number) => {
-    for (const t0 = Date.now(); (await probe.llen(q)) < n && Date.now() - t0 < 5000; ) await new Promise((res) => setTimeout(res, 20));
+    for (const t0 = Date.now(); (await probe.llen(q)) < n && Date.now() - t0 < 5000; )
+      await new Promise((res) => setTimeout(res, 20));
     return probe.llen(q);
   };
   t.equal(await waiting(2), 2, "each API process's start-up measurement (/v1/model's norms) waits (no worker yet)");
@@ -182,7 +241,11 @@ t.test('the queue depth limit counts every API process', { skip }, async (t) => 
   t.match(refused.json().error, { code: 'queue_full', details: { queue_depth: 5 } });
   const worker = await harness(model, shared(true));
   t.teardown(() => worker.close());
-  t.same((await Promise.all(admitted)).map((x) => x.statusCode), [200, 200, 200], 'the admitted ones complete once a worker comes');
+  t.same(
+    (await Promise.all(admitted)).map((x) => x.statusCode),
+    [200, 200, 200],
+    'the admitted ones complete once a worker comes',
+  );
 });
 
 t.test("a worker's vector cache: fetched once, checked against its hash, bounded", { skip }, async (t) => {
@@ -204,7 +267,11 @@ t.test("a worker's vector cache: fetched once, checked against its hash, bounded
   const c = await put([9, 10, 11, 12]);
   await cache.resolve([b, c]);
   t.equal(cache.size, 2, 'the least recently used left beyond the bound');
-  await t.rejects(cache.resolve([a]), /vector_gone.*no longer in the registry/, 'values gone from Redis and from the cache: 410');
+  await t.rejects(
+    cache.resolve([a]),
+    /vector_gone.*no longer in the registry/,
+    'values gone from Redis and from the cache: 410',
+  );
   const twice = new VectorCache(probe, p, H, 40);
   const d = await put([3, 1, 4, 1]);
   await Promise.all([twice.resolve([d]), twice.resolve([d, d])]);
@@ -213,12 +280,22 @@ t.test("a worker's vector cache: fetched once, checked against its hash, bounded
   const seq = await put([1, 1, 1, 1, 2, 2, 2, 2], 2);
   t.same((await cache.resolve([seq]))[0].rows, 2, 'a sequence: its shape is part of its hash');
   await probe.set(valuesKey(p, (await put([0, 0, 0, 1])).hash), Buffer.from(Float32Array.from([0, 0, 0, 2]).buffer));
-  await t.rejects(cache.resolve([{ hash: vectorHash([H], Float32Array.from([0, 0, 0, 1])), rows: 1, layer: 1, coeff: 1 }]), /do not match their hash/, 'values that do not match their hash are refused');
+  await t.rejects(
+    cache.resolve([{ hash: vectorHash([H], Float32Array.from([0, 0, 0, 1])), rows: 1, layer: 1, coeff: 1 }]),
+    /do not match their hash/,
+    'values that do not match their hash are refused',
+  );
 });
 
 t.test('every wait is bounded: no worker, or a worker gone with nobody to take over', { skip }, async (t) => {
   const p = `${prefix}bounds:`;
-  const limits = (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: p, worker: false, limits: { ...c.limits, requestTimeoutMs: 2000 } });
+  const limits = (c: Config): Config => ({
+    ...c,
+    redisUrl: url,
+    redisPrefix: p,
+    worker: false,
+    limits: { ...c.limits, requestTimeoutMs: 2000 },
+  });
   const api = await harness(model, limits);
   t.teardown(() => api.close());
   const timed = async <T>(f: () => Promise<T>) => {
@@ -243,9 +320,11 @@ t.test('every wait is bounded: no worker, or a worker gone with nobody to take o
   t.teardown(() => w.stop());
   await w.ready;
   const pending = timed(() => post(api.app, '/v1/generate', { prompt: 'x', max_new_tokens: 250, temperature: 0 }));
-  const tokens = async () => Number(/steerd:generation_tokens_total (\d+)/.exec(await api.svc.metrics.registry.metrics())?.[1] ?? 0);
+  const tokens = async () =>
+    Number(/steerd:generation_tokens_total (\d+)/.exec(await api.svc.metrics.registry.metrics())?.[1] ?? 0);
   const before = await tokens();
-  for (const t0 = Date.now(); (await tokens()) === before && Date.now() - t0 < 10_000; ) await new Promise((r) => setTimeout(r, 10));
+  for (const t0 = Date.now(); (await tokens()) === before && Date.now() - t0 < 10_000; )
+    await new Promise((r) => setTimeout(r, 10));
   w.child.kill('SIGKILL');
   const died = await pending;
   t.equal(died.r.statusCode, 504, `its worker gone: 504 ${died.r.body}`);
@@ -255,7 +334,13 @@ t.test('every wait is bounded: no worker, or a worker gone with nobody to take o
 
 t.test('a generation past its time limit is cancelled on its worker', { skip }, async (t) => {
   const p = `${prefix}cancel:`;
-  const api = await harness(model, (c) => ({ ...c, redisUrl: url, redisPrefix: p, worker: true, limits: { ...c.limits, requestTimeoutMs: 100 } }));
+  const api = await harness(model, (c) => ({
+    ...c,
+    redisUrl: url,
+    redisPrefix: p,
+    worker: true,
+    limits: { ...c.limits, requestTimeoutMs: 100 },
+  }));
   t.teardown(() => api.close());
   const r = await post(api.app, '/v1/generate', { prompt: 'x', max_new_tokens: 250, temperature: 0 });
   t.equal(r.statusCode, 504, r.body.slice(0, 200));
@@ -273,27 +358,48 @@ t.test('a generation past its time limit is cancelled on its worker', { skip }, 
 
 t.test('the rate limit counts every API process', { skip }, async (t) => {
   const p = `${prefix}rate:`;
-  const shared = (c: Config): Config => ({ ...c, redisUrl: url, redisPrefix: p, worker: false, apiKeys: ['k1', 'k2'], rateLimit: 3 });
+  const shared = (c: Config): Config => ({
+    ...c,
+    redisUrl: url,
+    redisPrefix: p,
+    worker: false,
+    apiKeys: ['k1', 'k2'],
+    rateLimit: 3,
+  });
   const a = await harness(model, shared);
   const b = await harness(model, shared);
   t.teardown(async () => {
     await a.close();
     await b.close();
   });
-  const list = (h: typeof a, key: string) => h.app.inject({ url: '/v1/vectors', headers: { authorization: `Bearer ${key}` } }).then((r) => r.statusCode);
-  t.same([await list(a, 'k1'), await list(b, 'k1'), await list(a, 'k1')], [200, 200, 200], 'three requests of k1, over two processes');
+  const list = (h: typeof a, key: string) =>
+    h.app.inject({ url: '/v1/vectors', headers: { authorization: `Bearer ${key}` } }).then((r) => r.statusCode);
+  t.same(
+    [await list(a, 'k1'), await list(b, 'k1'), await list(a, 'k1')],
+    [200, 200, 200],
+    'three requests of k1, over two processes',
+  );
   t.equal(await list(b, 'k1'), 429, 'the fourth is refused, by either');
   t.equal(await list(a, 'k2'), 200, 'k2 counts apart');
   const counters = await probe.keys(`${p}ratelimit:*`);
   t.ok(counters.length > 0, 'the counts live in Redis, under the prefix');
-  t.notOk(counters.some((k) => k.includes('k1') || k.includes('k2')), `named by the keys' hashes, not the keys (${counters[0]})`);
+  t.notOk(
+    counters.some((k) => k.includes('k1') || k.includes('k2')),
+    `named by the keys' hashes, not the keys (${counters[0]})`,
+  );
 });
 
 t.test("a job's token events: repeats of a retry skipped, a divergent retry or a gap refused", async (t) => {
   const ev = (i: number, id: number): Progress => ({ i, e: { type: 'token', id, text: `<${id}>`, logprob: -1 } });
   const seq = new TokenSequence();
-  const streamed = [ev(0, 5), ev(1, 6), ev(0, 5), ev(1, 6), ev(2, 7), ev(3, -1)].map((p) => seq.accept(p)).filter((e) => e !== undefined);
-  t.same(streamed.map((e) => (e.type === 'token' ? e.id : null)), [5, 6, 7, -1], 'a retried job restarting from token 0 streams nothing twice');
+  const streamed = [ev(0, 5), ev(1, 6), ev(0, 5), ev(1, 6), ev(2, 7), ev(3, -1)]
+    .map((p) => seq.accept(p))
+    .filter((e) => e !== undefined);
+  t.same(
+    streamed.map((e) => (e.type === 'token' ? e.id : null)),
+    [5, 6, 7, -1],
+    'a retried job restarting from token 0 streams nothing twice',
+  );
   t.equal(seq.generated, 3, 'the text-only event is not a generated token');
   t.throws(() => seq.accept(ev(1, 9)), { status: 502, code: 'worker_diverged' }, 'a retry that samples another token');
   t.throws(() => seq.accept(ev(6, 1)), { status: 502, code: 'events_lost' }, 'a gap');

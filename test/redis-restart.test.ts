@@ -1,10 +1,10 @@
-import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import t from 'tap';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness, post } from './helpers/api.ts';
 
@@ -31,17 +31,33 @@ const freePort = () =>
 
 /** A redis-server on `port` with its append-only file in `dir`; killed at teardown whatever happens. */
 async function redisServer(port: number, dir: string) {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', ''], { stdio: 'ignore' });
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', ''],
+    { stdio: 'ignore' },
+  );
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await exited;
   });
-  const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+  const probe = new Redis({
+    port,
+    host: '127.0.0.1',
+    lazyConnect: true,
+    retryStrategy: () => null,
+    maxRetriesPerRequest: 0,
+  });
   probe.on('error', () => undefined);
   for (const t0 = Date.now(); ; ) {
     if (child.exitCode !== null) throw new Error(`redis-server exited (${child.exitCode})`);
-    if (await probe.connect().then(() => probe.ping().then((p) => p === 'PONG'), () => false)) break;
+    if (
+      await probe.connect().then(
+        () => probe.ping().then((p) => p === 'PONG'),
+        () => false,
+      )
+    )
+      break;
     if (Date.now() - t0 > 10_000) throw new Error('redis-server did not answer within 10 s');
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -79,11 +95,19 @@ t.test('Redis killed and restarted under load', { skip }, async (t) => {
   const names = ['a', 'b', 'c', 'd', 'e'];
   const made = new Map<string, string>();
   for (const [i, name] of names.entries()) {
-    const r = await post(app, '/v1/vectors', { name, values: Array.from({ length: 64 }, (_, j) => Math.sin(i * 7 + j) * 0.4) });
+    const r = await post(app, '/v1/vectors', {
+      name,
+      values: Array.from({ length: 64 }, (_, j) => Math.sin(i * 7 + j) * 0.4),
+    });
     t.equal(r.statusCode, 201, `registered ${name}`);
     made.set(name, r.json().hash);
   }
-  const request = (name: string, max = 8) => ({ prompt: `Vector ${name} says`, max_new_tokens: max, temperature: 0, interventions: [{ vector: name, layer: 2, coeff: 5 }] });
+  const request = (name: string, max = 8) => ({
+    prompt: `Vector ${name} says`,
+    max_new_tokens: max,
+    temperature: 0,
+    interventions: [{ vector: name, layer: 2, coeff: 5 }],
+  });
   const want = new Map<string, unknown>();
   for (const name of names) want.set(name, (await post(app, '/v1/generate', request(name))).json().tokens);
 
@@ -108,8 +132,16 @@ t.test('Redis killed and restarted under load', { skip }, async (t) => {
   const listing = await timed(() => app.inject('/v1/vectors'));
   t.equal(listing.value.statusCode, 503, 'the registry: 503');
   t.ok(listing.ms < 3000, `and fast (${listing.ms} ms)`);
-  t.equal((await post(app, '/v1/generate', { prompt: 'no vector', max_new_tokens: 2 })).statusCode, 503, 'an unsteered generation: 503');
-  t.equal((await post(app, '/v1/vectors', { name: 'f', values: Array(64).fill(0.1) })).statusCode, 503, 'a registration: 503');
+  t.equal(
+    (await post(app, '/v1/generate', { prompt: 'no vector', max_new_tokens: 2 })).statusCode,
+    503,
+    'an unsteered generation: 503',
+  );
+  t.equal(
+    (await post(app, '/v1/vectors', { name: 'f', values: Array(64).fill(0.1) })).statusCode,
+    503,
+    'a registration: 503',
+  );
   t.equal((await app.inject('/readyz')).statusCode, 503, 'not ready');
 
   redis = await redisServer(port, dir);
@@ -126,14 +158,31 @@ t.test('Redis killed and restarted under load', { skip }, async (t) => {
     t.same(r.json().tokens, want.get(name), `vector ${name} steers as before`);
   }
   const before = outcomes.length;
-  for (const t0 = Date.now(); outcomes.slice(before).filter((o) => o.status === 200).length < 4 && Date.now() - t0 < 20_000; ) await sleep(50);
+  for (
+    const t0 = Date.now();
+    outcomes.slice(before).filter((o) => o.status === 200).length < 4 && Date.now() - t0 < 20_000;
+  )
+    await sleep(50);
   stop = true;
   await Promise.all(clients);
-  t.ok(outcomes.slice(before).some((o) => o.status === 200), 'the load goes on after the restart');
-  t.comment(`load: ${outcomes.filter((o) => o.status === 200).length} requests completed, ${outcomes.filter((o) => o.status === 503).length} refused with 503`);
-  t.same([...new Set(outcomes.map((o) => o.status))].filter((s) => s !== 200 && s !== 503), [], 'every request ended, with 200 or 503');
+  t.ok(
+    outcomes.slice(before).some((o) => o.status === 200),
+    'the load goes on after the restart',
+  );
+  t.comment(
+    `load: ${outcomes.filter((o) => o.status === 200).length} requests completed, ${outcomes.filter((o) => o.status === 503).length} refused with 503`,
+  );
+  t.same(
+    [...new Set(outcomes.map((o) => o.status))].filter((s) => s !== 200 && s !== 503),
+    [],
+    'every request ended, with 200 or 503',
+  );
   const full = outcomes.filter((o) => o.status === 200);
   const expected = new Map<string, string>();
-  for (const name of names.slice(0, 4)) expected.set(name, JSON.stringify((await post(app, '/v1/generate', request(name, 40))).json().tokens));
-  t.ok(full.every((o) => JSON.stringify(o.tokens) === expected.get(o.name)), `all ${full.length} completed requests have the right tokens (none mixed up or repeated by a retry)`);
+  for (const name of names.slice(0, 4))
+    expected.set(name, JSON.stringify((await post(app, '/v1/generate', request(name, 40))).json().tokens));
+  t.ok(
+    full.every((o) => JSON.stringify(o.tokens) === expected.get(o.name)),
+    `all ${full.length} completed requests have the right tokens (none mixed up or repeated by a retry)`,
+  );
 });

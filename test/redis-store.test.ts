@@ -1,7 +1,7 @@
-import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import t from 'tap';
 import type { Config } from '../src/config.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { RedisVectorStore } from '../src/store/redis-vectors.ts';
@@ -14,7 +14,16 @@ t.teardown(cleanup);
 
 const vector = (name: string, seed: number, H = 8): StoredVector => {
   const values = Float32Array.from({ length: H }, (_, i) => Math.sin(i + seed));
-  return { name, ...describe(values, [H]), layer: 1, recipe: 'uploaded', model: { id: 'm@1', n_embd: H }, description: null, created_at: new Date(0).toISOString(), values };
+  return {
+    name,
+    ...describe(values, [H]),
+    layer: 1,
+    recipe: 'uploaded',
+    model: { id: 'm@1', n_embd: H },
+    description: null,
+    created_at: new Date(0).toISOString(),
+    values,
+  };
 };
 
 t.test('two processes share one registry', { skip }, async (t) => {
@@ -36,9 +45,15 @@ t.test('two processes share one registry', { skip }, async (t) => {
   await a.put(vector('c', 4), { replace: false, max: 3 });
   await t.rejects(a.put(vector('d', 5), { replace: false, max: 3 }), { status: 422, message: /maximum of 3/ });
   // concurrent writers of one new name: exactly one wins
-  const race = await Promise.allSettled([a.put(vector('x', 6), { replace: false, max: 10 }), b.put(vector('x', 7), { replace: false, max: 10 })]);
+  const race = await Promise.allSettled([
+    a.put(vector('x', 6), { replace: false, max: 10 }),
+    b.put(vector('x', 7), { replace: false, max: 10 }),
+  ]);
   t.same(race.map((r) => r.status).sort(), ['fulfilled', 'rejected']);
-  t.same((await b.list()).map((m) => m.name), ['b', 'c', 'dir', 'x']);
+  t.same(
+    (await b.list()).map((m) => m.name),
+    ['b', 'c', 'dir', 'x'],
+  );
   await b.delete('b');
   await t.rejects(a.get('b'), { status: 404, message: /no vector named/ });
   await t.rejects(a.delete('b'), { status: 404, message: /no vector named/ });
@@ -57,11 +72,20 @@ t.test('a vector registered through one API process is usable through another', 
     await two.close();
     rmSync(root, { recursive: true, force: true });
   });
-  const made = await post(one.app, '/v1/vectors', { name: 'shared', recipe: { kind: 'diff', layer: 1, positive: 'Love', negative: 'Hate' } });
+  const made = await post(one.app, '/v1/vectors', {
+    name: 'shared',
+    recipe: { kind: 'diff', layer: 1, positive: 'Love', negative: 'Hate' },
+  });
   t.equal(made.statusCode, 201, made.body);
   const seen = await two.app.inject('/v1/vectors/shared');
   t.same(seen.json(), made.json(), 'the other process sees it');
-  const gen = (app: typeof one.app) => post(app, '/v1/generate', { prompt: 'Hi', max_new_tokens: 4, temperature: 0, interventions: [{ vector: 'shared', layer: 1, coeff: 8 }] }).then((r) => r.json());
+  const gen = (app: typeof one.app) =>
+    post(app, '/v1/generate', {
+      prompt: 'Hi',
+      max_new_tokens: 4,
+      temperature: 0,
+      interventions: [{ vector: 'shared', layer: 1, coeff: 8 }],
+    }).then((r) => r.json());
   const [x, y] = [await gen(one.app), await gen(two.app)];
   t.same(y.tokens, x.tokens, 'and uses it the same way');
   t.equal(y.interventions[0].hash, made.json().hash);

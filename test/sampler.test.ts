@@ -47,7 +47,10 @@ t.test('sampled frequencies follow temperature, top-k and top-p', async (t) => {
     const got = frequencies(p);
     const err = Math.max(...got.map((g, i) => Math.abs(g - want[i])));
     t.ok(err < 0.015, `${name}: frequencies ${got.map((x) => x.toFixed(3))} vs ${want.map((x) => x.toFixed(3))}`);
-    t.ok(got.every((g, i) => want[i] > 0 || g === 0), `${name}: nothing outside the kept set`);
+    t.ok(
+      got.every((g, i) => want[i] > 0 || g === 0),
+      `${name}: nothing outside the kept set`,
+    );
   }
 });
 
@@ -94,7 +97,10 @@ t.test('greedy, logprob and penalties', async (t) => {
   const reported = new Sampler({ ...base, temperature: 0.7, frequency_penalty: 1 }, 5, 5);
   reported.observe(3);
   const r = reported.sample(logits, lse);
-  t.ok(Math.abs(r.logprob - (logits[r.id] - Math.log(z))) < 1e-6, 'logprob stays the raw model probability under penalties and temperature');
+  t.ok(
+    Math.abs(r.logprob - (logits[r.id] - Math.log(z))) < 1e-6,
+    'logprob stays the raw model probability under penalties and temperature',
+  );
   const given = new Sampler({ ...base, temperature: 0 }, 1, 5).sample(logits, 7.5);
   t.same(given, { id: 3, logprob: 3 - 7.5 }, 'a given log-sum-exp is used as the normaliser');
 });

@@ -1,6 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { QueueFullError, SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
 import type { GenerateEvent, GenerateRequest } from '../engine/types.js';
+import { QueueFullError, SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
 import type { Service } from './service.js';
 
 /** Refuses new work while draining (503) or when the queue is full (429), else counts it in. */
@@ -37,7 +37,9 @@ export function requestSignal(svc: Service, request: FastifyRequest, reply: Fast
   if (reply.raw.destroyed || request.raw.socket?.destroyed) ac.abort();
   const abort = () => ac.abort();
   svc.aborts.add(abort);
-  const gone = new Promise<void>((r) => (ac.signal.aborted ? r() : ac.signal.addEventListener('abort', () => r(), { once: true })));
+  const gone = new Promise<void>((r) =>
+    ac.signal.aborted ? r() : ac.signal.addEventListener('abort', () => r(), { once: true }),
+  );
   return {
     signal: ac.signal,
     abort,
@@ -70,7 +72,8 @@ export function streamErrors<R extends FastifyRequest>(handler: (request: R, rep
       if (!reply.raw.headersSent) throw e;
       const err = e instanceof SteerdError ? e : new SteerdError('internal error', 500, 'internal');
       if (!(e instanceof SteerdError)) request.log.error({ err: e }, 'stream failed');
-      if (reply.sse?.isConnected) await reply.sse.send({ event: 'error', data: { error: { code: err.code, message: err.message } } });
+      if (reply.sse?.isConnected)
+        await reply.sse.send({ event: 'error', data: { error: { code: err.code, message: err.message } } });
       reply.sse?.close();
       return reply;
     }
@@ -86,7 +89,11 @@ export function checkLimits(svc: Service, maxNew: number): void {
 }
 
 /** The engine's events for a request, with the request's metrics recorded on the way. */
-export async function* tracked(svc: Service, req: GenerateRequest, events: AsyncIterable<GenerateEvent>): AsyncGenerator<GenerateEvent> {
+export async function* tracked(
+  svc: Service,
+  req: GenerateRequest,
+  events: AsyncIterable<GenerateEvent>,
+): AsyncGenerator<GenerateEvent> {
   const m = svc.metrics;
   const t0 = performance.now();
   let last = 0;

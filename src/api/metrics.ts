@@ -4,30 +4,66 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 export class Metrics {
   readonly registry = new Registry();
   private readonly latency = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
-  readonly running = new Gauge({ name: 'steerd:num_requests_running', help: 'Requests generating tokens', registers: [this.registry] });
-  readonly waiting = new Gauge({ name: 'steerd:num_requests_waiting', help: 'Requests admitted, before their first token', registers: [this.registry] });
-  readonly promptTokens = new Counter({ name: 'steerd:prompt_tokens_total', help: 'Prompt tokens processed', registers: [this.registry] });
-  readonly generationTokens = new Counter({ name: 'steerd:generation_tokens_total', help: 'Tokens generated', registers: [this.registry] });
+  readonly running = new Gauge({
+    name: 'steerd:num_requests_running',
+    help: 'Requests generating tokens',
+    registers: [this.registry],
+  });
+  readonly waiting = new Gauge({
+    name: 'steerd:num_requests_waiting',
+    help: 'Requests admitted, before their first token',
+    registers: [this.registry],
+  });
+  readonly promptTokens = new Counter({
+    name: 'steerd:prompt_tokens_total',
+    help: 'Prompt tokens processed',
+    registers: [this.registry],
+  });
+  readonly generationTokens = new Counter({
+    name: 'steerd:generation_tokens_total',
+    help: 'Tokens generated',
+    registers: [this.registry],
+  });
   readonly requests = new Counter({
     name: 'steerd:request_success_total',
     help: 'Finished generations by finish reason',
     labelNames: ['finished_reason'],
     registers: [this.registry],
   });
-  readonly ttft = new Histogram({ name: 'steerd:time_to_first_token_seconds', help: 'Time to first token', buckets: this.latency, registers: [this.registry] });
+  readonly ttft = new Histogram({
+    name: 'steerd:time_to_first_token_seconds',
+    help: 'Time to first token',
+    buckets: this.latency,
+    registers: [this.registry],
+  });
   readonly itl = new Histogram({
     name: 'steerd:inter_token_latency_seconds',
     help: 'Time between two tokens of a request',
     buckets: [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2],
     registers: [this.registry],
   });
-  readonly e2e = new Histogram({ name: 'steerd:e2e_request_latency_seconds', help: 'End-to-end request latency', buckets: this.latency, registers: [this.registry] });
-  readonly queue = new Histogram({ name: 'steerd:request_queue_time_seconds', help: 'Time waiting for a slot', buckets: this.latency, registers: [this.registry] });
+  readonly e2e = new Histogram({
+    name: 'steerd:e2e_request_latency_seconds',
+    help: 'End-to-end request latency',
+    buckets: this.latency,
+    registers: [this.registry],
+  });
+  readonly queue = new Histogram({
+    name: 'steerd:request_queue_time_seconds',
+    help: 'Time waiting for a slot',
+    buckets: this.latency,
+    registers: [this.registry],
+  });
   readonly batch = new Histogram({
     name: 'steerd:batch_size',
     help: 'Requests running when a request finished (an estimate of the decode batch size)',
     buckets: [1, 2, 4, 8, 16, 32, 64],
     registers: [this.registry],
   });
-  readonly http = new Counter({ name: 'steerd:http_requests_total', help: 'HTTP responses by route and status', labelNames: ['route', 'status'], registers: [this.registry] });
+  readonly http = new Counter({
+    name: 'steerd:http_requests_total',
+    help: 'HTTP responses by route and status',
+    labelNames: ['route', 'status'],
+    registers: [this.registry],
+  });
 }

@@ -1,5 +1,5 @@
-import { SteerdError, UnprocessableError } from '../errors.js';
 import type { Intervention, Positions } from '../engine/types.js';
+import { SteerdError, UnprocessableError } from '../errors.js';
 import { describe } from '../store/vectors.js';
 import type { Service } from './service.js';
 
@@ -26,7 +26,8 @@ export function toFloat32(values: number[] | number[][], where: string): { value
   if (Array.isArray(values[0])) {
     const rows = values as number[][];
     const H = rows[0].length;
-    if (rows.some((r) => r.length !== H)) throw new SteerdError(`${where}: every row of a sequence needs the same length`, 400, 'invalid_request');
+    if (rows.some((r) => r.length !== H))
+      throw new SteerdError(`${where}: every row of a sequence needs the same length`, 400, 'invalid_request');
     const out = new Float32Array(rows.length * H);
     rows.forEach((r, i) => out.set(r, i * H));
     return { values: out, shape: [rows.length, H] };
@@ -35,10 +36,14 @@ export function toFloat32(values: number[] | number[][], where: string): { value
 }
 
 /** Resolves names from the store, checks each vector against the serving model. */
-export async function resolveInterventions(svc: Service, list: InterventionBody[] | undefined): Promise<{ engine: Intervention[]; applied: AppliedIntervention[] }> {
+export async function resolveInterventions(
+  svc: Service,
+  list: InterventionBody[] | undefined,
+): Promise<{ engine: Intervention[]; applied: AppliedIntervention[] }> {
   const items = list ?? [];
   const max = svc.config.limits.maxInterventions;
-  if (items.length > max) throw new UnprocessableError(`${items.length} interventions exceed this server's limit (${max})`);
+  if (items.length > max)
+    throw new UnprocessableError(`${items.length} interventions exceed this server's limit (${max})`);
   const H = svc.engine.info.n_embd;
   const engine: Intervention[] = [];
   const applied: AppliedIntervention[] = [];
@@ -61,7 +66,10 @@ export async function resolveInterventions(svc: Service, list: InterventionBody[
       ({ values, shape } = toFloat32(iv.vector.values, where));
       hash = describe(values, shape).hash;
     }
-    if (shape.at(-1) !== H) throw new UnprocessableError(`${where}: vector width ${shape.at(-1)} does not match this model's hidden size ${H}`);
+    if (shape.at(-1) !== H)
+      throw new UnprocessableError(
+        `${where}: vector width ${shape.at(-1)} does not match this model's hidden size ${H}`,
+      );
     const rows = shape.length === 1 ? 1 : shape[0];
     const positions = iv.positions ?? (rows === 1 ? 'all' : 'front');
     engine.push({ values, rows, layer: iv.layer, coeff: iv.coeff, positions, hash });

@@ -37,10 +37,19 @@ export const interventionSchema = {
       description: 'A stored vector by name, or inline values.',
       oneOf: [
         { type: 'string', pattern: NAME_PATTERN },
-        { type: 'object', additionalProperties: false, required: ['values'], properties: { values: vectorValuesSchema } },
+        {
+          type: 'object',
+          additionalProperties: false,
+          required: ['values'],
+          properties: { values: vectorValuesSchema },
+        },
       ],
     },
-    layer: { type: 'integer', minimum: 0, description: 'hook point: the residual stream entering block `layer` (n_layer: before ln_f)' },
+    layer: {
+      type: 'integer',
+      minimum: 0,
+      description: 'hook point: the residual stream entering block `layer` (n_layer: before ln_f)',
+    },
     coeff: { type: 'number', description: 'the vector is multiplied by this before it is added' },
     positions: {
       type: 'string',
@@ -57,10 +66,16 @@ export const samplingProperties = {
   top_p: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 1 },
   frequency_penalty: { type: 'number', minimum: -2, maximum: 2, default: 0 },
   presence_penalty: { type: 'number', minimum: -2, maximum: 2, default: 0 },
-  seed: { type: 'integer', description: 'the same seed gives the same tokens; drawn at random (and reported) when absent' },
+  seed: {
+    type: 'integer',
+    description: 'the same seed gives the same tokens; drawn at random (and reported) when absent',
+  },
   stop: {
     description: 'stop before the first of these strings',
-    oneOf: [{ type: 'string', minLength: 1 }, { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 16 }],
+    oneOf: [
+      { type: 'string', minLength: 1 },
+      { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 16 },
+    ],
   },
 } as const;
 

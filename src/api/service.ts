@@ -5,7 +5,10 @@ import type { VectorModel, VectorStore } from '../store/vectors.js';
 import type { Metrics } from './metrics.js';
 
 /** What the routes need of an engine: `Engine` in-process, `RemoteEngine` over Redis. */
-export type EngineLike = Pick<Engine, 'info' | 'tokenizer' | 'maxContext' | 'ready' | 'inFlight' | 'generate' | 'activations' | 'close'>;
+export type EngineLike = Pick<
+  Engine,
+  'info' | 'tokenizer' | 'maxContext' | 'ready' | 'inFlight' | 'generate' | 'activations' | 'close'
+>;
 
 /** What the routes share: the engine, the vector store, the configuration and the counters. */
 export interface Service {

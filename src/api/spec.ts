@@ -8,7 +8,14 @@ import type { Service } from './service.js';
  * service without an engine is enough; `openapi.yaml` at the repository root is this text.
  */
 export async function openapiYaml(): Promise<string> {
-  const svc = { config: loadConfig({}), metrics: new Metrics(), inFlight: 0, draining: false, aborts: new Set(), closers: [] } as unknown as Service;
+  const svc = {
+    config: loadConfig({}),
+    metrics: new Metrics(),
+    inFlight: 0,
+    draining: false,
+    aborts: new Set(),
+    closers: [],
+  } as unknown as Service;
   const app = await buildApp(svc, { logger: false });
   await app.ready();
   const yaml = app.swagger({ yaml: true });

@@ -1,11 +1,11 @@
 import { Command, InvalidArgumentError } from 'commander';
+import { loadConfig } from '../config.js';
 import { SteerdError } from '../errors.js';
 import { buildGraph } from '../model/graph.js';
 import { defaultCacheDir, pull } from '../model/hub.js';
 import { writeTinyCheckpoint } from '../model/tiny.js';
-import { consoleProgress } from './progress.js';
-import { loadConfig } from '../config.js';
 import { runWorker, serve } from '../server.js';
+import { consoleProgress } from './progress.js';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -24,27 +24,39 @@ export function program(): Command {
   cli
     .command('serve')
     .description('serve the HTTP API (options also from the environment: see README, configuration)')
-    .option('--model <model>', 'checkpoint directory, hub name (gpt2 … gpt2-xl) or "tiny" (env STEERD_MODEL, default gpt2-xl)')
+    .option(
+      '--model <model>',
+      'checkpoint directory, hub name (gpt2 … gpt2-xl) or "tiny" (env STEERD_MODEL, default gpt2-xl)',
+    )
     .option('--host <host>', 'listen address (env HOST, default 127.0.0.1)')
     .option('--port <port>', 'listen port, 0 for any free one (env PORT, default 8080)', nonNegativeInt)
     .option('--data <dir>', 'vector store directory (env STEERD_DATA, default ./data)')
     .option('--provider <name>', 'execution provider: cpu, cuda, webgpu (env STEERD_PROVIDER, default cpu)')
     .option('--worker', 'with REDIS_URL: also run an engine on the queue in this process', false)
-    .action(async (o: { model?: string; host?: string; port?: number; data?: string; provider?: string; worker: boolean }) => {
-      const config = loadConfig();
-      await serve(
-        {
-          ...config,
-          model: o.model ?? config.model,
-          host: o.host ?? config.host,
-          port: o.port ?? config.port,
-          dataDir: o.data ?? config.dataDir,
-          provider: o.provider ?? config.provider,
-          worker: o.worker,
-        },
-        consoleProgress(),
-      );
-    });
+    .action(
+      async (o: {
+        model?: string;
+        host?: string;
+        port?: number;
+        data?: string;
+        provider?: string;
+        worker: boolean;
+      }) => {
+        const config = loadConfig();
+        await serve(
+          {
+            ...config,
+            model: o.model ?? config.model,
+            host: o.host ?? config.host,
+            port: o.port ?? config.port,
+            dataDir: o.data ?? config.dataDir,
+            provider: o.provider ?? config.provider,
+            worker: o.worker,
+          },
+          consoleProgress(),
+        );
+      },
+    );
 
   cli
     .command('worker')
@@ -53,7 +65,10 @@ export function program(): Command {
     .option('--provider <name>', 'execution provider (env STEERD_PROVIDER, default cpu)')
     .action(async (o: { model?: string; provider?: string }) => {
       const config = loadConfig();
-      await runWorker({ ...config, model: o.model ?? config.model, provider: o.provider ?? config.provider }, consoleProgress());
+      await runWorker(
+        { ...config, model: o.model ?? config.model, provider: o.provider ?? config.provider },
+        consoleProgress(),
+      );
     });
 
   const model = cli.command('model').description('prepare model checkpoints');
@@ -91,7 +106,11 @@ export function program(): Command {
     .option('--revision <rev>', 'branch, tag or commit', 'main')
     .option('--cache <dir>', 'cache directory (default $STEERD_CACHE or ~/.cache/steerd)')
     .action(async (name: string, o: { revision: string; cache?: string }) => {
-      const dir = await pull(name, { revision: o.revision, cache: o.cache ?? defaultCacheDir(), progress: consoleProgress() });
+      const dir = await pull(name, {
+        revision: o.revision,
+        cache: o.cache ?? defaultCacheDir(),
+        progress: consoleProgress(),
+      });
       console.log(dir);
     });
 

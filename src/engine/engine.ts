@@ -1,12 +1,12 @@
 import { Worker } from 'node:worker_threads';
 import { SteerdError, UnavailableError } from '../errors.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
+import { EventStream } from './event-stream.js';
 import type { FromWorker, ToWorker, WireError } from './protocol.js';
 import type { RunnerOptions } from './runner.js';
 import type { SchedulerOptions } from './scheduler.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
 import { validateActivations, validateGenerate } from './validate.js';
-import { EventStream } from './event-stream.js';
 
 /** Engine options: the model runner's and the scheduler's, plus the context limit. */
 export interface EngineOptions extends RunnerOptions, SchedulerOptions {

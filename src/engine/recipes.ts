@@ -83,16 +83,28 @@ const nonEmpty = (s: unknown, what: string): string => {
 /** Runs a recipe: reads the activations it needs at `recipe.layer`, then applies the arithmetic. */
 export async function deriveVector(src: ActivationSource, recipe: Recipe): Promise<DerivedVector> {
   const last = async (text: string) =>
-    (await src.activations({ prompt: src.tokenizer.encode(text), layers: [recipe.layer], reduce: 'last' })).activations[recipe.layer];
+    (await src.activations({ prompt: src.tokenizer.encode(text), layers: [recipe.layer], reduce: 'last' })).activations[
+      recipe.layer
+    ];
   switch (recipe.kind) {
     case 'diff': {
-      const [p, n] = await Promise.all([last(nonEmpty(recipe.positive, 'positive')), last(nonEmpty(recipe.negative, 'negative'))]);
+      const [p, n] = await Promise.all([
+        last(nonEmpty(recipe.positive, 'positive')),
+        last(nonEmpty(recipe.negative, 'negative')),
+      ]);
       return { values: diffVector(p, n, recipe.normalize), rows: 1 };
     }
     case 'mean_diff': {
-      if (!Array.isArray(recipe.pairs) || recipe.pairs.length === 0) throw new BadRequestError('recipe mean_diff needs at least one pair');
+      if (!Array.isArray(recipe.pairs) || recipe.pairs.length === 0)
+        throw new BadRequestError('recipe mean_diff needs at least one pair');
       const acts = await Promise.all(
-        recipe.pairs.map(async ([p, n], i) => [await last(nonEmpty(p, `pairs[${i}][0]`)), await last(nonEmpty(n, `pairs[${i}][1]`))] as [Float32Array, Float32Array]),
+        recipe.pairs.map(
+          async ([p, n], i) =>
+            [await last(nonEmpty(p, `pairs[${i}][0]`)), await last(nonEmpty(n, `pairs[${i}][1]`))] as [
+              Float32Array,
+              Float32Array,
+            ],
+        ),
       );
       return { values: meanDiffVector(acts, recipe.normalize), rows: 1 };
     }
@@ -111,6 +123,8 @@ export async function deriveVector(src: ActivationSource, recipe: Recipe): Promi
       return actaddVector(p.activations[recipe.layer], n.activations[recipe.layer], H, recipe.normalize);
     }
     default:
-      throw new BadRequestError(`unknown recipe kind ${JSON.stringify((recipe as Recipe).kind)} (diff, actadd, mean_diff)`);
+      throw new BadRequestError(
+        `unknown recipe kind ${JSON.stringify((recipe as Recipe).kind)} (diff, actadd, mean_diff)`,
+      );
   }
 }

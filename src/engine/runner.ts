@@ -1,5 +1,5 @@
-import ort from 'onnxruntime-node';
 import { join } from 'node:path';
+import ort from 'onnxruntime-node';
 import { SteerdError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
@@ -76,7 +76,11 @@ export class ModelRunner {
     const provider = opts.provider ?? 'cpu';
     const known = ort.listSupportedBackends().map((b) => b.name);
     if (!known.includes(provider)) {
-      throw new SteerdError(`execution provider "${provider}" is not supported by onnxruntime-node (it knows ${known.join(', ')})`, 500, 'provider_unavailable');
+      throw new SteerdError(
+        `execution provider "${provider}" is not supported by onnxruntime-node (it knows ${known.join(', ')})`,
+        500,
+        'provider_unavailable',
+      );
     }
     let session: ort.InferenceSession;
     try {
@@ -87,8 +91,13 @@ export class ModelRunner {
         logSeverityLevel: 3,
       });
     } catch (e) {
-      const hint = provider === 'cpu' ? '' : ` (is the ${provider} build of onnxruntime-node installed? see README, GPU notes)`;
-      throw new SteerdError(`cannot start the ${provider} execution provider: ${(e as Error).message}${hint}`, 500, 'provider_unavailable');
+      const hint =
+        provider === 'cpu' ? '' : ` (is the ${provider} build of onnxruntime-node installed? see README, GPU notes)`;
+      throw new SteerdError(
+        `cannot start the ${provider} execution provider: ${(e as Error).message}${hint}`,
+        500,
+        'provider_unavailable',
+      );
     }
     const info = modelInfo(ck, provider);
     return new ModelRunner(session, info, tokenizer);
@@ -123,7 +132,12 @@ export class ModelRunner {
     }
     const resid = new Map<number, Float32Array>();
     for (const l of inp.resid ?? []) resid.set(l, out[`resid.${l}`].data as Float32Array);
-    return { lastLogits: out.last_logits.data as Float32Array, lastLse: out.last_lse.data as Float32Array, fresh, resid };
+    return {
+      lastLogits: out.last_logits.data as Float32Array,
+      lastLse: out.last_lse.data as Float32Array,
+      fresh,
+      resid,
+    };
   }
 
   async close(): Promise<void> {

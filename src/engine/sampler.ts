@@ -64,7 +64,9 @@ export class Sampler {
   private readonly scratch: Scratch;
 
   constructor(
-    private readonly p: Required<Pick<SamplingParams, 'temperature' | 'top_k' | 'top_p' | 'frequency_penalty' | 'presence_penalty'>>,
+    private readonly p: Required<
+      Pick<SamplingParams, 'temperature' | 'top_k' | 'top_p' | 'frequency_penalty' | 'presence_penalty'>
+    >,
     seed: number,
     vocab: number,
   ) {

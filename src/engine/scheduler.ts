@@ -1,10 +1,10 @@
 import { randomInt } from 'node:crypto';
 import { SteerdError, UnprocessableError } from '../errors.js';
+import { seed32 } from '../util/rng.js';
 import { TextStream } from './detok.js';
-import { KvStore, type KvSource } from './kv.js';
+import { type KvSource, KvStore } from './kv.js';
 import type { ForwardOutput, ModelRunner } from './runner.js';
 import { Sampler } from './sampler.js';
-import { seed32 } from '../util/rng.js';
 import { buildSteer, type RowSteering } from './steer.js';
 import type { ActivationsRequest, ActivationsResult, FinishReason, GenerateEvent, GenerateRequest } from './types.js';
 
@@ -199,7 +199,12 @@ export class Scheduler {
       mask.push([...new Array(pad).fill(0), ...new Array(p.length).fill(1)]);
       pos.push([...new Array(pad).fill(-1), ...p.map((_, i) => i)]);
     }
-    const steer = buildSteer(group.map((s) => s.steering), pos, this.runner.info.n_layer, this.runner.info.n_embd);
+    const steer = buildSteer(
+      group.map((s) => s.steering),
+      pos,
+      this.runner.info.n_layer,
+      this.runner.info.n_embd,
+    );
     const out = await this.runner.forward({ ids, mask, pos: pos.map((r) => r.map((p) => Math.max(p, 0))), steer });
     group.forEach((s, b) => {
       const L = s.req.prompt.length;
@@ -250,7 +255,12 @@ export class Scheduler {
   private accept(s: Slot, logits: Float32Array, lse: number): void {
     if (!Number.isFinite(lse)) {
       // a coefficient large enough to overflow float32 in the residual stream (LayerNorm squares it)
-      return this.abort(s, new UnprocessableError('the logits are not finite: the steered residual stream overflowed float32; lower the coeff of the interventions'));
+      return this.abort(
+        s,
+        new UnprocessableError(
+          'the logits are not finite: the steered residual stream overflowed float32; lower the coeff of the interventions',
+        ),
+      );
     }
     const { id, logprob } = s.sampler.sample(logits, lse);
     s.sampler.observe(id);
@@ -321,7 +331,12 @@ export class Scheduler {
       mask: rows.map((_, r) => batch.maskRow(r, 1)),
       pos: positions,
       past: batch.past(),
-      steer: buildSteer(rows.map((s) => s.steering), positions, this.runner.info.n_layer, this.runner.info.n_embd),
+      steer: buildSteer(
+        rows.map((s) => s.steering),
+        positions,
+        this.runner.info.n_layer,
+        this.runner.info.n_embd,
+      ),
     });
     const V = this.runner.info.vocab_size;
     rows.forEach((s, r) => {
@@ -361,7 +376,10 @@ export class Scheduler {
       }
       this.sink.activations(job.id, { tokens: req.prompt, activations, rows: reduce === 'none' ? T : 1 });
     } catch (e) {
-      this.sink.error(job.id, e instanceof SteerdError ? e : new SteerdError(String((e as Error).message), 500, 'engine_error'));
+      this.sink.error(
+        job.id,
+        e instanceof SteerdError ? e : new SteerdError(String((e as Error).message), 500, 'engine_error'),
+      );
     }
   }
 }

@@ -25,9 +25,12 @@ export function checkInterventions(list: Intervention[] | undefined, promptLengt
   for (const [i, iv] of (list ?? []).entries()) {
     const where = `interventions[${i}]`;
     if (!isInt(iv.layer) || iv.layer < 0 || iv.layer > info.n_layer) {
-      throw new UnprocessableError(`${where}.layer ${iv.layer} is out of range: this model's hook points are 0..${info.n_layer}`);
+      throw new UnprocessableError(
+        `${where}.layer ${iv.layer} is out of range: this model's hook points are 0..${info.n_layer}`,
+      );
     }
-    if (typeof iv.coeff !== 'number' || !Number.isFinite(iv.coeff)) throw new BadRequestError(`${where}.coeff must be a finite number`);
+    if (typeof iv.coeff !== 'number' || !Number.isFinite(iv.coeff))
+      throw new BadRequestError(`${where}.coeff must be a finite number`);
     if (!isInt(iv.rows) || iv.rows < 1) throw new BadRequestError(`${where} has no vector rows`);
     if (!(iv.values instanceof Float32Array) || iv.values.length !== iv.rows * info.n_embd) {
       throw new UnprocessableError(
@@ -40,7 +43,9 @@ export function checkInterventions(list: Intervention[] | undefined, promptLengt
       peak = Math.max(peak, Math.abs(v));
     }
     if (peak * Math.abs(iv.coeff) > FLOAT32_MAX) {
-      throw new UnprocessableError(`${where}: coeff × vector reaches ${(peak * Math.abs(iv.coeff)).toExponential(2)}, beyond float32's range (${FLOAT32_MAX.toExponential(2)})`);
+      throw new UnprocessableError(
+        `${where}: coeff × vector reaches ${(peak * Math.abs(iv.coeff)).toExponential(2)}, beyond float32's range (${FLOAT32_MAX.toExponential(2)})`,
+      );
     }
     const positions = iv.positions ?? (iv.rows === 1 ? 'all' : 'front');
     if (!['all', 'prompt', 'generated', 'front'].includes(positions)) {
@@ -50,7 +55,9 @@ export function checkInterventions(list: Intervention[] | undefined, promptLengt
       throw new UnprocessableError(`${where}: a sequence vector (${iv.rows} rows) applies to the front positions only`);
     }
     if (positions === 'front' && iv.rows > promptLength) {
-      throw new UnprocessableError(`${where}: a ${iv.rows}-row sequence needs a prompt of at least ${iv.rows} tokens (got ${promptLength})`);
+      throw new UnprocessableError(
+        `${where}: a ${iv.rows}-row sequence needs a prompt of at least ${iv.rows} tokens (got ${promptLength})`,
+      );
     }
   }
 }
@@ -60,23 +67,31 @@ export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxConte
   const n = req.max_new_tokens ?? 64;
   if (!isInt(n) || n < 1) throw new BadRequestError(`max_new_tokens must be a positive integer (got ${n})`);
   if (prompt.length + n > maxContext) {
-    throw new UnprocessableError(`prompt (${prompt.length} tokens) + max_new_tokens (${n}) exceeds the context (${maxContext})`);
+    throw new UnprocessableError(
+      `prompt (${prompt.length} tokens) + max_new_tokens (${n}) exceeds the context (${maxContext})`,
+    );
   }
   const t = req.temperature ?? 1;
-  if (typeof t !== 'number' || !Number.isFinite(t) || t < 0) throw new BadRequestError(`temperature must be a finite number >= 0 (got ${t})`);
+  if (typeof t !== 'number' || !Number.isFinite(t) || t < 0)
+    throw new BadRequestError(`temperature must be a finite number >= 0 (got ${t})`);
   const k = req.top_k ?? 0;
   if (!isInt(k) || k < 0) throw new BadRequestError(`top_k must be an integer >= 0 (got ${k})`);
   const p = req.top_p ?? 1;
   if (typeof p !== 'number' || !(p > 0 && p <= 1)) throw new BadRequestError(`top_p must be in (0, 1] (got ${p})`);
   for (const key of ['frequency_penalty', 'presence_penalty'] as const) {
     const v = req[key] ?? 0;
-    if (typeof v !== 'number' || !Number.isFinite(v) || v < -2 || v > 2) throw new BadRequestError(`${key} must be in [-2, 2] (got ${v})`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < -2 || v > 2)
+      throw new BadRequestError(`${key} must be in [-2, 2] (got ${v})`);
   }
   if (req.seed !== undefined && (!isInt(req.seed) || !Number.isSafeInteger(req.seed))) {
     throw new BadRequestError(`seed must be an integer (got ${req.seed})`);
   }
   if (req.stop !== undefined) {
-    if (!Array.isArray(req.stop) || req.stop.length > 16 || req.stop.some((s) => typeof s !== 'string' || s.length === 0)) {
+    if (
+      !Array.isArray(req.stop) ||
+      req.stop.length > 16 ||
+      req.stop.some((s) => typeof s !== 'string' || s.length === 0)
+    ) {
       throw new BadRequestError('stop must be a list of at most 16 non-empty strings');
     }
   }
@@ -85,8 +100,10 @@ export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxConte
 
 export function validateActivations(req: ActivationsRequest, info: ModelInfo, maxContext = info.n_positions): void {
   const prompt = checkPrompt(req.prompt, info);
-  if (prompt.length > maxContext) throw new UnprocessableError(`prompt (${prompt.length} tokens) exceeds the context (${maxContext})`);
-  if (!Array.isArray(req.layers) || req.layers.length === 0) throw new BadRequestError('layers must list at least one hook point');
+  if (prompt.length > maxContext)
+    throw new UnprocessableError(`prompt (${prompt.length} tokens) exceeds the context (${maxContext})`);
+  if (!Array.isArray(req.layers) || req.layers.length === 0)
+    throw new BadRequestError('layers must list at least one hook point');
   for (const l of req.layers) {
     if (!isInt(l) || l < 0 || l > info.n_layer) {
       throw new UnprocessableError(`layer ${l} is out of range: this model's hook points are 0..${info.n_layer}`);

@@ -34,7 +34,10 @@ const scheduler = new Scheduler(
     },
     activations(id, result) {
       inFlight.delete(id);
-      post({ type: 'activations', id, result }, Object.values(result.activations).map((a) => a.buffer as ArrayBuffer));
+      post(
+        { type: 'activations', id, result },
+        Object.values(result.activations).map((a) => a.buffer as ArrayBuffer),
+      );
     },
     error(id, e) {
       inFlight.delete(id);

@@ -1,5 +1,5 @@
-import type { Planned } from './workload.js';
 import { readSse } from './sse.js';
+import type { Planned } from './workload.js';
 
 /** An event stream that broke off: an `error` event, or an end before the final event. */
 export class StreamError extends Error {}
@@ -36,11 +36,16 @@ export class Api {
   private async call<T>(method: string, path: string, body: unknown, read: (res: Response) => Promise<T>): Promise<T> {
     const signal = AbortSignal.timeout(this.callTimeoutMs);
     try {
-      const res = await this.fetch(path, { method, body: body === undefined ? undefined : JSON.stringify(body), signal });
+      const res = await this.fetch(path, {
+        method,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal,
+      });
       if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await errorMessage(res)}`);
       return await read(res);
     } catch (e) {
-      if ((e as Error).name === 'TimeoutError') throw new Error(`${method} ${path}: no answer within ${this.callTimeoutMs / 1000} s (--timeout)`);
+      if ((e as Error).name === 'TimeoutError')
+        throw new Error(`${method} ${path}: no answer within ${this.callTimeoutMs / 1000} s (--timeout)`);
       throw e;
     }
   }
@@ -147,7 +152,13 @@ async function readCompletionStream(res: Response, sentAt: number): Promise<Answ
     }
     if (e.data === '[DONE]') {
       if (!last?.usage) throw new StreamError('[DONE] came before a chunk with the usage');
-      return { ids: [...ids], text: pieces.join(''), finishReason: last.choices[0].finish_reason!, usage: last.usage, ttftMs };
+      return {
+        ids: [...ids],
+        text: pieces.join(''),
+        finishReason: last.choices[0].finish_reason!,
+        usage: last.usage,
+        ttftMs,
+      };
     }
     last = JSON.parse(e.data) as CompletionBody;
     ids.add(last.id);
@@ -168,5 +179,10 @@ export async function readAnswer(plan: Planned, res: Response, sentAt: number): 
   }
   if (plan.stream) return readCompletionStream(res, sentAt);
   const body = (await res.json()) as CompletionBody;
-  return { ids: [body.id], text: body.choices[0].text, finishReason: body.choices[0].finish_reason!, usage: body.usage! };
+  return {
+    ids: [body.id],
+    text: body.choices[0].text,
+    finishReason: body.choices[0].finish_reason!,
+    usage: body.usage!,
+  };
 }

@@ -1,6 +1,6 @@
-import { CommanderError } from 'commander';
 import { writeFileSync } from 'node:fs';
-import { parseOptions, type CliOutput } from './options.js';
+import { CommanderError } from 'commander';
+import { type CliOutput, parseOptions } from './options.js';
 import { formatReport } from './report.js';
 import { runLoadTest } from './run.js';
 

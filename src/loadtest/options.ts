@@ -76,7 +76,9 @@ export interface CliOutput {
 /** The command line of `npm run loadtest`; `parse` throws CommanderError (exitOverride) instead of exiting. */
 function loadTestCommand(io: CliOutput): Command {
   return new Command('loadtest')
-    .description('Load-test a steerd server: steered and unsteered, streaming and non-streaming generations, each answer checked against its request')
+    .description(
+      'Load-test a steerd server: steered and unsteered, streaming and non-streaming generations, each answer checked against its request',
+    )
     .option('--url <url>', 'steerd base URL', 'http://127.0.0.1:8080')
     .option('--allow-remote', 'allow a URL that is not a loopback address', false)
     .option('--concurrency <n>', 'closed loop: requests in flight at once', positiveInt, 4)
@@ -84,15 +86,30 @@ function loadTestCommand(io: CliOutput): Command {
     .option('--ramp <s>', 'seconds to climb linearly from 1 to the concurrency or rate', nonNegative, 0)
     .option('--duration <s>', 'seconds during which new requests start', positive, 10)
     .option('--max-requests <n>', 'requests at most', positiveInt, 1000)
-    .option('--timeout <s>', "a request's time limit in seconds, and that of each set-up and tear-down call (model, vector, /metrics)", positive, 60)
+    .option(
+      '--timeout <s>',
+      "a request's time limit in seconds, and that of each set-up and tear-down call (model, vector, /metrics)",
+      positive,
+      60,
+    )
     .option('--max-new-tokens <n>', 'max_new_tokens of each request', positiveInt, 16)
     .option('--steered-fraction <f>', 'fraction of requests with an intervention', fraction, 0.5)
     .option('--stream-fraction <f>', 'fraction of requests streamed (server-sent events)', fraction, 0.5)
-    .option('--probe-fraction <f>', 'fraction of requests from a fixed set of greedy probes whose answers must repeat', fraction, 0.25)
+    .option(
+      '--probe-fraction <f>',
+      'fraction of requests from a fixed set of greedy probes whose answers must repeat',
+      fraction,
+      0.25,
+    )
     .option('--no-named-vector', 'do not register a vector (steer with inline vectors only)')
     .addOption(new Option('--api-key <key>', 'bearer key for /v1/*').env('STEERD_API_KEY'))
     .option('--json <file>', 'also write the report as JSON to this file')
-    .option('--replay <n>', "answers (not the probes') asked for again at the end, non-streaming with the same body, which must be the same", nonNegativeInt, 16)
+    .option(
+      '--replay <n>',
+      "answers (not the probes') asked for again at the end, non-streaming with the same body, which must be the same",
+      nonNegativeInt,
+      16,
+    )
     .option('--seed <n>', 'seed of the request mix, the vectors and the sampling seeds', nonNegativeInt, 1)
     .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.trimEnd()) })
     .exitOverride();

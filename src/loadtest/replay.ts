@@ -25,7 +25,8 @@ export interface ReplayReport {
 }
 
 /** What the replay spreads its requests over: endpoint, streaming or not, steered or not. */
-const groupOf = ({ plan }: Outcome) => `${kind(plan.endpoint, plan.stream)}, ${plan.steering === 'none' ? 'unsteered' : 'steered'}`;
+const groupOf = ({ plan }: Outcome) =>
+  `${kind(plan.endpoint, plan.stream)}, ${plan.steering === 'none' ? 'unsteered' : 'steered'}`;
 
 /**
  * Up to `n` of the run's non-probe requests that succeeded, spread over the groups (in turn, one
@@ -41,7 +42,10 @@ export function pickReplays(outcomes: readonly Outcome[], n: number): Outcome[] 
   }
   const lists = [...groups.values()];
   const quota = lists.map(() => 0);
-  let left = Math.min(n, lists.reduce((s, list) => s + list.length, 0));
+  let left = Math.min(
+    n,
+    lists.reduce((s, list) => s + list.length, 0),
+  );
   while (left > 0) {
     for (let g = 0; g < lists.length && left > 0; g++) {
       if (quota[g] < lists[g].length) {
@@ -51,14 +55,18 @@ export function pickReplays(outcomes: readonly Outcome[], n: number): Outcome[] 
     }
   }
   return lists
-    .flatMap((list, g) => Array.from({ length: quota[g] }, (_, j) => list[Math.floor(((j + 0.5) * list.length) / quota[g])]))
+    .flatMap((list, g) =>
+      Array.from({ length: quota[g] }, (_, j) => list[Math.floor(((j + 0.5) * list.length) / quota[g])]),
+    )
     .sort((a, b) => a.plan.index - b.plan.index);
 }
 
 /** How the answer to a replay differs from the one the run got: text, token ids (where both have them), finish reason, usage. */
 export function differences(got: Answer, again: Answer): string[] {
   const found: string[] = [];
-  const same = (what: string, a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b) || found.push(`${what} ${JSON.stringify(a)}, replayed ${JSON.stringify(b)}`);
+  const same = (what: string, a: unknown, b: unknown) =>
+    JSON.stringify(a) === JSON.stringify(b) ||
+    found.push(`${what} ${JSON.stringify(a)}, replayed ${JSON.stringify(b)}`);
   same('text', got.text, again.text);
   if (got.tokenIds && again.tokenIds) same('token ids', got.tokenIds, again.tokenIds);
   same('finish_reason', got.finishReason, again.finishReason);
@@ -72,14 +80,26 @@ export function differences(got: Answer, again: Answer): string[] {
  * batch neighbours nor on streaming, so another answer means the run's was not its request's: that
  * request gets a `mismatch` error. Stops early when `stop` fires.
  */
-export async function replay(picked: readonly Outcome[], send: (plan: Planned) => Promise<Outcome>, stop?: AbortSignal): Promise<ReplayReport> {
-  const r: ReplayReport = { requests: [], same: 0, different: 0, failed: [], by_status: { '/v1/generate': {}, '/v1/completions': {} }, generated_tokens: 0 };
+export async function replay(
+  picked: readonly Outcome[],
+  send: (plan: Planned) => Promise<Outcome>,
+  stop?: AbortSignal,
+): Promise<ReplayReport> {
+  const r: ReplayReport = {
+    requests: [],
+    same: 0,
+    different: 0,
+    failed: [],
+    by_status: { '/v1/generate': {}, '/v1/completions': {} },
+    generated_tokens: 0,
+  };
   for (const original of picked) {
     if (stop?.aborted) break;
     const { plan } = original;
     const again = await send({ ...plan, stream: false, body: { ...plan.body, stream: false } });
     r.requests.push({ request: plan.index, what: groupOf(original) });
-    if (again.status !== undefined) r.by_status[plan.endpoint][again.status] = (r.by_status[plan.endpoint][again.status] ?? 0) + 1;
+    if (again.status !== undefined)
+      r.by_status[plan.endpoint][again.status] = (r.by_status[plan.endpoint][again.status] ?? 0) + 1;
     r.generated_tokens += again.answer?.usage.completion_tokens ?? 0;
     if (again.error) {
       r.failed.push({ request: plan.index, message: `${again.error.kind}: ${again.error.message}` });

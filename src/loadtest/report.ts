@@ -1,8 +1,8 @@
 import type { LoadTestOptions } from './options.js';
-import { total, type Sample } from './prometheus.js';
+import { type Sample, total } from './prometheus.js';
 import type { ReplayReport } from './replay.js';
 import type { Outcome } from './run.js';
-import { summarize, type Summary } from './stats.js';
+import { type Summary, summarize } from './stats.js';
 import type { Endpoint, ModelInfo } from './workload.js';
 
 /** The routes the load test calls, as /metrics labels them. */
@@ -13,7 +13,8 @@ export const HTTP_REQUESTS = 'steerd:http_requests_total';
 const EXAMPLES_PER_KIND = 3;
 
 const TTFT_NON_STREAM = 'not measurable (the answer arrives whole, its first token with its last)';
-const SERVER_NOTE = "the server counts every client's traffic between the two reads of /metrics: the counts agree when this run was its only traffic";
+const SERVER_NOTE =
+  "the server counts every client's traffic between the two reads of /metrics: the counts agree when this run was its only traffic";
 
 /** A count the client made beside the server's own (the delta of its /metrics over the run). */
 export interface Comparison {
@@ -43,14 +44,23 @@ export interface Report {
     /** HTTP statuses by route (requests that got none are in errors only). */
     by_status: Record<string, Record<string, number>>;
   };
-  throughput: { requests_per_s: number; ok_requests_per_s: number; generated_tokens: number; generated_tokens_per_s: number };
+  throughput: {
+    requests_per_s: number;
+    ok_requests_per_s: number;
+    generated_tokens: number;
+    generated_tokens_per_s: number;
+  };
   /**
    * Of the requests answered with 200 that passed every check (`requests.ok`): a failed one is in
    * `errors` only, for a refusal comes fast and a timeout as late as --timeout.
    */
   latency_ms: { e2e: Summary; ttft_stream: Summary; ttft_non_stream: string };
   /** Failed requests by kind of error (see Outcome), the first few of each in full. */
-  errors: { total: number; by_kind: Record<string, number>; examples: { kind: string; request: number; what: string; message: string }[] };
+  errors: {
+    total: number;
+    by_kind: Record<string, number>;
+    examples: { kind: string; request: number; what: string; message: string }[];
+  };
   /** Answers asked for again at the end (after the second read of /metrics, so not in `server`). */
   replay: ReplayReport;
   server: {
@@ -77,10 +87,13 @@ const sum = (values: (number | undefined)[]) => values.reduce<number>((s, v) => 
 
 /** The server's side: each counter's increase over the run, beside the client's own count. */
 function compare(outcomes: Outcome[], before: Sample[], after: Sample[], byStatus: Report['requests']['by_status']) {
-  const delta = (name: string, match: Record<string, string> = {}) => total(after, name, match) - total(before, name, match);
+  const delta = (name: string, match: Record<string, string> = {}) =>
+    total(after, name, match) - total(before, name, match);
   const rows: Omit<Comparison, 'agree'>[] = [];
   for (const route of ROUTES) {
-    const served = after.filter((s) => s.name === HTTP_REQUESTS && s.labels.route === route).map((s) => s.labels.status);
+    const served = after
+      .filter((s) => s.name === HTTP_REQUESTS && s.labels.route === route)
+      .map((s) => s.labels.status);
     for (const status of [...new Set([...Object.keys(byStatus[route]), ...served])].sort()) {
       const server = delta(HTTP_REQUESTS, { route, status });
       const client = byStatus[route][status] ?? 0;
@@ -89,11 +102,19 @@ function compare(outcomes: Outcome[], before: Sample[], after: Sample[], byStatu
   }
   const answered = outcomes.flatMap((o) => (o.answer ? [o.answer] : []));
   rows.push(
-    { what: 'generated tokens', client: sum(answered.map((a) => a.usage.completion_tokens)), server: delta('steerd:generation_tokens_total') },
-    { what: 'prompt tokens', client: sum(answered.map((a) => a.usage.prompt_tokens)), server: delta('steerd:prompt_tokens_total') },
+    {
+      what: 'generated tokens',
+      client: sum(answered.map((a) => a.usage.completion_tokens)),
+      server: delta('steerd:generation_tokens_total'),
+    },
+    {
+      what: 'prompt tokens',
+      client: sum(answered.map((a) => a.usage.prompt_tokens)),
+      server: delta('steerd:prompt_tokens_total'),
+    },
     { what: 'finished generations', client: answered.length, server: delta('steerd:request_success_total') },
   );
-  const mean = (name: string) => delta(`${name}_sum`) / delta(`${name}_count`) * 1000;
+  const mean = (name: string) => (delta(`${name}_sum`) / delta(`${name}_count`)) * 1000;
   return {
     comparisons: rows.map((r) => ({ ...r, agree: r.client === r.server })),
     mean_ms: { e2e: mean('steerd:e2e_request_latency_seconds'), ttft: mean('steerd:time_to_first_token_seconds') },
@@ -113,7 +134,17 @@ export interface ReportInput {
   replayed: ReplayReport;
 }
 
-export function buildReport({ opts, model, startedAt, wallMs, interrupted, outcomes, before, after, replayed }: ReportInput): Report {
+export function buildReport({
+  opts,
+  model,
+  startedAt,
+  wallMs,
+  interrupted,
+  outcomes,
+  before,
+  after,
+  replayed,
+}: ReportInput): Report {
   const { apiKey: _, ...options } = opts;
   const wall = wallMs / 1000;
   const failed = outcomes.filter((o) => o.error);
@@ -121,7 +152,13 @@ export function buildReport({ opts, model, startedAt, wallMs, interrupted, outco
   const byKind = Object.fromEntries(KINDS.map((k) => [k, { steered: 0, unsteered: 0 }]));
   for (const o of outcomes) byKind[kindOf(o)][o.plan.steering === 'none' ? 'unsteered' : 'steered']++;
   const byStatus = Object.fromEntries(
-    ROUTES.map((route) => [route, count(outcomes.filter((o) => o.plan.endpoint === route && o.status !== undefined), (o) => String(o.status))]),
+    ROUTES.map((route) => [
+      route,
+      count(
+        outcomes.filter((o) => o.plan.endpoint === route && o.status !== undefined),
+        (o) => String(o.status),
+      ),
+    ]),
   );
   const generated = sum(outcomes.map((o) => o.answer?.usage.completion_tokens));
   const listed: Record<string, number> = {};
@@ -165,10 +202,18 @@ export function buildReport({ opts, model, startedAt, wallMs, interrupted, outco
 /** Rows of cells as aligned text: the first column left-aligned, the others right-aligned. */
 function table(rows: string[][], indent = '  '): string[] {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
-  return rows.map((r) => indent + r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('   ').trimEnd());
+  return rows.map(
+    (r) =>
+      indent +
+      r
+        .map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c])))
+        .join('   ')
+        .trimEnd(),
+  );
 }
 
-const fmt = (n: number, digits = 1) => (Number.isNaN(n) ? '–' : n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }));
+const fmt = (n: number, digits = 1) =>
+  Number.isNaN(n) ? '–' : n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 
 /** The replay's line, and why each replay that failed did. */
 function replayLines(r: ReplayReport): string[] {
@@ -194,7 +239,12 @@ export function formatReport(r: Report): string {
     '',
   ];
   const s = r.requests.by_steering;
-  const row = (name: string, steered: number, unsteered: number) => [name, String(steered), String(unsteered), String(steered + unsteered)];
+  const row = (name: string, steered: number, unsteered: number) => [
+    name,
+    String(steered),
+    String(unsteered),
+    String(steered + unsteered),
+  ];
   lines.push(
     ...table([
       ['requests', 'steered', 'unsteered', 'total'],
@@ -202,8 +252,15 @@ export function formatReport(r: Report): string {
       row('all', s.inline + s.named, s.none),
     ]),
   );
-  lines.push(`  (steered: ${s.inline} with an inline vector, ${s.named} with the registered vector; ${r.requests.greedy_probes} greedy probes)`, '');
-  const lat = (name: string, x: Summary) => [name, String(x.n), ...[x.mean, x.p50, x.p90, x.p99, x.max].map((v) => fmt(v))];
+  lines.push(
+    `  (steered: ${s.inline} with an inline vector, ${s.named} with the registered vector; ${r.requests.greedy_probes} greedy probes)`,
+    '',
+  );
+  const lat = (name: string, x: Summary) => [
+    name,
+    String(x.n),
+    ...[x.mean, x.p50, x.p90, x.p99, x.max].map((v) => fmt(v)),
+  ];
   lines.push(
     ...table([
       ['latency (ms) of the ok requests', 'n', 'mean', 'p50', 'p90', 'p99', 'max'],

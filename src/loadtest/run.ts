@@ -1,13 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Rng } from '../util/rng.js';
-import { checkAnswer, CrossChecks } from './checks.js';
-import { Api, errorMessage, readAnswer, StreamError, type Answer } from './client.js';
+import { CrossChecks, checkAnswer } from './checks.js';
+import { type Answer, Api, errorMessage, readAnswer, StreamError } from './client.js';
 import type { LoadTestOptions } from './options.js';
-import { parsePrometheus, total, type Sample } from './prometheus.js';
+import { parsePrometheus, type Sample, total } from './prometheus.js';
 import { pickReplays, replay } from './replay.js';
-import { buildReport, HTTP_REQUESTS, ROUTES, type Report } from './report.js';
-import { randomDirection, Workload, type ModelInfo, type NamedVector, type Planned } from './workload.js';
+import { buildReport, HTTP_REQUESTS, type Report, ROUTES } from './report.js';
+import { type ModelInfo, type NamedVector, type Planned, randomDirection, Workload } from './workload.js';
 
 /** How one request went. */
 export interface Outcome {
@@ -33,13 +33,29 @@ async function send(api: Api, plan: Planned, timeoutMs: number, cross: CrossChec
   const sentAt = performance.now();
   let status: number | undefined;
   try {
-    const res = await api.fetch(plan.endpoint, { method: 'POST', body: JSON.stringify(plan.body), signal: AbortSignal.timeout(timeoutMs) });
+    const res = await api.fetch(plan.endpoint, {
+      method: 'POST',
+      body: JSON.stringify(plan.body),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
     status = res.status;
-    if (!res.ok) return { plan, status, error: { kind: String(status), message: await errorMessage(res) }, e2eMs: performance.now() - sentAt };
+    if (!res.ok)
+      return {
+        plan,
+        status,
+        error: { kind: String(status), message: await errorMessage(res) },
+        e2eMs: performance.now() - sentAt,
+      };
     const answer = await readAnswer(plan, res, sentAt);
     const e2eMs = performance.now() - sentAt;
     const problems = [...checkAnswer(plan, answer), ...cross.check(plan, answer)];
-    return { plan, status, e2eMs, answer, ...(problems.length && { error: { kind: 'mismatch', message: problems.join('; ') } }) };
+    return {
+      plan,
+      status,
+      e2eMs,
+      answer,
+      ...(problems.length && { error: { kind: 'mismatch', message: problems.join('; ') } }),
+    };
   } catch (e) {
     const err = e as Error & { cause?: Error };
     const kind = errorKind(err);
@@ -75,7 +91,11 @@ async function openLoop(rate: number, rampMs: number, more: () => boolean, start
 }
 
 /** Runs requests until the duration or the request budget is spent (or `stop` fires), then waits for those in flight. */
-async function drive(opts: LoadTestOptions, stop: AbortSignal | undefined, send: (index: number) => Promise<Outcome>): Promise<{ outcomes: Outcome[]; wallMs: number }> {
+async function drive(
+  opts: LoadTestOptions,
+  stop: AbortSignal | undefined,
+  send: (index: number) => Promise<Outcome>,
+): Promise<{ outcomes: Outcome[]; wallMs: number }> {
   const outcomes: Outcome[] = [];
   const t0 = performance.now();
   const deadline = t0 + opts.duration * 1000;
@@ -97,7 +117,10 @@ async function settledMetrics(api: Api, before: Sample[], answered: number): Pro
   const until = performance.now() + 2000;
   for (;;) {
     const after = parsePrometheus(await api.metrics());
-    const counted = ROUTES.reduce((s, route) => s + total(after, HTTP_REQUESTS, { route }) - total(before, HTTP_REQUESTS, { route }), 0);
+    const counted = ROUTES.reduce(
+      (s, route) => s + total(after, HTTP_REQUESTS, { route }) - total(before, HTTP_REQUESTS, { route }),
+      0,
+    );
     if (counted >= answered || performance.now() > until) return after;
     await sleep(50);
   }
@@ -107,7 +130,11 @@ async function settledMetrics(api: Api, before: Sample[], answered: number): Pro
 async function registerVector(api: Api, model: ModelInfo, runId: string, seed: number): Promise<NamedVector> {
   const name = `loadtest-${runId}`;
   const values = randomDirection(new Rng(seed ^ 0x5eed), model.n_embd);
-  const v = await api.json<{ hash: string }>('POST', '/v1/vectors', { name, values, description: 'steerd load test (deleted at the end of the run)' });
+  const v = await api.json<{ hash: string }>('POST', '/v1/vectors', {
+    name,
+    values,
+    description: 'steerd load test (deleted at the end of the run)',
+  });
   return { name, hash: v.hash };
 }
 
@@ -124,18 +151,27 @@ export interface RunControl {
  * the vector, and reports. Throws when the server cannot be used at all (unreachable, refuses the
  * set-up or does not answer it within --timeout).
  */
-export async function runLoadTest(opts: LoadTestOptions, { log = console.error, stop }: RunControl = {}): Promise<Report> {
+export async function runLoadTest(
+  opts: LoadTestOptions,
+  { log = console.error, stop }: RunControl = {},
+): Promise<Report> {
   const timeoutMs = opts.timeout * 1000;
   const api = new Api(opts.url, opts.apiKey, timeoutMs);
   const model = await api.json<ModelInfo>('GET', '/v1/model').catch((e: Error) => {
-    throw new Error(`cannot read the model from ${opts.url}: ${e.cause instanceof Error ? e.cause.message : e.message}`);
+    throw new Error(
+      `cannot read the model from ${opts.url}: ${e.cause instanceof Error ? e.cause.message : e.message}`,
+    );
   });
   if (!model.resid_norms) {
     // the steered requests' coefficients are sized from them
-    throw new Error(`${opts.url} has not measured its residual-stream norms yet (in Redis mode: no worker has answered); start a worker, or wait, and run again`);
+    throw new Error(
+      `${opts.url} has not measured its residual-stream norms yet (in Redis mode: no worker has answered); start a worker, or wait, and run again`,
+    );
   }
   if (opts.maxNewTokens > model.limits.max_new_tokens) {
-    throw new Error(`--max-new-tokens ${opts.maxNewTokens} is above the server's limit of ${model.limits.max_new_tokens}`);
+    throw new Error(
+      `--max-new-tokens ${opts.maxNewTokens} is above the server's limit of ${model.limits.max_new_tokens}`,
+    );
   }
   const runId = randomBytes(4).toString('hex');
   const named = opts.namedVector ? await registerVector(api, model, runId, opts.seed) : undefined;
@@ -147,9 +183,26 @@ export async function runLoadTest(opts: LoadTestOptions, { log = console.error, 
     const { outcomes, wallMs } = await drive(opts, stop, (i) => send(api, workload.next(i), timeoutMs, cross));
     const after = await settledMetrics(api, before, outcomes.filter((o) => o.status !== undefined).length);
     // after the second read of /metrics: the replays are not the run's traffic
-    const replayed = await replay(pickReplays(outcomes, opts.replay ?? 0), (plan) => send(api, plan, timeoutMs, cross), stop);
-    return buildReport({ opts, model, startedAt, wallMs, interrupted: stop?.aborted === true, outcomes, before, after, replayed });
+    const replayed = await replay(
+      pickReplays(outcomes, opts.replay ?? 0),
+      (plan) => send(api, plan, timeoutMs, cross),
+      stop,
+    );
+    return buildReport({
+      opts,
+      model,
+      startedAt,
+      wallMs,
+      interrupted: stop?.aborted === true,
+      outcomes,
+      before,
+      after,
+      replayed,
+    });
   } finally {
-    if (named) await api.json('DELETE', `/v1/vectors/${named.name}`).catch((e: Error) => log(`could not delete vector ${named.name}: ${e.message}`));
+    if (named)
+      await api
+        .json('DELETE', `/v1/vectors/${named.name}`)
+        .catch((e: Error) => log(`could not delete vector ${named.name}: ${e.message}`));
   }
 }

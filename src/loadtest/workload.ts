@@ -1,5 +1,5 @@
-import { encode } from 'gpt-3-encoder';
 import { randomBytes, randomInt } from 'node:crypto';
+import { encode } from 'gpt-3-encoder';
 import { vectorHash } from '../store/vectors.js';
 import { Rng } from '../util/rng.js';
 import type { LoadTestOptions } from './options.js';
@@ -82,7 +82,10 @@ export class Workload {
   private readonly probeVectors: number[][];
 
   constructor(
-    private readonly opts: Pick<LoadTestOptions, 'seed' | 'maxNewTokens' | 'steeredFraction' | 'streamFraction' | 'probeFraction'>,
+    private readonly opts: Pick<
+      LoadTestOptions,
+      'seed' | 'maxNewTokens' | 'steeredFraction' | 'streamFraction' | 'probeFraction'
+    >,
     private readonly model: ModelInfo,
     /** Tells this run's prompts from another's. */
     private readonly runId: string,
@@ -98,7 +101,8 @@ export class Workload {
     const endpoint: Endpoint = r.next() < 0.5 ? '/v1/generate' : '/v1/completions';
     const stream = r.next() < this.opts.streamFraction;
     const probe = r.next() < this.opts.probeFraction ? Math.floor(r.next() * PROBE_PROMPTS.length) : undefined;
-    const steering: Steering = r.next() >= this.opts.steeredFraction ? 'none' : this.named && r.next() < 0.5 ? 'named' : 'inline';
+    const steering: Steering =
+      r.next() >= this.opts.steeredFraction ? 'none' : this.named && r.next() < 0.5 ? 'named' : 'inline';
     const interventions = steering === 'none' ? [] : [this.intervention(steering, probe)];
     const prompt = probe === undefined ? this.prompt(index) : PROBE_PROMPTS[probe];
     const seed = this.seedBase + index;

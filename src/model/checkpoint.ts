@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../errors.js';
-import { readConfig, type Gpt2Config } from './config.js';
+import { type Gpt2Config, readConfig } from './config.js';
 import { readSafetensorsHeader, type TensorEntry } from './safetensors.js';
 
 export const WEIGHTS_FILE = 'model.safetensors';

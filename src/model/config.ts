@@ -49,7 +49,10 @@ export function parseConfig(raw: unknown, file = 'config.json'): Gpt2Config {
   }
   const act = r.activation_function ?? 'gelu_new';
   if (typeof act !== 'string' || !TANH_GELU.has(act)) {
-    throw new CheckpointError(file, `activation_function ${JSON.stringify(act)} is not supported (GPT-2 uses gelu_new)`);
+    throw new CheckpointError(
+      file,
+      `activation_function ${JSON.stringify(act)} is not supported (GPT-2 uses gelu_new)`,
+    );
   }
   for (const flag of ['scale_attn_by_inverse_layer_idx', 'reorder_and_upcast_attn'] as const) {
     if (r[flag] === true) throw new CheckpointError(file, `${flag}=true is not supported`);

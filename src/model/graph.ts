@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { type Checkpoint, openCheckpoint } from './checkpoint.js';
 import { DataType } from './onnx-proto.js';
 import { encodeModel, float, GraphWriter, int, ints, str } from './onnx-writer.js';
-import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 
 /**
  * Builds the steerable GPT-2 graph (DESIGN.md §3) from a checkpoint, as an ONNX model whose weights
@@ -102,10 +102,11 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
   let x = g.op1('Add', [tok, pos]); // [B, T, H]
 
   const ln = (input: string, prefix: string) =>
-    g.op1('LayerNormalization', [input, W(`${prefix}.weight`), W(`${prefix}.bias`)], [
-      int('axis', -1),
-      float('epsilon', c.layer_norm_epsilon),
-    ]);
+    g.op1(
+      'LayerNormalization',
+      [input, W(`${prefix}.weight`), W(`${prefix}.bias`)],
+      [int('axis', -1), float('epsilon', c.layer_norm_epsilon)],
+    );
   // HF's GPT-2 uses Conv1D layers whose weights are stored [in, out]: x @ W needs no transpose.
   const linear = (input: string, prefix: string) =>
     g.op1('Add', [g.op1('MatMul', [input, W(`${prefix}.weight`)]), W(`${prefix}.bias`)]);
@@ -119,8 +120,18 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
     const qkv = linear(a, `${p}.attn.c_attn`); // [B, T, 3H]
     const [q, k, v] = g.op('Split', [qkv], [int('axis', 2), int('num_outputs', 3)], 3); // 3 x [B, T, H]
     const qh = g.op1('Mul', [splitHeads(q), qScale]); // [B, nh, T, hd], pre-scaled by 1/sqrt(hd)
-    const kNew = g.op1('Transpose', [g.op1('Reshape', [k, headShape])], [ints('perm', [0, 2, 1, 3])], opts.serving ? `new.${l}.key` : undefined); // [B, nh, T, hd]
-    const vNew = g.op1('Transpose', [g.op1('Reshape', [v, headShape])], [ints('perm', [0, 2, 1, 3])], opts.serving ? `new.${l}.value` : undefined); // [B, nh, T, hd]
+    const kNew = g.op1(
+      'Transpose',
+      [g.op1('Reshape', [k, headShape])],
+      [ints('perm', [0, 2, 1, 3])],
+      opts.serving ? `new.${l}.key` : undefined,
+    ); // [B, nh, T, hd]
+    const vNew = g.op1(
+      'Transpose',
+      [g.op1('Reshape', [v, headShape])],
+      [ints('perm', [0, 2, 1, 3])],
+      opts.serving ? `new.${l}.value` : undefined,
+    ); // [B, nh, T, hd]
     const kT = (t: string) => g.op1('Transpose', [t], [ints('perm', [0, 1, 3, 2])]); // [B, nh, hd, *]
     let ctx: string;
     if (!opts.serving) {
@@ -133,7 +144,11 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
       // tokens separately and never copies the cache (only the small score rows are joined).
       const sPast = g.op1('MatMul', [qh, kT(`past.${l}.key`)]); // [B, nh, T, P]
       const sNew = g.op1('MatMul', [qh, kT(kNew)]); // [B, nh, T, T]
-      const probs = g.op1('Softmax', [g.op1('Add', [g.op1('Concat', [sPast, sNew], [int('axis', 3)]), bias])], [int('axis', -1)]); // [B, nh, T, S]
+      const probs = g.op1(
+        'Softmax',
+        [g.op1('Add', [g.op1('Concat', [sPast, sNew], [int('axis', 3)]), bias])],
+        [int('axis', -1)],
+      ); // [B, nh, T, S]
       const [pPast, pNew] = g.op('Split', [probs, g.op1('Concat', [P, T], [int('axis', 0)])], [int('axis', 3)], 2); // [B, nh, T, P], [B, nh, T, T]
       ctx = g.op1('Add', [g.op1('MatMul', [pPast, `past.${l}.value`]), g.op1('MatMul', [pNew, vNew])]); // [B, nh, T, hd]
     }
@@ -160,7 +175,8 @@ export function buildGraphBytes(ck: Checkpoint, opts: GraphOptions = {}): Uint8A
   const logits = g.op1('Reshape', [flat, g.op1('Concat', [bt, vocabDim], [int('axis', 0)])], [], 'logits'); // [B, T', V]
   const lastRow = g.op1('Slice', [logits, g.constI('c.last_start', [-1]), 'c.int_max', one]); // [B, 1, V]
   g.op1('Reshape', [lastRow, lastShape], [], 'last_logits'); // [B, V]
-  if (opts.serving) g.op1('ReduceLogSumExp', ['last_logits', g.constI('c.vocab_axis', [1])], [int('keepdims', 0)], 'last_lse'); // [B]
+  if (opts.serving)
+    g.op1('ReduceLogSumExp', ['last_logits', g.constI('c.vocab_axis', [1])], [int('keepdims', 0)], 'last_lse'); // [B]
 
   g.output('logits', DataType.FLOAT, ['batch', 'seq_out', V]);
   g.output('last_logits', DataType.FLOAT, ['batch', V]);

@@ -1,5 +1,14 @@
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  createReadStream,
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
@@ -86,7 +95,9 @@ export async function pull(name: string, opts: PullOptions = {}): Promise<string
   const siblings = new Map((info.siblings ?? []).map((s) => [s.rfilename, s]));
   const missing = REQUIRED.filter((f) => !siblings.has(f));
   if (missing.length) {
-    throw new DownloadError(`${repo}@${revision} lacks ${missing.join(', ')} (steerd needs a safetensors GPT-2 checkpoint)`);
+    throw new DownloadError(
+      `${repo}@${revision} lacks ${missing.join(', ')} (steerd needs a safetensors GPT-2 checkpoint)`,
+    );
   }
   const dir = cachePath(opts.cache ?? defaultCacheDir(), repo, commit);
   mkdirSync(dir, { recursive: true });
@@ -121,7 +132,9 @@ function causeOf(e: unknown): string {
 }
 
 /** What a file must hash to: SHA-256 for LFS files, else the git blob id (SHA-1 of "blob N\0" + data). */
-function expectedDigest(s: Sibling): { algo: 'sha256' | 'sha1'; hex: string; size?: number; gitBlob: boolean } | undefined {
+function expectedDigest(
+  s: Sibling,
+): { algo: 'sha256' | 'sha1'; hex: string; size?: number; gitBlob: boolean } | undefined {
   if (s.lfs) return { algo: 'sha256', hex: s.lfs.sha256, size: s.lfs.size, gitBlob: false };
   if (s.blobId) return { algo: 'sha1', hex: s.blobId, size: s.size, gitBlob: true };
   return undefined;

@@ -30,7 +30,13 @@ export class GraphWriter {
       typeof outputs === 'number'
         ? Array.from({ length: outputs }, () => `${opType.toLowerCase()}_${this.counter++}`)
         : outputs;
-    this.nodes.push({ op_type: opType, name: `${opType}_${this.counter++}`, input: inputs, output: outs, attribute: attrs });
+    this.nodes.push({
+      op_type: opType,
+      name: `${opType}_${this.counter++}`,
+      input: inputs,
+      output: outs,
+      attribute: attrs,
+    });
     return outs;
   }
 
@@ -40,7 +46,12 @@ export class GraphWriter {
   }
 
   constF(name: string, values: number[], dims: number[]): string {
-    this.initializers.push({ name, data_type: DataType.FLOAT, dims, raw_data: Buffer.from(new Float32Array(values).buffer) });
+    this.initializers.push({
+      name,
+      data_type: DataType.FLOAT,
+      dims,
+      raw_data: Buffer.from(new Float32Array(values).buffer),
+    });
     return name;
   }
 
@@ -88,7 +99,11 @@ export class GraphWriter {
 }
 
 /** Wraps a graph into a serialised ONNX model. */
-export function encodeModel(g: GraphWriter, name: string, opts: { opset: number; irVersion: number; producerVersion: string; metadata?: Record<string, string> }): Uint8Array {
+export function encodeModel(
+  g: GraphWriter,
+  name: string,
+  opts: { opset: number; irVersion: number; producerVersion: string; metadata?: Record<string, string> },
+): Uint8Array {
   const model = ModelProto.create({
     ir_version: opts.irVersion,
     producer_name: 'steerd',

@@ -3,8 +3,21 @@ import { CheckpointError } from '../errors.js';
 
 /** Bytes per element of the dtypes a safetensors file may hold. */
 const DTYPE_BYTES: Record<string, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, F8_E4M3: 1, F8_E5M2: 1,
-  I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
+  BOOL: 1,
 };
 
 /** One tensor of a safetensors file, located by absolute byte offset (weights are not read). */
@@ -85,8 +98,11 @@ export function readSafetensorsHeader(file: string): SafetensorsHeader {
       const offs = v?.data_offsets;
       if (
         bytes === undefined ||
-        !Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0) ||
-        !Array.isArray(offs) || offs.length !== 2 || !offs.every((d) => Number.isInteger(d) && d >= 0)
+        !Array.isArray(shape) ||
+        !shape.every((d) => Number.isInteger(d) && d >= 0) ||
+        !Array.isArray(offs) ||
+        offs.length !== 2 ||
+        !offs.every((d) => Number.isInteger(d) && d >= 0)
       ) {
         throw new CheckpointError(file, `corrupt header: bad entry for tensor "${name}"`);
       }

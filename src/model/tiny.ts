@@ -1,10 +1,10 @@
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
+import { Rng } from '../util/rng.js';
 import { expectedShapes } from './checkpoint.js';
 import { parseConfig } from './config.js';
-import { writeSafetensors, type TensorSpec } from './safetensors-write.js';
-import { Rng } from '../util/rng.js';
+import { type TensorSpec, writeSafetensors } from './safetensors-write.js';
 
 export { Rng };
 
@@ -101,7 +101,8 @@ export function writeTinyCheckpoint(dir: string, opts: TinyOptions = {}): void {
   };
 
   const specs: TensorSpec[] = [];
-  for (const [name, shape] of expectedShapes(config)) specs.push({ name: prefix + name, shape, data: random(name, shape) });
+  for (const [name, shape] of expectedShapes(config))
+    specs.push({ name: prefix + name, shape, data: random(name, shape) });
   if (opts.maskBuffers) {
     for (let l = 0; l < layers; l++) {
       specs.push({

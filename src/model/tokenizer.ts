@@ -95,7 +95,10 @@ export class Gpt2Tokenizer {
       for (const [c, id] of special) v.set(c, id);
       return new Gpt2Tokenizer(v, parseMerges(tokFile, merges), special);
     }
-    throw new CheckpointError(join(dir, 'vocab.json'), 'missing tokenizer (need vocab.json + merges.txt, or tokenizer.json)');
+    throw new CheckpointError(
+      join(dir, 'vocab.json'),
+      'missing tokenizer (need vocab.json + merges.txt, or tokenizer.json)',
+    );
   }
 
   /** Encodes text to token ids. */
@@ -125,7 +128,8 @@ export class Gpt2Tokenizer {
     const out: number[] = [];
     for (const id of ids) {
       const tok = this.idToToken[id];
-      if (tok === undefined) throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`);
+      if (tok === undefined)
+        throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`);
       if (this.isSpecialId(id)) {
         for (const b of utf8.encode(tok)) out.push(b);
         continue;

@@ -1,5 +1,11 @@
+import type {
+  ActivationsRequest,
+  ActivationsResult,
+  GenerateEvent,
+  GenerateRequest,
+  Intervention,
+} from '../engine/types.js';
 import { SteerdError } from '../errors.js';
-import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, Intervention } from '../engine/types.js';
 
 /**
  * What crosses Redis between API processes and `steerd worker` processes (BullMQ jobs). Requests
@@ -56,9 +62,18 @@ export class TokenSequence {
     const id = p.e.type === 'token' ? p.e.id : -1;
     if (p.i < this.ids.length) {
       if (id === this.ids[p.i]) return undefined;
-      throw new SteerdError(`the job was retried on a worker whose token ${p.i} differs (${id}, not ${this.ids[p.i]}); send the request again`, 502, 'worker_diverged');
+      throw new SteerdError(
+        `the job was retried on a worker whose token ${p.i} differs (${id}, not ${this.ids[p.i]}); send the request again`,
+        502,
+        'worker_diverged',
+      );
     }
-    if (p.i > this.ids.length) throw new SteerdError(`token events ${this.ids.length}..${p.i - 1} of the job were lost; send the request again`, 502, 'events_lost');
+    if (p.i > this.ids.length)
+      throw new SteerdError(
+        `token events ${this.ids.length}..${p.i - 1} of the job were lost; send the request again`,
+        502,
+        'events_lost',
+      );
     this.ids.push(id);
     return p.e;
   }

@@ -1,16 +1,37 @@
-import { Job, Queue, QueueEvents } from 'bullmq';
 import { randomInt, randomUUID } from 'node:crypto';
+import { Job, Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
+import { EventStream } from '../engine/event-stream.js';
+import { modelInfo } from '../engine/model-info.js';
+import type {
+  ActivationsRequest,
+  ActivationsResult,
+  DoneEvent,
+  GenerateEvent,
+  GenerateRequest,
+  Intervention,
+  ModelInfo,
+} from '../engine/types.js';
+import { validateActivations, validateGenerate } from '../engine/validate.js';
 import { QueueFullError, SteerdError, UnavailableError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
-import type { ActivationsRequest, ActivationsResult, DoneEvent, GenerateEvent, GenerateRequest, Intervention, ModelInfo } from '../engine/types.js';
-import { validateActivations, validateGenerate } from '../engine/validate.js';
-import { modelInfo } from '../engine/model-info.js';
-import { EventStream } from '../engine/event-stream.js';
 import { valuesKey } from '../store/redis-vectors.js';
 import { vectorHash } from '../store/vectors.js';
-import { activationsFromWire, bullPrefix, cancelChannel, cancelKey, queueName, TokenSequence, toWire, type JobData, type Progress, type WireActivations, type WireFailure, type WireIntervention } from './protocol.js';
+import {
+  activationsFromWire,
+  bullPrefix,
+  cancelChannel,
+  cancelKey,
+  type JobData,
+  type Progress,
+  queueName,
+  TokenSequence,
+  toWire,
+  type WireActivations,
+  type WireFailure,
+  type WireIntervention,
+} from './protocol.js';
 
 /**
  * For each key: 1 if it exists (a volatile one then lives another ARGV[1] seconds at least; a
@@ -58,7 +79,9 @@ export interface RemoteEngineOptions {
  */
 export const INLINE_TTL_S = 900;
 
-type Settings = Required<Pick<RemoteEngineOptions, 'prefix' | 'keepCompleted' | 'maxDepth' | 'timeoutMs' | 'cancelGraceMs'>>;
+type Settings = Required<
+  Pick<RemoteEngineOptions, 'prefix' | 'keepCompleted' | 'maxDepth' | 'timeoutMs' | 'cancelGraceMs'>
+>;
 
 type Listener = { progress(p: Progress): void; completed(v: unknown): void; failed(reason: string): void };
 
@@ -179,13 +202,24 @@ export class RemoteEngine {
     const found = (await redis.eval(TOUCH, keys.length, ...keys, INLINE_TTL_S)) as number[];
     const upload = redis.multi();
     found.forEach((f, i) => {
-      if (!f) upload.set(keys[i], Buffer.from(list[i].values.buffer, list[i].values.byteOffset, list[i].values.byteLength), 'EX', INLINE_TTL_S, 'NX');
+      if (!f)
+        upload.set(
+          keys[i],
+          Buffer.from(list[i].values.buffer, list[i].values.byteOffset, list[i].values.byteLength),
+          'EX',
+          INLINE_TTL_S,
+          'NX',
+        );
     });
     if (found.includes(0)) await upload.exec();
     return wire;
   }
 
-  private async enqueue(id: string, make: (interventions: WireIntervention[]) => JobData, interventions?: Intervention[]): Promise<void> {
+  private async enqueue(
+    id: string,
+    make: (interventions: WireIntervention[]) => JobData,
+    interventions?: Intervention[],
+  ): Promise<void> {
     try {
       // events must be listened to before the job exists; both connections get a second to be up
       let timer: NodeJS.Timeout | undefined;
@@ -199,7 +233,11 @@ export class RemoteEngine {
       if (this.o.maxDepth < Infinity) {
         const counts = await this.queue.getJobCounts('active', 'waiting', 'prioritized', 'delayed', 'paused');
         const depth = Object.values(counts).reduce((a, b) => a + b, 0);
-        if (depth >= this.o.maxDepth) throw new QueueFullError(`the queue is full (${depth} requests waiting or running across the deployment); retry later`, this.o.maxDepth);
+        if (depth >= this.o.maxDepth)
+          throw new QueueFullError(
+            `the queue is full (${depth} requests waiting or running across the deployment); retry later`,
+            this.o.maxDepth,
+          );
       }
       const data = make(await this.share(interventions));
       await this.queue.add(data.kind, data, {
@@ -270,7 +308,14 @@ export class RemoteEngine {
           if (stream.settled) return;
           const ms = performance.now() - submitted;
           const usage = { prompt_tokens: req.prompt.length, completion_tokens: tokens.generated };
-          stream.push({ type: 'done', finish_reason: 'cancelled', text: '', seed: req.seed, usage, timings: { queue_ms: ms, first_token_ms: ms, total_ms: ms } });
+          stream.push({
+            type: 'done',
+            finish_reason: 'cancelled',
+            text: '',
+            seed: req.seed,
+            usage,
+            timings: { queue_ms: ms, first_token_ms: ms, total_ms: ms },
+          });
         };
         let grace: NodeJS.Timeout | undefined;
         const onAbort = () => {
@@ -278,7 +323,11 @@ export class RemoteEngine {
           void self.cancel(id, ended);
         };
         try {
-          await self.enqueue(id, (interventions) => ({ kind: 'generate', req: { ...req, interventions } }), req.interventions);
+          await self.enqueue(
+            id,
+            (interventions) => ({ kind: 'generate', req: { ...req, interventions } }),
+            req.interventions,
+          );
           if (opts.signal?.aborted) onAbort();
           else opts.signal?.addEventListener('abort', onAbort, { once: true });
           yield* stream.drain();
@@ -313,7 +362,11 @@ export class RemoteEngine {
         }, this.o.timeoutMs);
       });
       result.catch(() => undefined); // rejected by the timer while the enqueue still runs
-      await this.enqueue(id, (interventions) => ({ kind: 'activations', req: { ...req, interventions } }), req.interventions);
+      await this.enqueue(
+        id,
+        (interventions) => ({ kind: 'activations', req: { ...req, interventions } }),
+        req.interventions,
+      );
       return await result;
     } finally {
       clearTimeout(timer);

@@ -47,10 +47,17 @@ export class VectorCache {
   private async load(hash: string, rows: number): Promise<Float32Array> {
     const bytes = await this.redis.getBuffer(valuesKey(this.prefix, hash));
     const gone = (why: string): never => {
-      const f: WireFailure = { status: 410, code: 'vector_gone', message: `steering vector ${hash.slice(0, 12)}…: ${why}` };
+      const f: WireFailure = {
+        status: 410,
+        code: 'vector_gone',
+        message: `steering vector ${hash.slice(0, 12)}…: ${why}`,
+      };
       throw new UnrecoverableError(JSON.stringify(f));
     };
-    if (!bytes) return gone('its values are no longer in the registry (deleted or replaced a day ago, or sent inline and unused for 15 minutes); send the request again');
+    if (!bytes)
+      return gone(
+        'its values are no longer in the registry (deleted or replaced a day ago, or sent inline and unused for 15 minutes); send the request again',
+      );
     const values = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
     const shape = rows === 1 ? [this.nEmbd] : [rows, this.nEmbd];
     if (vectorHash(shape, values) !== hash) return gone('the values in the registry do not match their hash');
@@ -66,6 +73,8 @@ export class VectorCache {
 
   /** The engine's interventions for a job's. */
   resolve(list: WireIntervention[]): Promise<Intervention[]> {
-    return Promise.all(list.map(async ({ hash, ...rest }) => ({ ...rest, hash, values: await this.fetch(hash, rest.rows) })));
+    return Promise.all(
+      list.map(async ({ hash, ...rest }) => ({ ...rest, hash, values: await this.fetch(hash, rest.rows) })),
+    );
   }
 }

@@ -1,9 +1,17 @@
-import { Worker, UnrecoverableError, type Job } from 'bullmq';
+import { type Job, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { SteerdError } from '../errors.js';
 import type { Engine } from '../engine/engine.js';
 import type { DoneEvent } from '../engine/types.js';
-import { activationsToWire, bullPrefix, cancelChannel, cancelKey, queueName, type JobData, type WireFailure } from './protocol.js';
+import { SteerdError } from '../errors.js';
+import {
+  activationsToWire,
+  bullPrefix,
+  cancelChannel,
+  cancelKey,
+  type JobData,
+  queueName,
+  type WireFailure,
+} from './protocol.js';
 import { VectorCache } from './vector-cache.js';
 
 /** Options of a queue worker. */
@@ -42,7 +50,8 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
     try {
       if (await data.exists(cancelKey(prefix, job.id!))) ac.abort(); // cancelled before it got here
       const interventions = await vectors.resolve(job.data.req.interventions);
-      if (job.data.kind === 'activations') return activationsToWire(await engine.activations({ ...job.data.req, interventions }));
+      if (job.data.kind === 'activations')
+        return activationsToWire(await engine.activations({ ...job.data.req, interventions }));
       let i = 0;
       let done: DoneEvent | undefined;
       for await (const e of engine.generate({ ...job.data.req, interventions }, { signal: ac.signal })) {

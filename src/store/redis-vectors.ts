@@ -1,6 +1,13 @@
 import { Redis } from 'ioredis';
 import { SteerdError } from '../errors.js';
-import { ConflictError, LimitError, NotFoundError, type StoredVector, type VectorMeta, type VectorStore } from './vectors.js';
+import {
+  ConflictError,
+  LimitError,
+  NotFoundError,
+  type StoredVector,
+  type VectorMeta,
+  type VectorStore,
+} from './vectors.js';
 
 /**
  * Values no name refers to any more are not deleted at once: a queued job may still refer to them
@@ -122,7 +129,10 @@ export class RedisVectorStore implements VectorStore {
       const meta = JSON.parse(raw) as VectorMeta;
       const bytes = await this.redis.getBuffer(this.valuesKey(meta.hash));
       if (!bytes) throw new SteerdError(`vector "${name}" has lost its values`, 500, 'internal');
-      return { ...meta, values: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)) };
+      return {
+        ...meta,
+        values: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)),
+      };
     });
   }
 
@@ -148,7 +158,8 @@ export class RedisVectorStore implements VectorStore {
 
   delete(name: string): Promise<void> {
     return this.call(async () => {
-      if ((await this.redis.eval(DELETE, 1, this.metaKey, name, ...this.releaseArgs)) === 0) throw new NotFoundError(name);
+      if ((await this.redis.eval(DELETE, 1, this.metaKey, name, ...this.releaseArgs)) === 0)
+        throw new NotFoundError(name);
     });
   }
 

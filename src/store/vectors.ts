@@ -1,5 +1,15 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { SteerdError } from '../errors.js';
 
@@ -51,13 +61,21 @@ export class LimitError extends SteerdError {
 
 /** Content hash of a vector: shape and little-endian float32 bytes. */
 export function vectorHash(shape: number[], values: Float32Array): string {
-  return createHash('sha256').update(shape.join('x')).update(Buffer.from(values.buffer, values.byteOffset, values.byteLength)).digest('hex');
+  return createHash('sha256')
+    .update(shape.join('x'))
+    .update(Buffer.from(values.buffer, values.byteOffset, values.byteLength))
+    .digest('hex');
 }
 
 export function describe(values: Float32Array, shape: number[]): Pick<VectorMeta, 'kind' | 'norm' | 'hash' | 'shape'> {
   let s = 0;
   for (const v of values) s += v * v;
-  return { kind: shape.length === 1 ? 'direction' : 'sequence', shape, norm: Math.sqrt(s), hash: vectorHash(shape, values) };
+  return {
+    kind: shape.length === 1 ? 'direction' : 'sequence',
+    shape,
+    norm: Math.sqrt(s),
+    hash: vectorHash(shape, values),
+  };
 }
 
 /** Where vectors live; the file store and the Redis registry implement it. */
@@ -126,13 +144,20 @@ export class FileVectorStore implements VectorStore {
 
   put(v: StoredVector, opts: { replace: boolean; max: number }): Promise<void> {
     return this.exclusive(() => {
-      const names = new Set(readdirSync(this.dir).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)));
+      const names = new Set(
+        readdirSync(this.dir)
+          .filter((f) => f.endsWith('.json'))
+          .map((f) => f.slice(0, -5)),
+      );
       if (names.has(v.name) && !opts.replace) throw new ConflictError(v.name);
       if (!names.has(v.name) && names.size >= opts.max) {
         throw new LimitError(opts.max);
       }
       const { values, ...meta } = v;
-      const rec: FileRecord = { ...meta, values_f32: Buffer.from(values.buffer, values.byteOffset, values.byteLength).toString('base64') };
+      const rec: FileRecord = {
+        ...meta,
+        values_f32: Buffer.from(values.buffer, values.byteOffset, values.byteLength).toString('base64'),
+      };
       const tmp = join(this.dir, `.${v.name}.${randomBytes(4).toString('hex')}.tmp`);
       const fd = openSync(tmp, 'w');
       try {

@@ -30,7 +30,6 @@ export class Rng {
   }
 }
 
-
 /** Folds a safe integer (up to 53 bits) into a 32-bit seed, mixing the high word (murmur3's fmix32). */
 export function seed32(seed: number): number {
   const lo = seed >>> 0;

@@ -1,11 +1,11 @@
-import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { buildApp } from '../../src/app.ts';
+import t from 'tap';
 import type { Service } from '../../src/api/service.ts';
-import { loadConfig, type Config } from '../../src/config.ts';
+import { buildApp } from '../../src/app.ts';
+import { type Config, loadConfig } from '../../src/config.ts';
 import { createService } from '../../src/server.ts';
 import { spawnWorker, testRedis } from './redis.ts';
 
@@ -24,7 +24,11 @@ export const queueMode = process.env.STEERD_TEST_QUEUE === 'redis';
 const prefixes = new Map<string, string>();
 
 /** A service on `model` with a fresh (or given) data directory, and its app (not listening). */
-export async function harness(model: string, change: (c: Config) => Config = (c) => c, dataDir?: string): Promise<Harness> {
+export async function harness(
+  model: string,
+  change: (c: Config) => Config = (c) => c,
+  dataDir?: string,
+): Promise<Harness> {
   const own = dataDir === undefined;
   const data = dataDir ?? mkdtempSync(join(tmpdir(), 'steerd-data-'));
   let config = change({ ...loadConfig({}), model, dataDir: data, logLevel: 'silent' });
@@ -44,7 +48,8 @@ export async function harness(model: string, change: (c: Config) => Config = (c)
   const svc = await createService(config);
   const app = await buildApp(svc, { logger: false });
   // the start-up measurement (/v1/model's norms) done: the queue is empty
-  for (const t0 = Date.now(); worker && svc.engine.inFlight > 0 && Date.now() - t0 < 20_000; ) await new Promise((r) => setTimeout(r, 10));
+  for (const t0 = Date.now(); worker && svc.engine.inFlight > 0 && Date.now() - t0 < 20_000; )
+    await new Promise((r) => setTimeout(r, 10));
   return {
     app,
     svc,

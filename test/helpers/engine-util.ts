@@ -10,7 +10,10 @@ export interface Completion {
   text: string;
 }
 
-export async function collect(events: AsyncIterable<GenerateEvent>, onToken?: (n: number) => void): Promise<Completion> {
+export async function collect(
+  events: AsyncIterable<GenerateEvent>,
+  onToken?: (n: number) => void,
+): Promise<Completion> {
   const ids: number[] = [];
   const logprobs: number[] = [];
   let text = '';
@@ -27,7 +30,8 @@ export async function collect(events: AsyncIterable<GenerateEvent>, onToken?: (n
   throw new Error('stream ended without a done event');
 }
 
-export const run = (engine: Engine, req: GenerateRequest, signal?: AbortSignal) => collect(engine.generate(req, { signal }));
+export const run = (engine: Engine, req: GenerateRequest, signal?: AbortSignal) =>
+  collect(engine.generate(req, { signal }));
 
 /**
  * The steering a list of interventions means, written from DESIGN.md §4 independently of the
@@ -40,7 +44,10 @@ export function refSteer(ivs: Intervention[], promptLength: number, H: number): 
       if (iv.layer !== layer) continue;
       const mode = iv.positions ?? (iv.rows === 1 ? 'all' : 'front');
       const hit =
-        mode === 'all' || (mode === 'prompt' && pos < promptLength) || (mode === 'generated' && pos >= promptLength) || (mode === 'front' && pos < iv.rows);
+        mode === 'all' ||
+        (mode === 'prompt' && pos < promptLength) ||
+        (mode === 'generated' && pos >= promptLength) ||
+        (mode === 'front' && pos < iv.rows);
       if (!hit) continue;
       sum ??= new Float64Array(H);
       const row = iv.rows === 1 ? 0 : pos;

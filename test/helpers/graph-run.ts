@@ -24,7 +24,8 @@ export interface BatchInput {
   extra?: Record<string, ort.Tensor>;
 }
 
-const i64 = (rows: number[][]) => new ort.Tensor('int64', BigInt64Array.from(rows.flat().map(BigInt)), [rows.length, rows[0].length]);
+const i64 = (rows: number[][]) =>
+  new ort.Tensor('int64', BigInt64Array.from(rows.flat().map(BigInt)), [rows.length, rows[0].length]);
 
 export async function runGraph(s: ort.InferenceSession, d: Dims, inp: BatchInput, fetch?: string[]) {
   const B = inp.ids.length;
@@ -57,7 +58,9 @@ export async function runGraph(s: ort.InferenceSession, d: Dims, inp: BatchInput
         for (let i = 0; i < H; i++) data[(b * T + t) * H + i] = v[i];
       }
     }
-    feeds[`steer.${l}`] = used ? new ort.Tensor('float32', data, [B, T, H]) : new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
+    feeds[`steer.${l}`] = used
+      ? new ort.Tensor('float32', data, [B, T, H])
+      : new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
   }
   return s.run(feeds, fetch ?? s.outputNames);
 }
@@ -90,9 +93,10 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 export function range(a: ArrayLike<number>[]): number {
   let lo = Infinity;
   let hi = -Infinity;
-  for (const v of a) for (let i = 0; i < v.length; i++) {
-    lo = Math.min(lo, v[i]);
-    hi = Math.max(hi, v[i]);
-  }
+  for (const v of a)
+    for (let i = 0; i < v.length; i++) {
+      lo = Math.min(lo, v[i]);
+      hi = Math.max(hi, v[i]);
+    }
   return hi - lo;
 }

@@ -38,10 +38,14 @@ export async function testRedis(o: { url?: string; prefix?: string } = {}) {
 
 /** A `steerd worker` process for `model` on `url` under `prefix`; `ready` resolves once it serves. */
 export function spawnWorker(url: string, model: string, prefix: string, env: Record<string, string> = {}) {
-  const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'bin', 'steerd.js'), 'worker', '--model', model], {
-    env: { ...process.env, REDIS_URL: url, STEERD_REDIS_PREFIX: prefix, STEERD_BATCH_CAPACITY: '8', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [join(import.meta.dirname, '..', '..', 'bin', 'steerd.js'), 'worker', '--model', model],
+    {
+      env: { ...process.env, REDIS_URL: url, STEERD_REDIS_PREFIX: prefix, STEERD_BATCH_CAPACITY: '8', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   const ready = new Promise<void>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (d: Buffer) => {

@@ -82,7 +82,12 @@ function affine(x: Float64Array, W: Float64Array, bias: Float64Array): Float64Ar
 const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 
 /** With `lastOnly`, `logits` holds the last position's logits alone (the vocabulary projection is the slow part). */
-export function referenceForward(m: RefModel, ids: number[], steer?: RefSteer, opts: { lastOnly?: boolean } = {}): RefOutput {
+export function referenceForward(
+  m: RefModel,
+  ids: number[],
+  steer?: RefSteer,
+  opts: { lastOnly?: boolean } = {},
+): RefOutput {
   const H = m.nEmbd;
   const hd = H / m.nHead;
   const T = ids.length;
@@ -112,7 +117,13 @@ export function referenceForward(m: RefModel, ids: number[], steer?: RefSteer, o
   for (let l = 0; l < m.nLayer; l++) {
     hook(l);
     const p = `h.${l}.`;
-    const qkv = x.map((v) => affine(layerNorm(v, W(`${p}ln_1.weight`), W(`${p}ln_1.bias`), m.eps), W(`${p}attn.c_attn.weight`), W(`${p}attn.c_attn.bias`)));
+    const qkv = x.map((v) =>
+      affine(
+        layerNorm(v, W(`${p}ln_1.weight`), W(`${p}ln_1.bias`), m.eps),
+        W(`${p}attn.c_attn.weight`),
+        W(`${p}attn.c_attn.bias`),
+      ),
+    );
     const att = x.map(() => new Float64Array(H));
     for (let h = 0; h < m.nHead; h++) {
       for (let t = 0; t < T; t++) {
@@ -133,7 +144,11 @@ export function referenceForward(m: RefModel, ids: number[], steer?: RefSteer, o
     x = x.map((v, t) => {
       const y = affine(att[t], W(`${p}attn.c_proj.weight`), W(`${p}attn.c_proj.bias`));
       const r = v.map((a, i) => a + y[i]);
-      const f = affine(layerNorm(r, W(`${p}ln_2.weight`), W(`${p}ln_2.bias`), m.eps), W(`${p}mlp.c_fc.weight`), W(`${p}mlp.c_fc.bias`)).map(gelu);
+      const f = affine(
+        layerNorm(r, W(`${p}ln_2.weight`), W(`${p}ln_2.bias`), m.eps),
+        W(`${p}mlp.c_fc.weight`),
+        W(`${p}mlp.c_fc.bias`),
+      ).map(gelu);
       const o = affine(f, W(`${p}mlp.c_proj.weight`), W(`${p}mlp.c_proj.bias`));
       return r.map((a, i) => a + o[i]);
     });
