@@ -162,7 +162,7 @@ const summary = {
   ratios: {
     [`c${cmax}_over_c1`]: at(cmax, false).tokens_per_s / at(1, false).tokens_per_s,
     [`steering_cost_c${cmax}`]: 1 - at(cmax, true).tokens_per_s / at(cmax, false).tokens_per_s,
-    [`steering_cost_c1`]: 1 - at(1, true).tokens_per_s / at(1, false).tokens_per_s,
+    steering_cost_c1: 1 - at(1, true).tokens_per_s / at(1, false).tokens_per_s,
     [`c${cmax}_over_ceiling`]: at(cmax, false).tokens_per_s / ceiling.tokens_per_s,
   },
 };
@@ -180,5 +180,5 @@ console.table({
 });
 console.table(Object.fromEntries(Object.entries(summary.ratios).map(([k, v]) => [k, { ratio: +v.toFixed(3) }])));
 mkdirSync(dirname(o.out!), { recursive: true });
-writeFileSync(o.out!, JSON.stringify(summary, null, 2) + '\n');
+writeFileSync(o.out!, `${JSON.stringify(summary, null, 2)}\n`);
 console.log(`wrote ${o.out}`);

@@ -87,6 +87,6 @@ if (o.phase) {
     })),
   );
   mkdirSync(dirname(o.out!), { recursive: true });
-  writeFileSync(o.out!, JSON.stringify(result, null, 2) + '\n');
+  writeFileSync(o.out!, `${JSON.stringify(result, null, 2)}\n`);
   console.log(`wrote ${o.out}`);
 }

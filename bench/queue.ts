@@ -60,7 +60,7 @@ function start(args: string[], env: Record<string, string>, ready: RegExp): Prom
 async function stopAll() {
   await Promise.all(
     children.splice(0).map((c) => {
-      if (c.exitCode !== null) return;
+      if (c.exitCode !== null) return undefined;
       const exited = new Promise((r) => c.once('exit', r));
       c.kill('SIGTERM');
       return exited;

@@ -53,7 +53,7 @@ export default async function activationRoutes(app: FastifyInstance, { svc }: { 
         },
       },
     },
-    async (request, reply) => {
+    async (request, _reply) => {
       const b = request.body;
       const tok = svc.engine.tokenizer;
       const prompt = [...(b.prepend_bos ? [tok.eosId] : []), ...tok.encode(b.prompt)];

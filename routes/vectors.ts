@@ -167,7 +167,7 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
         response: { 200: { $ref: 'Vector#' }, ...errors },
       },
     },
-    async (request, reply) => {
+    async (request, _reply) => {
       if (request.body.name !== undefined && request.body.name !== request.params.name) {
         throw new BadRequestError(`body name "${request.body.name}" differs from the path's "${request.params.name}"`);
       }

@@ -22,8 +22,7 @@ async function* events(res: Response) {
     const { value, done } = await reader.read();
     if (done) return;
     buf += dec.decode(value, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
+    for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
       const block = buf.slice(0, i);
       buf = buf.slice(i + 2);
       const ev = /^event: (.*)$/m.exec(block)?.[1] ?? 'message';

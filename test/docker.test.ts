@@ -136,6 +136,7 @@ t.test('the image runs the package bin with a command the CLI has', async (t) =>
 
 t.test('one Dockerfile, two variants: CUDA 12 + cuDNN 9 with Node 24, or CPU only', async (t) => {
   t.equal(globalArgs.VARIANT, 'gpu', 'GPU unless --build-arg VARIANT=cpu');
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: the Dockerfile's own variable
   t.equal(final.base, 'runtime-${VARIANT}', 'the build argument picks the runtime base');
   const gpu = imageOf('gpu');
   const cpu = imageOf('cpu');
@@ -187,6 +188,7 @@ t.test('the build stage installs production dependencies; the runtime stage copi
   t.teardown(() => rmSync(bin, { recursive: true, force: true }));
   writeFileSync(
     join(bin, 'npm'),
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell script's variable
     '#!/bin/sh\necho "npm $* [ONNXRUNTIME_NODE_INSTALL=${ONNXRUNTIME_NODE_INSTALL:-}]"\n',
   );
   chmodSync(join(bin, 'npm'), 0o755);

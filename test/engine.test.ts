@@ -235,8 +235,12 @@ t.test('cancellation frees the slot; the rest of the batch is unchanged', async 
   let thirdStartedAt = -1;
   let secondTokens = 0;
   const first = collect(eng.generate(reqs[0], { signal: ac.signal }), (n) => n === 3 && ac.abort());
-  const second = collect(eng.generate(reqs[1]), (n) => (secondTokens = n));
-  const third = collect(eng.generate(reqs[2]), (n) => n === 1 && (thirdStartedAt = secondTokens));
+  const second = collect(eng.generate(reqs[1]), (n) => {
+    secondTokens = n;
+  });
+  const third = collect(eng.generate(reqs[2]), (n) => {
+    if (n === 1) thirdStartedAt = secondTokens;
+  });
   const [a, b, c] = await Promise.all([first, second, third]);
   t.equal(a.done.finish_reason, 'cancelled');
   t.ok(a.ids.length >= 3 && a.ids.length < 40, `cancelled after ${a.ids.length} tokens`);

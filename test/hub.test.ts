@@ -571,6 +571,7 @@ t.test('steerd model pull', async (t) => {
   const lines = stdout.trim().split('\n');
   t.equal(lines[lines.length - 1], expectedDir(cache), 'the last line of stdout is the directory');
   assertIdentical(t, expectedDir(cache));
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: looking for terminal escapes
   t.notMatch(stderr, /\x1b\[/, 'no terminal escapes when stderr is not a TTY');
   t.match(stderr, `model.safetensors: downloading ${model.length} bytes`);
   for (const pct of [10, 50, 90]) t.match(stderr, new RegExp(`^model\\.safetensors: ${pct}%$`, 'm'));

@@ -147,7 +147,8 @@ t.test('Redis killed and restarted under load', { skip }, async (t) => {
   redis = await redisServer(port, dir);
   let ready = 0;
   for (const t0 = Date.now(); Date.now() - t0 < 15_000; await sleep(100)) {
-    if ((ready = (await app.inject('/readyz')).statusCode) === 200) break;
+    ready = (await app.inject('/readyz')).statusCode;
+    if (ready === 200) break;
   }
   t.equal(ready, 200, 'ready again by itself');
   const listed = (await app.inject('/v1/vectors')).json().data as { name: string; hash: string }[];

@@ -60,7 +60,7 @@ t.test('a wider vocabulary: top-k and top-p keep exactly the sorted prefix, ties
   const V = 2000;
   const wide = new Float32Array(V);
   const head = Array.from({ length: 20 }, (_, j) => (j * 337 + 11) % V);
-  head.forEach((id, j) => (wide[id] = 2 + 0.15 * j));
+  for (const [j, id] of head.entries()) wide[id] = 2 + 0.15 * j;
   const cases: [string, typeof base][] = [
     ['top_k 25', { ...base, top_k: 25 }],
     ['top_k 20', { ...base, top_k: 20 }],

@@ -29,7 +29,7 @@ export function toFloat32(values: number[] | number[][], where: string): { value
     if (rows.some((r) => r.length !== H))
       throw new SteerdError(`${where}: every row of a sequence needs the same length`, 400, 'invalid_request');
     const out = new Float32Array(rows.length * H);
-    rows.forEach((r, i) => out.set(r, i * H));
+    for (const [i, r] of rows.entries()) out.set(r, i * H);
     return { values: out, shape: [rows.length, H] };
   }
   return { values: Float32Array.from(values as number[]), shape: [values.length] };

@@ -246,7 +246,10 @@ export class Scheduler {
   /** The prompt is in the cache: sample the first token and join the running batch. */
   private afterPrefill(s: Slot, out: ForwardOutput, b: number): void {
     const V = this.runner.info.vocab_size;
-    if (s.cancelled) return this.finish(s, 'cancelled');
+    if (s.cancelled) {
+      this.finish(s, 'cancelled');
+      return;
+    }
     s.state = 'decoding';
     this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V), out.lastLse[b]);
   }
@@ -255,23 +258,33 @@ export class Scheduler {
   private accept(s: Slot, logits: Float32Array, lse: number): void {
     if (!Number.isFinite(lse)) {
       // a coefficient large enough to overflow float32 in the residual stream (LayerNorm squares it)
-      return this.abort(
+      this.abort(
         s,
         new UnprocessableError(
           'the logits are not finite: the steered residual stream overflowed float32; lower the coeff of the interventions',
         ),
       );
+      return;
     }
     const { id, logprob } = s.sampler.sample(logits, lse);
     s.sampler.observe(id);
     s.firstToken ??= now();
-    if (id === this.runner.info.eos_token_id && s.req.stop_at_eos !== false) return this.finish(s, 'eos');
+    if (id === this.runner.info.eos_token_id && s.req.stop_at_eos !== false) {
+      this.finish(s, 'eos');
+      return;
+    }
     s.generated.push(id);
     s.next = id;
     const text = s.text.push(id);
     this.sink.event(s.id, { type: 'token', id, text, logprob });
-    if (s.text.stopped) return this.finish(s, 'stop');
-    if (s.generated.length >= s.maxNew) return this.finish(s, 'length');
+    if (s.text.stopped) {
+      this.finish(s, 'stop');
+      return;
+    }
+    if (s.generated.length >= s.maxNew) {
+      this.finish(s, 'length');
+      return;
+    }
   }
 
   /** Ends a row with an error instead of a done event; its cache is zeroed (it may hold NaNs). */
@@ -339,12 +352,12 @@ export class Scheduler {
       ),
     });
     const V = this.runner.info.vocab_size;
-    rows.forEach((s, r) => {
+    for (const [r, s] of rows.entries()) {
       batch.append(r, { k: out.fresh.k, v: out.fresh.v, S: 1, b: r, from: 0, count: 1 });
-      if (s.state !== 'decoding') return;
-      if (s.cancelled) return this.finish(s, 'cancelled');
-      this.accept(s, out.lastLogits.subarray(r * V, (r + 1) * V), out.lastLse[r]);
-    });
+      if (s.state !== 'decoding') continue;
+      if (s.cancelled) this.finish(s, 'cancelled');
+      else this.accept(s, out.lastLogits.subarray(r * V, (r + 1) * V), out.lastLse[r]);
+    }
   }
 
   private async runActivations(job: ActivationJob): Promise<void> {

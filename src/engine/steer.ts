@@ -42,7 +42,8 @@ export function buildSteer(
       for (let t = 0; t < T; t++) {
         const pos = positions[b][t];
         if (pos < 0 || !applies(iv, pos, row.promptLength)) continue;
-        const buf = (out[iv.layer] ??= new Float32Array(B * T * H));
+        out[iv.layer] ??= new Float32Array(B * T * H);
+        const buf = out[iv.layer]!;
         const src = iv.rows === 1 ? 0 : pos * H;
         const dst = (b * T + t) * H;
         for (let i = 0; i < H; i++) buf[dst + i] += iv.coeff * iv.values[src + i];

@@ -191,7 +191,10 @@ export function buildReport({
       total: failed.length,
       by_kind: count(failed, (o) => o.error!.kind),
       examples: failed
-        .filter((o) => (listed[o.error!.kind] = (listed[o.error!.kind] ?? 0) + 1) <= EXAMPLES_PER_KIND)
+        .filter((o) => {
+          listed[o.error!.kind] = (listed[o.error!.kind] ?? 0) + 1;
+          return listed[o.error!.kind] <= EXAMPLES_PER_KIND;
+        })
         .map((o) => ({ kind: o.error!.kind, request: o.plan.index, what: kindOf(o), message: o.error!.message })),
     },
     server: compare(outcomes, before, after, byStatus),

@@ -109,7 +109,7 @@ export async function pull(name: string, opts: PullOptions = {}): Promise<string
     const url = `${endpoint}/${repo}/resolve/${commit}/${file}`;
     await downloadVerified(url, target, s, headers, opts.attempts ?? 5, opts.progress);
   }
-  writeFileSync(join(dir, '.steerd-source.json'), JSON.stringify({ repo, revision, commit, endpoint }, null, 2) + '\n');
+  writeFileSync(join(dir, '.steerd-source.json'), `${JSON.stringify({ repo, revision, commit, endpoint }, null, 2)}\n`);
   return dir;
 }
 

@@ -123,7 +123,7 @@ export function writeTinyCheckpoint(dir: string, opts: TinyOptions = {}): void {
   // Keys in sorted order, as Hugging Face writes them.
   specs.sort((a, b) => (a.name < b.name ? -1 : 1));
   writeSafetensors(join(dir, 'model.safetensors'), specs, { format: 'pt' });
-  writeFileSync(join(dir, 'config.json'), JSON.stringify(rawConfig, null, 2) + '\n');
+  writeFileSync(join(dir, 'config.json'), `${JSON.stringify(rawConfig, null, 2)}\n`);
   const vocab = bundledVocabDir();
   copyFileSync(join(vocab, 'encoder.json'), join(dir, 'vocab.json'));
   copyFileSync(join(vocab, 'vocab.bpe'), join(dir, 'merges.txt'));

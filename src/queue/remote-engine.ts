@@ -121,7 +121,8 @@ export class RemoteEngine {
     events.on('progress', ({ jobId, data }) => this.listeners.get(jobId)?.progress(data as unknown as Progress));
     events.on('completed', ({ jobId, returnvalue }) => this.listeners.get(jobId)?.completed(returnvalue));
     events.on('failed', ({ jobId, failedReason }) => this.listeners.get(jobId)?.failed(failedReason));
-    return (this.events = events);
+    this.events = events;
+    return events;
   }
 
   static async open(o: RemoteEngineOptions): Promise<RemoteEngine> {
