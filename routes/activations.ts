@@ -1,20 +1,23 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { type Static, Type } from 'typebox';
 import { admit } from '../src/api/generation.js';
-import { type InterventionBody, resolveInterventions } from '../src/api/resolve.js';
+import { resolveInterventions } from '../src/api/resolve.js';
+import {
+  type Agrees,
+  Dictionary,
+  errorResponses,
+  interventionsSchema,
+  type Same,
+  StringEnum,
+} from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import type { Reduce } from '../src/engine/types.js';
 
-interface Body {
-  prompt: string;
-  layers: number[];
-  reduce?: Reduce;
-  interventions?: InterventionBody[];
-  encoding?: 'json' | 'base64';
-  prepend_bos?: boolean;
-}
+const reduceSchema = StringEnum(['none', 'last', 'mean'], { default: 'none' });
+type _Reduce = Agrees<Same<Static<typeof reduceSchema>, Reduce>>;
 
-export default async function activationRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
-  app.post<{ Body: Body }>(
+const activationRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
+  app.post(
     '/v1/activations',
     {
       schema: {
@@ -22,34 +25,27 @@ export default async function activationRoutes(app: FastifyInstance, { svc }: { 
         summary: 'Read the residual stream at chosen hook points',
         description:
           'Hook l is the stream entering block l (TransformerLens `blocks.l.hook_resid_pre`; l = n_layer is before ln_f), after any interventions. `reduce`: `none` (every position, [T][H]), `last` or `mean` ([H]). `encoding: "base64"` returns little-endian float32 bytes instead of numbers.',
-        body: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['prompt', 'layers'],
-          properties: {
-            prompt: { type: 'string', minLength: 1 },
-            layers: { type: 'array', items: { type: 'integer', minimum: 0 }, minItems: 1, maxItems: 256 },
-            reduce: { type: 'string', enum: ['none', 'last', 'mean'], default: 'none' },
-            interventions: { type: 'array', items: { $ref: 'Intervention#' } },
-            encoding: { type: 'string', enum: ['json', 'base64'], default: 'json' },
-            prepend_bos: { type: 'boolean', default: false },
+        body: Type.Object(
+          {
+            prompt: Type.String({ minLength: 1 }),
+            layers: Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1, maxItems: 256 }),
+            reduce: Type.Optional(reduceSchema),
+            interventions: Type.Optional(interventionsSchema),
+            encoding: Type.Optional(StringEnum(['json', 'base64'], { default: 'json' })),
+            prepend_bos: Type.Optional(Type.Boolean({ default: false })),
           },
-        },
+          { additionalProperties: false },
+        ),
         response: {
-          200: {
-            type: 'object',
-            properties: {
-              tokens: {
-                type: 'array',
-                items: { type: 'object', properties: { id: { type: 'integer' }, text: { type: 'string' } } },
-              },
-              shape: { type: 'array', items: { type: 'integer' }, description: '[T, H] or [H] per layer' },
-              encoding: { type: 'string' },
-              activations: { type: 'object', additionalProperties: true, description: 'hook point → values' },
-            },
-          },
-          '4xx': { $ref: 'Error#' },
-          '5xx': { $ref: 'Error#' },
+          200: Type.Partial(
+            Type.Object({
+              tokens: Type.Array(Type.Partial(Type.Object({ id: Type.Integer(), text: Type.String() }))),
+              shape: Type.Array(Type.Integer(), { description: '[T, H] or [H] per layer' }),
+              encoding: Type.String(),
+              activations: Dictionary(true, { description: 'hook point → values' }),
+            }),
+          ),
+          ...errorResponses,
         },
       },
     },
@@ -80,4 +76,6 @@ export default async function activationRoutes(app: FastifyInstance, { svc }: { 
       }
     },
   );
-}
+};
+
+export default activationRoutes;

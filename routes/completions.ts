@@ -1,30 +1,79 @@
 import { randomUUID } from 'node:crypto';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { admit, checkLimits, requestSignal, streamErrors, timeoutError, tracked } from '../src/api/generation.js';
-import { type InterventionBody, resolveInterventions } from '../src/api/resolve.js';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
+import {
+  admit,
+  checkLimits,
+  requestSignal,
+  type SchemaRequest,
+  streamErrors,
+  timeoutError,
+  tracked,
+} from '../src/api/generation.js';
+import { resolveInterventions } from '../src/api/resolve.js';
+import { errorResponses, interventionsSchema, OneOf } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import type { FinishReason } from '../src/engine/types.js';
 import { BadRequestError } from '../src/errors.js';
 
-interface Body {
-  model?: string;
-  prompt: string | string[];
-  max_tokens?: number;
-  temperature?: number;
-  top_p?: number;
-  n?: number;
-  stop?: string | string[] | null;
-  seed?: number;
-  stream?: boolean;
-  frequency_penalty?: number;
-  presence_penalty?: number;
-  interventions?: InterventionBody[];
-}
+const completionsSchema = {
+  tags: ['openai'],
+  summary: 'OpenAI-compatible completions (with an extra `interventions` field)',
+  description:
+    'Fields OpenAI defines and steerd does not use are accepted and ignored; `n` must be 1. Streaming sends `data: {chunk}` events and `data: [DONE]`.',
+  body: Type.Object({
+    model: Type.Optional(Type.String()),
+    prompt: OneOf([
+      Type.String({ minLength: 1 }),
+      Type.Array(Type.String({ minLength: 1 }), { minItems: 1, maxItems: 1 }),
+    ]),
+    max_tokens: Type.Optional(Type.Integer({ minimum: 1, default: 16 })),
+    temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: 1 })),
+    top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
+    n: Type.Optional(Type.Integer({ minimum: 1, default: 1 })),
+    stop: Type.Optional(
+      OneOf([Type.String(), Type.Array(Type.String({ minLength: 1 }), { maxItems: 4 }), Type.Null()]),
+    ),
+    seed: Type.Optional(Type.Integer()),
+    stream: Type.Optional(Type.Boolean({ default: false })),
+    frequency_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
+    presence_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
+    interventions: Type.Optional(interventionsSchema),
+  }),
+  response: {
+    200: Type.Partial(
+      Type.Object({
+        id: Type.String(),
+        object: Type.String(),
+        created: Type.Integer(),
+        model: Type.String(),
+        choices: Type.Array(
+          Type.Partial(
+            Type.Object({
+              text: Type.String(),
+              index: Type.Integer(),
+              logprobs: Type.Null(),
+              finish_reason: Type.String(),
+            }),
+          ),
+        ),
+        usage: Type.Partial(
+          Type.Object({
+            prompt_tokens: Type.Integer(),
+            completion_tokens: Type.Integer(),
+            total_tokens: Type.Integer(),
+          }),
+        ),
+      }),
+    ),
+    ...errorResponses,
+  },
+};
 
 const openaiReason = (r: FinishReason) => (r === 'length' ? 'length' : 'stop');
 
 /** OpenAI's completions API, so that any OpenAI client can call steerd; steering is the extra `interventions` field. */
-export default async function completionRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
+const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   app.get(
     '/v1/models',
     {
@@ -32,104 +81,31 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
         tags: ['openai'],
         summary: 'OpenAI-compatible model list',
         response: {
-          200: {
-            type: 'object',
-            properties: {
-              object: { type: 'string' },
-              data: {
-                type: 'array',
-                items: {
-                  type: 'object',
-                  properties: {
-                    id: { type: 'string' },
-                    object: { type: 'string' },
-                    created: { type: 'integer' },
-                    owned_by: { type: 'string' },
-                  },
-                },
-              },
-            },
-          },
+          200: Type.Partial(
+            Type.Object({
+              object: Type.String(),
+              data: Type.Array(
+                Type.Partial(
+                  Type.Object({
+                    id: Type.String(),
+                    object: Type.String(),
+                    created: Type.Integer(),
+                    owned_by: Type.String(),
+                  }),
+                ),
+              ),
+            }),
+          ),
         },
       },
     },
     async () => ({ object: 'list', data: [{ id: svc.model.name, object: 'model', created: 0, owned_by: 'steerd' }] }),
   );
 
-  app.post<{ Body: Body }>(
+  app.post(
     '/v1/completions',
-    {
-      sse: 'manual',
-      schema: {
-        tags: ['openai'],
-        summary: 'OpenAI-compatible completions (with an extra `interventions` field)',
-        description:
-          'Fields OpenAI defines and steerd does not use are accepted and ignored; `n` must be 1. Streaming sends `data: {chunk}` events and `data: [DONE]`.',
-        body: {
-          type: 'object',
-          required: ['prompt'],
-          properties: {
-            model: { type: 'string' },
-            prompt: {
-              oneOf: [
-                { type: 'string', minLength: 1 },
-                { type: 'array', items: { type: 'string', minLength: 1 }, minItems: 1, maxItems: 1 },
-              ],
-            },
-            max_tokens: { type: 'integer', minimum: 1, default: 16 },
-            temperature: { type: 'number', minimum: 0, maximum: 2, default: 1 },
-            top_p: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 1 },
-            n: { type: 'integer', minimum: 1, default: 1 },
-            stop: {
-              oneOf: [
-                { type: 'string' },
-                { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 4 },
-                { type: 'null' },
-              ],
-            },
-            seed: { type: 'integer' },
-            stream: { type: 'boolean', default: false },
-            frequency_penalty: { type: 'number', minimum: -2, maximum: 2, default: 0 },
-            presence_penalty: { type: 'number', minimum: -2, maximum: 2, default: 0 },
-            interventions: { type: 'array', items: { $ref: 'Intervention#' } },
-          },
-        },
-        response: {
-          200: {
-            type: 'object',
-            properties: {
-              id: { type: 'string' },
-              object: { type: 'string' },
-              created: { type: 'integer' },
-              model: { type: 'string' },
-              choices: {
-                type: 'array',
-                items: {
-                  type: 'object',
-                  properties: {
-                    text: { type: 'string' },
-                    index: { type: 'integer' },
-                    logprobs: { type: 'null' },
-                    finish_reason: { type: 'string' },
-                  },
-                },
-              },
-              usage: {
-                type: 'object',
-                properties: {
-                  prompt_tokens: { type: 'integer' },
-                  completion_tokens: { type: 'integer' },
-                  total_tokens: { type: 'integer' },
-                },
-              },
-            },
-          },
-          '4xx': { $ref: 'Error#' },
-          '5xx': { $ref: 'Error#' },
-        },
-      },
-    },
-    streamErrors(async (request: FastifyRequest<{ Body: Body }>, reply) => {
+    { sse: 'manual', schema: completionsSchema },
+    streamErrors(async (request: SchemaRequest<typeof completionsSchema>, reply) => {
       const b = request.body;
       if ((b.n ?? 1) !== 1) throw new BadRequestError('n must be 1');
       const maxNew = b.max_tokens ?? 16;
@@ -155,7 +131,7 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
         const events = tracked(svc, req, svc.engine.generate(req, { signal: sig.signal }));
         const id = `cmpl-${randomUUID()}`;
         const created = Math.floor(Date.now() / 1000);
-        const chunk = (t: string, finish: string | null) => ({
+        const chunk = <F extends string | null>(t: string, finish: F) => ({
           id,
           object: 'text_completion',
           created,
@@ -192,4 +168,6 @@ export default async function completionRoutes(app: FastifyInstance, { svc }: { 
       }
     }),
   );
-}
+};
+
+export default completionRoutes;

@@ -1,33 +1,80 @@
 import { randomInt, randomUUID } from 'node:crypto';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { admit, checkLimits, requestSignal, streamErrors, timeoutError, tracked } from '../src/api/generation.js';
-import { type InterventionBody, resolveInterventions } from '../src/api/resolve.js';
-import { samplingProperties, tokenSchema } from '../src/api/schemas.js';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { FastifyReply } from 'fastify';
+import { Type } from 'typebox';
+import {
+  admit,
+  checkLimits,
+  requestSignal,
+  type SchemaRequest,
+  streamErrors,
+  timeoutError,
+  tracked,
+} from '../src/api/generation.js';
+import { resolveInterventions } from '../src/api/resolve.js';
+import {
+  errorResponses,
+  finishReasonSchema,
+  interventionsSchema,
+  Nullable,
+  samplingProperties,
+  tokenSchema,
+} from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
-import type { DoneEvent, GenerateEvent, GenerateRequest, SamplingParams } from '../src/engine/types.js';
+import type { DoneEvent, GenerateEvent, GenerateRequest } from '../src/engine/types.js';
 
-/** The engine's sampling parameters, with `stop` also accepted as one string. */
-interface GenerateBody extends Omit<SamplingParams, 'stop' | 'stop_at_eos'> {
-  prompt: string;
-  stop?: string | string[];
-  interventions?: InterventionBody[];
-  compare?: boolean;
-  stream?: boolean;
-  prepend_bos?: boolean;
-}
+const completionProperties = {
+  text: Type.String(),
+  tokens: Type.Array(tokenSchema),
+  finish_reason: finishReasonSchema,
+  usage: Type.Partial(Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer() })),
+};
 
-const completionSchema = {
-  type: 'object',
-  properties: {
-    text: { type: 'string' },
-    tokens: { type: 'array', items: tokenSchema },
-    finish_reason: { type: 'string', enum: ['length', 'eos', 'stop', 'cancelled'] },
-    usage: {
-      type: 'object',
-      properties: { prompt_tokens: { type: 'integer' }, completion_tokens: { type: 'integer' } },
+const schema = {
+  tags: ['generation'],
+  summary: 'Generate text with steering interventions',
+  description:
+    'Tokenizes the prompt as Hugging Face does for GPT-2 (no BOS unless `prepend_bos`), generates with the given sampling parameters and interventions, and reports what was applied. `stream: true` answers with server-sent events: one `token` event per token, then a `done` event with the rest of the response. `compare: true` also returns the unsteered completion with the same seed.',
+  body: Type.Object(
+    {
+      prompt: Type.String({ minLength: 1 }),
+      ...samplingProperties,
+      interventions: Type.Optional(interventionsSchema),
+      compare: Type.Optional(Type.Boolean({ default: false })),
+      stream: Type.Optional(Type.Boolean({ default: false })),
+      prepend_bos: Type.Optional(Type.Boolean({ default: false })),
     },
+    { additionalProperties: false },
+  ),
+  response: {
+    200: Type.Partial(
+      Type.Object({
+        id: Type.String(),
+        model: Type.String(),
+        ...completionProperties,
+        seed: Type.Integer(),
+        timings: Type.Partial(
+          Type.Object({ queue_ms: Type.Number(), first_token_ms: Type.Number(), total_ms: Type.Number() }),
+        ),
+        interventions: Type.Array(
+          Type.Partial(
+            Type.Object({
+              vector: Nullable(Type.String()),
+              hash: Type.String(),
+              shape: Type.Array(Type.Integer()),
+              layer: Type.Integer(),
+              coeff: Type.Number(),
+              positions: Type.String(),
+            }),
+          ),
+        ),
+        baseline: Type.Partial(Type.Object(completionProperties)),
+      }),
+      { description: 'The completion (or, with `stream: true`, a text/event-stream).' },
+    ),
+    ...errorResponses,
   },
-} as const;
+};
 
 /** A completion collected from the engine's events. */
 async function collect(
@@ -46,72 +93,10 @@ async function collect(
   return { tokens, done: done! };
 }
 
-export default async function generateRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
-  app.post<{ Body: GenerateBody }>(
-    '/v1/generate',
-    {
-      sse: 'manual',
-      schema: {
-        tags: ['generation'],
-        summary: 'Generate text with steering interventions',
-        description:
-          'Tokenizes the prompt as Hugging Face does for GPT-2 (no BOS unless `prepend_bos`), generates with the given sampling parameters and interventions, and reports what was applied. `stream: true` answers with server-sent events: one `token` event per token, then a `done` event with the rest of the response. `compare: true` also returns the unsteered completion with the same seed.',
-        body: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['prompt'],
-          properties: {
-            prompt: { type: 'string', minLength: 1 },
-            ...samplingProperties,
-            interventions: { type: 'array', items: { $ref: 'Intervention#' } },
-            compare: { type: 'boolean', default: false },
-            stream: { type: 'boolean', default: false },
-            prepend_bos: { type: 'boolean', default: false },
-          },
-        },
-        response: {
-          200: {
-            description: 'The completion (or, with `stream: true`, a text/event-stream).',
-            type: 'object',
-            properties: {
-              id: { type: 'string' },
-              model: { type: 'string' },
-              ...completionSchema.properties,
-              seed: { type: 'integer' },
-              timings: {
-                type: 'object',
-                properties: {
-                  queue_ms: { type: 'number' },
-                  first_token_ms: { type: 'number' },
-                  total_ms: { type: 'number' },
-                },
-              },
-              interventions: {
-                type: 'array',
-                items: {
-                  type: 'object',
-                  properties: {
-                    vector: { type: ['string', 'null'] },
-                    hash: { type: 'string' },
-                    shape: { type: 'array', items: { type: 'integer' } },
-                    layer: { type: 'integer' },
-                    coeff: { type: 'number' },
-                    positions: { type: 'string' },
-                  },
-                },
-              },
-              baseline: completionSchema,
-            },
-          },
-          '4xx': { $ref: 'Error#' },
-          '5xx': { $ref: 'Error#' },
-        },
-      },
-    },
-    streamErrors(handle),
-  );
+const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
+  app.post('/v1/generate', { sse: 'manual', schema }, streamErrors(handle));
 
-  async function handle(request: FastifyRequest<{ Body: GenerateBody }>, reply: FastifyReply) {
+  async function handle(request: SchemaRequest<typeof schema>, reply: FastifyReply) {
     const b = request.body;
     const { engine } = svc;
     const maxNew = b.max_new_tokens ?? 64;
@@ -186,4 +171,6 @@ export default async function generateRoutes(app: FastifyInstance, { svc }: { sv
       release();
     }
   }
-}
+};
+
+export default generateRoutes;

@@ -1,15 +1,19 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
+import { errorSchema, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import { UnavailableError } from '../src/errors.js';
 
-export default async function healthRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
+const status = Type.Partial(Type.Object({ status: Type.String() }));
+
+const healthRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   app.get(
     '/healthz',
     {
       schema: {
         tags: ['health'],
         summary: 'Alive',
-        response: { 200: { type: 'object', properties: { status: { type: 'string' } } } },
+        response: { 200: status },
       },
     },
     async () => ({
@@ -23,7 +27,7 @@ export default async function healthRoutes(app: FastifyInstance, { svc }: { svc:
       schema: {
         tags: ['health'],
         summary: 'Ready to serve: model loaded, vector registry reachable, not draining',
-        response: { 200: { type: 'object', properties: { status: { type: 'string' } } }, 503: { $ref: 'Error#' } },
+        response: { 200: status, 503: Ref(errorSchema) },
       },
     },
     async () => {
@@ -43,4 +47,6 @@ export default async function healthRoutes(app: FastifyInstance, { svc }: { svc:
       return svc.metrics.registry.metrics();
     },
   );
-}
+};
+
+export default healthRoutes;

@@ -1,4 +1,6 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
+import { Dictionary, errorSchema, Nullable, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 
 /** A fixed, neutral text whose residual-stream norms tell clients what coefficient sizes mean. */
@@ -40,7 +42,7 @@ export async function residNorms(svc: Service): Promise<NormStat[]> {
   });
 }
 
-export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
+const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   // measured once, at start (the spec builder registers routes without an engine)
   const measure = () =>
     residNorms(svc).catch((e) => {
@@ -56,43 +58,43 @@ export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: 
         tags: ['model'],
         summary: 'The served model: architecture, limits, and residual-stream norms per hook point',
         response: {
-          200: {
-            type: 'object',
-            properties: {
-              id: { type: 'string' },
-              name: { type: 'string' },
-              architecture: { type: 'string' },
-              random_weights: { type: 'boolean', description: 'a generated checkpoint: its text is nonsense' },
-              n_layer: { type: 'integer' },
-              n_embd: { type: 'integer' },
-              n_head: { type: 'integer' },
-              n_positions: { type: 'integer' },
-              vocab_size: { type: 'integer' },
-              hook_points: { type: 'array', items: { type: 'integer' } },
-              provider: { type: 'string' },
-              limits: { type: 'object', additionalProperties: { type: 'integer' } },
-              resid_norms: {
-                type: ['object', 'null'],
-                description: `null until an engine has measured them (Redis mode: while no worker answers within ${NORMS_WAIT_MS / 1000} s)`,
-                properties: {
-                  text: { type: 'string' },
-                  layers: {
-                    type: 'array',
-                    items: {
-                      type: 'object',
-                      properties: {
-                        layer: { type: 'integer' },
-                        mean: { type: 'number' },
-                        median: { type: 'number' },
-                        max: { type: 'number' },
-                      },
-                    },
+          200: Type.Partial(
+            Type.Object({
+              id: Type.String(),
+              name: Type.String(),
+              architecture: Type.String(),
+              random_weights: Type.Boolean({ description: 'a generated checkpoint: its text is nonsense' }),
+              n_layer: Type.Integer(),
+              n_embd: Type.Integer(),
+              n_head: Type.Integer(),
+              n_positions: Type.Integer(),
+              vocab_size: Type.Integer(),
+              hook_points: Type.Array(Type.Integer()),
+              provider: Type.String(),
+              limits: Dictionary(Type.Integer()),
+              resid_norms: Nullable(
+                Type.Partial(
+                  Type.Object({
+                    text: Type.String(),
+                    layers: Type.Array(
+                      Type.Partial(
+                        Type.Object({
+                          layer: Type.Integer(),
+                          mean: Type.Number(),
+                          median: Type.Number(),
+                          max: Type.Number(),
+                        }),
+                      ),
+                    ),
+                  }),
+                  {
+                    description: `null until an engine has measured them (Redis mode: while no worker answers within ${NORMS_WAIT_MS / 1000} s)`,
                   },
-                },
-              },
-            },
-          },
-          '5xx': { $ref: 'Error#' },
+                ),
+              ),
+            }),
+          ),
+          '5xx': Ref(errorSchema),
         },
       },
     },
@@ -131,4 +133,6 @@ export default async function modelRoutes(app: FastifyInstance, { svc }: { svc: 
       };
     },
   );
-}
+};
+
+export default modelRoutes;

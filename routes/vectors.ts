@@ -1,80 +1,75 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { type Static, Type } from 'typebox';
 import { admit } from '../src/api/generation.js';
 import { toFloat32 } from '../src/api/resolve.js';
-import { vectorValuesSchema } from '../src/api/schemas.js';
+import {
+  type Agrees,
+  errorResponses,
+  Nullable,
+  Ref,
+  type Same,
+  StringEnum,
+  vectorValuesSchema,
+} from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import { NAME_PATTERN } from '../src/config.js';
 import { deriveVector, normalizeRows, type Recipe } from '../src/engine/recipes.js';
 import { BadRequestError, UnprocessableError } from '../src/errors.js';
 import { describe, type StoredVector } from '../src/store/vectors.js';
 
-interface VectorBody {
-  name: string;
-  values?: number[] | number[][];
-  recipe?: Recipe;
-  layer?: number;
-  normalize?: boolean;
-  description?: string;
-}
+const metaSchema = Type.Partial(
+  Type.Object({
+    name: Type.String(),
+    kind: StringEnum(['direction', 'sequence']),
+    shape: Type.Array(Type.Integer()),
+    layer: Nullable(Type.Integer()),
+    norm: Type.Number(),
+    hash: Type.String({ description: 'sha256 of the shape and float32 values' }),
+    recipe: Type.Unknown({ description: 'how the vector was made, or "uploaded"' }),
+    model: Type.Partial(Type.Object({ id: Type.String(), n_embd: Type.Integer() })),
+    description: Nullable(Type.String()),
+    created_at: Type.String({ format: 'date-time' }),
+    values: Type.Unknown({ description: 'with ?values=true: number[H] or number[k][H]' }),
+  }),
+  { $id: 'Vector' },
+);
 
-const metaSchema = {
-  $id: 'Vector',
-  type: 'object',
-  properties: {
-    name: { type: 'string' },
-    kind: { type: 'string', enum: ['direction', 'sequence'] },
-    shape: { type: 'array', items: { type: 'integer' } },
-    layer: { type: ['integer', 'null'] },
-    norm: { type: 'number' },
-    hash: { type: 'string', description: 'sha256 of the shape and float32 values' },
-    recipe: { description: 'how the vector was made, or "uploaded"' },
-    model: { type: 'object', properties: { id: { type: 'string' }, n_embd: { type: 'integer' } } },
-    description: { type: ['string', 'null'] },
-    created_at: { type: 'string', format: 'date-time' },
-    values: { description: 'with ?values=true: number[H] or number[k][H]' },
+const prompt = Type.String({ minLength: 1 });
+const recipeSchema = Type.Object(
+  {
+    kind: StringEnum(['diff', 'actadd', 'mean_diff']),
+    layer: Type.Integer({ minimum: 0 }),
+    positive: Type.Optional(prompt),
+    negative: Type.Optional(prompt),
+    pairs: Type.Optional(
+      Type.Array(Type.Unsafe<[string, string]>(Type.Array(prompt, { minItems: 2, maxItems: 2 })), {
+        minItems: 1,
+        maxItems: 256,
+      }),
+    ),
+    normalize: Type.Optional(Type.Boolean({ default: false })),
   },
-} as const;
+  { additionalProperties: false },
+);
+type _Recipe = Agrees<Same<Static<typeof recipeSchema>, Recipe>>;
 
-const recipeSchema = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['kind', 'layer'],
-  properties: {
-    kind: { type: 'string', enum: ['diff', 'actadd', 'mean_diff'] },
-    layer: { type: 'integer', minimum: 0 },
-    positive: { type: 'string', minLength: 1 },
-    negative: { type: 'string', minLength: 1 },
-    pairs: {
-      type: 'array',
-      minItems: 1,
-      maxItems: 256,
-      items: { type: 'array', items: { type: 'string', minLength: 1 }, minItems: 2, maxItems: 2 },
-    },
-    normalize: { type: 'boolean', default: false },
-  },
-} as const;
+const name = Type.String({ pattern: NAME_PATTERN });
+const vectorFields = {
+  values: Type.Optional(vectorValuesSchema),
+  recipe: Type.Optional(recipeSchema),
+  layer: Type.Optional(Type.Integer({ minimum: 0, description: 'suggested hook point, kept with the vector' })),
+  normalize: Type.Optional(Type.Boolean({ default: false, description: 'scale to unit norm (a sequence: each row)' })),
+  description: Type.Optional(Type.String({ maxLength: 1000 })),
+};
+/** A vector comes from values or from a recipe, never both. */
+const bodyOptions = { additionalProperties: false, oneOf: [{ required: ['values'] }, { required: ['recipe'] }] };
+const bodySchema = Type.Object({ name, ...vectorFields }, bodyOptions);
+/** PUT names the vector in its path; the body may repeat the name. */
+const putBodySchema = Type.Object({ name: Type.Optional(name), ...vectorFields }, bodyOptions);
+type VectorBody = Static<typeof bodySchema>;
 
-const bodySchema = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['name'],
-  properties: {
-    name: { type: 'string', pattern: NAME_PATTERN },
-    values: vectorValuesSchema,
-    recipe: recipeSchema,
-    layer: { type: 'integer', minimum: 0, description: 'suggested hook point, kept with the vector' },
-    normalize: { type: 'boolean', default: false, description: 'scale to unit norm (a sequence: each row)' },
-    description: { type: 'string', maxLength: 1000 },
-  },
-  oneOf: [{ required: ['values'] }, { required: ['recipe'] }],
-} as const;
-
-const errors = { '4xx': { $ref: 'Error#' }, '5xx': { $ref: 'Error#' } } as const;
-const nameParam = {
-  type: 'object',
-  required: ['name'],
-  properties: { name: { type: 'string', pattern: NAME_PATTERN } },
-} as const;
+const vector = Ref(metaSchema);
+const nameParam = Type.Object({ name });
 
 function shaped(v: StoredVector): number[] | number[][] {
   const values = Array.from(v.values);
@@ -85,7 +80,7 @@ function shaped(v: StoredVector): number[] | number[][] {
 
 const meta = ({ values: _, ...m }: StoredVector) => m;
 
-export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc: Service }) {
+const vectorRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   app.addSchema(metaSchema);
 
   async function make(b: VectorBody): Promise<StoredVector> {
@@ -136,7 +131,7 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
     };
   }
 
-  app.post<{ Body: VectorBody }>(
+  app.post(
     '/v1/vectors',
     {
       schema: {
@@ -145,7 +140,7 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
         description:
           "Recipes read the model's own activations at `recipe.layer`: `diff` (last token of positive minus negative), `actadd` (per-position difference, BOS prepended, the shorter padded with spaces: a sequence), `mean_diff` (mean last-token difference over pairs).",
         body: bodySchema,
-        response: { 201: { $ref: 'Vector#' }, ...errors },
+        response: { 201: vector, ...errorResponses },
       },
     },
     async (request, reply) => {
@@ -156,15 +151,15 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
     },
   );
 
-  app.put<{ Body: Omit<VectorBody, 'name'> & { name?: string }; Params: { name: string } }>(
+  app.put(
     '/v1/vectors/:name',
     {
       schema: {
         tags: ['vectors'],
         summary: 'Create or replace a steering vector',
         params: nameParam,
-        body: { ...bodySchema, required: [] },
-        response: { 200: { $ref: 'Vector#' }, ...errors },
+        body: putBodySchema,
+        response: { 200: vector, ...errorResponses },
       },
     },
     async (request, _reply) => {
@@ -184,27 +179,26 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
         tags: ['vectors'],
         summary: 'List stored vectors',
         response: {
-          200: { type: 'object', properties: { data: { type: 'array', items: { $ref: 'Vector#' } } } },
-          ...errors,
+          200: Type.Partial(Type.Object({ data: Type.Array(vector) })),
+          ...errorResponses,
         },
       },
     },
     async () => ({ data: await svc.store.list() }),
   );
 
-  app.get<{ Params: { name: string }; Querystring: { values?: string } }>(
+  app.get(
     '/v1/vectors/:name',
     {
       schema: {
         tags: ['vectors'],
         summary: 'One stored vector (with ?values=true, its values)',
         params: nameParam,
-        querystring: {
-          type: 'object',
-          additionalProperties: false,
-          properties: { values: { type: 'string', enum: ['true', 'false'] } },
-        },
-        response: { 200: { $ref: 'Vector#' }, ...errors },
+        querystring: Type.Object(
+          { values: Type.Optional(StringEnum(['true', 'false'])) },
+          { additionalProperties: false },
+        ),
+        response: { 200: vector, ...errorResponses },
       },
     },
     async (request) => {
@@ -213,14 +207,14 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
     },
   );
 
-  app.delete<{ Params: { name: string } }>(
+  app.delete(
     '/v1/vectors/:name',
     {
       schema: {
         tags: ['vectors'],
         summary: 'Delete a stored vector',
         params: nameParam,
-        response: { 204: { type: 'null', description: 'deleted' }, ...errors },
+        response: { 204: Type.Null({ description: 'deleted' }), ...errorResponses },
       },
     },
     async (request, reply) => {
@@ -228,4 +222,6 @@ export default async function vectorRoutes(app: FastifyInstance, { svc }: { svc:
       reply.code(204);
     },
   );
-}
+};
+
+export default vectorRoutes;

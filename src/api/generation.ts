@@ -1,7 +1,24 @@
-import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type {
+  FastifyReply,
+  FastifyRequest,
+  FastifySchema,
+  RawRequestDefaultExpression,
+  RawServerDefault,
+  RouteGenericInterface,
+} from 'fastify';
 import type { GenerateEvent, GenerateRequest } from '../engine/types.js';
 import { QueueFullError, SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
 import type { Service } from './service.js';
+
+/** The request of a route whose `schema` is written with TypeBox: body, params and query typed from it. */
+export type SchemaRequest<S extends FastifySchema> = FastifyRequest<
+  RouteGenericInterface,
+  RawServerDefault,
+  RawRequestDefaultExpression,
+  S,
+  TypeBoxTypeProvider
+>;
 
 /** Refuses new work while draining (503) or when the queue is full (429), else counts it in. */
 export function admit(svc: Service): () => void {
@@ -63,11 +80,15 @@ export function requestSignal(svc: Service, request: FastifyRequest, reply: Fast
 /**
  * Wraps a handler that may stream: an error before the stream starts goes to the error handler as
  * usual; once events have been sent, it becomes the stream's last event (`error`, same body).
+ * A handler that has streamed returns `reply` (to Fastify: the response is sent); the route's types,
+ * made from its response schemas, know no such body, so to them it is no body (`undefined`).
  */
-export function streamErrors<R extends FastifyRequest>(handler: (request: R, reply: FastifyReply) => Promise<unknown>) {
-  return async (request: R, reply: FastifyReply) => {
+export function streamErrors<R extends FastifyRequest, P extends FastifyReply, T>(
+  handler: (request: R, reply: P) => Promise<T | P>,
+) {
+  return async (request: R, reply: P): Promise<T | undefined> => {
     try {
-      return await handler(request, reply);
+      return (await handler(request, reply)) as T | undefined;
     } catch (e) {
       if (!reply.raw.headersSent) throw e;
       const err = e instanceof SteerdError ? e : new SteerdError('internal error', 500, 'internal');
@@ -75,7 +96,7 @@ export function streamErrors<R extends FastifyRequest>(handler: (request: R, rep
       if (reply.sse?.isConnected)
         await reply.sse.send({ event: 'error', data: { error: { code: err.code, message: err.message } } });
       reply.sse?.close();
-      return reply;
+      return reply as unknown as undefined;
     }
   };
 }

@@ -1,15 +1,8 @@
 import type { Intervention, Positions } from '../engine/types.js';
 import { SteerdError, UnprocessableError } from '../errors.js';
 import { describe } from '../store/vectors.js';
+import type { InterventionBody } from './schemas.js';
 import type { Service } from './service.js';
-
-/** An intervention as the API receives it. */
-export interface InterventionBody {
-  vector: string | { values: number[] | number[][] };
-  layer: number;
-  coeff: number;
-  positions?: Positions;
-}
 
 /** An intervention as applied, echoed back in responses. */
 export interface AppliedIntervention {

@@ -1,85 +1,132 @@
+import {
+  type Static,
+  type TObject,
+  type TSchema,
+  type TSchemaOptions,
+  type TUnion,
+  type TUnknown,
+  Type,
+} from 'typebox';
 import { NAME_PATTERN } from '../config.js';
+import type { FinishReason, Positions, SamplingParams } from '../engine/types.js';
 
-/** JSON Schemas shared by the routes (they also make `openapi.yaml`). */
+/**
+ * JSON Schemas shared by the routes, written with TypeBox: the routes' TypeScript types are derived
+ * from them (`Static`, or the TypeBox type provider), and they also make `openapi.yaml`.
+ */
 
-export const errorSchema = {
-  $id: 'Error',
-  type: 'object',
-  description: 'Every error has this shape.',
-  required: ['error'],
-  properties: {
-    error: {
-      type: 'object',
-      required: ['code', 'message'],
-      properties: {
-        code: { type: 'string', description: 'stable machine-readable code' },
-        message: { type: 'string', description: 'what went wrong, naming the limit or field' },
-        details: { type: 'object', additionalProperties: true },
-      },
-    },
+/** `true` where A and B are the same type (the same keys, each as optional and of the same type). */
+export type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
+
+/**
+ * Compiles only with `true`: `type _ = Agrees<Same<RouteType, EngineType>>` stops the build where a
+ * route schema and the engine type it feeds have drifted apart.
+ */
+export type Agrees<T extends true> = T;
+
+/** `oneOf` (TypeBox's Union writes `anyOf`): exactly one of `types` matches; typed as their union. */
+export const OneOf = <T extends TSchema[]>(types: [...T], options: TSchemaOptions = {}) =>
+  Type.Unsafe<Static<TUnion<T>>>({ ...options, oneOf: types });
+
+/** `{type: 'string', enum}` (TypeBox's Enum leaves out `type`), typed as the union of `values`. */
+export const StringEnum = <const T extends string[]>(values: [...T], options: TSchemaOptions = {}) =>
+  Type.Unsafe<T[number]>({ type: 'string', enum: values, ...options });
+
+/** `schema` that also allows null, written `type: [type, 'null']` (OpenAPI 3.0: `nullable: true`). */
+export const Nullable = <T extends TSchema & { type: string }>(schema: T) =>
+  Type.Unsafe<Static<T> | null>({ ...schema, type: [schema.type, 'null'] });
+
+/**
+ * An object with any keys, each value matching `values` (`true`: any value); TypeBox's Record would
+ * write `patternProperties`.
+ */
+export const Dictionary = <T extends TSchema = TUnknown>(values: T | true, options: TSchemaOptions = {}) =>
+  Type.Unsafe<Record<string, Static<T>>>({ type: 'object', additionalProperties: values, ...options });
+
+/**
+ * A `$ref` to a schema added with `app.addSchema` (by its `$id`, so that `openapi.yaml` names it in
+ * `components`), typed as that schema.
+ */
+export function Ref<T extends TSchema>(schema: T) {
+  const id = (schema as { $id?: unknown }).$id;
+  if (typeof id !== 'string') throw new Error('Ref: the schema has no $id');
+  return Type.Unsafe<Static<T>>({ $ref: `${id}#` });
+}
+
+export const errorSchema = Type.Object(
+  {
+    error: Type.Object({
+      code: Type.String({ description: 'stable machine-readable code' }),
+      message: Type.String({ description: 'what went wrong, naming the limit or field' }),
+      details: Type.Optional(Dictionary(true)),
+    }),
   },
-} as const;
+  { $id: 'Error', description: 'Every error has this shape.' },
+);
 
-const numbers = { type: 'array', items: { type: 'number' }, minItems: 1 } as const;
+/** The error responses every /v1 route declares. */
+export const errorResponses = { '4xx': Ref(errorSchema), '5xx': Ref(errorSchema) };
 
-export const vectorValuesSchema = {
+const numbers = Type.Array(Type.Number(), { minItems: 1 });
+
+export const vectorValuesSchema = OneOf([numbers, Type.Array(numbers, { minItems: 1 })], {
   description: 'A direction number[H], or a sequence number[k][H] (ActAdd).',
-  oneOf: [numbers, { type: 'array', items: numbers, minItems: 1 }],
-} as const;
+});
 
-export const interventionSchema = {
-  $id: 'Intervention',
-  type: 'object',
-  additionalProperties: false,
-  required: ['vector', 'layer', 'coeff'],
-  properties: {
-    vector: {
-      description: 'A stored vector by name, or inline values.',
-      oneOf: [
-        { type: 'string', pattern: NAME_PATTERN },
-        {
-          type: 'object',
-          additionalProperties: false,
-          required: ['values'],
-          properties: { values: vectorValuesSchema },
-        },
+export const positionsSchema = StringEnum(['all', 'prompt', 'generated', 'front'], {
+  description: 'where it is added; default: all for a direction, front (first k prompt positions) for a sequence',
+});
+type _Positions = Agrees<Same<Static<typeof positionsSchema>, Positions>>;
+
+export const interventionSchema = Type.Object(
+  {
+    vector: OneOf(
+      [
+        Type.String({ pattern: NAME_PATTERN }),
+        Type.Object({ values: vectorValuesSchema }, { additionalProperties: false }),
       ],
-    },
-    layer: {
-      type: 'integer',
+      { description: 'A stored vector by name, or inline values.' },
+    ),
+    layer: Type.Integer({
       minimum: 0,
       description: 'hook point: the residual stream entering block `layer` (n_layer: before ln_f)',
-    },
-    coeff: { type: 'number', description: 'the vector is multiplied by this before it is added' },
-    positions: {
-      type: 'string',
-      enum: ['all', 'prompt', 'generated', 'front'],
-      description: 'where it is added; default: all for a direction, front (first k prompt positions) for a sequence',
-    },
+    }),
+    coeff: Type.Number({ description: 'the vector is multiplied by this before it is added' }),
+    positions: Type.Optional(positionsSchema),
   },
-} as const;
+  { $id: 'Intervention', additionalProperties: false },
+);
+
+/** An intervention as the API receives it. */
+export type InterventionBody = Static<typeof interventionSchema>;
+
+/** A list of interventions, each by reference to `Intervention` (added to the app by its `$id`). */
+export const interventionsSchema = Type.Array(Ref(interventionSchema));
 
 export const samplingProperties = {
-  max_new_tokens: { type: 'integer', minimum: 1, default: 64 },
-  temperature: { type: 'number', minimum: 0, default: 1, description: '0 is greedy' },
-  top_k: { type: 'integer', minimum: 0, default: 0, description: '0 keeps every token' },
-  top_p: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 1 },
-  frequency_penalty: { type: 'number', minimum: -2, maximum: 2, default: 0 },
-  presence_penalty: { type: 'number', minimum: -2, maximum: 2, default: 0 },
-  seed: {
-    type: 'integer',
-    description: 'the same seed gives the same tokens; drawn at random (and reported) when absent',
-  },
-  stop: {
-    description: 'stop before the first of these strings',
-    oneOf: [
-      { type: 'string', minLength: 1 },
-      { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 16 },
-    ],
-  },
-} as const;
+  max_new_tokens: Type.Optional(Type.Integer({ minimum: 1, default: 64 })),
+  temperature: Type.Optional(Type.Number({ minimum: 0, default: 1, description: '0 is greedy' })),
+  top_k: Type.Optional(Type.Integer({ minimum: 0, default: 0, description: '0 keeps every token' })),
+  top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
+  frequency_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
+  presence_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
+  seed: Type.Optional(
+    Type.Integer({ description: 'the same seed gives the same tokens; drawn at random (and reported) when absent' }),
+  ),
+  stop: Type.Optional(
+    OneOf([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: 16 })], {
+      description: 'stop before the first of these strings',
+    }),
+  ),
+};
 
-export const tokenSchema = {
-  type: 'object',
-  properties: { id: { type: 'integer' }, text: { type: 'string' }, logprob: { type: 'number' } },
-} as const;
+// The engine's sampling parameters, but `stop` may also be one string; `stop_at_eos` is not the API's.
+type Sampling = Static<TObject<typeof samplingProperties>>;
+type _Sampling = Agrees<Same<Omit<Sampling, 'stop'>, Omit<SamplingParams, 'stop' | 'stop_at_eos'>>>;
+
+export const finishReasonSchema = StringEnum(['length', 'eos', 'stop', 'cancelled']);
+type _FinishReason = Agrees<Same<Static<typeof finishReasonSchema>, FinishReason>>;
+
+export const tokenSchema = Type.Partial(
+  Type.Object({ id: Type.Integer(), text: Type.String(), logprob: Type.Number() }),
+);
