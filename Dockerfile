@@ -42,7 +42,9 @@ COPY src ./src
 COPY routes ./routes
 COPY docker/healthcheck.mjs ./docker/
 USER steerd
-ENV HOST=0.0.0.0 PORT=8080 STEERD_DATA=/data STEERD_CACHE=/cache
+# the Hugging Face hub cache on the cache volume too: kept across restarts, shared with the workers,
+# and on the same filesystem as STEERD_CACHE (steerd serves snapshots through hard links)
+ENV HOST=0.0.0.0 PORT=8080 STEERD_DATA=/data STEERD_CACHE=/cache HF_HOME=/cache/huggingface
 EXPOSE 8080
 VOLUME ["/data", "/cache"]
 # `serve`: GET /readyz (model loaded, Redis reachable, not draining). `worker` serves no HTTP: the

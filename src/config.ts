@@ -1,4 +1,5 @@
 import { SteerdError } from './errors.js';
+import { hubCacheDir, hubOffline } from './model/hf-cache.js';
 
 /**
  * Service configuration: every option, its environment variable and its default, in one place.
@@ -38,8 +39,19 @@ export interface Config {
   queueLockMs: number;
   /** How often workers look for jobs of a lost worker (ms). Env STEERD_QUEUE_STALLED_MS. Default 30000. */
   queueStalledMs: number;
-  /** Model cache (pulled and generated checkpoints). Env STEERD_CACHE. Default ~/.cache/steerd. */
+  /**
+   * steerd's own cache: generated checkpoints (`models/tiny`), the folders hub-cache snapshots are
+   * served from (links and graphs, `hub/`), and pulls made before the hub cache layout
+   * (`models/<owner>--<name>/<commit>`). Env STEERD_CACHE. Default ~/.cache/steerd.
+   */
   cacheDir?: string;
+  /**
+   * The Hugging Face hub cache, shared with Python: hub models are looked for there first and
+   * downloaded into it. Env HF_HUB_CACHE, else HF_HOME/hub. Default ~/.cache/huggingface/hub.
+   */
+  hubCacheDir: string;
+  /** Hub models only from the caches, never downloaded. Env HF_HUB_OFFLINE (1, true, yes, on). Default false. */
+  hubOffline: boolean;
   /** ONNX Runtime execution provider. Env STEERD_PROVIDER. Default cpu. */
   provider: string;
   /** Intra-op threads, 0 = one per core. Env STEERD_THREADS. Default 0. */
@@ -84,6 +96,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     queueLockMs: int(env, 'STEERD_QUEUE_LOCK_MS', 30_000),
     queueStalledMs: int(env, 'STEERD_QUEUE_STALLED_MS', 30_000),
     cacheDir: env.STEERD_CACHE,
+    hubCacheDir: hubCacheDir(env),
+    hubOffline: hubOffline(env),
     provider: env.STEERD_PROVIDER ?? 'cpu',
     threads: int(env, 'STEERD_THREADS', 0, 0),
     batchCapacity: int(env, 'STEERD_BATCH_CAPACITY', 32),

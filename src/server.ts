@@ -7,7 +7,8 @@ import { buildApp } from './app.js';
 import type { Config } from './config.js';
 import { Engine } from './engine/engine.js';
 import { DownloadError, SteerdError } from './errors.js';
-import { defaultCacheDir, type ProgressReporter, pull } from './model/hub.js';
+import { servingDir } from './model/hf-cache.js';
+import { defaultCacheDir, type ProgressReporter, pullModel } from './model/hub.js';
 import { writeTinyCheckpoint } from './model/tiny.js';
 import { RemoteEngine } from './queue/remote-engine.js';
 import { startQueueWorker } from './queue/worker.js';
@@ -20,13 +21,19 @@ export interface ResolvedModel {
   randomWeights: boolean;
 }
 
-/** A checkpoint directory, `tiny` (generated once in the cache), or a hub name (pulled once). */
+/**
+ * A checkpoint directory, `tiny` (generated once in the cache), or a hub name: from the Hugging
+ * Face hub cache, else steerd's old cache, else downloaded into the hub cache (hub.ts pullModel).
+ * A hub-cache snapshot (or any directory whose weights are a symlink out of it) is served through a
+ * folder of links in steerd's cache, where the graphs go (hf-cache.ts servingDir says why).
+ */
 export async function resolveModel(config: Config, progress?: ProgressReporter): Promise<ResolvedModel> {
   const cache = config.cacheDir ?? defaultCacheDir();
+  const log = (m: string) => progress?.log(m);
   let dir: string;
   let name = config.model;
   if (existsSync(join(config.model, 'config.json'))) {
-    dir = config.model;
+    dir = servingDir(config.model, cache, log);
     name = config.model.replace(/\/+$/, '').split('/').pop()!;
   } else if (config.model === 'tiny') {
     dir = join(cache, 'models', 'tiny');
@@ -34,7 +41,13 @@ export async function resolveModel(config: Config, progress?: ProgressReporter):
       writeTinyCheckpoint(dir, { layers: 8, embd: 128, heads: 4, ctx: 512, initScale: 5 }); // 8 layers: the README's layer-6 examples run on it
   } else {
     try {
-      dir = await pull(config.model, { cache, progress });
+      const got = await pullModel(config.model, {
+        cache: config.hubCacheDir,
+        legacyCache: cache,
+        offline: config.hubOffline,
+        progress,
+      });
+      dir = got.cache === 'hub' ? servingDir(got.dir, cache, log) : got.dir;
     } catch (e) {
       if (!(e instanceof DownloadError)) throw e;
       throw new SteerdError(

@@ -70,7 +70,15 @@ t.test('serve: a default model that cannot be pulled exits with the offline alte
     [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'serve', '--port', '0', '--data', join(root, 'd')],
     {
       encoding: 'utf8',
-      env: { ...process.env, HF_ENDPOINT: 'http://127.0.0.1:9', STEERD_CACHE: join(root, 'cache'), STEERD_MODEL: '' },
+      env: {
+        ...process.env,
+        HF_ENDPOINT: 'http://127.0.0.1:9',
+        STEERD_CACHE: join(root, 'cache'),
+        HF_HUB_CACHE: join(root, 'hub-cache'),
+        HF_HOME: '',
+        HF_HUB_OFFLINE: '',
+        STEERD_MODEL: '',
+      },
       timeout: 60_000,
     },
   );
@@ -81,6 +89,7 @@ t.test('serve: a default model that cannot be pulled exits with the offline alte
       statSync(join(root, 'cache', 'models', 'tiny'), { throwIfNoEntry: false }),
     'no random model was made',
   );
+  t.notOk(statSync(join(root, 'hub-cache'), { throwIfNoEntry: false }), 'nothing was written to the hub cache');
 });
 
 t.test('configuration from the environment is checked', async (t) => {

@@ -2,10 +2,12 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs, {
   existsSync,
+  lstatSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -17,11 +19,16 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { DownloadError } from '../src/errors.ts';
-import { cachePath, type ProgressReporter, pull } from '../src/model/hub.ts';
+import { lookupRevision } from '../src/model/hf-cache.ts';
+import { type ProgressReporter, pull } from '../src/model/hub.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-hub-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
+// Every pull here names its cache; the environment's must never be the default (nor ~/.cache).
+process.env.HF_HUB_CACHE = join(root, 'env-hub-cache');
+delete process.env.HF_HOME;
+delete process.env.HF_HUB_OFFLINE;
 
 // ---------------------------------------------------------------------------------------------
 // The checkpoint the fake hub serves.
@@ -37,6 +44,8 @@ const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const gitBlobId = (b: Buffer) => createHash('sha1').update(`blob ${b.length}\0`).update(b).digest('hex');
+/** A file's blob name in the hub cache: the SHA-256 of an LFS file, else the git blob id. */
+const etag = (file: string) => (file === 'model.safetensors' ? sha256(bytes.get(file)!) : gitBlobId(bytes.get(file)!));
 
 function sibling(file: string) {
   const b = bytes.get(file)!;
@@ -212,7 +221,10 @@ const newCache = () => {
   mkdirSync(dir);
   return dir;
 };
-const expectedDir = (cache: string) => join(cache, 'models', 'openai-community--gpt2', COMMIT);
+const repoDir = (cache: string) => join(cache, 'models--openai-community--gpt2');
+const expectedDir = (cache: string) => join(repoDir(cache), 'snapshots', COMMIT);
+const blobOf = (cache: string, file: string) => join(repoDir(cache), 'blobs', etag(file));
+const partOf = (cache: string) => `${blobOf(cache, 'model.safetensors')}.incomplete`;
 
 interface Recorded extends ProgressReporter {
   logs: string[];
@@ -246,11 +258,15 @@ const resolveRequests = (file?: string) =>
 /** A tap subtest (the last overload of t.test takes only the callback). */
 type TapTest = Parameters<Parameters<typeof t.test>[0]>[0];
 
+/** The snapshot holds every file, each a relative symlink to its blob, as huggingface_hub writes them. */
 function assertIdentical(tt: TapTest, dir: string) {
-  for (const f of FILES)
+  for (const f of FILES) {
     tt.ok(readFileSync(join(dir, f)).equals(bytes.get(f)!), `${f} is byte-identical to the source`);
-  const leftovers = readdirSync(dir).filter((f) => f.endsWith('.part'));
-  tt.same(leftovers, [], 'no .part file is left');
+    tt.ok(lstatSync(join(dir, f)).isSymbolicLink(), `${f} is a symlink`);
+    tt.equal(readlinkSync(join(dir, f)), join('..', '..', 'blobs', etag(f)), `${f} -> ../../blobs/<its id>`);
+  }
+  const leftovers = readdirSync(join(dir, '..', '..', 'blobs')).filter((f) => f.endsWith('.incomplete'));
+  tt.same(leftovers, [], 'no .incomplete file is left');
 }
 
 /** The rejection of a promise that must reject (undefined if it resolved). */
@@ -262,14 +278,18 @@ const caught = (p: Promise<unknown>) =>
 
 // ---------------------------------------------------------------------------------------------
 
-t.test('a clean pull downloads and verifies every file; a second pull downloads nothing', async (t) => {
+t.test('a clean pull downloads and verifies every file; a second pull asks nothing of the hub', async (t) => {
   reset();
   const cache = newCache();
   const progress = recorder();
   const dir = await pull('gpt2', { endpoint, cache, progress });
-  t.equal(dir, expectedDir(cache), 'directory is <cache>/models/openai-community--gpt2/<commit sha>');
-  t.equal(dir, cachePath(cache, REPO, COMMIT));
+  t.equal(dir, expectedDir(cache), 'directory is <cache>/models--openai-community--gpt2/snapshots/<commit sha>');
   assertIdentical(t, dir);
+  t.same(
+    readdirSync(join(repoDir(cache), 'blobs')).sort(),
+    FILES.map(etag).sort(),
+    'blobs are named by SHA-256 (LFS) or git blob id',
+  );
   t.notOk(existsSync(join(dir, 'README.md')), 'files steerd does not need are not downloaded');
   t.same(
     requests.map((q) => q.path),
@@ -283,16 +303,28 @@ t.test('a clean pull downloads and verifies every file; a second pull downloads 
   t.same(progress.advanced.get('model.safetensors'), model.length, 'progress advanced by the whole file');
   t.match(progress.logs.join('\n'), /model\.safetensors: \d+ bytes, sha256 verified/);
   t.match(progress.logs.join('\n'), /config\.json: \d+ bytes, sha1 verified/);
-  const meta = JSON.parse(readFileSync(join(dir, '.steerd-source.json'), 'utf8'));
-  t.same(meta, { repo: REPO, revision: 'main', commit: COMMIT, endpoint });
+  t.equal(readFileSync(join(repoDir(cache), 'refs', 'main'), 'utf8'), COMMIT, 'refs/main holds the commit');
+  t.same(readdirSync(dir).sort(), [...FILES].sort(), 'nothing else is written into the snapshot');
 
   reset();
-  const again = await pull('gpt2', { endpoint: `${endpoint}/`, cache });
-  t.equal(again, dir, 'the second pull returns the same directory (trailing slash on the endpoint ignored)');
+  const again = await pull('gpt2', { endpoint, cache, progress });
+  t.equal(again, dir, 'the second pull returns the same directory');
+  t.same(requests, [], 'found in the cache: no request at all');
+  t.match(progress.logs.at(-1), `gpt2@main: in the Hugging Face cache, ${dir}`);
+  assertIdentical(t, dir);
+
+  reset();
+  const pinned = await pull('gpt2', { endpoint, cache, revision: COMMIT });
+  t.equal(pinned, dir, 'a commit is looked up as a snapshot, without refs');
+  t.same(requests, []);
+
+  reset();
+  rmSync(join(dir, 'vocab.json'));
+  t.equal(await pull('gpt2', { endpoint: `${endpoint}/`, cache }), dir, 'a trailing slash on the endpoint is ignored');
   t.same(
     requests.map((q) => q.path),
     [`/api/models/${REPO}/revision/main?blobs=true`],
-    'only the API call, no resolve request',
+    'a snapshot link gone, its blob still there: the link is made again, nothing is downloaded',
   );
   assertIdentical(t, dir);
 });
@@ -300,7 +332,7 @@ t.test('a clean pull downloads and verifies every file; a second pull downloads 
 t.test('an interrupted download resumes with a Range request within the same call', async (t) => {
   reset('interrupt');
   const cache = newCache();
-  watchPart = join(expectedDir(cache), 'model.safetensors.part');
+  watchPart = partOf(cache);
   const progress = recorder();
   const dir = await pull('gpt2', { endpoint, cache, progress });
   assertIdentical(t, dir);
@@ -326,7 +358,7 @@ t.test('a connection that keeps dropping exhausts the attempts, and the next run
   reset('interrupt-always');
   const cache = newCache();
   const dir = expectedDir(cache);
-  const part = join(dir, 'model.safetensors.part');
+  const part = partOf(cache);
   watchPart = part;
   const err = await caught(pull('gpt2', { endpoint, cache, attempts: 2 }));
   t.type(err, DownloadError);
@@ -339,6 +371,7 @@ t.test('a connection that keeps dropping exhausts the attempts, and the next run
   t.equal(got[1].range, `bytes=${n1}-`, 'the second attempt resumed where the first was cut');
   t.equal(got[1].partSize, n1);
   t.notOk(existsSync(join(dir, 'model.safetensors')), 'nothing unverified is put in place');
+  t.notOk(existsSync(blobOf(cache, 'model.safetensors')), 'nor among the blobs');
   t.notOk(existsSync(join(dir, 'vocab.json')), 'the files after it were not fetched');
   const kept = statSync(part).size;
   t.ok(n1 < kept && kept < model.length, 'the second attempt made progress');
@@ -399,7 +432,7 @@ t.test('a connection dropped while a write to the .part is in flight does not co
   for (let i = 0; i < runs; i++) {
     reset('interrupt-abrupt');
     const cache = newCache();
-    watchPart = join(expectedDir(cache), 'model.safetensors.part');
+    watchPart = partOf(cache);
     const err = await caught(pull('gpt2', { endpoint, cache }));
     const got = resolveRequests('model.safetensors');
     shapes.push(`${cuts.length} cut, ranges ${got.map((q) => q.range ?? 'none').join(' ')}`);
@@ -421,8 +454,8 @@ t.test('a .part from an earlier run is resumed; a corrupted one is refused', asy
     reset();
     const cache = newCache();
     const dir = expectedDir(cache);
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, 'model.safetensors.part'), model.subarray(0, K));
+    mkdirSync(join(repoDir(cache), 'blobs'), { recursive: true });
+    writeFileSync(partOf(cache), model.subarray(0, K)); // as huggingface_hub leaves one
     const progress = recorder();
     t.equal(await pull('gpt2', { endpoint, cache, progress }), dir);
     const got = resolveRequests('model.safetensors');
@@ -442,10 +475,10 @@ t.test('a .part from an earlier run is resumed; a corrupted one is refused', asy
     reset();
     const cache = newCache();
     const dir = expectedDir(cache);
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(join(repoDir(cache), 'blobs'), { recursive: true });
     const bad = Buffer.from(model.subarray(0, K));
     bad[0] ^= 0xff;
-    writeFileSync(join(dir, 'model.safetensors.part'), bad);
+    writeFileSync(partOf(cache), bad);
     const err = await caught(pull('gpt2', { endpoint, cache }));
     t.type(err, DownloadError);
     t.match(
@@ -457,7 +490,7 @@ t.test('a .part from an earlier run is resumed; a corrupted one is refused', asy
       [`bytes=${K}-`],
     );
     t.notOk(existsSync(join(dir, 'model.safetensors')), 'no unverified model.safetensors');
-    t.notOk(existsSync(join(dir, 'model.safetensors.part')), 'the bad .part was discarded');
+    t.notOk(existsSync(partOf(cache)), 'the bad .incomplete was discarded');
     reset();
     await pull('gpt2', { endpoint, cache });
     t.same(
@@ -488,19 +521,24 @@ t.test('a corrupt download is refused and discarded', async (t) => {
   t.same(e.details, { file: 'model.safetensors' });
   t.equal(resolveRequests('model.safetensors').length, 1, 'a checksum mismatch is not retried');
   t.notOk(existsSync(join(dir, 'model.safetensors')), 'no model.safetensors');
-  t.notOk(existsSync(join(dir, 'model.safetensors.part')), 'no model.safetensors.part');
+  t.notOk(existsSync(blobOf(cache, 'model.safetensors')), 'no blob');
+  t.notOk(existsSync(partOf(cache)), 'no .incomplete');
   t.ok(readFileSync(join(dir, 'config.json')).equals(bytes.get('config.json')!), 'the file before it was kept');
   t.notOk(existsSync(join(dir, 'vocab.json')), 'the files after it were not fetched');
-  t.notOk(existsSync(join(dir, '.steerd-source.json')), 'the pull is not recorded as complete');
+  t.same(
+    lookupRevision(cache, REPO, 'main').missing,
+    ['model.safetensors', 'vocab.json', 'merges.txt'],
+    'the snapshot is not taken for complete',
+  );
 });
 
 t.test('a server that ignores Range restarts the download from zero', async (t) => {
   reset('ignore-range');
   const cache = newCache();
   const dir = expectedDir(cache);
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(join(repoDir(cache), 'blobs'), { recursive: true });
   const K = 123_457;
-  writeFileSync(join(dir, 'model.safetensors.part'), model.subarray(0, K));
+  writeFileSync(partOf(cache), model.subarray(0, K));
   const progress = recorder();
   await pull('gpt2', { endpoint, cache, progress });
   t.same(
@@ -531,7 +569,7 @@ t.test('bad names and incomplete repositories are refused', async (t) => {
   t.type(missing, DownloadError);
   t.match((missing as Error).message, /^acme\/no-merges@main lacks merges\.txt \(/);
   t.same(resolveRequests(), [], 'nothing is downloaded from an incomplete repository');
-  t.notOk(existsSync(join(cache, 'models')), 'and no cache directory is created');
+  t.same(readdirSync(cache), [], 'and no cache directory is created');
 
   reset();
   const unknown = await caught(pull('acme/nothing-here', { endpoint, cache }));
@@ -557,6 +595,7 @@ t.test('steerd model pull', async (t) => {
   const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: endpoint };
   delete env.STEERD_CACHE;
   delete env.HF_TOKEN;
+  delete env.HF_HUB_OFFLINE;
   const child = spawn(process.execPath, ['bin/steerd.js', 'model', 'pull', 'gpt2', '--cache', cache], {
     cwd: repoRoot,
     env,

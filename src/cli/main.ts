@@ -1,7 +1,9 @@
+import { existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { loadConfig } from '../config.js';
 import { SteerdError } from '../errors.js';
 import { buildGraph } from '../model/graph.js';
+import { hubCacheDir, servingDir } from '../model/hf-cache.js';
 import { defaultCacheDir, pull } from '../model/hub.js';
 import { writeTinyCheckpoint } from '../model/tiny.js';
 import { runWorker, serve } from '../server.js';
@@ -89,26 +91,36 @@ export function program(): Command {
 
   model
     .command('build')
-    .description('write <dir>/model.onnx, the steerable graph, unless it is up to date')
+    .description(
+      "write the steerable graph model.onnx beside the checkpoint (for a hub-cache snapshot: in steerd's serving folder), unless it is up to date",
+    )
     .argument('<dir>', 'checkpoint directory (config.json, model.safetensors, tokenizer)')
     .option('--force', 'rebuild even when up to date', false)
     .action((dir: string, o: { force: boolean }) => {
       const t0 = performance.now();
-      const r = buildGraph(dir, { force: o.force });
+      // a hub-cache snapshot is built where steerd serves it from, never inside the hub cache
+      const r = buildGraph(existsSync(dir) ? servingDir(dir, defaultCacheDir(), (m) => console.error(m)) : dir, {
+        force: o.force,
+      });
       const ms = (performance.now() - t0).toFixed(0);
       console.log(r.built ? `built ${r.file} in ${ms} ms` : `${r.file} is up to date`);
     });
 
   model
     .command('pull')
-    .description('download a GPT-2 checkpoint from the Hugging Face hub (HF_ENDPOINT overrides the URL)')
+    .description(
+      'download a GPT-2 checkpoint from the Hugging Face hub into the hub cache, unless it is there already (HF_ENDPOINT overrides the URL; HF_HUB_OFFLINE=1 forbids downloading)',
+    )
     .argument('<name>', 'gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a hub id owner/name')
     .option('--revision <rev>', 'branch, tag or commit', 'main')
-    .option('--cache <dir>', 'cache directory (default $STEERD_CACHE or ~/.cache/steerd)')
+    .option(
+      '--cache <dir>',
+      'Hugging Face hub cache (default $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)',
+    )
     .action(async (name: string, o: { revision: string; cache?: string }) => {
       const dir = await pull(name, {
         revision: o.revision,
-        cache: o.cache ?? defaultCacheDir(),
+        cache: o.cache ?? hubCacheDir(),
         progress: consoleProgress(),
       });
       console.log(dir);

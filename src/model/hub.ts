@@ -1,19 +1,27 @@
 import { createHash, type Hash } from 'node:crypto';
 import {
+  copyFileSync,
   createReadStream,
   createWriteStream,
   existsSync,
+  lstatSync,
   mkdirSync,
+  readdirSync,
+  readFileSync,
   renameSync,
   rmSync,
   statSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DownloadError } from '../errors.js';
+import { describeMissing, findInHubCache, hubCacheDir, hubOffline, missingFiles, repoFolder } from './hf-cache.js';
+
+const COMMIT = /^[0-9a-f]{40}$/;
 
 /** Short names of the released GPT-2 checkpoints on the Hugging Face hub. */
 export const HUB_ALIASES: Record<string, string> = {
@@ -23,14 +31,25 @@ export const HUB_ALIASES: Record<string, string> = {
   'gpt2-xl': 'openai-community/gpt2-xl',
 };
 
-const REQUIRED = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt'];
+const REQUIRED = ['config.json', 'model.safetensors'];
+const TOKENIZER = ['vocab.json', 'merges.txt'];
 const OPTIONAL = ['tokenizer.json'];
 
 export interface PullOptions {
   /** Branch, tag or commit. Default `main`. */
   revision?: string;
-  /** Cache root. Default `$STEERD_CACHE` or `~/.cache/steerd`. */
+  /**
+   * The Hugging Face hub cache, looked in first and downloaded into. Default `$HF_HUB_CACHE`, else
+   * `$HF_HOME/hub`, else `~/.cache/huggingface/hub` (see hf-cache.ts).
+   */
   cache?: string;
+  /**
+   * steerd's own cache before the hub cache layout (`<dir>/models/<owner>--<name>/<commit>/`):
+   * a complete checkpoint pulled there earlier is used before anything is downloaded. Default none.
+   */
+  legacyCache?: string;
+  /** No download: only what is cached. Default `$HF_HUB_OFFLINE`. */
+  offline?: boolean;
   /** Hub URL. Default `$HF_ENDPOINT` or `https://huggingface.co`. */
   endpoint?: string;
   /** Bearer token for gated or private repositories. Default `$HF_TOKEN`. */
@@ -56,6 +75,15 @@ interface Sibling {
   lfs?: { sha256: string; size: number };
 }
 
+/** A checkpoint of a hub model on disk. */
+export interface Pulled {
+  /** The checkpoint directory: a hub-cache snapshot, or a directory of steerd's old cache. */
+  dir: string;
+  /** `hub`: a snapshot of the hub cache (serve it through hf-cache.ts servingDir); `steerd`: the old cache. */
+  cache: 'hub' | 'steerd';
+}
+
+/** steerd's own cache (generated checkpoints; pulls before the hub cache layout). */
 export function defaultCacheDir(): string {
   return process.env.STEERD_CACHE ?? join(homedir(), '.cache', 'steerd');
 }
@@ -71,46 +99,153 @@ export function resolveRepo(name: string): string {
   return repo;
 }
 
-/** Where a pulled revision lives in the cache. */
+/**
+ * The ids a model may be cached under, each a folder of the hub cache: the name asked for, its
+ * repository, and the short name of an aliased repository (`gpt2-xl` and
+ * `openai-community/gpt2-xl` are one repository, cached under either spelling).
+ */
+export function cacheIds(name: string): string[] {
+  const repo = resolveRepo(name);
+  const short = Object.keys(HUB_ALIASES).find((k) => HUB_ALIASES[k] === repo);
+  return [...new Set([name, repo, ...(short ? [short] : [])])];
+}
+
+/** Where a pulled revision lives in steerd's old cache (before the hub cache layout). */
 export function cachePath(cache: string, repo: string, revision: string): string {
   return join(cache, 'models', repo.replace('/', '--'), revision);
 }
 
 /**
- * Downloads a GPT-2 checkpoint's files into the cache and returns the directory. Files already
- * verified are skipped; a partial file resumes with an HTTP Range request; LFS files are checked
- * against the hub's SHA-256 and the others against their git blob id, and a mismatch is refused.
+ * A complete checkpoint of `repo` pulled into steerd's old cache for `revision` (the newest, when
+ * several commits were), else undefined.
  */
-export async function pull(name: string, opts: PullOptions = {}): Promise<string> {
+export function findLegacy(cache: string, repo: string, revision: string): string | undefined {
+  const base = join(cache, 'models', repo.replace('/', '--'));
+  if (!existsSync(base)) return undefined;
+  let best: { dir: string; mtime: number } | undefined;
+  for (const commit of readdirSync(base)) {
+    const dir = join(base, commit);
+    const meta = join(dir, '.steerd-source.json'); // written once every file was verified
+    if (!existsSync(meta) || missingFiles(dir).length > 0) continue;
+    let rev: unknown;
+    try {
+      rev = (JSON.parse(readFileSync(meta, 'utf8')) as { revision?: unknown }).revision;
+    } catch {
+      continue;
+    }
+    if (rev !== revision && commit !== revision) continue;
+    const mtime = statSync(meta).mtimeMs;
+    if (!best || mtime > best.mtime) best = { dir, mtime };
+  }
+  return best?.dir;
+}
+
+/**
+ * A GPT-2 checkpoint's directory: the revision's snapshot in the hub cache when it has every file
+ * steerd needs (no network); else, given `legacyCache`, a complete pull in steerd's old cache; else
+ * the files the snapshot lacks, downloaded into the hub cache. Refused offline (`HF_HUB_OFFLINE`),
+ * naming what is missing and where it looked.
+ *
+ * Downloads use the hub cache layout, as huggingface_hub does, so that Python finds them: each
+ * file goes to `blobs/<sha256>` (LFS files) or `blobs/<git blob id>`, via `blobs/<id>.incomplete`,
+ * which resumes with an HTTP Range request (also one Python left); LFS files are checked against
+ * the hub's SHA-256 and the others against their git blob id, and a mismatch is refused;
+ * `snapshots/<commit>/<file>` is a relative symlink to the blob and `refs/<revision>` holds the
+ * commit. A blob already there is linked, not downloaded.
+ */
+export async function pullModel(name: string, opts: PullOptions = {}): Promise<Pulled> {
   const repo = resolveRepo(name);
-  const endpoint = (opts.endpoint ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '');
+  const ids = cacheIds(name);
   const revision = opts.revision ?? 'main';
-  const token = opts.token ?? process.env.HF_TOKEN;
-  const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+  const hubCache = opts.cache ?? hubCacheDir();
   const log = (m: string) => opts.progress?.log(m);
 
+  const cached = findInHubCache(hubCache, ids, revision);
+  if (cached.hit) {
+    log(`${name}@${revision}: in the Hugging Face cache, ${cached.hit.dir}`);
+    return { dir: cached.hit.dir!, cache: 'hub' };
+  }
+  const looked = [...cached.looked];
+  if (opts.legacyCache) {
+    const old = findLegacy(opts.legacyCache, repo, revision);
+    if (old) {
+      log(`${name}@${revision}: in steerd's cache, ${old}`);
+      return { dir: old, cache: 'steerd' };
+    }
+    looked.push(`${join(opts.legacyCache, 'models', repo.replace('/', '--'))}: no complete pull of ${revision}`);
+  }
+  if (opts.offline ?? hubOffline()) {
+    const missing = cached.partial?.missing ?? ['config.json', 'model.safetensors', ...TOKENIZER];
+    throw new DownloadError(
+      `${name}@${revision} is not cached and HF_HUB_OFFLINE forbids downloading it: missing ${describeMissing(missing)}; looked in ${looked.join('; ')}`,
+      { missing, looked },
+    );
+  }
+
+  const endpoint = (opts.endpoint ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '');
+  const token = opts.token ?? process.env.HF_TOKEN;
+  const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
   const infoUrl = `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}?blobs=true`;
   const info = (await fetchJson(infoUrl, headers)) as { sha?: string; siblings?: Sibling[] };
   const commit = info.sha ?? revision;
   const siblings = new Map((info.siblings ?? []).map((s) => [s.rfilename, s]));
-  const missing = REQUIRED.filter((f) => !siblings.has(f));
-  if (missing.length) {
+  const lacks = REQUIRED.filter((f) => !siblings.has(f));
+  if (!siblings.has('tokenizer.json')) lacks.push(...TOKENIZER.filter((f) => !siblings.has(f)));
+  if (lacks.length) {
     throw new DownloadError(
-      `${repo}@${revision} lacks ${missing.join(', ')} (steerd needs a safetensors GPT-2 checkpoint)`,
+      `${repo}@${revision} lacks ${lacks.join(', ')} (steerd needs a safetensors GPT-2 checkpoint: config.json, model.safetensors, vocab.json + merges.txt or tokenizer.json)`,
     );
   }
-  const dir = cachePath(opts.cache ?? defaultCacheDir(), repo, commit);
-  mkdirSync(dir, { recursive: true });
-  log(`pulling ${repo}@${commit} into ${dir}`);
-  for (const file of [...REQUIRED, ...OPTIONAL.filter((f) => siblings.has(f))]) {
-    const s = siblings.get(file)!;
-    const target = join(dir, file);
-    if (existsSync(target)) continue; // only verified files are ever renamed into place
-    const url = `${endpoint}/${repo}/resolve/${commit}/${file}`;
-    await downloadVerified(url, target, s, headers, opts.attempts ?? 5, opts.progress);
+  if (!COMMIT.test(commit)) throw new DownloadError(`${infoUrl} gave no commit for ${repo}@${revision}`);
+
+  // Into the folder of a spelling that is already there (its blobs and partial files are reused),
+  // else the repository's own.
+  const repoDir = cached.partial?.repoDir ?? join(hubCache, repoFolder(repo));
+  const snapshot = join(repoDir, 'snapshots', commit);
+  mkdirSync(join(repoDir, 'blobs'), { recursive: true });
+  mkdirSync(snapshot, { recursive: true });
+  if (revision !== commit) {
+    const ref = join(repoDir, 'refs', revision);
+    mkdirSync(dirname(ref), { recursive: true });
+    writeFileSync(ref, commit);
   }
-  writeFileSync(join(dir, '.steerd-source.json'), `${JSON.stringify({ repo, revision, commit, endpoint }, null, 2)}\n`);
-  return dir;
+  log(`pulling ${repo}@${commit} into ${snapshot}`);
+  for (const file of [...REQUIRED, ...TOKENIZER, ...OPTIONAL].filter((f) => siblings.has(f))) {
+    const pointer = join(snapshot, file);
+    if (existsSync(pointer)) continue; // the snapshot has it (a symlink to a complete blob)
+    const s = siblings.get(file)!;
+    const etag = s.lfs?.sha256 ?? s.blobId;
+    if (!etag || !/^[0-9a-f]{40,64}$/.test(etag))
+      throw new DownloadError(`${file}: the hub gave no checksum for it (${infoUrl})`, { file });
+    const blob = join(repoDir, 'blobs', etag);
+    // only verified files are ever renamed into blobs/
+    if (!existsSync(blob))
+      await downloadVerified(
+        `${endpoint}/${repo}/resolve/${commit}/${file}`,
+        blob,
+        s,
+        headers,
+        opts.attempts ?? 5,
+        opts.progress,
+      );
+    linkIntoSnapshot(blob, pointer);
+  }
+  return { dir: snapshot, cache: 'hub' };
+}
+
+/** `pullModel` without steerd's old cache: the directory of the snapshot in the hub cache. */
+export async function pull(name: string, opts: Omit<PullOptions, 'legacyCache'> = {}): Promise<string> {
+  return (await pullModel(name, opts)).dir;
+}
+
+/** `pointer` becomes a relative symlink to `blob` (a copy where symlinks cannot be made), as huggingface_hub does. */
+function linkIntoSnapshot(blob: string, pointer: string): void {
+  if (lstatSync(pointer, { throwIfNoEntry: false })) rmSync(pointer); // a dangling link
+  try {
+    symlinkSync(relative(dirname(pointer), blob), pointer);
+  } catch {
+    copyFileSync(blob, pointer);
+  }
 }
 
 async function fetchJson(url: string, headers: Record<string, string>): Promise<unknown> {
@@ -152,7 +287,7 @@ async function downloadVerified(
   attempts: number,
   progress?: ProgressReporter,
 ): Promise<void> {
-  const part = `${target}.part`;
+  const part = `${target}.incomplete`; // huggingface_hub's name: either resumes the other's
   const want = expectedDigest(s);
   const total = want?.size ?? s.size;
   let lastError: unknown;
