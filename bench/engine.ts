@@ -1,14 +1,20 @@
 /**
- * Engine throughput on a GPT-2-small-shaped generated checkpoint (12 layers, 768, 12 heads):
- * prompts of 32 tokens, 64 new tokens, at 1, 8 and 32 concurrent requests, without steering and
- * with 4 interventions per request; time to first token p50/p99; and, in the same run, this
- * machine's ceiling: ONNX Runtime MatMul throughput at the model's own weight shapes (every
- * projection of every block plus the vocabulary head, for a batch of rows), turned into tokens/s.
+ * Engine throughput, on a generated checkpoint of a GPT-2 shape, ratios measured in one run:
  *
- *   npm run bench [-- --dir DIR --concurrency 1,8,32 --prompt 32 --new 64 --out FILE]
+ * - `--shape small` (default; 12 layers, 768, 12 heads): prompts of 32 tokens, 64 new tokens, at
+ *   1, 8 and 32 concurrent requests, without steering and with 4 interventions per request; time to
+ *   first token p50/p99; a mixed-length batch (31 short requests and one with a ~900-token context)
+ *   against a uniform one (32 short), compared on their steady decoding (all rows running); and this
+ *   machine's ceiling: ONNX Runtime MatMul throughput at the model's own weight shapes (every
+ *   projection of every block plus the vocabulary head, for a batch of rows), turned into tokens/s.
+ * - `--shape xl` (48 layers, 1600, 25 heads; a 6.2 GB checkpoint, written once): 1 and 8
+ *   concurrent, prompt 32, 16 new tokens, the ceiling at 8 rows, and the process's peak RSS against
+ *   the weights and the KV budget.
+ *
+ *   npm run bench [-- --shape small|xl --dir DIR --concurrency 1,8,32 --prompt 32 --new 64 --out FILE]
  */
 
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,27 +27,44 @@ import { encodeModel, GraphWriter, int } from '../src/model/onnx-writer.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 
+const SHAPES = {
+  small: { layers: 12, embd: 768, heads: 12, ctx: 1024, concurrency: '1,8,32', new: '64' },
+  xl: { layers: 48, embd: 1600, heads: 25, ctx: 1024, concurrency: '1,8', new: '16' },
+} as const;
 const { values: o } = parseArgs({
   options: {
-    dir: { type: 'string', default: join(tmpdir(), 'steerd-bench-gpt2-small') },
-    concurrency: { type: 'string', default: '1,8,32' },
+    shape: { type: 'string', default: 'small' },
+    dir: { type: 'string' },
+    concurrency: { type: 'string' },
     prompt: { type: 'string', default: '32' },
-    new: { type: 'string', default: '64' },
+    new: { type: 'string' },
+    mixed: { type: 'string', default: '840', description: 'the long request of the mixed batch: prompt tokens' },
     threads: { type: 'string', default: '0' },
-    out: { type: 'string', default: 'bench/results/engine.json' },
+    out: { type: 'string' },
   },
 });
+const shapeName = o.shape as keyof typeof SHAPES;
+const shape = SHAPES[shapeName];
+if (!shape) throw new Error(`--shape small or xl (got ${o.shape})`);
+const dir = o.dir ?? join(tmpdir(), `steerd-bench-gpt2-${shapeName}`);
+const out = o.out ?? `bench/results/engine${shapeName === 'small' ? '' : `-${shapeName}`}.json`;
 const promptLen = +o.prompt!;
-const newTokens = +o.new!;
-const levels = o.concurrency!.split(',').map(Number);
+const newTokens = +(o.new ?? shape.new);
+const levels = (o.concurrency ?? shape.concurrency).split(',').map(Number);
 
-if (!existsSync(join(o.dir!, 'model.safetensors'))) {
-  console.error(`writing a GPT-2-small-shaped checkpoint to ${o.dir} ...`);
-  writeTinyCheckpoint(o.dir!, { layers: 12, embd: 768, heads: 12, ctx: 1024 });
+if (!existsSync(join(dir, 'model.safetensors'))) {
+  console.error(`writing a GPT-2-${shapeName}-shaped checkpoint to ${dir} ...`);
+  writeTinyCheckpoint(dir, { layers: shape.layers, embd: shape.embd, heads: shape.heads, ctx: shape.ctx });
 }
-const ck = openCheckpoint(o.dir!);
+const ck = openCheckpoint(dir);
 const { n_layer: L, n_embd: H, n_inner: I, vocab_size: V } = ck.config;
 
+/** This process's resident memory, now and at its peak since the last reset (Linux). */
+function rss(): { now: number; peak: number } {
+  const status = readFileSync('/proc/self/status', 'utf8');
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? 0) * 1024;
+  return { now: kb('VmRSS'), peak: kb('VmHWM') };
+}
 const quantile = (xs: number[], q: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor(q * s.length))];
@@ -65,7 +88,7 @@ async function matmulCeiling(rows: number) {
   }
   outs.push(g.op1('Gemm', ['x', W('wte.weight')], [int('transB', 1)]));
   for (const name of outs) g.output(name, DataType.FLOAT);
-  const file = join(o.dir!, `bench-matmul-${rows}.onnx`);
+  const file = join(dir, `bench-matmul-${rows}.onnx`);
   writeFileSync(file, encodeModel(g, 'matmuls', { opset: 21, irVersion: 10, producerVersion: 'bench' }));
   const s = await ort.InferenceSession.create(file, { intraOpNumThreads: +o.threads!, logSeverityLevel: 3 });
   const feeds = {
@@ -83,8 +106,8 @@ async function matmulCeiling(rows: number) {
   return { rows, gflops: (flopPerToken * rows) / sec / 1e9, tokens_per_s: rows / sec, flop_per_token: flopPerToken };
 }
 
-async function load(engine: Engine, concurrency: number, steered: boolean, rng: Rng) {
-  const reqs: GenerateRequest[] = Array.from({ length: concurrency }, () => {
+function requests(concurrency: number, steered: boolean, rng: Rng, prompts: number[] = []): GenerateRequest[] {
+  return Array.from({ length: concurrency }, (_, i) => {
     const interventions: Intervention[] = steered
       ? [1, 4, 7, 10].map((layer) => ({
           layer,
@@ -94,91 +117,157 @@ async function load(engine: Engine, concurrency: number, steered: boolean, rng: 
         }))
       : [];
     return {
-      prompt: Array.from({ length: promptLen }, () => Math.floor(rng.next() * 50000)),
+      prompt: Array.from({ length: prompts[i] ?? promptLen }, () => Math.floor(rng.next() * 50000)),
       max_new_tokens: newTokens,
       temperature: 0,
       stop_at_eos: false,
       interventions,
     };
   });
+}
+
+/** Runs requests at once: tokens/s over the run, time to first token, and the steady decoding rate. */
+async function measure(engine: Engine, reqs: GenerateRequest[]) {
   const t0 = performance.now();
   const done = await Promise.all(
     reqs.map(async (r) => {
-      let n = 0;
+      const times: number[] = [];
       let first = 0;
       for await (const e of engine.generate(r)) {
-        if (e.type === 'token') n++;
+        if (e.type === 'token') times.push(performance.now());
         else first = e.timings.first_token_ms;
       }
-      return { n, first };
+      return { times, first, end: performance.now() };
     }),
   );
   const sec = (performance.now() - t0) / 1000;
-  const tokens = done.reduce((s, d) => s + d.n, 0);
+  const tokens = done.reduce((s, d) => s + d.times.length, 0);
   const ttft = done.map((d) => d.first);
+  // steady decoding: from the last first token to the first end, every row is decoding
+  const from = Math.max(...done.map((d) => d.times[0]));
+  const to = Math.min(...done.map((d) => d.end));
+  const steady = done.reduce((s, d) => s + d.times.filter((x) => x > from && x <= to).length, 0);
   return {
-    concurrency,
-    steered,
+    concurrency: reqs.length,
     tokens,
     seconds: sec,
     tokens_per_s: tokens / sec,
+    decode_tokens_per_s: to > from ? steady / ((to - from) / 1000) : Number.NaN,
     ttft_p50_ms: quantile(ttft, 0.5),
     ttft_p99_ms: quantile(ttft, 0.99),
   };
 }
 
+const load = async (engine: Engine, concurrency: number, steered: boolean, rng: Rng) => ({
+  steered,
+  ...(await measure(engine, requests(concurrency, steered, rng))),
+});
+
+/** Repeats a measurement and keeps the best (noise on a shared machine only slows runs down). */
+async function best<T extends { tokens_per_s: number }>(
+  f: () => Promise<T>,
+  key: keyof T = 'tokens_per_s',
+): Promise<T> {
+  let b: T | undefined;
+  for (let i = 0; i < reps; i++) {
+    const r = await f();
+    if (!b || (r[key] as number) > (b[key] as number)) b = r;
+  }
+  return b!;
+}
+
 // The machine is shared: every measurement is repeated and the best kept (noise only slows runs
-// down), and the ceiling is measured before and after the load so that both see the same machine.
+// down). For the small shape the ceiling is measured before and after the load, so that both see
+// the same machine; for XL after it (its session holds another copy of the weights), so that the
+// peak RSS is the engine's.
 const reps = +(process.env.BENCH_REPS ?? 2);
-const ceilings = [await matmulCeiling(Math.max(...levels))];
-const engine = await Engine.start({ model: o.dir!, threads: +o.threads!, batchCapacity: Math.max(...levels) });
+const cmax = Math.max(...levels);
+const ceilings = shapeName === 'small' ? [await matmulCeiling(cmax)] : [];
+const before = rss();
+writeFileSync('/proc/self/clear_refs', '5'); // peak RSS from here
+const engine = await Engine.start({ model: dir, threads: +o.threads!, batchCapacity: cmax });
+const loaded = rss();
 const rng = new Rng(1);
 await load(engine, 2, false, rng); // warm-up
 const rows: Awaited<ReturnType<typeof load>>[] = [];
 for (const c of levels) {
-  for (const steered of [false, true]) {
-    let best: Awaited<ReturnType<typeof load>> | undefined;
-    for (let i = 0; i < reps; i++) {
-      const r = await load(engine, c, steered, rng);
-      if (!best || r.tokens_per_s > best.tokens_per_s) best = r;
-    }
-    rows.push(best!);
-    console.error(`concurrency ${c}${steered ? ' steered' : ''}: ${best!.tokens_per_s.toFixed(1)} tokens/s`);
+  for (const steered of shapeName === 'small' ? [false, true] : [false]) {
+    const r = await best(() => load(engine, c, steered, rng));
+    rows.push(r);
+    console.error(`concurrency ${c}${steered ? ' steered' : ''}: ${r.tokens_per_s.toFixed(1)} tokens/s`);
   }
 }
+let mixed: { uniform: Awaited<ReturnType<typeof measure>>; mixed: Awaited<ReturnType<typeof measure>> } | undefined;
+if (shapeName === 'small') {
+  // 31 short requests and one long one, against 32 short ones: steady decoding of both batches
+  const prompts = [+o.mixed!];
+  const uniform = await best(() => measure(engine, requests(32, false, rng)), 'decode_tokens_per_s');
+  const withLong = await best(() => measure(engine, requests(32, false, rng, prompts)), 'decode_tokens_per_s');
+  mixed = { uniform, mixed: withLong };
+  console.error(
+    `mixed: ${withLong.decode_tokens_per_s.toFixed(1)} vs uniform ${uniform.decode_tokens_per_s.toFixed(1)} tokens/s decoding`,
+  );
+}
+const peak = rss().peak;
+const kv = engine.info.kv_cache!;
 await engine.close();
-ceilings.push(await matmulCeiling(Math.max(...levels)));
+ceilings.push(await matmulCeiling(cmax));
 const ceiling = ceilings.reduce((a, b) => (b.gflops > a.gflops ? b : a));
 const at = (c: number, s: boolean) => rows.find((r) => r.concurrency === c && r.steered === s)!;
-const cmax = Math.max(...levels);
+const weights = statSync(join(dir, 'model.safetensors')).size;
+const memory = {
+  weights_bytes: weights,
+  kv_cache_tokens: kv.tokens,
+  kv_budget_bytes: kv.tokens * kv.bytes_per_token,
+  rss_before_bytes: before.now,
+  rss_loaded_bytes: loaded.now,
+  peak_rss_bytes: peak,
+  /** ONNX Runtime's copies of the weights beyond the file's size (prepacked MatMul weights). */
+  prepack_over_weights: (loaded.now - before.now) / weights - 1,
+  /** Peak RSS beyond what the issue allows: weights × (1 + prepack) + KV budget + 300 MB. */
+  headroom_bytes: before.now + (loaded.now - before.now) + kv.tokens * kv.bytes_per_token + 300 * 2 ** 20 - peak,
+};
+const ratios: Record<string, number> = {
+  [`c${cmax}_over_c1`]: at(cmax, false).tokens_per_s / at(1, false).tokens_per_s,
+  [`c${cmax}_over_ceiling`]: at(cmax, false).tokens_per_s / ceiling.tokens_per_s,
+};
+if (shapeName === 'small') {
+  ratios[`steering_cost_c${cmax}`] = 1 - at(cmax, true).tokens_per_s / at(cmax, false).tokens_per_s;
+  ratios.steering_cost_c1 = 1 - at(1, true).tokens_per_s / at(1, false).tokens_per_s;
+  ratios.mixed_over_uniform = mixed!.mixed.decode_tokens_per_s / mixed!.uniform.decode_tokens_per_s;
+}
 const summary = {
+  shape: shapeName,
   model: { layers: L, embd: H, heads: ck.config.n_head, params_m: ck.paramBytes / 4 / 1e6 },
   prompt_tokens: promptLen,
   new_tokens: newTokens,
   repetitions: reps,
   runs: rows,
+  mixed,
   ceiling,
   ceiling_measurements_gflops: ceilings.map((c) => c.gflops),
-  ratios: {
-    [`c${cmax}_over_c1`]: at(cmax, false).tokens_per_s / at(1, false).tokens_per_s,
-    [`steering_cost_c${cmax}`]: 1 - at(cmax, true).tokens_per_s / at(cmax, false).tokens_per_s,
-    steering_cost_c1: 1 - at(1, true).tokens_per_s / at(1, false).tokens_per_s,
-    [`c${cmax}_over_ceiling`]: at(cmax, false).tokens_per_s / ceiling.tokens_per_s,
-  },
+  memory,
+  ratios,
 };
-console.table(
-  rows.map((r) => ({
-    ...r,
-    seconds: +r.seconds.toFixed(2),
-    tokens_per_s: +r.tokens_per_s.toFixed(1),
-    ttft_p50_ms: +r.ttft_p50_ms.toFixed(0),
-    ttft_p99_ms: +r.ttft_p99_ms.toFixed(0),
-  })),
-);
+const round = (r: Record<string, unknown>) =>
+  Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === 'number' ? +v.toFixed(1) : v]));
+console.table(rows.map(round));
+if (mixed) console.table({ uniform: round(mixed.uniform), mixed: round(mixed.mixed) });
 console.table({
   ceiling: { rows: ceiling.rows, gflops: +ceiling.gflops.toFixed(1), tokens_per_s: +ceiling.tokens_per_s.toFixed(1) },
 });
-console.table(Object.fromEntries(Object.entries(summary.ratios).map(([k, v]) => [k, { ratio: +v.toFixed(3) }])));
-mkdirSync(dirname(o.out!), { recursive: true });
-writeFileSync(o.out!, `${JSON.stringify(summary, null, 2)}\n`);
-console.log(`wrote ${o.out}`);
+const gb = (b: number) => +(b / 2 ** 30).toFixed(2);
+console.table({
+  memory: {
+    weights_gb: gb(weights),
+    kv_budget_gb: gb(memory.kv_budget_bytes),
+    loaded_gb: gb(loaded.now),
+    peak_rss_gb: gb(peak),
+    prepack: +memory.prepack_over_weights.toFixed(2),
+    headroom_gb: gb(memory.headroom_bytes),
+  },
+});
+console.table(Object.fromEntries(Object.entries(ratios).map(([k, v]) => [k, { ratio: +v.toFixed(3) }])));
+mkdirSync(dirname(out), { recursive: true });
+writeFileSync(out, `${JSON.stringify(summary, null, 2)}\n`);
+console.log(`wrote ${out}`);

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
-import { Dictionary, errorSchema, Nullable, Ref } from '../src/api/schemas.js';
+import { Dictionary, errorSchema, Nullable, Ref, StringEnum } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 
 /** A fixed, neutral text whose residual-stream norms tell clients what coefficient sizes mean. */
@@ -72,6 +72,26 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
               hook_points: Type.Array(Type.Integer()),
               provider: Type.String(),
               limits: Dictionary(Type.Integer()),
+              kv_cache: Nullable(
+                Type.Object(
+                  {
+                    tokens: Type.Integer({
+                      description: 'tokens of keys and values held at once, all requests together',
+                    }),
+                    bytes_per_token: Type.Integer(),
+                    location: StringEnum(['host', 'device'], {
+                      description: '`host`: fed to every session run; `device`: kept on the accelerator',
+                    }),
+                    classes: Type.Array(Type.Integer(), {
+                      description: 'size classes: a request reserves its prompt + max_new_tokens rounded up to one',
+                    }),
+                  },
+                  {
+                    description:
+                      "the engine's KV cache; null in Redis mode, where each worker has its own (steerd:kv_cache_usage_perc in /metrics sums them)",
+                  },
+                ),
+              ),
               resid_norms: Nullable(
                 Type.Partial(
                   Type.Object({
@@ -128,7 +148,9 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
           queue_depth: svc.config.limits.queueDepth,
           request_timeout_ms: svc.config.limits.requestTimeoutMs,
           max_context: svc.engine.maxContext,
+          ...(i.kv_cache && { kv_cache_tokens: i.kv_cache.tokens }),
         },
+        kv_cache: i.kv_cache ?? null,
         resid_norms: layers && { text: NORM_TEXT, layers },
       };
     },

@@ -60,6 +60,18 @@ export interface Config {
   batchCapacity: number;
   /** Prompt tokens prefilled per step. Env STEERD_TOKEN_BUDGET. Default 256. */
   tokenBudget: number;
+  /**
+   * Tokens of keys and values the engine holds at once, all requests together; a request reserves
+   * its prompt + max_new_tokens rounded up to a size class. Env STEERD_KV_CACHE_TOKENS. Default: from
+   * kvCacheMemory, at most batch capacity × context.
+   */
+  kvCacheTokens?: number;
+  /**
+   * Memory for the KV cache when kvCacheTokens is unset: a fraction (0–1] of the memory available
+   * once the weights are loaded, or a size in bytes (units k, M, G, T, with or without `iB`/`B`).
+   * Env STEERD_KV_CACHE_MEMORY. Default 0.5.
+   */
+  kvCacheMemory: number;
   /** Bearer keys for /v1/*; none = open. Env STEERD_API_KEYS (comma-separated). Default none. */
   apiKeys: string[];
   /** Requests per minute per key (or per address without keys); 0 = unlimited. Env STEERD_RATE_LIMIT. Default 0. */
@@ -84,6 +96,23 @@ function int(env: NodeJS.ProcessEnv, name: string, d: number, min = 1): number {
   return n;
 }
 
+const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+
+/** A memory setting: a fraction in (0, 1], or bytes with an optional binary unit (8G, 8GB, 8GiB). */
+function memory(env: NodeJS.ProcessEnv, name: string, d: number): number {
+  const v = env[name];
+  if (v === undefined || v === '') return d;
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$/i.exec(v.trim());
+  const n = m ? Number(m[1]) * UNITS[m[2].toLowerCase()] : Number.NaN;
+  if (!(n > 0) || (n > 1 && !Number.isInteger(n)))
+    throw new SteerdError(
+      `${name}=${JSON.stringify(v)}: expected a fraction in (0, 1] or a size in bytes (e.g. 8GiB)`,
+      500,
+      'bad_config',
+    );
+  return n;
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     host: env.HOST ?? '127.0.0.1',
@@ -102,6 +131,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     threads: int(env, 'STEERD_THREADS', 0, 0),
     batchCapacity: int(env, 'STEERD_BATCH_CAPACITY', 32),
     tokenBudget: int(env, 'STEERD_TOKEN_BUDGET', 256),
+    kvCacheTokens: env.STEERD_KV_CACHE_TOKENS ? int(env, 'STEERD_KV_CACHE_TOKENS', 0) : undefined,
+    kvCacheMemory: memory(env, 'STEERD_KV_CACHE_MEMORY', 0.5),
     apiKeys: (env.STEERD_API_KEYS ?? '')
       .split(',')
       .map((k) => k.trim())

@@ -10,6 +10,7 @@ import { DownloadError, SteerdError } from './errors.js';
 import { servingDir } from './model/hf-cache.js';
 import { defaultCacheDir, type ProgressReporter, pullModel } from './model/hub.js';
 import { writeTinyCheckpoint } from './model/tiny.js';
+import { workerKvReports } from './queue/protocol.js';
 import { RemoteEngine } from './queue/remote-engine.js';
 import { startQueueWorker } from './queue/worker.js';
 import { RedisVectorStore } from './store/redis-vectors.js';
@@ -69,6 +70,8 @@ const engineOptions = (config: Config, dir: string) => ({
   threads: config.threads,
   batchCapacity: config.batchCapacity,
   tokenBudget: config.tokenBudget,
+  kvCacheTokens: config.kvCacheTokens,
+  kvCacheMemory: config.kvCacheMemory,
 });
 
 /** An engine consuming the Redis queue: `steerd worker`, or `serve --worker`. */
@@ -114,6 +117,14 @@ export async function createService(config: Config, progress?: ProgressReporter)
   const store = config.redisUrl
     ? new RedisVectorStore(config.redisUrl, config.redisPrefix)
     : new FileVectorStore(config.dataDir);
+  const metrics = new Metrics();
+  if (engine instanceof Engine) {
+    const local = engine;
+    metrics.kvSource = async () => [local.kvUsage];
+  } else if (store instanceof RedisVectorStore) {
+    const redis = store.redis;
+    metrics.kvSource = () => workerKvReports(redis, config.redisPrefix);
+  }
   return {
     config,
     engine,
@@ -125,7 +136,7 @@ export async function createService(config: Config, progress?: ProgressReporter)
       name: m.name,
       random_weights: m.randomWeights,
     },
-    metrics: new Metrics(),
+    metrics,
     inFlight: 0,
     draining: false,
     aborts: new Set(),

@@ -5,7 +5,18 @@ import ort from 'onnxruntime-node';
 import t, { type Test } from 'tap';
 import { buildGraph } from '../src/model/graph.ts';
 import { Rng, type TinyOptions, writeTinyCheckpoint } from '../src/model/tiny.ts';
-import { at, type Dims, leftPad, maxAbsDiff, range, runGraph } from './helpers/graph-run.ts';
+import {
+  at,
+  type Dims,
+  leftPad,
+  maxAbsDiff,
+  noCache,
+  range,
+  rightPad,
+  runGraph,
+  runServe,
+  type ServeGroup,
+} from './helpers/graph-run.ts';
 import { loadReference, type RefModel, type RefSteer, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-graph-'));
@@ -174,70 +185,88 @@ t.test('graph matches the float64 reference', async (t) => {
     }
   });
 
-  await t.test(
-    'serving variant: logits_all=false projects only the last position; new.* are the new keys and values',
-    async (t) => {
-      const f = fixtures.hub;
-      const { file } = buildGraph(f.dir, { serving: true, fileName: 'serve.onnx' });
-      const serve = await ort.InferenceSession.create(file);
-      const padded = leftPad([randomIds(7), randomIds(4)]);
-      const full = await runGraph(f.session, f.dims, padded);
-      const flag = (v: boolean) => ({ logits_all: new ort.Tensor('bool', Uint8Array.of(v ? 1 : 0), []) });
-      const lastOnly = await runGraph(serve, f.dims, { ...padded, extra: flag(false) }, [
-        'logits',
-        'last_logits',
-        'last_lse',
-      ]);
-      const all = await runGraph(serve, f.dims, { ...padded, extra: flag(true) }, ['logits']);
-      t.same(lastOnly.logits.dims, [2, 1, f.dims.vocab]);
-      t.equal(maxAbsDiff(lastOnly.last_logits.data as Float32Array, full.last_logits.data as Float32Array), 0);
-      const V = f.dims.vocab;
-      const rows = full.last_logits.data as Float32Array;
-      const lse = Array.from({ length: 2 }, (_, b) => {
-        const row = Array.from(rows.subarray(b * V, (b + 1) * V));
-        const m = Math.max(...row);
-        return m + Math.log(row.reduce((a, x) => a + Math.exp(x - m), 0));
-      });
-      const lseErr = maxAbsDiff(lastOnly.last_lse.data as Float32Array, Float32Array.from(lse));
-      t.ok(
-        lseErr < 1e-5 * Math.max(...lse.map(Math.abs)),
-        `last_lse: the log-sum-exp of each row, computed in float64 (${lseErr.toExponential(2)})`,
-      );
-      t.same(all.logits.dims, full.logits.dims);
-      t.equal(maxAbsDiff(all.logits.data as Float32Array, full.logits.data as Float32Array), 0);
-      // a decode step on top of the prefill, in both graphs: the serving graph (which attends to the
-      // cache without concatenating it) gives the same logits, and its new.* are the last position
-      // of the contract graph's present.*
-      const past = Object.fromEntries(Object.entries(full).filter(([k]) => k.startsWith('present.')));
-      const stepIn = { ids: [[11], [12]], mask: padded.mask.map((m) => [...m, 1]), pos: [[7], [4]], past };
-      const contract = await runGraph(f.session, f.dims, stepIn);
-      const step = await runGraph(serve, f.dims, { ...stepIn, extra: flag(false) });
-      t.notOk('present.0.key' in step, 'no present.* in the serving graph');
-      const lastErr = maxAbsDiff(step.last_logits.data as Float32Array, contract.last_logits.data as Float32Array);
-      t.ok(
-        lastErr <= 1e-5 * range([contract.last_logits.data as Float32Array]),
-        `decode step: same last_logits (${lastErr.toExponential(2)})`,
-      );
-      const hd = f.dims.nEmbd / f.dims.nHead;
-      for (const l of [0, f.dims.nLayer - 1]) {
-        for (const kv of ['key', 'value']) {
-          const fresh = step[`new.${l}.${kv}`];
-          t.same(fresh.dims, [2, f.dims.nHead, 1, hd], `new.${l}.${kv} shape`);
-          const present = contract[`present.${l}.${kv}`].data as Float32Array;
-          const S = padded.T + 1;
-          const lastPositions = new Float32Array(2 * f.dims.nHead * hd);
-          for (let bh = 0; bh < 2 * f.dims.nHead; bh++)
-            lastPositions.set(present.subarray((bh * S + S - 1) * hd, (bh * S + S) * hd), bh * hd);
-          const err = maxAbsDiff(fresh.data as Float32Array, lastPositions);
-          t.ok(
-            err <= 1e-5 * range([lastPositions]),
-            `new.${l}.${kv} = last position of present (${err.toExponential(2)})`,
-          );
+  await t.test('serving variant: right-padded prompts, then a decode step with rows in two cache groups', async (t) => {
+    const f = fixtures.hub;
+    const { nHead: nh, nEmbd: H, nLayer: L, vocab: V } = f.dims;
+    const hd = H / nh;
+    const { file } = buildGraph(f.dir, { serving: { groups: 2 }, fileName: 'serve.onnx' });
+    const serve = await ort.InferenceSession.create(file);
+    const d = randomVec(H, 0.3);
+    const rows = [randomIds(7), randomIds(4), randomIds(5)];
+    const steers: (RefSteer | undefined)[] = [undefined, (l) => (l === 1 ? d : undefined), undefined];
+    const refs = rows.map((r, b) => referenceForward(f.ref, r, steers[b]));
+    const T = 16; // padded well past the longest row
+    const prompt = { ...rightPad(rows, T), pastLen: [0, 0, 0], groups: [noCache(3), noCache()], steer: steers };
+    const out = await runServe(serve, f.dims, { ...prompt, logitsAll: true });
+    const last = out.last_logits.data as Float32Array;
+    for (const [b, ref] of refs.entries()) {
+      const err = maxAbsDiff(last.subarray(b * V, (b + 1) * V), ref.logits.at(-1)!);
+      t.ok(err <= 1e-4 * range(ref.logits), `row ${b}: last_logits at its last real token (${err.toExponential(2)})`);
+      let worst = 0;
+      for (let p = 0; p < rows[b].length; p++) worst = Math.max(worst, maxAbsDiff(at(out.logits, b, p), ref.logits[p]));
+      t.ok(worst <= 1e-4 * range(ref.logits), `row ${b}: logits_all gives every position (${worst.toExponential(2)})`);
+    }
+    const lse = refs.map((r) => {
+      const row = r.logits.at(-1)!;
+      const m = Math.max(...row);
+      return m + Math.log(row.reduce((a, x) => a + Math.exp(x - m), 0));
+    });
+    const lseErr = maxAbsDiff(out.last_lse.data as Float32Array, Float32Array.from(lse));
+    t.ok(
+      lseErr < 1e-4 * Math.max(...lse.map(Math.abs)),
+      `last_lse: log-sum-exp of each row (${lseErr.toExponential(2)})`,
+    );
+    const lastOnly = await runServe(serve, f.dims, prompt, ['logits', 'last_logits']);
+    t.same(lastOnly.logits.dims, [3, 0, V], 'logits_all false: no position projected');
+    t.equal(maxAbsDiff(lastOnly.last_logits.data as Float32Array, last), 0, 'and the same last_logits');
+
+    // new.* hold each row's keys and values: against the contract graph's present.*
+    const contract = await runGraph(f.session, f.dims, single(rows[0]));
+    for (const kv of ['key', 'value']) {
+      const fresh = out[`new.1.${kv}`].data as Float32Array; // [3, nh, T, hd]
+      const present = contract[`present.1.${kv}`].data as Float32Array; // [1, nh, 7, hd]
+      const mine = new Float32Array(nh * 7 * hd);
+      for (let h = 0; h < nh; h++) mine.set(fresh.subarray(h * T * hd, (h * T + 7) * hd), h * 7 * hd);
+      const err = maxAbsDiff(mine, present);
+      t.ok(err <= 1e-5 * range([present]), `new.1.${kv} = present.1.${kv} (${err.toExponential(2)})`);
+    }
+
+    // decode: row 1 alone in group 0 (8 slots), rows 0 and 2 in group 1 (32 slots, tail unused)
+    const cache = (members: number[], P: number) => {
+      const g: ServeGroup = { rows: members.length, P, k: [], v: [] };
+      for (let l = 0; l < L; l++) {
+        for (const kv of ['key', 'value'] as const) {
+          const fresh = out[`new.${l}.${kv}`].data as Float32Array;
+          const a = new Float32Array(members.length * nh * P * hd).fill(1e3); // unused slots: never attended
+          for (const [r, b] of members.entries())
+            for (let h = 0; h < nh; h++)
+              a.set(
+                fresh.subarray((b * nh + h) * T * hd, ((b * nh + h) * T + rows[b].length) * hd),
+                (r * nh + h) * P * hd,
+              );
+          (kv === 'key' ? g.k : g.v).push(a);
         }
       }
-      await serve.release();
-    },
-  );
+      return g;
+    };
+    const order = [1, 0, 2];
+    const next = randomIds(3);
+    const step = await runServe(serve, f.dims, {
+      ids: order.map((b) => [next[b]]),
+      pos: order.map((b) => [rows[b].length]),
+      newLen: [1, 1, 1],
+      pastLen: order.map((b) => rows[b].length),
+      groups: [cache([1], 8), cache([0, 2], 32)],
+      steer: order.map((b) => steers[b]),
+    });
+    for (const [r, b] of order.entries()) {
+      const ref = referenceForward(f.ref, [...rows[b], next[b]], steers[b]);
+      const err = maxAbsDiff((step.last_logits.data as Float32Array).subarray(r * V, (r + 1) * V), ref.logits.at(-1)!);
+      t.ok(err <= 1e-4 * range(ref.logits), `decode, row ${b} in group ${r ? 1 : 0}: error ${err.toExponential(2)}`);
+    }
+    t.notOk('present.0.key' in step, 'no present.* in the serving graph');
+    await serve.release();
+  });
 
   for (const f of Object.values(fixtures)) await f.session.release();
 });

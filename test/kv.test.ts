@@ -1,5 +1,6 @@
 import t from 'tap';
-import { type KvSource, KvStore } from '../src/engine/kv.ts';
+import { type KvSource, KvStore, slotsFor } from '../src/engine/kv.ts';
+import { bytesPerToken, classOf, kvBudget, sizeClasses } from '../src/engine/kv-budget.ts';
 
 const shape = { nLayer: 2, nHead: 3, headDim: 4 };
 /** A [1, nh, count, hd] source whose values encode (tag, layer, head, position, i). */
@@ -17,36 +18,82 @@ function source(tag: number, count: number): KvSource {
 /** Row r, layer l, head h, slot p of a store, as stored. */
 const at = (s: KvStore, r: number, l: number, h: number, p: number) =>
   s.k[l][((r * shape.nHead + h) * s.P + p) * shape.headDim];
+const rowBytes = (P: number) => P * bytesPerToken(shape);
 
 t.test(
   'rows keep their tokens through growth, swap-removal and shrinking; an empty store frees its memory',
   async (t) => {
     const s = new KvStore(shape, 8, 1024);
     const a = s.push(source(1, 5));
-    const b = s.push(source(2, 40)); // P grows past 16
-    const c = s.push(source(3, 2)); // rows grow past 2
+    t.equal(s.P, 16, 'the smallest slot count');
+    const b = s.push(source(2, 40)); // P doubles past 16, to a power of two
+    const c = s.push(source(3, 2));
     t.same([a, b, c], [0, 1, 2]);
-    t.equal(s.P, 48);
+    t.equal(s.P, 64);
     t.equal(at(s, 1, 1, 2, 39), 2 * 1e4 + 100 + 20 + 39, 'row b intact after growth');
     t.equal(at(s, 0, 0, 1, 4), 1e4 + 10 + 4, 'row a intact');
-    t.same(s.maskRow(2, 1).filter((x) => x === 1).length, 3, 'mask: 2 slots + the new token');
     t.equal(s.remove(1), 2, 'the last row moved into the hole');
     t.same(s.len, [5, 2]);
     t.equal(at(s, 1, 1, 0, 1), 3 * 1e4 + 100 + 1, 'moved row intact');
     s.reserve(Math.max(...s.len) + 1);
-    t.equal(s.P, 16, 'P shrinks when the rows need at most half of it');
+    t.equal(s.P, 16, 'P halves while the rows need at most a quarter of it');
     t.equal(at(s, 0, 1, 2, 4), 1e4 + 100 + 20 + 4, 'rows intact after shrinking');
     s.append(1, { ...source(4, 1), b: 0 });
     t.equal(at(s, 1, 0, 0, 2), 4 * 1e4, 'append writes after the last token');
     t.same(s.past().k[0].length, 2 * shape.nHead * s.P * shape.headDim, 'past() views the active rows only');
+    t.equal(s.row(1).k[0][2 * shape.headDim], 4 * 1e4, "row() views one row's slots");
     s.remove(0);
     s.remove(0);
     t.equal(s.n, 0);
-    t.same([s.P, s.k.length], [0, 0], 'memory given back');
+    t.same([s.P, s.k.length, s.bytes], [0, 0, 0], 'memory given back');
     t.throws(() => {
       const one = new KvStore(shape, 1, 64);
       one.push(source(1, 1));
       one.push(source(2, 1));
     }, /full/);
+    t.throws(() => new KvStore(shape, 1, 64).push(source(1, 65)), /cannot hold/, 'a row never outgrows its class');
   },
 );
+
+t.test('slot counts: powers of two from 16, aligned, capped at the class', async (t) => {
+  t.same(
+    [1, 16, 17, 33, 100, 1000].map((n) => slotsFor(n, 1024)),
+    [16, 16, 32, 64, 128, 1024],
+  );
+  t.equal(slotsFor(100, 100), 112, 'a class that is not a power of two: its size, aligned to 16');
+});
+
+t.test(
+  'committed memory: rows written since the last allocation; compact() gives back what rows that left used',
+  async (t) => {
+    const s = new KvStore(shape, 8, 64);
+    for (let i = 0; i < 4; i++) s.push(source(i + 1, 10));
+    t.equal(s.bytes, 4 * rowBytes(16), 'four rows of 16 slots');
+    s.remove(0);
+    s.remove(0);
+    t.equal(s.bytes, 4 * rowBytes(16), 'pages of rows that left stay written');
+    t.equal(s.slack, 2 * rowBytes(16));
+    s.compact();
+    t.same([s.bytes, s.slack], [2 * rowBytes(16), 0]);
+    t.same(s.len, [10, 10], 'rows intact after compaction');
+    t.equal(at(s, 0, 0, 0, 9), 3 * 1e4 + 9, 'the third row moved to the front by the second removal');
+  },
+);
+
+t.test('size classes and the budget', async (t) => {
+  t.same(sizeClasses(1024), [64, 128, 256, 512, 1024]);
+  t.same(sizeClasses(128), [64, 128]);
+  t.same(sizeClasses(300), [64, 128, 256, 300], 'the largest class is the context (or the budget)');
+  t.same(sizeClasses(40), [40]);
+  const c = sizeClasses(1024);
+  t.same(
+    [1, 64, 65, 96, 1024, 1025].map((n) => classOf(c, n)),
+    [0, 0, 1, 1, 4, -1],
+  );
+  const per = bytesPerToken(shape);
+  t.equal(per, 2 * 2 * 3 * 4 * 4, 'keys and values, every layer, float32');
+  t.equal(kvBudget({ kvCacheTokens: 77 }, shape, 10_000), 77, 'tokens as given');
+  t.equal(kvBudget({ kvCacheMemory: 0.5 }, shape, 1e9, 1000 * per), 500, 'a share of the memory available');
+  t.equal(kvBudget({ kvCacheMemory: 300 * per }, shape, 1e9, 1e12), 300, 'a size in bytes');
+  t.equal(kvBudget({}, shape, 128, 1e12), 128, 'at most batch capacity × context');
+});

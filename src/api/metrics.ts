@@ -60,6 +60,18 @@ export class Metrics {
     buckets: [1, 2, 4, 8, 16, 32, 64],
     registers: [this.registry],
   });
+  /** Where the KV cache figures come from: the local engine, or the workers' reports (Redis mode). */
+  kvSource?: () => Promise<{ used: number; tokens: number }[]>;
+  readonly kvUsage = new Gauge({
+    name: 'steerd:kv_cache_usage_perc',
+    help: 'KV cache reserved by admitted requests, as a fraction of the budget (every engine together)',
+    registers: [this.registry],
+    collect: async () => {
+      const all = (await this.kvSource?.().catch(() => [])) ?? [];
+      const tokens = all.reduce((a, k) => a + k.tokens, 0);
+      this.kvUsage.set(tokens ? all.reduce((a, k) => a + k.used, 0) / tokens : 0);
+    },
+  });
   readonly http = new Counter({
     name: 'steerd:http_requests_total',
     help: 'HTTP responses by route and status',

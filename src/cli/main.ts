@@ -21,6 +21,10 @@ function nonNegativeInt(value: string): number {
   return n;
 }
 
+const KV_OPTION = '--kv-cache-tokens <n>';
+const KV_HELP =
+  'tokens of KV cache, all requests together (env STEERD_KV_CACHE_TOKENS; default: STEERD_KV_CACHE_MEMORY, half the memory left after the weights)';
+
 export function program(): Command {
   const cli = new Command('steerd').description('Activation steering for GPT-2 models, over HTTP');
   cli
@@ -35,6 +39,7 @@ export function program(): Command {
     .option('--data <dir>', 'vector store directory (env STEERD_DATA, default ./data)')
     .option('--provider <name>', 'execution provider: cpu, cuda, webgpu (env STEERD_PROVIDER, default cpu)')
     .option('--worker', 'with REDIS_URL: also run an engine on the queue in this process', false)
+    .option(KV_OPTION, KV_HELP, positiveInt)
     .action(
       async (o: {
         model?: string;
@@ -43,6 +48,7 @@ export function program(): Command {
         data?: string;
         provider?: string;
         worker: boolean;
+        kvCacheTokens?: number;
       }) => {
         const config = loadConfig();
         await serve(
@@ -54,6 +60,7 @@ export function program(): Command {
             dataDir: o.data ?? config.dataDir,
             provider: o.provider ?? config.provider,
             worker: o.worker,
+            kvCacheTokens: o.kvCacheTokens ?? config.kvCacheTokens,
           },
           consoleProgress(),
         );
@@ -65,10 +72,16 @@ export function program(): Command {
     .description('run the engine on the Redis queue (REDIS_URL): one per GPU, on any machine with the model')
     .option('--model <model>', 'checkpoint directory, hub name or "tiny" (env STEERD_MODEL, default gpt2-xl)')
     .option('--provider <name>', 'execution provider (env STEERD_PROVIDER, default cpu)')
-    .action(async (o: { model?: string; provider?: string }) => {
+    .option(KV_OPTION, KV_HELP, positiveInt)
+    .action(async (o: { model?: string; provider?: string; kvCacheTokens?: number }) => {
       const config = loadConfig();
       await runWorker(
-        { ...config, model: o.model ?? config.model, provider: o.provider ?? config.provider },
+        {
+          ...config,
+          model: o.model ?? config.model,
+          provider: o.provider ?? config.provider,
+          kvCacheTokens: o.kvCacheTokens ?? config.kvCacheTokens,
+        },
         consoleProgress(),
       );
     });

@@ -2,14 +2,15 @@ import { Worker } from 'node:worker_threads';
 import { SteerdError, UnavailableError } from '../errors.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import { EventStream } from './event-stream.js';
+import type { KvBudgetOptions } from './kv-budget.js';
 import type { FromWorker, ToWorker, WireError } from './protocol.js';
 import type { RunnerOptions } from './runner.js';
-import type { SchedulerOptions } from './scheduler.js';
+import type { KvUsage, SchedulerOptions } from './scheduler.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
 import { validateActivations, validateGenerate } from './validate.js';
 
 /** Engine options: the model runner's and the scheduler's, plus the context limit. */
-export interface EngineOptions extends RunnerOptions, SchedulerOptions {
+export interface EngineOptions extends RunnerOptions, SchedulerOptions, KvBudgetOptions {
   /** Longest prompt + max_new_tokens accepted; at most the model's n_positions. Default n_positions. */
   maxContext?: number;
 }
@@ -27,6 +28,10 @@ export class Engine {
   private closing: Promise<void> | undefined;
   private stopped = false;
   private closed!: () => void;
+  /** The KV cache's reservation and memory, as last reported by the engine thread. */
+  kvUsage: KvUsage = { used: 0, tokens: 0, bytes: 0 };
+  /** Called when the engine thread reports a new reservation total. */
+  onKvUsage?: () => void;
 
   private constructor(
     private readonly worker: Worker,
@@ -151,6 +156,10 @@ export class Engine {
         c?.reject(err);
         break;
       }
+      case 'kv':
+        this.kvUsage = m.usage;
+        this.onKvUsage?.();
+        break;
       case 'closed':
         void this.worker.terminate().then(() => this.closed?.());
         break;

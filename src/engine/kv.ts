@@ -1,10 +1,22 @@
 /**
- * The running batch's KV cache, kept by the engine (not round-tripped through the graph): per layer
- * one [rows, n_head, P, head_dim] buffer whose row r holds its tokens at slots [0, len[r]) and
- * masked free slots after them. A decode step feeds the first n rows as `past` (P = capacity,
- * free slots masked), fetches only the new token's keys and values (`new.{l}.*`), and writes them
- * into slot len[r]: nothing else is copied per step. Rows join by copying their prompt's cache in,
- * leave by moving the last row into their place, and the slot capacity grows in steps of 16 (every step copies and attends over the capacity).
+ * KV cache storage, kept by the engine (not round-tripped through the graph). A store holds the
+ * keys and values of up to `rows` rows, per layer one [rows, n_head, P, head_dim] buffer whose row r
+ * holds its tokens at slots [0, len[r]); the slots after them are never attended (serve-graph.ts
+ * masks them). A pass feeds the first n rows as a view (no copy), fetches only the new tokens'
+ * keys and values, and the store writes them after each row's last token: nothing else is copied
+ * per step. Rows join by copying their prompt's cache in and leave by moving the last row into
+ * their place.
+ *
+ * The slot count P is a power of two, at least 16, up to the store's class size (see kv-budget.ts):
+ * growing copies the store, so it doubles (amortised: each token is copied a bounded number of
+ * times) and shrinks when the rows need a quarter of it. P is always a multiple of 16 because ONNX
+ * Runtime's kernels handle the last, partial block of a row of scores differently from the full
+ * blocks: with P aligned, a row's real slots always fall in full blocks, whatever P the store has
+ * (measured: with P equal to a row's length its logits differed in the last bits).
+ *
+ * Buffers are allocated for every row the store may hold, but the operating system commits a page
+ * only when it is first written: the memory a store costs is the rows it has held since it was
+ * last allocated (`touched`). `compact()` reallocates to the rows it holds now.
  */
 export interface KvShape {
   nLayer: number;
@@ -22,7 +34,17 @@ export interface KvSource {
   count: number;
 }
 
-const GROW = 16;
+/** Slot counts and padded lengths are multiples of this (see above). */
+export const SLOT_ALIGN = 16;
+
+export const alignUp = (n: number) => Math.ceil(n / SLOT_ALIGN) * SLOT_ALIGN;
+
+/** The slot count for `slots` tokens: a power of two, at least SLOT_ALIGN, at most `max` (aligned). */
+export function slotsFor(slots: number, max: number): number {
+  let P = SLOT_ALIGN;
+  while (P < slots) P *= 2;
+  return Math.min(P, alignUp(max));
+}
 
 export class KvStore {
   k: Float32Array[] = [];
@@ -31,12 +53,14 @@ export class KvStore {
   P = 0;
   /** Tokens held by each active row. */
   readonly len: number[] = [];
+  /** Rows written since the buffers were allocated (their pages are committed). */
+  private touched = 0;
 
   constructor(
     private readonly s: KvShape,
-    /** Rows the buffers hold at most. */
+    /** Rows the store holds at most. */
     private readonly capacity: number,
-    /** Largest P ever needed (the context). */
+    /** Largest P ever needed: the store's class size (tokens a row may hold). */
     private readonly maxSlots: number,
   ) {}
 
@@ -45,32 +69,62 @@ export class KvStore {
     return this.len.length;
   }
 
+  /** Host bytes the store commits: every row written since the last allocation, at the current P. */
+  get bytes(): number {
+    return this.touched * this.rowBytes(this.P);
+  }
+
+  /** Bytes that compact() would give back. */
+  get slack(): number {
+    return (this.touched - this.n) * this.rowBytes(this.P);
+  }
+
+  private rowBytes(P: number): number {
+    return 2 * this.s.nLayer * this.s.nHead * P * this.s.headDim * 4;
+  }
+
   /** The active rows as the graph's `past`: [n, n_head, P, head_dim] views, no copy. */
-  past(): { k: Float32Array[]; v: Float32Array[]; P: number } {
+  past(): { k: Float32Array[]; v: Float32Array[]; P: number; rows: number } {
     const size = this.n * this.s.nHead * this.P * this.s.headDim;
-    return { k: this.k.map((a) => a.subarray(0, size)), v: this.v.map((a) => a.subarray(0, size)), P: this.P };
+    return {
+      k: this.k.map((a) => a.subarray(0, size)),
+      v: this.v.map((a) => a.subarray(0, size)),
+      P: this.P,
+      rows: this.n,
+    };
   }
 
-  /**
-   * Makes every row able to hold `slots` tokens. P grows in steps of 16 and shrinks when the rows
-   * need at most half of it (every step copies and attends over P, so a long request that left
-   * must not slow the ones after it).
-   */
+  /** Row r's own [1, n_head, P, head_dim] view (a long prompt's cache while it is prefilled). */
+  row(r: number): { k: Float32Array[]; v: Float32Array[]; P: number; rows: number } {
+    const size = this.s.nHead * this.P * this.s.headDim;
+    return {
+      k: this.k.map((a) => a.subarray(r * size, (r + 1) * size)),
+      v: this.v.map((a) => a.subarray(r * size, (r + 1) * size)),
+      P: this.P,
+      rows: 1,
+    };
+  }
+
+  /** Makes every row able to hold `slots` tokens: P doubles to fit, and halves while the rows need a quarter of it. */
   reserve(slots: number): void {
-    const shrink = slots <= this.P / 2 && this.P > GROW;
-    if (slots > this.P || shrink) this.realloc(this.rows, slots);
+    let P = this.P;
+    if (slots > P) P = slotsFor(slots, this.maxSlots);
+    while (P > SLOT_ALIGN && slots <= P / 4) P /= 2;
+    if (P !== this.P) this.realloc(P);
   }
 
-  /** Rows allocated (grows by doubling up to the capacity, freed when the store empties). */
-  private rows = 0;
+  /** Gives back the pages of rows that left (reallocates to the rows held now). */
+  compact(): void {
+    if (this.touched > this.n) this.realloc(this.P);
+  }
 
-  private realloc(rows: number, slots: number): void {
-    const P = Math.min(this.maxSlots, Math.ceil(slots / GROW) * GROW);
-    if (P < slots) throw new Error(`KV cache cannot hold ${slots} tokens (context ${this.maxSlots})`);
+  private realloc(P: number): void {
+    if (P < Math.max(0, ...this.len)) throw new Error(`KV cache cannot shrink below ${Math.max(...this.len)} tokens`);
+    if (P > alignUp(this.maxSlots)) throw new Error(`KV cache cannot hold ${P} tokens (at most ${this.maxSlots})`);
     const { nLayer, nHead, headDim: hd } = this.s;
     const move = (old: Float32Array[]) =>
       Array.from({ length: nLayer }, (_, l) => {
-        const a = new Float32Array(rows * nHead * P * hd);
+        const a = new Float32Array(this.capacity * nHead * P * hd);
         for (let r = 0; r < this.n; r++) {
           for (let h = 0; h < nHead; h++) {
             const from = (r * nHead + h) * this.P * hd;
@@ -82,28 +136,25 @@ export class KvStore {
     this.k = move(this.k);
     this.v = move(this.v);
     this.P = P;
-    this.rows = rows;
+    this.touched = this.n;
   }
 
-  private ensureRow(): void {
+  /** Adds an empty row able to hold `slots` tokens; returns its index. */
+  pushEmpty(slots = 1): number {
     if (this.n >= this.capacity) throw new Error('KV cache is full');
-    if (this.n >= this.rows) this.realloc(Math.min(this.capacity, Math.max(1, this.rows * 2)), Math.max(this.P, 1));
+    if (slots > this.maxSlots)
+      throw new Error(`KV cache cannot hold ${slots} tokens in a row (at most ${this.maxSlots})`);
+    if (slots > this.P || this.k.length === 0) this.realloc(Math.max(this.P, slotsFor(slots, this.maxSlots)));
+    this.len.push(0);
+    this.touched = Math.max(this.touched, this.n);
+    return this.n - 1;
   }
 
   /** Adds a row holding `src`'s tokens; returns its index. */
   push(src: KvSource): number {
-    this.ensureRow();
-    if (src.count > this.P) this.realloc(this.rows, src.count);
-    this.len.push(0);
-    this.append(this.n - 1, src);
-    return this.n - 1;
-  }
-
-  /** Adds an empty row; returns its index. */
-  pushEmpty(): number {
-    this.ensureRow();
-    this.len.push(0);
-    return this.n - 1;
+    const r = this.pushEmpty(src.count);
+    this.append(r, src);
+    return r;
   }
 
   /** Writes `src`'s tokens after row r's last token. */
@@ -157,20 +208,12 @@ export class KvStore {
     }
     this.len.pop();
     if (this.n === 0) {
-      // an empty batch gives its memory back
+      // an empty store gives its memory back
       this.k = [];
       this.v = [];
       this.P = 0;
-      this.rows = 0;
+      this.touched = 0;
     }
     return r !== last ? last : -1;
-  }
-
-  /** The attention mask row for row r in a pass that adds T new tokens: slots, then the new ones. */
-  maskRow(r: number, T: number): number[] {
-    const m = new Array(this.P + T).fill(0);
-    for (let i = 0; i < this.len[r]; i++) m[i] = 1;
-    for (let i = 0; i < T; i++) m[this.P + i] = 1;
-    return m;
   }
 }

@@ -1,3 +1,4 @@
+import type { KvUsage } from './scheduler.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
 
 /** Messages from the main thread to the engine worker. */
@@ -21,4 +22,5 @@ export type FromWorker =
   | { type: 'event'; id: number; event: GenerateEvent }
   | { type: 'activations'; id: number; result: ActivationsResult }
   | { type: 'error'; id: number; error: WireError }
+  | { type: 'kv'; usage: KvUsage }
   | { type: 'closed' };

@@ -5,6 +5,7 @@ import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import type { KvShape } from './kv.js';
+import { sizeClasses } from './kv-budget.js';
 import { modelInfo } from './model-info.js';
 import type { ModelInfo } from './types.js';
 
@@ -21,13 +22,24 @@ export interface RunnerOptions {
 /** The serving variant of the graph, beside model.safetensors (see graph.ts). */
 export const SERVE_GRAPH = 'model.serve.onnx';
 
+/** One cache group's rows, in batch order: [rows, n_head, P, head_dim] per layer (views; rows may be 0). */
+export interface PastGroup {
+  k: Float32Array[];
+  v: Float32Array[];
+  P: number;
+  rows: number;
+}
+
 export interface ForwardInput {
-  /** [B][T] token ids, [B][P+T] mask (1 real, 0 padding), [B][T] positions. */
+  /** [B][T] token ids, each row's real tokens first (right-padded), and their positions. */
   ids: number[][];
-  mask: number[][];
   pos: number[][];
-  /** [B, n_head, P, head_dim] per layer, or none for P = 0 (masked slots allowed). */
-  past?: { k: Float32Array[]; v: Float32Array[]; P: number };
+  /** [B] real new tokens of each row. */
+  newLen: number[];
+  /** [B] tokens each row already holds in its group's cache. */
+  pastLen: number[];
+  /** The cache groups, rows in batch order (Σ rows = B); missing groups are empty; none: all rows in group 0 with nothing cached. */
+  groups: PastGroup[];
   /** Per hook point: [B, T, H] or null (a broadcast zero). */
   steer: (Float32Array | null)[];
   /** Hook points whose resid.{l} to fetch. */
@@ -35,7 +47,7 @@ export interface ForwardInput {
 }
 
 export interface ForwardOutput {
-  /** [B, V] */
+  /** [B, V]: each row's logits at its last real token. */
   lastLogits: Float32Array;
   /** [B]: log-sum-exp of each row of `lastLogits`. */
   lastLse: Float32Array;
@@ -52,6 +64,9 @@ const i64 = (rows: number[][]) => {
   for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) a[b * T + t] = BigInt(rows[b][t]);
   return new ort.Tensor('int64', a, [B, T]);
 };
+const i64v = (v: number[]) => new ort.Tensor('int64', BigInt64Array.from(v, BigInt), [v.length]);
+
+const EMPTY = new Float32Array(0);
 
 export class ModelRunner {
   readonly kv: KvShape;
@@ -63,6 +78,8 @@ export class ModelRunner {
     private readonly session: ort.InferenceSession,
     readonly info: ModelInfo,
     readonly tokenizer: Gpt2Tokenizer,
+    /** Cache groups of the serving graph. */
+    readonly groups: number,
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
     this.fetches = ['last_logits', 'last_lse'];
@@ -72,7 +89,9 @@ export class ModelRunner {
   static async open(opts: RunnerOptions): Promise<ModelRunner> {
     const ck = openCheckpoint(opts.model);
     const tokenizer = Gpt2Tokenizer.fromDir(opts.model);
-    buildGraph(opts.model, { serving: true, fileName: SERVE_GRAPH });
+    // one cache group per size class the context allows (kv-budget.ts)
+    const groups = sizeClasses(ck.config.n_positions).length;
+    buildGraph(opts.model, { serving: { groups }, fileName: SERVE_GRAPH });
     const provider = opts.provider ?? 'cpu';
     const known = ort.listSupportedBackends().map((b) => b.name);
     if (!known.includes(provider)) {
@@ -100,24 +119,31 @@ export class ModelRunner {
       );
     }
     const info = modelInfo(ck, provider);
-    return new ModelRunner(session, info, tokenizer);
+    return new ModelRunner(session, info, tokenizer, groups);
   }
 
   async forward(inp: ForwardInput): Promise<ForwardOutput> {
-    const B = inp.ids.length;
     const { nLayer, nHead, headDim } = this.kv;
-    const P = inp.past?.P ?? 0;
+    const B = inp.ids.length;
+    const T = inp.ids[0].length;
+    // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots
+    const groups = inp.groups.length ? inp.groups : [{ k: [], v: [], P: 0, rows: B }];
     const feeds: Record<string, ort.Tensor> = {
       input_ids: i64(inp.ids),
-      attention_mask: i64(inp.mask),
       position_ids: i64(inp.pos),
+      new_len: i64v(inp.newLen),
+      past_len: i64v(inp.pastLen),
+      group_rows: i64v(Array.from({ length: this.groups }, (_, g) => groups[g]?.rows ?? 0)),
       logits_all: this.lastOnly,
     };
-    const T = inp.ids[0].length;
-    const empty = new Float32Array(0);
-    for (let l = 0; l < nLayer; l++) {
-      feeds[`past.${l}.key`] = new ort.Tensor('float32', inp.past?.k[l] ?? empty, [B, nHead, P, headDim]);
-      feeds[`past.${l}.value`] = new ort.Tensor('float32', inp.past?.v[l] ?? empty, [B, nHead, P, headDim]);
+    for (let g = 0; g < this.groups; g++) {
+      const grp = groups[g];
+      const dims = [grp?.rows ?? 0, nHead, grp?.P ?? 0, headDim];
+      const has = grp && grp.rows > 0 && grp.P > 0;
+      for (let l = 0; l < nLayer; l++) {
+        feeds[`past.${l}.${g}.key`] = new ort.Tensor('float32', has ? grp.k[l] : EMPTY, dims);
+        feeds[`past.${l}.${g}.value`] = new ort.Tensor('float32', has ? grp.v[l] : EMPTY, dims);
+      }
     }
     for (let l = 0; l <= nLayer; l++) {
       const s = inp.steer[l];

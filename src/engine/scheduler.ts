@@ -2,8 +2,9 @@ import { randomInt } from 'node:crypto';
 import { SteerdError, UnprocessableError } from '../errors.js';
 import { seed32 } from '../util/rng.js';
 import { TextStream } from './detok.js';
-import { type KvSource, KvStore } from './kv.js';
-import type { ForwardOutput, ModelRunner } from './runner.js';
+import { alignUp, type KvSource, KvStore } from './kv.js';
+import { bytesPerToken, classOf, sizeClasses } from './kv-budget.js';
+import type { ForwardOutput, ModelRunner, PastGroup } from './runner.js';
 import { Sampler } from './sampler.js';
 import { buildSteer, type RowSteering } from './steer.js';
 import type { ActivationsRequest, ActivationsResult, FinishReason, GenerateEvent, GenerateRequest } from './types.js';
@@ -15,9 +16,22 @@ export interface SchedulerOptions {
   /**
    * Prompt tokens prefilled per scheduler step at most (padding counted). A longer prompt is
    * prefilled in chunks of this size, one chunk per step, so running rows wait at most one chunk
-   * between two of their tokens. Default 256.
+   * between two of their tokens. The chunks start at fixed positions (multiples of this), so a
+   * prompt's numbers never depend on the load. Default 256.
    */
   tokenBudget?: number;
+  /** Tokens of KV cache, all rows together (kv-budget.ts). Default: batch capacity × context. */
+  kvCacheTokens?: number;
+}
+
+/** What the scheduler reports of its KV cache. */
+export interface KvUsage {
+  /** Tokens reserved by admitted requests (their size classes). */
+  used: number;
+  /** The budget. */
+  tokens: number;
+  /** Host bytes the stores commit now. */
+  bytes: number;
 }
 
 /** What the scheduler reports to its owner (the worker posts these to the main thread). */
@@ -39,6 +53,9 @@ interface Slot {
   text: TextStream;
   seed: number;
   maxNew: number;
+  /** Size class (index into the scheduler's classes) and the tokens it reserves once admitted. */
+  kvClass: number;
+  reserved: number;
   /** Prompt tokens already in the cache (chunked prefill). */
   prefilled: number;
   /** A long prompt's cache while it is prefilled chunk by chunk. */
@@ -63,20 +80,29 @@ interface ActivationJob {
 
 const now = () => performance.timeOrigin + performance.now();
 
+/** The rows of one size class and the store that holds their cache: row r of `store` is `rows[r]`. */
+interface ClassRows {
+  store: KvStore;
+  rows: Slot[];
+}
+
 /**
  * Continuous batching: between any two decode steps, finished rows leave, waiting requests are
- * admitted and prefilled (chunked, within a token budget), and their caches join the running
- * batch's KV store (kv.ts). One `step()` = at most one prefill pass + one decode pass.
+ * admitted in order while their size class fits the KV budget (kv-budget.ts), prefilled (chunked,
+ * within a token budget), and their caches join their class's store (kv.ts). One `step()` = at most
+ * one prefill pass + one decode pass, in which each class is one cache group of the serving graph.
  */
 export class Scheduler {
   private readonly capacity: number;
-  private readonly budget: number;
+  private readonly prefillBudget: number;
+  /** KV budget in tokens, and its size classes (ascending). */
+  readonly kvTokens: number;
+  readonly classes: number[];
+  private kvUsed = 0;
   private readonly slots = new Map<number, Slot>();
   private readonly waiting: Slot[] = [];
   private readonly jobs: ActivationJob[] = [];
-  /** The running batch: row r of `batch` is `rows[r]`. */
-  private rows: Slot[] = [];
-  private batch: KvStore;
+  private byClass: ClassRows[];
 
   constructor(
     private readonly runner: ModelRunner,
@@ -84,8 +110,25 @@ export class Scheduler {
     opts: SchedulerOptions = {},
   ) {
     this.capacity = opts.batchCapacity ?? 32;
-    this.budget = opts.tokenBudget ?? 256;
-    this.batch = new KvStore(runner.kv, this.capacity, runner.info.n_positions);
+    this.prefillBudget = opts.tokenBudget ?? 256;
+    const ctx = runner.info.n_positions;
+    this.kvTokens = opts.kvCacheTokens ?? this.capacity * ctx;
+    this.classes = sizeClasses(Math.min(ctx, this.kvTokens));
+    if (this.classes.length > runner.groups)
+      throw new Error(`${this.classes.length} size classes, the graph has ${runner.groups} groups`);
+    this.byClass = this.emptyClasses();
+  }
+
+  private emptyClasses(): ClassRows[] {
+    return this.classes.map((cap) => ({
+      store: new KvStore(this.runner.kv, Math.min(this.capacity, Math.floor(this.kvTokens / cap)), cap),
+      rows: [],
+    }));
+  }
+
+  /** KV cache reserved, budget, and bytes held. */
+  get kv(): KvUsage {
+    return { used: this.kvUsed, tokens: this.kvTokens, bytes: this.byClass.reduce((a, c) => a + c.store.bytes, 0) };
   }
 
   /** Requests not finished yet (waiting, prefilling or decoding) plus pending activation jobs. */
@@ -114,11 +157,16 @@ export class Scheduler {
       text: new TextStream(this.runner.tokenizer, req.stop ?? []),
       seed,
       maxNew: req.max_new_tokens ?? 64,
+      kvClass: 0,
+      reserved: 0,
       prefilled: 0,
       generated: [],
       cancelled: false,
       submitted: now(),
     };
+    // validation refused requests that can never fit (validate.ts)
+    slot.kvClass = classOf(this.classes, req.prompt.length + slot.maxNew);
+    if (slot.kvClass < 0) throw new Error(`request of ${req.prompt.length + slot.maxNew} tokens beyond the KV budget`);
     this.slots.set(id, slot);
     this.waiting.push(slot);
   }
@@ -137,8 +185,8 @@ export class Scheduler {
     this.slots.clear();
     this.waiting.length = 0;
     this.jobs.length = 0;
-    this.rows = [];
-    this.batch = new KvStore(this.runner.kv, this.capacity, this.runner.info.n_positions);
+    this.kvUsed = 0;
+    this.byClass = this.emptyClasses();
   }
 
   /** One scheduling step; returns false when there was nothing to do. */
@@ -147,8 +195,16 @@ export class Scheduler {
     this.retireCancelled();
     const job = this.jobs.shift();
     if (job) await this.runActivations(job);
+    // admit in order while the next request's size class fits: a large request that waits is not
+    // overtaken by smaller ones, so it cannot starve
     while (this.waiting.length && this.slots.size - this.waiting.length < this.capacity) {
-      this.waiting.shift()!.state = 'prefill';
+      const next = this.waiting[0];
+      const need = this.classes[next.kvClass];
+      if (this.kvUsed + need > this.kvTokens) break;
+      this.waiting.shift();
+      next.state = 'prefill';
+      next.reserved = need;
+      this.kvUsed += need;
     }
     await this.prefill();
     await this.decode();
@@ -168,79 +224,84 @@ export class Scheduler {
     const candidates = [...this.slots.values()].filter((s) => s.state === 'prefill');
     if (!candidates.length) return;
     const first = candidates[0];
-    const remaining = (s: Slot) => s.req.prompt.length - s.prefilled;
-    if (first.prefilled > 0 || remaining(first) > this.budget) {
+    if (first.prefilled > 0 || first.req.prompt.length > this.prefillBudget) {
       await this.prefillChunk(first);
       return;
     }
     const group: Slot[] = [];
     let T = 0;
     for (const s of candidates) {
-      if (s.prefilled > 0) continue;
-      const t = Math.max(T, remaining(s));
-      if ((group.length + 1) * t > this.budget) break;
+      if (s.prefilled > 0 || s.req.prompt.length > this.prefillBudget) continue;
+      const t = Math.max(T, alignUp(s.req.prompt.length));
+      if (group.length && (group.length + 1) * t > this.prefillBudget) break;
       group.push(s);
       T = t;
     }
     await this.prefillGroup(group, T);
   }
 
-  /** Whole prompts of several new rows in one left-padded pass (P = 0). */
+  /** Whole prompts of several new rows in one right-padded pass (nothing cached yet). */
   private async prefillGroup(group: Slot[], T: number): Promise<void> {
-    const eos = this.runner.info.eos_token_id;
-    const ids: number[][] = [];
-    const mask: number[][] = [];
-    const pos: number[][] = [];
-    for (const s of group) {
-      s.started ??= now();
-      const p = s.req.prompt;
-      const pad = T - p.length;
-      ids.push([...new Array(pad).fill(eos), ...p]);
-      mask.push([...new Array(pad).fill(0), ...new Array(p.length).fill(1)]);
-      pos.push([...new Array(pad).fill(-1), ...p.map((_, i) => i)]);
-    }
-    const steer = buildSteer(
-      group.map((s) => s.steering),
-      pos,
-      this.runner.info.n_layer,
-      this.runner.info.n_embd,
-    );
-    const out = await this.runner.forward({ ids, mask, pos: pos.map((r) => r.map((p) => Math.max(p, 0))), steer });
+    const prompts = group.map((s) => s.req.prompt);
+    for (const s of group) s.started ??= now();
+    const positions = prompts.map((p) => p.map((_, i) => i));
+    const out = await this.runner.forward({
+      ...padRows(prompts, positions, T),
+      newLen: prompts.map((p) => p.length),
+      pastLen: prompts.map(() => 0),
+      groups: [],
+      steer: this.steer(group, positions, T),
+    });
     group.forEach((s, b) => {
       const L = s.req.prompt.length;
       s.prefilled = L;
-      s.source = { k: out.fresh.k, v: out.fresh.v, S: T, b, from: T - L, count: L }; // right-aligned
+      s.source = { k: out.fresh.k, v: out.fresh.v, S: T, b, from: 0, count: L };
       this.afterPrefill(s, out, b);
     });
   }
 
-  /** The next chunk of one row's prompt, on top of its cache so far (free slots masked). */
+  /**
+   * The next chunk of one row's prompt, on top of its cache so far. Chunks start at multiples of
+   * the prefill budget whatever else is running, so a long prompt is always cut the same way.
+   */
   private async prefillChunk(s: Slot): Promise<void> {
     s.started ??= now();
     const L = s.req.prompt.length;
     if (!s.staging) {
-      s.staging = new KvStore(this.runner.kv, 1, L);
-      s.staging.reserve(L);
-      s.staging.pushEmpty();
+      s.staging = new KvStore(this.runner.kv, 1, this.classes[s.kvClass]);
+      s.staging.pushEmpty(L);
     }
     const from = s.prefilled;
-    const to = Math.min(L, from + this.budget);
-    const chunk = s.req.prompt.slice(from, to);
-    const positions = [chunk.map((_, i) => from + i)];
+    const to = Math.min(L, from + this.prefillBudget);
+    const chunk = [s.req.prompt.slice(from, to)];
+    const positions = [chunk[0].map((_, i) => from + i)];
+    const T = alignUp(chunk[0].length);
     const out = await this.runner.forward({
-      ids: [chunk],
-      mask: [s.staging.maskRow(0, chunk.length)],
-      pos: positions,
-      past: s.staging.past(),
-      steer: buildSteer([s.steering], positions, this.runner.info.n_layer, this.runner.info.n_embd),
+      ...padRows(chunk, positions, T),
+      newLen: [chunk[0].length],
+      pastLen: [from],
+      groups: [s.staging.past()],
+      steer: this.steer([s], positions, T),
     });
-    s.staging.append(0, { k: out.fresh.k, v: out.fresh.v, S: chunk.length, b: 0, from: 0, count: chunk.length });
+    s.staging.append(0, { k: out.fresh.k, v: out.fresh.v, S: T, b: 0, from: 0, count: chunk[0].length });
     s.prefilled = to;
     if (to === L) {
       s.source = { k: s.staging.k, v: s.staging.v, S: s.staging.P, b: 0, from: 0, count: L };
       s.staging = undefined;
       this.afterPrefill(s, out, 0);
     }
+  }
+
+  /** The `steer.{l}` inputs of a pass: rows' interventions at their tokens' positions (padding: none). */
+  private steer(rows: Slot[], positions: number[][], T: number) {
+    const padded = positions.map((p) => [...p, ...new Array(T - p.length).fill(-1)]);
+    const { n_layer, n_embd } = this.runner.info;
+    return buildSteer(
+      rows.map((s) => s.steering),
+      padded,
+      n_layer,
+      n_embd,
+    );
   }
 
   /** The prompt is in the cache: sample the first token and join the running batch. */
@@ -289,8 +350,10 @@ export class Scheduler {
 
   /** Ends a row with an error instead of a done event; its cache is zeroed (it may hold NaNs). */
   private abort(s: Slot, e: SteerdError): void {
-    const r = this.rows.indexOf(s);
-    if (r >= 0) this.batch.zero(r);
+    const c = this.byClass[s.kvClass];
+    const r = c.rows.indexOf(s);
+    if (r >= 0) c.store.zero(r);
+    this.release(s);
     s.state = 'done';
     s.source = undefined;
     s.staging = undefined;
@@ -298,8 +361,15 @@ export class Scheduler {
     this.sink.error(s.id, e);
   }
 
+  /** Gives back an admitted request's KV reservation. */
+  private release(s: Slot): void {
+    this.kvUsed -= s.reserved;
+    s.reserved = 0;
+  }
+
   private finish(s: Slot, reason: FinishReason): void {
     if (s.state === 'done') return;
+    this.release(s);
     s.state = 'done';
     s.source = undefined;
     s.staging = undefined;
@@ -321,42 +391,70 @@ export class Scheduler {
     });
   }
 
-  /** Rows that finished leave the running batch, new ones join, then one decode step for all. */
+  /**
+   * Rows that finished leave their class's store, new ones join, then one decode step for all: the
+   * batch is the classes' rows in class order, each class one cache group of the pass.
+   */
   private async decode(): Promise<void> {
-    const batch = this.batch;
-    for (let r = this.rows.length - 1; r >= 0; r--) {
-      if (this.rows[r].state === 'decoding') continue;
-      if (batch.remove(r) >= 0) this.rows[r] = this.rows[this.rows.length - 1];
-      this.rows.pop();
+    for (const c of this.byClass) {
+      for (let r = c.rows.length - 1; r >= 0; r--) {
+        if (c.rows[r].state === 'decoding') continue;
+        if (c.store.remove(r) >= 0) c.rows[r] = c.rows[c.rows.length - 1];
+        c.rows.pop();
+      }
     }
+    this.limitMemory();
     for (const s of this.slots.values()) {
       if (s.state !== 'decoding' || !s.source) continue;
-      batch.push(s.source);
-      this.rows.push(s);
+      const c = this.byClass[s.kvClass];
+      c.store.push(s.source);
+      c.rows.push(s);
       s.source = undefined;
     }
-    const rows = this.rows;
+    const rows = this.byClass.flatMap((c) => c.rows);
     if (!rows.length) return;
-    batch.reserve(Math.max(...batch.len) + 1);
-    const positions = batch.len.map((n) => [n]); // the new token's position = tokens already cached
+    const groups: PastGroup[] = [];
+    const positions: number[][] = [];
+    for (const c of this.byClass) {
+      if (c.rows.length) c.store.reserve(Math.max(...c.store.len) + 1);
+      groups.push(c.store.past());
+      for (const n of c.store.len) positions.push([n]); // the new token's position = tokens already cached
+    }
     const out = await this.runner.forward({
       ids: rows.map((s) => [s.next!]),
-      mask: rows.map((_, r) => batch.maskRow(r, 1)),
       pos: positions,
-      past: batch.past(),
-      steer: buildSteer(
-        rows.map((s) => s.steering),
-        positions,
-        this.runner.info.n_layer,
-        this.runner.info.n_embd,
-      ),
+      newLen: rows.map(() => 1),
+      pastLen: positions.map(([n]) => n),
+      groups,
+      steer: this.steer(rows, positions, 1),
     });
     const V = this.runner.info.vocab_size;
-    for (const [r, s] of rows.entries()) {
-      batch.append(r, { k: out.fresh.k, v: out.fresh.v, S: 1, b: r, from: 0, count: 1 });
-      if (s.state !== 'decoding') continue;
-      if (s.cancelled) this.finish(s, 'cancelled');
-      else this.accept(s, out.lastLogits.subarray(r * V, (r + 1) * V), out.lastLse[r]);
+    let b = 0;
+    for (const c of this.byClass) {
+      // accept() may end a row (its store keeps it until the next step): index by a copy
+      for (const [r, s] of [...c.rows].entries()) {
+        c.store.append(r, { k: out.fresh.k, v: out.fresh.v, S: 1, b, from: 0, count: 1 });
+        if (s.state === 'decoding') {
+          if (s.cancelled) this.finish(s, 'cancelled');
+          else this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V), out.lastLse[b]);
+        }
+        b++;
+      }
+    }
+  }
+
+  /**
+   * Keeps the pages the stores commit within the budget: rows that left leave their pages written
+   * until a store is reallocated, so the stores with the most such slack are compacted first.
+   */
+  private limitMemory(): void {
+    const limit = this.kvTokens * bytesPerToken(this.runner.kv);
+    const stores = this.byClass.map((c) => c.store);
+    let bytes = stores.reduce((a, st) => a + st.bytes, 0);
+    for (const st of [...stores].sort((a, b) => b.slack - a.slack)) {
+      if (bytes <= limit || st.slack === 0) break;
+      bytes -= st.slack;
+      st.compact();
     }
   }
 
@@ -368,18 +466,21 @@ export class Scheduler {
       const positions = [req.prompt.map((_, i) => i)];
       const steering = { interventions: req.interventions ?? [], promptLength: T };
       const layers = [...new Set(req.layers)];
+      const Tp = alignUp(T);
+      const padded = [[...positions[0], ...new Array(Tp - T).fill(-1)]];
       const out = await this.runner.forward({
-        ids: [req.prompt],
-        mask: [new Array(T).fill(1)],
-        pos: positions,
-        steer: buildSteer([steering], positions, this.runner.info.n_layer, H),
+        ...padRows([req.prompt], positions, Tp),
+        newLen: [T],
+        pastLen: [0],
+        groups: [],
+        steer: buildSteer([steering], padded, this.runner.info.n_layer, H),
         resid: layers,
       });
       const reduce = req.reduce ?? 'none';
       const activations: Record<number, Float32Array> = {};
       for (const l of layers) {
-        const all = out.resid.get(l)!; // [1, T, H]
-        if (reduce === 'none') activations[l] = all;
+        const all = out.resid.get(l)!.subarray(0, T * H); // [1, T, H] of [1, Tp, H]
+        if (reduce === 'none') activations[l] = all.slice();
         else if (reduce === 'last') activations[l] = all.slice((T - 1) * H, T * H);
         else {
           const sum = new Float64Array(H);
@@ -395,4 +496,10 @@ export class Scheduler {
       );
     }
   }
+}
+
+/** Token ids and positions right-padded to T (padding: token 0 at position 0, never attended). */
+function padRows(ids: number[][], positions: number[][], T: number) {
+  const pad = (r: number[]) => [...r, ...new Array(T - r.length).fill(0)];
+  return { ids: ids.map(pad), pos: positions.map(pad) };
 }

@@ -117,4 +117,17 @@ export interface ModelInfo {
   fingerprint: string;
   /** Execution provider in use. */
   provider: string;
+  /** The engine's KV cache (absent where no engine runs: an API process in Redis mode). */
+  kv_cache?: KvCacheInfo;
+}
+
+export interface KvCacheInfo {
+  /** Tokens of keys and values held at once, all rows together (the budget). */
+  tokens: number;
+  /** Bytes of keys and values per token, all layers. */
+  bytes_per_token: number;
+  /** `host` (fed to every session run) or `device` (kept on the accelerator). */
+  location: 'host' | 'device';
+  /** Size classes a request's prompt + max_new_tokens is rounded up to when it is admitted. */
+  classes: number[];
 }

@@ -1,4 +1,5 @@
 import { BadRequestError, UnprocessableError } from '../errors.js';
+import { classOf } from './kv-budget.js';
 import type { ActivationsRequest, GenerateRequest, Intervention, ModelInfo } from './types.js';
 
 /**
@@ -69,6 +70,13 @@ export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxConte
   if (prompt.length + n > maxContext) {
     throw new UnprocessableError(
       `prompt (${prompt.length} tokens) + max_new_tokens (${n}) exceeds the context (${maxContext})`,
+    );
+  }
+  const kv = info.kv_cache;
+  if (kv && classOf(kv.classes, prompt.length + n) < 0) {
+    throw new UnprocessableError(
+      `prompt (${prompt.length} tokens) + max_new_tokens (${n}) needs ${prompt.length + n} tokens of KV cache, more than the engine holds (kv_cache_tokens: ${kv.tokens})`,
+      { kv_cache_tokens: kv.tokens, needed: prompt.length + n },
     );
   }
   const t = req.temperature ?? 1;

@@ -1,5 +1,6 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { SteerdError } from '../errors.js';
+import { bytesPerToken, type KvBudgetOptions, kvBudget } from './kv-budget.js';
 import type { FromWorker, ToWorker, WireError } from './protocol.js';
 import { ModelRunner, type RunnerOptions } from './runner.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
@@ -15,7 +16,7 @@ const wire = (e: unknown): WireError =>
     ? { message: e.message, status: e.status, code: e.code }
     : { message: (e as Error)?.message ?? String(e), status: 500, code: 'engine_error' };
 
-const opts = workerData as RunnerOptions & SchedulerOptions;
+const opts = workerData as RunnerOptions & SchedulerOptions & KvBudgetOptions;
 let runner: ModelRunner;
 try {
   runner = await ModelRunner.open(opts);
@@ -23,6 +24,9 @@ try {
   post({ type: 'start-error', error: wire(e) });
   process.exit(0);
 }
+
+// the budget is measured after the weights are loaded: what is left is what the cache can have
+const kvCacheTokens = kvBudget(opts, runner.kv, (opts.batchCapacity ?? 32) * runner.info.n_positions);
 
 const inFlight = new Set<number>();
 const scheduler = new Scheduler(
@@ -44,8 +48,18 @@ const scheduler = new Scheduler(
       post({ type: 'error', id, error: wire(e) });
     },
   },
-  opts,
+  { ...opts, kvCacheTokens },
 );
+const info = {
+  ...runner.info,
+  kv_cache: {
+    tokens: scheduler.kvTokens,
+    bytes_per_token: bytesPerToken(runner.kv),
+    location: 'host' as const,
+    classes: scheduler.classes,
+  },
+};
+let reported = -1;
 
 let closing = false;
 let wake: (() => void) | undefined;
@@ -60,12 +74,16 @@ port.on('message', (m: ToWorker) => {
   else if (m.type === 'close') closing = true;
   wake?.();
 });
-post({ type: 'ready', info: runner.info });
+post({ type: 'ready', info });
 
 for (;;) {
   let worked: boolean;
   try {
     worked = await scheduler.step();
+    if (scheduler.kv.used !== reported) {
+      reported = scheduler.kv.used;
+      post({ type: 'kv', usage: scheduler.kv });
+    }
   } catch (e) {
     // A failed forward pass fails the requests in flight, not the engine.
     for (const id of inFlight) post({ type: 'error', id, error: wire(e) });

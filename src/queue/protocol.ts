@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis';
 import type {
   ActivationsRequest,
   ActivationsResult,
@@ -109,3 +110,20 @@ export const activationsFromWire = (w: WireActivations): ActivationsResult => ({
   rows: w.rows,
   activations: Object.fromEntries(Object.entries(w.activations_b64).map(([l, s]) => [l, f32(s)])),
 });
+
+/** A worker's KV cache report ({used, tokens}, JSON), refreshed while it runs: /metrics sums them. */
+export const kvKey = (prefix: string, worker: string) => `${prefix}kv:${worker}`;
+export const KV_TTL_MS = 15_000;
+
+/** Every live worker's KV cache report. */
+export async function workerKvReports(redis: Redis, prefix: string): Promise<{ used: number; tokens: number }[]> {
+  const keys: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, found] = await redis.scan(cursor, 'MATCH', kvKey(prefix, '*'), 'COUNT', 100);
+    cursor = next;
+    keys.push(...found);
+  } while (cursor !== '0');
+  if (!keys.length) return [];
+  return (await redis.mget(keys)).flatMap((v) => (v ? [JSON.parse(v) as { used: number; tokens: number }] : []));
+}

@@ -1,6 +1,8 @@
+import { randomUUID } from 'node:crypto';
 import { type Job, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Engine } from '../engine/engine.js';
+import { classOf } from '../engine/kv-budget.js';
 import type { DoneEvent } from '../engine/types.js';
 import { SteerdError } from '../errors.js';
 import {
@@ -9,6 +11,8 @@ import {
   cancelChannel,
   cancelKey,
   type JobData,
+  KV_TTL_MS,
+  kvKey,
   queueName,
   type WireFailure,
 } from './protocol.js';
@@ -35,6 +39,7 @@ export interface QueueWorkerOptions {
  */
 export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
   const prefix = o.prefix ?? 'steerd:';
+  const workerId = randomUUID();
   const active = new Map<string, AbortController>();
   const sub = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
   sub.on('error', () => undefined);
@@ -44,9 +49,32 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
   data.on('error', () => undefined);
   const vectors = new VectorCache(data, prefix, engine.info.n_embd);
 
+  // Take no more jobs than the engine can admit: the KV cache the jobs taken reserve (their size
+  // classes, kv-budget.ts) is counted, and another job is taken only while what is left holds the
+  // smallest class. A job larger than what is left waits in this worker's engine, in order.
+  const kv = engine.info.kv_cache!;
+  const reserved = new Map<string, number>();
+  const admit = () => {
+    const free = kv.tokens - [...reserved.values()].reduce((a, n) => a + n, 0);
+    worker.concurrency = Math.max(1, Math.min(o.concurrency, reserved.size + (free >= kv.classes[0] ? 1 : 0)));
+  };
+  const reserve = (d: JobData) => {
+    if (d.kind !== 'generate') return 0; // a prompt pass holds no cache
+    const n = d.req.prompt.length + (d.req.max_new_tokens ?? 64);
+    return kv.classes[classOf(kv.classes, n)] ?? n;
+  };
+  const reportKv = () =>
+    data
+      .set(kvKey(prefix, workerId), JSON.stringify({ used: engine.kvUsage.used, tokens: kv.tokens }), 'PX', KV_TTL_MS)
+      .catch(() => undefined);
+  const kvTimer = setInterval(reportKv, KV_TTL_MS / 3);
+  engine.onKvUsage = reportKv;
+
   const processor = async (job: Job<JobData>) => {
     const ac = new AbortController();
     active.set(job.id!, ac);
+    reserved.set(job.id!, reserve(job.data));
+    admit();
     try {
       if (await data.exists(cancelKey(prefix, job.id!))) ac.abort(); // cancelled before it got here
       const interventions = await vectors.resolve(job.data.req.interventions);
@@ -71,12 +99,14 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
       throw e;
     } finally {
       active.delete(job.id!);
+      reserved.delete(job.id!);
+      admit();
     }
   };
   const worker = new Worker<JobData>(queueName(engine.info.fingerprint), processor, {
     connection: { url: o.redisUrl, maxRetriesPerRequest: null } as never,
     prefix: bullPrefix(prefix),
-    concurrency: o.concurrency,
+    concurrency: Math.min(o.concurrency, Math.max(1, Math.floor(kv.tokens / kv.classes[0]))),
     lockDuration: o.lockDuration ?? 30_000,
     stalledInterval: o.stalledInterval ?? 30_000,
   });
@@ -86,7 +116,9 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
     worker,
     /** Stops taking jobs, lets the active ones finish, then disconnects. */
     async close() {
+      clearInterval(kvTimer);
       await worker.close();
+      await data.del(kvKey(prefix, workerId)).catch(() => undefined);
       sub.disconnect();
       data.disconnect();
     },

@@ -100,3 +100,89 @@ export function range(a: ArrayLike<number>[]): number {
     }
   return hi - lo;
 }
+
+/** One cache group of the serving graph: [rows, n_head, P, head_dim] per layer. */
+export interface ServeGroup {
+  rows: number;
+  P: number;
+  k: Float32Array[];
+  v: Float32Array[];
+}
+
+export interface ServeInput {
+  /** [B][T] right-padded ids and positions. */
+  ids: number[][];
+  pos: number[][];
+  newLen: number[];
+  pastLen: number[];
+  /** G groups (rows in batch order). */
+  groups: ServeGroup[];
+  steer?: (RefSteer | undefined)[];
+  logitsAll?: boolean;
+}
+
+/** Feeds the serving graph (serve-graph.ts) by its names. */
+export async function runServe(s: ort.InferenceSession, d: Dims, inp: ServeInput, fetch?: string[]) {
+  const B = inp.ids.length;
+  const T = inp.ids[0].length;
+  const H = d.nEmbd;
+  const hd = H / d.nHead;
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: i64(inp.ids),
+    position_ids: i64(inp.pos),
+    new_len: new ort.Tensor('int64', BigInt64Array.from(inp.newLen, BigInt), [B]),
+    past_len: new ort.Tensor('int64', BigInt64Array.from(inp.pastLen, BigInt), [B]),
+    group_rows: new ort.Tensor(
+      'int64',
+      BigInt64Array.from(inp.groups, (g) => BigInt(g.rows)),
+      [inp.groups.length],
+    ),
+    logits_all: new ort.Tensor('bool', Uint8Array.of(inp.logitsAll ? 1 : 0), []),
+  };
+  for (let l = 0; l < d.nLayer; l++) {
+    for (const [x, g] of inp.groups.entries()) {
+      feeds[`past.${l}.${x}.key`] = new ort.Tensor('float32', g.k[l] ?? new Float32Array(0), [
+        g.rows,
+        d.nHead,
+        g.P,
+        hd,
+      ]);
+      feeds[`past.${l}.${x}.value`] = new ort.Tensor('float32', g.v[l] ?? new Float32Array(0), [
+        g.rows,
+        d.nHead,
+        g.P,
+        hd,
+      ]);
+    }
+  }
+  for (let l = 0; l <= d.nLayer; l++) {
+    const data = new Float32Array(B * T * H);
+    let used = false;
+    for (let b = 0; b < B; b++) {
+      const f = inp.steer?.[b];
+      if (!f) continue;
+      for (let t = 0; t < inp.newLen[b]; t++) {
+        const v = f(l, inp.pos[b][t]);
+        if (!v) continue;
+        used = true;
+        for (let i = 0; i < H; i++) data[(b * T + t) * H + i] = v[i];
+      }
+    }
+    feeds[`steer.${l}`] = used
+      ? new ort.Tensor('float32', data, [B, T, H])
+      : new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
+  }
+  return s.run(feeds, fetch ?? s.outputNames);
+}
+
+/** Right-pads rows of token ids to T: ids, positions (padding: id 0 at position 0) and lengths. */
+export function rightPad(rows: number[][], T = Math.max(...rows.map((r) => r.length))) {
+  return {
+    ids: rows.map((r) => [...r, ...Array(T - r.length).fill(0)]),
+    pos: rows.map((r) => [...r.map((_, i) => i), ...Array(T - r.length).fill(0)]),
+    newLen: rows.map((r) => r.length),
+  };
+}
+
+/** An empty cache group. */
+export const noCache = (rows = 0): ServeGroup => ({ rows, P: 0, k: [], v: [] });

@@ -1,0 +1,106 @@
+import { basename } from 'node:path';
+import type { Checkpoint } from './checkpoint.js';
+import { DataType } from './onnx-proto.js';
+import { float, type GraphWriter, int, ints, str } from './onnx-writer.js';
+
+/**
+ * The GPT-2 transformer both graphs share (graph.ts: the contract graph; serve-graph.ts: the
+ * engine's serving variant): embeddings, the blocks with their `steer.{l}` hooks and `resid.{l}`
+ * outputs, and ln_f. Attention is the caller's: the two graphs hold the KV cache differently.
+ */
+
+/** Recorded in the graphs' metadata; informational (rebuilds are decided by content). */
+export const BUILDER_VERSION = '2';
+export const OPSET = 21;
+export const IR_VERSION = 10;
+
+/** Per layer: the new tokens' queries (pre-scaled by 1/√hd), keys and values, each [B, nh, T, hd]. */
+export interface AttentionInput {
+  layer: number;
+  q: string;
+  k: string;
+  v: string;
+}
+
+export interface Body {
+  /** ln_f's output: [B, T, H]. */
+  hf: string;
+  /** Weight lookup: an external initializer pointing into model.safetensors. */
+  W(name: string): string;
+  /** The unembedding: `wte` (GPT-2 ties it) or the checkpoint's own `lm_head`. */
+  head: string;
+}
+
+export function gpt2Body(
+  g: GraphWriter,
+  ck: Checkpoint,
+  /** Returns the attention context [B, nh, T, hd] of layer `layer`. */
+  attend: (a: AttentionInput) => string,
+  /** Names the new keys and values of layer l (the serving graph outputs them). */
+  kvName?: (l: number, kind: 'key' | 'value') => string,
+): Body {
+  const c = ck.config;
+  const H = c.n_embd;
+  const nh = c.n_head;
+  const hd = H / nh;
+  const location = basename(ck.weightsFile);
+  const W = (name: string): string => {
+    const e = ck.params.get(name);
+    if (!e) throw new Error(`missing parameter ${name}`);
+    return g.external(name, e.shape, location, e.offset, e.length);
+  };
+  // Any rank up to 3 that broadcasts against [B, T, H]; the shape is left open on purpose.
+  for (let l = 0; l <= c.n_layer; l++) g.input(`steer.${l}`, DataType.FLOAT);
+  for (let l = 0; l <= c.n_layer; l++) g.output(`resid.${l}`, DataType.FLOAT, ['batch', 'seq', H]);
+
+  const headShape = g.constI('c.head_shape', [0, 0, nh, hd]); // [B, T, H] -> [B, T, nh, hd]
+  const mergeShape = g.constI('c.merge_shape', [0, 0, H]); // [B, T, nh, hd] -> [B, T, H]
+  const qScale = g.constF('c.q_scale', [1 / Math.sqrt(hd)], []);
+
+  // --- embeddings
+  const tok = g.op1('Gather', [W('wte.weight'), 'input_ids']); // [B, T, H]
+  const pos = g.op1('Gather', [W('wpe.weight'), 'position_ids']); // [B, T, H]
+  let x = g.op1('Add', [tok, pos]); // [B, T, H]
+
+  const ln = (input: string, prefix: string) =>
+    g.op1(
+      'LayerNormalization',
+      [input, W(`${prefix}.weight`), W(`${prefix}.bias`)],
+      [int('axis', -1), float('epsilon', c.layer_norm_epsilon)],
+    );
+  // HF's GPT-2 uses Conv1D layers whose weights are stored [in, out]: x @ W needs no transpose.
+  const linear = (input: string, prefix: string) =>
+    g.op1('Add', [g.op1('MatMul', [input, W(`${prefix}.weight`)]), W(`${prefix}.bias`)]);
+  const heads = (t: string, name?: string) =>
+    g.op1('Transpose', [g.op1('Reshape', [t, headShape])], [ints('perm', [0, 2, 1, 3])], name); // [B, nh, T, hd]
+
+  for (let l = 0; l < c.n_layer; l++) {
+    const p = `h.${l}`;
+    x = g.op1('Add', [x, `steer.${l}`], [], `resid.${l}`); // [B, T, H] hook l, after steering
+    const a = ln(x, `${p}.ln_1`); // [B, T, H]
+    const qkv = linear(a, `${p}.attn.c_attn`); // [B, T, 3H]
+    const [q, k, v] = g.op('Split', [qkv], [int('axis', 2), int('num_outputs', 3)], 3); // 3 x [B, T, H]
+    const ctx = attend({
+      layer: l,
+      q: g.op1('Mul', [heads(q), qScale]), // [B, nh, T, hd]
+      k: heads(k, kvName?.(l, 'key')), // [B, nh, T, hd]
+      v: heads(v, kvName?.(l, 'value')), // [B, nh, T, hd]
+    });
+    const merged = g.op1('Reshape', [g.op1('Transpose', [ctx], [ints('perm', [0, 2, 1, 3])]), mergeShape]); // [B, T, H]
+    x = g.op1('Add', [x, linear(merged, `${p}.attn.c_proj`)]); // [B, T, H]
+    const m = ln(x, `${p}.ln_2`); // [B, T, H]
+    const hidden = g.op1('Gelu', [linear(m, `${p}.mlp.c_fc`)], [str('approximate', 'tanh')]); // [B, T, n_inner]
+    x = g.op1('Add', [x, linear(hidden, `${p}.mlp.c_proj`)]); // [B, T, H]
+  }
+  x = g.op1('Add', [x, `steer.${c.n_layer}`], [], `resid.${c.n_layer}`); // [B, T, H] before ln_f
+  // GPT-2 ties the output projection to the token embedding (logits = h @ wte^T), unless the
+  // checkpoint carries its own lm_head.
+  return { hf: ln(x, 'ln_f'), W, head: ck.tiedLmHead ? 'wte.weight' : W('lm_head.weight') };
+}
+
+/** The transposed keys [B, nh, hd, S] of a [B, nh, S, hd] tensor (ONNX Runtime fuses it into the MatMul). */
+export const keysT = (g: GraphWriter, t: string) => g.op1('Transpose', [t], [ints('perm', [0, 1, 3, 2])]);
+
+/** The most negative float32, as HF uses: masked scores vanish in softmax, and a fully masked row
+ * (a padding query) stays finite instead of becoming NaN. */
+export const MASKED = -3.4028234663852886e38;

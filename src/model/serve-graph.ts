@@ -1,0 +1,145 @@
+import type { Checkpoint } from './checkpoint.js';
+import { BUILDER_VERSION, gpt2Body, IR_VERSION, keysT, MASKED, OPSET } from './gpt2-body.js';
+import { DataType } from './onnx-proto.js';
+import { encodeModel, GraphWriter, int } from './onnx-writer.js';
+
+/**
+ * The engine's serving variant of the steerable graph (DESIGN.md §3). Same transformer, same
+ * `steer.{l}` inputs and `resid.{l}` outputs as the contract graph (graph.ts); what differs is how
+ * the KV cache is held: the engine keeps it, in size groups, and the graph never copies it.
+ *
+ *   in  input_ids, position_ids   int64 [B, T]   rows right-padded (a row's real tokens come first)
+ *   in  new_len       int64 [B]      real new tokens of each row (1..T)
+ *   in  past_len      int64 [B]      tokens each row already holds in its group's cache
+ *   in  group_rows    int64 [G]      rows of each group; the batch is ordered by group (Σ = B)
+ *   in  past.{l}.{g}.key / .value    float32 [B_g, n_head, P_g, head_dim]: group g's cache; row b
+ *                     holds its tokens at slots [0, past_len[b]), the rest is never attended
+ *   in  steer.{l}     float32, broadcastable to [B, T, n_embd]
+ *   in  logits_all    bool []        true: `logits` has every position; false: none (T' = 0)
+ *   out last_logits   float32 [B, V] logits at each row's last real token (new_len − 1)
+ *   out last_lse      float32 [B]    log-sum-exp of `last_logits` (the log-softmax normaliser)
+ *   out logits        float32 [B, T', V]
+ *   out new.{l}.key / .value         float32 [B, n_head, T, head_dim]: the new tokens' keys and values
+ *   out resid.{l}     float32 [B, T, n_embd]
+ *
+ * Batch invariance (a row's logits do not depend on what shares its batch, bit for bit): every
+ * reduction a row takes part in runs over its own data with the padding at the end. A query's scores
+ * are laid out [new tokens | cached tokens | unused cache slots]: the new tokens sit at fixed indices
+ * whatever the group's slot count P_g, and masked slots (exp → 0) only ever trail, which leaves
+ * ONNX Runtime's softmax and matrix products unchanged to the last bit (measured; the engine tests
+ * check it). Rows are split into groups by size so that a short row never attends over a long
+ * row's slots: each group has its own slot count.
+ */
+
+export interface ServeGraphOptions {
+  /** Cache groups: `past.{l}.{g}` inputs per layer, g < groups. Default 1. */
+  groups?: number;
+}
+
+export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {}): Uint8Array {
+  const c = ck.config;
+  const nh = c.n_head;
+  const hd = c.n_embd / nh;
+  const V = c.vocab_size;
+  const G = opts.groups ?? 1;
+  const g = new GraphWriter();
+  g.input('input_ids', DataType.INT64, ['batch', 'seq']);
+  g.input('position_ids', DataType.INT64, ['batch', 'seq']);
+  g.input('new_len', DataType.INT64, ['batch']);
+  g.input('past_len', DataType.INT64, ['batch']);
+  g.input('group_rows', DataType.INT64, [G]);
+  for (let l = 0; l < c.n_layer; l++) {
+    for (let k = 0; k < G; k++) {
+      g.input(`past.${l}.${k}.key`, DataType.FLOAT, [`rows_${k}`, nh, `slots_${k}`, hd]);
+      g.input(`past.${l}.${k}.value`, DataType.FLOAT, [`rows_${k}`, nh, `slots_${k}`, hd]);
+    }
+  }
+  g.input('logits_all', DataType.BOOL, []);
+
+  const zero = g.constI('c.axis0', [0]);
+  const one = g.constI('c.one', [1]);
+  const zeroS = g.constI('c.zero_scalar', [0], []);
+  const oneS = g.constI('c.one_scalar', [1], []);
+  const zeroF = g.constF('c.zero_f', [0], []);
+  const maskedF = g.constF('c.masked_f', [MASKED], []);
+
+  // --- attention bias per group, [B_g, 1, T, T + P_g], built once: a new token sees the row's real
+  // new tokens up to itself, then the row's cached tokens.
+  const T = g.op1('Shape', ['input_ids'], [int('start', 1), int('end', 2)]); // [1]
+  const j = g.op1('Range', [zeroS, g.op1('Squeeze', [T, zero]), oneS]); // [T]
+  const causal = g.op1('LessOrEqual', [g.op1('Unsqueeze', [j, zero]), g.op1('Unsqueeze', [j, one])]); // [T(query), T(key)]
+  const newLen3 = g.op1('Unsqueeze', ['new_len', g.constI('c.axes12', [1, 2])]); // [B, 1, 1]
+  const realNew = g.op1('Less', [j, newLen3]); // [B, 1, T(key)]
+  const seesNew = g.op1('Unsqueeze', [g.op1('And', [causal, realNew]), one]); // [B, 1, T, T]
+  const split = (t: string) => (G === 1 ? [t] : g.op('Split', [t, 'group_rows'], [int('axis', 0)], G));
+  const seesNewG = split(seesNew);
+  const pastLenG = split(g.op1('Unsqueeze', ['past_len', g.constI('c.axes123', [1, 2, 3])])); // [B_g, 1, 1, 1]
+  const slots: string[] = [];
+  const bias: string[] = [];
+  for (let k = 0; k < G; k++) {
+    const P = g.op1('Shape', [`past.0.${k}.key`], [int('start', 2), int('end', 3)]); // [1]
+    slots.push(P);
+    const s = g.op1('Range', [zeroS, g.op1('Squeeze', [P, zero]), oneS]); // [P_g]
+    const seesPast = g.op1('Less', [s, pastLenG[k]]); // [B_g, 1, 1, P_g]
+    const shape = g.op1('Concat', [g.op1('Shape', [seesNewG[k]], [int('end', 3)]), P], [int('axis', 0)]); // [4]
+    const sees = g.op1('Concat', [seesNewG[k], g.op1('Expand', [seesPast, shape])], [int('axis', 3)]); // [B_g, 1, T, T+P_g]
+    bias.push(g.op1('Where', [sees, zeroF, maskedF]));
+  }
+
+  const kvName = (l: number, kind: 'key' | 'value') => `new.${l}.${kind}`;
+  const body = gpt2Body(
+    g,
+    ck,
+    ({ layer: l, q, k, v }) => {
+      const qs = split(q);
+      const ks = split(k);
+      const vs = split(v);
+      const ctx = qs.map((qg, x) => {
+        const sNew = g.op1('MatMul', [qg, keysT(g, ks[x])]); // [B_g, nh, T, T]
+        const sPast = g.op1('MatMul', [qg, keysT(g, `past.${l}.${x}.key`)]); // [B_g, nh, T, P_g]
+        const scores = g.op1('Add', [g.op1('Concat', [sNew, sPast], [int('axis', 3)]), bias[x]]); // [B_g, nh, T, T+P_g]
+        const probs = g.op1('Softmax', [scores], [int('axis', -1)]);
+        const [pNew, pPast] = g.op(
+          'Split',
+          [probs, g.op1('Concat', [T, slots[x]], [int('axis', 0)])],
+          [int('axis', 3)],
+          2,
+        );
+        return g.op1('Add', [g.op1('MatMul', [pNew, vs[x]]), g.op1('MatMul', [pPast, `past.${l}.${x}.value`])]); // [B_g, nh, T, hd]
+      });
+      return G === 1 ? ctx[0] : g.op1('Concat', ctx, [int('axis', 0)]); // [B, nh, T, hd]
+    },
+    kvName,
+  );
+
+  // Each row's last real token, projected alone: a decode step and a prefill both project B rows.
+  const lastIdx = g.op1('Unsqueeze', [g.op1('Sub', ['new_len', one]), one]); // [B, 1]
+  const hLast = g.op1('GatherND', [body.hf, lastIdx], [int('batch_dims', 1)]); // [B, H]
+  g.op1('Gemm', [hLast, body.head], [int('transB', 1)], 'last_logits'); // [B, V]
+  g.op1('ReduceLogSumExp', ['last_logits', one], [int('keepdims', 0)], 'last_lse'); // [B]
+  // Every position only when asked (prompt logprobs): otherwise the slice is empty and costs nothing.
+  const start = g.op1('Where', ['logits_all', zero, T]); // [1]
+  const hAll = g.op1('Slice', [body.hf, start, g.constI('c.int_max', [2 ** 53 - 1]), one]); // [B, T', H]
+  const flat = g.op1(
+    'Gemm',
+    [g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, c.n_embd])]), body.head],
+    [int('transB', 1)],
+  ); // [B*T', V]
+  const bt = g.op1('Shape', [hAll], [int('end', 2)]); // [2] = (B, T')
+  const btv = g.op1('Concat', [bt, g.constI('c.vocab_dim', [V])], [int('axis', 0)]); // [3]
+  g.op1('Reshape', [flat, btv], [int('allowzero', 1)], 'logits'); // [B, T', V] (T' may be 0: allowzero keeps it)
+
+  g.output('last_logits', DataType.FLOAT, ['batch', V]);
+  g.output('last_lse', DataType.FLOAT, ['batch']);
+  g.output('logits', DataType.FLOAT, ['batch', 'seq_out', V]);
+  for (let l = 0; l < c.n_layer; l++) {
+    g.output(kvName(l, 'key'), DataType.FLOAT, ['batch', nh, 'seq', hd]);
+    g.output(kvName(l, 'value'), DataType.FLOAT, ['batch', nh, 'seq', hd]);
+  }
+  return encodeModel(g, 'gpt2_steerable_serving', {
+    opset: OPSET,
+    irVersion: IR_VERSION,
+    producerVersion: BUILDER_VERSION,
+    metadata: { 'steerd.builder': BUILDER_VERSION, 'steerd.config': JSON.stringify(c), 'steerd.groups': String(G) },
+  });
+}
