@@ -20,40 +20,39 @@ const at = (s: KvStore, r: number, l: number, h: number, p: number) =>
   s.k[l][((r * shape.nHead + h) * s.P + p) * shape.headDim];
 const rowBytes = (P: number) => P * bytesPerToken(shape);
 
-t.test(
-  'rows keep their tokens through growth, swap-removal and shrinking; an empty store frees its memory',
-  async (t) => {
-    const s = new KvStore(shape, 8, 1024);
-    const a = s.push(source(1, 5));
-    t.equal(s.P, 16, 'the smallest slot count');
-    const b = s.push(source(2, 40)); // P doubles past 16, to a power of two
-    const c = s.push(source(3, 2));
-    t.same([a, b, c], [0, 1, 2]);
-    t.equal(s.P, 64);
-    t.equal(at(s, 1, 1, 2, 39), 2 * 1e4 + 100 + 20 + 39, 'row b intact after growth');
-    t.equal(at(s, 0, 0, 1, 4), 1e4 + 10 + 4, 'row a intact');
-    t.equal(s.remove(1), 2, 'the last row moved into the hole');
-    t.same(s.len, [5, 2]);
-    t.equal(at(s, 1, 1, 0, 1), 3 * 1e4 + 100 + 1, 'moved row intact');
-    s.reserve(Math.max(...s.len) + 1);
-    t.equal(s.P, 16, 'P halves while the rows need at most a quarter of it');
-    t.equal(at(s, 0, 1, 2, 4), 1e4 + 100 + 20 + 4, 'rows intact after shrinking');
-    s.append(1, { ...source(4, 1), b: 0 });
-    t.equal(at(s, 1, 0, 0, 2), 4 * 1e4, 'append writes after the last token');
-    t.same(s.past().k[0].length, 2 * shape.nHead * s.P * shape.headDim, 'past() views the active rows only');
-    t.equal(s.row(1).k[0][2 * shape.headDim], 4 * 1e4, "row() views one row's slots");
-    s.remove(0);
-    s.remove(0);
-    t.equal(s.n, 0);
-    t.same([s.P, s.k.length, s.bytes], [0, 0, 0], 'memory given back');
-    t.throws(() => {
-      const one = new KvStore(shape, 1, 64);
-      one.push(source(1, 1));
-      one.push(source(2, 1));
-    }, /full/);
-    t.throws(() => new KvStore(shape, 1, 64).push(source(1, 65)), /cannot hold/, 'a row never outgrows its class');
-  },
-);
+t.test('rows keep their tokens through growth, swap-removal and shrinking', async (t) => {
+  const s = new KvStore(shape, 8, 1024);
+  const a = s.push(source(1, 5));
+  t.equal(s.P, 16, 'the smallest slot count');
+  const b = s.push(source(2, 40)); // P doubles past 16, to a power of two
+  const c = s.push(source(3, 2));
+  t.same([a, b, c], [0, 1, 2]);
+  t.equal(s.P, 64);
+  t.equal(at(s, 1, 1, 2, 39), 2 * 1e4 + 100 + 20 + 39, 'row b intact after growth');
+  t.equal(at(s, 0, 0, 1, 4), 1e4 + 10 + 4, 'row a intact');
+  t.equal(s.remove(1), 2, 'the last row moved into the hole');
+  t.same(s.len, [5, 2]);
+  t.equal(at(s, 1, 1, 0, 1), 3 * 1e4 + 100 + 1, 'moved row intact');
+  s.reserve(Math.max(...s.len) + 1);
+  t.equal(s.P, 16, 'P halves while the rows need at most a quarter of it');
+  t.equal(at(s, 0, 1, 2, 4), 1e4 + 100 + 20 + 4, 'rows intact after shrinking');
+  s.append(1, { ...source(4, 1), b: 0 });
+  t.equal(at(s, 1, 0, 0, 2), 4 * 1e4, 'append writes after the last token');
+  t.same(s.past().k[0].length, 2 * shape.nHead * s.P * shape.headDim, 'past() views the active rows only');
+  t.equal(s.row(1).k[0][2 * shape.headDim], 4 * 1e4, "row() views one row's slots");
+  s.remove(0);
+  s.remove(0);
+  t.equal(s.n, 0);
+  t.ok(s.bytes > 0 && s.slack === s.bytes, 'an empty store keeps its pages for the next rows');
+  s.compact();
+  t.same([s.P, s.k.length, s.bytes], [0, 0, 0], 'compact() gives them back');
+  t.throws(() => {
+    const one = new KvStore(shape, 1, 64);
+    one.push(source(1, 1));
+    one.push(source(2, 1));
+  }, /full/);
+  t.throws(() => new KvStore(shape, 1, 64).push(source(1, 65)), /cannot hold/, 'a row never outgrows its class');
+});
 
 t.test('slot counts: powers of two from 16, aligned, capped at the class', async (t) => {
   t.same(

@@ -16,7 +16,9 @@
  *
  * Buffers are allocated for every row the store may hold, but the operating system commits a page
  * only when it is first written: the memory a store costs is the rows it has held since it was
- * last allocated (`touched`). `compact()` reallocates to the rows it holds now.
+ * last allocated (`touched`), and it keeps them when rows leave, so that the next rows write to
+ * pages already committed. `compact()` reallocates to the rows it holds now (the scheduler keeps
+ * the stores' total within the KV budget).
  */
 export interface KvShape {
   nLayer: number;
@@ -113,9 +115,14 @@ export class KvStore {
     if (P !== this.P) this.realloc(P);
   }
 
-  /** Gives back the pages of rows that left (reallocates to the rows held now). */
+  /** Gives back the pages of rows that left (reallocates to the rows held now; an empty store frees all). */
   compact(): void {
-    if (this.touched > this.n) this.realloc(this.P);
+    if (this.n === 0) {
+      this.k = [];
+      this.v = [];
+      this.P = 0;
+      this.touched = 0;
+    } else if (this.touched > this.n) this.realloc(this.P);
   }
 
   private realloc(P: number): void {
@@ -163,8 +170,6 @@ export class KvStore {
     const at = this.len[r];
     if (at + src.count > this.P) throw new Error(`row ${r} has no room for ${src.count} more tokens`);
     const n = src.count * hd;
-    // a plain loop: this runs for every row, layer and head at every step, and subarray views
-    // cost more than the 64 floats they would copy
     for (let l = 0; l < nLayer; l++) {
       const K = this.k[l];
       const Vb = this.v[l];
@@ -173,7 +178,25 @@ export class KvStore {
       for (let h = 0; h < nHead; h++) {
         const from = ((src.b * nHead + h) * src.S + src.from) * hd;
         const to = ((r * nHead + h) * this.P + at) * hd;
-        for (let i = 0; i < n; i++) {
+        if (n > 256) {
+          K.set(sk.subarray(from, from + n), to);
+          Vb.set(sv.subarray(from, from + n), to);
+          continue;
+        }
+        // a decode step appends one token per row, layer and head (64 floats): a plain loop, four
+        // at a time, runs several times faster than subarray views (bench: per step at 32 rows)
+        let i = 0;
+        for (; i + 4 <= n; i += 4) {
+          K[to + i] = sk[from + i];
+          K[to + i + 1] = sk[from + i + 1];
+          K[to + i + 2] = sk[from + i + 2];
+          K[to + i + 3] = sk[from + i + 3];
+          Vb[to + i] = sv[from + i];
+          Vb[to + i + 1] = sv[from + i + 1];
+          Vb[to + i + 2] = sv[from + i + 2];
+          Vb[to + i + 3] = sv[from + i + 3];
+        }
+        for (; i < n; i++) {
           K[to + i] = sk[from + i];
           Vb[to + i] = sv[from + i];
         }
@@ -207,13 +230,8 @@ export class KvStore {
       this.len[r] = this.len[last];
     }
     this.len.pop();
-    if (this.n === 0) {
-      // an empty store gives its memory back
-      this.k = [];
-      this.v = [];
-      this.P = 0;
-      this.touched = 0;
-    }
+    // an empty store keeps its buffers: the pages it has written are reused by the next rows instead
+    // of being faulted in again (measured: a tenth of a decode step at 32 rows); compact() frees them
     return r !== last ? last : -1;
   }
 }

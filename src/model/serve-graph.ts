@@ -1,7 +1,7 @@
 import type { Checkpoint } from './checkpoint.js';
 import { BUILDER_VERSION, gpt2Body, IR_VERSION, keysT, MASKED, OPSET } from './gpt2-body.js';
 import { DataType } from './onnx-proto.js';
-import { encodeModel, GraphWriter, int } from './onnx-writer.js';
+import { encodeModel, GraphWriter, int, ints } from './onnx-writer.js';
 
 /**
  * The engine's serving variant of the steerable graph (DESIGN.md §3). Same transformer, same
@@ -115,16 +115,18 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   // Each row's last real token, projected alone: a decode step and a prefill both project B rows.
   const lastIdx = g.op1('Unsqueeze', [g.op1('Sub', ['new_len', one]), one]); // [B, 1]
   const hLast = g.op1('GatherND', [body.hf, lastIdx], [int('batch_dims', 1)]); // [B, H]
-  g.op1('Gemm', [hLast, body.head], [int('transB', 1)], 'last_logits'); // [B, V]
+  // The head as a MatMul on the transposed unembedding: ONNX Runtime folds the Transpose into a copy
+  // of wte at load and prepacks it, and a decode step's projection runs 20 % faster than Gemm with
+  // transB (measured at 32 rows; the copy costs the size of wte once).
+  const headT = g.op1('Transpose', [body.head], [ints('perm', [1, 0])]); // [H, V]
+  g.op1('MatMul', [hLast, headT], [], 'last_logits'); // [B, V]
+  // log Σ exp, each row reduced on its own: faster formulations (a ReduceSum of exponentials, the
+  // softmax at the max) made a row's bits depend on the other rows (the invariance test caught it)
   g.op1('ReduceLogSumExp', ['last_logits', one], [int('keepdims', 0)], 'last_lse'); // [B]
   // Every position only when asked (prompt logprobs): otherwise the slice is empty and costs nothing.
   const start = g.op1('Where', ['logits_all', zero, T]); // [1]
   const hAll = g.op1('Slice', [body.hf, start, g.constI('c.int_max', [2 ** 53 - 1]), one]); // [B, T', H]
-  const flat = g.op1(
-    'Gemm',
-    [g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, c.n_embd])]), body.head],
-    [int('transB', 1)],
-  ); // [B*T', V]
+  const flat = g.op1('MatMul', [g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, c.n_embd])]), headT]); // [B*T', V]
   const bt = g.op1('Shape', [hAll], [int('end', 2)]); // [2] = (B, T')
   const btv = g.op1('Concat', [bt, g.constI('c.vocab_dim', [V])], [int('axis', 0)]); // [3]
   g.op1('Reshape', [flat, btv], [int('allowzero', 1)], 'logits'); // [B, T', V] (T' may be 0: allowzero keeps it)
