@@ -1,12 +1,10 @@
-import { randomInt } from 'node:crypto';
 import { SteerdError, UnprocessableError } from '../errors.js';
-import { seed32 } from '../util/rng.js';
-import { TextStream } from './detok.js';
-import { alignUp, type KvSource, KvStore } from './kv.js';
+import { alignUp, KvStore } from './kv.js';
 import { bytesPerToken, classOf, sizeClasses } from './kv-budget.js';
 import type { ForwardOutput, ModelRunner, PastGroup } from './runner.js';
-import { Sampler } from './sampler.js';
-import { buildSteer, type RowSteering } from './steer.js';
+import { newSlot, rowsOf, type Slot } from './slot.js';
+import { buildSteer } from './steer.js';
+import { argmax, dot, klDivergence, type TokenTelemetry } from './telemetry.js';
 import type { ActivationsRequest, ActivationsResult, FinishReason, GenerateEvent, GenerateRequest } from './types.js';
 
 /** Scheduling options; every default suits a CPU and GPT-2 small. */
@@ -41,38 +39,6 @@ export interface SchedulerSink {
   error(id: number, e: SteerdError): void;
 }
 
-type State = 'waiting' | 'prefill' | 'decoding' | 'done';
-
-/** A request in flight: llama.cpp's slot, with explicit states. */
-interface Slot {
-  id: number;
-  req: GenerateRequest;
-  state: State;
-  steering: RowSteering;
-  sampler: Sampler;
-  text: TextStream;
-  seed: number;
-  maxNew: number;
-  /** Size class (index into the scheduler's classes) and the tokens it reserves once admitted. */
-  kvClass: number;
-  reserved: number;
-  /** Prompt tokens already in the cache (chunked prefill). */
-  prefilled: number;
-  /** A long prompt's cache while it is prefilled chunk by chunk. */
-  staging?: KvStore;
-  /** The prompt's cache, ready to join the running batch. */
-  source?: KvSource;
-  /** Generated tokens (EOS excluded). */
-  generated: number[];
-  /** The token to feed at the next decode step. */
-  next?: number;
-  cancelled: boolean;
-  finish?: FinishReason;
-  submitted: number;
-  started?: number;
-  firstToken?: number;
-}
-
 interface ActivationJob {
   id: number;
   req: ActivationsRequest;
@@ -99,6 +65,8 @@ export class Scheduler {
   readonly kvTokens: number;
   readonly classes: number[];
   private kvUsed = 0;
+  /** Rows admitted (a telemetry request is two: itself and its twin). */
+  private rowsUsed = 0;
   private readonly slots = new Map<number, Slot>();
   private readonly waiting: Slot[] = [];
   private readonly jobs: ActivationJob[] = [];
@@ -137,36 +105,11 @@ export class Scheduler {
   }
 
   submit(id: number, req: GenerateRequest): void {
-    const seed = req.seed ?? randomInt(0, 2 ** 32);
-    const slot: Slot = {
-      id,
-      req,
-      state: 'waiting',
-      steering: { interventions: req.interventions ?? [], promptLength: req.prompt.length },
-      sampler: new Sampler(
-        {
-          temperature: req.temperature ?? 1,
-          top_k: req.top_k ?? 0,
-          top_p: req.top_p ?? 1,
-          frequency_penalty: req.frequency_penalty ?? 0,
-          presence_penalty: req.presence_penalty ?? 0,
-        },
-        seed32(seed),
-        this.runner.info.vocab_size,
-      ),
-      text: new TextStream(this.runner.tokenizer, req.stop ?? []),
-      seed,
-      maxNew: req.max_new_tokens ?? 64,
-      kvClass: 0,
-      reserved: 0,
-      prefilled: 0,
-      generated: [],
-      cancelled: false,
-      submitted: now(),
-    };
+    const slot = newSlot(id, req, this.runner.tokenizer, this.runner.info.vocab_size);
     // validation refused requests that can never fit (validate.ts)
     slot.kvClass = classOf(this.classes, req.prompt.length + slot.maxNew);
     if (slot.kvClass < 0) throw new Error(`request of ${req.prompt.length + slot.maxNew} tokens beyond the KV budget`);
+    if (slot.twin) slot.twin.kvClass = slot.kvClass;
     this.slots.set(id, slot);
     this.waiting.push(slot);
   }
@@ -186,6 +129,7 @@ export class Scheduler {
     this.waiting.length = 0;
     this.jobs.length = 0;
     this.kvUsed = 0;
+    this.rowsUsed = 0;
     this.byClass = this.emptyClasses();
   }
 
@@ -197,14 +141,17 @@ export class Scheduler {
     if (job) await this.runActivations(job);
     // admit in order while the next request's size class fits: a large request that waits is not
     // overtaken by smaller ones, so it cannot starve
-    while (this.waiting.length && this.slots.size - this.waiting.length < this.capacity) {
-      const next = this.waiting[0];
-      const need = this.classes[next.kvClass];
-      if (this.kvUsed + need > this.kvTokens) break;
+    while (this.waiting.length) {
+      const rows = rowsOf(this.waiting[0]);
+      const need = this.classes[rows[0].kvClass];
+      if (this.rowsUsed + rows.length > this.capacity || this.kvUsed + need * rows.length > this.kvTokens) break;
       this.waiting.shift();
-      next.state = 'prefill';
-      next.reserved = need;
-      this.kvUsed += need;
+      for (const r of rows) {
+        r.state = 'prefill';
+        r.reserved = need;
+        this.kvUsed += need;
+        this.rowsUsed++;
+      }
     }
     await this.prefill();
     await this.decode();
@@ -229,35 +176,39 @@ export class Scheduler {
       return;
     }
     const group: Slot[] = [];
+    let rows = 0;
     let T = 0;
     for (const s of candidates) {
       if (s.prefilled > 0 || s.req.prompt.length > this.prefillBudget) continue;
       const t = Math.max(T, alignUp(s.req.prompt.length));
-      if (group.length && (group.length + 1) * t > this.prefillBudget) break;
+      const n = rowsOf(s).length;
+      if (group.length && (rows + n) * t > this.prefillBudget) break;
       group.push(s);
+      rows += n;
       T = t;
     }
     await this.prefillGroup(group, T);
   }
 
-  /** Whole prompts of several new rows in one right-padded pass (nothing cached yet). */
+  /** Whole prompts of several new rows (and their twins) in one right-padded pass (nothing cached yet). */
   private async prefillGroup(group: Slot[], T: number): Promise<void> {
-    const prompts = group.map((s) => s.req.prompt);
-    for (const s of group) s.started ??= now();
+    const rows = group.flatMap(rowsOf);
+    const prompts = rows.map((s) => s.req.prompt);
+    for (const s of rows) s.started ??= now();
     const positions = prompts.map((p) => p.map((_, i) => i));
     const out = await this.runner.forward({
       ...padRows(prompts, positions, T),
       newLen: prompts.map((p) => p.length),
       pastLen: prompts.map(() => 0),
       groups: [],
-      steer: this.steer(group, positions, T),
+      steer: this.steer(rows, positions, T),
+      resid: this.telemetryLayers(group),
     });
-    group.forEach((s, b) => {
-      const L = s.req.prompt.length;
-      s.prefilled = L;
-      s.source = { k: out.fresh.k, v: out.fresh.v, S: T, b, from: 0, count: L };
-      this.afterPrefill(s, out, b);
-    });
+    for (const [b, s] of rows.entries()) {
+      s.prefilled = s.req.prompt.length;
+      s.source = { k: out.fresh.k, v: out.fresh.v, S: T, b, from: 0, count: s.prefilled };
+    }
+    for (const s of group) this.afterPrefill(s, out, rows, T, s.req.prompt.length - 1);
   }
 
   /**
@@ -265,31 +216,43 @@ export class Scheduler {
    * the prefill budget whatever else is running, so a long prompt is always cut the same way.
    */
   private async prefillChunk(s: Slot): Promise<void> {
+    const rows = rowsOf(s);
     s.started ??= now();
     const L = s.req.prompt.length;
     if (!s.staging) {
-      s.staging = new KvStore(this.runner.kv, 1, this.classes[s.kvClass]);
-      s.staging.pushEmpty(L);
+      s.staging = new KvStore(this.runner.kv, rows.length, this.classes[s.kvClass]);
+      for (const _ of rows) s.staging.pushEmpty(L);
     }
+    const staging = s.staging;
     const from = s.prefilled;
     const to = Math.min(L, from + this.prefillBudget);
-    const chunk = [s.req.prompt.slice(from, to)];
-    const positions = [chunk[0].map((_, i) => from + i)];
+    const chunk = rows.map(() => s.req.prompt.slice(from, to));
+    const positions = chunk.map((c) => c.map((_, i) => from + i));
     const T = alignUp(chunk[0].length);
     const out = await this.runner.forward({
       ...padRows(chunk, positions, T),
-      newLen: [chunk[0].length],
-      pastLen: [from],
-      groups: [s.staging.past()],
-      steer: this.steer([s], positions, T),
+      newLen: chunk.map((c) => c.length),
+      pastLen: chunk.map(() => from),
+      groups: [staging.past()],
+      steer: this.steer(rows, positions, T),
+      resid: to === L ? this.telemetryLayers([s]) : [],
     });
-    s.staging.append(0, { k: out.fresh.k, v: out.fresh.v, S: T, b: 0, from: 0, count: chunk[0].length });
+    for (const b of rows.keys())
+      staging.append(b, { k: out.fresh.k, v: out.fresh.v, S: T, b, from: 0, count: chunk[b].length });
     s.prefilled = to;
     if (to === L) {
-      s.source = { k: s.staging.k, v: s.staging.v, S: s.staging.P, b: 0, from: 0, count: L };
+      for (const [b, r] of rows.entries())
+        r.source = { k: staging.k, v: staging.v, S: staging.P, b, from: 0, count: L };
       s.staging = undefined;
-      this.afterPrefill(s, out, 0);
+      this.afterPrefill(s, out, rows, T, chunk[0].length - 1);
     }
+  }
+
+  /** Hook points whose residual stream telemetry projects onto: every layer the slots' interventions use. */
+  private telemetryLayers(slots: Slot[]): number[] {
+    const layers = new Set<number>();
+    for (const s of slots) if (s.twin) for (const iv of s.steering.interventions) layers.add(iv.layer);
+    return [...layers];
   }
 
   /** The `steer.{l}` inputs of a pass: rows' interventions at their tokens' positions (padding: none). */
@@ -304,19 +267,30 @@ export class Scheduler {
     );
   }
 
-  /** The prompt is in the cache: sample the first token and join the running batch. */
-  private afterPrefill(s: Slot, out: ForwardOutput, b: number): void {
-    const V = this.runner.info.vocab_size;
+  /**
+   * The prompt is in the cache: sample the first token and join the running batch. `rows` are the
+   * pass's rows (a row's index is its place there), `T` its length, `last` the prompt's last token
+   * in it.
+   */
+  private afterPrefill(s: Slot, out: ForwardOutput, rows: Slot[], T: number, last: number): void {
     if (s.cancelled) {
       this.finish(s, 'cancelled');
       return;
     }
     s.state = 'decoding';
-    this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V), out.lastLse[b]);
+    if (s.twin) s.twin.state = 'decoding';
+    this.accept(s, out, rows.indexOf(s), rows.indexOf(s.twin!), T, last);
   }
 
-  /** Samples from a row's logits, emits the token, and finishes the row when it should stop. */
-  private accept(s: Slot, logits: Float32Array, lse: number): void {
+  /**
+   * Samples row b's next token from the pass's logits, emits it, and finishes the slot when it should
+   * stop. With telemetry, `bt` is its twin's row and `pos` the place, within the pass's T, of the
+   * token whose logits chose the next one.
+   */
+  private accept(s: Slot, out: ForwardOutput, b: number, bt: number, T: number, pos: number): void {
+    const V = this.runner.info.vocab_size;
+    const logits = out.lastLogits.subarray(b * V, (b + 1) * V);
+    const lse = out.lastLse[b];
     if (!Number.isFinite(lse)) {
       // a coefficient large enough to overflow float32 in the residual stream (LayerNorm squares it)
       this.abort(
@@ -330,6 +304,20 @@ export class Scheduler {
     const { id, logprob } = s.sampler.sample(logits, lse);
     s.sampler.observe(id);
     s.firstToken ??= now();
+    let telemetry: TokenTelemetry | undefined;
+    if (s.twin) {
+      const base = out.lastLogits.subarray(bt * V, (bt + 1) * V);
+      const baseLse = out.lastLse[bt];
+      const at = (b * T + pos) * this.runner.info.n_embd;
+      telemetry = {
+        baseline_logprob: base[id] - baseLse,
+        kl: klDivergence(logits, lse, base, baseLse),
+        top1_flip: argmax(logits) !== argmax(base),
+        projections: s.units!.map((u, i) => (u ? dot(out.resid.get(s.steering.interventions[i].layer)!, at, u) : null)),
+      };
+      s.totals!.add(telemetry, logprob);
+      s.twin.next = id; // the twin is fed the steered row's tokens
+    }
     if (id === this.runner.info.eos_token_id && s.req.stop_at_eos !== false) {
       this.finish(s, 'eos');
       return;
@@ -337,7 +325,7 @@ export class Scheduler {
     s.generated.push(id);
     s.next = id;
     const text = s.text.push(id);
-    this.sink.event(s.id, { type: 'token', id, text, logprob });
+    this.sink.event(s.id, { type: 'token', id, text, logprob, ...(telemetry && { telemetry }) });
     if (s.text.stopped) {
       this.finish(s, 'stop');
       return;
@@ -351,28 +339,30 @@ export class Scheduler {
   /** Ends a row with an error instead of a done event; its cache is zeroed (it may hold NaNs). */
   private abort(s: Slot, e: SteerdError): void {
     const c = this.byClass[s.kvClass];
-    const r = c.rows.indexOf(s);
-    if (r >= 0) c.store.zero(r);
+    for (const row of rowsOf(s)) {
+      const r = c.rows.indexOf(row);
+      if (r >= 0) c.store.zero(r);
+    }
     this.release(s);
-    s.state = 'done';
-    s.source = undefined;
-    s.staging = undefined;
     this.slots.delete(s.id);
     this.sink.error(s.id, e);
   }
 
-  /** Gives back an admitted request's KV reservation. */
+  /** Ends a slot and its twin, and gives back their rows and KV reservation. */
   private release(s: Slot): void {
-    this.kvUsed -= s.reserved;
-    s.reserved = 0;
+    for (const r of rowsOf(s)) {
+      if (r.reserved) this.rowsUsed--;
+      this.kvUsed -= r.reserved;
+      r.reserved = 0;
+      r.state = 'done';
+      r.source = undefined;
+    }
+    s.staging = undefined;
   }
 
   private finish(s: Slot, reason: FinishReason): void {
     if (s.state === 'done') return;
     this.release(s);
-    s.state = 'done';
-    s.source = undefined;
-    s.staging = undefined;
     const text = reason === 'cancelled' || reason === 'stop' ? '' : s.text.finish();
     if (text) this.sink.event(s.id, { type: 'token', id: -1, text, logprob: 0 });
     const end = now();
@@ -383,6 +373,7 @@ export class Scheduler {
       text: s.text.text,
       seed: s.seed,
       usage: { prompt_tokens: s.req.prompt.length, completion_tokens: s.generated.length },
+      ...(s.totals && { telemetry: s.totals.summary() }),
       timings: {
         queue_ms: (s.started ?? end) - s.submitted,
         first_token_ms: (s.firstToken ?? end) - s.submitted,
@@ -407,9 +398,11 @@ export class Scheduler {
     for (const s of this.slots.values()) {
       if (s.state !== 'decoding' || !s.source) continue;
       const c = this.byClass[s.kvClass];
-      c.store.push(s.source);
-      c.rows.push(s);
-      s.source = undefined;
+      for (const r of rowsOf(s)) {
+        c.store.push(r.source!);
+        c.rows.push(r);
+        r.source = undefined;
+      }
     }
     const rows = this.byClass.flatMap((c) => c.rows);
     if (!rows.length) return;
@@ -427,19 +420,17 @@ export class Scheduler {
       pastLen: positions.map(([n]) => n),
       groups,
       steer: this.steer(rows, positions, 1),
+      resid: this.telemetryLayers(rows),
     });
-    const V = this.runner.info.vocab_size;
     let b = 0;
-    for (const c of this.byClass) {
-      // accept() may end a row (its store keeps it until the next step): index by a copy
-      for (const [r, s] of [...c.rows].entries()) {
-        c.store.append(r, { k: out.fresh.k, v: out.fresh.v, S: 1, b, from: 0, count: 1 });
-        if (s.state === 'decoding') {
-          if (s.cancelled) this.finish(s, 'cancelled');
-          else this.accept(s, out.lastLogits.subarray(b * V, (b + 1) * V), out.lastLse[b]);
-        }
-        b++;
-      }
+    for (const c of this.byClass)
+      for (const [r] of c.rows.entries())
+        c.store.append(r, { k: out.fresh.k, v: out.fresh.v, S: 1, b: b++, from: 0, count: 1 });
+    // accept() may end a slot (its rows stay in their store until the next step)
+    for (const [b, s] of rows.entries()) {
+      if (s.of || s.state !== 'decoding') continue; // a twin is fed by its slot
+      if (s.cancelled) this.finish(s, 'cancelled');
+      else this.accept(s, out, b, s.twin ? rows.indexOf(s.twin) : -1, 1, 0);
     }
   }
 

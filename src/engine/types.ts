@@ -3,6 +3,8 @@
  * (`validate.ts`): prompts are token ids and vectors are float32 values of the model's width.
  */
 
+import type { TelemetrySummary, TokenTelemetry } from './telemetry.js';
+
 /** Where an intervention applies (DESIGN.md §4). */
 export type Positions = 'all' | 'prompt' | 'generated' | 'front';
 
@@ -46,6 +48,11 @@ export interface GenerateRequest extends SamplingParams {
   /** Prompt token ids (at least one). */
   prompt: number[];
   interventions?: Intervention[];
+  /**
+   * Per-token telemetry against an unsteered twin run as another row of the same batch
+   * (telemetry.ts): it takes a second row and a second KV reservation. Default false.
+   */
+  telemetry?: boolean;
 }
 
 export type FinishReason = 'length' | 'eos' | 'stop' | 'cancelled';
@@ -57,6 +64,8 @@ export interface TokenEvent {
   text: string;
   /** log p(token) under the model's distribution (before temperature, penalties and truncation). */
   logprob: number;
+  /** With `telemetry`: the token against the unsteered model. */
+  telemetry?: TokenTelemetry;
 }
 
 export interface Usage {
@@ -81,6 +90,8 @@ export interface DoneEvent {
   /** The seed the sampler used (drawn at random when the request had none). */
   seed: number;
   usage: Usage;
+  /** With `telemetry`: the totals over the generated tokens. */
+  telemetry?: TelemetrySummary;
   timings: Timings;
 }
 
@@ -130,4 +141,6 @@ export interface KvCacheInfo {
   location: 'host' | 'device';
   /** Size classes a request's prompt + max_new_tokens is rounded up to when it is admitted. */
   classes: number[];
+  /** Rows decoded together at most (the batch capacity). */
+  max_rows: number;
 }

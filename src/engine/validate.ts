@@ -72,12 +72,24 @@ export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxConte
       `prompt (${prompt.length} tokens) + max_new_tokens (${n}) exceeds the context (${maxContext})`,
     );
   }
+  if (req.telemetry !== undefined && typeof req.telemetry !== 'boolean')
+    throw new BadRequestError('telemetry must be a boolean');
   const kv = info.kv_cache;
-  if (kv && classOf(kv.classes, prompt.length + n) < 0) {
-    throw new UnprocessableError(
-      `prompt (${prompt.length} tokens) + max_new_tokens (${n}) needs ${prompt.length + n} tokens of KV cache, more than the engine holds (kv_cache_tokens: ${kv.tokens})`,
-      { kv_cache_tokens: kv.tokens, needed: prompt.length + n },
-    );
+  if (kv) {
+    // telemetry runs an unsteered twin: a second row, and a second reservation of the same class
+    const rows = req.telemetry ? 2 : 1;
+    const cls = classOf(kv.classes, prompt.length + n);
+    if (cls < 0 || rows * kv.classes[cls] > kv.tokens) {
+      const needed = cls < 0 ? prompt.length + n : rows * kv.classes[cls];
+      throw new UnprocessableError(
+        `prompt (${prompt.length} tokens) + max_new_tokens (${n})${rows > 1 ? ', with telemetry (an unsteered twin, twice the reservation),' : ''} needs ${needed} tokens of KV cache, more than the engine holds (kv_cache_tokens: ${kv.tokens})`,
+        { kv_cache_tokens: kv.tokens, needed },
+      );
+    }
+    if (rows > kv.max_rows)
+      throw new UnprocessableError(
+        `telemetry needs two rows of the batch (the unsteered twin); this engine decodes ${kv.max_rows} at most`,
+      );
   }
   const t = req.temperature ?? 1;
   if (typeof t !== 'number' || !Number.isFinite(t) || t < 0)

@@ -57,6 +57,7 @@ const info = {
     bytes_per_token: bytesPerToken(runner.kv),
     location: 'host' as const,
     classes: scheduler.classes,
+    max_rows: opts.batchCapacity ?? 32,
   },
 };
 let reported = -1;

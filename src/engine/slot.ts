@@ -1,0 +1,99 @@
+import { randomInt } from 'node:crypto';
+import type { Gpt2Tokenizer } from '../model/tokenizer.js';
+import { seed32 } from '../util/rng.js';
+import { TextStream } from './detok.js';
+import type { KvSource, KvStore } from './kv.js';
+import { Sampler } from './sampler.js';
+import type { RowSteering } from './steer.js';
+import { TelemetryTotals, unitVectors } from './telemetry.js';
+import type { FinishReason, GenerateRequest } from './types.js';
+
+export type State = 'waiting' | 'prefill' | 'decoding' | 'done';
+
+/** A request in flight: llama.cpp's slot, with explicit states. */
+export interface Slot {
+  id: number;
+  req: GenerateRequest;
+  state: State;
+  steering: RowSteering;
+  sampler: Sampler;
+  text: TextStream;
+  seed: number;
+  maxNew: number;
+  /** Size class (index into the scheduler's classes) and the tokens this row reserves once admitted. */
+  kvClass: number;
+  reserved: number;
+  /** Prompt tokens already in the cache (chunked prefill). */
+  prefilled: number;
+  /** A long prompt's cache while it is prefilled chunk by chunk (row 0; its twin's: row 1). */
+  staging?: KvStore;
+  /** The prompt's cache, ready to join the running batch. */
+  source?: KvSource;
+  /** Generated tokens (EOS excluded). */
+  generated: number[];
+  /** The token to feed at the next decode step. */
+  next?: number;
+  cancelled: boolean;
+  finish?: FinishReason;
+  submitted: number;
+  started?: number;
+  firstToken?: number;
+  /**
+   * With telemetry: the unsteered twin, a row of its own in the same passes (no interventions),
+   * fed this slot's tokens; it emits nothing. On the twin: `of` is the slot it shadows.
+   */
+  twin?: Slot;
+  of?: Slot;
+  /** With telemetry: the interventions' unit vectors (null: a sequence) and the running totals. */
+  units?: (Float32Array | null)[];
+  totals?: TelemetryTotals;
+}
+
+const now = () => performance.timeOrigin + performance.now();
+
+/** A new slot for a request (its seed drawn when it has none), with its twin when it asks for telemetry. */
+export function newSlot(id: number, req: GenerateRequest, tokenizer: Gpt2Tokenizer, vocab: number): Slot {
+  const seed = req.seed ?? randomInt(0, 2 ** 32);
+  const interventions = req.interventions ?? [];
+  const slot: Slot = {
+    id,
+    req,
+    state: 'waiting',
+    steering: { interventions, promptLength: req.prompt.length },
+    sampler: new Sampler(
+      {
+        temperature: req.temperature ?? 1,
+        top_k: req.top_k ?? 0,
+        top_p: req.top_p ?? 1,
+        frequency_penalty: req.frequency_penalty ?? 0,
+        presence_penalty: req.presence_penalty ?? 0,
+      },
+      seed32(seed),
+      vocab,
+    ),
+    text: new TextStream(tokenizer, req.stop ?? []),
+    seed,
+    maxNew: req.max_new_tokens ?? 64,
+    kvClass: 0,
+    reserved: 0,
+    prefilled: 0,
+    generated: [],
+    cancelled: false,
+    submitted: now(),
+  };
+  if (req.telemetry) {
+    slot.units = unitVectors(interventions);
+    slot.totals = new TelemetryTotals();
+    const { units: _u, totals: _t, ...shared } = slot;
+    slot.twin = {
+      ...shared,
+      steering: { interventions: [], promptLength: req.prompt.length },
+      generated: [],
+      of: slot,
+    };
+  }
+  return slot;
+}
+
+/** A slot's rows in a pass: itself, then its twin. */
+export const rowsOf = (s: Slot): Slot[] => (s.twin ? [s, s.twin] : [s]);

@@ -1,0 +1,92 @@
+import type { Intervention } from './types.js';
+
+/**
+ * Per-token telemetry of a steered generation (DESIGN.md §4): what the steering did to the token
+ * the steered row chose, measured against its unsteered twin — another row of the same batch, with
+ * no interventions, fed the steered row's tokens (teacher-forced) — at the same position.
+ */
+export interface TokenTelemetry {
+  /** log p(token) under the unsteered model, given the same prefix. */
+  baseline_logprob: number;
+  /** KL(steered ‖ unsteered) between the two next-token distributions, nats. */
+  kl: number;
+  /** Whether the two distributions' most likely tokens differ. */
+  top1_flip: boolean;
+  /**
+   * Per intervention, in request order: the residual stream at its hook (after all steering there),
+   * at the position whose logits chose the token, dotted with the intervention's unit vector;
+   * null for a sequence vector.
+   */
+  projections: (number | null)[];
+}
+
+export interface TelemetrySummary {
+  mean_kl: number;
+  max_kl: number;
+  /** Positions where the steered and unsteered argmaxes differ. */
+  top1_flips: number;
+  /** Σ (logprob − baseline_logprob) over the generated tokens. */
+  logprob_delta: number;
+}
+
+/** KL(p‖q) in nats of two rows of logits given their log-sum-exps, accumulated in float64. */
+export function klDivergence(p: Float32Array, lseP: number, q: Float32Array, lseQ: number): number {
+  let kl = 0;
+  for (let i = 0; i < p.length; i++) {
+    const lp = p[i] - lseP;
+    if (lp < -745) continue; // exp underflows to 0 in float64: the term is 0
+    kl += Math.exp(lp) * (lp - (q[i] - lseQ));
+  }
+  return Math.max(0, kl); // rounding can leave −1e-17 where the distributions are equal
+}
+
+/** Index of the largest value (the first one on ties). */
+export function argmax(a: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
+  return best;
+}
+
+/** Each direction's unit vector (float64 norm), null for a sequence or a zero vector. */
+export function unitVectors(interventions: readonly Intervention[]): (Float32Array | null)[] {
+  return interventions.map((iv) => {
+    if (iv.rows !== 1) return null;
+    let s = 0;
+    for (const v of iv.values) s += v * v;
+    const n = Math.sqrt(s);
+    return n > 0 ? Float32Array.from(iv.values, (v) => v / n) : null;
+  });
+}
+
+/** `x[from .. from+H) · u`, in float64. */
+export function dot(x: Float32Array, from: number, u: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < u.length; i++) s += x[from + i] * u[i];
+  return s;
+}
+
+/** Running totals of a request's token telemetry. */
+export class TelemetryTotals {
+  private n = 0;
+  private klSum = 0;
+  private klMax = 0;
+  private flips = 0;
+  private delta = 0;
+
+  add(t: TokenTelemetry, logprob: number): void {
+    this.n++;
+    this.klSum += t.kl;
+    this.klMax = Math.max(this.klMax, t.kl);
+    if (t.top1_flip) this.flips++;
+    this.delta += logprob - t.baseline_logprob;
+  }
+
+  summary(): TelemetrySummary {
+    return {
+      mean_kl: this.n ? this.klSum / this.n : 0,
+      max_kl: this.klMax,
+      top1_flips: this.flips,
+      logprob_delta: this.delta,
+    };
+  }
+}
