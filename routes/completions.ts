@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomInt, randomUUID } from 'node:crypto';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import {
@@ -10,8 +10,9 @@ import {
   timeoutError,
   tracked,
 } from '../src/api/generation.js';
+import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
-import { errorResponses, interventionsSchema, OneOf } from '../src/api/schemas.js';
+import { errorResponses, interventionsSchema, OneOf, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import type { FinishReason } from '../src/engine/types.js';
 import { BadRequestError } from '../src/errors.js';
@@ -64,6 +65,7 @@ const completionsSchema = {
             total_tokens: Type.Integer(),
           }),
         ),
+        receipt: Ref(receiptSchema),
       }),
     ),
     ...errorResponses,
@@ -112,7 +114,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
       checkLimits(svc, maxNew);
       const text = Array.isArray(b.prompt) ? b.prompt[0] : b.prompt;
       const prompt = svc.engine.tokenizer.encode(text);
-      const { engine: interventions } = await resolveInterventions(svc, b.interventions);
+      const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions);
       const stop = b.stop == null || b.stop === '' ? undefined : typeof b.stop === 'string' ? [b.stop] : b.stop;
       const req = {
         prompt,
@@ -121,7 +123,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
         top_p: b.top_p,
         frequency_penalty: b.frequency_penalty,
         presence_penalty: b.presence_penalty,
-        seed: b.seed,
+        seed: b.seed ?? randomInt(0, 2 ** 32),
         stop,
         interventions,
       };
@@ -143,8 +145,10 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           reply.sse!.keepAlive();
           reply.sse!.onClose(() => sig.abort());
         }
+        const ids: number[] = [];
         for await (const e of events) {
           if (e.type === 'token') {
+            if (e.id >= 0) ids.push(e.id);
             if (stream && e.text) await sig.send({ data: chunk(e.text, null) });
             continue;
           }
@@ -154,13 +158,15 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
             completion_tokens: e.usage.completion_tokens,
             total_tokens: e.usage.prompt_tokens + e.usage.completion_tokens,
           };
+          await keepValues(svc, interventions, applied);
+          const rec = receipt(svc, [runRecord(req, applied, ids)]);
           if (stream) {
-            await sig.send({ data: { ...chunk('', openaiReason(e.finish_reason)), usage } });
+            await sig.send({ data: { ...chunk('', openaiReason(e.finish_reason)), usage, receipt: rec } });
             await sig.send({ data: '[DONE]' });
             reply.sse!.close();
             return reply;
           }
-          return { ...chunk(e.text, openaiReason(e.finish_reason)), usage };
+          return { ...chunk(e.text, openaiReason(e.finish_reason)), usage, receipt: rec };
         }
       } finally {
         sig.done();

@@ -32,7 +32,8 @@ const healthRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { 
     },
     async () => {
       if (svc.draining) throw new UnavailableError('the server is shutting down');
-      if (!svc.engine.ready) throw new UnavailableError('the engine is not running');
+      if (!svc.engine.ready)
+        throw new UnavailableError('the engine is not running (Redis mode: the queue is not connected)');
       if (svc.store.ping && !(await svc.store.ping()))
         throw new UnavailableError('the vector registry (Redis) is unreachable');
       return { status: 'ready' };

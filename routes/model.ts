@@ -1,56 +1,12 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
+import { NORM_TEXT, NORMS_WAIT_MS, residNorms, residNormsWithin } from '../src/api/norms.js';
 import { Dictionary, errorSchema, Nullable, Ref, StringEnum } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 
-/** A fixed, neutral text whose residual-stream norms tell clients what coefficient sizes mean. */
-export const NORM_TEXT =
-  'The city council met on Tuesday to discuss the budget for the coming year. Members reviewed the reports, asked questions, and agreed to continue the discussion at the next meeting.';
-
-/** How long /v1/model waits for the norms (measured at start) before answering without them. */
-const NORMS_WAIT_MS = 5000;
-
-export interface NormStat {
-  layer: number;
-  mean: number;
-  median: number;
-  max: number;
-}
-
-/** Per hook point: mean, median and max L2 norm over positions (the first position, an outlier in GPT-2, left out). */
-export async function residNorms(svc: Service): Promise<NormStat[]> {
-  const { engine } = svc;
-  const prompt = engine.tokenizer.encode(NORM_TEXT).slice(0, engine.maxContext);
-  const layers = Array.from({ length: engine.info.n_layer + 1 }, (_, l) => l);
-  const r = await engine.activations({ prompt, layers, reduce: 'none' });
-  const H = engine.info.n_embd;
-  return layers.map((l) => {
-    const a = r.activations[l];
-    const norms: number[] = [];
-    for (let t = 1; t < r.rows; t++) {
-      let s = 0;
-      for (let i = 0; i < H; i++) s += a[t * H + i] ** 2;
-      norms.push(Math.sqrt(s));
-    }
-    norms.sort((x, y) => x - y);
-    return {
-      layer: l,
-      mean: norms.reduce((x, y) => x + y, 0) / norms.length,
-      median: norms[norms.length >> 1],
-      max: norms[norms.length - 1],
-    };
-  });
-}
-
 const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   // measured once, at start (the spec builder registers routes without an engine)
-  const measure = () =>
-    residNorms(svc).catch((e) => {
-      norms = undefined; // measured again on the next request
-      throw e;
-    });
-  let norms: Promise<NormStat[]> | undefined = svc.engine ? measure() : undefined;
-  norms?.catch(() => undefined);
+  if (svc.engine) residNorms(svc).catch(() => undefined);
   app.get(
     '/v1/model',
     {
@@ -119,14 +75,8 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
       },
     },
     async () => {
-      norms ??= measure();
-      let timer: NodeJS.Timeout | undefined;
       // not measured in time, or not at all (no engine answered): without them, measured again later
-      const measured = norms.catch(() => null);
-      const layers = await Promise.race([
-        measured,
-        new Promise<null>((r) => (timer = setTimeout(() => r(null), NORMS_WAIT_MS))),
-      ]).finally(() => clearTimeout(timer));
+      const layers = await residNormsWithin(svc, NORMS_WAIT_MS);
       const i = svc.engine.info;
       return {
         id: svc.model.id,

@@ -10,7 +10,10 @@ import completionRoutes from '../routes/completions.js';
 import generateRoutes from '../routes/generate.js';
 import healthRoutes from '../routes/health.js';
 import modelRoutes from '../routes/model.js';
+import replayRoutes from '../routes/replay.js';
+import sweepRoutes from '../routes/sweep.js';
 import vectorRoutes from '../routes/vectors.js';
+import { receiptSchema } from './api/receipt.js';
 import { errorSchema, interventionSchema } from './api/schemas.js';
 import type { Service } from './api/service.js';
 import { QueueFullError, SteerdError } from './errors.js';
@@ -63,6 +66,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
 
   app.addSchema(errorSchema);
   app.addSchema(interventionSchema);
+  app.addSchema(receiptSchema);
 
   await app.register(swagger, {
     openapi: {
@@ -161,6 +165,8 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
   await app.register(modelRoutes, { svc });
   await app.register(vectorRoutes, { svc });
   await app.register(generateRoutes, { svc });
+  await app.register(sweepRoutes, { svc });
+  await app.register(replayRoutes, { svc });
   await app.register(activationRoutes, { svc });
   await app.register(completionRoutes, { svc });
   return app;

@@ -14,8 +14,13 @@ export interface Limits {
   maxVectors: number;
   /** Request body size in bytes at most (413 beyond). Env STEERD_BODY_LIMIT. Default 16 MiB. */
   bodyLimit: number;
-  /** Requests in flight at most (generation and activations); beyond, 429 with Retry-After. Env STEERD_QUEUE_DEPTH. Default 256. */
+  /**
+   * Generations in flight at most (each activation request, generation, control arm and sweep cell
+   * counts one); beyond, 429 with Retry-After. Env STEERD_QUEUE_DEPTH. Default 256.
+   */
   queueDepth: number;
+  /** Cells of a sweep (layers × coeffs × seeds) at most. Env STEERD_MAX_SWEEP_CELLS. Default 64. */
+  maxSweepCells: number;
   /** A request's time limit in ms; a generation past it is cancelled (504). Env STEERD_REQUEST_TIMEOUT_MS. Default 300000. */
   requestTimeoutMs: number;
 }
@@ -146,6 +151,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxVectors: int(env, 'STEERD_MAX_VECTORS', 1000),
       bodyLimit: int(env, 'STEERD_BODY_LIMIT', 16 * 1024 * 1024),
       queueDepth: int(env, 'STEERD_QUEUE_DEPTH', 256),
+      maxSweepCells: int(env, 'STEERD_MAX_SWEEP_CELLS', 64),
       requestTimeoutMs: int(env, 'STEERD_REQUEST_TIMEOUT_MS', 300_000),
     },
   };

@@ -48,6 +48,13 @@ export class BadRequestError extends SteerdError {
   }
 }
 
+/** Something a request names existed once and is no longer kept (a receipt's vector). */
+export class GoneError extends SteerdError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super(message, 410, 'gone', details);
+  }
+}
+
 /** The engine is closed or closing: it takes no new work. */
 export class UnavailableError extends SteerdError {
   constructor(message: string) {

@@ -10,4 +10,5 @@ else {
   process.env.STEERD_TEST_QUEUE = 'redis';
   await import('./api.test.ts');
   await import('./api-server.test.ts');
+  await import('./instruments.test.ts');
 }

@@ -189,7 +189,10 @@ t.test('API keys, rate limit, queue depth, body size', async (t) => {
   const full = await post(app, '/v1/generate', { prompt: 'x', max_new_tokens: 2 }, auth);
   t.equal(full.statusCode, 429, full.body);
   t.equal(full.headers['retry-after'], '1');
-  t.match(full.json().error, { code: 'queue_full', message: /queue is full \(1 requests in flight\)/ });
+  t.match(full.json().error, {
+    code: 'queue_full',
+    message: /queue is full \(1 of 1 generations in flight; this request needs 1\)/,
+  });
   t.equal((await first).statusCode, 200, (await first).body);
 
   const big = await post(app, '/v1/vectors', { name: 'big', values: Array(500).fill(0.123456) }, auth);
@@ -247,6 +250,8 @@ t.test('random and malformed bodies: only 4xx, no crash, stored vectors unchange
     ['POST', '/v1/generate'],
     ['POST', '/v1/activations'],
     ['POST', '/v1/completions'],
+    ['POST', '/v1/sweep'],
+    ['POST', '/v1/replay'],
     ['DELETE', '/v1/vectors/..%2Fkeep'],
   ];
   const fields = fc.constantFrom(
@@ -267,6 +272,12 @@ t.test('random and malformed bodies: only 4xx, no crash, stored vectors unchange
     'vector',
     'coeff',
     'kind',
+    'coeffs',
+    'seeds',
+    'unit',
+    'telemetry',
+    'compare',
+    'receipt',
   );
   const value = fc.oneof(
     fc.jsonValue(),

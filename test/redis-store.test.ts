@@ -4,19 +4,19 @@ import { join } from 'node:path';
 import t from 'tap';
 import type { Config } from '../src/config.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
-import { RedisVectorStore } from '../src/store/redis-vectors.ts';
-import { describe, type StoredVector } from '../src/store/vectors.ts';
+import { ORPHAN_TTL_S, RedisVectorStore, shapeKey, valuesKey } from '../src/store/redis-vectors.ts';
+import { describe, type StoredVector, VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
 import { harness, post } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
 
-const { url, prefix, skip, cleanup } = await testRedis();
+const { url, probe, prefix, skip, cleanup } = await testRedis();
 t.teardown(cleanup);
 
-const vector = (name: string, seed: number, H = 8): StoredVector => {
-  const values = Float32Array.from({ length: H }, (_, i) => Math.sin(i + seed));
+const vector = (name: string, seed: number, H = 8, shape = [H]): StoredVector => {
+  const values = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => Math.sin(i + seed));
   return {
     name,
-    ...describe(values, [H]),
+    ...describe(values, shape),
     layer: 1,
     recipe: 'uploaded',
     model: { id: 'm@1', n_embd: H },
@@ -58,6 +58,106 @@ t.test('two processes share one registry', { skip }, async (t) => {
   await t.rejects(a.get('b'), { status: 404, message: /no vector named/ });
   await t.rejects(a.delete('b'), { status: 404, message: /no vector named/ });
   t.ok(await a.ping());
+});
+
+const bytes = (v: Float32Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+
+/** Values with awkward bits: -0, a subnormal, the largest float32, and a NaN with a payload. */
+const awkward = (n: number, seed: number) => {
+  const v = Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.7 + seed) * 3);
+  v.set([-0, 1e-45, 3.4028234663852886e38]);
+  new Uint32Array(v.buffer)[3] = 0x7fc00123;
+  return v;
+};
+
+t.test('values by content hash: registered, put, released', { skip }, async (t) => {
+  const p = `${prefix}values:`;
+  const store = new RedisVectorStore(url, p);
+  t.teardown(() => store.close());
+  const ttl = (k: string) => probe.ttl(k);
+  // at least VALUES_TTL_S from the call (TTL rounds to whole seconds, and a second may pass)
+  const week = (s: number) => s >= VALUES_TTL_S - 2 && s <= VALUES_TTL_S;
+
+  // registered vectors: found by hash, their keys never expire, putValues does not make them
+  const dir = vector('dir', 1);
+  const seq = vector('seq', 2, 8, [3, 8]);
+  await store.put(dir, { replace: false, max: 10 });
+  await store.put(seq, { replace: false, max: 10 });
+  for (const v of [dir, seq]) {
+    const got = await store.getValues(v.hash);
+    t.same(got?.shape, v.shape, `${v.name}: found by hash, shape exact`);
+    t.ok(got && bytes(got.values).equals(bytes(v.values)), 'values bit for bit');
+    await store.putValues(v.hash, v.shape, v.values);
+    t.equal(await ttl(valuesKey(p, v.hash)), -1, "a registered vector's values key has no expiry, after putValues too");
+    t.equal(await ttl(shapeKey(p, v.hash)), -1, 'nor its shape key');
+  }
+
+  // inline values: put, got bit for bit, kept a week
+  for (const shape of [[8], [1, 8], [4, 8]]) {
+    const v = awkward(
+      shape.reduce((a, b) => a * b, 1),
+      shape[0],
+    );
+    const hash = vectorHash(shape, v);
+    await store.putValues(hash, shape, v);
+    const got = await store.getValues(hash);
+    t.same(got?.shape, shape, `${JSON.stringify(shape)}: shape round-trips`);
+    t.ok(got && bytes(got.values).equals(bytes(v)), 'values bit for bit, NaN payload included');
+    t.ok(week(await ttl(valuesKey(p, hash))), 'the values key expires in VALUES_TTL_S');
+    const both = await probe.multi().pttl(valuesKey(p, hash)).pttl(shapeKey(p, hash)).exec();
+    t.ok(Math.abs((both![0][1] as number) - (both![1][1] as number)) <= 5, 'the shape key expiring with it');
+  }
+  t.equal(await store.getValues(vectorHash([8], awkward(8, 99))), null, 'an unknown hash: null');
+
+  // a job's inline values (15 minutes) are extended to a week; a longer expiry is not shortened
+  const inline = awkward(8, 5);
+  const ih = vectorHash([8], inline);
+  await probe.set(valuesKey(p, ih), bytes(inline), 'EX', 900);
+  t.same((await store.getValues(ih))?.shape, [8], 'values stored without a shape key are found (shape from the hash)');
+  await store.putValues(ih, [8], inline);
+  t.ok(week(await ttl(valuesKey(p, ih))), 'putValues extends a 15-minute expiry to a week');
+  await probe.expire(valuesKey(p, ih), 2 * VALUES_TTL_S);
+  await store.putValues(ih, [8], inline);
+  t.ok((await ttl(valuesKey(p, ih))) > VALUES_TTL_S, 'and does not shorten a longer one');
+  t.ok((await ttl(shapeKey(p, ih))) > VALUES_TTL_S, 'the shape key following');
+
+  // deleted and replaced vectors: still found, kept at least VALUES_TTL_S
+  t.ok(ORPHAN_TTL_S >= VALUES_TTL_S, 'released values are kept at least as long as receipts last');
+  await store.put(vector('dir', 3), { replace: true, max: 10 });
+  await store.delete('seq');
+  for (const v of [dir, seq]) {
+    const got = await store.getValues(v.hash);
+    t.same(got?.shape, v.shape, `${v.name}, released: found by hash`);
+    t.ok(got && bytes(got.values).equals(bytes(v.values)));
+    t.ok(week(await ttl(valuesKey(p, v.hash))), 'expiring in a week');
+    t.ok(week(await ttl(shapeKey(p, v.hash))), 'shape key too');
+  }
+
+  // shapes recovered from the hash alone: vectors registered before shape keys existed
+  const legacy = vector('legacy', 4, 8, [2, 8]);
+  await store.put(legacy, { replace: false, max: 10 });
+  await probe.del(shapeKey(p, legacy.hash));
+  t.same((await store.getValues(legacy.hash))?.shape, [2, 8], 'a [k, H] shape found without its key');
+  await probe.set(shapeKey(p, legacy.hash), '[16]');
+  t.same((await store.getValues(legacy.hash))?.shape, [2, 8], 'a wrong shape key is not believed');
+
+  // values not matching their hash are not served
+  const bad = awkward(8, 6);
+  const bh = vectorHash([8], bad);
+  await probe.set(valuesKey(p, bh), bytes(awkward(8, 7)), 'EX', 60);
+  t.equal(await store.getValues(bh), null, 'values under the wrong hash: null');
+  await store.putValues(bh, [8], bad);
+  t.ok(bytes((await store.getValues(bh))!.values).equals(bytes(bad)), 'putValues repairs them');
+
+  // refused: malformed hashes, values of another hash; nothing is written
+  const before = (await probe.keys(`${p}*`)).sort();
+  for (const h of ['*', `${p}x`, bh.toUpperCase(), bh.slice(1), `${bh}0`]) {
+    t.equal(await store.getValues(h), null, `getValues(${JSON.stringify(h.slice(0, 20))}…) is null`);
+    await t.rejects(store.putValues(h, [8], bad), /not a vector hash/, 'putValues refuses it');
+  }
+  await t.rejects(store.putValues(bh, [8], inline), /do not have the hash/);
+  await t.rejects(store.putValues(bh, [2, 4], bad), /do not have the hash/);
+  t.same((await probe.keys(`${p}*`)).sort(), before, 'no key written');
 });
 
 t.test('a vector registered through one API process is usable through another', { skip }, async (t) => {

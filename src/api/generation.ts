@@ -20,17 +20,23 @@ export type SchemaRequest<S extends FastifySchema> = FastifyRequest<
   TypeBoxTypeProvider
 >;
 
-/** Refuses new work while draining (503) or when the queue is full (429), else counts it in. */
-export function admit(svc: Service): () => void {
+/**
+ * Refuses new work while draining (503) or when the queue is full (429), else counts it in: `n`
+ * generations (a request with control arms, or a sweep's cells, counts each).
+ */
+export function admit(svc: Service, n = 1): () => void {
   if (svc.draining) throw new UnavailableError('the server is shutting down');
   const depth = svc.config.limits.queueDepth;
-  if (svc.inFlight >= depth) {
-    throw new QueueFullError(`the queue is full (${depth} requests in flight); retry later`, depth);
+  if (svc.inFlight + n > depth) {
+    throw new QueueFullError(
+      `the queue is full (${svc.inFlight} of ${depth} generations in flight; this request needs ${n}); retry later`,
+      depth,
+    );
   }
-  svc.inFlight++;
+  svc.inFlight += n;
   let released = false;
   return () => {
-    if (!released) svc.inFlight--;
+    if (!released) svc.inFlight -= n;
     released = true;
   };
 }

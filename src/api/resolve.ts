@@ -1,17 +1,37 @@
 import type { Intervention, Positions } from '../engine/types.js';
-import { SteerdError, UnprocessableError } from '../errors.js';
+import { SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
 import { describe } from '../store/vectors.js';
+import { NORMS_WAIT_MS, residNormsWithin } from './norms.js';
 import type { InterventionBody } from './schemas.js';
 import type { Service } from './service.js';
 
-/** An intervention as applied, echoed back in responses. */
+/** An intervention as applied, echoed back in responses (and recorded in receipts). */
 export interface AppliedIntervention {
   vector: string | null;
   hash: string;
   shape: number[];
   layer: number;
   coeff: number;
+  unit: Unit;
+  /** The multiplier applied to the stored values (`coeff` itself for `absolute`). */
+  applied_coeff: number;
+  /** The norm of what was added: |applied_coeff| × the vector's norm (a sequence: its largest row's). */
+  applied_norm: number;
   positions: Positions;
+}
+
+export type Unit = 'absolute' | 'resid_norm';
+
+/** A vector's size for units: its norm, or for a sequence its largest row's. */
+export function unitNorm(values: Float32Array, rows: number): number {
+  const H = values.length / rows;
+  let best = 0;
+  for (let r = 0; r < rows; r++) {
+    let s = 0;
+    for (let i = r * H; i < (r + 1) * H; i++) s += values[i] * values[i];
+    best = Math.max(best, Math.sqrt(s));
+  }
+  return best;
 }
 
 /** Flattens number[H] or number[k][H] to float32 with its shape; ragged rows are refused. */
@@ -65,8 +85,35 @@ export async function resolveInterventions(
       );
     const rows = shape.length === 1 ? 1 : shape[0];
     const positions = iv.positions ?? (rows === 1 ? 'all' : 'front');
-    engine.push({ values, rows, layer: iv.layer, coeff: iv.coeff, positions, hash });
-    applied.push({ vector: name, hash, shape, layer: iv.layer, coeff: iv.coeff, positions });
+    const unit = iv.unit ?? 'absolute';
+    const norm = unitNorm(values, rows);
+    let applied_coeff = iv.coeff;
+    if (unit === 'resid_norm') {
+      const n = svc.engine.info.n_layer;
+      if (iv.layer > n)
+        throw new UnprocessableError(
+          `${where}.layer ${iv.layer} is out of range: this model's hook points are 0..${n}`,
+        );
+      if (norm === 0) throw new UnprocessableError(`${where}: a zero vector cannot be scaled to a residual-norm unit`);
+      const norms = await residNormsWithin(svc, NORMS_WAIT_MS);
+      if (!norms)
+        throw new UnavailableError(
+          `${where}: unit "resid_norm" counts the residual-stream norms, which no engine has measured yet; retry shortly`,
+        );
+      applied_coeff = (iv.coeff * norms[iv.layer].median) / norm;
+    }
+    engine.push({ values, rows, layer: iv.layer, coeff: applied_coeff, positions, hash });
+    applied.push({
+      vector: name,
+      hash,
+      shape,
+      layer: iv.layer,
+      coeff: iv.coeff,
+      unit,
+      applied_coeff,
+      applied_norm: Math.abs(applied_coeff) * norm,
+      positions,
+    });
   }
   return { engine, applied };
 }

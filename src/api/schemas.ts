@@ -78,6 +78,11 @@ export const positionsSchema = StringEnum(['all', 'prompt', 'generated', 'front'
 });
 type _Positions = Agrees<Same<Static<typeof positionsSchema>, Positions>>;
 
+export const unitSchema = StringEnum(['absolute', 'resid_norm'], {
+  description:
+    "`absolute` (default): coeff multiplies the stored values; `resid_norm`: the added vector's norm (a sequence: its largest row's) is coeff × the layer's median residual-stream norm",
+});
+
 export const interventionSchema = Type.Object(
   {
     vector: OneOf(
@@ -91,7 +96,11 @@ export const interventionSchema = Type.Object(
       minimum: 0,
       description: 'hook point: the residual stream entering block `layer` (n_layer: before ln_f)',
     }),
-    coeff: Type.Number({ description: 'the vector is multiplied by this before it is added' }),
+    coeff: Type.Number({
+      description:
+        'the vector is multiplied by this before it is added; with `unit: "resid_norm"` it counts the layer\'s median residual-stream norm (`/v1/model` `resid_norms`)',
+    }),
+    unit: Type.Optional(unitSchema),
     positions: Type.Optional(positionsSchema),
   },
   { $id: 'Intervention', additionalProperties: false },
@@ -128,5 +137,43 @@ export const finishReasonSchema = StringEnum(['length', 'eos', 'stop', 'cancelle
 type _FinishReason = Agrees<Same<Static<typeof finishReasonSchema>, FinishReason>>;
 
 export const tokenSchema = Type.Partial(
-  Type.Object({ id: Type.Integer(), text: Type.String(), logprob: Type.Number() }),
+  Type.Object({
+    id: Type.Integer(),
+    text: Type.String(),
+    logprob: Type.Number(),
+    baseline_logprob: Type.Number({
+      description: 'with telemetry: log p(token) under the unsteered model, same prefix',
+    }),
+    kl: Type.Number({ description: 'with telemetry: KL(steered ‖ unsteered) at the position that chose it, nats' }),
+    top1_flip: Type.Boolean({ description: "with telemetry: the two distributions' most likely tokens differ" }),
+    projections: Type.Array(Nullable(Type.Number()), {
+      description:
+        "with telemetry: per intervention, the residual stream at its hook (after steering) at that position, dotted with the intervention's unit vector; null for a sequence",
+    }),
+  }),
+);
+
+export const telemetrySummarySchema = Type.Object(
+  {
+    mean_kl: Type.Number(),
+    max_kl: Type.Number(),
+    top1_flips: Type.Integer({ description: 'positions where the steered and unsteered argmaxes differ' }),
+    logprob_delta: Type.Number({ description: 'Σ (logprob − baseline_logprob) over the generated tokens' }),
+  },
+  { description: 'with telemetry: totals over the generated tokens' },
+);
+
+/** An intervention as applied, echoed back in responses. */
+export const appliedInterventionSchema = Type.Partial(
+  Type.Object({
+    vector: Nullable(Type.String()),
+    hash: Type.String(),
+    shape: Type.Array(Type.Integer()),
+    layer: Type.Integer(),
+    coeff: Type.Number(),
+    unit: unitSchema,
+    applied_coeff: Type.Number({ description: 'the multiplier applied to the stored values' }),
+    applied_norm: Type.Number({ description: 'the norm of what was added (a sequence: its largest row)' }),
+    positions: Type.String(),
+  }),
 );

@@ -1,5 +1,11 @@
+import { createHash } from 'node:crypto';
 import type { Checkpoint } from '../model/checkpoint.js';
+import { buildServeGraphBytes } from '../model/serve-graph.js';
+import { sizeClasses } from './kv-budget.js';
 import type { ModelInfo } from './types.js';
+
+/** Cache groups of the serving graph: one per size class the context allows (kv-budget.ts). */
+export const serveGroups = (nCtx: number) => sizeClasses(nCtx).length;
 
 /** What clients and validation need to know of a checkpoint. */
 export function modelInfo(ck: Checkpoint, provider: string): ModelInfo {
@@ -12,6 +18,11 @@ export function modelInfo(ck: Checkpoint, provider: string): ModelInfo {
     vocab_size: c.vocab_size,
     eos_token_id: c.eos_token_id,
     fingerprint: ck.fingerprint,
+    // the serving graph is a function of the checkpoint's layout and of this builder: its hash
+    // names the computation a receipt ran (building it is cheap: no weight is read)
+    graph_hash: createHash('sha256')
+      .update(buildServeGraphBytes(ck, { groups: serveGroups(c.n_positions) }))
+      .digest('hex'),
     provider,
   };
 }

@@ -5,8 +5,7 @@ import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import type { KvShape } from './kv.js';
-import { sizeClasses } from './kv-budget.js';
-import { modelInfo } from './model-info.js';
+import { modelInfo, serveGroups } from './model-info.js';
 import type { ModelInfo } from './types.js';
 
 /** Options of the model runner (the one owner of the ONNX Runtime session). */
@@ -89,8 +88,7 @@ export class ModelRunner {
   static async open(opts: RunnerOptions): Promise<ModelRunner> {
     const ck = openCheckpoint(opts.model);
     const tokenizer = Gpt2Tokenizer.fromDir(opts.model);
-    // one cache group per size class the context allows (kv-budget.ts)
-    const groups = sizeClasses(ck.config.n_positions).length;
+    const groups = serveGroups(ck.config.n_positions);
     buildGraph(opts.model, { serving: { groups }, fileName: SERVE_GRAPH });
     const provider = opts.provider ?? 'cpu';
     const known = ort.listSupportedBackends().map((b) => b.name);

@@ -126,6 +126,8 @@ export interface ModelInfo {
   eos_token_id: number;
   /** The checkpoint's layout fingerprint (config + safetensors header). */
   fingerprint: string;
+  /** sha256 of the serving graph (model.serve.onnx): what a receipt ran. */
+  graph_hash: string;
   /** Execution provider in use. */
   provider: string;
   /** The engine's KV cache (absent where no engine runs: an API process in Redis mode). */

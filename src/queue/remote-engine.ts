@@ -173,8 +173,9 @@ export class RemoteEngine {
     return engine;
   }
 
+  /** Not closing, and the producer's and publisher's connections are up (they come back after Redis does). */
   get ready(): boolean {
-    return !this.closing;
+    return !this.closing && this.conns.every((c) => c.status === 'ready');
   }
 
   get inFlight(): number {

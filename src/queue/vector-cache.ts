@@ -56,7 +56,7 @@ export class VectorCache {
     };
     if (!bytes)
       return gone(
-        'its values are no longer in the registry (deleted or replaced a day ago, or sent inline and unused for 15 minutes); send the request again',
+        'its values are no longer in the registry (deleted or replaced over a week ago, or sent inline and not named by a receipt for a week); send the request again',
       );
     const values = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
     const shape = rows === 1 ? [this.nEmbd] : [rows, this.nEmbd];

@@ -2,18 +2,23 @@ import { Redis } from 'ioredis';
 import { SteerdError } from '../errors.js';
 import {
   ConflictError,
+  checkValues,
+  isVectorHash,
   LimitError,
   NotFoundError,
   type StoredVector,
+  VALUES_TTL_S,
   type VectorMeta,
   type VectorStore,
+  vectorHash,
 } from './vectors.js';
 
 /**
  * Values no name refers to any more are not deleted at once: a queued job may still refer to them
- * by hash. They expire after `ORPHAN_TTL_S` instead (a later put of the same values keeps them).
- * The scripts' last two arguments are the values key prefix and that TTL; building a key inside a
- * script assumes a single Redis instance (not a cluster).
+ * by hash, and a receipt may name them. They expire after `ORPHAN_TTL_S` instead (a later put of
+ * the same values keeps them), their shape key with them. The scripts' last three arguments are
+ * the values key prefix, the shape key prefix and that TTL; building a key inside a script assumes
+ * a single Redis instance (not a cluster).
  */
 const RELEASE = `
 local hash = cjson.decode(old).hash
@@ -21,7 +26,10 @@ local shared = false
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
   if cjson.decode(v).hash == hash then shared = true break end
 end
-if not shared then redis.call('EXPIRE', ARGV[#ARGV - 1] .. hash, ARGV[#ARGV]) end`;
+if not shared then
+  redis.call('EXPIRE', ARGV[#ARGV - 2] .. hash, ARGV[#ARGV])
+  redis.call('EXPIRE', ARGV[#ARGV - 1] .. hash, ARGV[#ARGV])
+end`;
 
 const DELETE = `
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -35,21 +43,70 @@ local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old and ARGV[4] == '0' then return 'conflict' end
 if not old and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return 'limit' end
 redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[6])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if old then ${RELEASE} end
 return 'ok'`;
 
-/** Seconds that values nothing refers to (replaced, deleted, or sent inline with a job) are kept. */
-export const ORPHAN_TTL_S = 24 * 3600;
+/**
+ * putValues: the values (rewritten: same bytes, or a repair), their expiry raised to at least
+ * ARGV[3] seconds (EXPIRE GT leaves a key without expiry, a registered vector's, without one), and
+ * the shape key set with exactly the values key's expiry.
+ */
+const PUT_VALUES = `
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+if existed == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3], 'GT') else redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1`;
+
+/**
+ * Seconds that values nothing refers to any more (a deleted or replaced vector's) are kept:
+ * VALUES_TTL_S (it was one day), so that receipts naming them stay replayable for a week. Inline
+ * values a job carries are kept `INLINE_TTL_S` (remote-engine.ts), longer once putValues keeps them
+ * for a receipt.
+ */
+export const ORPHAN_TTL_S = VALUES_TTL_S;
 
 /** Where the float32 values of the vector with content hash `hash` live. */
 export const valuesKey = (prefix: string, hash: string) => `${prefix}vectors:values:${hash}`;
 
 /**
+ * Where the shape of the values under `valuesKey(prefix, hash)` lives (JSON, e.g. `[768]` or
+ * `[4,768]`), with the same expiry as the values (none for a registered vector's). A key of its
+ * own, so that the values key stays plain float32 for the workers that read it.
+ */
+export const shapeKey = (prefix: string, hash: string) => `${prefix}vectors:shape:${hash}`;
+
+/**
+ * The shape that gives `values` the content hash `hash`, for values stored without a shape key
+ * (registered or sent inline before shapes were kept): [n], else [k, n/k] for the divisors k of n,
+ * fewest rows first. The hash covers the shape, so at most one matches. Null if none does.
+ */
+export function shapeForHash(hash: string, values: Float32Array): number[] | null {
+  const n = values.length;
+  if (n === 0) return null;
+  if (vectorHash([n], values) === hash) return [n];
+  const small: number[] = [];
+  const large: number[] = [];
+  for (let k = 1; k * k <= n; k++) {
+    if (n % k) continue;
+    small.push(k);
+    if (k * k !== n) large.unshift(n / k);
+  }
+  for (const k of [...small, ...large]) if (vectorHash([k, n / k], values) === hash) return [k, n / k];
+  return null;
+}
+
+/**
  * The vector registry in Redis, shared by every process on the same Redis: metadata in one hash
  * (name → JSON, the name → hash link included), values as binary float32 under their content
- * hash (so a job can carry the hash and any worker fetch the values). Writes are one Lua script:
- * the name check, the count limit and both writes happen atomically.
+ * hash (so a job can carry the hash and any worker fetch the values), their shape beside them
+ * (`shapeKey`). Writes are one Lua script: the name check, the count limit and the writes happen
+ * atomically. A registered vector's values and shape keys have no expiry; other values (put for
+ * receipts, released by a delete or replace, sent inline with a job) expire.
  */
 export class RedisVectorStore implements VectorStore {
   readonly redis: Redis;
@@ -72,9 +129,13 @@ export class RedisVectorStore implements VectorStore {
     return valuesKey(this.prefix, hash);
   }
 
+  private shapeKey(hash: string) {
+    return shapeKey(this.prefix, hash);
+  }
+
   /** The arguments the scripts need to find and expire orphaned values. */
   private get releaseArgs() {
-    return [valuesKey(this.prefix, ''), String(ORPHAN_TTL_S)];
+    return [valuesKey(this.prefix, ''), shapeKey(this.prefix, ''), String(ORPHAN_TTL_S)];
   }
 
   /** Waits up to a second for the connection (at start, or while it comes back), else fails. */
@@ -141,14 +202,16 @@ export class RedisVectorStore implements VectorStore {
       const { values, ...meta } = v;
       const r = await this.redis.eval(
         PUT,
-        2,
+        3,
         this.metaKey,
         this.valuesKey(v.hash),
+        this.shapeKey(v.hash),
         v.name,
         JSON.stringify(meta),
         Buffer.from(values.buffer, values.byteOffset, values.byteLength),
         opts.replace ? '1' : '0',
         String(opts.max),
+        JSON.stringify(v.shape),
         ...this.releaseArgs,
       );
       if (r === 'conflict') throw new ConflictError(v.name);
@@ -160,6 +223,47 @@ export class RedisVectorStore implements VectorStore {
     return this.call(async () => {
       if ((await this.redis.eval(DELETE, 1, this.metaKey, name, ...this.releaseArgs)) === 0)
         throw new NotFoundError(name);
+    });
+  }
+
+  putValues(hash: string, shape: number[], values: Float32Array): Promise<void> {
+    try {
+      checkValues(hash, shape, values);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.call(async () => {
+      await this.redis.eval(
+        PUT_VALUES,
+        2,
+        this.valuesKey(hash),
+        this.shapeKey(hash),
+        Buffer.from(values.buffer, values.byteOffset, values.byteLength),
+        JSON.stringify(shape),
+        String(VALUES_TTL_S),
+      );
+    });
+  }
+
+  getValues(hash: string): Promise<{ shape: number[]; values: Float32Array } | null> {
+    if (!isVectorHash(hash)) return Promise.resolve(null);
+    return this.call(async () => {
+      const res = await this.redis.multi().getBuffer(this.valuesKey(hash)).get(this.shapeKey(hash)).exec();
+      if (!res) throw new Error('the transaction was aborted');
+      for (const [err] of res) if (err) throw err;
+      const bytes = res[0][1] as Buffer | null;
+      if (!bytes || bytes.length % 4) return null;
+      const values = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+      let shape: number[] | null = null;
+      try {
+        shape = JSON.parse(res[1][1] as string) as number[];
+      } catch {
+        // no shape key (stored before shapes were): found from the hash below
+      }
+      if (Array.isArray(shape) && shape.every(Number.isInteger) && vectorHash(shape, values) === hash)
+        return { shape, values };
+      const found = shapeForHash(hash, values);
+      return found && { shape: found, values };
     });
   }
 

@@ -1,0 +1,212 @@
+import { randomInt, randomUUID } from 'node:crypto';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { FastifyReply } from 'fastify';
+import { Type } from 'typebox';
+import { collect, completionOf, completionProperties } from '../src/api/completion.js';
+import {
+  admit,
+  checkLimits,
+  requestSignal,
+  type SchemaRequest,
+  streamErrors,
+  timeoutError,
+  tracked,
+} from '../src/api/generation.js';
+import { keepValues, type RunRecord, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
+import { type AppliedIntervention, resolveInterventions } from '../src/api/resolve.js';
+import {
+  errorResponses,
+  interventionSchema,
+  Nullable,
+  positionsSchema,
+  Ref,
+  samplingProperties,
+  unitSchema,
+} from '../src/api/schemas.js';
+import type { Service } from '../src/api/service.js';
+import type { GenerateRequest, Intervention } from '../src/engine/types.js';
+import { UnprocessableError } from '../src/errors.js';
+
+const cellSchema = Type.Partial(
+  Type.Object({
+    layer: Type.Integer(),
+    coeff: Type.Number(),
+    seed: Type.Integer(),
+    ...completionProperties,
+    intervention: Type.Partial(Type.Object({ applied_coeff: Type.Number(), applied_norm: Type.Number() })),
+  }),
+);
+
+const schema = {
+  tags: ['generation'],
+  summary: 'Dose–response: one vector at several layers × coefficients (× seeds), in one batched call',
+  description:
+    "Runs one generation per cell of layers × coeffs × seeds, each with the one intervention `{vector, layer, coeff, unit, positions}` and that seed, all admitted together so that they share batches; a cell's tokens are those of a `/v1/generate` with the same intervention and seed. With `telemetry` (default true) each cell reports the mean and largest KL from its unsteered twin, the top-1 flips and the logprob delta. `baseline` is the unsteered completion (the first seed). `stream: true` sends a `cell` event as each cell finishes, then `done`. In Redis mode every cell is a job of its own, picked up by any worker.",
+  body: Type.Object(
+    {
+      prompt: Type.String({ minLength: 1 }),
+      vector: interventionSchema.properties.vector,
+      layers: Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1, maxItems: 64, uniqueItems: true }),
+      coeffs: Type.Array(Type.Number(), { minItems: 1, maxItems: 256 }),
+      unit: Type.Optional(unitSchema),
+      positions: Type.Optional(positionsSchema),
+      seeds: Type.Optional(
+        Type.Array(Type.Integer({ minimum: 0 }), {
+          minItems: 1,
+          maxItems: 64,
+          description: 'one cell per seed for each layer and coeff; default: [seed], drawn when absent',
+        }),
+      ),
+      ...samplingProperties,
+      telemetry: Type.Optional(Type.Boolean({ default: true })),
+      stream: Type.Optional(Type.Boolean({ default: false })),
+      prepend_bos: Type.Optional(Type.Boolean({ default: false })),
+    },
+    { additionalProperties: false },
+  ),
+  response: {
+    200: Type.Partial(
+      Type.Object({
+        id: Type.String(),
+        model: Type.String(),
+        vector: Type.Partial(Type.Object({ name: Nullable(Type.String()), hash: Type.String() })),
+        baseline: Type.Partial(Type.Object({ ...completionProperties, seed: Type.Integer() })),
+        cells: Type.Array(cellSchema),
+        receipt: Ref(receiptSchema),
+      }),
+      { description: 'Every cell (or, with `stream: true`, a text/event-stream of `cell` events, then `done`).' },
+    ),
+    ...errorResponses,
+  },
+};
+
+interface Cell {
+  layer: number;
+  coeff: number;
+  seed: number;
+  req: GenerateRequest;
+  applied: AppliedIntervention;
+  interventions: Intervention[];
+}
+
+const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
+  app.post('/v1/sweep', { sse: 'manual', schema }, streamErrors(handle));
+
+  async function handle(request: SchemaRequest<typeof schema>, reply: FastifyReply) {
+    const b = request.body;
+    const { engine } = svc;
+    const maxNew = b.max_new_tokens ?? 64;
+    checkLimits(svc, maxNew);
+    const seeds = b.seeds ?? [b.seed ?? randomInt(0, 2 ** 32)];
+    const count = b.layers.length * b.coeffs.length * seeds.length;
+    const max = svc.config.limits.maxSweepCells;
+    if (count > max)
+      throw new UnprocessableError(
+        `${b.layers.length} layers × ${b.coeffs.length} coeffs × ${seeds.length} seeds = ${count} cells, more than this server's limit of ${max} (STEERD_MAX_SWEEP_CELLS)`,
+        { cells: count, max_sweep_cells: max },
+      );
+    const prompt = [...(b.prepend_bos ? [engine.tokenizer.eosId] : []), ...engine.tokenizer.encode(b.prompt)];
+    const {
+      prompt: _t,
+      vector,
+      layers,
+      coeffs,
+      unit,
+      positions,
+      seeds: _s,
+      seed: _seed,
+      telemetry = true,
+      stream: _st,
+      prepend_bos: _p,
+      ...sampling
+    } = b;
+    const base = { ...sampling, prompt, max_new_tokens: maxNew, stop: typeof b.stop === 'string' ? [b.stop] : b.stop };
+    // every cell resolved (and so validated) before anything runs
+    const cells: Cell[] = [];
+    for (const layer of layers) {
+      for (const coeff of coeffs) {
+        const resolved = await resolveInterventions(svc, [{ vector, layer, coeff, unit, positions }]);
+        for (const seed of seeds) {
+          cells.push({
+            layer,
+            coeff,
+            seed,
+            req: { ...base, seed, interventions: resolved.engine, telemetry },
+            applied: resolved.applied[0],
+            interventions: resolved.engine,
+          });
+        }
+      }
+    }
+    const baselineReq: GenerateRequest = { ...base, seed: seeds[0], interventions: [] };
+    const release = admit(svc, cells.length + 1);
+    const sig = requestSignal(svc, request, reply);
+    try {
+      const stream = b.stream && reply.sse;
+      if (stream) {
+        reply.sse!.keepAlive();
+        reply.sse!.onClose(() => sig.abort());
+      }
+      // admitted together: the cells share the engine's batches
+      const run = (req: GenerateRequest) =>
+        collect(svc, tracked(svc, req, engine.generate(req, { signal: sig.signal })));
+      const baseline = run(baselineReq);
+      const results = cells.map(async (c, i) => {
+        const r = await run(c.req);
+        const cell = {
+          index: i,
+          layer: c.layer,
+          coeff: c.coeff,
+          seed: c.seed,
+          ...completionOf(r),
+          intervention: { applied_coeff: c.applied.applied_coeff, applied_norm: c.applied.applied_norm },
+        };
+        if (stream) await sig.send({ event: 'cell', data: cell });
+        return { cell, ids: r.tokens.map((t) => t.id) };
+      });
+      let done: Awaited<(typeof results)[number]>[];
+      let base0: Awaited<typeof baseline>;
+      try {
+        [base0, ...done] = await Promise.all([baseline, ...results]);
+      } catch (e) {
+        sig.abort();
+        await Promise.allSettled([baseline, ...results]);
+        throw e;
+      }
+      if (sig.timedOut()) throw timeoutError(svc);
+      const first = cells[0];
+      await keepValues(svc, first.interventions, [first.applied]);
+      const runs: RunRecord[] = [
+        runRecord(
+          baselineReq,
+          [],
+          base0.tokens.map((t) => t.id),
+        ),
+        ...cells.map((c, i) => runRecord(c.req, [c.applied], done[i].ids)),
+      ];
+      const body = {
+        id: `sweep-${randomUUID()}`,
+        model: svc.model.name,
+        vector: { name: first.applied.vector, hash: first.applied.hash },
+        baseline: { ...completionOf(base0), seed: seeds[0] },
+        cells: done.map((d) => {
+          const { index: _i, ...cell } = d.cell;
+          return cell;
+        }),
+        receipt: receipt(svc, runs),
+      };
+      if (stream) {
+        const { cells: _c, ...rest } = body;
+        await sig.send({ event: 'done', data: rest });
+        reply.sse!.close();
+        return reply;
+      }
+      return body;
+    } finally {
+      sig.done();
+      release();
+    }
+  }
+};
+
+export default sweepRoutes;

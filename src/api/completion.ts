@@ -1,0 +1,47 @@
+import { Type } from 'typebox';
+import type { DoneEvent, GenerateEvent, TokenEvent } from '../engine/types.js';
+import { finishReasonSchema, telemetrySummarySchema, tokenSchema } from './schemas.js';
+import type { Service } from './service.js';
+
+/** A completion as the generation routes return it (main run, control arms, sweep cells). */
+export const completionProperties = {
+  text: Type.String(),
+  tokens: Type.Array(tokenSchema),
+  finish_reason: finishReasonSchema,
+  usage: Type.Partial(Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer() })),
+  telemetry: telemetrySummarySchema,
+};
+
+/** A token as the API shows it: the engine's, with its telemetry (if any) flattened in. */
+export function apiToken(svc: Service, e: TokenEvent) {
+  return { id: e.id, text: svc.engine.tokenizer.decode([e.id]), logprob: e.logprob, ...e.telemetry };
+}
+
+export type ApiToken = ReturnType<typeof apiToken>;
+
+/** Collects a generation's events; `onEvent` sees each one as it comes (streaming). */
+export async function collect(
+  svc: Service,
+  events: AsyncIterable<GenerateEvent>,
+  onEvent?: (e: GenerateEvent) => Promise<void>,
+): Promise<{ tokens: ApiToken[]; done: DoneEvent }> {
+  const tokens: ApiToken[] = [];
+  let done: DoneEvent | undefined;
+  for await (const e of events) {
+    if (e.type === 'token' && e.id >= 0) tokens.push(apiToken(svc, e));
+    if (e.type === 'done') done = e;
+    await onEvent?.(e);
+  }
+  return { tokens, done: done! };
+}
+
+/** The response fields of a collected completion. */
+export function completionOf(r: { tokens: ApiToken[]; done: DoneEvent }) {
+  return {
+    text: r.done.text,
+    tokens: r.tokens,
+    finish_reason: r.done.finish_reason,
+    usage: r.done.usage,
+    ...(r.done.telemetry && { telemetry: r.done.telemetry }),
+  };
+}

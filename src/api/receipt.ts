@@ -1,0 +1,162 @@
+import { readFileSync } from 'node:fs';
+import { type Static, Type } from 'typebox';
+import type { GenerateRequest, Intervention } from '../engine/types.js';
+import { GoneError, UnprocessableError } from '../errors.js';
+import type { AppliedIntervention } from './resolve.js';
+import { StringEnum, unitSchema } from './schemas.js';
+import type { Service } from './service.js';
+
+/**
+ * Receipts (DESIGN.md §4): what a generation ran — steerd's version, the model and a hash of its
+ * serving graph, every run's request as it ran (prompt ids, every sampling parameter with the seed,
+ * the interventions by vector hash with the coefficient actually applied) and its output ids — so
+ * that `/v1/replay` can run it again and say whether the same tokens come out. Determinism holds
+ * for the same model, graph, provider and hardware (batch invariance makes the neighbours
+ * irrelevant); another CPU, thread count or provider may round differently.
+ */
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+const int = (o = {}) => Type.Integer(o);
+const hashSchema = Type.String({ pattern: '^[0-9a-f]{64}$' });
+
+export const runRecordSchema = Type.Object(
+  {
+    prompt: Type.Array(int({ minimum: 0 }), { minItems: 1, description: 'prompt token ids' }),
+    max_new_tokens: int({ minimum: 1 }),
+    temperature: Type.Number({ minimum: 0 }),
+    top_k: int({ minimum: 0 }),
+    top_p: Type.Number({ exclusiveMinimum: 0, maximum: 1 }),
+    frequency_penalty: Type.Number({ minimum: -2, maximum: 2 }),
+    presence_penalty: Type.Number({ minimum: -2, maximum: 2 }),
+    seed: int({ minimum: 0 }),
+    stop: Type.Array(Type.String({ minLength: 1 }), { maxItems: 16 }),
+    stop_at_eos: Type.Boolean(),
+    telemetry: Type.Boolean(),
+    interventions: Type.Array(
+      Type.Object(
+        {
+          hash: hashSchema,
+          shape: Type.Array(int({ minimum: 1 }), { minItems: 1, maxItems: 2 }),
+          layer: int({ minimum: 0 }),
+          unit: unitSchema,
+          coeff: Type.Number(),
+          applied_coeff: Type.Number({ description: 'what multiplied the stored values: replay uses it' }),
+          positions: StringEnum(['all', 'prompt', 'generated', 'front']),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    output: Type.Array(int({ minimum: 0 }), { description: 'generated token ids' }),
+  },
+  { additionalProperties: false },
+);
+
+export const receiptSchema = Type.Object(
+  {
+    steerd: Type.String({ description: "steerd's version" }),
+    model: Type.Object(
+      {
+        id: Type.String(),
+        fingerprint: Type.String(),
+        graph_hash: hashSchema,
+      },
+      { additionalProperties: false },
+    ),
+    runs: Type.Array(runRecordSchema, { minItems: 1 }),
+  },
+  {
+    $id: 'Receipt',
+    additionalProperties: false,
+    description: 'What ran, to be run again by POST /v1/replay.',
+  },
+);
+
+export type RunRecord = Static<typeof runRecordSchema>;
+export type Receipt = Static<typeof receiptSchema>;
+
+/** One run as it ran: the engine request (seed drawn), the interventions as applied, the output ids. */
+export function runRecord(req: GenerateRequest, applied: AppliedIntervention[], output: number[]): RunRecord {
+  return {
+    prompt: req.prompt,
+    max_new_tokens: req.max_new_tokens ?? 64,
+    temperature: req.temperature ?? 1,
+    top_k: req.top_k ?? 0,
+    top_p: req.top_p ?? 1,
+    frequency_penalty: req.frequency_penalty ?? 0,
+    presence_penalty: req.presence_penalty ?? 0,
+    seed: req.seed!,
+    stop: req.stop ?? [],
+    stop_at_eos: req.stop_at_eos ?? true,
+    telemetry: req.telemetry ?? false,
+    interventions: applied.map((a) => ({
+      hash: a.hash,
+      shape: a.shape,
+      layer: a.layer,
+      unit: a.unit,
+      coeff: a.coeff,
+      applied_coeff: a.applied_coeff,
+      positions: a.positions,
+    })),
+    output,
+  };
+}
+
+export function receipt(svc: Service, runs: RunRecord[]): Receipt {
+  const info = svc.engine.info;
+  return {
+    steerd: pkg.version,
+    model: { id: svc.model.id, fingerprint: info.fingerprint, graph_hash: info.graph_hash },
+    runs,
+  };
+}
+
+/**
+ * Keeps the values of the inline vectors a response names, so that its receipt can be replayed
+ * (registered vectors are kept by the store; deleted ones for a while).
+ */
+export async function keepValues(svc: Service, engine: Intervention[], applied: AppliedIntervention[]): Promise<void> {
+  await Promise.all(
+    applied.map((a, i) => (a.vector === null ? svc.store.putValues(a.hash, a.shape, engine[i].values) : undefined)),
+  );
+}
+
+/** A receipt's run as an engine request, its vectors fetched by hash (410 when they are gone). */
+export async function requestOf(svc: Service, r: Receipt, run: RunRecord, where: string): Promise<GenerateRequest> {
+  const info = svc.engine.info;
+  if (r.model.id !== svc.model.id || r.model.graph_hash !== info.graph_hash) {
+    throw new UnprocessableError(
+      `the receipt was made with model ${r.model.id} (serving graph ${r.model.graph_hash.slice(0, 12)}); this server runs ${svc.model.id} (serving graph ${info.graph_hash.slice(0, 12)})`,
+      { receipt_model: r.model.id, model: svc.model.id },
+    );
+  }
+  const interventions: Intervention[] = [];
+  for (const [i, iv] of run.interventions.entries()) {
+    const got = await svc.store.getValues(iv.hash);
+    if (!got)
+      throw new GoneError(`${where}.interventions[${i}]: the values of vector ${iv.hash} are no longer kept`, {
+        hash: iv.hash,
+      });
+    if (got.shape.join('x') !== iv.shape.join('x'))
+      throw new UnprocessableError(
+        `${where}.interventions[${i}]: vector ${iv.hash} has shape [${got.shape}], not [${iv.shape}]`,
+      );
+    interventions.push({
+      values: got.values,
+      rows: iv.shape.length === 1 ? 1 : iv.shape[0],
+      layer: iv.layer,
+      coeff: iv.applied_coeff,
+      positions: iv.positions,
+      hash: iv.hash,
+    });
+  }
+  const { output: _o, interventions: _i, ...sampling } = run;
+  return { ...sampling, interventions };
+}
+
+/** Where two token sequences first differ (a length difference counts), or null. */
+export function firstDivergence(a: number[], b: number[]): number | null {
+  const n = Math.max(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return null;
+}
