@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type {
   FastifyReply,
@@ -47,6 +48,7 @@ export function admit(svc: Service, n = 1): () => void {
  */
 export function requestSignal(svc: Service, request: FastifyRequest, reply: FastifyReply) {
   const ac = new AbortController();
+  setMaxListeners(0, ac.signal); // every run of the request listens to it (a sweep: one per cell)
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
