@@ -43,6 +43,8 @@ export interface ForwardInput {
   steer: (Float32Array | null)[];
   /** Hook points whose resid.{l} to fetch. */
   resid?: number[];
+  /** Also project every position (`logits`): a prompt scored token by token. Default false. */
+  logitsAll?: boolean;
 }
 
 export interface ForwardOutput {
@@ -54,6 +56,8 @@ export interface ForwardOutput {
   fresh: { k: Float32Array[]; v: Float32Array[]; T: number };
   /** [B, T, H] per requested hook point. */
   resid: Map<number, Float32Array>;
+  /** [B, T, V] with `logitsAll`. */
+  logits?: Float32Array;
 }
 
 const i64 = (rows: number[][]) => {
@@ -71,6 +75,7 @@ export class ModelRunner {
   readonly kv: KvShape;
   private readonly zero = new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
   private readonly lastOnly = new ort.Tensor('bool', Uint8Array.of(0), []);
+  private readonly allPositions = new ort.Tensor('bool', Uint8Array.of(1), []);
   private readonly fetches: string[];
 
   private constructor(
@@ -132,7 +137,7 @@ export class ModelRunner {
       new_len: i64v(inp.newLen),
       past_len: i64v(inp.pastLen),
       group_rows: i64v(Array.from({ length: this.groups }, (_, g) => groups[g]?.rows ?? 0)),
-      logits_all: this.lastOnly,
+      logits_all: inp.logitsAll ? this.allPositions : this.lastOnly,
     };
     for (let g = 0; g < this.groups; g++) {
       const grp = groups[g];
@@ -147,7 +152,11 @@ export class ModelRunner {
       const s = inp.steer[l];
       feeds[`steer.${l}`] = s ? new ort.Tensor('float32', s, [B, T, this.info.n_embd]) : this.zero;
     }
-    const fetch = [...this.fetches, ...(inp.resid ?? []).map((l) => `resid.${l}`)];
+    const fetch = [
+      ...this.fetches,
+      ...(inp.resid ?? []).map((l) => `resid.${l}`),
+      ...(inp.logitsAll ? ['logits'] : []),
+    ];
     const out = await this.session.run(feeds, fetch);
     const fresh = { k: [] as Float32Array[], v: [] as Float32Array[], T };
     for (let l = 0; l < nLayer; l++) {
@@ -161,6 +170,7 @@ export class ModelRunner {
       lastLse: out.last_lse.data as Float32Array,
       fresh,
       resid,
+      ...(inp.logitsAll && { logits: out.logits.data as Float32Array }),
     };
   }
 

@@ -1,6 +1,7 @@
 import { SteerdError, UnprocessableError } from '../errors.js';
 import { alignUp, KvStore } from './kv.js';
 import { bytesPerToken, classOf, sizeClasses } from './kv-budget.js';
+import { logSumExp, topLogprobs } from './logprobs.js';
 import type { ForwardOutput, ModelRunner, PastGroup } from './runner.js';
 import { newSlot, rowsOf, type Slot } from './slot.js';
 import { buildSteer } from './steer.js';
@@ -203,7 +204,9 @@ export class Scheduler {
       groups: [],
       steer: this.steer(rows, positions, T),
       resid: this.telemetryLayers(group),
+      logitsAll: group.some((s) => s.req.prompt_logprobs !== undefined),
     });
+    for (const s of group) this.scorePrompt(s, out, rows.indexOf(s), T, 0, s.req.prompt.length);
     for (const [b, s] of rows.entries()) {
       s.prefilled = s.req.prompt.length;
       s.source = { k: out.fresh.k, v: out.fresh.v, S: T, b, from: 0, count: s.prefilled };
@@ -236,7 +239,9 @@ export class Scheduler {
       groups: [staging.past()],
       steer: this.steer(rows, positions, T),
       resid: to === L ? this.telemetryLayers([s]) : [],
+      logitsAll: s.req.prompt_logprobs !== undefined,
     });
+    this.scorePrompt(s, out, 0, T, from, to);
     for (const b of rows.keys())
       staging.append(b, { k: out.fresh.k, v: out.fresh.v, S: T, b, from: 0, count: chunk[b].length });
     s.prefilled = to;
@@ -245,6 +250,26 @@ export class Scheduler {
         r.source = { k: staging.k, v: staging.v, S: staging.P, b, from: 0, count: L };
       s.staging = undefined;
       this.afterPrefill(s, out, rows, T, chunk[0].length - 1);
+    }
+  }
+
+  /**
+   * Scores prompt tokens [from, to) of slot s from a pass's `logits` (row b, T positions starting at
+   * `from`): each token's logprob given those before it (the first prompt token: null), and the
+   * most likely alternatives at each position.
+   */
+  private scorePrompt(s: Slot, out: ForwardOutput, b: number, T: number, from: number, to: number): void {
+    const k = s.req.prompt_logprobs;
+    if (k === undefined || !out.logits) return;
+    const V = this.runner.info.vocab_size;
+    const p = s.req.prompt;
+    s.promptLogprobs ??= [{ id: p[0], logprob: null, top_logprobs: [] }];
+    // the logits at position t predict prompt token t + 1 (the last position predicts the first
+    // generated token: no prompt token)
+    for (let t = from; t < Math.min(to, p.length - 1); t++) {
+      const row = out.logits.subarray((b * T + t - from) * V, (b * T + t - from + 1) * V);
+      const lse = logSumExp(row);
+      s.promptLogprobs.push({ id: p[t + 1], logprob: row[p[t + 1]] - lse, top_logprobs: topLogprobs(row, lse, k) });
     }
   }
 
@@ -325,7 +350,15 @@ export class Scheduler {
     s.generated.push(id);
     s.next = id;
     const text = s.text.push(id);
-    this.sink.event(s.id, { type: 'token', id, text, logprob, ...(telemetry && { telemetry }) });
+    const top = s.req.top_logprobs ? topLogprobs(logits, lse, s.req.top_logprobs) : undefined;
+    this.sink.event(s.id, {
+      type: 'token',
+      id,
+      text,
+      logprob,
+      ...(telemetry && { telemetry }),
+      ...(top && { top_logprobs: top }),
+    });
     if (s.text.stopped) {
       this.finish(s, 'stop');
       return;
@@ -374,6 +407,7 @@ export class Scheduler {
       seed: s.seed,
       usage: { prompt_tokens: s.req.prompt.length, completion_tokens: s.generated.length },
       ...(s.totals && { telemetry: s.totals.summary() }),
+      ...(s.promptLogprobs && { prompt_logprobs: s.promptLogprobs }),
       timings: {
         queue_ms: (s.started ?? end) - s.submitted,
         first_token_ms: (s.firstToken ?? end) - s.submitted,

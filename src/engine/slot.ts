@@ -6,7 +6,7 @@ import type { KvSource, KvStore } from './kv.js';
 import { Sampler } from './sampler.js';
 import type { RowSteering } from './steer.js';
 import { TelemetryTotals, unitVectors } from './telemetry.js';
-import type { FinishReason, GenerateRequest } from './types.js';
+import type { FinishReason, GenerateRequest, PromptLogprob } from './types.js';
 
 export type State = 'waiting' | 'prefill' | 'decoding' | 'done';
 
@@ -47,6 +47,8 @@ export interface Slot {
   /** With telemetry: the interventions' unit vectors (null: a sequence) and the running totals. */
   units?: (Float32Array | null)[];
   totals?: TelemetryTotals;
+  /** With `prompt_logprobs`: the prompt's tokens scored so far (chunk by chunk). */
+  promptLogprobs?: PromptLogprob[];
 }
 
 const now = () => performance.timeOrigin + performance.now();

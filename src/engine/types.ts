@@ -53,6 +53,26 @@ export interface GenerateRequest extends SamplingParams {
    * (telemetry.ts): it takes a second row and a second KV reservation. Default false.
    */
   telemetry?: boolean;
+  /** Each token event carries this many of the most likely tokens with their logprobs (0–20). Default 0. */
+  top_logprobs?: number;
+  /**
+   * The done event carries every prompt token's logprob given the tokens before it (the first: null)
+   * and this many most likely alternatives at each position (0–20). Default: none.
+   */
+  prompt_logprobs?: number;
+}
+
+/** A token and its logprob under the model's distribution. */
+export interface TokenLogprob {
+  id: number;
+  logprob: number;
+}
+
+export interface PromptLogprob {
+  id: number;
+  /** null for the first token: nothing comes before it. */
+  logprob: number | null;
+  top_logprobs: TokenLogprob[];
 }
 
 export type FinishReason = 'length' | 'eos' | 'stop' | 'cancelled';
@@ -66,6 +86,8 @@ export interface TokenEvent {
   logprob: number;
   /** With `telemetry`: the token against the unsteered model. */
   telemetry?: TokenTelemetry;
+  /** With `top_logprobs`: the most likely tokens at this position, most likely first. */
+  top_logprobs?: TokenLogprob[];
 }
 
 export interface Usage {
@@ -92,6 +114,8 @@ export interface DoneEvent {
   usage: Usage;
   /** With `telemetry`: the totals over the generated tokens. */
   telemetry?: TelemetrySummary;
+  /** With `prompt_logprobs`: the prompt's tokens, scored. */
+  prompt_logprobs?: PromptLogprob[];
   timings: Timings;
 }
 

@@ -72,6 +72,11 @@ export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxConte
       `prompt (${prompt.length} tokens) + max_new_tokens (${n}) exceeds the context (${maxContext})`,
     );
   }
+  for (const key of ['top_logprobs', 'prompt_logprobs'] as const) {
+    const v = req[key];
+    if (v !== undefined && (!isInt(v) || v < 0 || v > 20))
+      throw new BadRequestError(`${key} must be an integer in 0..20 (got ${v})`);
+  }
   if (req.telemetry !== undefined && typeof req.telemetry !== 'boolean')
     throw new BadRequestError('telemetry must be a boolean');
   const kv = info.kv_cache;
