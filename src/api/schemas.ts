@@ -146,6 +146,9 @@ export const tokenSchema = Type.Partial(
     }),
     kl: Type.Number({ description: 'with telemetry: KL(steered ‖ unsteered) at the position that chose it, nats' }),
     top1_flip: Type.Boolean({ description: "with telemetry: the two distributions' most likely tokens differ" }),
+    top_logprobs: Type.Array(Type.Object({ id: Type.Integer(), text: Type.String(), logprob: Type.Number() }), {
+      description: 'with top_logprobs: the most likely tokens at this position, most likely first',
+    }),
     projections: Type.Array(Nullable(Type.Number()), {
       description:
         "with telemetry: per intervention, the residual stream at its hook (after steering) at that position, dotted with the intervention's unit vector; null for a sequence",
