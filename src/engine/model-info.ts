@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Checkpoint } from '../model/checkpoint.js';
+import { SITES, type Site } from '../model/hooks.js';
 import { buildServeGraphBytes } from '../model/serve-graph.js';
 import { sizeClasses } from './kv-budget.js';
 import type { ModelInfo } from './types.js';
@@ -8,7 +9,7 @@ import type { ModelInfo } from './types.js';
 export const serveGroups = (nCtx: number) => sizeClasses(nCtx).length;
 
 /** What clients and validation need to know of a checkpoint. */
-export function modelInfo(ck: Checkpoint, provider: string): ModelInfo {
+export function modelInfo(ck: Checkpoint, provider: string, sites: readonly Site[] = SITES): ModelInfo {
   const c = ck.config;
   return {
     n_layer: c.n_layer,
@@ -21,8 +22,9 @@ export function modelInfo(ck: Checkpoint, provider: string): ModelInfo {
     // the serving graph is a function of the checkpoint's layout and of this builder: its hash
     // names the computation a receipt ran (building it is cheap: no weight is read)
     graph_hash: createHash('sha256')
-      .update(buildServeGraphBytes(ck, { groups: serveGroups(c.n_positions) }))
+      .update(buildServeGraphBytes(ck, { groups: serveGroups(c.n_positions), sites }))
       .digest('hex'),
+    hook_sites: [...sites],
     provider,
   };
 }

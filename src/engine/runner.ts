@@ -4,7 +4,9 @@ import { SteerdError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
+import { hookPoints, projName, SITES, type Site, steerName } from '../model/hooks.js';
 import type { KvShape } from './kv.js';
+import type { PassSteering } from './steer.js';
 import { modelInfo, serveGroups } from './model-info.js';
 import type { ModelInfo } from './types.js';
 
@@ -16,6 +18,8 @@ export interface RunnerOptions {
   provider?: string;
   /** Intra-op threads; 0 lets ONNX Runtime choose (one per core). Default 0. */
   threads?: number;
+  /** Hook sites the serving graph is built with (the others cannot be steered or read). Default all. */
+  hookSites?: Site[];
 }
 
 /** The serving variant of the graph, beside model.safetensors (see graph.ts). */
@@ -39,10 +43,10 @@ export interface ForwardInput {
   pastLen: number[];
   /** The cache groups, rows in batch order (Σ rows = B); missing groups are empty; none: all rows in group 0 with nothing cached. */
   groups: PastGroup[];
-  /** Per hook point: [B, T, H] or null (a broadcast zero). */
-  steer: (Float32Array | null)[];
-  /** Hook points whose resid.{l} to fetch. */
-  resid?: number[];
+  /** The pass's steering (steer.ts): adds per `steer.*` input, projections per hook point. */
+  steer: PassSteering;
+  /** Hook-point outputs to fetch (hooks.ts readName: `resid.{l}`, `ln1.{l}`, ...). */
+  read?: string[];
   /** Also project every position (`logits`): a prompt scored token by token. Default false. */
   logitsAll?: boolean;
 }
@@ -54,8 +58,8 @@ export interface ForwardOutput {
   lastLse: Float32Array;
   /** The new tokens' keys and values: [B, n_head, T, head_dim] per layer. */
   fresh: { k: Float32Array[]; v: Float32Array[]; T: number };
-  /** [B, T, H] per requested hook point. */
-  resid: Map<number, Float32Array>;
+  /** [B, T, H] per hook-point output read. */
+  read: Map<string, Float32Array>;
   /** [B, T, V] with `logitsAll`. */
   logits?: Float32Array;
 }
@@ -76,6 +80,10 @@ export class ModelRunner {
   private readonly zero = new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
   private readonly lastOnly = new ort.Tensor('bool', Uint8Array.of(0), []);
   private readonly allPositions = new ort.Tensor('bool', Uint8Array.of(1), []);
+  /** No projections at a hook point: K = 0. */
+  private readonly noProj: ort.Tensor;
+  /** The graph's hook points (its sites). */
+  readonly hooks: { site: Site; layer: number }[];
   private readonly fetches: string[];
 
   private constructor(
@@ -86,6 +94,8 @@ export class ModelRunner {
     readonly groups: number,
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
+    this.noProj = new ort.Tensor('float32', new Float32Array(0), [1, 0, info.n_embd]);
+    this.hooks = hookPoints(info.n_layer, info.hook_sites);
     this.fetches = ['last_logits', 'last_lse'];
     for (let l = 0; l < info.n_layer; l++) this.fetches.push(`new.${l}.key`, `new.${l}.value`);
   }
@@ -94,7 +104,8 @@ export class ModelRunner {
     const ck = openCheckpoint(opts.model);
     const tokenizer = Gpt2Tokenizer.fromDir(opts.model);
     const groups = serveGroups(ck.config.n_positions);
-    buildGraph(opts.model, { serving: { groups }, fileName: SERVE_GRAPH });
+    const sites = opts.hookSites ?? [...SITES];
+    buildGraph(opts.model, { serving: { groups, sites }, fileName: SERVE_GRAPH });
     const provider = opts.provider ?? 'cpu';
     const known = ort.listSupportedBackends().map((b) => b.name);
     if (!known.includes(provider)) {
@@ -121,7 +132,7 @@ export class ModelRunner {
         'provider_unavailable',
       );
     }
-    const info = modelInfo(ck, provider);
+    const info = modelInfo(ck, provider, sites);
     return new ModelRunner(session, info, tokenizer, groups);
   }
 
@@ -148,28 +159,29 @@ export class ModelRunner {
         feeds[`past.${l}.${g}.value`] = new ort.Tensor('float32', has ? grp.v[l] : EMPTY, dims);
       }
     }
-    for (let l = 0; l <= nLayer; l++) {
-      const s = inp.steer[l];
-      feeds[`steer.${l}`] = s ? new ort.Tensor('float32', s, [B, T, this.info.n_embd]) : this.zero;
+    const H = this.info.n_embd;
+    for (const { site, layer } of this.hooks) {
+      const name = steerName(site, layer);
+      const add = inp.steer.add.get(name);
+      feeds[name] = add ? new ort.Tensor('float32', add, [B, T, H]) : this.zero;
+      const p = inp.steer.proj.get(name);
+      feeds[projName(site, layer, 'u')] = p ? new ort.Tensor('float32', p.u, [B, p.K, H]) : this.noProj;
+      feeds[projName(site, layer, 'z')] = p ? new ort.Tensor('float32', p.z, [B, p.K, H]) : this.noProj;
     }
-    const fetch = [
-      ...this.fetches,
-      ...(inp.resid ?? []).map((l) => `resid.${l}`),
-      ...(inp.logitsAll ? ['logits'] : []),
-    ];
+    const fetch = [...this.fetches, ...(inp.read ?? []), ...(inp.logitsAll ? ['logits'] : [])];
     const out = await this.session.run(feeds, fetch);
     const fresh = { k: [] as Float32Array[], v: [] as Float32Array[], T };
     for (let l = 0; l < nLayer; l++) {
       fresh.k.push(out[`new.${l}.key`].data as Float32Array);
       fresh.v.push(out[`new.${l}.value`].data as Float32Array);
     }
-    const resid = new Map<number, Float32Array>();
-    for (const l of inp.resid ?? []) resid.set(l, out[`resid.${l}`].data as Float32Array);
+    const read = new Map<string, Float32Array>();
+    for (const name of inp.read ?? []) read.set(name, out[name].data as Float32Array);
     return {
       lastLogits: out.last_logits.data as Float32Array,
       lastLse: out.last_lse.data as Float32Array,
       fresh,
-      resid,
+      read,
       ...(inp.logitsAll && { logits: out.logits.data as Float32Array }),
     };
   }

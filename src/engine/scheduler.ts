@@ -4,7 +4,8 @@ import { bytesPerToken, classOf, sizeClasses } from './kv-budget.js';
 import { logSumExp, topLogprobs } from './logprobs.js';
 import type { ForwardOutput, ModelRunner, PastGroup } from './runner.js';
 import { newSlot, rowsOf, type Slot } from './slot.js';
-import { buildSteer } from './steer.js';
+import { readName } from '../model/hooks.js';
+import { buildSteer, siteOf } from './steer.js';
 import { argmax, dot, klDivergence, type TokenTelemetry } from './telemetry.js';
 import type { ActivationsRequest, ActivationsResult, FinishReason, GenerateEvent, GenerateRequest } from './types.js';
 
@@ -203,7 +204,7 @@ export class Scheduler {
       pastLen: prompts.map(() => 0),
       groups: [],
       steer: this.steer(rows, positions, T),
-      resid: this.telemetryLayers(group),
+      read: this.telemetryReads(group),
       logitsAll: group.some((s) => s.req.prompt_logprobs !== undefined),
     });
     for (const s of group) this.scorePrompt(s, out, rows.indexOf(s), T, 0, s.req.prompt.length);
@@ -238,7 +239,7 @@ export class Scheduler {
       pastLen: chunk.map(() => from),
       groups: [staging.past()],
       steer: this.steer(rows, positions, T),
-      resid: to === L ? this.telemetryLayers([s]) : [],
+      read: to === L ? this.telemetryReads([s]) : [],
       logitsAll: s.req.prompt_logprobs !== undefined,
     });
     this.scorePrompt(s, out, 0, T, from, to);
@@ -273,22 +274,20 @@ export class Scheduler {
     }
   }
 
-  /** Hook points whose residual stream telemetry projects onto: every layer the slots' interventions use. */
-  private telemetryLayers(slots: Slot[]): number[] {
-    const layers = new Set<number>();
-    for (const s of slots) if (s.twin) for (const iv of s.steering.interventions) layers.add(iv.layer);
-    return [...layers];
+  /** Hook-point outputs telemetry projects: every hook point the slots' interventions steer. */
+  private telemetryReads(slots: Slot[]): string[] {
+    const names = new Set<string>();
+    for (const s of slots) if (s.twin) for (const iv of s.steering.interventions) names.add(readName(siteOf(iv), iv.layer));
+    return [...names];
   }
 
   /** The `steer.{l}` inputs of a pass: rows' interventions at their tokens' positions (padding: none). */
   private steer(rows: Slot[], positions: number[][], T: number) {
     const padded = positions.map((p) => [...p, ...new Array(T - p.length).fill(-1)]);
-    const { n_layer, n_embd } = this.runner.info;
     return buildSteer(
       rows.map((s) => s.steering),
       padded,
-      n_layer,
-      n_embd,
+      this.runner.info.n_embd,
     );
   }
 
@@ -338,7 +337,10 @@ export class Scheduler {
         baseline_logprob: base[id] - baseLse,
         kl: klDivergence(logits, lse, base, baseLse),
         top1_flip: argmax(logits) !== argmax(base),
-        projections: s.units!.map((u, i) => (u ? dot(out.resid.get(s.steering.interventions[i].layer)!, at, u) : null)),
+        projections: s.units!.map((u, i) => {
+          const iv = s.steering.interventions[i];
+          return u ? dot(out.read.get(readName(siteOf(iv), iv.layer))!, at, u) : null;
+        }),
       };
       s.totals!.add(telemetry, logprob);
       s.twin.next = id; // the twin is fed the steered row's tokens
@@ -454,7 +456,7 @@ export class Scheduler {
       pastLen: positions.map(([n]) => n),
       groups,
       steer: this.steer(rows, positions, 1),
-      resid: this.telemetryLayers(rows),
+      read: this.telemetryReads(rows),
     });
     let b = 0;
     for (const c of this.byClass)
@@ -491,6 +493,7 @@ export class Scheduler {
       const positions = [req.prompt.map((_, i) => i)];
       const steering = { interventions: req.interventions ?? [], promptLength: T };
       const layers = [...new Set(req.layers)];
+      const site = req.site ?? 'resid_pre';
       const Tp = alignUp(T);
       const padded = [[...positions[0], ...new Array(Tp - T).fill(-1)]];
       const out = await this.runner.forward({
@@ -498,13 +501,13 @@ export class Scheduler {
         newLen: [T],
         pastLen: [0],
         groups: [],
-        steer: buildSteer([steering], padded, this.runner.info.n_layer, H),
-        resid: layers,
+        steer: buildSteer([steering], padded, H),
+        read: layers.map((l) => readName(site, l)),
       });
       const reduce = req.reduce ?? 'none';
       const activations: Record<number, Float32Array> = {};
       for (const l of layers) {
-        const all = out.resid.get(l)!.subarray(0, T * H); // [1, T, H] of [1, Tp, H]
+        const all = out.read.get(readName(site, l))!.subarray(0, T * H); // [1, T, H] of [1, Tp, H]
         if (reduce === 'none') activations[l] = all.slice();
         else if (reduce === 'last') activations[l] = all.slice((T - 1) * H, T * H);
         else {

@@ -3,19 +3,33 @@
  * (`validate.ts`): prompts are token ids and vectors are float32 values of the model's width.
  */
 
+import type { Site } from '../model/hooks.js';
 import type { TelemetrySummary, TokenTelemetry } from './telemetry.js';
 
 /** Where an intervention applies (DESIGN.md §4). */
 export type Positions = 'all' | 'prompt' | 'generated' | 'front';
 
-/** One `coeff × vector` added to the residual stream entering block `layer`. */
+/** What an intervention does at its hook (DESIGN.md §4). */
+export type Op = 'add' | 'ablate' | 'clamp';
+
+/**
+ * One intervention at a hook point: `add` adds `coeff × vector`; `ablate` removes the stream's
+ * component along the vector's direction u (x − (x·u)u); `clamp` sets it to `coeff`
+ * (x + (coeff − x·u)u). At one hook the adds are summed first, then ablations and clamps in
+ * request order.
+ */
 export interface Intervention {
   /** [H] (a direction) or [k × H] row-major (a sequence of k vectors). */
   values: Float32Array;
   /** 1 for a direction; k for a sequence. */
   rows: number;
-  /** Hook point, 0..n_layer. */
+  /** Hook point's layer: 0..n_layer for `resid_pre`, 0..n_layer − 1 for the other sites. */
   layer: number;
+  /** Where in the layer (hooks.ts). Default `resid_pre`: the residual stream entering block `layer`. */
+  site?: Site;
+  /** Default `add`; ablate and clamp take directions only. */
+  op?: Op;
+  /** `add`: the multiplier; `clamp`: the projection's target; `ablate`: unused. */
   coeff: number;
   /** Default: `all` for a direction, `front` for a sequence. */
   positions?: Positions;
@@ -125,8 +139,10 @@ export type Reduce = 'none' | 'last' | 'mean';
 
 export interface ActivationsRequest {
   prompt: number[];
-  /** Hook points to read, 0..n_layer. */
+  /** Layers to read at `site`: 0..n_layer for `resid_pre`, 0..n_layer − 1 for the others. */
   layers: number[];
+  /** Where in each layer (hooks.ts). Default `resid_pre`. */
+  site?: Site;
   /** `none`: every position [T × H]; `last`: the last position [H]; `mean`: the mean over positions [H]. */
   reduce?: Reduce;
   /** Applied as in a prompt pass (`generated` interventions do nothing here). */
@@ -152,6 +168,8 @@ export interface ModelInfo {
   fingerprint: string;
   /** sha256 of the serving graph (model.serve.onnx): what a receipt ran. */
   graph_hash: string;
+  /** Hook sites the serving graph takes steering at and reads (hooks.ts). */
+  hook_sites: Site[];
   /** Execution provider in use. */
   provider: string;
   /** The engine's KV cache (absent where no engine runs: an API process in Redis mode). */

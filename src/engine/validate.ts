@@ -1,4 +1,5 @@
 import { BadRequestError, UnprocessableError } from '../errors.js';
+import { isSite, maxLayer, SITES, type Site } from '../model/hooks.js';
 import { classOf } from './kv-budget.js';
 import type { ActivationsRequest, GenerateRequest, Intervention, ModelInfo } from './types.js';
 
@@ -19,17 +20,32 @@ function checkPrompt(prompt: unknown, info: ModelInfo): number[] {
   return prompt;
 }
 
+/** A hook site: one of the sites (400), and one the serving graph was built with (422). */
+function checkSite(site: unknown, info: ModelInfo, where: string): Site {
+  if (site === undefined) return 'resid_pre';
+  if (!isSite(site)) throw new BadRequestError(`${where} must be one of ${SITES.join(', ')}`);
+  if (!info.hook_sites.includes(site))
+    throw new UnprocessableError(
+      `${where} ${site} is not enabled on this server (STEERD_HOOK_SITES: ${info.hook_sites.join(', ')})`,
+    );
+  return site;
+}
+
 /** The largest finite float32: the residual stream's type. */
 const FLOAT32_MAX = 3.4028234663852886e38;
 
 export function checkInterventions(list: Intervention[] | undefined, promptLength: number, info: ModelInfo): void {
   for (const [i, iv] of (list ?? []).entries()) {
     const where = `interventions[${i}]`;
-    if (!isInt(iv.layer) || iv.layer < 0 || iv.layer > info.n_layer) {
+    const site = checkSite(iv.site, info, `${where}.site`);
+    const top = maxLayer(site, info.n_layer);
+    if (!isInt(iv.layer) || iv.layer < 0 || iv.layer > top) {
       throw new UnprocessableError(
-        `${where}.layer ${iv.layer} is out of range: this model's hook points are 0..${info.n_layer}`,
+        `${where}.layer ${iv.layer} is out of range: this model's ${site} hook points are 0..${top}`,
       );
     }
+    const op = iv.op ?? 'add';
+    if (!['add', 'ablate', 'clamp'].includes(op)) throw new BadRequestError(`${where}.op must be add, ablate or clamp`);
     if (typeof iv.coeff !== 'number' || !Number.isFinite(iv.coeff))
       throw new BadRequestError(`${where}.coeff must be a finite number`);
     if (!isInt(iv.rows) || iv.rows < 1) throw new BadRequestError(`${where} has no vector rows`);
@@ -52,6 +68,12 @@ export function checkInterventions(list: Intervention[] | undefined, promptLengt
     if (!['all', 'prompt', 'generated', 'front'].includes(positions)) {
       throw new BadRequestError(`${where}.positions must be one of all, prompt, generated, front`);
     }
+    if (iv.rows > 1 && op !== 'add') {
+      throw new UnprocessableError(`${where}: ${op} takes a direction; a sequence vector (${iv.rows} rows) can only add`);
+    }
+    if (op !== 'add' && peak === 0) throw new UnprocessableError(`${where}: ${op} needs a non-zero direction`);
+    if (op !== 'add' && positions === 'front')
+      throw new UnprocessableError(`${where}: ${op} applies at all, prompt or generated positions, not front`);
     if (iv.rows > 1 && positions !== 'front') {
       throw new UnprocessableError(`${where}: a sequence vector (${iv.rows} rows) applies to the front positions only`);
     }
@@ -129,9 +151,11 @@ export function validateActivations(req: ActivationsRequest, info: ModelInfo, ma
     throw new UnprocessableError(`prompt (${prompt.length} tokens) exceeds the context (${maxContext})`);
   if (!Array.isArray(req.layers) || req.layers.length === 0)
     throw new BadRequestError('layers must list at least one hook point');
+  const site = checkSite(req.site, info, 'site');
+  const top = maxLayer(site, info.n_layer);
   for (const l of req.layers) {
-    if (!isInt(l) || l < 0 || l > info.n_layer) {
-      throw new UnprocessableError(`layer ${l} is out of range: this model's hook points are 0..${info.n_layer}`);
+    if (!isInt(l) || l < 0 || l > top) {
+      throw new UnprocessableError(`layer ${l} is out of range: this model's ${site} hook points are 0..${top}`);
     }
   }
   if (req.reduce !== undefined && !['none', 'last', 'mean'].includes(req.reduce)) {

@@ -1,6 +1,7 @@
 import { basename } from 'node:path';
 import type { Checkpoint } from './checkpoint.js';
 import { DataType } from './onnx-proto.js';
+import { hookPoints, projName, readName, SITES, type Site, steerName } from './hooks.js';
 import { float, type GraphWriter, int, ints, str } from './onnx-writer.js';
 
 /**
@@ -38,6 +39,8 @@ export function gpt2Body(
   attend: (a: AttentionInput) => string,
   /** Names the new keys and values of layer l (the serving graph outputs them). */
   kvName?: (l: number, kind: 'key' | 'value') => string,
+  /** Hook sites with steering inputs and outputs (hooks.ts); the others pass through. Default all. */
+  sites: readonly Site[] = SITES,
 ): Body {
   const c = ck.config;
   const H = c.n_embd;
@@ -49,9 +52,19 @@ export function gpt2Body(
     if (!e) throw new Error(`missing parameter ${name}`);
     return g.external(name, e.shape, location, e.offset, e.length);
   };
-  // Any rank up to 3 that broadcasts against [B, T, H]; the shape is left open on purpose.
-  for (let l = 0; l <= c.n_layer; l++) g.input(`steer.${l}`, DataType.FLOAT);
-  for (let l = 0; l <= c.n_layer; l++) g.output(`resid.${l}`, DataType.FLOAT, ['batch', 'seq', H]);
+  for (const { site, layer } of hookPoints(c.n_layer, sites)) {
+    // any rank up to 3 that broadcasts against [B, T, H]: the shape is left open on purpose
+    g.input(steerName(site, layer), DataType.FLOAT);
+    g.input(projName(site, layer, 'u'), DataType.FLOAT, [`pb_${site}_${layer}`, `pk_${site}_${layer}`, H]);
+    g.input(projName(site, layer, 'z'), DataType.FLOAT, [`pb_${site}_${layer}`, `pk_${site}_${layer}`, H]);
+    g.output(readName(site, layer), DataType.FLOAT, ['batch', 'seq', H]);
+  }
+  const hook = (site: Site, l: number, x: string) => {
+    if (!sites.includes(site)) return x;
+    const p = g.op1('MatMul', [x, g.op1('Transpose', [projName(site, l, 'u')], [ints('perm', [0, 2, 1])])]); // [B, T, K]
+    const d = g.op1('MatMul', [p, projName(site, l, 'z')]); // [B, T, H]: zero when K = 0
+    return g.op1('Add', [g.op1('Sub', [x, d]), steerName(site, l)], [], readName(site, l)); // [B, T, H]
+  };
 
   const headShape = g.constI('c.head_shape', [0, 0, nh, hd]); // [B, T, H] -> [B, T, nh, hd]
   const mergeShape = g.constI('c.merge_shape', [0, 0, H]); // [B, T, nh, hd] -> [B, T, H]
@@ -76,8 +89,8 @@ export function gpt2Body(
 
   for (let l = 0; l < c.n_layer; l++) {
     const p = `h.${l}`;
-    x = g.op1('Add', [x, `steer.${l}`], [], `resid.${l}`); // [B, T, H] hook l, after steering
-    const a = ln(x, `${p}.ln_1`); // [B, T, H]
+    x = hook('resid_pre', l, x); // [B, T, H] the stream entering block l, after steering
+    const a = hook('ln1', l, ln(x, `${p}.ln_1`)); // [B, T, H]
     const qkv = linear(a, `${p}.attn.c_attn`); // [B, T, 3H]
     const [q, k, v] = g.op('Split', [qkv], [int('axis', 2), int('num_outputs', 3)], 3); // 3 x [B, T, H]
     const ctx = attend({
@@ -87,12 +100,13 @@ export function gpt2Body(
       v: heads(v, kvName?.(l, 'value')), // [B, nh, T, hd]
     });
     const merged = g.op1('Reshape', [g.op1('Transpose', [ctx], [ints('perm', [0, 2, 1, 3])]), mergeShape]); // [B, T, H]
-    x = g.op1('Add', [x, linear(merged, `${p}.attn.c_proj`)]); // [B, T, H]
-    const m = ln(x, `${p}.ln_2`); // [B, T, H]
+    x = g.op1('Add', [x, hook('attn_out', l, linear(merged, `${p}.attn.c_proj`))]); // [B, T, H]
+    x = hook('resid_mid', l, x); // [B, T, H]
+    const m = hook('ln2', l, ln(x, `${p}.ln_2`)); // [B, T, H]
     const hidden = g.op1('Gelu', [linear(m, `${p}.mlp.c_fc`)], [str('approximate', 'tanh')]); // [B, T, n_inner]
-    x = g.op1('Add', [x, linear(hidden, `${p}.mlp.c_proj`)]); // [B, T, H]
+    x = g.op1('Add', [x, hook('mlp_out', l, linear(hidden, `${p}.mlp.c_proj`))]); // [B, T, H]
   }
-  x = g.op1('Add', [x, `steer.${c.n_layer}`], [], `resid.${c.n_layer}`); // [B, T, H] before ln_f
+  x = hook('resid_pre', c.n_layer, x); // [B, T, H] before ln_f
   // GPT-2 ties the output projection to the token embedding (logits = h @ wte^T), unless the
   // checkpoint carries its own lm_head.
   return { hf: ln(x, 'ln_f'), W, head: ck.tiedLmHead ? 'wte.weight' : W('lm_head.weight') };

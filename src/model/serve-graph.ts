@@ -1,6 +1,7 @@
 import type { Checkpoint } from './checkpoint.js';
 import { BUILDER_VERSION, gpt2Body, IR_VERSION, keysT, MASKED, OPSET } from './gpt2-body.js';
 import { DataType } from './onnx-proto.js';
+import { SITES, type Site } from './hooks.js';
 import { encodeModel, GraphWriter, int, ints } from './onnx-writer.js';
 
 /**
@@ -34,6 +35,8 @@ import { encodeModel, GraphWriter, int, ints } from './onnx-writer.js';
 export interface ServeGraphOptions {
   /** Cache groups: `past.{l}.{g}` inputs per layer, g < groups. Default 1. */
   groups?: number;
+  /** Hook sites with steering inputs and outputs (hooks.ts). Default all. */
+  sites?: readonly Site[];
 }
 
 export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {}): Uint8Array {
@@ -110,6 +113,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
       return G === 1 ? ctx[0] : g.op1('Concat', ctx, [int('axis', 0)]); // [B, nh, T, hd]
     },
     kvName,
+    opts.sites,
   );
 
   // Each row's last real token, projected alone: a decode step and a prefill both project B rows.
@@ -142,6 +146,6 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
     opset: OPSET,
     irVersion: IR_VERSION,
     producerVersion: BUILDER_VERSION,
-    metadata: { 'steerd.builder': BUILDER_VERSION, 'steerd.config': JSON.stringify(c), 'steerd.groups': String(G) },
+    metadata: { 'steerd.builder': BUILDER_VERSION, 'steerd.config': JSON.stringify(c), 'steerd.groups': String(G), 'steerd.sites': (opts.sites ?? SITES).join(',') },
   });
 }

@@ -1,6 +1,6 @@
 import type { Engine } from '../../src/engine/engine.ts';
 import type { GenerateEvent, GenerateRequest, Intervention } from '../../src/engine/types.ts';
-import type { RefModel, RefSteer } from './reference.ts';
+import type { RefHook, RefModel, RefSteer } from './reference.ts';
 import { referenceForward } from './reference.ts';
 
 export interface Completion {
@@ -57,14 +57,52 @@ export function refSteer(ivs: Intervention[], promptLength: number, H: number): 
   };
 }
 
+/**
+ * Every intervention as a reference hook, written from DESIGN.md §4 independently of the engine: at
+ * each (site, layer) and position, the adds that apply are summed into the stream, then each
+ * ablation (x − (x·u)u) and clamp (x + (c − x·u)u), u the unit direction, in request order.
+ */
+export function refHooks(ivs: Intervention[], promptLength: number, H: number): RefHook {
+  return (site, layer, pos, x) => {
+    const mine = ivs.filter((iv) => (iv.site ?? 'resid_pre') === site && iv.layer === layer);
+    if (!mine.length) return undefined;
+    const hit = (iv: Intervention) => {
+      const mode = iv.positions ?? (iv.rows === 1 ? 'all' : 'front');
+      return (
+        mode === 'all' ||
+        (mode === 'prompt' && pos < promptLength) ||
+        (mode === 'generated' && pos >= promptLength) ||
+        (mode === 'front' && pos < iv.rows)
+      );
+    };
+    const y = Float64Array.from(x);
+    for (const iv of mine) {
+      if ((iv.op ?? 'add') !== 'add' || !hit(iv)) continue;
+      const row = iv.rows === 1 ? 0 : pos;
+      for (let i = 0; i < H; i++) y[i] += iv.coeff * iv.values[row * H + i];
+    }
+    for (const iv of mine) {
+      if ((iv.op ?? 'add') === 'add' || !hit(iv)) continue;
+      let n = 0;
+      for (const v of iv.values) n += v * v;
+      const u = Array.from(iv.values, (v) => v / Math.sqrt(n));
+      let p = 0;
+      for (let i = 0; i < H; i++) p += y[i] * u[i];
+      const target = iv.op === 'clamp' ? iv.coeff : 0;
+      for (let i = 0; i < H; i++) y[i] += (target - p) * u[i];
+    }
+    return y;
+  };
+}
+
 /** Greedy decoding by full recompute with the float64 reference. */
 export function referenceGreedy(m: RefModel, prompt: number[], n: number, ivs: Intervention[] = []) {
   const ids = [...prompt];
   const out: number[] = [];
   const logprobs: number[] = [];
-  const steer = refSteer(ivs, prompt.length, m.nEmbd);
+  const hook = refHooks(ivs, prompt.length, m.nEmbd);
   for (let i = 0; i < n; i++) {
-    const logits = referenceForward(m, ids, steer, { lastOnly: true }).logits[0];
+    const logits = referenceForward(m, ids, undefined, { lastOnly: true, hook }).logits[0];
     let best = 0;
     for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
     const mx = logits[best];

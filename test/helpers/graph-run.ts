@@ -62,7 +62,20 @@ export async function runGraph(s: ort.InferenceSession, d: Dims, inp: BatchInput
       ? new ort.Tensor('float32', data, [B, T, H])
       : new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
   }
-  return s.run(feeds, fetch ?? s.outputNames);
+  return s.run(fillHooks(s, feeds, H), fetch ?? s.outputNames);
+}
+
+/**
+ * The hook inputs a call leaves out: no steering (a [1,1,1] zero) and no projections (K = 0), at
+ * every site the graph has; `extra` (by input name) is fed as given.
+ */
+export function fillHooks(s: ort.InferenceSession, feeds: Record<string, ort.Tensor>, H: number) {
+  for (const name of s.inputNames) {
+    if (name in feeds) continue;
+    if (name.startsWith('steer.')) feeds[name] = new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
+    else if (name.startsWith('proj.')) feeds[name] = new ort.Tensor('float32', new Float32Array(0), [1, 0, H]);
+  }
+  return feeds;
 }
 
 /** Left-pads rows of token ids: returns ids, mask, positions (padding gets id 50256, position 0). */
@@ -119,6 +132,8 @@ export interface ServeInput {
   groups: ServeGroup[];
   steer?: (RefSteer | undefined)[];
   logitsAll?: boolean;
+  /** Extra feeds by name (site steering, projections). */
+  extra?: Record<string, ort.Tensor>;
 }
 
 /** Feeds the serving graph (serve-graph.ts) by its names. */
@@ -172,7 +187,7 @@ export async function runServe(s: ort.InferenceSession, d: Dims, inp: ServeInput
       ? new ort.Tensor('float32', data, [B, T, H])
       : new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
   }
-  return s.run(feeds, fetch ?? s.outputNames);
+  return s.run(fillHooks(s, { ...feeds, ...inp.extra }, H), fetch ?? s.outputNames);
 }
 
 /** Right-pads rows of token ids to T: ids, positions (padding: id 0 at position 0) and lengths. */

@@ -46,11 +46,19 @@ export function loadReference(dir: string): RefModel {
 /** Steering: the vector added at hook `layer` for position `pos`, or undefined. */
 export type RefSteer = (layer: number, pos: number) => ArrayLike<number> | undefined;
 
+/** The hook sites, in the order a block meets them (see src/model/hooks.ts for their meaning). */
+export type RefSite = 'resid_pre' | 'ln1' | 'attn_out' | 'resid_mid' | 'ln2' | 'mlp_out';
+
+/** Any transformation of the activation at (site, layer) for position `pos` (after `steer` at resid_pre). */
+export type RefHook = (site: RefSite, layer: number, pos: number, x: Float64Array) => Float64Array | undefined;
+
 export interface RefOutput {
   /** logits[t] = Float64Array(V) */
   logits: Float64Array[];
   /** resid[l][t] = Float64Array(H), the stream at hook l after steering */
   resid: Float64Array[][];
+  /** sites[site][l][t]: the activation at each hook site, after its hook */
+  sites: Record<RefSite, Float64Array[][]>;
 }
 
 function layerNorm(x: Float64Array, g: Float64Array, b: Float64Array, eps: number): Float64Array {
@@ -86,7 +94,7 @@ export function referenceForward(
   m: RefModel,
   ids: number[],
   steer?: RefSteer,
-  opts: { lastOnly?: boolean } = {},
+  opts: { lastOnly?: boolean; hook?: RefHook } = {},
 ): RefOutput {
   const H = m.nEmbd;
   const hd = H / m.nHead;
@@ -104,6 +112,13 @@ export function referenceForward(
     return v;
   });
   const resid: Float64Array[][] = [];
+  const sites = { resid_pre: resid, ln1: [], attn_out: [], resid_mid: [], ln2: [], mlp_out: [] } as RefOutput['sites'];
+  /** The hook at (site, l) over every position: the caller's transformation, recorded. */
+  const at = (site: RefSite, l: number, xs: Float64Array[]) => {
+    const out = xs.map((v, t) => opts.hook?.(site, l, t, v) ?? v);
+    sites[site].push(out.map((v) => Float64Array.from(v)));
+    return out;
+  };
   const hook = (l: number) => {
     x = x.map((v, t) => {
       const s = steer?.(l, t);
@@ -112,18 +127,17 @@ export function referenceForward(
       for (let i = 0; i < H; i++) o[i] += s[i];
       return o;
     });
-    resid.push(x.map((v) => Float64Array.from(v)));
+    x = at('resid_pre', l, x);
   };
   for (let l = 0; l < m.nLayer; l++) {
     hook(l);
     const p = `h.${l}.`;
-    const qkv = x.map((v) =>
-      affine(
-        layerNorm(v, W(`${p}ln_1.weight`), W(`${p}ln_1.bias`), m.eps),
-        W(`${p}attn.c_attn.weight`),
-        W(`${p}attn.c_attn.bias`),
-      ),
+    const a = at(
+      'ln1',
+      l,
+      x.map((v) => layerNorm(v, W(`${p}ln_1.weight`), W(`${p}ln_1.bias`), m.eps)),
     );
+    const qkv = a.map((v) => affine(v, W(`${p}attn.c_attn.weight`), W(`${p}attn.c_attn.bias`)));
     const att = x.map(() => new Float64Array(H));
     for (let h = 0; h < m.nHead; h++) {
       for (let t = 0; t < T; t++) {
@@ -141,17 +155,30 @@ export function referenceForward(
         }
       }
     }
-    x = x.map((v, t) => {
-      const y = affine(att[t], W(`${p}attn.c_proj.weight`), W(`${p}attn.c_proj.bias`));
-      const r = v.map((a, i) => a + y[i]);
-      const f = affine(
-        layerNorm(r, W(`${p}ln_2.weight`), W(`${p}ln_2.bias`), m.eps),
-        W(`${p}mlp.c_fc.weight`),
-        W(`${p}mlp.c_fc.bias`),
-      ).map(gelu);
-      const o = affine(f, W(`${p}mlp.c_proj.weight`), W(`${p}mlp.c_proj.bias`));
-      return r.map((a, i) => a + o[i]);
-    });
+    const y = at(
+      'attn_out',
+      l,
+      att.map((v) => affine(v, W(`${p}attn.c_proj.weight`), W(`${p}attn.c_proj.bias`))),
+    );
+    const r = at(
+      'resid_mid',
+      l,
+      x.map((v, t) => v.map((a, i) => a + y[t][i])),
+    );
+    const n2 = at(
+      'ln2',
+      l,
+      r.map((v) => layerNorm(v, W(`${p}ln_2.weight`), W(`${p}ln_2.bias`), m.eps)),
+    );
+    const o = at(
+      'mlp_out',
+      l,
+      n2.map((v) => {
+        const f = affine(v, W(`${p}mlp.c_fc.weight`), W(`${p}mlp.c_fc.bias`)).map(gelu);
+        return affine(f, W(`${p}mlp.c_proj.weight`), W(`${p}mlp.c_proj.bias`));
+      }),
+    );
+    x = r.map((v, t) => v.map((a, i) => a + o[t][i]));
   }
   hook(m.nLayer);
   const head = m.w.get('lm_head.weight') ?? wte;
@@ -165,5 +192,5 @@ export function referenceForward(
     }
     return out;
   });
-  return { logits, resid };
+  return { logits, resid, sites };
 }
