@@ -40,6 +40,7 @@ COPY package.json ./
 COPY bin ./bin
 COPY src ./src
 COPY routes ./routes
+COPY playground ./playground
 COPY docker/healthcheck.mjs ./docker/
 USER steerd
 # the Hugging Face hub cache on the cache volume too: kept across restarts, shared with the workers,

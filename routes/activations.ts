@@ -9,6 +9,7 @@ import {
   interventionsSchema,
   type Same,
   StringEnum,
+  siteSchema,
 } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import type { Reduce } from '../src/engine/types.js';
@@ -22,13 +23,14 @@ const activationRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
     {
       schema: {
         tags: ['activations'],
-        summary: 'Read the residual stream at chosen hook points',
+        summary: 'Read the residual stream (or another hook site) at chosen layers',
         description:
-          'Hook l is the stream entering block l (TransformerLens `blocks.l.hook_resid_pre`; l = n_layer is before ln_f), after any interventions. `reduce`: `none` (every position, [T][H]), `last` or `mean` ([H]). `encoding: "base64"` returns little-endian float32 bytes instead of numbers.',
+          'At `site` resid_pre (default), layer l is the stream entering block l (TransformerLens `blocks.l.hook_resid_pre`; l = n_layer is before ln_f); the other sites (ln1, attn_out, resid_mid, ln2, mlp_out) are read inside block l. Values are after any interventions at that hook. `reduce`: `none` (every position, [T][H]), `last` or `mean` ([H]). `encoding: "base64"` returns little-endian float32 bytes instead of numbers.',
         body: Type.Object(
           {
             prompt: Type.String({ minLength: 1 }),
             layers: Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1, maxItems: 256 }),
+            site: Type.Optional(siteSchema),
             reduce: Type.Optional(reduceSchema),
             interventions: Type.Optional(interventionsSchema),
             encoding: Type.Optional(StringEnum(['json', 'base64'], { default: 'json' })),
@@ -56,7 +58,13 @@ const activationRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
       const { engine: interventions } = await resolveInterventions(svc, b.interventions);
       const release = admit(svc);
       try {
-        const r = await svc.engine.activations({ prompt, layers: b.layers, reduce: b.reduce ?? 'none', interventions });
+        const r = await svc.engine.activations({
+          prompt,
+          layers: b.layers,
+          site: b.site,
+          reduce: b.reduce ?? 'none',
+          interventions,
+        });
         const H = svc.engine.info.n_embd;
         const activations: Record<string, unknown> = {};
         for (const [l, a] of Object.entries(r.activations)) {

@@ -12,26 +12,91 @@ import {
 } from '../src/api/generation.js';
 import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
-import { errorResponses, interventionsSchema, OneOf, Ref } from '../src/api/schemas.js';
+import { errorResponses, interventionsSchema, Nullable, OneOf, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
-import type { FinishReason } from '../src/engine/types.js';
-import { BadRequestError } from '../src/errors.js';
+import type {
+  DoneEvent,
+  FinishReason,
+  GenerateRequest,
+  PromptLogprob,
+  TokenEvent,
+  TokenLogprob,
+} from '../src/engine/types.js';
+import { validateGenerate } from '../src/engine/validate.js';
+import { BadRequestError, SteerdError, UnprocessableError } from '../src/errors.js';
+import { HUB_ALIASES } from '../src/model/hub.js';
+import type { Gpt2Tokenizer } from '../src/model/tokenizer.js';
+
+/** OpenAI's `logprobs` object of a choice: one entry per token, in order. */
+const logprobsSchema = Type.Object(
+  {
+    tokens: Type.Array(Type.String(), {
+      description:
+        "each token's text; `bytes:` and its bytes (`bytes: \\xe2\\x80`) for a token that holds part of a UTF-8 character",
+    }),
+    token_logprobs: Type.Array(Nullable(Type.Number()), {
+      description: 'log p(token) given the tokens before it (with `echo`: null for the first prompt token)',
+    }),
+    top_logprobs: Type.Array(
+      Type.Unsafe<Record<string, number> | null>({
+        type: ['object', 'null'],
+        additionalProperties: { type: 'number' },
+      }),
+      {
+        description:
+          'the `logprobs` most likely tokens at each position, text → logprob (null where token_logprobs is)',
+      },
+    ),
+    text_offset: Type.Array(Type.Integer(), {
+      description:
+        "where each token starts in the choice's text, in UTF-16 code units (a token that begins inside a character: where that character starts)",
+    }),
+  },
+  { description: 'with `logprobs`' },
+);
 
 const completionsSchema = {
   tags: ['openai'],
   summary: 'OpenAI-compatible completions (with an extra `interventions` field)',
   description:
-    'Fields OpenAI defines and steerd does not use are accepted and ignored; `n` must be 1. Streaming sends `data: {chunk}` events and `data: [DONE]`.',
+    "OpenAI's legacy completions: `n` completions of each prompt (choice index = prompt index × n + i; choice i samples with seed + i, the seed drawn once when absent), `logprobs` (0–5), `echo`. Each choice is a generation of its own, all admitted together (they share batches); the receipt has one run per choice, in choice order. Fields OpenAI defines and steerd does not use are accepted and ignored; `best_of` must be 1. Streaming sends `data: {chunk}` events (each with its choice's `index`; the choices' chunks interleave; a choice's last chunk has its `finish_reason`, the last of all also `usage` and `receipt`), then `data: [DONE]`.",
   body: Type.Object({
-    model: Type.Optional(Type.String()),
-    prompt: OneOf([
-      Type.String({ minLength: 1 }),
-      Type.Array(Type.String({ minLength: 1 }), { minItems: 1, maxItems: 1 }),
-    ]),
+    model: Type.Optional(
+      Type.String({
+        description: "the served model's name, id or hub name (anything else: 404 `model_not_found`)",
+      }),
+    ),
+    prompt: OneOf([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })]),
     max_tokens: Type.Optional(Type.Integer({ minimum: 1, default: 16 })),
     temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: 1 })),
     top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
-    n: Type.Optional(Type.Integer({ minimum: 1, default: 1 })),
+    n: Type.Optional(
+      Nullable(
+        Type.Integer({
+          minimum: 1,
+          default: 1,
+          description: 'completions of each prompt, at most STEERD_MAX_N (default 8)',
+        }),
+      ),
+    ),
+    best_of: Type.Optional(Nullable(Type.Integer({ description: 'not supported: only 1' }))),
+    logprobs: Type.Optional(
+      Nullable(
+        Type.Integer({
+          minimum: 0,
+          maximum: 5,
+          description: "each token's logprob and this many most likely tokens at its position",
+        }),
+      ),
+    ),
+    echo: Type.Optional(
+      Nullable(
+        Type.Boolean({
+          default: false,
+          description: 'the text starts with the prompt (and, with `logprobs`, the prompt tokens come first)',
+        }),
+      ),
+    ),
     stop: Type.Optional(
       OneOf([Type.String(), Type.Array(Type.String({ minLength: 1 }), { maxItems: 4 }), Type.Null()]),
     ),
@@ -53,7 +118,7 @@ const completionsSchema = {
             Type.Object({
               text: Type.String(),
               index: Type.Integer(),
-              logprobs: Type.Null(),
+              logprobs: Nullable(logprobsSchema),
               finish_reason: Type.String(),
             }),
           ),
@@ -72,10 +137,114 @@ const completionsSchema = {
   },
 };
 
+const chatSchema = {
+  tags: ['openai'],
+  summary: 'Not supported: GPT-2 has no chat template',
+  description: 'Always 400 (`unsupported`): GPT-2 is a base model without a chat template; use `/v1/completions`.',
+  response: errorResponses,
+};
+
+interface Logprobs {
+  tokens: string[];
+  token_logprobs: (number | null)[];
+  top_logprobs: (Record<string, number> | null)[];
+  text_offset: number[];
+}
+
+const noLogprobs = (): Logprobs => ({ tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] });
+
+function append(a: Logprobs, b: Logprobs): Logprobs {
+  return {
+    tokens: [...a.tokens, ...b.tokens],
+    token_logprobs: [...a.token_logprobs, ...b.token_logprobs],
+    top_logprobs: [...a.top_logprobs, ...b.top_logprobs],
+    text_offset: [...a.text_offset, ...b.text_offset],
+  };
+}
+
+/**
+ * Where tokens start in a text, in UTF-16 code units: their bytes decoded as one stream (as the
+ * engine makes the text), so a token that ends inside a character adds nothing and the next one
+ * starts where that character does.
+ */
+class Offsets {
+  private readonly decoder = new TextDecoder('utf-8', { ignoreBOM: true });
+
+  constructor(
+    private readonly tokenizer: Gpt2Tokenizer,
+    private at: number,
+  ) {}
+
+  /** The offset of the token `id`, which then follows. */
+  next(id: number): number {
+    const start = this.at;
+    this.at += this.decoder.decode(this.tokenizer.bytes([id]), { stream: true }).length;
+    return start;
+  }
+}
+
+/** A byte of a `bytes:` token: printable ASCII as itself (a backslash doubled), any other byte `\xNN`. */
+const byteString = (x: number) =>
+  x === 0x5c ? '\\\\' : x >= 0x20 && x < 0x7f ? String.fromCharCode(x) : `\\x${x.toString(16).padStart(2, '0')}`;
+
 const openaiReason = (r: FinishReason) => (r === 'length' ? 'length' : 'stop');
 
 /** OpenAI's completions API, so that any OpenAI client can call steerd; steering is the extra `interventions` field. */
 const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
+  // (registering the routes touches no model: the service may have none, as for openapi.yaml)
+
+  /** The names a request's `model` may use: the served name, its id, and its hub names. */
+  const servedNames = () => {
+    const names = new Set([svc.model.name, svc.model.id]);
+    for (const [alias, repo] of Object.entries(HUB_ALIASES)) {
+      if (svc.model.name === alias || svc.model.name === repo) {
+        names.add(alias);
+        names.add(repo);
+      }
+    }
+    return names;
+  };
+
+  // A token's text for `tokens` and the `top_logprobs` keys: decoded alone where its bytes are UTF-8,
+  // else `bytes:` and its bytes written out (`bytes: \xe2\x80`, OpenAI's form), which keeps the keys
+  // distinct.
+  const strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+  const strings = new Map<number, string>();
+  const tokenString = (id: number): string => {
+    let s = strings.get(id);
+    if (s === undefined) {
+      const bytes = svc.engine.tokenizer.bytes([id]);
+      try {
+        s = strict.decode(bytes);
+      } catch {
+        s = `bytes:${Array.from(bytes, byteString).join('')}`;
+      }
+      strings.set(id, s);
+    }
+    return s;
+  };
+  const topMap = (top: TokenLogprob[] | undefined) =>
+    Object.fromEntries((top ?? []).map((x) => [tokenString(x.id), x.logprob]));
+
+  /** The generated tokens' logprobs (`offsets`: where each starts). */
+  const generatedLogprobs = (tokens: TokenEvent[], offsets: number[]): Logprobs => ({
+    tokens: tokens.map((e) => tokenString(e.id)),
+    token_logprobs: tokens.map((e) => e.logprob),
+    top_logprobs: tokens.map((e) => topMap(e.top_logprobs)),
+    text_offset: offsets,
+  });
+
+  /** The prompt's tokens with their scores (the first has none), as `echo` puts them first. */
+  const promptLogprobs = (ids: number[], scored: PromptLogprob[]): Logprobs => {
+    const offsets = new Offsets(svc.engine.tokenizer, 0);
+    return {
+      tokens: ids.map((id) => tokenString(id)),
+      token_logprobs: ids.map((_, i) => (i === 0 ? null : (scored[i]?.logprob ?? null))),
+      top_logprobs: ids.map((_, i) => (i === 0 ? null : topMap(scored[i]?.top_logprobs))),
+      text_offset: ids.map((id) => offsets.next(id)),
+    };
+  };
+
   app.get(
     '/v1/models',
     {
@@ -104,70 +273,207 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
     async () => ({ object: 'list', data: [{ id: svc.model.name, object: 'model', created: 0, owned_by: 'steerd' }] }),
   );
 
+  app.post('/v1/chat/completions', { schema: chatSchema }, async () => {
+    throw new SteerdError(
+      `GPT-2 has no chat template: ${svc.model.name} is a base model that continues text; use /v1/completions with a prompt`,
+      400,
+      'unsupported',
+    );
+  });
+
   app.post(
     '/v1/completions',
     { sse: 'manual', schema: completionsSchema },
     streamErrors(async (request: SchemaRequest<typeof completionsSchema>, reply) => {
       const b = request.body;
-      if ((b.n ?? 1) !== 1) throw new BadRequestError('n must be 1');
+      const tokenizer = svc.engine.tokenizer;
+      const served = servedNames();
+      if (b.model != null && !served.has(b.model)) {
+        const others = [...served].filter((x) => x !== svc.model.name);
+        throw new SteerdError(
+          `the model "${b.model}" is not served here: this server serves ${svc.model.name} (also accepted: ${others.join(', ')})`,
+          404,
+          'model_not_found',
+          { model: b.model },
+        );
+      }
+      if (b.best_of != null && b.best_of !== 1)
+        throw new BadRequestError(
+          `best_of is not supported (got ${b.best_of}): it must be 1; use n for several completions`,
+        );
+      const n = b.n ?? 1;
+      const maxN = svc.config.limits.maxN;
+      if (n > maxN)
+        throw new UnprocessableError(`n (${n}) exceeds this server's limit (${maxN}, STEERD_MAX_N)`, {
+          n,
+          max_n: maxN,
+        });
       const maxNew = b.max_tokens ?? 16;
       checkLimits(svc, maxNew);
-      const text = Array.isArray(b.prompt) ? b.prompt[0] : b.prompt;
-      const prompt = svc.engine.tokenizer.encode(text);
+      const k = b.logprobs ?? undefined;
+      const echo = b.echo === true;
+      const texts = Array.isArray(b.prompt) ? b.prompt : [b.prompt];
+      const prompts = texts.map((t) => tokenizer.encode(t));
       const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions);
       const stop = b.stop == null || b.stop === '' ? undefined : typeof b.stop === 'string' ? [b.stop] : b.stop;
-      const req = {
-        prompt,
-        max_new_tokens: maxNew,
-        temperature: b.temperature,
-        top_p: b.top_p,
-        frequency_penalty: b.frequency_penalty,
-        presence_penalty: b.presence_penalty,
-        seed: b.seed ?? randomInt(0, 2 ** 32),
-        stop,
-        interventions,
-      };
-      const release = admit(svc);
+      const seed = b.seed ?? randomInt(0, 2 ** 32);
+      // choice j = p × n + i: prompt p, seed + i
+      const reqs: GenerateRequest[] = prompts.flatMap((prompt) =>
+        Array.from({ length: n }, (_, i) => ({
+          prompt,
+          max_new_tokens: maxNew,
+          temperature: b.temperature,
+          top_p: b.top_p,
+          frequency_penalty: b.frequency_penalty,
+          presence_penalty: b.presence_penalty,
+          seed: seed + i,
+          stop,
+          interventions,
+          ...(k && { top_logprobs: k }),
+        })),
+      );
+      // echo with logprobs: each prompt scored once, by a one-token run of its own (same interventions),
+      // so that a stream can send the prompt's logprobs before the completions' tokens
+      const scoring: GenerateRequest[] =
+        echo && k !== undefined
+          ? prompts.map((prompt) => ({
+              prompt,
+              max_new_tokens: 1,
+              temperature: 0,
+              stop_at_eos: false,
+              interventions,
+              prompt_logprobs: k,
+            }))
+          : [];
+      // every run is checked before any starts
+      for (const r of [...reqs, ...scoring]) validateGenerate(r, svc.engine.info, svc.engine.maxContext);
+
+      const release = admit(svc, reqs.length + scoring.length);
       const sig = requestSignal(svc, request, reply);
       try {
-        const events = tracked(svc, req, svc.engine.generate(req, { signal: sig.signal }));
         const id = `cmpl-${randomUUID()}`;
         const created = Math.floor(Date.now() / 1000);
-        const chunk = <F extends string | null>(t: string, finish: F) => ({
+        const chunk = <C>(choices: C[]) => ({
           id,
           object: 'text_completion',
           created,
           model: svc.model.name,
-          choices: [{ text: t, index: 0, logprobs: null, finish_reason: finish }],
+          choices,
         });
-        const stream = b.stream && reply.sse;
+        const choice = <F extends string | null>(j: number, text: string, logprobs: Logprobs | null, finish: F) => ({
+          text,
+          index: j,
+          logprobs: k === undefined ? null : (logprobs ?? noLogprobs()),
+          finish_reason: finish,
+        });
+        const stream = b.stream ? reply.sse : undefined;
         if (stream) {
-          reply.sse!.keepAlive();
-          reply.sse!.onClose(() => sig.abort());
+          stream.keepAlive();
+          stream.onClose(() => sig.abort());
         }
-        const ids: number[] = [];
-        for await (const e of events) {
-          if (e.type === 'token') {
-            if (e.id >= 0) ids.push(e.id);
-            if (stream && e.text) await sig.send({ data: chunk(e.text, null) });
-            continue;
+        // the choices' chunks go out one at a time, in the order they come
+        let sending = Promise.resolve();
+        const send = (data: object | string) => {
+          sending = sending.then(() => sig.send({ data }));
+          return sending;
+        };
+
+        const scores = scoring.map(async (r) => {
+          for await (const e of tracked(svc, r, svc.engine.generate(r, { signal: sig.signal })))
+            if (e.type === 'done') return e.prompt_logprobs ?? [];
+          return [];
+        });
+        const promptPart = async (p: number) => (k === undefined ? null : promptLogprobs(prompts[p], await scores[p]));
+
+        let finished = 0;
+        let last: { j: number; done: DoneEvent } | undefined;
+        const run = async (j: number) => {
+          const p = Math.floor(j / n);
+          const req = reqs[j];
+          const events = tracked(svc, req, svc.engine.generate(req, { signal: sig.signal }));
+          const offsets = new Offsets(tokenizer, echo ? texts[p].length : 0);
+          const tokens: TokenEvent[] = [];
+          const at: number[] = [];
+          let done: DoneEvent | undefined;
+          let started = false;
+          for await (const e of events) {
+            if (stream && echo && !started) await send(chunk([choice(j, texts[p], await promptPart(p), null)]));
+            started = true;
+            if (e.type === 'token') {
+              if (e.id < 0) {
+                // text held back (a stop-string prefix, part of a character), released at the end
+                if (stream && e.text) await send(chunk([choice(j, e.text, null, null)]));
+                continue;
+              }
+              tokens.push(e);
+              at.push(offsets.next(e.id));
+              if (stream && (e.text || k !== undefined))
+                await send(chunk([choice(j, e.text, generatedLogprobs([e], [at.at(-1)!]), null)]));
+              continue;
+            }
+            if (sig.timedOut()) throw timeoutError(svc);
+            done = e;
+            // the last choice to finish waits for the usage and the receipt
+            if (stream && ++finished < reqs.length)
+              await send(chunk([choice(j, '', null, openaiReason(e.finish_reason))]));
+            else last = { j, done: e };
           }
-          if (sig.timedOut()) throw timeoutError(svc);
-          const usage = {
-            prompt_tokens: e.usage.prompt_tokens,
-            completion_tokens: e.usage.completion_tokens,
-            total_tokens: e.usage.prompt_tokens + e.usage.completion_tokens,
-          };
-          await keepValues(svc, interventions, applied);
-          const rec = receipt(svc, [runRecord(req, applied, ids)]);
-          if (stream) {
-            await sig.send({ data: { ...chunk('', openaiReason(e.finish_reason)), usage, receipt: rec } });
-            await sig.send({ data: '[DONE]' });
-            reply.sse!.close();
-            return reply;
-          }
-          return { ...chunk(e.text, openaiReason(e.finish_reason)), usage, receipt: rec };
+          return { tokens, at, done: done! };
+        };
+        const runs = reqs.map((_, j) => run(j));
+        for (const r of [...runs, ...scores]) r.catch(() => sig.abort());
+        let results: Awaited<(typeof runs)[number]>[];
+        try {
+          results = await Promise.all(runs);
+        } catch (e) {
+          sig.abort();
+          await Promise.allSettled([...runs, ...scores]);
+          throw e;
         }
+        if (sig.timedOut()) throw timeoutError(svc);
+        const completionTokens = results.reduce((s, r) => s + r.done.usage.completion_tokens, 0);
+        const promptTokens = prompts.reduce((s, p) => s + p.length, 0);
+        const usage = {
+          prompt_tokens: promptTokens,
+          completion_tokens: completionTokens,
+          total_tokens: promptTokens + completionTokens,
+        };
+        await keepValues(svc, interventions, applied);
+        const rec = receipt(
+          svc,
+          results.map((r, j) =>
+            runRecord(
+              reqs[j],
+              applied,
+              r.tokens.map((e) => e.id),
+            ),
+          ),
+        );
+        if (stream) {
+          const end = last ?? { j: 0, done: results[0].done };
+          await send({
+            ...chunk([choice(end.j, '', null, openaiReason(end.done.finish_reason))]),
+            usage,
+            receipt: rec,
+          });
+          await send('[DONE]');
+          stream.close();
+          return reply;
+        }
+        const choices = await Promise.all(
+          results.map(async (r, j) => {
+            const p = Math.floor(j / n);
+            const generated = k === undefined ? null : generatedLogprobs(r.tokens, r.at);
+            const prompt = echo ? await promptPart(p) : null;
+            return choice(
+              j,
+              (echo ? texts[p] : '') + r.done.text,
+              prompt && generated ? append(prompt, generated) : generated,
+              openaiReason(r.done.finish_reason),
+            );
+          }),
+        );
+        return { ...chunk(choices), usage, receipt: rec };
       } finally {
         sig.done();
         release();

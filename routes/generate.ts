@@ -45,6 +45,13 @@ const schema = {
       ),
       stream: Type.Optional(Type.Boolean({ default: false })),
       prepend_bos: Type.Optional(Type.Boolean({ default: false })),
+      top_logprobs: Type.Optional(
+        Type.Integer({
+          minimum: 0,
+          maximum: 20,
+          description: 'each token then carries this many of the most likely tokens at its position, with logprobs',
+        }),
+      ),
     },
     { additionalProperties: false },
   ),

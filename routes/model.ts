@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { NORM_TEXT, NORMS_WAIT_MS, residNorms, residNormsWithin } from '../src/api/norms.js';
-import { Dictionary, errorSchema, Nullable, Ref, StringEnum } from '../src/api/schemas.js';
+import { Dictionary, errorSchema, Nullable, Ref, StringEnum, siteSchema } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 
 const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
@@ -28,6 +28,25 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
               hook_points: Type.Array(Type.Integer()),
               provider: Type.String(),
               limits: Dictionary(Type.Integer()),
+              hook_sites: Type.Array(siteSchema, { description: 'the sites this server steers and reads at' }),
+              site_norms: Dictionary(
+                Nullable(
+                  Type.Array(
+                    Type.Partial(
+                      Type.Object({
+                        layer: Type.Integer(),
+                        mean: Type.Number(),
+                        median: Type.Number(),
+                        max: Type.Number(),
+                      }),
+                    ),
+                  ),
+                ),
+                {
+                  description:
+                    'per enabled site other than resid_pre: the norms at each layer on the same text (what unit resid_norm counts there); null until measured',
+                },
+              ),
               kv_cache: Nullable(
                 Type.Object(
                   {
@@ -77,6 +96,8 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
     async () => {
       // not measured in time, or not at all (no engine answered): without them, measured again later
       const layers = await residNormsWithin(svc, NORMS_WAIT_MS);
+      const others = svc.engine.info.hook_sites.filter((x) => x !== 'resid_pre');
+      const siteNorms = await Promise.all(others.map((site) => residNormsWithin(svc, NORMS_WAIT_MS, site)));
       const i = svc.engine.info;
       return {
         id: svc.model.id,
@@ -102,6 +123,8 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
         },
         kv_cache: i.kv_cache ?? null,
         resid_norms: layers && { text: NORM_TEXT, layers },
+        hook_sites: i.hook_sites,
+        site_norms: Object.fromEntries(others.map((site, k) => [site, siteNorms[k]])),
       };
     },
   );

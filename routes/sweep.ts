@@ -18,9 +18,11 @@ import {
   errorResponses,
   interventionSchema,
   Nullable,
+  opSchema,
   positionsSchema,
   Ref,
   samplingProperties,
+  siteSchema,
   unitSchema,
 } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
@@ -50,6 +52,8 @@ const schema = {
       coeffs: Type.Array(Type.Number(), { minItems: 1, maxItems: 256 }),
       unit: Type.Optional(unitSchema),
       positions: Type.Optional(positionsSchema),
+      site: Type.Optional(siteSchema),
+      op: Type.Optional(opSchema),
       seeds: Type.Optional(
         Type.Array(Type.Integer({ minimum: 0 }), {
           minItems: 1,
@@ -113,6 +117,8 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
       coeffs,
       unit,
       positions,
+      site,
+      op,
       seeds: _s,
       seed: _seed,
       telemetry = true,
@@ -125,7 +131,7 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
     const cells: Cell[] = [];
     for (const layer of layers) {
       for (const coeff of coeffs) {
-        const resolved = await resolveInterventions(svc, [{ vector, layer, coeff, unit, positions }]);
+        const resolved = await resolveInterventions(svc, [{ vector, layer, coeff, unit, positions, site, op }]);
         for (const seed of seeds) {
           cells.push({
             layer,

@@ -10,6 +10,7 @@ import completionRoutes from '../routes/completions.js';
 import generateRoutes from '../routes/generate.js';
 import healthRoutes from '../routes/health.js';
 import modelRoutes from '../routes/model.js';
+import playgroundRoutes from '../routes/playground.js';
 import replayRoutes from '../routes/replay.js';
 import sweepRoutes from '../routes/sweep.js';
 import vectorRoutes from '../routes/vectors.js';
@@ -169,5 +170,6 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
   await app.register(replayRoutes, { svc });
   await app.register(activationRoutes, { svc });
   await app.register(completionRoutes, { svc });
+  await app.register(playgroundRoutes);
   return app;
 }

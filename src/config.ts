@@ -1,4 +1,5 @@
 import { SteerdError } from './errors.js';
+import { isSite, SITES, type Site } from './model/hooks.js';
 import { hubCacheDir, hubOffline } from './model/hf-cache.js';
 
 /**
@@ -21,6 +22,8 @@ export interface Limits {
   queueDepth: number;
   /** Cells of a sweep (layers × coeffs × seeds) at most. Env STEERD_MAX_SWEEP_CELLS. Default 64. */
   maxSweepCells: number;
+  /** Completions per prompt (`n` of /v1/completions) at most. Env STEERD_MAX_N. Default 8. */
+  maxN: number;
   /** A request's time limit in ms; a generation past it is cancelled (504). Env STEERD_REQUEST_TIMEOUT_MS. Default 300000. */
   requestTimeoutMs: number;
 }
@@ -77,6 +80,12 @@ export interface Config {
    * Env STEERD_KV_CACHE_MEMORY. Default 0.5.
    */
   kvCacheMemory: number;
+  /**
+   * Hook sites the serving graph takes steering at and reads (comma-separated: resid_pre, ln1,
+   * attn_out, resid_mid, ln2, mlp_out); the others cannot be steered or read, and cost nothing.
+   * Env STEERD_HOOK_SITES. Default all.
+   */
+  hookSites: Site[];
   /** Bearer keys for /v1/*; none = open. Env STEERD_API_KEYS (comma-separated). Default none. */
   apiKeys: string[];
   /** Requests per minute per key (or per address without keys); 0 = unlimited. Env STEERD_RATE_LIMIT. Default 0. */
@@ -99,6 +108,18 @@ function int(env: NodeJS.ProcessEnv, name: string, d: number, min = 1): number {
   if (!Number.isInteger(n) || n < min)
     throw new SteerdError(`${name}=${JSON.stringify(v)}: expected an integer >= ${min}`, 500, 'bad_config');
   return n;
+}
+
+/** A list of hook sites: known names, resid_pre always included (the API's default site). */
+export function parseSites(v: string, name: string): Site[] {
+  const list = v
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
+  const bad = list.filter((x) => !isSite(x));
+  if (bad.length)
+    throw new SteerdError(`${name}=${JSON.stringify(v)}: unknown site ${bad.join(', ')} (${SITES.join(', ')})`, 500, 'bad_config');
+  return SITES.filter((x) => x === 'resid_pre' || list.includes(x));
 }
 
 const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
@@ -138,6 +159,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     tokenBudget: int(env, 'STEERD_TOKEN_BUDGET', 256),
     kvCacheTokens: env.STEERD_KV_CACHE_TOKENS ? int(env, 'STEERD_KV_CACHE_TOKENS', 0) : undefined,
     kvCacheMemory: memory(env, 'STEERD_KV_CACHE_MEMORY', 0.5),
+    hookSites: parseSites(env.STEERD_HOOK_SITES ?? SITES.join(','), 'STEERD_HOOK_SITES'),
     apiKeys: (env.STEERD_API_KEYS ?? '')
       .split(',')
       .map((k) => k.trim())
@@ -152,6 +174,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       bodyLimit: int(env, 'STEERD_BODY_LIMIT', 16 * 1024 * 1024),
       queueDepth: int(env, 'STEERD_QUEUE_DEPTH', 256),
       maxSweepCells: int(env, 'STEERD_MAX_SWEEP_CELLS', 64),
+      maxN: int(env, 'STEERD_MAX_N', 8),
       requestTimeoutMs: int(env, 'STEERD_REQUEST_TIMEOUT_MS', 300_000),
     },
   };

@@ -72,6 +72,7 @@ const engineOptions = (config: Config, dir: string) => ({
   tokenBudget: config.tokenBudget,
   kvCacheTokens: config.kvCacheTokens,
   kvCacheMemory: config.kvCacheMemory,
+  hookSites: config.hookSites,
 });
 
 /** An engine consuming the Redis queue: `steerd worker`, or `serve --worker`. */
@@ -106,6 +107,7 @@ export async function createService(config: Config, progress?: ProgressReporter)
     if (config.worker) closers.push((await startWorker(config, m.dir)).close);
     engine = await RemoteEngine.open({
       model: m.dir,
+      hookSites: config.hookSites,
       redisUrl: config.redisUrl,
       prefix: config.redisPrefix,
       maxDepth: config.limits.queueDepth,

@@ -97,7 +97,8 @@ t.test('vectors: bad input is refused with the right status and changes nothing'
     [{ name: 'x', values: vec(), layer: 9 }, 422, /layer 9 is out of range/],
     [{ name: 'x', recipe: { kind: 'diff', layer: 9, positive: 'a', negative: 'b' } }, 422, /layer 9 is out of range/],
     [{ name: 'x', recipe: { kind: 'diff', layer: 1, positive: 'a' } }, 400, /positive and negative/],
-    [{ name: 'x', recipe: { kind: 'pca', layer: 1 } }, 400, /allowed values/],
+    [{ name: 'x', recipe: { kind: 'svd', layer: 1 } }, 400, /allowed values/],
+    [{ name: 'x', recipe: { kind: 'pca', layer: 1 } }, 400, /recipe pca needs pairs/],
   ];
   for (const [body, status, msg] of cases) {
     const r = await post(app, '/v1/vectors', body);
@@ -324,7 +325,7 @@ t.test('OpenAI-compatible completions and models', async (t) => {
     })
   ).json();
   t.not(steered.choices[0].text, b.choices[0].text, 'interventions apply');
-  t.equal((await post(app, '/v1/completions', { prompt: 'x', n: 2 })).statusCode, 400);
+  t.equal((await post(app, '/v1/completions', { prompt: 'x', n: 9 })).statusCode, 422, 'n beyond STEERD_MAX_N');
 });
 
 t.test('model, health, readiness, metrics', async (t) => {

@@ -173,7 +173,7 @@ t.test('the build stage installs production dependencies; the runtime stage copi
     ops(final, 'COPY').some((a) => a.startsWith('--from=build ') && a.includes('/app/node_modules')),
     'node_modules from the build stage',
   );
-  for (const dir of ['bin', 'src', 'routes'])
+  for (const dir of ['bin', 'src', 'routes', 'playground'])
     t.ok(
       ops(final, 'COPY').some((a) => a.startsWith(`${dir} `)),
       `copies ${dir}`,

@@ -189,7 +189,7 @@ t.test('jobs carry vectors by hash; workers fetch them from the registry', { ski
     if (data.req.interventions.length)
       t.same(
         Object.keys(data.req.interventions[0]).sort(),
-        ['coeff', 'hash', 'layer', 'positions', 'rows'],
+        ['coeff', 'hash', 'layer', 'op', 'positions', 'rows', 'site'],
         'a job names its vector by hash, without values',
       );
   }

@@ -12,9 +12,21 @@ export const completionProperties = {
   telemetry: telemetrySummarySchema,
 };
 
-/** A token as the API shows it: the engine's, with its telemetry (if any) flattened in. */
+/**
+ * A token as the API shows it: the engine's, with its telemetry (if any) flattened in, and its
+ * most likely alternatives (with `top_logprobs`) with their text.
+ */
 export function apiToken(svc: Service, e: TokenEvent) {
-  return { id: e.id, text: svc.engine.tokenizer.decode([e.id]), logprob: e.logprob, ...e.telemetry };
+  const { tokenizer } = svc.engine;
+  return {
+    id: e.id,
+    text: tokenizer.decode([e.id]),
+    logprob: e.logprob,
+    ...e.telemetry,
+    ...(e.top_logprobs && {
+      top_logprobs: e.top_logprobs.map((x) => ({ id: x.id, text: tokenizer.decode([x.id]), logprob: x.logprob })),
+    }),
+  };
 }
 
 export type ApiToken = ReturnType<typeof apiToken>;

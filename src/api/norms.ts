@@ -1,3 +1,4 @@
+import { maxLayer, type Site } from '../model/hooks.js';
 import type { EngineLike, Service } from './service.js';
 
 /**
@@ -19,36 +20,45 @@ export interface NormStat {
   max: number;
 }
 
-/** Per engine: the measurement, kept once it succeeded (a failure is measured again next time). */
-const measured = new WeakMap<EngineLike, Promise<NormStat[]>>();
+/** Per engine and site: the measurement, kept once it succeeded (a failure is measured again next time). */
+const measured = new WeakMap<EngineLike, Map<Site, Promise<NormStat[]>>>();
 
-/** Per hook point: mean, median and max L2 norm over positions (the first position, an outlier in GPT-2, left out). */
-export function residNorms(svc: Pick<Service, 'engine'>): Promise<NormStat[]> {
+/**
+ * Per layer at a hook site (default the residual stream entering each block): mean, median and max
+ * L2 norm over positions (the first position, an outlier in GPT-2, left out).
+ */
+export function residNorms(svc: Pick<Service, 'engine'>, site: Site = 'resid_pre'): Promise<NormStat[]> {
   const { engine } = svc;
-  let p = measured.get(engine);
+  if (!measured.has(engine)) measured.set(engine, new Map());
+  const bySite = measured.get(engine)!;
+  let p = bySite.get(site);
   if (!p) {
-    p = measure(engine);
-    measured.set(engine, p);
-    p.catch(() => measured.delete(engine));
+    p = measure(engine, site);
+    bySite.set(site, p);
+    p.catch(() => bySite.delete(site));
   }
   return p;
 }
 
 /** The norms, or null when they are not measured within `ms` (no engine answered: Redis mode). */
-export async function residNormsWithin(svc: Pick<Service, 'engine'>, ms: number): Promise<NormStat[] | null> {
+export async function residNormsWithin(
+  svc: Pick<Service, 'engine'>,
+  ms: number,
+  site: Site = 'resid_pre',
+): Promise<NormStat[] | null> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
-    residNorms(svc).catch(() => null),
+    residNorms(svc, site).catch(() => null),
     new Promise<null>((r) => {
       timer = setTimeout(() => r(null), ms);
     }),
   ]).finally(() => clearTimeout(timer));
 }
 
-async function measure(engine: EngineLike): Promise<NormStat[]> {
+async function measure(engine: EngineLike, site: Site): Promise<NormStat[]> {
   const prompt = engine.tokenizer.encode(NORM_TEXT).slice(0, engine.maxContext);
-  const layers = Array.from({ length: engine.info.n_layer + 1 }, (_, l) => l);
-  const r = await engine.activations({ prompt, layers, reduce: 'none' });
+  const layers = Array.from({ length: maxLayer(site, engine.info.n_layer) + 1 }, (_, l) => l);
+  const r = await engine.activations({ prompt, layers, site, reduce: 'none' });
   const H = engine.info.n_embd;
   return layers.map((l) => {
     const a = r.activations[l];

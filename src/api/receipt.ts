@@ -3,7 +3,7 @@ import { type Static, Type } from 'typebox';
 import type { GenerateRequest, Intervention } from '../engine/types.js';
 import { GoneError, UnprocessableError } from '../errors.js';
 import type { AppliedIntervention } from './resolve.js';
-import { StringEnum, unitSchema } from './schemas.js';
+import { opSchema, StringEnum, siteSchema, unitSchema } from './schemas.js';
 import type { Service } from './service.js';
 
 /**
@@ -39,6 +39,8 @@ export const runRecordSchema = Type.Object(
           hash: hashSchema,
           shape: Type.Array(int({ minimum: 1 }), { minItems: 1, maxItems: 2 }),
           layer: int({ minimum: 0 }),
+          site: siteSchema,
+          op: opSchema,
           unit: unitSchema,
           coeff: Type.Number(),
           applied_coeff: Type.Number({ description: 'what multiplied the stored values: replay uses it' }),
@@ -93,6 +95,8 @@ export function runRecord(req: GenerateRequest, applied: AppliedIntervention[], 
       hash: a.hash,
       shape: a.shape,
       layer: a.layer,
+      site: a.site,
+      op: a.op,
       unit: a.unit,
       coeff: a.coeff,
       applied_coeff: a.applied_coeff,
@@ -145,6 +149,8 @@ export async function requestOf(svc: Service, r: Receipt, run: RunRecord, where:
       values: got.values,
       rows: iv.shape.length === 1 ? 1 : iv.shape[0],
       layer: iv.layer,
+      site: iv.site,
+      op: iv.op,
       coeff: iv.applied_coeff,
       positions: iv.positions,
       hash: iv.hash,

@@ -1,5 +1,6 @@
-import type { Intervention, Positions } from '../engine/types.js';
-import { SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
+import type { Intervention, Op, Positions } from '../engine/types.js';
+import { BadRequestError, SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
+import { maxLayer, type Site } from '../model/hooks.js';
 import { describe } from '../store/vectors.js';
 import { NORMS_WAIT_MS, residNormsWithin } from './norms.js';
 import type { InterventionBody } from './schemas.js';
@@ -11,11 +12,14 @@ export interface AppliedIntervention {
   hash: string;
   shape: number[];
   layer: number;
+  site: Site;
+  op: Op;
+  /** As given (ablate: 0). */
   coeff: number;
   unit: Unit;
   /** The multiplier applied to the stored values (`coeff` itself for `absolute`). */
   applied_coeff: number;
-  /** The norm of what was added: |applied_coeff| × the vector's norm (a sequence: its largest row's). */
+  /** add: the norm of what was added, |applied_coeff| × the vector's norm (a sequence: its largest row's); clamp: |target|. */
   applied_norm: number;
   positions: Positions;
 }
@@ -66,6 +70,7 @@ export async function resolveInterventions(
     let shape: number[];
     let name: string | null = null;
     let hash: string;
+    let recorded: Site | undefined;
     if (typeof iv.vector === 'string') {
       const v = await svc.store.get(iv.vector);
       if (v.model.n_embd !== H || v.model.id !== svc.model.id) {
@@ -75,6 +80,7 @@ export async function resolveInterventions(
       }
       ({ values, shape, hash } = v);
       name = v.name;
+      recorded = v.site;
     } else {
       ({ values, shape } = toFloat32(iv.vector.values, where));
       hash = describe(values, shape).hash;
@@ -83,35 +89,44 @@ export async function resolveInterventions(
       throw new UnprocessableError(
         `${where}: vector width ${shape.at(-1)} does not match this model's hidden size ${H}`,
       );
+    // a vector remembers the site it was made at: an intervention without a site uses it
+    const site = iv.site ?? recorded ?? 'resid_pre';
+    const op = iv.op ?? 'add';
+    if (op !== 'ablate' && iv.coeff === undefined) throw new BadRequestError(`${where}.coeff is needed for ${op}`);
+    const coeff = op === 'ablate' ? 0 : iv.coeff!;
     const rows = shape.length === 1 ? 1 : shape[0];
     const positions = iv.positions ?? (rows === 1 ? 'all' : 'front');
     const unit = iv.unit ?? 'absolute';
     const norm = unitNorm(values, rows);
-    let applied_coeff = iv.coeff;
-    if (unit === 'resid_norm') {
-      const n = svc.engine.info.n_layer;
-      if (iv.layer > n)
+    // add: what multiplies the values; clamp: the projection's target (a length along the unit direction)
+    let applied_coeff = coeff;
+    if (unit === 'resid_norm' && op !== 'ablate') {
+      const top = maxLayer(site, svc.engine.info.n_layer);
+      if (iv.layer > top)
         throw new UnprocessableError(
-          `${where}.layer ${iv.layer} is out of range: this model's hook points are 0..${n}`,
+          `${where}.layer ${iv.layer} is out of range: this model's ${site} hook points are 0..${top}`,
         );
       if (norm === 0) throw new UnprocessableError(`${where}: a zero vector cannot be scaled to a residual-norm unit`);
-      const norms = await residNormsWithin(svc, NORMS_WAIT_MS);
+      const norms = await residNormsWithin(svc, NORMS_WAIT_MS, site);
       if (!norms)
         throw new UnavailableError(
-          `${where}: unit "resid_norm" counts the residual-stream norms, which no engine has measured yet; retry shortly`,
+          `${where}: unit "resid_norm" counts the norms at ${site}, which no engine has measured yet; retry shortly`,
         );
-      applied_coeff = (iv.coeff * norms[iv.layer].median) / norm;
+      const median = norms[iv.layer].median;
+      applied_coeff = op === 'clamp' ? coeff * median : (coeff * median) / norm;
     }
-    engine.push({ values, rows, layer: iv.layer, coeff: applied_coeff, positions, hash });
+    engine.push({ values, rows, layer: iv.layer, site, op, coeff: applied_coeff, positions, hash });
     applied.push({
       vector: name,
       hash,
       shape,
       layer: iv.layer,
-      coeff: iv.coeff,
+      site,
+      op,
+      coeff,
       unit,
       applied_coeff,
-      applied_norm: Math.abs(applied_coeff) * norm,
+      applied_norm: op === 'add' ? Math.abs(applied_coeff) * norm : Math.abs(applied_coeff),
       positions,
     });
   }

@@ -8,7 +8,8 @@ import {
   Type,
 } from 'typebox';
 import { NAME_PATTERN } from '../config.js';
-import type { FinishReason, Positions, SamplingParams } from '../engine/types.js';
+import type { FinishReason, Op, Positions, SamplingParams } from '../engine/types.js';
+import { SITES, type Site } from '../model/hooks.js';
 
 /**
  * JSON Schemas shared by the routes, written with TypeBox: the routes' TypeScript types are derived
@@ -78,6 +79,18 @@ export const positionsSchema = StringEnum(['all', 'prompt', 'generated', 'front'
 });
 type _Positions = Agrees<Same<Static<typeof positionsSchema>, Positions>>;
 
+export const siteSchema = StringEnum([...SITES], {
+  description:
+    "hook site within the layer: resid_pre (the stream entering the block; TransformerLens hook_resid_pre), ln1 (ln_1's output, the attention's input: ln1.hook_normalized), attn_out (the attention's output projection: hook_attn_out), resid_mid (after the attention's residual add: hook_resid_mid), ln2 (ln_2's output, the MLP's input: ln2.hook_normalized), mlp_out (the MLP's output: hook_mlp_out)",
+});
+type _Site = Agrees<Same<Static<typeof siteSchema>, Site>>;
+
+export const opSchema = StringEnum(['add', 'ablate', 'clamp'], {
+  description:
+    'add (default): + coeff × vector; ablate: x − (x·u)u, u the unit direction (coeff unused); clamp: x + (coeff − x·u)u. At one hook the adds come first, then ablations and clamps in request order; ablate and clamp take directions',
+});
+type _Op = Agrees<Same<Static<typeof opSchema>, Op>>;
+
 export const unitSchema = StringEnum(['absolute', 'resid_norm'], {
   description:
     "`absolute` (default): coeff multiplies the stored values; `resid_norm`: the added vector's norm (a sequence: its largest row's) is coeff × the layer's median residual-stream norm",
@@ -94,12 +107,17 @@ export const interventionSchema = Type.Object(
     ),
     layer: Type.Integer({
       minimum: 0,
-      description: 'hook point: the residual stream entering block `layer` (n_layer: before ln_f)',
-    }),
-    coeff: Type.Number({
       description:
-        'the vector is multiplied by this before it is added; with `unit: "resid_norm"` it counts the layer\'s median residual-stream norm (`/v1/model` `resid_norms`)',
+        'the layer of the hook point: 0..n_layer for resid_pre (the residual stream entering block `layer`; n_layer: before ln_f), 0..n_layer − 1 at the other sites',
     }),
+    site: Type.Optional(siteSchema),
+    op: Type.Optional(opSchema),
+    coeff: Type.Optional(
+      Type.Number({
+        description:
+          'add: the vector is multiplied by this before it is added; clamp: the target of the projection; ablate: unused. With `unit: "resid_norm"` it counts the median norm at the hook point (`/v1/model`)',
+      }),
+    ),
     unit: Type.Optional(unitSchema),
     positions: Type.Optional(positionsSchema),
   },
@@ -173,6 +191,8 @@ export const appliedInterventionSchema = Type.Partial(
     hash: Type.String(),
     shape: Type.Array(Type.Integer()),
     layer: Type.Integer(),
+    site: siteSchema,
+    op: opSchema,
     coeff: Type.Number(),
     unit: unitSchema,
     applied_coeff: Type.Number({ description: 'the multiplier applied to the stored values' }),

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import { loadConfig } from '../config.js';
+import { loadConfig, parseSites } from '../config.js';
 import { SteerdError } from '../errors.js';
 import { buildGraph } from '../model/graph.js';
 import { hubCacheDir, servingDir } from '../model/hf-cache.js';
@@ -21,6 +21,9 @@ function nonNegativeInt(value: string): number {
   return n;
 }
 
+const SITES_OPTION = '--hook-sites <sites>';
+const SITES_HELP =
+  'hook sites steerable and readable, comma-separated: resid_pre,ln1,attn_out,resid_mid,ln2,mlp_out (env STEERD_HOOK_SITES, default all)';
 const KV_OPTION = '--kv-cache-tokens <n>';
 const KV_HELP =
   'tokens of KV cache, all requests together (env STEERD_KV_CACHE_TOKENS; default: STEERD_KV_CACHE_MEMORY, half the memory left after the weights)';
@@ -40,6 +43,7 @@ export function program(): Command {
     .option('--provider <name>', 'execution provider: cpu, cuda, webgpu (env STEERD_PROVIDER, default cpu)')
     .option('--worker', 'with REDIS_URL: also run an engine on the queue in this process', false)
     .option(KV_OPTION, KV_HELP, positiveInt)
+    .option(SITES_OPTION, SITES_HELP)
     .action(
       async (o: {
         model?: string;
@@ -49,6 +53,7 @@ export function program(): Command {
         provider?: string;
         worker: boolean;
         kvCacheTokens?: number;
+        hookSites?: string;
       }) => {
         const config = loadConfig();
         await serve(
@@ -61,6 +66,7 @@ export function program(): Command {
             provider: o.provider ?? config.provider,
             worker: o.worker,
             kvCacheTokens: o.kvCacheTokens ?? config.kvCacheTokens,
+            hookSites: o.hookSites ? parseSites(o.hookSites, '--hook-sites') : config.hookSites,
           },
           consoleProgress(),
         );
@@ -73,7 +79,8 @@ export function program(): Command {
     .option('--model <model>', 'checkpoint directory, hub name or "tiny" (env STEERD_MODEL, default gpt2-xl)')
     .option('--provider <name>', 'execution provider (env STEERD_PROVIDER, default cpu)')
     .option(KV_OPTION, KV_HELP, positiveInt)
-    .action(async (o: { model?: string; provider?: string; kvCacheTokens?: number }) => {
+    .option(SITES_OPTION, SITES_HELP)
+    .action(async (o: { model?: string; provider?: string; kvCacheTokens?: number; hookSites?: string }) => {
       const config = loadConfig();
       await runWorker(
         {
@@ -81,6 +88,7 @@ export function program(): Command {
           model: o.model ?? config.model,
           provider: o.provider ?? config.provider,
           kvCacheTokens: o.kvCacheTokens ?? config.kvCacheTokens,
+          hookSites: o.hookSites ? parseSites(o.hookSites, '--hook-sites') : config.hookSites,
         },
         consoleProgress(),
       );

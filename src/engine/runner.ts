@@ -3,11 +3,11 @@ import ort from 'onnxruntime-node';
 import { SteerdError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
-import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import { hookPoints, projName, SITES, type Site, steerName } from '../model/hooks.js';
+import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import type { KvShape } from './kv.js';
-import type { PassSteering } from './steer.js';
 import { modelInfo, serveGroups } from './model-info.js';
+import type { PassSteering } from './steer.js';
 import type { ModelInfo } from './types.js';
 
 /** Options of the model runner (the one owner of the ONNX Runtime session). */
@@ -49,6 +49,8 @@ export interface ForwardInput {
   read?: string[];
   /** Also project every position (`logits`): a prompt scored token by token. Default false. */
   logitsAll?: boolean;
+  /** Vectors [N × H] for the logit lens (`lens_in`). Default none. */
+  lens?: Float32Array;
 }
 
 export interface ForwardOutput {
@@ -62,6 +64,8 @@ export interface ForwardOutput {
   read: Map<string, Float32Array>;
   /** [B, T, V] with `logitsAll`. */
   logits?: Float32Array;
+  /** [N, V] with `lens`: each vector through ln_f and the unembedding. */
+  lens?: Float32Array;
 }
 
 const i64 = (rows: number[][]) => {
@@ -82,6 +86,7 @@ export class ModelRunner {
   private readonly allPositions = new ort.Tensor('bool', Uint8Array.of(1), []);
   /** No projections at a hook point: K = 0. */
   private readonly noProj: ort.Tensor;
+  private readonly noLens: ort.Tensor;
   /** The graph's hook points (its sites). */
   readonly hooks: { site: Site; layer: number }[];
   private readonly fetches: string[];
@@ -95,6 +100,7 @@ export class ModelRunner {
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
     this.noProj = new ort.Tensor('float32', new Float32Array(0), [1, 0, info.n_embd]);
+    this.noLens = new ort.Tensor('float32', new Float32Array(0), [0, info.n_embd]);
     this.hooks = hookPoints(info.n_layer, info.hook_sites);
     this.fetches = ['last_logits', 'last_lse'];
     for (let l = 0; l < info.n_layer; l++) this.fetches.push(`new.${l}.key`, `new.${l}.value`);
@@ -149,6 +155,9 @@ export class ModelRunner {
       past_len: i64v(inp.pastLen),
       group_rows: i64v(Array.from({ length: this.groups }, (_, g) => groups[g]?.rows ?? 0)),
       logits_all: inp.logitsAll ? this.allPositions : this.lastOnly,
+      lens_in: inp.lens
+        ? new ort.Tensor('float32', inp.lens, [inp.lens.length / this.info.n_embd, this.info.n_embd])
+        : this.noLens,
     };
     for (let g = 0; g < this.groups; g++) {
       const grp = groups[g];
@@ -168,7 +177,12 @@ export class ModelRunner {
       feeds[projName(site, layer, 'u')] = p ? new ort.Tensor('float32', p.u, [B, p.K, H]) : this.noProj;
       feeds[projName(site, layer, 'z')] = p ? new ort.Tensor('float32', p.z, [B, p.K, H]) : this.noProj;
     }
-    const fetch = [...this.fetches, ...(inp.read ?? []), ...(inp.logitsAll ? ['logits'] : [])];
+    const fetch = [
+      ...this.fetches,
+      ...(inp.read ?? []),
+      ...(inp.logitsAll ? ['logits'] : []),
+      ...(inp.lens ? ['lens_logits'] : []),
+    ];
     const out = await this.session.run(feeds, fetch);
     const fresh = { k: [] as Float32Array[], v: [] as Float32Array[], T };
     for (let l = 0; l < nLayer; l++) {
@@ -183,6 +197,7 @@ export class ModelRunner {
       fresh,
       read,
       ...(inp.logitsAll && { logits: out.logits.data as Float32Array }),
+      ...(inp.lens && { lens: out.lens_logits.data as Float32Array }),
     };
   }
 

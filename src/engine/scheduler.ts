@@ -1,10 +1,10 @@
 import { SteerdError, UnprocessableError } from '../errors.js';
+import { readName } from '../model/hooks.js';
 import { alignUp, KvStore } from './kv.js';
 import { bytesPerToken, classOf, sizeClasses } from './kv-budget.js';
 import { logSumExp, topLogprobs } from './logprobs.js';
 import type { ForwardOutput, ModelRunner, PastGroup } from './runner.js';
 import { newSlot, rowsOf, type Slot } from './slot.js';
-import { readName } from '../model/hooks.js';
 import { buildSteer, siteOf } from './steer.js';
 import { argmax, dot, klDivergence, type TokenTelemetry } from './telemetry.js';
 import type { ActivationsRequest, ActivationsResult, FinishReason, GenerateEvent, GenerateRequest } from './types.js';
@@ -277,7 +277,8 @@ export class Scheduler {
   /** Hook-point outputs telemetry projects: every hook point the slots' interventions steer. */
   private telemetryReads(slots: Slot[]): string[] {
     const names = new Set<string>();
-    for (const s of slots) if (s.twin) for (const iv of s.steering.interventions) names.add(readName(siteOf(iv), iv.layer));
+    for (const s of slots)
+      if (s.twin) for (const iv of s.steering.interventions) names.add(readName(siteOf(iv), iv.layer));
     return [...names];
   }
 
@@ -503,6 +504,7 @@ export class Scheduler {
         groups: [],
         steer: buildSteer([steering], padded, H),
         read: layers.map((l) => readName(site, l)),
+        lens: req.lens,
       });
       const reduce = req.reduce ?? 'none';
       const activations: Record<number, Float32Array> = {};
@@ -516,7 +518,12 @@ export class Scheduler {
           activations[l] = Float32Array.from(sum, (v) => v / T);
         }
       }
-      this.sink.activations(job.id, { tokens: req.prompt, activations, rows: reduce === 'none' ? T : 1 });
+      this.sink.activations(job.id, {
+        tokens: req.prompt,
+        activations,
+        rows: reduce === 'none' ? T : 1,
+        ...(out.lens && { lens: out.lens }),
+      });
     } catch (e) {
       this.sink.error(
         job.id,

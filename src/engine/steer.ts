@@ -127,7 +127,11 @@ export function buildSteer(
       }
     }
     for (const [key, list] of ops) {
-      if (!folded.has(key)) folded.set(key, Array.from({ length: B }, () => undefined));
+      if (!folded.has(key))
+        folded.set(
+          key,
+          Array.from({ length: B }, () => undefined),
+        );
       folded.get(key)![b] = foldProjections(list, H);
     }
   }
@@ -139,8 +143,8 @@ export function buildSteer(
     const s = add.get(key)!;
     for (const [b, f] of perRow.entries()) {
       if (!f) continue;
-      f.U.forEach((row, k) => u.set(row, (b * K + k) * H));
-      f.Z.forEach((row, k) => z.set(row, (b * K + k) * H));
+      for (const [k, row] of f.U.entries()) u.set(row, (b * K + k) * H);
+      for (const [k, row] of f.Z.entries()) z.set(row, (b * K + k) * H);
       // s ← s − (s·Uᵀ)·Z + b at the row's real positions (float64, stored as float32)
       for (let t = 0; t < T; t++) {
         if (positions[b][t] < 0) continue;

@@ -147,6 +147,8 @@ export interface ActivationsRequest {
   reduce?: Reduce;
   /** Applied as in a prompt pass (`generated` interventions do nothing here). */
   interventions?: Intervention[];
+  /** Also the logit lens of these vectors ([N × H]): each through ln_f alone, then the unembedding. */
+  lens?: Float32Array;
 }
 
 export interface ActivationsResult {
@@ -155,6 +157,8 @@ export interface ActivationsResult {
   activations: Record<number, Float32Array>;
   /** Positions per layer: T for `none`, 1 otherwise. */
   rows: number;
+  /** With `lens`: [N × V] logits. */
+  lens?: Float32Array;
 }
 
 export interface ModelInfo {

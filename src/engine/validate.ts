@@ -69,7 +69,9 @@ export function checkInterventions(list: Intervention[] | undefined, promptLengt
       throw new BadRequestError(`${where}.positions must be one of all, prompt, generated, front`);
     }
     if (iv.rows > 1 && op !== 'add') {
-      throw new UnprocessableError(`${where}: ${op} takes a direction; a sequence vector (${iv.rows} rows) can only add`);
+      throw new UnprocessableError(
+        `${where}: ${op} takes a direction; a sequence vector (${iv.rows} rows) can only add`,
+      );
     }
     if (op !== 'add' && peak === 0) throw new UnprocessableError(`${where}: ${op} needs a non-zero direction`);
     if (op !== 'add' && positions === 'front')
@@ -157,6 +159,11 @@ export function validateActivations(req: ActivationsRequest, info: ModelInfo, ma
     if (!isInt(l) || l < 0 || l > top) {
       throw new UnprocessableError(`layer ${l} is out of range: this model's ${site} hook points are 0..${top}`);
     }
+  }
+  if (req.lens !== undefined) {
+    if (!(req.lens instanceof Float32Array) || req.lens.length === 0 || req.lens.length % info.n_embd !== 0)
+      throw new BadRequestError(`lens must be vectors of ${info.n_embd} values`);
+    for (const v of req.lens) if (!Number.isFinite(v)) throw new BadRequestError('lens values must be finite');
   }
   if (req.reduce !== undefined && !['none', 'last', 'mean'].includes(req.reduce)) {
     throw new BadRequestError('reduce must be one of none, last, mean');

@@ -40,7 +40,9 @@ const scheduler = new Scheduler(
       inFlight.delete(id);
       post(
         { type: 'activations', id, result },
-        Object.values(result.activations).map((a) => a.buffer as ArrayBuffer),
+        [...Object.values(result.activations), ...(result.lens ? [result.lens] : [])].map(
+          (a) => a.buffer as ArrayBuffer,
+        ),
       );
     },
     error(id, e) {

@@ -1,7 +1,7 @@
 import { basename } from 'node:path';
 import type { Checkpoint } from './checkpoint.js';
-import { DataType } from './onnx-proto.js';
 import { hookPoints, projName, readName, SITES, type Site, steerName } from './hooks.js';
+import { DataType } from './onnx-proto.js';
 import { float, type GraphWriter, int, ints, str } from './onnx-writer.js';
 
 /**
@@ -47,9 +47,12 @@ export function gpt2Body(
   const nh = c.n_head;
   const hd = H / nh;
   const location = basename(ck.weightsFile);
+  const registered = new Set<string>();
   const W = (name: string): string => {
+    if (registered.has(name)) return name;
     const e = ck.params.get(name);
     if (!e) throw new Error(`missing parameter ${name}`);
+    registered.add(name);
     return g.external(name, e.shape, location, e.offset, e.length);
   };
   for (const { site, layer } of hookPoints(c.n_layer, sites)) {

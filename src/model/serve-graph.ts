@@ -1,8 +1,8 @@
 import type { Checkpoint } from './checkpoint.js';
 import { BUILDER_VERSION, gpt2Body, IR_VERSION, keysT, MASKED, OPSET } from './gpt2-body.js';
-import { DataType } from './onnx-proto.js';
 import { SITES, type Site } from './hooks.js';
-import { encodeModel, GraphWriter, int, ints } from './onnx-writer.js';
+import { DataType } from './onnx-proto.js';
+import { encodeModel, float, GraphWriter, int, ints } from './onnx-writer.js';
 
 /**
  * The engine's serving variant of the steerable graph (DESIGN.md §3). Same transformer, same
@@ -58,6 +58,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
     }
   }
   g.input('logits_all', DataType.BOOL, []);
+  g.input('lens_in', DataType.FLOAT, ['lens', c.n_embd]);
 
   const zero = g.constI('c.axis0', [0]);
   const one = g.constI('c.one', [1]);
@@ -135,7 +136,17 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   const btv = g.op1('Concat', [bt, g.constI('c.vocab_dim', [V])], [int('axis', 0)]); // [3]
   g.op1('Reshape', [flat, btv], [int('allowzero', 1)], 'logits'); // [B, T', V] (T' may be 0: allowzero keeps it)
 
+  // The logit lens (vector diagnostics): vectors [N, H] through ln_f alone, then the unembedding.
+  // N = 0 in every generation pass: it costs nothing there.
+  const lensLn = g.op1(
+    'LayerNormalization',
+    ['lens_in', body.W('ln_f.weight'), body.W('ln_f.bias')],
+    [int('axis', -1), float('epsilon', c.layer_norm_epsilon)],
+  ); // [N, H]
+  g.op1('MatMul', [lensLn, headT], [], 'lens_logits'); // [N, V]
+
   g.output('last_logits', DataType.FLOAT, ['batch', V]);
+  g.output('lens_logits', DataType.FLOAT, ['lens', V]);
   g.output('last_lse', DataType.FLOAT, ['batch']);
   g.output('logits', DataType.FLOAT, ['batch', 'seq_out', V]);
   for (let l = 0; l < c.n_layer; l++) {
@@ -146,6 +157,11 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
     opset: OPSET,
     irVersion: IR_VERSION,
     producerVersion: BUILDER_VERSION,
-    metadata: { 'steerd.builder': BUILDER_VERSION, 'steerd.config': JSON.stringify(c), 'steerd.groups': String(G), 'steerd.sites': (opts.sites ?? SITES).join(',') },
+    metadata: {
+      'steerd.builder': BUILDER_VERSION,
+      'steerd.config': JSON.stringify(c),
+      'steerd.groups': String(G),
+      'steerd.sites': (opts.sites ?? SITES).join(','),
+    },
   });
 }

@@ -36,7 +36,13 @@ export interface WireIntervention extends Omit<Intervention, 'values' | 'hash'> 
 
 export type JobData =
   | { kind: 'generate'; req: Omit<GenerateRequest, 'interventions'> & { interventions: WireIntervention[] } }
-  | { kind: 'activations'; req: Omit<ActivationsRequest, 'interventions'> & { interventions: WireIntervention[] } };
+  | {
+      kind: 'activations';
+      req: Omit<ActivationsRequest, 'interventions' | 'lens'> & {
+        interventions: WireIntervention[];
+        lens_b64?: string;
+      };
+    };
 
 /** One token event, numbered so that a retried job's repeated tokens can be recognised. */
 export interface Progress {
@@ -80,8 +86,9 @@ export class TokenSequence {
   }
 }
 
-export interface WireActivations extends Omit<ActivationsResult, 'activations'> {
+export interface WireActivations extends Omit<ActivationsResult, 'activations' | 'lens'> {
   activations_b64: Record<number, string>;
+  lens_b64?: string;
 }
 
 /** A refused request: not retried, carried back with its HTTP status. */
@@ -91,8 +98,8 @@ export interface WireFailure {
   message: string;
 }
 
-const b64 = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
-const f32 = (s: string) => {
+export const b64 = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
+export const f32 = (s: string) => {
   const b = Buffer.from(s, 'base64');
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 };
@@ -104,11 +111,13 @@ export const activationsToWire = (r: ActivationsResult): WireActivations => ({
   tokens: r.tokens,
   rows: r.rows,
   activations_b64: Object.fromEntries(Object.entries(r.activations).map(([l, a]) => [l, b64(a)])),
+  ...(r.lens && { lens_b64: b64(r.lens) }),
 });
 export const activationsFromWire = (w: WireActivations): ActivationsResult => ({
   tokens: w.tokens,
   rows: w.rows,
   activations: Object.fromEntries(Object.entries(w.activations_b64).map(([l, s]) => [l, f32(s)])),
+  ...(w.lens_b64 && { lens: f32(w.lens_b64) }),
 });
 
 /** A worker's KV cache report ({used, tokens}, JSON), refreshed while it runs: /metrics sums them. */

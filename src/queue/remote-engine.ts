@@ -3,6 +3,7 @@ import { Job, Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { EventStream } from '../engine/event-stream.js';
 import { modelInfo } from '../engine/model-info.js';
+import type { Site } from '../model/hooks.js';
 import type {
   ActivationsRequest,
   ActivationsResult,
@@ -20,6 +21,7 @@ import { valuesKey } from '../store/redis-vectors.js';
 import { vectorHash } from '../store/vectors.js';
 import {
   activationsFromWire,
+  b64,
   bullPrefix,
   cancelChannel,
   cancelKey,
@@ -53,6 +55,8 @@ export interface RemoteEngineOptions {
   prefix?: string;
   /** Longest prompt + max_new_tokens accepted. Default n_positions. */
   maxContext?: number;
+  /** The hook sites the workers' serving graph has (STEERD_HOOK_SITES: the same on every process). Default all. */
+  hookSites?: Site[];
   /** Kept finished jobs: age in seconds and count. Default 3600 s, 1000 jobs. */
   keepCompleted?: { age: number; count: number };
   /**
@@ -134,7 +138,7 @@ export class RemoteEngine {
     const qConn = new Redis(o.redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
     const eConn = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
     for (const c of [qConn, eConn]) c.on('error', () => undefined);
-    const info = modelInfo(ck, 'queue');
+    const info = modelInfo(ck, 'queue', o.hookSites);
     const queue = new Queue<JobData>(queueName(info.fingerprint), { connection: qConn, prefix: bullPrefix(prefix) });
     queue.on('error', () => undefined);
     const pub = new Redis(o.redisUrl, { maxRetriesPerRequest: 1 });
@@ -366,7 +370,10 @@ export class RemoteEngine {
       result.catch(() => undefined); // rejected by the timer while the enqueue still runs
       await this.enqueue(
         id,
-        (interventions) => ({ kind: 'activations', req: { ...req, interventions } }),
+        (interventions) => {
+          const { lens, ...rest } = req;
+          return { kind: 'activations', req: { ...rest, interventions, ...(lens && { lens_b64: b64(lens) }) } };
+        },
         req.interventions,
       );
       return await result;

@@ -10,6 +10,7 @@ import {
   bullPrefix,
   cancelChannel,
   cancelKey,
+  f32,
   type JobData,
   KV_TTL_MS,
   kvKey,
@@ -78,8 +79,12 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
     try {
       if (await data.exists(cancelKey(prefix, job.id!))) ac.abort(); // cancelled before it got here
       const interventions = await vectors.resolve(job.data.req.interventions);
-      if (job.data.kind === 'activations')
-        return activationsToWire(await engine.activations({ ...job.data.req, interventions }));
+      if (job.data.kind === 'activations') {
+        const { lens_b64, ...req } = job.data.req;
+        return activationsToWire(
+          await engine.activations({ ...req, interventions, ...(lens_b64 && { lens: f32(lens_b64) }) }),
+        );
+      }
       let i = 0;
       let done: DoneEvent | undefined;
       for await (const e of engine.generate({ ...job.data.req, interventions }, { signal: ac.signal })) {

@@ -14,6 +14,7 @@ import {
 } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { SteerdError } from '../errors.js';
+import type { Site } from '../model/hooks.js';
 
 /** The model a vector was made for: used vectors must match the serving model. */
 export interface VectorModel {
@@ -28,6 +29,10 @@ export interface VectorMeta {
   shape: number[];
   /** Suggested hook point (the recipe's layer, or given on upload). */
   layer: number | null;
+  /** The hook site it was made at (a recipe's) or given on upload; an intervention without a site uses it. Absent: resid_pre. */
+  site?: Site;
+  /** Pair recipes: the mean cosine between each pair's difference and the mean difference. */
+  pair_consistency?: number;
   /** L2 norm of all values. */
   norm: number;
   /** sha256 of the shape and the float32 values: the vector's identity. */

@@ -74,6 +74,7 @@ export function fillHooks(s: ort.InferenceSession, feeds: Record<string, ort.Ten
     if (name in feeds) continue;
     if (name.startsWith('steer.')) feeds[name] = new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
     else if (name.startsWith('proj.')) feeds[name] = new ort.Tensor('float32', new Float32Array(0), [1, 0, H]);
+    else if (name === 'lens_in') feeds[name] = new ort.Tensor('float32', new Float32Array(0), [0, H]);
   }
   return feeds;
 }

@@ -1,0 +1,339 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import OpenAI, { BadRequestError, NotFoundError, RateLimitError, UnprocessableEntityError } from 'openai';
+import type { Completion, CompletionCreateParamsNonStreaming } from 'openai/resources/completions';
+import t, { type Test } from 'tap';
+import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { harness } from './helpers/api.ts';
+
+// The official OpenAI client against a listening server. The checkpoint's folder is named after a
+// hub model, so that the hub names are the served model's too.
+const root = mkdtempSync(join(tmpdir(), 'steerd-openai-'));
+const model = join(root, 'gpt2');
+writeTinyCheckpoint(model, { layers: 4, embd: 64, heads: 4, ctx: 128, seed: 12, initScale: 10 });
+const h = await harness(model);
+t.teardown(async () => {
+  await h.close();
+  rmSync(root, { recursive: true, force: true });
+});
+await h.app.listen({ host: '127.0.0.1', port: 0 });
+const url = `http://127.0.0.1:${(h.app.server.address() as { port: number }).port}`;
+const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0 });
+
+type Logprobs = NonNullable<Completion['choices'][number]['logprobs']>;
+type Choice = { text: string; index: number; logprobs: Logprobs | null; finish_reason: string | null };
+interface GenToken {
+  id: number;
+  text: string;
+  logprob: number;
+  top_logprobs?: { id: number; text: string; logprob: number }[];
+}
+type Receipt = { runs: { seed: number; prompt: number[]; output: number[] }[] };
+/** What the tests read of steerd's own responses. */
+interface Body {
+  text: string;
+  tokens: GenToken[];
+  identical: boolean;
+  error: { code: string; message: string };
+}
+
+const postJson = async (path: string, body: unknown) => {
+  const res = await fetch(`${url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return { status: res.status, body: (await res.json()) as Body };
+};
+
+const complete = (p: Partial<CompletionCreateParamsNonStreaming>) =>
+  client.completions.create({ model: 'gpt2', prompt: 'Hello world', max_tokens: 6, ...p });
+
+/** The chunks of a stream, and each choice put back together from its chunks. */
+async function streamed(t: Test, p: Partial<CompletionCreateParamsNonStreaming>) {
+  const stream = await client.completions.create({
+    model: 'gpt2',
+    prompt: 'Hello world',
+    max_tokens: 6,
+    ...p,
+    stream: true,
+  });
+  const chunks: (Completion & { usage?: unknown; receipt?: Receipt })[] = [];
+  for await (const c of stream) chunks.push(c);
+  const choices = new Map<number, Choice>();
+  for (const c of chunks) {
+    for (const ch of c.choices) {
+      const got = choices.get(ch.index) ?? { text: '', index: ch.index, logprobs: null, finish_reason: null };
+      got.text += ch.text;
+      if (ch.logprobs) {
+        got.logprobs ??= { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+        const l = got.logprobs;
+        l.tokens!.push(...ch.logprobs.tokens!);
+        l.token_logprobs!.push(...ch.logprobs.token_logprobs!);
+        l.top_logprobs!.push(...ch.logprobs.top_logprobs!);
+        l.text_offset!.push(...ch.logprobs.text_offset!);
+      }
+      if (ch.finish_reason) {
+        t.equal(got.finish_reason, null, `choice ${ch.index}: one chunk has the finish reason`);
+        got.finish_reason = ch.finish_reason;
+      }
+      choices.set(ch.index, got);
+    }
+  }
+  return { chunks, choices: [...choices.values()].sort((a, b) => a.index - b.index) };
+}
+
+/** A choice's logprobs against /v1/generate's tokens: the same values, the same tokens. */
+function sameAsGenerate(t: Test, l: Logprobs, tokens: GenToken[], k: number) {
+  t.equal(l.tokens!.length, tokens.length, 'one entry per generated token');
+  t.same(
+    l.token_logprobs,
+    tokens.map((x) => x.logprob),
+    "token logprobs are /v1/generate's",
+  );
+  for (const [i, x] of tokens.entries()) {
+    if (!x.text.includes('\uFFFD')) t.equal(l.tokens![i], x.text);
+    else t.match(l.tokens![i], /^bytes:.*\\x[89a-f][0-9a-f]/, 'part of a character: its bytes');
+    const top = l.top_logprobs![i]!;
+    t.equal(Object.keys(top).length, k, `token ${i}: ${k} alternatives`);
+    t.same(
+      Object.values(top),
+      (x.top_logprobs ?? []).map((y) => y.logprob),
+      `token ${i}: the alternatives' logprobs, most likely first`,
+    );
+    for (const y of x.top_logprobs ?? []) if (!y.text.includes('\uFFFD')) t.equal(top[y.text], y.logprob);
+  }
+}
+
+/** Offsets that point at each token's text in `text` (from `from` on). */
+function offsetsMatch(t: Test, text: string, l: Logprobs, from = 0) {
+  let last = -1;
+  for (let i = from; i < l.tokens!.length; i++) {
+    const tok = l.tokens![i];
+    const at = l.text_offset![i];
+    t.ok(at >= last, 'offsets do not go back');
+    last = at;
+    if (!tok.startsWith('bytes:')) t.equal(text.slice(at, at + tok.length), tok, `token ${i} at ${at}`);
+  }
+}
+
+t.test('logprobs 0 and 5, as /v1/generate with top_logprobs; streamed the same', async (t) => {
+  for (const k of [5, 0]) {
+    const c = await complete({ logprobs: k, seed: 11 });
+    const g = await postJson('/v1/generate', { prompt: 'Hello world', max_new_tokens: 6, seed: 11, top_logprobs: k });
+    t.equal(g.status, 200);
+    const tokens = g.body.tokens as GenToken[];
+    if (k) {
+      t.equal(tokens[0].top_logprobs!.length, 5, '/v1/generate: top_logprobs per token');
+      t.match(tokens[0].top_logprobs![0], { id: Number, text: String, logprob: Number });
+    } else t.notOk('top_logprobs' in tokens[0], '/v1/generate: none with top_logprobs 0');
+    const [choice] = c.choices;
+    t.equal(choice.text, g.body.text, 'the same text');
+    t.equal(choice.index, 0);
+    sameAsGenerate(t, choice.logprobs!, tokens, k);
+    t.same(choice.logprobs!.text_offset![0], 0);
+    offsetsMatch(t, choice.text, choice.logprobs!);
+    if (!choice.logprobs!.tokens!.some((x) => x.startsWith('bytes:')))
+      t.equal(choice.logprobs!.tokens!.join(''), choice.text, 'the tokens make the text');
+
+    const s = await streamed(t, { logprobs: k, seed: 11 });
+    t.equal(s.choices.length, 1);
+    t.same(s.choices[0], { ...choice, finish_reason: choice.finish_reason }, 'the stream adds up to the answer');
+    t.equal(s.chunks.at(-1)!.choices[0].finish_reason, choice.finish_reason);
+    t.same(s.chunks.at(-1)!.usage, c.usage, 'the last chunk has the usage');
+  }
+  const plain = await complete({ seed: 11 });
+  t.equal(plain.choices[0].logprobs, null, 'no logprobs unless asked');
+});
+
+t.test('n: choice i samples with seed + i; the receipt has a run per choice', async (t) => {
+  const c = await complete({ n: 3, seed: 40, logprobs: 2, max_tokens: 5 });
+  t.same(
+    c.choices.map((x) => x.index),
+    [0, 1, 2],
+  );
+  for (const [i, x] of c.choices.entries()) {
+    const one = await complete({ seed: 40 + i, logprobs: 2, max_tokens: 5 });
+    t.same({ ...x, index: 0 }, one.choices[0], `choice ${i} = a single request with seed ${40 + i}`);
+  }
+  const prompt = c.usage!.prompt_tokens;
+  t.equal(prompt, 2, 'the prompt counts once');
+  t.equal(c.usage!.completion_tokens, 15, 'every choice counts');
+  t.equal(c.usage!.total_tokens, 17);
+  const rec = (c as unknown as { receipt: Receipt }).receipt;
+  t.same(
+    rec.runs.map((r) => r.seed),
+    [40, 41, 42],
+    'one run per choice, in order',
+  );
+  const replay = await postJson('/v1/replay', { receipt: rec });
+  t.equal(replay.status, 200);
+  t.equal(replay.body.identical, true, 'the receipt replays');
+
+  // without a seed: one is drawn, and the choices use it + i
+  const drawn = (await complete({ n: 2 })) as unknown as { receipt: Receipt };
+  t.equal(drawn.receipt.runs[1].seed, drawn.receipt.runs[0].seed + 1);
+});
+
+t.test('prompt arrays: choice index = prompt index × n + i', async (t) => {
+  const prompts = ['Hello world', 'The cat sat on'];
+  const c = await complete({ prompt: prompts, n: 2, seed: 3, max_tokens: 4 });
+  t.equal(c.choices.length, 4);
+  for (const [j, x] of c.choices.entries()) {
+    t.equal(x.index, j);
+    const one = await complete({ prompt: prompts[Math.floor(j / 2)], seed: 3 + (j % 2), max_tokens: 4 });
+    t.equal(x.text, one.choices[0].text, `choice ${j}: prompt ${Math.floor(j / 2)}, seed ${3 + (j % 2)}`);
+  }
+  t.equal(c.usage!.prompt_tokens, 2 + 4, 'each prompt counts once');
+  t.equal(c.usage!.completion_tokens, 16);
+  const runs = (c as unknown as { receipt: Receipt }).receipt.runs;
+  t.same(
+    runs.map((r) => r.seed),
+    [3, 4, 3, 4],
+  );
+});
+
+t.test('echo: the prompt first, scored as the prefix predicts it', async (t) => {
+  const prompt = 'The cat sat on the mat and';
+  const body = { prompt, max_tokens: 4, temperature: 0, logprobs: 5 } as const;
+  const plain = await complete(body);
+  const c = await complete({ ...body, echo: true });
+  const [x] = c.choices;
+  t.ok(x.text.startsWith(prompt), 'the text starts with the prompt');
+  t.equal(x.text, prompt + plain.choices[0].text, 'then the same completion');
+  const l = x.logprobs!;
+  const P = c.usage!.prompt_tokens;
+  t.equal(l.tokens!.length, P + 4);
+  t.equal(l.token_logprobs![0], null, 'the first prompt token has no logprob');
+  t.equal(l.top_logprobs![0], null);
+  t.equal(l.tokens!.slice(0, P).join(''), prompt, 'the prompt tokens');
+  offsetsMatch(t, x.text, l);
+  t.same(l.token_logprobs!.slice(P), plain.choices[0].logprobs!.token_logprobs, "the completion's logprobs");
+  t.same(l.top_logprobs!.slice(P), plain.choices[0].logprobs!.top_logprobs);
+  t.same(
+    l.text_offset!.slice(P),
+    plain.choices[0].logprobs!.text_offset!.map((o) => o + prompt.length),
+    'offsets count the prompt',
+  );
+  // the prompt token at k: what the completion of the prompt's first k tokens gives its first token
+  // (prompt positions are normalised in float64, generated ones by the graph in float32: 1e-5 apart)
+  for (let k = 1; k < P; k++) {
+    const prefix = prompt.slice(0, l.text_offset![k]);
+    const next = (await complete({ prompt: prefix, max_tokens: 1, temperature: 0, logprobs: 5 })).choices[0].logprobs!;
+    const want = next.top_logprobs![0]!;
+    const got = l.top_logprobs![k]!;
+    t.same(Object.keys(got), Object.keys(want), `prompt token ${k}: the same alternatives`);
+    for (const key of Object.keys(want))
+      t.ok(Math.abs(got[key] - want[key]) < 1e-4, `${key}: ${got[key]} ≈ ${want[key]}`);
+    if (want[l.tokens![k]] !== undefined)
+      t.ok(Math.abs(l.token_logprobs![k]! - want[l.tokens![k]]) < 1e-4, `prompt token ${k}: its logprob`);
+  }
+
+  // characters split between tokens: their bytes, and offsets at the character
+  const uni = 'café ’ 😀 日本語 x';
+  const u = (await complete({ prompt: uni, echo: true, logprobs: 0, max_tokens: 1, seed: 1 })).choices[0];
+  const ul = u.logprobs!;
+  offsetsMatch(t, u.text, ul);
+  const at = (tok: string) => ul.text_offset![ul.tokens!.indexOf(tok)];
+  t.equal(at('bytes: \\xe2\\x80'), uni.indexOf(' ’'), 'a space and the start of ’: at the space');
+  t.equal(at('bytes:\\x99'), uni.indexOf('’'), 'the rest of ’: at ’');
+  t.equal(at('bytes:\\x80'), uni.indexOf('😀'), 'the rest of 😀: at 😀');
+  t.equal(at(' x'), uni.indexOf(' x'));
+  t.same(ul.top_logprobs!.slice(1), Array(ul.tokens!.length - 1).fill({}), 'logprobs 0: no alternatives');
+
+  const text = await complete({ ...body, logprobs: undefined, echo: true });
+  t.equal(text.choices[0].text, x.text, 'echo without logprobs');
+  t.equal(text.choices[0].logprobs, null);
+
+  const s = await streamed(t, { ...body, echo: true, n: 2 });
+  const n2 = await complete({ ...body, echo: true, n: 2 });
+  t.same(s.choices, n2.choices, 'streamed: the same, the prompt in the first chunk');
+  t.equal(s.chunks[0].choices[0].text, prompt);
+});
+
+t.test('streaming with n > 1: chunks of the choices interleave, each with its index', async (t) => {
+  const s = await streamed(t, { n: 3, seed: 8, max_tokens: 10, logprobs: 1 });
+  const c = await complete({ n: 3, seed: 8, max_tokens: 10, logprobs: 1 });
+  t.same(s.choices, c.choices, 'each choice adds up to the answer');
+  const order = s.chunks.flatMap((x) => x.choices.map((ch) => ch.index));
+  const firstOf = (i: number) => order.indexOf(i);
+  const lastOf = (i: number) => order.lastIndexOf(i);
+  t.ok(firstOf(1) < lastOf(0) && firstOf(2) < lastOf(1), `interleaved: ${order.join(' ')}`);
+  const end = s.chunks.at(-1)!;
+  t.same(end.usage, c.usage, 'the last chunk has the usage of all choices');
+  t.equal(end.receipt!.runs.length, 3, 'and the receipt');
+
+  // a client that goes away cancels every choice
+  const cancelled = async () => {
+    const m = await (await fetch(`${url}/metrics`)).text();
+    return Number(/steerd:request_success_total\{finished_reason="cancelled"\} (\d+)/.exec(m)?.[1] ?? 0);
+  };
+  const before = await cancelled();
+  const gone = await client.completions.create({ model: 'gpt2', prompt: 'Hello', n: 3, max_tokens: 120, stream: true });
+  let got = 0;
+  for await (const _ of gone) if (++got === 4) gone.controller.abort();
+  for (const t0 = Date.now(); (h.svc.inFlight > 0 || (await cancelled()) < before + 3) && Date.now() - t0 < 10_000; )
+    await new Promise((r) => setTimeout(r, 20));
+  t.equal((await cancelled()) - before, 3, 'all three cancelled');
+  t.equal(h.svc.inFlight, 0, 'their slots freed');
+});
+
+t.test('model names, chat', async (t) => {
+  for (const name of ['gpt2', 'openai-community/gpt2', h.svc.model.id]) {
+    const c = await complete({ model: name, max_tokens: 1 });
+    t.equal(c.model, 'gpt2', `${name} is served`);
+  }
+  const models = await client.models.list();
+  t.same(
+    models.data.map((m) => m.id),
+    ['gpt2'],
+  );
+  const unknown = await complete({ model: 'gpt-3.5-turbo-instruct' }).catch((e) => e);
+  t.ok(unknown instanceof NotFoundError, 'NotFoundError');
+  t.equal(unknown.status, 404);
+  t.equal(unknown.code, 'model_not_found');
+  t.match(unknown.message, /gpt-3\.5-turbo-instruct.*gpt2/);
+
+  const chat = await client.chat.completions
+    .create({ model: 'gpt2', messages: [{ role: 'user', content: 'hi' }] })
+    .catch((e) => e);
+  t.ok(chat instanceof BadRequestError, 'BadRequestError');
+  t.equal(chat.status, 400);
+  t.equal(chat.code, 'unsupported');
+  t.match(chat.message, /no chat template.*\/v1\/completions/);
+});
+
+t.test('bad values: 400 or 422, naming the limit', async (t) => {
+  const bad = async (p: Record<string, unknown>, status: number, message: RegExp) => {
+    const r = await postJson('/v1/completions', { prompt: 'x', max_tokens: 1, ...p });
+    t.equal(r.status, status, JSON.stringify(p));
+    t.match(r.body.error.message, message);
+  };
+  await bad({ logprobs: 6 }, 400, /logprobs must be <= 5/);
+  await bad({ logprobs: -1 }, 400, /logprobs must be >= 0/);
+  await bad({ n: 0 }, 400, /n must be >= 1/);
+  await bad({ n: 9 }, 422, /n \(9\).*\(8, STEERD_MAX_N\)/);
+  await bad({ best_of: 2 }, 400, /best_of/);
+  await bad({ echo: 'yes' }, 400, /echo/);
+  await bad({ prompt: [] }, 400, /prompt/);
+  const g = await postJson('/v1/generate', { prompt: 'x', max_new_tokens: 1, top_logprobs: 21 });
+  t.equal(g.status, 400);
+  t.match(g.body.error.message, /top_logprobs must be <= 20/);
+
+  const tooMany = await complete({ n: 9 }).catch((e) => e);
+  t.ok(tooMany instanceof UnprocessableEntityError, 'the client: UnprocessableEntityError');
+  t.equal((await complete({ best_of: 1, n: null, logprobs: null, echo: null })).choices.length, 1, 'defaults');
+
+  // every choice counts against the queue
+  const limits = h.svc.config.limits;
+  const depth = limits.queueDepth;
+  limits.queueDepth = 5;
+  t.teardown(() => {
+    limits.queueDepth = depth;
+  });
+  const full = await complete({ prompt: ['a', 'b'], n: 3 }).catch((e) => e);
+  t.ok(full instanceof RateLimitError, '2 prompts × n 3 beyond a queue of 5: 429');
+  t.match(full.message, /needs 6/);
+  limits.queueDepth = depth;
+});
