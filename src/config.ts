@@ -1,6 +1,6 @@
 import { SteerdError } from './errors.js';
-import { isSite, SITES, type Site } from './model/hooks.js';
 import { hubCacheDir, hubOffline } from './model/hf-cache.js';
+import { isSite, SITES, type Site } from './model/hooks.js';
 
 /**
  * Service configuration: every option, its environment variable and its default, in one place.
@@ -118,7 +118,11 @@ export function parseSites(v: string, name: string): Site[] {
     .filter(Boolean);
   const bad = list.filter((x) => !isSite(x));
   if (bad.length)
-    throw new SteerdError(`${name}=${JSON.stringify(v)}: unknown site ${bad.join(', ')} (${SITES.join(', ')})`, 500, 'bad_config');
+    throw new SteerdError(
+      `${name}=${JSON.stringify(v)}: unknown site ${bad.join(', ')} (${SITES.join(', ')})`,
+      500,
+      'bad_config',
+    );
   return SITES.filter((x) => x === 'resid_pre' || list.includes(x));
 }
 

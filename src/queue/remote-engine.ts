@@ -3,7 +3,6 @@ import { Job, Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { EventStream } from '../engine/event-stream.js';
 import { modelInfo } from '../engine/model-info.js';
-import type { Site } from '../model/hooks.js';
 import type {
   ActivationsRequest,
   ActivationsResult,
@@ -16,6 +15,7 @@ import type {
 import { validateActivations, validateGenerate } from '../engine/validate.js';
 import { QueueFullError, SteerdError, UnavailableError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
+import type { Site } from '../model/hooks.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import { valuesKey } from '../store/redis-vectors.js';
 import { vectorHash } from '../store/vectors.js';
