@@ -26,8 +26,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf 
 FROM ${CUDA_IMAGE} AS runtime-gpu
 # Node from the official image: its binary needs glibc >= 2.28 and libstdc++ (Ubuntu 22.04: 2.35).
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
-RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
-ENV STEERD_PROVIDER=cuda
+# The Vulkan loader for `--provider webgpu`: the NVIDIA container runtime mounts the driver's Vulkan
+# part only when the capabilities include `graphics`. The default stays `cuda` until `npm run
+# gpu-check` has compared the two on a GPU (README, GPU notes).
+RUN apt-get update && apt-get install -y --no-install-recommends tini libvulkan1 && rm -rf /var/lib/apt/lists/*
+ENV STEERD_PROVIDER=cuda NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics
 
 # ---- runtime
 FROM runtime-${VARIANT}

@@ -102,6 +102,8 @@ const processEnvVars = new Set(
   codeFiles.flatMap((f) => [...readFileSync(f, 'utf8').matchAll(/process\.env\.([A-Z_][A-Z0-9_]*)/g)].map((m) => m[1])),
 );
 const knownVars = new Set([...configVars, ...processEnvVars]);
+/** Read by the NVIDIA container runtime when the container starts, not by steerd. */
+const CONTAINER_RUNTIME_VARS = new Set(['NVIDIA_DRIVER_CAPABILITIES']);
 const readme = read('README.md');
 
 t.test('the code reads its settings from the environment', async (t) => {
@@ -158,6 +160,13 @@ t.test('one Dockerfile, two variants: CUDA 12 + cuDNN 9 with Node 24, or CPU onl
   t.notMatch(dockerfile, /curl[^\n]*\|\s*(ba)?sh/, 'no curl | bash');
   t.equal(runtimeEnv('gpu').STEERD_PROVIDER, 'cuda', 'the GPU image runs the CUDA provider');
   t.equal(runtimeEnv('cpu').STEERD_PROVIDER, undefined, 'the CPU image keeps the default (cpu)');
+  // --provider webgpu on NVIDIA: the Vulkan loader, and the driver's Vulkan part mounted
+  t.match(ops(stage('runtime-gpu'), 'RUN').join('\n'), /apt-get install[^\n]*\blibvulkan1\b/, 'the Vulkan loader');
+  const caps = (runtimeEnv('gpu').NVIDIA_DRIVER_CAPABILITIES ?? '').split(',');
+  t.ok(
+    ['compute', 'utility', 'graphics'].every((c) => caps.includes(c)),
+    `driver capabilities ${caps}`,
+  );
 });
 
 t.test('the build stage installs production dependencies; the runtime stage copies them', async (t) => {
@@ -245,7 +254,8 @@ t.test('the build stage installs production dependencies; the runtime stage copi
 t.test('environment, port and volumes agree with the code', async (t) => {
   for (const variant of ['gpu', 'cpu']) {
     const env = runtimeEnv(variant);
-    for (const k of Object.keys(env)) t.ok(configVars.has(k), `${variant}: ENV ${k} is a setting src/config.ts reads`);
+    for (const k of Object.keys(env))
+      t.ok(configVars.has(k) || CONTAINER_RUNTIME_VARS.has(k), `${variant}: ENV ${k} is a setting src/config.ts reads`);
     const config = loadConfig(env);
     t.equal(config.host, '0.0.0.0', 'listens on all interfaces in the container');
     t.equal(config.port, defaults.port, 'on the default port');

@@ -61,7 +61,7 @@ export class Metrics {
     registers: [this.registry],
   });
   /** Where the KV cache figures come from: the local engine, or the workers' reports (Redis mode). */
-  kvSource?: () => Promise<{ used: number; tokens: number }[]>;
+  kvSource?: () => Promise<{ used: number; tokens: number; hostBytes?: { input: number; output: number } }[]>;
   readonly kvUsage = new Gauge({
     name: 'steerd:kv_cache_usage_perc',
     help: 'KV cache reserved by admitted requests, as a fraction of the budget (every engine together)',
@@ -72,6 +72,30 @@ export class Metrics {
       this.kvUsage.set(tokens ? all.reduce((a, k) => a + k.used, 0) / tokens : 0);
     },
   });
+  /** Sums the engines' host byte counters (a counter set from its source at each scrape). */
+  private hostCounter(name: string, help: string, which: 'input' | 'output'): Counter {
+    const c: Counter = new Counter({
+      name,
+      help,
+      registers: [this.registry],
+      collect: async () => {
+        const all = (await this.kvSource?.().catch(() => [])) ?? [];
+        c.reset();
+        c.inc(all.reduce((a, k) => a + (k.hostBytes?.[which] ?? 0), 0));
+      },
+    });
+    return c;
+  }
+  readonly sessionInput = this.hostCounter(
+    'steerd:session_input_bytes_total',
+    'Host bytes passed into model session runs (device tensors not counted; every engine together)',
+    'input',
+  );
+  readonly sessionOutput = this.hostCounter(
+    'steerd:session_output_bytes_total',
+    'Host bytes returned from model session runs (device tensors not counted; every engine together)',
+    'output',
+  );
   readonly http = new Counter({
     name: 'steerd:http_requests_total',
     help: 'HTTP responses by route and status',

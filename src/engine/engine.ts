@@ -29,7 +29,7 @@ export class Engine {
   private stopped = false;
   private closed!: () => void;
   /** The KV cache's reservation and memory, as last reported by the engine thread. */
-  kvUsage: KvUsage = { used: 0, tokens: 0, bytes: 0 };
+  kvUsage: KvUsage = { used: 0, tokens: 0, bytes: 0, hostBytes: { input: 0, output: 0, runs: 0 } };
   /** Called when the engine thread reports a new reservation total. */
   onKvUsage?: () => void;
 

@@ -5,8 +5,14 @@ import { buildServeGraphBytes } from '../model/serve-graph.js';
 import { sizeClasses } from './kv-budget.js';
 import type { ModelInfo } from './types.js';
 
-/** Cache groups of the serving graph: one per size class the context allows (kv-budget.ts). */
-export const serveGroups = (nCtx: number) => sizeClasses(nCtx).length;
+/**
+ * The serving graph's layout on a provider: one cache group per size class the context allows
+ * (kv-budget.ts), except on WebGPU, whose provider crashes on zero-size tensors (measured with
+ * onnxruntime-node 1.30 on Mesa's lavapipe): there one group, and no tensor is ever empty.
+ */
+export function serveShape(provider: string, nCtx: number): { groups: number; nonEmpty: boolean } {
+  return provider === 'webgpu' ? { groups: 1, nonEmpty: true } : { groups: sizeClasses(nCtx).length, nonEmpty: false };
+}
 
 /** What clients and validation need to know of a checkpoint. */
 export function modelInfo(ck: Checkpoint, provider: string, sites: readonly Site[] = SITES): ModelInfo {
@@ -22,7 +28,7 @@ export function modelInfo(ck: Checkpoint, provider: string, sites: readonly Site
     // the serving graph is a function of the checkpoint's layout and of this builder: its hash
     // names the computation a receipt ran (building it is cheap: no weight is read)
     graph_hash: createHash('sha256')
-      .update(buildServeGraphBytes(ck, { groups: serveGroups(c.n_positions), sites }))
+      .update(buildServeGraphBytes(ck, { ...serveShape(provider, c.n_positions), sites }))
       .digest('hex'),
     hook_sites: [...sites],
     provider,

@@ -5,8 +5,8 @@ import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
 import { hookPoints, projName, SITES, type Site, steerName } from '../model/hooks.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
-import type { KvShape } from './kv.js';
-import { modelInfo, serveGroups } from './model-info.js';
+import { type KvShape, SLOT_ALIGN } from './kv.js';
+import { modelInfo, serveShape } from './model-info.js';
 import type { PassSteering } from './steer.js';
 import type { ModelInfo } from './types.js';
 
@@ -22,8 +22,9 @@ export interface RunnerOptions {
   hookSites?: Site[];
 }
 
-/** The serving variant of the graph, beside model.safetensors (see graph.ts). */
+/** The serving variant of the graph, beside model.safetensors (see graph.ts); its WebGPU layout. */
 export const SERVE_GRAPH = 'model.serve.onnx';
+export const SERVE_GRAPH_NON_EMPTY = 'model.serve.non-empty.onnx';
 
 /** One cache group's rows, in batch order: [rows, n_head, P, head_dim] per layer (views; rows may be 0). */
 export interface PastGroup {
@@ -79,6 +80,16 @@ const i64v = (v: number[]) => new ort.Tensor('int64', BigInt64Array.from(v, BigI
 
 const EMPTY = new Float32Array(0);
 
+/** Host bytes passed into and returned from session runs since the runner opened. */
+export interface HostBytes {
+  input: number;
+  output: number;
+  /** Session runs (forward passes). */
+  runs: number;
+}
+
+const bytesOf = (t: ort.Tensor) => (t.location === 'cpu' ? (t.data as ArrayBufferView).byteLength : 0);
+
 export class ModelRunner {
   readonly kv: KvShape;
   private readonly zero = new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
@@ -90,6 +101,8 @@ export class ModelRunner {
   /** The graph's hook points (its sites). */
   readonly hooks: { site: Site; layer: number }[];
   private readonly fetches: string[];
+  /** Counted on every run (device tensors are not). */
+  readonly hostBytes: HostBytes = { input: 0, output: 0, runs: 0 };
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -97,10 +110,13 @@ export class ModelRunner {
     readonly tokenizer: Gpt2Tokenizer,
     /** Cache groups of the serving graph. */
     readonly groups: number,
+    /** No empty tensor is fed (serve-graph.ts `nonEmpty`): one masked cache slot, projection row and lens vector of zeros stand in. */
+    private readonly nonEmpty: boolean,
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
-    this.noProj = new ort.Tensor('float32', new Float32Array(0), [1, 0, info.n_embd]);
-    this.noLens = new ort.Tensor('float32', new Float32Array(0), [0, info.n_embd]);
+    const n = nonEmpty ? 1 : 0;
+    this.noProj = new ort.Tensor('float32', new Float32Array(n * info.n_embd), [1, n, info.n_embd]);
+    this.noLens = new ort.Tensor('float32', new Float32Array(n * info.n_embd), [n, info.n_embd]);
     this.hooks = hookPoints(info.n_layer, info.hook_sites);
     this.fetches = ['last_logits', 'last_lse'];
     for (let l = 0; l < info.n_layer; l++) this.fetches.push(`new.${l}.key`, `new.${l}.value`);
@@ -109,10 +125,11 @@ export class ModelRunner {
   static async open(opts: RunnerOptions): Promise<ModelRunner> {
     const ck = openCheckpoint(opts.model);
     const tokenizer = Gpt2Tokenizer.fromDir(opts.model);
-    const groups = serveGroups(ck.config.n_positions);
-    const sites = opts.hookSites ?? [...SITES];
-    buildGraph(opts.model, { serving: { groups, sites }, fileName: SERVE_GRAPH });
     const provider = opts.provider ?? 'cpu';
+    const shape = serveShape(provider, ck.config.n_positions);
+    const sites = opts.hookSites ?? [...SITES];
+    const fileName = shape.nonEmpty ? SERVE_GRAPH_NON_EMPTY : SERVE_GRAPH;
+    buildGraph(opts.model, { serving: { ...shape, sites }, fileName });
     const known = ort.listSupportedBackends().map((b) => b.name);
     if (!known.includes(provider)) {
       throw new SteerdError(
@@ -123,7 +140,7 @@ export class ModelRunner {
     }
     let session: ort.InferenceSession;
     try {
-      session = await ort.InferenceSession.create(join(opts.model, SERVE_GRAPH), {
+      session = await ort.InferenceSession.create(join(opts.model, fileName), {
         executionProviders: [provider],
         intraOpNumThreads: opts.threads ?? 0,
         graphOptimizationLevel: 'all',
@@ -131,7 +148,11 @@ export class ModelRunner {
       });
     } catch (e) {
       const hint =
-        provider === 'cpu' ? '' : ` (is the ${provider} build of onnxruntime-node installed? see README, GPU notes)`;
+        provider === 'cpu'
+          ? ''
+          : provider === 'webgpu'
+            ? ' (no WebGPU adapter: is a Vulkan driver installed? see README, GPU notes)'
+            : ` (is the ${provider} build of onnxruntime-node installed? see README, GPU notes)`;
       throw new SteerdError(
         `cannot start the ${provider} execution provider: ${(e as Error).message}${hint}`,
         500,
@@ -139,15 +160,16 @@ export class ModelRunner {
       );
     }
     const info = modelInfo(ck, provider, sites);
-    return new ModelRunner(session, info, tokenizer, groups);
+    return new ModelRunner(session, info, tokenizer, shape.groups, shape.nonEmpty);
   }
 
   async forward(inp: ForwardInput): Promise<ForwardOutput> {
     const { nLayer, nHead, headDim } = this.kv;
     const B = inp.ids.length;
     const T = inp.ids[0].length;
-    // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots
-    const groups = inp.groups.length ? inp.groups : [{ k: [], v: [], P: 0, rows: B }];
+    // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots (or,
+    // without empty tensors, one aligned block of masked zeros: a row's bits do not depend on P)
+    const groups = inp.groups.length ? inp.groups : [this.noPast(B)];
     const feeds: Record<string, ort.Tensor> = {
       input_ids: i64(inp.ids),
       position_ids: i64(inp.pos),
@@ -184,6 +206,9 @@ export class ModelRunner {
       ...(inp.lens ? ['lens_logits'] : []),
     ];
     const out = await this.session.run(feeds, fetch);
+    this.hostBytes.runs++;
+    for (const t of Object.values(feeds)) this.hostBytes.input += bytesOf(t);
+    for (const t of Object.values(out)) this.hostBytes.output += bytesOf(t);
     const fresh = { k: [] as Float32Array[], v: [] as Float32Array[], T };
     for (let l = 0; l < nLayer; l++) {
       fresh.k.push(out[`new.${l}.key`].data as Float32Array);
@@ -199,6 +224,15 @@ export class ModelRunner {
       ...(inp.logitsAll && { logits: out.logits.data as Float32Array }),
       ...(inp.lens && { lens: out.lens_logits.data as Float32Array }),
     };
+  }
+
+  /** The cache of rows that have none. */
+  private noPast(rows: number): PastGroup {
+    if (!this.nonEmpty) return { k: [], v: [], P: 0, rows };
+    const { nLayer, nHead, headDim } = this.kv;
+    const P = SLOT_ALIGN;
+    const zeros = new Float32Array(rows * nHead * P * headDim);
+    return { k: new Array(nLayer).fill(zeros), v: new Array(nLayer).fill(zeros), P, rows };
   }
 
   async close(): Promise<void> {

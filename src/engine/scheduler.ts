@@ -3,7 +3,7 @@ import { readName } from '../model/hooks.js';
 import { alignUp, KvStore } from './kv.js';
 import { bytesPerToken, classOf, sizeClasses } from './kv-budget.js';
 import { logSumExp, topLogprobs } from './logprobs.js';
-import type { ForwardOutput, ModelRunner, PastGroup } from './runner.js';
+import type { ForwardOutput, HostBytes, ModelRunner, PastGroup } from './runner.js';
 import { newSlot, rowsOf, type Slot } from './slot.js';
 import { buildSteer, siteOf } from './steer.js';
 import { argmax, dot, klDivergence, type TokenTelemetry } from './telemetry.js';
@@ -32,6 +32,8 @@ export interface KvUsage {
   tokens: number;
   /** Host bytes the stores commit now. */
   bytes: number;
+  /** Host bytes passed into and returned from session runs so far (runner.ts). */
+  hostBytes: HostBytes;
 }
 
 /** What the scheduler reports to its owner (the worker posts these to the main thread). */
@@ -83,7 +85,9 @@ export class Scheduler {
     this.prefillBudget = opts.tokenBudget ?? 256;
     const ctx = runner.info.n_positions;
     this.kvTokens = opts.kvCacheTokens ?? this.capacity * ctx;
-    this.classes = sizeClasses(Math.min(ctx, this.kvTokens));
+    // one class per cache group of the graph (a graph with one group holds every row in one store)
+    const top = Math.min(ctx, this.kvTokens);
+    this.classes = runner.groups === 1 ? [top] : sizeClasses(top);
     if (this.classes.length > runner.groups)
       throw new Error(`${this.classes.length} size classes, the graph has ${runner.groups} groups`);
     this.byClass = this.emptyClasses();
@@ -98,7 +102,12 @@ export class Scheduler {
 
   /** KV cache reserved, budget, and bytes held. */
   get kv(): KvUsage {
-    return { used: this.kvUsed, tokens: this.kvTokens, bytes: this.byClass.reduce((a, c) => a + c.store.bytes, 0) };
+    return {
+      used: this.kvUsed,
+      tokens: this.kvTokens,
+      bytes: this.byClass.reduce((a, c) => a + c.store.bytes, 0),
+      hostBytes: { ...this.runner.hostBytes },
+    };
   }
 
   /** Requests not finished yet (waiting, prefilling or decoding) plus pending activation jobs. */

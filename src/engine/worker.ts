@@ -83,7 +83,8 @@ for (;;) {
   let worked: boolean;
   try {
     worked = await scheduler.step();
-    if (scheduler.kv.used !== reported) {
+    // after every pass (the host byte counters) and whenever the reservation changes
+    if (worked || scheduler.kv.used !== reported) {
       reported = scheduler.kv.used;
       post({ type: 'kv', usage: scheduler.kv });
     }

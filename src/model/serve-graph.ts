@@ -37,6 +37,12 @@ export interface ServeGraphOptions {
   groups?: number;
   /** Hook sites with steering inputs and outputs (hooks.ts). Default all. */
   sites?: readonly Site[];
+  /**
+   * No tensor of the graph is ever empty (ONNX Runtime's WebGPU provider crashes on zero-size
+   * tensors): `logits` has at least the last position, and callers feed at least one cache slot,
+   * projection row and lens vector (zeros where unused). Default false.
+   */
+  nonEmpty?: boolean;
 }
 
 export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {}): Uint8Array {
@@ -128,8 +134,10 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   // log Σ exp, each row reduced on its own: faster formulations (a ReduceSum of exponentials, the
   // softmax at the max) made a row's bits depend on the other rows (the invariance test caught it)
   g.op1('ReduceLogSumExp', ['last_logits', one], [int('keepdims', 0)], 'last_lse'); // [B]
-  // Every position only when asked (prompt logprobs): otherwise the slice is empty and costs nothing.
-  const start = g.op1('Where', ['logits_all', zero, T]); // [1]
+  // Every position only when asked (prompt logprobs): otherwise the slice is empty and costs nothing
+  // (or, without empty tensors, holds the last position).
+  const none = opts.nonEmpty ? g.op1('Sub', [T, one]) : T; // the empty slice, or just the last position
+  const start = g.op1('Where', ['logits_all', zero, none]); // [1]
   const hAll = g.op1('Slice', [body.hf, start, g.constI('c.int_max', [2 ** 53 - 1]), one]); // [B, T', H]
   const flat = g.op1('MatMul', [g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, c.n_embd])]), headT]); // [B*T', V]
   const bt = g.op1('Shape', [hAll], [int('end', 2)]); // [2] = (B, T')
@@ -161,6 +169,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
       'steerd.builder': BUILDER_VERSION,
       'steerd.config': JSON.stringify(c),
       'steerd.groups': String(G),
+      'steerd.non_empty': String(opts.nonEmpty ?? false),
       'steerd.sites': (opts.sites ?? SITES).join(','),
     },
   });

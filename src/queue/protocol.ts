@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import type { HostBytes } from '../engine/runner.js';
 import type {
   ActivationsRequest,
   ActivationsResult,
@@ -120,12 +121,20 @@ export const activationsFromWire = (w: WireActivations): ActivationsResult => ({
   ...(w.lens_b64 && { lens: f32(w.lens_b64) }),
 });
 
-/** A worker's KV cache report ({used, tokens}, JSON), refreshed while it runs: /metrics sums them. */
+/** A worker's KV cache report (JSON), refreshed while it runs: /metrics sums them. */
+export interface KvReport {
+  /** Tokens reserved and the budget (scheduler.ts KvUsage). */
+  used: number;
+  tokens: number;
+  /** Host bytes into and out of its session runs since it started (absent from older workers). */
+  hostBytes?: HostBytes;
+}
+
 export const kvKey = (prefix: string, worker: string) => `${prefix}kv:${worker}`;
 export const KV_TTL_MS = 15_000;
 
 /** Every live worker's KV cache report. */
-export async function workerKvReports(redis: Redis, prefix: string): Promise<{ used: number; tokens: number }[]> {
+export async function workerKvReports(redis: Redis, prefix: string): Promise<KvReport[]> {
   const keys: string[] = [];
   let cursor = '0';
   do {
@@ -134,5 +143,5 @@ export async function workerKvReports(redis: Redis, prefix: string): Promise<{ u
     keys.push(...found);
   } while (cursor !== '0');
   if (!keys.length) return [];
-  return (await redis.mget(keys)).flatMap((v) => (v ? [JSON.parse(v) as { used: number; tokens: number }] : []));
+  return (await redis.mget(keys)).flatMap((v) => (v ? [JSON.parse(v) as KvReport] : []));
 }

@@ -66,7 +66,12 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
   };
   const reportKv = () =>
     data
-      .set(kvKey(prefix, workerId), JSON.stringify({ used: engine.kvUsage.used, tokens: kv.tokens }), 'PX', KV_TTL_MS)
+      .set(
+        kvKey(prefix, workerId),
+        JSON.stringify({ used: engine.kvUsage.used, tokens: kv.tokens, hostBytes: engine.kvUsage.hostBytes }),
+        'PX',
+        KV_TTL_MS,
+      )
       .catch(() => undefined);
   const kvTimer = setInterval(reportKv, KV_TTL_MS / 3);
   engine.onKvUsage = reportKv;

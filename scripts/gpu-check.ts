@@ -1,0 +1,186 @@
+/**
+ * One command for a machine with an accelerator: which execution providers this onnxruntime-node
+ * has and which start here, then the same workload on each of them side by side, in one run, on a
+ * GPT-2 XL-shaped checkpoint (random weights, written once) or `--model DIR`:
+ *
+ * - tokens/s at 1, 8 and 32 concurrent requests (prompts of 32 tokens, 16 new tokens each, new
+ *   requests started for `--seconds` per level), and each provider's ratio to `cpu`;
+ * - the host bytes that cross into and out of the session per run, and the input bytes per decoded
+ *   token at a short and a long context (the difference of 1 and 9 new tokens, so prefill is not
+ *   counted): on the host path they grow with the context, on a device-resident path they must not.
+ *
+ * Prints a table and writes JSON. The CUDA provider needs onnxruntime-node's CUDA libraries
+ * (`npm run install:cuda`, README GPU notes); WebGPU needs a Vulkan driver (on NVIDIA, the container
+ * started with `NVIDIA_DRIVER_CAPABILITIES` including `graphics`).
+ *
+ *   npm run gpu-check [-- --model DIR --providers webgpu,cuda,cpu --concurrency 1,8,32 --seconds 20 --out FILE]
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import ort from 'onnxruntime-node';
+import { Engine } from '../src/engine/engine.ts';
+import type { HostBytes } from '../src/engine/runner.ts';
+import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { Rng } from '../src/util/rng.ts';
+
+const { values: o } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    providers: { type: 'string', default: 'webgpu,cuda,cpu' },
+    concurrency: { type: 'string', default: '1,8,32' },
+    seconds: { type: 'string', default: '20' },
+    prompt: { type: 'string', default: '32' },
+    new: { type: 'string', default: '16' },
+    long: { type: 'string', default: '480', description: 'the long context of the bytes-per-token measure' },
+    out: { type: 'string', default: 'bench/results/gpu-check.json' },
+  },
+});
+const started = performance.now();
+const elapsed = () => `${((performance.now() - started) / 1000).toFixed(0)} s`;
+const log = (m: string) => console.error(`[${elapsed()}] ${m}`);
+
+/** A command's first lines of output, or why it could not run. */
+function probe(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', timeout: 20_000, stdio: ['ignore', 'pipe', 'ignore'] })
+      .trim()
+      .split('\n')
+      .slice(0, 12)
+      .join('\n');
+  } catch (e) {
+    return `unavailable (${(e as Error).message.split('\n')[0]})`;
+  }
+}
+
+const machine = {
+  node: process.version,
+  onnxruntime: ort.env.versions.common,
+  backends: ort.listSupportedBackends().map((b) => b.name),
+  nvidia_smi: probe('nvidia-smi', ['--query-gpu=name,memory.total,driver_version', '--format=csv,noheader']),
+  vulkan_devices: probe('sh', ['-c', 'vulkaninfo --summary 2>/dev/null | grep -E "deviceName|driverName"']),
+};
+console.log(machine);
+
+const model = o.model ?? join(tmpdir(), 'steerd-gpu-check-xl');
+if (!existsSync(join(model, 'model.safetensors'))) {
+  log(`writing a GPT-2 XL-shaped checkpoint to ${model} ...`);
+  writeTinyCheckpoint(model, { layers: 48, embd: 1600, heads: 25, ctx: 1024 });
+}
+const levels = o.concurrency!.split(',').map(Number);
+const seconds = +o.seconds!;
+const [promptLen, newTokens, longLen] = [+o.prompt!, +o.new!, +o.long!];
+
+interface ProviderResult {
+  provider: string;
+  error?: string;
+  load_s?: number;
+  tokens_per_s: Record<string, number>;
+  /** Host bytes per session run over all the levels. */
+  input_bytes_per_run?: number;
+  output_bytes_per_run?: number;
+  /** Input bytes per decoded token, one request, short and long context. */
+  input_bytes_per_token?: { short: number; long: number; long_over_short: number };
+}
+
+const rng = new Rng(12);
+const prompt = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * 50000));
+const generate = async (engine: Engine, p: number[], n: number) => {
+  let tokens = 0;
+  for await (const e of engine.generate({ prompt: p, max_new_tokens: n, temperature: 0, stop_at_eos: false }))
+    if (e.type === 'token') tokens++;
+  return tokens;
+};
+/** The engine's counters once its report after the last pass is in. */
+const counters = async (engine: Engine): Promise<HostBytes> => {
+  await new Promise((r) => setTimeout(r, 50));
+  return { ...engine.kvUsage.hostBytes };
+};
+
+async function measure(provider: string): Promise<ProviderResult> {
+  const r: ProviderResult = { provider, tokens_per_s: {} };
+  const t0 = performance.now();
+  let engine: Engine;
+  try {
+    engine = await Engine.start({ model, provider, batchCapacity: Math.max(...levels) });
+  } catch (e) {
+    return { ...r, error: (e as Error).message.slice(0, 300) };
+  }
+  try {
+    r.load_s = (performance.now() - t0) / 1000;
+    log(`${provider}: loaded in ${r.load_s.toFixed(1)} s; warming up`);
+    await generate(engine, prompt(promptLen), 4);
+    const before = await counters(engine);
+    for (const c of levels) {
+      const t1 = performance.now();
+      const until = t1 + seconds * 1000;
+      const counts = await Promise.all(
+        Array.from({ length: c }, async () => {
+          let n = 0;
+          do n += await generate(engine, prompt(promptLen), newTokens);
+          while (performance.now() < until);
+          return n;
+        }),
+      );
+      const tps = counts.reduce((a, b) => a + b, 0) / ((performance.now() - t1) / 1000);
+      r.tokens_per_s[`c${c}`] = tps;
+      log(`${provider}: c${c} ${tps.toFixed(1)} tokens/s`);
+    }
+    const after = await counters(engine);
+    const runs = after.runs - before.runs;
+    r.input_bytes_per_run = (after.input - before.input) / runs;
+    r.output_bytes_per_run = (after.output - before.output) / runs;
+    const perToken = async (len: number) => {
+      const p = prompt(len);
+      const a = await counters(engine);
+      await generate(engine, p, 1);
+      const b = await counters(engine);
+      await generate(engine, p, 9);
+      const c = await counters(engine);
+      return (c.input - b.input - (b.input - a.input)) / 8;
+    };
+    const short = await perToken(promptLen);
+    const long = await perToken(longLen);
+    r.input_bytes_per_token = { short, long, long_over_short: long / short };
+  } catch (e) {
+    r.error = (e as Error).message.slice(0, 300);
+  } finally {
+    await engine.close();
+  }
+  return r;
+}
+
+const results: ProviderResult[] = [];
+for (const provider of o.providers!.split(',')) {
+  if (!machine.backends.includes(provider)) {
+    results.push({ provider, error: 'not in this onnxruntime-node build', tokens_per_s: {} });
+    continue;
+  }
+  results.push(await measure(provider));
+}
+const cpu = results.find((r) => r.provider === 'cpu' && !r.error);
+const mb = (b?: number) => (b === undefined ? '' : `${(b / 2 ** 20).toFixed(2)} MiB`);
+const table = results.map((r) => ({
+  provider: r.provider,
+  ...Object.fromEntries(levels.map((c) => [`c${c} tok/s`, r.tokens_per_s[`c${c}`]?.toFixed(1) ?? ''])),
+  ...(cpu && {
+    [`c${levels.at(-1)} vs cpu`]: r.tokens_per_s[`c${levels.at(-1)}`]
+      ? (r.tokens_per_s[`c${levels.at(-1)}`] / cpu.tokens_per_s[`c${levels.at(-1)}`]).toFixed(2)
+      : '',
+  }),
+  'in/run': mb(r.input_bytes_per_run),
+  'out/run': mb(r.output_bytes_per_run),
+  [`in/token ${promptLen}`]: mb(r.input_bytes_per_token?.short),
+  [`in/token ${longLen}`]: mb(r.input_bytes_per_token?.long),
+  'long/short': r.input_bytes_per_token?.long_over_short.toFixed(2) ?? '',
+  error: r.error?.slice(0, 60) ?? '', // whole in the JSON
+}));
+console.table(table);
+mkdirSync(dirname(o.out!), { recursive: true });
+writeFileSync(
+  o.out!,
+  `${JSON.stringify({ machine, model, levels, seconds, prompt: promptLen, new: newTokens, results }, null, 2)}\n`,
+);
+console.log(`wrote ${o.out} in ${elapsed()}`);

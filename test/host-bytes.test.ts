@@ -1,0 +1,63 @@
+/**
+ * `steerd:session_input_bytes_total` / `_output_bytes_total`: the host bytes that cross into and out
+ * of the model's session runs. On the CPU provider the KV cache is fed to every pass, so the input
+ * bytes of a decoded token grow with the context it attends over: measured here as the difference
+ * between two generations that differ only in their number of decoded tokens.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { harness, post } from './helpers/api.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'steerd-bytes-'));
+const model = join(root, 'model');
+const [L, H] = [2, 64];
+writeTinyCheckpoint(model, { layers: L, embd: H, heads: 4, ctx: 256, seed: 6, initScale: 10 });
+t.teardown(() => rmSync(root, { recursive: true, force: true }));
+
+const counter = (metrics: string, name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1]);
+
+t.test('input bytes per decoded token follow the context on the host path', async (t) => {
+  const h = await harness(model);
+  t.teardown(() => h.close());
+  t.equal((await h.app.inject('/v1/model')).json().kv_cache?.location ?? 'host', 'host');
+  /** Both counters once the engine's last report is in (it follows the last token). */
+  const settled = async () => {
+    let last = '';
+    for (const t0 = Date.now(); Date.now() - t0 < 10_000; await new Promise((r) => setTimeout(r, 60))) {
+      const m = (await h.app.inject('/metrics')).body;
+      const now = ['input', 'output'].map((w) => counter(m, `steerd:session_${w}_bytes_total`)).join();
+      if (now === last) break;
+      last = now;
+    }
+    return last.split(',').map(Number);
+  };
+  const spent = async (prompt: string, n: number) => {
+    const [in0, out0] = await settled();
+    const r = await post(h.app, '/v1/generate', { prompt, max_new_tokens: n, temperature: 0 });
+    t.equal(r.json().finish_reason, 'length', `${n} tokens generated`);
+    const [in1, out1] = await settled();
+    return { input: in1 - in0, output: out1 - out0 };
+  };
+  /** Bytes of the 16 decode passes between the 1st and the 17th token. */
+  const perToken = async (promptLength: number) => {
+    const prompt = `Hello${' world'.repeat(promptLength - 1)}`; // a token per word
+    const one = await spent(prompt, 1);
+    const many = await spent(prompt, 17);
+    t.ok(one.input > 0 && one.output > 0, `a prompt of ${promptLength}: counted (${one.input} B in)`);
+    return { input: (many.input - one.input) / 16, output: (many.output - one.output) / 16 };
+  };
+  const short = await perToken(8);
+  const long = await perToken(160);
+  // every pass fetches the new token's keys and values and the logits: the same for both
+  t.equal(long.output, short.output, 'output bytes per token do not depend on the context');
+  // the cache fed per pass: 2 × layers × 4 bytes × H per slot, ≥ 160 slots against ≤ 32
+  const kvPerSlot = 2 * L * 4 * H;
+  t.ok(
+    long.input - short.input >= (160 - 32) * kvPerSlot,
+    `input bytes per token grow with the context (${short.input} → ${long.input})`,
+  );
+  t.ok(long.input / short.input > 1.5, `long/short ${(long.input / short.input).toFixed(2)} > 1.5 on the host path`);
+});
