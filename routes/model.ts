@@ -4,6 +4,11 @@ import { NORM_TEXT, NORMS_WAIT_MS, residNorms, residNormsWithin } from '../src/a
 import { Dictionary, errorSchema, Nullable, Ref, StringEnum, siteSchema } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 
+/** The stream's norms at each layer of one site, over the same text. */
+const layerNorms = Type.Array(
+  Type.Partial(Type.Object({ layer: Type.Integer(), mean: Type.Number(), median: Type.Number(), max: Type.Number() })),
+);
+
 const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   // measured once, at start (the spec builder registers routes without an engine)
   if (svc.engine) residNorms(svc).catch(() => undefined);
@@ -29,24 +34,10 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
               provider: Type.String(),
               limits: Dictionary(Type.Integer()),
               hook_sites: Type.Array(siteSchema, { description: 'the sites this server steers and reads at' }),
-              site_norms: Dictionary(
-                Nullable(
-                  Type.Array(
-                    Type.Partial(
-                      Type.Object({
-                        layer: Type.Integer(),
-                        mean: Type.Number(),
-                        median: Type.Number(),
-                        max: Type.Number(),
-                      }),
-                    ),
-                  ),
-                ),
-                {
-                  description:
-                    'per enabled site other than resid_pre: the norms at each layer on the same text (what unit resid_norm counts there); null until measured',
-                },
-              ),
+              site_norms: Dictionary(Nullable(layerNorms), {
+                description:
+                  'per enabled site other than resid_pre: the norms at each layer on the same text (what unit resid_norm counts there); null until measured',
+              }),
               kv_cache: Nullable(
                 Type.Object(
                   {
@@ -71,16 +62,7 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
                 Type.Partial(
                   Type.Object({
                     text: Type.String(),
-                    layers: Type.Array(
-                      Type.Partial(
-                        Type.Object({
-                          layer: Type.Integer(),
-                          mean: Type.Number(),
-                          median: Type.Number(),
-                          max: Type.Number(),
-                        }),
-                      ),
-                    ),
+                    layers: layerNorms,
                   }),
                   {
                     description: `null until an engine has measured them (Redis mode: while no worker answers within ${NORMS_WAIT_MS / 1000} s)`,

@@ -23,14 +23,18 @@ t.test('input bytes per decoded token follow the context on the host path', asyn
   const h = await harness(model);
   t.teardown(() => h.close());
   t.equal((await h.app.inject('/v1/model')).json().kv_cache?.location ?? 'host', 'host');
-  /** Both counters once the engine's last report is in (it follows the last token). */
+  /**
+   * Both counters once the engine's last report is in: it follows the last token, and a Redis
+   * worker's reaches Redis up to 100 ms later. Unchanged for 300 ms counts as settled.
+   */
   const settled = async () => {
     let last = '';
-    for (const t0 = Date.now(); Date.now() - t0 < 10_000; await new Promise((r) => setTimeout(r, 60))) {
+    let since = Date.now();
+    for (const t0 = Date.now(); Date.now() - t0 < 10_000; await new Promise((r) => setTimeout(r, 50))) {
       const m = (await h.app.inject('/metrics')).body;
       const now = ['input', 'output'].map((w) => counter(m, `steerd:session_${w}_bytes_total`)).join();
-      if (now === last) break;
-      last = now;
+      if (now !== last) [last, since] = [now, Date.now()];
+      else if (Date.now() - since >= 300) break;
     }
     return last.split(',').map(Number);
   };

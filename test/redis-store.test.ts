@@ -5,26 +5,16 @@ import t from 'tap';
 import type { Config } from '../src/config.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { ORPHAN_TTL_S, RedisVectorStore, shapeKey, valuesKey } from '../src/store/redis-vectors.ts';
-import { describe, type StoredVector, VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
+import { type StoredVector, VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
 import { harness, post } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
+import { storedVector } from './helpers/vectors.ts';
 
 const { url, probe, prefix, skip, cleanup } = await testRedis();
 t.teardown(cleanup);
 
-const vector = (name: string, seed: number, H = 8, shape = [H]): StoredVector => {
-  const values = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => Math.sin(i + seed));
-  return {
-    name,
-    ...describe(values, shape),
-    layer: 1,
-    recipe: 'uploaded',
-    model: { id: 'm@1', n_embd: H },
-    description: null,
-    created_at: new Date(0).toISOString(),
-    values,
-  };
-};
+const vector = (name: string, seed: number, H = 8, shape = [H]): StoredVector =>
+  storedVector(name, shape, H, (i) => Math.sin(i + seed));
 
 t.test('two processes share one registry', { skip }, async (t) => {
   const a = new RedisVectorStore(url, prefix);

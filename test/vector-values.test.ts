@@ -3,7 +3,8 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utim
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { describe, FileVectorStore, type StoredVector, VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
+import { FileVectorStore, type StoredVector, VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
+import { storedVector } from './helpers/vectors.ts';
 
 const H = 8;
 const DAY_MS = 24 * 3600 * 1000;
@@ -20,19 +21,8 @@ const awkward = (n: number, seed: number) => {
 
 const bytes = (v: Float32Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
 
-const vector = (name: string, seed: number, shape: number[] = [H]): StoredVector => {
-  const values = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => Math.cos(i + seed));
-  return {
-    name,
-    ...describe(values, shape),
-    layer: 1,
-    recipe: 'uploaded',
-    model: { id: 'm@1', n_embd: H },
-    description: null,
-    created_at: new Date(0).toISOString(),
-    values,
-  };
-};
+const vector = (name: string, seed: number, shape: number[] = [H]): StoredVector =>
+  storedVector(name, shape, H, (i) => Math.cos(i + seed));
 
 /** A data directory inside a root of its own, so that the test can see nothing was written beside it. */
 function tempStore(t: Test) {

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { KvReport } from '../engine/scheduler.js';
 
 /** Prometheus metrics, names modelled on vLLM's and TGI's (`steerd:` prefix as vLLM's `vllm:`). */
 export class Metrics {
@@ -61,13 +62,23 @@ export class Metrics {
     registers: [this.registry],
   });
   /** Where the KV cache figures come from: the local engine, or the workers' reports (Redis mode). */
-  kvSource?: () => Promise<{ used: number; tokens: number; hostBytes?: { input: number; output: number } }[]>;
+  kvSource?: () => Promise<KvReport[]>;
+  private reading?: Promise<KvReport[]>;
+  /** The engines' reports, read once per scrape (the metrics below collect at the same time). */
+  private reports(): Promise<KvReport[]> {
+    this.reading ??= (this.kvSource?.() ?? Promise.resolve([]))
+      .catch(() => [])
+      .finally(() => {
+        this.reading = undefined;
+      });
+    return this.reading;
+  }
   readonly kvUsage = new Gauge({
     name: 'steerd:kv_cache_usage_perc',
     help: 'KV cache reserved by admitted requests, as a fraction of the budget (every engine together)',
     registers: [this.registry],
     collect: async () => {
-      const all = (await this.kvSource?.().catch(() => [])) ?? [];
+      const all = await this.reports();
       const tokens = all.reduce((a, k) => a + k.tokens, 0);
       this.kvUsage.set(tokens ? all.reduce((a, k) => a + k.used, 0) / tokens : 0);
     },
@@ -79,7 +90,7 @@ export class Metrics {
       help,
       registers: [this.registry],
       collect: async () => {
-        const all = (await this.kvSource?.().catch(() => [])) ?? [];
+        const all = await this.reports();
         c.reset();
         c.inc(all.reduce((a, k) => a + (k.hostBytes?.[which] ?? 0), 0));
       },

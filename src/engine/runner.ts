@@ -226,12 +226,17 @@ export class ModelRunner {
     };
   }
 
+  /** Zeros for `noPast`, grown to the most rows asked (never written: only fed). */
+  private zeros = new Float32Array(0);
+
   /** The cache of rows that have none. */
   private noPast(rows: number): PastGroup {
     if (!this.nonEmpty) return { k: [], v: [], P: 0, rows };
     const { nLayer, nHead, headDim } = this.kv;
     const P = SLOT_ALIGN;
-    const zeros = new Float32Array(rows * nHead * P * headDim);
+    const n = rows * nHead * P * headDim;
+    if (this.zeros.length < n) this.zeros = new Float32Array(n);
+    const zeros = this.zeros.subarray(0, n);
     return { k: new Array(nLayer).fill(zeros), v: new Array(nLayer).fill(zeros), P, rows };
   }
 

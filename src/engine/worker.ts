@@ -84,9 +84,10 @@ for (;;) {
   try {
     worked = await scheduler.step();
     // after every pass (the host byte counters) and whenever the reservation changes
-    if (worked || scheduler.kv.used !== reported) {
-      reported = scheduler.kv.used;
-      post({ type: 'kv', usage: scheduler.kv });
+    const kv = scheduler.kv;
+    if (worked || kv.used !== reported) {
+      reported = kv.used;
+      post({ type: 'kv', usage: kv });
     }
   } catch (e) {
     // A failed forward pass fails the requests in flight, not the engine.

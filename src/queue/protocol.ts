@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import type { HostBytes } from '../engine/runner.js';
+import type { KvReport } from '../engine/scheduler.js';
 import type {
   ActivationsRequest,
   ActivationsResult,
@@ -122,14 +122,6 @@ export const activationsFromWire = (w: WireActivations): ActivationsResult => ({
 });
 
 /** A worker's KV cache report (JSON), refreshed while it runs: /metrics sums them. */
-export interface KvReport {
-  /** Tokens reserved and the budget (scheduler.ts KvUsage). */
-  used: number;
-  tokens: number;
-  /** Host bytes into and out of its session runs since it started (absent from older workers). */
-  hostBytes?: HostBytes;
-}
-
 export const kvKey = (prefix: string, worker: string) => `${prefix}kv:${worker}`;
 export const KV_TTL_MS = 15_000;
 

@@ -17,6 +17,10 @@ import {
   queueName,
   type WireFailure,
 } from './protocol.js';
+
+/** A worker's host byte counters reach Redis at most this often, in ms (its reservation at once). */
+const KV_REPORT_MS = 100;
+
 import { VectorCache } from './vector-cache.js';
 
 /** Options of a queue worker. */
@@ -74,7 +78,22 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
       )
       .catch(() => undefined);
   const kvTimer = setInterval(reportKv, KV_TTL_MS / 3);
-  engine.onKvUsage = reportKv;
+  // the engine reports after every pass: Redis hears of a changed reservation at once, of the host
+  // byte counters at most every KV_REPORT_MS (one write per pass would be one per decoded token)
+  let reportedUsed = -1;
+  let pending: NodeJS.Timeout | undefined;
+  engine.onKvUsage = () => {
+    if (engine.kvUsage.used !== reportedUsed) {
+      reportedUsed = engine.kvUsage.used;
+      clearTimeout(pending);
+      pending = undefined;
+      void reportKv();
+    } else
+      pending ??= setTimeout(() => {
+        pending = undefined;
+        void reportKv();
+      }, KV_REPORT_MS);
+  };
 
   const processor = async (job: Job<JobData>) => {
     const ac = new AbortController();
@@ -127,6 +146,7 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
     /** Stops taking jobs, lets the active ones finish, then disconnects. */
     async close() {
       clearInterval(kvTimer);
+      clearTimeout(pending);
       await worker.close();
       await data.del(kvKey(prefix, workerId)).catch(() => undefined);
       sub.disconnect();

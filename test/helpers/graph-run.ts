@@ -44,24 +44,8 @@ export async function runGraph(s: ort.InferenceSession, d: Dims, inp: BatchInput
         inp.past?.[`present.${l}.${kv}`] ?? new ort.Tensor('float32', new Float32Array(0), [B, d.nHead, 0, hd]);
     }
   }
-  for (let l = 0; l <= d.nLayer; l++) {
-    const data = new Float32Array(B * T * H);
-    let used = false;
-    for (let b = 0; b < B; b++) {
-      const f = inp.steer?.[b];
-      if (!f) continue;
-      for (let t = 0; t < T; t++) {
-        if (!inp.mask[b][inp.mask[b].length - T + t]) continue; // padding carries no steering
-        const v = f(l, inp.pos[b][t]);
-        if (!v) continue;
-        used = true;
-        for (let i = 0; i < H; i++) data[(b * T + t) * H + i] = v[i];
-      }
-    }
-    feeds[`steer.${l}`] = used
-      ? new ort.Tensor('float32', data, [B, T, H])
-      : new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
-  }
+  // padding carries no steering
+  steerFeeds(feeds, d, inp.pos, inp.steer, (b, t) => inp.mask[b][inp.mask[b].length - T + t] === 1);
   return s.run(fillHooks(s, feeds, H), fetch ?? s.outputNames);
 }
 
@@ -140,7 +124,6 @@ export interface ServeInput {
 /** Feeds the serving graph (serve-graph.ts) by its names. */
 export async function runServe(s: ort.InferenceSession, d: Dims, inp: ServeInput, fetch?: string[]) {
   const B = inp.ids.length;
-  const T = inp.ids[0].length;
   const H = d.nEmbd;
   const hd = H / d.nHead;
   const feeds: Record<string, ort.Tensor> = {
@@ -171,14 +154,31 @@ export async function runServe(s: ort.InferenceSession, d: Dims, inp: ServeInput
       ]);
     }
   }
+  steerFeeds(feeds, d, inp.pos, inp.steer, (b, t) => t < inp.newLen[b]);
+  return s.run(fillHooks(s, { ...feeds, ...inp.extra }, H), fetch ?? s.outputNames);
+}
+
+/**
+ * `steer.{l}` for every layer: each row's function at the positions `real` keeps ([B, T, H]), or a
+ * broadcast zero where no row steers that layer.
+ */
+function steerFeeds(
+  feeds: Record<string, ort.Tensor>,
+  d: Dims,
+  pos: number[][],
+  steer: BatchInput['steer'],
+  real: (b: number, t: number) => boolean,
+) {
+  const [B, T, H] = [pos.length, pos[0].length, d.nEmbd];
   for (let l = 0; l <= d.nLayer; l++) {
     const data = new Float32Array(B * T * H);
     let used = false;
     for (let b = 0; b < B; b++) {
-      const f = inp.steer?.[b];
+      const f = steer?.[b];
       if (!f) continue;
-      for (let t = 0; t < inp.newLen[b]; t++) {
-        const v = f(l, inp.pos[b][t]);
+      for (let t = 0; t < T; t++) {
+        if (!real(b, t)) continue;
+        const v = f(l, pos[b][t]);
         if (!v) continue;
         used = true;
         for (let i = 0; i < H; i++) data[(b * T + t) * H + i] = v[i];
@@ -188,7 +188,6 @@ export async function runServe(s: ort.InferenceSession, d: Dims, inp: ServeInput
       ? new ort.Tensor('float32', data, [B, T, H])
       : new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
   }
-  return s.run(fillHooks(s, { ...feeds, ...inp.extra }, H), fetch ?? s.outputNames);
 }
 
 /** Right-pads rows of token ids to T: ids, positions (padding: id 0 at position 0) and lengths. */
