@@ -32,6 +32,10 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
               vocab_size: Type.Integer(),
               hook_points: Type.Array(Type.Integer()),
               provider: Type.String(),
+              dtype: Type.Union([Type.Literal('float32'), Type.Literal('float16')], {
+                description:
+                  "the blocks' weights (STEERD_DTYPE); LayerNorm, softmax and the logits are float32 either way",
+              }),
               limits: Dictionary(Type.Integer()),
               hook_sites: Type.Array(siteSchema, { description: 'the sites this server steers and reads at' }),
               site_norms: Dictionary(Nullable(layerNorms), {
@@ -93,6 +97,7 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
         vocab_size: i.vocab_size,
         hook_points: Array.from({ length: i.n_layer + 1 }, (_, l) => l),
         provider: i.provider,
+        dtype: i.dtype,
         limits: {
           max_new_tokens: svc.config.limits.maxNewTokens,
           max_interventions: svc.config.limits.maxInterventions,

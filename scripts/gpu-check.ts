@@ -13,7 +13,9 @@
  * (`npm run install:cuda`, README GPU notes); WebGPU needs a Vulkan driver (on NVIDIA, the container
  * started with `NVIDIA_DRIVER_CAPABILITIES` including `graphics`).
  *
- *   npm run gpu-check [-- --model DIR --providers webgpu,cuda,cpu --concurrency 1,8,32 --seconds 20 --out FILE]
+ * `--dtypes float32,float16` measures each provider with the float16 weights too (README, GPU notes).
+ *
+ *   npm run gpu-check [-- --model DIR --providers webgpu,cuda,cpu --dtypes float32 --concurrency 1,8,32 --seconds 20 --out FILE]
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -21,8 +23,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
+import { parseDtype } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
 import type { HostBytes } from '../src/engine/runner.ts';
+import type { Dtype } from '../src/model/half-weights.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 
@@ -30,6 +34,7 @@ const { values: o } = parseArgs({
   options: {
     model: { type: 'string' },
     providers: { type: 'string', default: 'webgpu,cuda,cpu' },
+    dtypes: { type: 'string', default: 'float32' },
     concurrency: { type: 'string', default: '1,8,32' },
     seconds: { type: 'string', default: '20' },
     prompt: { type: 'string', default: '32' },
@@ -75,8 +80,11 @@ const [promptLen, newTokens, longLen] = [+o.prompt!, +o.new!, +o.long!];
 
 interface ProviderResult {
   provider: string;
+  dtype: Dtype;
   error?: string;
   load_s?: number;
+  /** Where the engine keeps the KV cache on this provider (`/v1/model` kv_cache.location). */
+  kv_cache?: 'host' | 'device';
   tokens_per_s: Record<string, number>;
   /** Host bytes per session run over all the levels. */
   input_bytes_per_run?: number;
@@ -99,17 +107,18 @@ const counters = async (engine: Engine): Promise<HostBytes> => {
   return { ...engine.kvUsage.hostBytes };
 };
 
-async function measure(provider: string): Promise<ProviderResult> {
-  const r: ProviderResult = { provider, tokens_per_s: {} };
+async function measure(provider: string, dtype: Dtype): Promise<ProviderResult> {
+  const r: ProviderResult = { provider, dtype, tokens_per_s: {} };
   const t0 = performance.now();
   let engine: Engine;
   try {
-    engine = await Engine.start({ model, provider, batchCapacity: Math.max(...levels) });
+    engine = await Engine.start({ model, provider, dtype, batchCapacity: Math.max(...levels) });
   } catch (e) {
     return { ...r, error: (e as Error).message.slice(0, 300) };
   }
   try {
     r.load_s = (performance.now() - t0) / 1000;
+    r.kv_cache = engine.info.kv_cache?.location;
     log(`${provider}: loaded in ${r.load_s.toFixed(1)} s; warming up`);
     await generate(engine, prompt(promptLen), 4);
     const before = await counters(engine);
@@ -153,17 +162,20 @@ async function measure(provider: string): Promise<ProviderResult> {
 }
 
 const results: ProviderResult[] = [];
-for (const provider of o.providers!.split(',')) {
-  if (!machine.backends.includes(provider)) {
-    results.push({ provider, error: 'not in this onnxruntime-node build', tokens_per_s: {} });
-    continue;
+for (const provider of o.providers!.split(','))
+  for (const dtype of o.dtypes!.split(',').map((d) => parseDtype(d, '--dtypes'))) {
+    if (!machine.backends.includes(provider)) {
+      results.push({ provider, dtype, error: 'not in this onnxruntime-node build', tokens_per_s: {} });
+      continue;
+    }
+    results.push(await measure(provider, dtype));
   }
-  results.push(await measure(provider));
-}
-const cpu = results.find((r) => r.provider === 'cpu' && !r.error);
+const cpu = results.find((r) => r.provider === 'cpu' && r.dtype === 'float32' && !r.error);
 const mb = (b?: number) => (b === undefined ? '' : `${(b / 2 ** 20).toFixed(2)} MiB`);
 const table = results.map((r) => ({
   provider: r.provider,
+  dtype: r.dtype,
+  'kv cache': r.kv_cache ?? '',
   ...Object.fromEntries(levels.map((c) => [`c${c} tok/s`, r.tokens_per_s[`c${c}`]?.toFixed(1) ?? ''])),
   ...(cpu && {
     [`c${levels.at(-1)} vs cpu`]: r.tokens_per_s[`c${levels.at(-1)}`]

@@ -1,4 +1,5 @@
 import { SteerdError } from './errors.js';
+import { DTYPES, type Dtype } from './model/half-weights.js';
 import { hubCacheDir, hubOffline } from './model/hf-cache.js';
 import { isSite, SITES, type Site } from './model/hooks.js';
 
@@ -62,6 +63,12 @@ export interface Config {
   hubOffline: boolean;
   /** ONNX Runtime execution provider. Env STEERD_PROVIDER. Default cpu. */
   provider: string;
+  /**
+   * The blocks' weights: `float32`, or `float16` (for GPU providers: a float16 copy written once
+   * beside the checkpoint, multiplied in float16; LayerNorm, softmax and the logits stay float32).
+   * Env STEERD_DTYPE. Default float32.
+   */
+  dtype: Dtype;
   /** Intra-op threads, 0 = one per core. Env STEERD_THREADS. Default 0. */
   threads: number;
   /** Rows decoded together. Env STEERD_BATCH_CAPACITY. Default 32. */
@@ -95,6 +102,12 @@ export interface Config {
   /** pino level. Env LOG_LEVEL. Default info. */
   logLevel: string;
   limits: Limits;
+}
+
+/** A weights dtype from the environment or the command line; anything else stops steerd at start. */
+export function parseDtype(v: string, where: string): Dtype {
+  if (!(DTYPES as readonly string[]).includes(v)) throw new Error(`${where} must be float32 or float16, not "${v}"`);
+  return v as Dtype;
 }
 
 /** Vector names: also file names, so no separators and no leading dot. */
@@ -158,6 +171,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     hubCacheDir: hubCacheDir(env),
     hubOffline: hubOffline(env),
     provider: env.STEERD_PROVIDER ?? 'cpu',
+    dtype: parseDtype(env.STEERD_DTYPE ?? 'float32', 'STEERD_DTYPE'),
     threads: int(env, 'STEERD_THREADS', 0, 0),
     batchCapacity: int(env, 'STEERD_BATCH_CAPACITY', 32),
     tokenBudget: int(env, 'STEERD_TOKEN_BUDGET', 256),

@@ -67,6 +67,7 @@ export async function resolveModel(config: Config, progress?: ProgressReporter):
 const engineOptions = (config: Config, dir: string) => ({
   model: dir,
   provider: config.provider,
+  dtype: config.dtype,
   threads: config.threads,
   batchCapacity: config.batchCapacity,
   tokenBudget: config.tokenBudget,
@@ -108,6 +109,7 @@ export async function createService(config: Config, progress?: ProgressReporter)
     engine = await RemoteEngine.open({
       model: m.dir,
       hookSites: config.hookSites,
+      dtype: config.dtype,
       redisUrl: config.redisUrl,
       prefix: config.redisPrefix,
       maxDepth: config.limits.queueDepth,

@@ -9,6 +9,7 @@ import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, referenceGreedy, run } from './helpers/engine-util.ts';
 import { maxAbsDiff, range } from './helpers/graph-run.ts';
+import { provider } from './helpers/provider.ts';
 import { loadReference, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-engine-'));
@@ -16,7 +17,7 @@ const dir = join(root, 'm');
 writeTinyCheckpoint(dir, { layers: 3, embd: 64, heads: 4, ctx: 128, seed: 11, initScale: 10 });
 const ref = loadReference(dir);
 const H = 64;
-const engine = await Engine.start({ model: dir, batchCapacity: 32, tokenBudget: 48 });
+const engine = await Engine.start({ provider, model: dir, batchCapacity: 32, tokenBudget: 48 });
 t.teardown(async () => {
   await engine.close();
   rmSync(root, { recursive: true, force: true });
@@ -107,7 +108,7 @@ t.test('batch invariance: 24 requests at once give the tokens each gives alone',
   const together = await Promise.all(reqs.map((r) => run(engine, r)));
   for (const [i, c] of together.entries()) t.same(c.ids, alone[i], `request ${i}`);
   // with fewer slots than requests, rows join and leave a running batch continuously
-  const small = await Engine.start({ model: dir, batchCapacity: 5, tokenBudget: 16 });
+  const small = await Engine.start({ provider, model: dir, batchCapacity: 5, tokenBudget: 16 });
   const queued = await Promise.all(reqs.map((r) => run(small, r)));
   await small.close();
   t.same(
@@ -220,7 +221,7 @@ t.test('stop strings, EOS and text', async (t) => {
 });
 
 t.test('cancellation frees the slot; the rest of the batch is unchanged', async (t) => {
-  const eng = await Engine.start({ model: dir, batchCapacity: 2 });
+  const eng = await Engine.start({ provider, model: dir, batchCapacity: 2 });
   t.teardown(() => eng.close());
   const reqs = [ids(4), ids(6), ids(5)].map((prompt, i) => ({
     prompt,
@@ -257,7 +258,7 @@ t.test('cancellation frees the slot; the rest of the batch is unchanged', async 
 t.test(
   'a steering coefficient that overflows float32 fails its own request with 422, not its neighbours',
   async (t) => {
-    const eng = await Engine.start({ model: dir, batchCapacity: 4 });
+    const eng = await Engine.start({ provider, model: dir, batchCapacity: 4 });
     t.teardown(() => eng.close());
     const plain = { prompt: ids(5), max_new_tokens: 8, temperature: 0, stop_at_eos: false };
     const alone = (await run(eng, plain)).ids;
@@ -349,7 +350,7 @@ t.test('bad requests are refused before they reach a batch', async (t) => {
 t.test('the main thread keeps ticking while the engine works', async (t) => {
   const big = join(root, 'big');
   writeTinyCheckpoint(big, { layers: 4, embd: 256, heads: 4, ctx: 256 });
-  const eng = await Engine.start({ model: big });
+  const eng = await Engine.start({ provider, model: big });
   t.teardown(() => eng.close());
   let ticks = 0;
   let last = performance.now();
@@ -432,7 +433,7 @@ t.test('recipes equal the same arithmetic done by hand on reference activations'
 });
 
 t.test('close drains: requests in flight finish, new ones are refused', async (t) => {
-  const eng = await Engine.start({ model: dir });
+  const eng = await Engine.start({ provider, model: dir });
   const pending = run(eng, { prompt: ids(5), max_new_tokens: 20, temperature: 0, stop_at_eos: false });
   await new Promise((r) => setTimeout(r, 5));
   const closed = eng.close();
@@ -445,7 +446,7 @@ t.test('close drains: requests in flight finish, new ones are refused', async (t
 });
 
 t.test('after the worker dies, requests fail at once and close resolves', async (t) => {
-  const eng = await Engine.start({ model: dir });
+  const eng = await Engine.start({ provider, model: dir });
   t.teardown(() => eng.close());
   // Terminated while idle: terminating a thread inside an ONNX Runtime run aborts the process,
   // which is why close() waits for the worker to release its session first.

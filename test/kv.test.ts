@@ -38,8 +38,12 @@ t.test('rows keep their tokens through growth, swap-removal and shrinking', asyn
   t.equal(at(s, 0, 1, 2, 4), 1e4 + 100 + 20 + 4, 'rows intact after shrinking');
   s.append(1, { ...source(4, 1), b: 0 });
   t.equal(at(s, 1, 0, 0, 2), 4 * 1e4, 'append writes after the last token');
-  t.same(s.past().k[0].length, 2 * shape.nHead * s.P * shape.headDim, 'past() views the active rows only');
-  t.equal(s.row(1).k[0][2 * shape.headDim], 4 * 1e4, "row() views one row's slots");
+  t.same(
+    ((await s.past()).k[0] as Float32Array).length,
+    2 * shape.nHead * s.P * shape.headDim,
+    'past() views the active rows only',
+  );
+  t.match(s.source(1), { S: s.P, b: 1, from: 0, count: 3 }, "source() is a row's whole cache");
   s.remove(0);
   s.remove(0);
   t.equal(s.n, 0);

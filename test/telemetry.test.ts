@@ -12,14 +12,15 @@ import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, refSteer, run } from './helpers/engine-util.ts';
-import { loadReference, referenceForward } from './helpers/reference.ts';
+import { provider } from './helpers/provider.ts';
+import { loadReference, logSoftmax, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-telemetry-'));
 const dir = join(root, 'm');
 writeTinyCheckpoint(dir, { layers: 3, embd: 64, heads: 4, ctx: 128, seed: 8, initScale: 10 });
 const ref = loadReference(dir);
 const H = 64;
-const engine = await Engine.start({ model: dir, tokenBudget: 32 });
+const engine = await Engine.start({ provider, model: dir, tokenBudget: 32 });
 t.teardown(async () => {
   await engine.close();
   rmSync(root, { recursive: true, force: true });
@@ -28,15 +29,6 @@ const rng = new Rng(9);
 const ids = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * 50000));
 const vec = (scale: number) => Float32Array.from({ length: H }, () => scale * rng.normal());
 
-/** log-softmax of a float64 row. */
-function logSoftmax(row: Float64Array): Float64Array {
-  let m = -Infinity;
-  for (const v of row) m = Math.max(m, v);
-  let z = 0;
-  for (const v of row) z += Math.exp(v - m);
-  const lse = m + Math.log(z);
-  return row.map((v) => v - lse);
-}
 const argmax = (a: Float64Array) => a.reduce((best, v, i) => (v > a[best] ? i : best), 0);
 
 t.test('telemetry equals the float64 reference, token by token', async (t) => {
@@ -137,7 +129,7 @@ t.test('telemetry rows beside others: the same bits as alone', async (t) => {
 });
 
 t.test('refused when the twin cannot fit', async (t) => {
-  const small = await Engine.start({ model: dir, kvCacheTokens: 100 });
+  const small = await Engine.start({ provider, model: dir, kvCacheTokens: 100 });
   t.teardown(() => small.close());
   const req = { prompt: ids(5), max_new_tokens: 50, telemetry: true };
   t.throws(() => small.generate(req), {

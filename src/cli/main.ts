@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import { loadConfig, parseSites } from '../config.js';
+import { loadConfig, parseDtype, parseSites } from '../config.js';
 import { SteerdError } from '../errors.js';
 import { buildGraph } from '../model/graph.js';
 import { hubCacheDir, servingDir } from '../model/hf-cache.js';
@@ -24,6 +24,9 @@ function nonNegativeInt(value: string): number {
 const SITES_OPTION = '--hook-sites <sites>';
 const SITES_HELP =
   'hook sites steerable and readable, comma-separated: resid_pre,ln1,attn_out,resid_mid,ln2,mlp_out (env STEERD_HOOK_SITES, default all)';
+const DTYPE_OPTION = '--dtype <dtype>';
+const DTYPE_HELP =
+  "the blocks' weights: float32, or float16 for GPU providers (a copy written once beside the checkpoint; env STEERD_DTYPE, default float32)";
 const KV_OPTION = '--kv-cache-tokens <n>';
 const KV_HELP =
   'tokens of KV cache, all requests together (env STEERD_KV_CACHE_TOKENS; default: STEERD_KV_CACHE_MEMORY, half the memory left after the weights)';
@@ -44,6 +47,7 @@ export function program(): Command {
     .option('--worker', 'with REDIS_URL: also run an engine on the queue in this process', false)
     .option(KV_OPTION, KV_HELP, positiveInt)
     .option(SITES_OPTION, SITES_HELP)
+    .option(DTYPE_OPTION, DTYPE_HELP)
     .action(
       async (o: {
         model?: string;
@@ -54,6 +58,7 @@ export function program(): Command {
         worker: boolean;
         kvCacheTokens?: number;
         hookSites?: string;
+        dtype?: string;
       }) => {
         const config = loadConfig();
         await serve(
@@ -67,6 +72,7 @@ export function program(): Command {
             worker: o.worker,
             kvCacheTokens: o.kvCacheTokens ?? config.kvCacheTokens,
             hookSites: o.hookSites ? parseSites(o.hookSites, '--hook-sites') : config.hookSites,
+            dtype: o.dtype ? parseDtype(o.dtype, '--dtype') : config.dtype,
           },
           consoleProgress(),
         );
@@ -80,19 +86,23 @@ export function program(): Command {
     .option('--provider <name>', 'execution provider (env STEERD_PROVIDER, default cpu)')
     .option(KV_OPTION, KV_HELP, positiveInt)
     .option(SITES_OPTION, SITES_HELP)
-    .action(async (o: { model?: string; provider?: string; kvCacheTokens?: number; hookSites?: string }) => {
-      const config = loadConfig();
-      await runWorker(
-        {
-          ...config,
-          model: o.model ?? config.model,
-          provider: o.provider ?? config.provider,
-          kvCacheTokens: o.kvCacheTokens ?? config.kvCacheTokens,
-          hookSites: o.hookSites ? parseSites(o.hookSites, '--hook-sites') : config.hookSites,
-        },
-        consoleProgress(),
-      );
-    });
+    .option(DTYPE_OPTION, DTYPE_HELP)
+    .action(
+      async (o: { model?: string; provider?: string; kvCacheTokens?: number; hookSites?: string; dtype?: string }) => {
+        const config = loadConfig();
+        await runWorker(
+          {
+            ...config,
+            model: o.model ?? config.model,
+            provider: o.provider ?? config.provider,
+            kvCacheTokens: o.kvCacheTokens ?? config.kvCacheTokens,
+            hookSites: o.hookSites ? parseSites(o.hookSites, '--hook-sites') : config.hookSites,
+            dtype: o.dtype ? parseDtype(o.dtype, '--dtype') : config.dtype,
+          },
+          consoleProgress(),
+        );
+      },
+    );
 
   const model = cli.command('model').description('prepare model checkpoints');
 

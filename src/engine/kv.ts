@@ -26,14 +26,65 @@ export interface KvShape {
   headDim: number;
 }
 
+/**
+ * Keys or values of one layer, [rows, n_head, slots, head_dim]: a host array, or a tensor that stays
+ * on the accelerator (device-kv.ts); a store only ever meets its own kind.
+ */
+export type KvBlock = Float32Array | DeviceTensor;
+
+/** A tensor held on the accelerator (onnxruntime's `gpu-buffer` tensors): only fed, never read. */
+export interface DeviceTensor {
+  readonly location: 'gpu-buffer';
+  readonly dims: readonly number[];
+  dispose(): void;
+}
+
 /** Tokens of one row inside a [B, n_head, S, head_dim] buffer per layer: row b, positions [from, from+count). */
 export interface KvSource {
-  k: Float32Array[];
-  v: Float32Array[];
+  k: KvBlock[];
+  v: KvBlock[];
   S: number;
   b: number;
   from: number;
   count: number;
+}
+
+/** The active rows as the graph's `past`: [rows, n_head, P, head_dim] per layer. */
+export interface KvPast {
+  k: KvBlock[];
+  v: KvBlock[];
+  P: number;
+  rows: number;
+}
+
+/**
+ * What the scheduler asks of a cache store, wherever it keeps the cache (host: KvStore below;
+ * device: DeviceKvStore). Row edits are immediate on the host and planned on the device, where
+ * `flush()` runs them (one pass of the cache update graph); `past()` flushes first.
+ */
+export interface KvCache {
+  /** Tokens held by each active row. */
+  readonly len: readonly number[];
+  /** Active rows. */
+  readonly n: number;
+  /** Bytes the store holds (host or device memory). */
+  readonly bytes: number;
+  /** Bytes that compact() would give back. */
+  readonly slack: number;
+  past(): Promise<KvPast>;
+  reserve(slots: number): void;
+  compact(): void;
+  pushEmpty(slots?: number): number;
+  push(src: KvSource): number;
+  append(r: number, src: KvSource): void;
+  zero(r: number): void;
+  remove(r: number): number;
+  /** Applies planned edits (host: nothing to do). */
+  flush(): Promise<void>;
+  /** Row b's whole cache, as a source for another store (a prefilled prompt joining its class). */
+  source(b: number): KvSource;
+  /** Gives back what the store holds (device buffers; host arrays are left to the collector). */
+  dispose(): void;
 }
 
 /** Slot counts and padded lengths are multiples of this (see above). */
@@ -48,7 +99,7 @@ export function slotsFor(slots: number, max: number): number {
   return Math.min(P, alignUp(max));
 }
 
-export class KvStore {
+export class KvStore implements KvCache {
   k: Float32Array[] = [];
   v: Float32Array[] = [];
   /** Slot capacity per row. */
@@ -86,7 +137,11 @@ export class KvStore {
   }
 
   /** The active rows as the graph's `past`: [n, n_head, P, head_dim] views, no copy. */
-  past(): { k: Float32Array[]; v: Float32Array[]; P: number; rows: number } {
+  async past(): Promise<KvPast> {
+    return this.view();
+  }
+
+  view(): { k: Float32Array[]; v: Float32Array[]; P: number; rows: number } {
     const size = this.n * this.s.nHead * this.P * this.s.headDim;
     return {
       k: this.k.map((a) => a.subarray(0, size)),
@@ -96,16 +151,13 @@ export class KvStore {
     };
   }
 
-  /** Row r's own [1, n_head, P, head_dim] view (a long prompt's cache while it is prefilled). */
-  row(r: number): { k: Float32Array[]; v: Float32Array[]; P: number; rows: number } {
-    const size = this.s.nHead * this.P * this.s.headDim;
-    return {
-      k: this.k.map((a) => a.subarray(r * size, (r + 1) * size)),
-      v: this.v.map((a) => a.subarray(r * size, (r + 1) * size)),
-      P: this.P,
-      rows: 1,
-    };
+  async flush(): Promise<void> {}
+
+  source(b: number): KvSource {
+    return { k: this.k, v: this.v, S: this.P, b, from: 0, count: this.len[b] };
   }
+
+  dispose(): void {}
 
   /** Makes every row able to hold `slots` tokens: P doubles to fit, and halves while the rows need a quarter of it. */
   reserve(slots: number): void {
@@ -173,8 +225,8 @@ export class KvStore {
     for (let l = 0; l < nLayer; l++) {
       const K = this.k[l];
       const Vb = this.v[l];
-      const sk = src.k[l];
-      const sv = src.v[l];
+      const sk = src.k[l] as Float32Array;
+      const sv = src.v[l] as Float32Array;
       for (let h = 0; h < nHead; h++) {
         const from = ((src.b * nHead + h) * src.S + src.from) * hd;
         const to = ((r * nHead + h) * this.P + at) * hd;

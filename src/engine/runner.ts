@@ -3,9 +3,12 @@ import ort from 'onnxruntime-node';
 import { SteerdError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
-import { hookPoints, projName, SITES, type Site, steerName } from '../model/hooks.js';
+import { type Dtype, ensureHalfWeights } from '../model/half-weights.js';
+import { hookPoints, projName, readName, SITES, type Site, steerName } from '../model/hooks.js';
+import { buildKvGraphBytes } from '../model/kv-graph.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
-import { type KvShape, SLOT_ALIGN } from './kv.js';
+import { type DeviceKv, DeviceKvStore, disposeKv, type KvPlanRow } from './device-kv.js';
+import { type KvBlock, type KvCache, type KvPast, type KvShape, KvStore, SLOT_ALIGN } from './kv.js';
 import { modelInfo, serveShape } from './model-info.js';
 import type { PassSteering } from './steer.js';
 import type { ModelInfo } from './types.js';
@@ -20,19 +23,16 @@ export interface RunnerOptions {
   threads?: number;
   /** Hook sites the serving graph is built with (the others cannot be steered or read). Default all. */
   hookSites?: Site[];
+  /** The blocks' weights: `float16` multiplies them in float16, from a copy written once beside the checkpoint (half-weights.ts). Default float32. */
+  dtype?: Dtype;
 }
 
-/** The serving variant of the graph, beside model.safetensors (see graph.ts); its WebGPU layout. */
+/** The serving variant of the graph, beside model.safetensors (see graph.ts); its device variant. */
 export const SERVE_GRAPH = 'model.serve.onnx';
-export const SERVE_GRAPH_NON_EMPTY = 'model.serve.non-empty.onnx';
+export const SERVE_GRAPH_DEVICE = 'model.serve.device.onnx';
 
-/** One cache group's rows, in batch order: [rows, n_head, P, head_dim] per layer (views; rows may be 0). */
-export interface PastGroup {
-  k: Float32Array[];
-  v: Float32Array[];
-  P: number;
-  rows: number;
-}
+/** One cache group's rows, in batch order: [rows, n_head, P, head_dim] per layer (rows may be 0). */
+export type PastGroup = KvPast;
 
 export interface ForwardInput {
   /** [B][T] token ids, each row's real tokens first (right-padded), and their positions. */
@@ -59,8 +59,8 @@ export interface ForwardOutput {
   lastLogits: Float32Array;
   /** [B]: log-sum-exp of each row of `lastLogits`. */
   lastLse: Float32Array;
-  /** The new tokens' keys and values: [B, n_head, T, head_dim] per layer. */
-  fresh: { k: Float32Array[]; v: Float32Array[]; T: number };
+  /** The new tokens' keys and values: [B, n_head, T, head_dim] per layer (on the device there; see release()). */
+  fresh: { k: KvBlock[]; v: KvBlock[]; T: number };
   /** [B, T, H] per hook-point output read. */
   read: Map<string, Float32Array>;
   /** [B, T, V] with `logitsAll`. */
@@ -79,6 +79,7 @@ const i64 = (rows: number[][]) => {
 const i64v = (v: number[]) => new ort.Tensor('int64', BigInt64Array.from(v, BigInt), [v.length]);
 
 const EMPTY = new Float32Array(0);
+const isHost = (b: KvBlock): b is Float32Array => b instanceof Float32Array;
 
 /** Host bytes passed into and returned from session runs since the runner opened. */
 export interface HostBytes {
@@ -103,6 +104,12 @@ export class ModelRunner {
   private readonly fetches: string[];
   /** Counted on every run (device tensors are not). */
   readonly hostBytes: HostBytes = { input: 0, output: 0, runs: 0 };
+  /** Where the KV cache lives: `device` when the provider keeps tensors on the accelerator (WebGPU). */
+  readonly location: 'host' | 'device';
+  /** Device tensors the passes returned since the last endStep() (their new keys and values). */
+  private produced: DeviceKv[] = [];
+  /** Caches of zeros (SLOT_ALIGN masked slots) for passes with nothing cached, by rows; on the device. */
+  private zeroCaches = new Map<number, DeviceKv>();
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -110,11 +117,13 @@ export class ModelRunner {
     readonly tokenizer: Gpt2Tokenizer,
     /** Cache groups of the serving graph. */
     readonly groups: number,
-    /** No empty tensor is fed (serve-graph.ts `nonEmpty`): one masked cache slot, projection row and lens vector of zeros stand in. */
-    private readonly nonEmpty: boolean,
+    /** The cache update graph's session when the cache is on the device (kv-graph.ts). */
+    private readonly kvSession?: ort.InferenceSession,
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
-    const n = nonEmpty ? 1 : 0;
+    this.location = kvSession ? 'device' : 'host';
+    // the device graph takes no empty tensor (serve-graph.ts): one zero row stands in
+    const n = kvSession ? 1 : 0;
     this.noProj = new ort.Tensor('float32', new Float32Array(n * info.n_embd), [1, n, info.n_embd]);
     this.noLens = new ort.Tensor('float32', new Float32Array(n * info.n_embd), [n, info.n_embd]);
     this.hooks = hookPoints(info.n_layer, info.hook_sites);
@@ -128,8 +137,10 @@ export class ModelRunner {
     const provider = opts.provider ?? 'cpu';
     const shape = serveShape(provider, ck.config.n_positions);
     const sites = opts.hookSites ?? [...SITES];
-    const fileName = shape.nonEmpty ? SERVE_GRAPH_NON_EMPTY : SERVE_GRAPH;
-    buildGraph(opts.model, { serving: { ...shape, sites }, fileName });
+    const half = opts.dtype === 'float16';
+    const fileName = (shape.device ? SERVE_GRAPH_DEVICE : SERVE_GRAPH).replace(/\.onnx$/, half ? '.f16.onnx' : '.onnx');
+    if (half) ensureHalfWeights(ck);
+    buildGraph(opts.model, { serving: { ...shape, sites, half }, fileName });
     const known = ort.listSupportedBackends().map((b) => b.name);
     if (!known.includes(provider)) {
       throw new SteerdError(
@@ -139,13 +150,30 @@ export class ModelRunner {
       );
     }
     let session: ort.InferenceSession;
+    let kvSession: ort.InferenceSession | undefined;
+    const base = {
+      executionProviders: [provider],
+      intraOpNumThreads: opts.threads ?? 0,
+      graphOptimizationLevel: 'all' as const,
+      logSeverityLevel: 3 as const,
+    };
     try {
+      // on the device, the new keys and values stay there and everything else comes back (an output
+      // goes where this map says only when every output is fetched: forward() does)
+      const preferredOutputLocation: Record<string, 'gpu-buffer'> = {};
+      for (let l = 0; l < ck.config.n_layer; l++)
+        for (const kind of ['key', 'value']) preferredOutputLocation[`new.${l}.${kind}`] = 'gpu-buffer';
       session = await ort.InferenceSession.create(join(opts.model, fileName), {
-        executionProviders: [provider],
-        intraOpNumThreads: opts.threads ?? 0,
-        graphOptimizationLevel: 'all',
-        logSeverityLevel: 3,
+        ...base,
+        ...(shape.device && { preferredOutputLocation }),
       });
+      if (shape.device) {
+        const hd = ck.config.n_embd / ck.config.n_head;
+        kvSession = await ort.InferenceSession.create(buildKvGraphBytes(ck.config.n_layer, ck.config.n_head, hd), {
+          ...base,
+          preferredOutputLocation: 'gpu-buffer',
+        });
+      }
     } catch (e) {
       const hint =
         provider === 'cpu'
@@ -159,17 +187,18 @@ export class ModelRunner {
         'provider_unavailable',
       );
     }
-    const info = modelInfo(ck, provider, sites);
-    return new ModelRunner(session, info, tokenizer, shape.groups, shape.nonEmpty);
+    const info = modelInfo(ck, provider, sites, opts.dtype);
+    return new ModelRunner(session, info, tokenizer, shape.groups, kvSession);
   }
 
   async forward(inp: ForwardInput): Promise<ForwardOutput> {
     const { nLayer, nHead, headDim } = this.kv;
+    const device = this.location === 'device';
     const B = inp.ids.length;
     const T = inp.ids[0].length;
     // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots (or,
     // without empty tensors, one aligned block of masked zeros: a row's bits do not depend on P)
-    const groups = inp.groups.length ? inp.groups : [this.noPast(B)];
+    const groups = inp.groups.length ? inp.groups : [await this.noPast(B)];
     const feeds: Record<string, ort.Tensor> = {
       input_ids: i64(inp.ids),
       position_ids: i64(inp.pos),
@@ -185,9 +214,11 @@ export class ModelRunner {
       const grp = groups[g];
       const dims = [grp?.rows ?? 0, nHead, grp?.P ?? 0, headDim];
       const has = grp && grp.rows > 0 && grp.P > 0;
+      const feed = (b: KvBlock | undefined) =>
+        b && !isHost(b) ? (b as unknown as ort.Tensor) : new ort.Tensor('float32', has && b ? b : EMPTY, dims);
       for (let l = 0; l < nLayer; l++) {
-        feeds[`past.${l}.${g}.key`] = new ort.Tensor('float32', has ? grp.k[l] : EMPTY, dims);
-        feeds[`past.${l}.${g}.value`] = new ort.Tensor('float32', has ? grp.v[l] : EMPTY, dims);
+        feeds[`past.${l}.${g}.key`] = feed(grp?.k[l]);
+        feeds[`past.${l}.${g}.value`] = feed(grp?.v[l]);
       }
     }
     const H = this.info.n_embd;
@@ -199,23 +230,38 @@ export class ModelRunner {
       feeds[projName(site, layer, 'u')] = p ? new ort.Tensor('float32', p.u, [B, p.K, H]) : this.noProj;
       feeds[projName(site, layer, 'z')] = p ? new ort.Tensor('float32', p.z, [B, p.K, H]) : this.noProj;
     }
-    const fetch = [
-      ...this.fetches,
-      ...(inp.read ?? []),
-      ...(inp.logitsAll ? ['logits'] : []),
-      ...(inp.lens ? ['lens_logits'] : []),
-    ];
+    const reads = inp.read ?? [];
+    let fetch: string[];
+    if (device) {
+      // every output, in order (see open()); the hook points asked come back through `reads` (at
+      // least one: the first hook point stands in for none)
+      const points = this.hooks.map(({ site, layer }) => readName(site, layer));
+      const idx = reads.map((r) => points.indexOf(r));
+      feeds.read_idx = i64v(idx.length ? idx : [0]);
+      feeds.lens_all = inp.lens ? this.allPositions : this.lastOnly;
+      fetch = [...this.session.outputNames];
+    } else
+      fetch = [...this.fetches, ...reads, ...(inp.logitsAll ? ['logits'] : []), ...(inp.lens ? ['lens_logits'] : [])];
     const out = await this.session.run(feeds, fetch);
     this.hostBytes.runs++;
     for (const t of Object.values(feeds)) this.hostBytes.input += bytesOf(t);
     for (const t of Object.values(out)) this.hostBytes.output += bytesOf(t);
-    const fresh = { k: [] as Float32Array[], v: [] as Float32Array[], T };
+    const fresh = { k: [] as KvBlock[], v: [] as KvBlock[], T };
     for (let l = 0; l < nLayer; l++) {
-      fresh.k.push(out[`new.${l}.key`].data as Float32Array);
-      fresh.v.push(out[`new.${l}.value`].data as Float32Array);
+      for (const [kind, list] of [
+        ['key', fresh.k],
+        ['value', fresh.v],
+      ] as const) {
+        const t = out[`new.${l}.${kind}`];
+        list.push(t.location === 'cpu' ? (t.data as Float32Array) : (t as unknown as KvBlock));
+      }
     }
+    if (device) this.produced.push(fresh as DeviceKv);
     const read = new Map<string, Float32Array>();
-    for (const name of inp.read ?? []) read.set(name, out[name].data as Float32Array);
+    if (device) {
+      const all = out.reads.data as Float32Array; // [R, B, T, H]
+      for (const [i, name] of reads.entries()) read.set(name, all.subarray(i * B * T * H, (i + 1) * B * T * H));
+    } else for (const name of reads) read.set(name, out[name].data as Float32Array);
     return {
       lastLogits: out.last_logits.data as Float32Array,
       lastLse: out.last_lse.data as Float32Array,
@@ -226,21 +272,80 @@ export class ModelRunner {
     };
   }
 
-  /** Zeros for `noPast`, grown to the most rows asked (never written: only fed). */
-  private zeros = new Float32Array(0);
+  /** A store for the KV cache where this provider keeps it (kv.ts, device-kv.ts). */
+  newStore(capacity: number, maxSlots: number): KvCache {
+    return this.kvSession
+      ? new DeviceKvStore(
+          this.kv,
+          { update: (s, f, plan, slots) => this.updateKv(s, f, plan, slots) },
+          capacity,
+          maxSlots,
+        )
+      : new KvStore(this.kv, capacity, maxSlots);
+  }
+
+  /**
+   * Gives back the device tensors the passes returned since the last call (their new keys and
+   * values: the stores have copied what they keep). The scheduler calls it once its step is over.
+   */
+  endStep(): void {
+    for (const t of this.produced) disposeKv(t);
+    this.produced = [];
+  }
+
+  /** Zeros standing in for a cache where there is none yet: [1, n_head, 1, head_dim], host. */
+  private seed?: ort.Tensor;
+
+  /** One run of the cache update graph (kv-graph.ts); counted with the passes' host bytes. */
+  private async updateKv(s: DeviceKv | null, f: DeviceKv | null, plan: KvPlanRow[], slots: number): Promise<DeviceKv> {
+    const { nLayer, nHead, headDim } = this.kv;
+    this.seed ??= new ort.Tensor('float32', new Float32Array(nHead * headDim), [1, nHead, 1, headDim]);
+    const seed = this.seed;
+    const feeds: Record<string, ort.Tensor> = {
+      rows: i64v(plan.map((p) => p.row)),
+      keep: i64v(plan.map((p) => p.keep)),
+      src: i64v(plan.map((p) => p.src)),
+      from: i64v(plan.map((p) => p.from)),
+      count: i64v(plan.map((p) => p.count)),
+      slots: i64v([slots]),
+    };
+    const dev = (t: DeviceKv | null, kind: 'k' | 'v', l: number) => (t ? (t[kind][l] as unknown as ort.Tensor) : seed);
+    for (let l = 0; l < nLayer; l++) {
+      feeds[`s.${l}.key`] = dev(s ?? f, 'k', l);
+      feeds[`s.${l}.value`] = dev(s ?? f, 'v', l);
+      feeds[`f.${l}.key`] = dev(f ?? s, 'k', l);
+      feeds[`f.${l}.value`] = dev(f ?? s, 'v', l);
+    }
+    const out = await this.kvSession!.run(feeds);
+    for (const t of Object.values(feeds)) this.hostBytes.input += bytesOf(t);
+    const next: DeviceKv = { k: [], v: [] };
+    for (let l = 0; l < nLayer; l++) {
+      next.k.push(out[`o.${l}.key`] as unknown as DeviceKv['k'][number]);
+      next.v.push(out[`o.${l}.value`] as unknown as DeviceKv['v'][number]);
+    }
+    return next;
+  }
 
   /** The cache of rows that have none. */
-  private noPast(rows: number): PastGroup {
-    if (!this.nonEmpty) return { k: [], v: [], P: 0, rows };
-    const { nLayer, nHead, headDim } = this.kv;
+  private async noPast(rows: number): Promise<PastGroup> {
     const P = SLOT_ALIGN;
-    const n = rows * nHead * P * headDim;
-    if (this.zeros.length < n) this.zeros = new Float32Array(n);
-    const zeros = this.zeros.subarray(0, n);
-    return { k: new Array(nLayer).fill(zeros), v: new Array(nLayer).fill(zeros), P, rows };
+    if (this.kvSession) {
+      let z = this.zeroCaches.get(rows);
+      if (!z) {
+        const empty = { row: 0, keep: 0, src: 0, from: 0, count: 0 };
+        z = await this.updateKv(null, null, new Array(rows).fill(empty), P);
+        this.zeroCaches.set(rows, z);
+      }
+      return { k: z.k, v: z.v, P, rows };
+    }
+    return { k: [], v: [], P: 0, rows };
   }
 
   async close(): Promise<void> {
+    this.endStep();
+    for (const z of this.zeroCaches.values()) disposeKv(z);
+    this.zeroCaches.clear();
+    await this.kvSession?.release();
     await this.session.release();
   }
 }

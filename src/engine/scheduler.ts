@@ -1,6 +1,6 @@
 import { SteerdError, UnprocessableError } from '../errors.js';
 import { readName } from '../model/hooks.js';
-import { alignUp, KvStore } from './kv.js';
+import { alignUp, type KvCache } from './kv.js';
 import { bytesPerToken, classOf, sizeClasses } from './kv-budget.js';
 import { logSumExp, topLogprobs } from './logprobs.js';
 import type { ForwardOutput, HostBytes, ModelRunner, PastGroup } from './runner.js';
@@ -30,7 +30,7 @@ export interface KvUsage {
   used: number;
   /** The budget. */
   tokens: number;
-  /** Host bytes the stores commit now. */
+  /** Bytes the stores hold now (host or device memory: the runner's `location`). */
   bytes: number;
   /** Host bytes passed into and returned from session runs so far (runner.ts). */
   hostBytes: HostBytes;
@@ -55,7 +55,7 @@ const now = () => performance.timeOrigin + performance.now();
 
 /** The rows of one size class and the store that holds their cache: row r of `store` is `rows[r]`. */
 interface ClassRows {
-  store: KvStore;
+  store: KvCache;
   rows: Slot[];
 }
 
@@ -98,7 +98,7 @@ export class Scheduler {
 
   private emptyClasses(): ClassRows[] {
     return this.classes.map((cap) => ({
-      store: new KvStore(this.runner.kv, Math.min(this.capacity, Math.floor(this.kvTokens / cap)), cap),
+      store: this.runner.newStore(Math.min(this.capacity, Math.floor(this.kvTokens / cap)), cap),
       rows: [],
     }));
   }
@@ -144,12 +144,34 @@ export class Scheduler {
     this.jobs.length = 0;
     this.kvUsed = 0;
     this.rowsUsed = 0;
+    for (const c of this.byClass) c.store.dispose();
+    this.disposeRetired();
+    this.runner.endStep();
     this.byClass = this.emptyClasses();
+  }
+
+  /** Stores whose rows left for their class's store this step (a prompt's staging), given back after it. */
+  private retired: KvCache[] = [];
+
+  private disposeRetired(): void {
+    for (const st of this.retired) st.dispose();
+    this.retired = [];
   }
 
   /** One scheduling step; returns false when there was nothing to do. */
   async step(): Promise<boolean> {
     if (this.pending === 0) return false;
+    try {
+      await this.steps();
+    } finally {
+      // the passes' device outputs were copied where they are kept (device-kv.ts): give them back
+      this.disposeRetired();
+      this.runner.endStep();
+    }
+    return true;
+  }
+
+  private async steps(): Promise<void> {
     this.retireCancelled();
     const job = this.jobs.shift();
     if (job) await this.runActivations(job);
@@ -169,7 +191,6 @@ export class Scheduler {
     }
     await this.prefill();
     await this.decode();
-    return true;
   }
 
   private retireCancelled(): void {
@@ -236,7 +257,7 @@ export class Scheduler {
     s.started ??= now();
     const L = s.req.prompt.length;
     if (!s.staging) {
-      s.staging = new KvStore(this.runner.kv, rows.length, this.classes[s.kvClass]);
+      s.staging = this.runner.newStore(rows.length, this.classes[s.kvClass]);
       for (const _ of rows) s.staging.pushEmpty(L);
     }
     const staging = s.staging;
@@ -249,7 +270,7 @@ export class Scheduler {
       ...padRows(chunk, positions, T),
       newLen: chunk.map((c) => c.length),
       pastLen: chunk.map(() => from),
-      groups: [staging.past()],
+      groups: [await staging.past()],
       steer: this.steer(rows, positions, T),
       read: to === L ? this.telemetryReads([s]) : [],
       logitsAll: s.req.prompt_logprobs !== undefined,
@@ -257,10 +278,11 @@ export class Scheduler {
     this.scorePrompt(s, out, 0, T, from, to);
     for (const b of rows.keys())
       staging.append(b, { k: out.fresh.k, v: out.fresh.v, S: T, b, from: 0, count: chunk[b].length });
+    await staging.flush();
     s.prefilled = to;
     if (to === L) {
-      for (const [b, r] of rows.entries())
-        r.source = { k: staging.k, v: staging.v, S: staging.P, b, from: 0, count: L };
+      for (const [b, r] of rows.entries()) r.source = staging.source(b);
+      this.retired.push(staging);
       s.staging = undefined;
       this.afterPrefill(s, out, rows, T, chunk[0].length - 1);
     }
@@ -405,6 +427,7 @@ export class Scheduler {
       r.state = 'done';
       r.source = undefined;
     }
+    if (s.staging) this.retired.push(s.staging);
     s.staging = undefined;
   }
 
@@ -459,7 +482,7 @@ export class Scheduler {
     const positions: number[][] = [];
     for (const c of this.byClass) {
       if (c.rows.length) c.store.reserve(Math.max(...c.store.len) + 1);
-      groups.push(c.store.past());
+      groups.push(c.rows.length ? await c.store.past() : { k: [], v: [], P: 0, rows: 0 });
       for (const n of c.store.len) positions.push([n]); // the new token's position = tokens already cached
     }
     const out = await this.runner.forward({
@@ -472,9 +495,11 @@ export class Scheduler {
       read: this.telemetryReads(rows),
     });
     let b = 0;
-    for (const c of this.byClass)
+    for (const c of this.byClass) {
       for (const [r] of c.rows.entries())
         c.store.append(r, { k: out.fresh.k, v: out.fresh.v, S: 1, b: b++, from: 0, count: 1 });
+      await c.store.flush();
+    }
     // accept() may end a slot (its rows stay in their store until the next step)
     for (const [b, s] of rows.entries()) {
       if (s.of || s.state !== 'decoding') continue; // a twin is fed by its slot

@@ -2,7 +2,7 @@ import { randomInt } from 'node:crypto';
 import type { Gpt2Tokenizer } from '../model/tokenizer.js';
 import { seed32 } from '../util/rng.js';
 import { TextStream } from './detok.js';
-import type { KvSource, KvStore } from './kv.js';
+import type { KvCache, KvSource } from './kv.js';
 import { Sampler } from './sampler.js';
 import type { RowSteering } from './steer.js';
 import { TelemetryTotals, unitVectors } from './telemetry.js';
@@ -26,7 +26,7 @@ export interface Slot {
   /** Prompt tokens already in the cache (chunked prefill). */
   prefilled: number;
   /** A long prompt's cache while it is prefilled chunk by chunk (row 0; its twin's: row 1). */
-  staging?: KvStore;
+  staging?: KvCache;
   /** The prompt's cache, ready to join the running batch. */
   source?: KvSource;
   /** Generated tokens (EOS excluded). */

@@ -176,6 +176,8 @@ export interface ModelInfo {
   hook_sites: Site[];
   /** Execution provider in use. */
   provider: string;
+  /** The blocks' weights: float32, or float16 (multiplied in float16; the rest float32). */
+  dtype: 'float32' | 'float16';
   /** The engine's KV cache (absent where no engine runs: an API process in Redis mode). */
   kv_cache?: KvCacheInfo;
 }

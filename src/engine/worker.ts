@@ -57,7 +57,7 @@ const info = {
   kv_cache: {
     tokens: scheduler.kvTokens,
     bytes_per_token: bytesPerToken(runner.kv),
-    location: 'host' as const,
+    location: runner.location,
     classes: scheduler.classes,
     max_rows: opts.batchCapacity ?? 32,
   },

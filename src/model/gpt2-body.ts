@@ -3,6 +3,7 @@ import type { Checkpoint } from './checkpoint.js';
 import { hookPoints, projName, readName, SITES, type Site, steerName } from './hooks.js';
 import { DataType } from './onnx-proto.js';
 import { float, type GraphWriter, int, ints, str } from './onnx-writer.js';
+import type { TensorEntry } from './safetensors.js';
 
 /**
  * The GPT-2 transformer both graphs share (graph.ts: the contract graph; serve-graph.ts: the
@@ -39,9 +40,21 @@ export function gpt2Body(
   attend: (a: AttentionInput) => string,
   /** Names the new keys and values of layer l (the serving graph outputs them). */
   kvName?: (l: number, kind: 'key' | 'value') => string,
-  /** Hook sites with steering inputs and outputs (hooks.ts); the others pass through. Default all. */
-  sites: readonly Site[] = SITES,
+  opts: {
+    /** Hook sites with steering inputs and outputs (hooks.ts); the others pass through. Default all. */
+    sites?: readonly Site[];
+    /** Each hook point is a graph output (false: the caller reads them, by their names). Default true. */
+    hookOutputs?: boolean;
+    /**
+     * Linear maps multiplied in float16, their weights from the float16 copy (half-weights.ts): the
+     * input is cast to float16 and the product back to float32, the bias added in float32. Default
+     * none: all float32.
+     */
+    half?: { file: string; entries: Map<string, TensorEntry> };
+  } = {},
 ): Body {
+  const sites = opts.sites ?? SITES;
+  const hookOutputs = opts.hookOutputs ?? true;
   const c = ck.config;
   const H = c.n_embd;
   const nh = c.n_head;
@@ -60,7 +73,7 @@ export function gpt2Body(
     g.input(steerName(site, layer), DataType.FLOAT);
     g.input(projName(site, layer, 'u'), DataType.FLOAT, [`pb_${site}_${layer}`, `pk_${site}_${layer}`, H]);
     g.input(projName(site, layer, 'z'), DataType.FLOAT, [`pb_${site}_${layer}`, `pk_${site}_${layer}`, H]);
-    g.output(readName(site, layer), DataType.FLOAT, ['batch', 'seq', H]);
+    if (hookOutputs) g.output(readName(site, layer), DataType.FLOAT, ['batch', 'seq', H]);
   }
   const hook = (site: Site, l: number, x: string) => {
     if (!sites.includes(site)) return x;
@@ -85,8 +98,18 @@ export function gpt2Body(
       [int('axis', -1), float('epsilon', c.layer_norm_epsilon)],
     );
   // HF's GPT-2 uses Conv1D layers whose weights are stored [in, out]: x @ W needs no transpose.
-  const linear = (input: string, prefix: string) =>
-    g.op1('Add', [g.op1('MatMul', [input, W(`${prefix}.weight`)]), W(`${prefix}.bias`)]);
+  const linear = (input: string, prefix: string) => {
+    const half = opts.half?.entries.get(`${prefix}.weight`);
+    if (!half) return g.op1('Add', [g.op1('MatMul', [input, W(`${prefix}.weight`)]), W(`${prefix}.bias`)]);
+    const w16 = `${prefix}.weight.f16`;
+    if (!registered.has(w16)) {
+      registered.add(w16);
+      g.external(w16, half.shape, opts.half!.file, half.offset, half.length, DataType.FLOAT16);
+    }
+    const x16 = g.op1('Cast', [input], [int('to', DataType.FLOAT16)]); // [B, T, in] float16
+    const y = g.op1('Cast', [g.op1('MatMul', [x16, w16])], [int('to', DataType.FLOAT)]); // [B, T, out] float32
+    return g.op1('Add', [y, W(`${prefix}.bias`)]);
+  };
   const heads = (t: string, name?: string) =>
     g.op1('Transpose', [g.op1('Reshape', [t, headShape])], [ints('perm', [0, 2, 1, 3])], name); // [B, nh, T, hd]
 

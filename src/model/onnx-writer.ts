@@ -65,11 +65,18 @@ export class GraphWriter {
     return name;
   }
 
-  /** A float32 initializer stored as external data at `offset` in `location` (beside the graph). */
-  external(name: string, dims: number[], location: string, offset: number, length: number): string {
+  /** An initializer (float32 unless said) stored as external data at `offset` in `location` (beside the graph). */
+  external(
+    name: string,
+    dims: number[],
+    location: string,
+    offset: number,
+    length: number,
+    dataType: number = DataType.FLOAT,
+  ): string {
     this.initializers.push({
       name,
-      data_type: DataType.FLOAT,
+      data_type: dataType,
       dims,
       data_location: EXTERNAL,
       external_data: [

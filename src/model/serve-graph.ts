@@ -1,6 +1,7 @@
 import type { Checkpoint } from './checkpoint.js';
 import { BUILDER_VERSION, gpt2Body, IR_VERSION, keysT, MASKED, OPSET } from './gpt2-body.js';
-import { SITES, type Site } from './hooks.js';
+import { HALF_WEIGHTS_FILE, halfLayout } from './half-weights.js';
+import { hookPoints, readName, SITES, type Site } from './hooks.js';
 import { DataType } from './onnx-proto.js';
 import { encodeModel, float, GraphWriter, int, ints } from './onnx-writer.js';
 
@@ -23,6 +24,13 @@ import { encodeModel, float, GraphWriter, int, ints } from './onnx-writer.js';
  *   out new.{l}.key / .value         float32 [B, n_head, T, head_dim]: the new tokens' keys and values
  *   out resid.{l}     float32 [B, T, n_embd]
  *
+ * The device variant (`device`, for WebGPU: the engine keeps the cache on the accelerator, kv-graph.ts)
+ * differs in what crosses host memory, since an output is either always on the device or always on
+ * the host there: no tensor is ever empty (the provider crashed on zero-size tensors), the hook
+ * points are read through one output, `reads` [R, B, T, n_embd], the ones `read_idx` [R] picks (in
+ * hookPoints order), and `logits` and `lens_logits` hold one column unless `logits_all` and
+ * `lens_all` ask for all of them.
+ *
  * Batch invariance (a row's logits do not depend on what shares its batch, bit for bit): every
  * reduction a row takes part in runs over its own data with the padding at the end. A query's scores
  * are laid out [new tokens | cached tokens | unused cache slots]: the new tokens sit at fixed indices
@@ -38,11 +46,14 @@ export interface ServeGraphOptions {
   /** Hook sites with steering inputs and outputs (hooks.ts). Default all. */
   sites?: readonly Site[];
   /**
-   * No tensor of the graph is ever empty (ONNX Runtime's WebGPU provider crashes on zero-size
-   * tensors): `logits` has at least the last position, and callers feed at least one cache slot,
-   * projection row and lens vector (zeros where unused). Default false.
+   * The device variant (above): no tensor of the graph is ever empty (ONNX Runtime's WebGPU provider
+   * crashes on zero-size tensors): `logits` has at least the last position and one column, and
+   * callers feed at least one cache slot, projection row, read index and lens vector (zeros where
+   * unused). Default false.
    */
-  nonEmpty?: boolean;
+  device?: boolean;
+  /** The blocks' linear maps in float16, from the copy beside the weights (half-weights.ts). Default false. */
+  half?: boolean;
 }
 
 export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {}): Uint8Array {
@@ -65,6 +76,11 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   }
   g.input('logits_all', DataType.BOOL, []);
   g.input('lens_in', DataType.FLOAT, ['lens', c.n_embd]);
+  const device = opts.device ?? false;
+  if (device) {
+    g.input('read_idx', DataType.INT64, ['reads']);
+    g.input('lens_all', DataType.BOOL, []);
+  }
 
   const zero = g.constI('c.axis0', [0]);
   const one = g.constI('c.one', [1]);
@@ -120,7 +136,11 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
       return G === 1 ? ctx[0] : g.op1('Concat', ctx, [int('axis', 0)]); // [B, nh, T, hd]
     },
     kvName,
-    opts.sites,
+    {
+      sites: opts.sites,
+      hookOutputs: !device,
+      ...(opts.half && { half: { file: HALF_WEIGHTS_FILE, entries: halfLayout(ck).entries } }),
+    },
   );
 
   // Each row's last real token, projected alone: a decode step and a prefill both project B rows.
@@ -135,14 +155,17 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   // softmax at the max) made a row's bits depend on the other rows (the invariance test caught it)
   g.op1('ReduceLogSumExp', ['last_logits', one], [int('keepdims', 0)], 'last_lse'); // [B]
   // Every position only when asked (prompt logprobs): otherwise the slice is empty and costs nothing
-  // (or, without empty tensors, holds the last position).
-  const none = opts.nonEmpty ? g.op1('Sub', [T, one]) : T; // the empty slice, or just the last position
+  // (or, on the device, holds the last position's first logit: one float crosses host memory).
+  const none = device ? g.op1('Sub', [T, one]) : T; // the empty slice, or just the last position
   const start = g.op1('Where', ['logits_all', zero, none]); // [1]
   const hAll = g.op1('Slice', [body.hf, start, g.constI('c.int_max', [2 ** 53 - 1]), one]); // [B, T', H]
   const flat = g.op1('MatMul', [g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, c.n_embd])]), headT]); // [B*T', V]
   const bt = g.op1('Shape', [hAll], [int('end', 2)]); // [2] = (B, T')
   const btv = g.op1('Concat', [bt, g.constI('c.vocab_dim', [V])], [int('axis', 0)]); // [3]
-  g.op1('Reshape', [flat, btv], [int('allowzero', 1)], 'logits'); // [B, T', V] (T' may be 0: allowzero keeps it)
+  const logits = g.op1('Reshape', [flat, btv], [int('allowzero', 1)], device ? undefined : 'logits'); // [B, T', V] (T' may be 0: allowzero keeps it)
+  const vocab = device ? g.constI('c.vocab', [V]) : '';
+  const cols = (all: string) => g.op1('Where', [all, vocab, one]); // [1]: V or 1
+  if (device) g.op1('Slice', [logits, zero, cols('logits_all'), g.constI('c.axis2', [2])], [], 'logits'); // [B, T', V or 1]
 
   // The logit lens (vector diagnostics): vectors [N, H] through ln_f alone, then the unembedding.
   // N = 0 in every generation pass: it costs nothing there.
@@ -151,12 +174,23 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
     ['lens_in', body.W('ln_f.weight'), body.W('ln_f.bias')],
     [int('axis', -1), float('epsilon', c.layer_norm_epsilon)],
   ); // [N, H]
-  g.op1('MatMul', [lensLn, headT], [], 'lens_logits'); // [N, V]
+  const lens = g.op1('MatMul', [lensLn, headT], [], device ? undefined : 'lens_logits'); // [N, V]
+  if (device) g.op1('Slice', [lens, zero, cols('lens_all'), one], [], 'lens_logits'); // [N, V or 1]
+
+  // The hook points on the device: the ones asked, stacked (hooks.ts order).
+  if (device) {
+    const points = hookPoints(c.n_layer, opts.sites ?? SITES).map(({ site, layer }) =>
+      g.op1('Unsqueeze', [readName(site, layer), zero]),
+    ); // [1, B, T, H] each
+    const all = g.op1('Concat', points, [int('axis', 0)]); // [hooks, B, T, H]
+    g.op1('Gather', [all, 'read_idx'], [int('axis', 0)], 'reads'); // [R, B, T, H]
+    g.output('reads', DataType.FLOAT, ['reads', 'batch', 'seq', c.n_embd]);
+  }
 
   g.output('last_logits', DataType.FLOAT, ['batch', V]);
-  g.output('lens_logits', DataType.FLOAT, ['lens', V]);
+  g.output('lens_logits', DataType.FLOAT, ['lens', device ? 'vocab_lens' : V]);
   g.output('last_lse', DataType.FLOAT, ['batch']);
-  g.output('logits', DataType.FLOAT, ['batch', 'seq_out', V]);
+  g.output('logits', DataType.FLOAT, ['batch', 'seq_out', device ? 'vocab_out' : V]);
   for (let l = 0; l < c.n_layer; l++) {
     g.output(kvName(l, 'key'), DataType.FLOAT, ['batch', nh, 'seq', hd]);
     g.output(kvName(l, 'value'), DataType.FLOAT, ['batch', nh, 'seq', hd]);
@@ -169,7 +203,8 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
       'steerd.builder': BUILDER_VERSION,
       'steerd.config': JSON.stringify(c),
       'steerd.groups': String(G),
-      'steerd.non_empty': String(opts.nonEmpty ?? false),
+      'steerd.device': String(device),
+      'steerd.dtype': opts.half ? 'float16' : 'float32',
       'steerd.sites': (opts.sites ?? SITES).join(','),
     },
   });

@@ -15,6 +15,7 @@ import type {
 import { validateActivations, validateGenerate } from '../engine/validate.js';
 import { QueueFullError, SteerdError, UnavailableError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
+import type { Dtype } from '../model/half-weights.js';
 import type { Site } from '../model/hooks.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import { valuesKey } from '../store/redis-vectors.js';
@@ -57,6 +58,8 @@ export interface RemoteEngineOptions {
   maxContext?: number;
   /** The hook sites the workers' serving graph has (STEERD_HOOK_SITES: the same on every process). Default all. */
   hookSites?: Site[];
+  /** The workers' weights dtype (STEERD_DTYPE: the same on every process). Default float32. */
+  dtype?: Dtype;
   /** Kept finished jobs: age in seconds and count. Default 3600 s, 1000 jobs. */
   keepCompleted?: { age: number; count: number };
   /**
@@ -138,7 +141,7 @@ export class RemoteEngine {
     const qConn = new Redis(o.redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
     const eConn = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
     for (const c of [qConn, eConn]) c.on('error', () => undefined);
-    const info = modelInfo(ck, 'queue', o.hookSites);
+    const info = modelInfo(ck, 'queue', o.hookSites, o.dtype);
     const queue = new Queue<JobData>(queueName(info.fingerprint), { connection: qConn, prefix: bullPrefix(prefix) });
     queue.on('error', () => undefined);
     const pub = new Redis(o.redisUrl, { maxRetriesPerRequest: 1 });

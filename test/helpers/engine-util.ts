@@ -13,6 +13,8 @@ export interface Completion {
 export async function collect(
   events: AsyncIterable<GenerateEvent>,
   onToken?: (n: number) => void,
+  /** Each token event (telemetry, top logprobs). */
+  onEvent?: (e: Extract<GenerateEvent, { type: 'token' }>) => void,
 ): Promise<Completion> {
   const ids: number[] = [];
   const logprobs: number[] = [];
@@ -21,6 +23,7 @@ export async function collect(
     if (e.type === 'token') {
       text += e.text;
       if (e.id >= 0) {
+        onEvent?.(e);
         ids.push(e.id);
         logprobs.push(e.logprob);
         onToken?.(ids.length);

@@ -194,3 +194,32 @@ export function referenceForward(
   });
   return { logits, resid, sites };
 }
+
+/** log-softmax of a float64 row. */
+export function logSoftmax(row: Float64Array): Float64Array {
+  let m = -Infinity;
+  for (const v of row) m = Math.max(m, v);
+  let z = 0;
+  for (const v of row) z += Math.exp(v - m);
+  const lse = m + Math.log(z);
+  return row.map((v) => v - lse);
+}
+
+/**
+ * A prompt's scores (prompt_logprobs, the first token unscored) against the reference's: the largest
+ * logprob difference, and at how many positions the most likely token is the reference's.
+ */
+export function promptAccuracy(
+  ref: RefModel,
+  prompt: number[],
+  scored: { logprob: number | null; top_logprobs: { id: number }[] }[],
+): { max: number; top: number } {
+  const want = referenceForward(ref, prompt).logits.map(logSoftmax);
+  let max = 0;
+  let top = 0;
+  for (const [i, x] of scored.slice(1).entries()) {
+    max = Math.max(max, Math.abs(x.logprob! - want[i][prompt[i + 1]]));
+    if (x.top_logprobs[0].id === want[i].reduce((b, v, j) => (v > want[i][b] ? j : b), 0)) top++;
+  }
+  return { max, top };
+}

@@ -1,0 +1,103 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Checkpoint } from './checkpoint.js';
+import { halfBits } from './half.js';
+import { readSafetensorsHeader, type TensorEntry } from './safetensors.js';
+import { safetensorsHeader, writeSafetensors } from './safetensors-write.js';
+
+/**
+ * The float16 copy of a checkpoint's weights for GPU providers (`dtype: float16`), written once
+ * beside `model.safetensors`: the blocks' four linear maps (`c_attn`, `attn.c_proj`, `c_fc`,
+ * `mlp.c_proj`), nearly all of a GPT-2's weights outside the embeddings. The graph multiplies them
+ * in float16 and keeps the rest in float32 (serve-graph.ts, gpt2-body.ts): LayerNorm, attention's
+ * softmax, biases, the residual stream and the logits.
+ */
+export const HALF_WEIGHTS_FILE = 'model.f16.safetensors';
+
+/** The weights' dtypes a graph can be built for. */
+export const DTYPES = ['float32', 'float16'] as const;
+export type Dtype = (typeof DTYPES)[number];
+
+/** The weights stored in float16, in file order. */
+export function halfNames(nLayer: number): string[] {
+  const names: string[] = [];
+  for (let l = 0; l < nLayer; l++)
+    for (const m of ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj']) names.push(`h.${l}.${m}.weight`);
+  return names;
+}
+
+/** The copy's layout, a function of the checkpoint alone: the graph can point into it before it is written. */
+export function halfLayout(ck: Checkpoint): { header: Buffer; entries: Map<string, TensorEntry> } {
+  const specs = halfNames(ck.config.n_layer).map((name) => ({
+    name,
+    shape: ck.params.get(name)!.shape,
+    dtype: 'F16' as const,
+  }));
+  // the source's fingerprint is in the header: another checkpoint's copy never matches
+  const { bytes, offsets } = safetensorsHeader(specs, { format: 'pt', source: ck.fingerprint });
+  const entries = new Map<string, TensorEntry>();
+  for (const s of specs) {
+    const [from, to] = offsets.get(s.name)!;
+    entries.set(s.name, {
+      name: s.name,
+      dtype: 'F16',
+      shape: s.shape,
+      offset: 8 + bytes.byteLength + from,
+      length: to - from,
+    });
+  }
+  return { header: bytes, entries };
+}
+
+/**
+ * Writes the float16 copy unless it is there already (same header, same size); atomic (a temp
+ * file renamed into place), so a crash never leaves a torn copy. Returns true when it wrote.
+ */
+export function ensureHalfWeights(ck: Checkpoint): boolean {
+  const file = join(ck.dir, HALF_WEIGHTS_FILE);
+  const { header, entries } = halfLayout(ck);
+  const size = 8 + header.byteLength + [...entries.values()].reduce((a, e) => a + e.length, 0);
+  if (existsSync(file)) {
+    try {
+      const h = readSafetensorsHeader(file);
+      if (h.headerBytes.equals(header) && h.size === size) return false;
+    } catch {
+      // unreadable: written again below
+    }
+  }
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const fd = openSync(ck.weightsFile, 'r');
+  try {
+    writeSafetensors(
+      tmp,
+      halfNames(ck.config.n_layer).map((name) => {
+        const src = ck.params.get(name)!;
+        return {
+          name,
+          shape: src.shape,
+          dtype: 'F16' as const,
+          data: () => {
+            const buf = Buffer.alloc(src.length);
+            for (let done = 0; done < src.length; ) {
+              const n = readSync(fd, buf, done, src.length - done, src.offset + done);
+              if (n === 0) throw new Error(`${ck.weightsFile}: ${name} is cut short`);
+              done += n;
+            }
+            const values = new Float32Array(buf.buffer, buf.byteOffset, src.length / 4);
+            const bits = halfBits(values);
+            return new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength);
+          },
+        };
+      }),
+      { format: 'pt', source: ck.fingerprint },
+    );
+    renameSync(tmp, file);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  } finally {
+    closeSync(fd);
+  }
+  return true;
+}
