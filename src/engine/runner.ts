@@ -196,8 +196,8 @@ export class ModelRunner {
     const device = this.location === 'device';
     const B = inp.ids.length;
     const T = inp.ids[0].length;
-    // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots (or,
-    // without empty tensors, one aligned block of masked zeros: a row's bits do not depend on P)
+    // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots (on the
+    // device, which takes no empty tensor, a block of SLOT_ALIGN masked zero slots kept there)
     const groups = inp.groups.length ? inp.groups : [await this.noPast(B)];
     const feeds: Record<string, ort.Tensor> = {
       input_ids: i64(inp.ids),
