@@ -5,6 +5,7 @@ import t from 'tap';
 import { openapiYaml } from '../src/api/spec.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness, post, queueMode } from './helpers/api.ts';
+import { provider } from './helpers/provider.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-api-'));
 const model = join(root, 'model');
@@ -336,7 +337,8 @@ t.test('model, health, readiness, metrics', async (t) => {
     random_weights: true,
     n_layer: 8,
     n_embd: H,
-    provider: queueMode ? 'queue' : 'cpu',
+    provider: queueMode ? 'queue' : provider,
+    dtype: 'float32',
     limits: { max_new_tokens: 512, max_context: 128 },
   });
   t.equal(m.resid_norms.layers.length, 9, 'one entry per hook point');

@@ -145,6 +145,17 @@ t.test('the device store makes the host store’s cache, edit for edit', async (
     for (const x of [...fresh.device.k, ...fresh.device.v]) x.dispose();
     await same(t, host, dev, `step ${step}`);
   }
+  // a row zeroed on its own (an overflowed row) holds nothing, then takes new tokens from slot 0
+  host.zero(2);
+  dev.zero(2);
+  runs = 0;
+  await same(t, host, dev, 'a row zeroed');
+  t.equal(runs, 1, 'zeroing alone is an update');
+  const after = block(rng, 1, 2);
+  host.append(2, { ...after.host, S: 2, b: 0, from: 0, count: 2 });
+  dev.append(2, { ...after.device, S: 2, b: 0, from: 0, count: 2 });
+  await same(t, host, dev, 'a zeroed row written again');
+  for (const x of [...after.device.k, ...after.device.v]) x.dispose();
   // every row but one leaves: the slot count halves on both
   while (host.n > 1) {
     host.remove(host.n - 1);

@@ -3,7 +3,7 @@
  * written once beside the checkpoint, and the engine's accuracy with it against the float64
  * reference (stated in the README: GPU notes).
  */
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -82,13 +82,19 @@ t.test('the float16 copy: written once, atomically, the source rounded; another 
     for (let i = 0; i < f32.length; i++) if (f16[i] !== toHalf(f32[i])) bad++;
   }
   t.equal(bad, 0, 'each value the float32 one rounded');
+  // weights rewritten in place with others of the same layout (a fine-tune): the layout fingerprint
+  // is the same, the copy is not
+  const edited = readFileSync(ck.weightsFile);
+  edited.writeFloatLE(edited.readFloatLE(edited.length - 4) + 1, edited.length - 4);
+  await new Promise((r) => setTimeout(r, 20)); // another modification time
+  writeFileSync(ck.weightsFile, edited);
+  t.equal(openCheckpoint(dir).fingerprint, ck.fingerprint, 'the same layout');
+  t.equal(ensureHalfWeights(openCheckpoint(dir)), true, 'weights rewritten in place: the copy is written again');
   // a copy of other weights (another checkpoint written in this directory) is not taken
   writeTinyCheckpoint(dir, { layers: 2, embd: 64, heads: 4, ctx: 64, seed: 4 });
   t.equal(ensureHalfWeights(openCheckpoint(dir)), true, 'another checkpoint: written again');
   // a torn copy (cut short) is written again
-  const cut = readFileSync(file).subarray(0, 1000);
-  const { writeFileSync } = await import('node:fs');
-  writeFileSync(file, cut);
+  writeFileSync(file, readFileSync(file).subarray(0, 1000));
   t.equal(ensureHalfWeights(openCheckpoint(dir)), true, 'a copy cut short: written again');
   t.ok(existsSync(file));
 });

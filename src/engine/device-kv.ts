@@ -65,6 +65,8 @@ export class DeviceKvStore implements KvCache {
   P = 0;
   readonly len: number[] = [];
   private plan: PlannedRow[] = [];
+  /** An edit is planned (flush() has work). */
+  private dirty = false;
 
   constructor(
     private readonly s: KvShape,
@@ -100,6 +102,7 @@ export class DeviceKvStore implements KvCache {
     if (slots > P) P = slotsFor(slots, this.maxSlots);
     while (P > SLOT_ALIGN && slots <= P / 4) P /= 2;
     if (P < Math.max(0, ...this.len)) throw new Error(`KV cache cannot shrink below ${Math.max(...this.len)} tokens`);
+    if (P !== this.P) this.dirty = true;
     this.P = P;
   }
 
@@ -112,6 +115,7 @@ export class DeviceKvStore implements KvCache {
     this.P = Math.max(this.P, slotsFor(slots, this.maxSlots));
     this.len.push(0);
     this.plan.push({ row: -1, keep: 0 });
+    this.dirty = true;
     return this.n - 1;
   }
 
@@ -127,10 +131,13 @@ export class DeviceKvStore implements KvCache {
     if (p.write) throw new Error(`row ${r} has a write planned already`);
     p.write = src;
     this.len[r] += src.count;
+    this.dirty = true;
   }
 
   zero(r: number): void {
     this.plan[r] = { row: this.plan[r].row, keep: 0 };
+    this.len[r] = 0;
+    this.dirty = true;
   }
 
   remove(r: number): number {
@@ -141,24 +148,24 @@ export class DeviceKvStore implements KvCache {
     }
     this.len.pop();
     this.plan.pop();
+    this.dirty = true;
     return r !== last ? last : -1;
   }
 
   source(b: number): KvSource {
-    if (!this.t || this.plan.some((p, r) => p.row !== r || p.write)) throw new Error('flush the store first');
+    if (!this.t || this.dirty) throw new Error('flush the store first');
     return { k: this.t.k, v: this.t.v, S: this.tP, b, from: 0, count: this.len[b] };
   }
 
   /** The planned edits, one update per distinct source of new tokens (a step has one or two). */
   async flush(): Promise<void> {
-    const rows = this.t ? this.t.k[0].dims[0] : 0;
-    const unchanged = this.n === rows && this.P === this.tP && this.plan.every((p, r) => p.row === r && !p.write);
-    if (unchanged) return;
+    if (!this.dirty) return;
     if (this.n === 0) {
       disposeKv(this.t);
       this.t = null;
       this.tP = 0;
       this.P = 0;
+      this.dirty = false;
       return;
     }
     const sources: KvSource[][] = [];
@@ -189,8 +196,8 @@ export class DeviceKvStore implements KvCache {
       this.tP = this.P;
       held = plan.map((p) => p.keep + p.count);
     }
-    // a zeroed row holds zeros up to its length now, as on the host
     this.plan = this.plan.map((_, r) => ({ row: r, keep: this.len[r] }));
+    this.dirty = false;
   }
 
   dispose(): void {

@@ -77,6 +77,7 @@ export interface KvCache {
   pushEmpty(slots?: number): number;
   push(src: KvSource): number;
   append(r: number, src: KvSource): void;
+  /** Drops row r's tokens, zeroing their slots (a row whose values went non-finite). */
   zero(r: number): void;
   remove(r: number): number;
   /** Applies planned edits (host: nothing to do). */
@@ -258,9 +259,9 @@ export class KvStore implements KvCache {
   }
 
   /**
-   * Zeroes row r's keys and values. Masked slots still enter attention (the mask is added to the
-   * scores, and a NaN plus the mask's −FLT_MAX is NaN): a row whose values went non-finite must
-   * not leave them behind for the next row in its place.
+   * Drops row r's tokens: its keys and values are zeroed and it holds none. Masked slots still
+   * enter attention (the mask is added to the scores, and a NaN plus the mask's −FLT_MAX is NaN): a
+   * row whose values went non-finite must not leave them behind for the next row in its place.
    */
   zero(r: number): void {
     const block = this.s.nHead * this.P * this.s.headDim;
@@ -268,6 +269,7 @@ export class KvStore implements KvCache {
       this.k[l].fill(0, r * block, (r + 1) * block);
       this.v[l].fill(0, r * block, (r + 1) * block);
     }
+    this.len[r] = 0;
   }
 
   /** Removes row r by moving the last row into its place; returns the index that moved there, or -1. */

@@ -139,6 +139,7 @@ export class Scheduler {
 
   /** Forgets every request (after a failed forward pass, whose requests were failed by the caller). */
   reset(): void {
+    for (const s of this.slots.values()) s.staging?.dispose();
     this.slots.clear();
     this.waiting.length = 0;
     this.jobs.length = 0;

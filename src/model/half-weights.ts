@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Checkpoint } from './checkpoint.js';
 import { halfBits } from './half.js';
@@ -27,15 +27,34 @@ export function halfNames(nLayer: number): string[] {
   return names;
 }
 
-/** The copy's layout, a function of the checkpoint alone: the graph can point into it before it is written. */
-export function halfLayout(ck: Checkpoint): { header: Buffer; entries: Map<string, TensorEntry> } {
+/** The width of the source stamp in the copy's header: its offsets do not depend on the stamp. */
+const STAMP_WIDTH = 64;
+
+/**
+ * What identifies the source weights file without reading it: size, modification time and inode
+ * (the layout fingerprint alone would not see weights overwritten in place by others of the same shape).
+ */
+function sourceStamp(ck: Checkpoint): string {
+  const st = statSync(ck.weightsFile, { bigint: true });
+  return `${st.size}:${st.mtimeNs}:${st.ino}`.padEnd(STAMP_WIDTH).slice(0, STAMP_WIDTH);
+}
+
+/**
+ * The copy's layout, a function of the checkpoint's layout alone (the stamp has a fixed width): the
+ * graph can point into it before it is written.
+ */
+export function halfLayout(
+  ck: Checkpoint,
+  stamp = ' '.repeat(STAMP_WIDTH),
+): { header: Buffer; entries: Map<string, TensorEntry> } {
   const specs = halfNames(ck.config.n_layer).map((name) => ({
     name,
     shape: ck.params.get(name)!.shape,
     dtype: 'F16' as const,
   }));
-  // the source's fingerprint is in the header: another checkpoint's copy never matches
-  const { bytes, offsets } = safetensorsHeader(specs, { format: 'pt', source: ck.fingerprint });
+  // the source's fingerprint and stamp are in the header: another checkpoint's copy, or one made
+  // before the weights were rewritten, never matches
+  const { bytes, offsets } = safetensorsHeader(specs, { format: 'pt', source: ck.fingerprint, stamp });
   const entries = new Map<string, TensorEntry>();
   for (const s of specs) {
     const [from, to] = offsets.get(s.name)!;
@@ -52,11 +71,13 @@ export function halfLayout(ck: Checkpoint): { header: Buffer; entries: Map<strin
 
 /**
  * Writes the float16 copy unless it is there already (same header, same size); atomic (a temp
- * file renamed into place), so a crash never leaves a torn copy. Returns true when it wrote.
+ * file written, flushed to disk and renamed into place), so a crash never leaves a torn copy.
+ * Returns true when it wrote.
  */
 export function ensureHalfWeights(ck: Checkpoint): boolean {
   const file = join(ck.dir, HALF_WEIGHTS_FILE);
-  const { header, entries } = halfLayout(ck);
+  const stamp = sourceStamp(ck);
+  const { header, entries } = halfLayout(ck, stamp);
   const size = 8 + header.byteLength + [...entries.values()].reduce((a, e) => a + e.length, 0);
   if (existsSync(file)) {
     try {
@@ -90,7 +111,7 @@ export function ensureHalfWeights(ck: Checkpoint): boolean {
           },
         };
       }),
-      { format: 'pt', source: ck.fingerprint },
+      { format: 'pt', source: ck.fingerprint, stamp },
     );
     renameSync(tmp, file);
   } catch (e) {

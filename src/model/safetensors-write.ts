@@ -1,4 +1,4 @@
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 
 /** A tensor to write: its data is produced on demand so that large files stream from memory. */
 export interface TensorSpec {
@@ -41,17 +41,23 @@ export function writeSafetensors(file: string, tensors: TensorSpec[], metadata: 
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(json.byteLength));
   const fd = openSync(file, 'w');
+  /** writeSync may write less than asked (large buffers): until all of it is written. */
+  const writeAll = (b: Uint8Array) => {
+    for (let done = 0; done < b.byteLength; ) done += writeSync(fd, b, done, b.byteLength - done);
+  };
   try {
-    writeSync(fd, prefix);
-    writeSync(fd, json);
+    writeAll(prefix);
+    writeAll(json);
     for (const t of tensors) {
       const bytes = t.data();
       const [from, to] = offsets.get(t.name)!;
       if (bytes.byteLength !== to - from) {
         throw new Error(`tensor ${t.name}: ${bytes.byteLength} bytes, expected ${to - from}`);
       }
-      writeSync(fd, bytes);
+      writeAll(bytes);
     }
+    // on disk before the caller renames it into place: a power loss leaves the old file or this one
+    fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
