@@ -1,5 +1,32 @@
+import type { Test } from 'tap';
+
 /**
  * The execution provider the engine and API suites run on: `cpu` unless STEERD_TEST_PROVIDER says
- * otherwise (CI runs them again with `webgpu` on a software Vulkan device: README, Tests).
+ * otherwise (CI runs the engine suites again with `webgpu` on a software Vulkan device: README, Tests).
  */
 export const provider = process.env.STEERD_TEST_PROVIDER ?? 'cpu';
+
+/** The KV cache layout the provider gets (model-info.ts serveShape): one size class on WebGPU. */
+export const oneClass = provider === 'webgpu';
+
+/** Every number of a and b within tol of each other, the rest equal. */
+function near(a: unknown, b: unknown, tol: number): boolean {
+  if (typeof a === 'number' && typeof b === 'number') return Object.is(a, b) || Math.abs(a - b) <= tol;
+  if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((x, i) => near(x, b[i], tol));
+  if (a && b && typeof a === 'object' && typeof b === 'object') {
+    const ka = Object.keys(a);
+    const rb = b as Record<string, unknown>;
+    return ka.length === Object.keys(b).length && ka.every((k) => near((a as Record<string, unknown>)[k], rb[k], tol));
+  }
+  return Object.is(a, b);
+}
+
+/**
+ * The same request run alone and beside others: the same bits on the CPU provider (batch
+ * invariance); on others, whose kernels round a row differently with other rows beside it (README,
+ * Limits), the same tokens and every number within 1e-5.
+ */
+export function sameRun(t: Test, got: unknown, want: unknown, msg: string) {
+  if (provider === 'cpu' || !near(got, want, 1e-5)) return t.same(got, want, msg);
+  return t.pass(`${msg} (within 1e-5 on ${provider})`);
+}
