@@ -366,11 +366,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           logprobs: k === undefined ? null : (logprobs ?? noLogprobs()),
           finish_reason: finish,
         });
-        const stream = b.stream ? reply.sse : undefined;
-        if (stream) {
-          stream.keepAlive();
-          stream.onClose(() => sig.abort());
-        }
+        const stream = sig.openStream(b.stream);
         // the choices' chunks go out one at a time, in the order they come
         let sending = Promise.resolve();
         const send = (data: object | string) => {
@@ -456,9 +452,8 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
             usage,
             receipt: rec,
           });
-          await send('[DONE]');
-          stream.close();
-          return reply;
+          await sending;
+          return sig.close({ data: '[DONE]' });
         }
         const choices = await Promise.all(
           results.map(async (r, j) => {

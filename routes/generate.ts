@@ -125,11 +125,7 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
         return { arm, run, result };
       });
       const id = `gen-${randomUUID()}`;
-      const stream = b.stream && reply.sse;
-      if (stream) {
-        reply.sse!.keepAlive();
-        reply.sse!.onClose(() => sig.abort());
-      }
+      const stream = sig.openStream(b.stream);
       let result: Awaited<ReturnType<typeof collect>>;
       try {
         result = await collect(svc, tracked(svc, req, steered), async (e) => {
@@ -171,9 +167,7 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
       };
       if (stream) {
         const { tokens: _, ...rest } = body;
-        await sig.send({ event: 'done', data: rest });
-        reply.sse!.close();
-        return reply;
+        return sig.close({ event: 'done', data: rest });
       }
       return body;
     } finally {

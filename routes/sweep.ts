@@ -148,11 +148,7 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
     const release = admit(svc, cells.length + 1);
     const sig = requestSignal(svc, request, reply);
     try {
-      const stream = b.stream && reply.sse;
-      if (stream) {
-        reply.sse!.keepAlive();
-        reply.sse!.onClose(() => sig.abort());
-      }
+      const stream = sig.openStream(b.stream);
       // admitted together: the cells share the engine's batches
       const run = (req: GenerateRequest) =>
         collect(svc, tracked(svc, req, engine.generate(req, { signal: sig.signal })));
@@ -203,9 +199,7 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
       };
       if (stream) {
         const { cells: _c, ...rest } = body;
-        await sig.send({ event: 'done', data: rest });
-        reply.sse!.close();
-        return reply;
+        return sig.close({ event: 'done', data: rest });
       }
       return body;
     } finally {

@@ -65,16 +65,30 @@ export function requestSignal(svc: Service, request: FastifyRequest, reply: Fast
   const gone = new Promise<void>((r) =>
     ac.signal.aborted ? r() : ac.signal.addEventListener('abort', () => r(), { once: true }),
   );
+  /**
+   * Sends a server-sent event unless the client has gone: a write to a socket closed under it
+   * may never call back, and the request must still end (and free its slot).
+   */
+  const send = async (message: Parameters<NonNullable<FastifyReply['sse']>['send']>[0]): Promise<void> => {
+    if (ac.signal.aborted || !reply.sse?.isConnected) return;
+    await Promise.race([reply.sse.send(message), gone]);
+  };
   return {
     signal: ac.signal,
     abort,
-    /**
-     * Sends a server-sent event unless the client has gone: a write to a socket closed under it
-     * may never call back, and the request must still end (and free its slot).
-     */
-    async send(message: Parameters<NonNullable<FastifyReply['sse']>['send']>[0]): Promise<void> {
-      if (ac.signal.aborted || !reply.sse?.isConnected) return;
-      await Promise.race([reply.sse.send(message), gone]);
+    send,
+    /** Starts the event stream when the body asks for one (and the request accepts it): kept alive, a client that goes aborts the runs. */
+    openStream(asked: boolean | undefined): boolean {
+      if (!asked || !reply.sse) return false;
+      reply.sse.keepAlive();
+      reply.sse.onClose(abort);
+      return true;
+    },
+    /** Ends a stream: a last event (`done`, with what was not streamed already), then the stream closed. */
+    async close(message: Parameters<NonNullable<FastifyReply['sse']>['send']>[0]): Promise<FastifyReply> {
+      await send(message);
+      reply.sse!.close();
+      return reply;
     },
     timedOut: () => timedOut,
     done() {
