@@ -1,12 +1,13 @@
 import {
+  checkNewRow,
   type DeviceTensor,
   type KvBlock,
   type KvCache,
   type KvPast,
   type KvShape,
   type KvSource,
-  SLOT_ALIGN,
   slotsFor,
+  slotsToReserve,
 } from './kv.js';
 
 /** Keys and values of every layer, on the device. */
@@ -98,10 +99,7 @@ export class DeviceKvStore implements KvCache {
   }
 
   reserve(slots: number): void {
-    let P = Math.max(this.P, SLOT_ALIGN);
-    if (slots > P) P = slotsFor(slots, this.maxSlots);
-    while (P > SLOT_ALIGN && slots <= P / 4) P /= 2;
-    if (P < Math.max(0, ...this.len)) throw new Error(`KV cache cannot shrink below ${Math.max(...this.len)} tokens`);
+    const P = slotsToReserve(this.P, slots, this.maxSlots, this.len);
     if (P !== this.P) this.dirty = true;
     this.P = P;
   }
@@ -109,9 +107,7 @@ export class DeviceKvStore implements KvCache {
   compact(): void {}
 
   pushEmpty(slots = 1): number {
-    if (this.n >= this.capacity) throw new Error('KV cache is full');
-    if (slots > this.maxSlots)
-      throw new Error(`KV cache cannot hold ${slots} tokens in a row (at most ${this.maxSlots})`);
+    checkNewRow(this.n, this.capacity, slots, this.maxSlots);
     this.P = Math.max(this.P, slotsFor(slots, this.maxSlots));
     this.len.push(0);
     this.plan.push({ row: -1, keep: 0 });

@@ -100,6 +100,21 @@ export function slotsFor(slots: number, max: number): number {
   return Math.min(P, alignUp(max));
 }
 
+/** The slot count a store holding rows of `len` tokens takes to give every row `slots`: doubles to fit, halves while the rows need a quarter of it. */
+export function slotsToReserve(P: number, slots: number, maxSlots: number, len: readonly number[]): number {
+  let next = Math.max(P, SLOT_ALIGN);
+  if (slots > next) next = slotsFor(slots, maxSlots);
+  while (next > SLOT_ALIGN && slots <= next / 4) next /= 2;
+  if (next < Math.max(0, ...len)) throw new Error(`KV cache cannot shrink below ${Math.max(...len)} tokens`);
+  return next;
+}
+
+/** Refuses a new row of `slots` tokens that a store of `n` rows cannot take. */
+export function checkNewRow(n: number, capacity: number, slots: number, maxSlots: number): void {
+  if (n >= capacity) throw new Error('KV cache is full');
+  if (slots > maxSlots) throw new Error(`KV cache cannot hold ${slots} tokens in a row (at most ${maxSlots})`);
+}
+
 export class KvStore implements KvCache {
   k: Float32Array[] = [];
   v: Float32Array[] = [];
@@ -162,9 +177,7 @@ export class KvStore implements KvCache {
 
   /** Makes every row able to hold `slots` tokens: P doubles to fit, and halves while the rows need a quarter of it. */
   reserve(slots: number): void {
-    let P = this.P;
-    if (slots > P) P = slotsFor(slots, this.maxSlots);
-    while (P > SLOT_ALIGN && slots <= P / 4) P /= 2;
+    const P = slotsToReserve(this.P, slots, this.maxSlots, this.len);
     if (P !== this.P) this.realloc(P);
   }
 
@@ -201,9 +214,7 @@ export class KvStore implements KvCache {
 
   /** Adds an empty row able to hold `slots` tokens; returns its index. */
   pushEmpty(slots = 1): number {
-    if (this.n >= this.capacity) throw new Error('KV cache is full');
-    if (slots > this.maxSlots)
-      throw new Error(`KV cache cannot hold ${slots} tokens in a row (at most ${this.maxSlots})`);
+    checkNewRow(this.n, this.capacity, slots, this.maxSlots);
     if (slots > this.P || this.k.length === 0) this.realloc(Math.max(this.P, slotsFor(slots, this.maxSlots)));
     this.len.push(0);
     this.touched = Math.max(this.touched, this.n);
