@@ -8,7 +8,7 @@ import { ORPHAN_TTL_S, RedisVectorStore, shapeKey, valuesKey } from '../src/stor
 import { type StoredVector, VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
 import { harness, post } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
-import { storedVector } from './helpers/vectors.ts';
+import { awkward, bytes, roundTrip, storedVector } from './helpers/vectors.ts';
 
 const { url, probe, prefix, skip, cleanup } = await testRedis();
 t.teardown(cleanup);
@@ -50,16 +50,6 @@ t.test('two processes share one registry', { skip }, async (t) => {
   t.ok(await a.ping());
 });
 
-const bytes = (v: Float32Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-
-/** Values with awkward bits: -0, a subnormal, the largest float32, and a NaN with a payload. */
-const awkward = (n: number, seed: number) => {
-  const v = Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.7 + seed) * 3);
-  v.set([-0, 1e-45, 3.4028234663852886e38]);
-  new Uint32Array(v.buffer)[3] = 0x7fc00123;
-  return v;
-};
-
 t.test('values by content hash: registered, put, released', { skip }, async (t) => {
   const p = `${prefix}values:`;
   const store = new RedisVectorStore(url, p);
@@ -84,15 +74,7 @@ t.test('values by content hash: registered, put, released', { skip }, async (t) 
 
   // inline values: put, got bit for bit, kept a week
   for (const shape of [[8], [1, 8], [4, 8]]) {
-    const v = awkward(
-      shape.reduce((a, b) => a * b, 1),
-      shape[0],
-    );
-    const hash = vectorHash(shape, v);
-    await store.putValues(hash, shape, v);
-    const got = await store.getValues(hash);
-    t.same(got?.shape, shape, `${JSON.stringify(shape)}: shape round-trips`);
-    t.ok(got && bytes(got.values).equals(bytes(v)), 'values bit for bit, NaN payload included');
+    const hash = await roundTrip(t, store, shape);
     t.ok(week(await ttl(valuesKey(p, hash))), 'the values key expires in VALUES_TTL_S');
     const both = await probe.multi().pttl(valuesKey(p, hash)).pttl(shapeKey(p, hash)).exec();
     t.ok(Math.abs((both![0][1] as number) - (both![1][1] as number)) <= 5, 'the shape key expiring with it');

@@ -4,22 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { FileVectorStore, type StoredVector, VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
-import { storedVector } from './helpers/vectors.ts';
+import { awkward, bytes, roundTrip, storedVector } from './helpers/vectors.ts';
 
 const H = 8;
 const DAY_MS = 24 * 3600 * 1000;
-
-/** Values with awkward bits: -0, a subnormal, the largest float32, and a NaN with a payload. */
-const awkward = (n: number, seed: number) => {
-  const v = Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.7 + seed) * 3);
-  v[0] = -0;
-  if (n > 1) v[1] = 1e-45;
-  if (n > 2) v[2] = 3.4028234663852886e38;
-  if (n > 3) new Uint32Array(v.buffer)[3] = 0x7fc00123;
-  return v;
-};
-
-const bytes = (v: Float32Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
 
 const vector = (name: string, seed: number, shape: number[] = [H]): StoredVector =>
   storedVector(name, shape, H, (i) => Math.cos(i + seed));
@@ -56,15 +44,7 @@ t.test('registered vectors are found by hash, shape and values exact', async (t)
 t.test('values put by hash are got back bit for bit, [H] and [k, H]', async (t) => {
   const { store, values } = tempStore(t);
   for (const shape of [[H], [1, H], [5, H]]) {
-    const v = awkward(
-      shape.reduce((a, b) => a * b, 1),
-      shape[0],
-    );
-    const hash = vectorHash(shape, v);
-    await store.putValues(hash, shape, v);
-    const got = await store.getValues(hash);
-    t.same(got?.shape, shape, `shape ${JSON.stringify(shape)} round-trips`);
-    t.ok(bytes(got!.values).equals(bytes(v)), 'and the values, -0, subnormal and NaN payload included');
+    const hash = await roundTrip(t, store, shape);
     t.ok(existsSync(join(values, `${hash}.bin`)), 'kept in values/<hash>.bin');
   }
   // a store opened afresh on the same directory sees them (nothing lives only in memory)
