@@ -1,5 +1,5 @@
 /**
- * The device-resident KV cache (device-kv.ts + the cache update graph, kv-graph.ts) against the
+ * The device-resident KV cache (device-kv.ts, run by kv-update.ts: the cache update graph, kv-graph.ts) against the
  * host store (kv.ts), the same edits on both: rows joining from several sources, growing token by
  * token, leaving, zeroed, the slot count doubling and halving. The update graph runs here on the CPU
  * provider, whose tensors can be read back (WebGPU's cannot be from Node: webgpu.test.ts checks the
@@ -7,8 +7,9 @@
  */
 import ort from 'onnxruntime-node';
 import t, { type Test } from 'tap';
-import { type DeviceKv, DeviceKvStore, type KvPlanRow } from '../src/engine/device-kv.ts';
+import { DeviceKvStore, type KvUpdater } from '../src/engine/device-kv.ts';
 import { type DeviceTensor, type KvShape, KvStore } from '../src/engine/kv.ts';
+import { kvUpdater } from '../src/engine/kv-update.ts';
 import { buildKvGraphBytes } from '../src/model/kv-graph.ts';
 import { Rng } from '../src/util/rng.ts';
 
@@ -19,49 +20,28 @@ t.teardown(() => session.release());
 
 let runs = 0;
 let live = 0;
-/** CPU tensors standing in for device ones; `live` counts those not given back. */
+/** A CPU tensor standing in for a device one (the store only feeds and disposes it); `live` counts those not given back. */
 const track = (x: ort.Tensor): DeviceTensor => {
   live++;
   let gone = false;
-  return {
-    location: 'gpu-buffer',
-    dims: x.dims,
-    data: x.data as Float32Array,
-    dispose() {
-      if (gone) throw new Error('disposed twice');
-      gone = true;
-      live--;
-    },
-  } as DeviceTensor;
+  x.dispose = () => {
+    if (gone) throw new Error('disposed twice');
+    gone = true;
+    live--;
+  };
+  return x as unknown as DeviceTensor;
 };
-const dataOf = (x: DeviceTensor) => (x as unknown as { data: Float32Array }).data;
-const seed = new ort.Tensor('float32', new Float32Array(nHead * hd), [1, nHead, 1, hd]);
-const i64 = (a: number[]) => new ort.Tensor('int64', BigInt64Array.from(a, BigInt), [a.length]);
-const updater = {
-  async update(s: DeviceKv | null, f: DeviceKv | null, plan: KvPlanRow[], slots: number): Promise<DeviceKv> {
+const dataOf = (x: DeviceTensor) => (x as unknown as ort.Tensor).data as Float32Array;
+/** The runner's updater (kv-update.ts) on the CPU provider, its outputs tracked. */
+const cpu = kvUpdater(session, shape, () => undefined);
+const updater: KvUpdater = {
+  async update(s, f, plan, slots) {
     runs++;
-    const asTensor = (x: DeviceTensor | undefined) => (x ? new ort.Tensor('float32', dataOf(x), [...x.dims]) : seed);
-    const feeds: Record<string, ort.Tensor> = {
-      rows: i64(plan.map((p) => p.row)),
-      keep: i64(plan.map((p) => p.keep)),
-      src: i64(plan.map((p) => p.src)),
-      from: i64(plan.map((p) => p.from)),
-      count: i64(plan.map((p) => p.count)),
-      slots: i64([slots]),
+    const kv = await cpu.update(s, f, plan, slots);
+    return {
+      k: kv.k.map((x) => track(x as unknown as ort.Tensor)),
+      v: kv.v.map((x) => track(x as unknown as ort.Tensor)),
     };
-    for (let l = 0; l < nLayer; l++) {
-      feeds[`s.${l}.key`] = asTensor((s ?? f)?.k[l]);
-      feeds[`s.${l}.value`] = asTensor((s ?? f)?.v[l]);
-      feeds[`f.${l}.key`] = asTensor((f ?? s)?.k[l]);
-      feeds[`f.${l}.value`] = asTensor((f ?? s)?.v[l]);
-    }
-    const out = await session.run(feeds);
-    const kv: DeviceKv = { k: [], v: [] };
-    for (let l = 0; l < nLayer; l++) {
-      kv.k.push(track(out[`o.${l}.key`]));
-      kv.v.push(track(out[`o.${l}.value`]));
-    }
-    return kv;
   },
 };
 

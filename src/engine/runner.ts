@@ -7,8 +7,9 @@ import { type Dtype, ensureHalfWeights } from '../model/half-weights.js';
 import { hookPoints, projName, readName, SITES, type Site, steerName } from '../model/hooks.js';
 import { buildKvGraphBytes } from '../model/kv-graph.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
-import { type DeviceKv, DeviceKvStore, disposeKv, type KvPlanRow } from './device-kv.js';
+import { type DeviceKv, DeviceKvStore, disposeKv, type KvUpdater } from './device-kv.js';
 import { type KvBlock, type KvCache, type KvPast, type KvShape, KvStore, SLOT_ALIGN } from './kv.js';
+import { i64v, kvUpdater } from './kv-update.js';
 import { modelInfo, serveShape } from './model-info.js';
 import type { PassSteering } from './steer.js';
 import type { ModelInfo } from './types.js';
@@ -76,7 +77,6 @@ const i64 = (rows: number[][]) => {
   for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) a[b * T + t] = BigInt(rows[b][t]);
   return new ort.Tensor('int64', a, [B, T]);
 };
-const i64v = (v: number[]) => new ort.Tensor('int64', BigInt64Array.from(v, BigInt), [v.length]);
 
 const EMPTY = new Float32Array(0);
 const isHost = (b: KvBlock): b is Float32Array => b instanceof Float32Array;
@@ -108,6 +108,8 @@ export class ModelRunner {
   readonly location: 'host' | 'device';
   /** Device tensors the passes returned since the last endStep() (their new keys and values). */
   private produced: DeviceKv[] = [];
+  /** Runs the cache update graph where the cache is on the device (kv-update.ts). */
+  private readonly updater?: KvUpdater;
   /** Caches of zeros (SLOT_ALIGN masked slots) for passes with nothing cached, by rows; on the device. */
   private zeroCaches = new Map<number, DeviceKv>();
 
@@ -122,6 +124,7 @@ export class ModelRunner {
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
     this.location = kvSession ? 'device' : 'host';
+    this.updater = kvSession && kvUpdater(kvSession, this.kv, (t) => (this.hostBytes.input += bytesOf(t)));
     // the device graph takes no empty tensor (serve-graph.ts): one zero row stands in
     const n = kvSession ? 1 : 0;
     this.noProj = new ort.Tensor('float32', new Float32Array(n * info.n_embd), [1, n, info.n_embd]);
@@ -274,13 +277,8 @@ export class ModelRunner {
 
   /** A store for the KV cache where this provider keeps it (kv.ts, device-kv.ts). */
   newStore(capacity: number, maxSlots: number): KvCache {
-    return this.kvSession
-      ? new DeviceKvStore(
-          this.kv,
-          { update: (s, f, plan, slots) => this.updateKv(s, f, plan, slots) },
-          capacity,
-          maxSlots,
-        )
+    return this.updater
+      ? new DeviceKvStore(this.kv, this.updater, capacity, maxSlots)
       : new KvStore(this.kv, capacity, maxSlots);
   }
 
@@ -293,39 +291,6 @@ export class ModelRunner {
     this.produced = [];
   }
 
-  /** Zeros standing in for a cache where there is none yet: [1, n_head, 1, head_dim], host. */
-  private seed?: ort.Tensor;
-
-  /** One run of the cache update graph (kv-graph.ts); counted with the passes' host bytes. */
-  private async updateKv(s: DeviceKv | null, f: DeviceKv | null, plan: KvPlanRow[], slots: number): Promise<DeviceKv> {
-    const { nLayer, nHead, headDim } = this.kv;
-    this.seed ??= new ort.Tensor('float32', new Float32Array(nHead * headDim), [1, nHead, 1, headDim]);
-    const seed = this.seed;
-    const feeds: Record<string, ort.Tensor> = {
-      rows: i64v(plan.map((p) => p.row)),
-      keep: i64v(plan.map((p) => p.keep)),
-      src: i64v(plan.map((p) => p.src)),
-      from: i64v(plan.map((p) => p.from)),
-      count: i64v(plan.map((p) => p.count)),
-      slots: i64v([slots]),
-    };
-    const dev = (t: DeviceKv | null, kind: 'k' | 'v', l: number) => (t ? (t[kind][l] as unknown as ort.Tensor) : seed);
-    for (let l = 0; l < nLayer; l++) {
-      feeds[`s.${l}.key`] = dev(s ?? f, 'k', l);
-      feeds[`s.${l}.value`] = dev(s ?? f, 'v', l);
-      feeds[`f.${l}.key`] = dev(f ?? s, 'k', l);
-      feeds[`f.${l}.value`] = dev(f ?? s, 'v', l);
-    }
-    const out = await this.kvSession!.run(feeds);
-    for (const t of Object.values(feeds)) this.hostBytes.input += bytesOf(t);
-    const next: DeviceKv = { k: [], v: [] };
-    for (let l = 0; l < nLayer; l++) {
-      next.k.push(out[`o.${l}.key`] as unknown as DeviceKv['k'][number]);
-      next.v.push(out[`o.${l}.value`] as unknown as DeviceKv['v'][number]);
-    }
-    return next;
-  }
-
   /** The cache of rows that have none. */
   private async noPast(rows: number): Promise<PastGroup> {
     const P = SLOT_ALIGN;
@@ -333,7 +298,7 @@ export class ModelRunner {
       let z = this.zeroCaches.get(rows);
       if (!z) {
         const empty = { row: 0, keep: 0, src: 0, from: 0, count: 0 };
-        z = await this.updateKv(null, null, new Array(rows).fill(empty), P);
+        z = await this.updater!.update(null, null, new Array(rows).fill(empty), P);
         this.zeroCaches.set(rows, z);
       }
       return { k: z.k, v: z.v, P, rows };
