@@ -99,8 +99,11 @@ export class ModelRunner {
   /** No projections at a hook point: K = 0. */
   private readonly noProj: ort.Tensor;
   private readonly noLens: ort.Tensor;
-  /** The graph's hook points (its sites). */
+  /** The graph's hook points (its sites), and their read names in the same order (the device graph's `read_idx`). */
   readonly hooks: { site: Site; layer: number }[];
+  private readonly points: string[];
+  /** Every output of the graph, in order (what a device pass fetches: see open()). */
+  private readonly allOutputs: string[];
   private readonly fetches: string[];
   /** Counted on every run (device tensors are not). */
   readonly hostBytes: HostBytes = { input: 0, output: 0, runs: 0 };
@@ -130,6 +133,8 @@ export class ModelRunner {
     this.noProj = new ort.Tensor('float32', new Float32Array(n * info.n_embd), [1, n, info.n_embd]);
     this.noLens = new ort.Tensor('float32', new Float32Array(n * info.n_embd), [n, info.n_embd]);
     this.hooks = hookPoints(info.n_layer, info.hook_sites);
+    this.points = this.hooks.map(({ site, layer }) => readName(site, layer));
+    this.allOutputs = [...session.outputNames];
     this.fetches = ['last_logits', 'last_lse'];
     for (let l = 0; l < info.n_layer; l++) this.fetches.push(`new.${l}.key`, `new.${l}.value`);
   }
@@ -238,11 +243,10 @@ export class ModelRunner {
     if (device) {
       // every output, in order (see open()); the hook points asked come back through `reads` (at
       // least one: the first hook point stands in for none)
-      const points = this.hooks.map(({ site, layer }) => readName(site, layer));
-      const idx = reads.map((r) => points.indexOf(r));
+      const idx = reads.map((r) => this.points.indexOf(r));
       feeds.read_idx = i64v(idx.length ? idx : [0]);
       feeds.lens_all = inp.lens ? this.allPositions : this.lastOnly;
-      fetch = [...this.session.outputNames];
+      fetch = this.allOutputs;
     } else
       fetch = [...this.fetches, ...reads, ...(inp.logitsAll ? ['logits'] : []), ...(inp.lens ? ['lens_logits'] : [])];
     const out = await this.session.run(feeds, fetch);
