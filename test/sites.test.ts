@@ -13,8 +13,8 @@ import { SITES, type Site } from '../src/model/hooks.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, referenceGreedy, refHooks } from './helpers/engine-util.ts';
-import { maxAbsDiff, range } from './helpers/graph-run.ts';
-import { provider } from './helpers/provider.ts';
+import { range } from './helpers/graph-run.ts';
+import { provider, sameRun } from './helpers/provider.ts';
 import { loadReference, type RefModel, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-sites-'));
@@ -93,10 +93,7 @@ t.test('mixed batches: rows with other sites and ops give their own results', as
   );
   for (const [i, r] of reqs.entries()) {
     t.same(together[i].ids, alone[i].ids, `row ${i} (${r.interventions[0].site}): the same tokens`);
-    // the same bits on the CPU provider; WebGPU's kernels round a row differently with other rows
-    // beside it (README, Limits: determinism), within a few float32 ulps of its logprobs
-    if (provider === 'cpu') t.same(together[i].logprobs, alone[i].logprobs, `row ${i}: the same logprob bits`);
-    else t.ok(maxAbsDiff(together[i].logprobs, alone[i].logprobs) < 1e-5, `row ${i}: the same logprobs within 1e-5`);
+    sameRun(t, together[i].logprobs, alone[i].logprobs, `row ${i}: the same logprob bits`);
     t.same(together[i].ids, referenceGreedy(ref, r.prompt, 5, r.interventions).ids, `row ${i}: the reference's tokens`);
   }
 });

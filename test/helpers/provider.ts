@@ -1,4 +1,5 @@
 import type { Test } from 'tap';
+import { serveShape } from '../../src/engine/model-info.ts';
 
 /**
  * The execution provider the engine and API suites run on: `cpu` unless STEERD_TEST_PROVIDER says
@@ -6,8 +7,8 @@ import type { Test } from 'tap';
  */
 export const provider = process.env.STEERD_TEST_PROVIDER ?? 'cpu';
 
-/** The KV cache layout the provider gets (model-info.ts serveShape): one size class on WebGPU. */
-export const oneClass = provider === 'webgpu';
+/** The provider's serving graph holds every row in one size class (WebGPU: model-info.ts). */
+export const oneClass = serveShape(provider, 1024).groups === 1;
 
 /** Every number of a and b within tol of each other, the rest equal. */
 function near(a: unknown, b: unknown, tol: number): boolean {
