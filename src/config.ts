@@ -49,6 +49,12 @@ export interface Config {
   /** How often workers look for jobs of a lost worker (ms). Env STEERD_QUEUE_STALLED_MS. Default 30000. */
   queueStalledMs: number;
   /**
+   * After a queued generation is cancelled (disconnect, time limit), how long the API process waits
+   * for its worker to confirm before ending the request anyway (the worker may be gone), ms.
+   * Env STEERD_QUEUE_CANCEL_GRACE_MS. Default 3000.
+   */
+  queueCancelGraceMs: number;
+  /**
    * steerd's own cache: generated checkpoints (`models/tiny`), the folders hub-cache snapshots are
    * served from (links and graphs, `hub/`), and pulls made before the hub cache layout
    * (`models/<owner>--<name>/<commit>`). Env STEERD_CACHE. Default ~/.cache/steerd.
@@ -167,6 +173,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     worker: false,
     queueLockMs: int(env, 'STEERD_QUEUE_LOCK_MS', 30_000),
     queueStalledMs: int(env, 'STEERD_QUEUE_STALLED_MS', 30_000),
+    queueCancelGraceMs: int(env, 'STEERD_QUEUE_CANCEL_GRACE_MS', 3000),
     cacheDir: env.STEERD_CACHE,
     hubCacheDir: hubCacheDir(env),
     hubOffline: hubOffline(env),

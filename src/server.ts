@@ -114,6 +114,7 @@ export async function createService(config: Config, progress?: ProgressReporter)
       prefix: config.redisPrefix,
       maxDepth: config.limits.queueDepth,
       timeoutMs: config.limits.requestTimeoutMs,
+      cancelGraceMs: config.queueCancelGraceMs,
     });
   } else {
     engine = await Engine.start(engineOptions(config, m.dir));

@@ -2,7 +2,7 @@
  * The device-resident KV cache (device-kv.ts, run by kv-update.ts: the cache update graph, kv-graph.ts) against the
  * host store (kv.ts), the same edits on both: rows joining from several sources, growing token by
  * token, leaving, zeroed, the slot count doubling and halving. The update graph runs here on the CPU
- * provider, whose tensors can be read back (WebGPU's cannot be from Node: webgpu.test.ts checks the
+ * provider, whose tensors can be read back (WebGPU's cannot be from Node: slow/webgpu.test.ts checks the
  * device path through the model's outputs).
  */
 import ort from 'onnxruntime-node';

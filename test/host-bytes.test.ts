@@ -20,7 +20,7 @@ t.teardown(() => rmSync(root, { recursive: true, force: true }));
 const counter = (metrics: string, name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1]);
 
 t.test('input bytes per decoded token follow the context on the host path', async (t) => {
-  // the host path: the CPU provider, whatever STEERD_TEST_PROVIDER says (webgpu.test.ts: the device path)
+  // the host path: the CPU provider, whatever STEERD_TEST_PROVIDER says (slow/webgpu.test.ts: the device path)
   const h = await harness(model, (c) => ({ ...c, provider: 'cpu' }));
   t.teardown(() => h.close());
   t.equal((await h.app.inject('/v1/model')).json().kv_cache?.location ?? 'host', 'host');

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -7,6 +8,7 @@ import { FileVectorStore, type StoredVector, VALUES_TTL_S, vectorHash } from '..
 import { awkward, bytes, roundTrip, storedVector } from './helpers/vectors.ts';
 
 const H = 8;
+const cjsFs = createRequire(import.meta.url)('node:fs') as typeof fs;
 const DAY_MS = 24 * 3600 * 1000;
 
 const vector = (name: string, seed: number, shape: number[] = [H]): StoredVector =>
@@ -190,28 +192,31 @@ t.test('a crash mid-write never leaves a torn file', async (t) => {
   const opened: string[] = [];
   const renamed: string[] = [];
   let crash = false;
-  const mockFs = {
-    ...fs,
-    openSync: (path: string, ...rest: unknown[]) => {
-      opened.push(path);
-      return (fs.openSync as (...a: unknown[]) => number)(path, ...rest);
-    },
-    renameSync: (from: string, to: string) => {
-      renamed.push(to);
-      return fs.renameSync(from, to);
+  // node:fs itself wrapped for this test (its ESM bindings re-synced), restored at its end
+  const real = { openSync: fs.openSync, renameSync: fs.renameSync, writeSync: fs.writeSync };
+  const patch = (f: Partial<typeof real>) => {
+    Object.assign(cjsFs, f);
+    syncBuiltinESMExports();
+  };
+  t.teardown(() => patch(real));
+  patch({
+    // files opened to be written (readFileSync opens through here too, with flag 'r')
+    openSync: ((path: string, flags?: unknown, ...rest: unknown[]) => {
+      if (flags !== undefined && !/^rs?$/.test(String(flags))) opened.push(path);
+      return (real.openSync as (...a: unknown[]) => number)(path, flags, ...rest);
+    }) as typeof fs.openSync,
+    renameSync: (from, to) => {
+      renamed.push(String(to));
+      return real.renameSync(from, to);
     },
     // the process "dies" after writing part of the data
-    writeSync: (fd: number, buf: Buffer, off = 0) => {
-      if (!crash) return fs.writeSync(fd, buf, off);
-      fs.writeSync(fd, buf, off, Math.max(1, (buf.length - off) >> 1));
+    writeSync: ((fd: number, buf: Buffer, off: number | null = 0) => {
+      if (!crash) return real.writeSync(fd, buf, off);
+      real.writeSync(fd, buf, off, Math.max(1, (buf.length - (off ?? 0)) >> 1));
       throw Object.assign(new Error('EIO: simulated crash'), { code: 'EIO' });
-    },
-  };
-  const { FileVectorStore: Store } = await t.mockImport<typeof import('../src/store/vectors.ts')>(
-    '../src/store/vectors.ts',
-    { 'node:fs': mockFs },
-  );
-  const store = new Store(data);
+    }) as typeof fs.writeSync,
+  });
+  const store = new FileVectorStore(data);
   const v = awkward(3 * H, 5);
   const hash = vectorHash([3, H], v);
   const old = vector('v', 1);

@@ -75,9 +75,9 @@ export interface RemoteEngineOptions {
   timeoutMs?: number;
   /**
    * After a generation is cancelled, how long to wait for its worker to confirm before ending the
-   * request here (a worker may be gone, or Redis), ms. Default 3000.
+   * request here (a worker may be gone, or Redis), ms (config.ts: STEERD_QUEUE_CANCEL_GRACE_MS).
    */
-  cancelGraceMs?: number;
+  cancelGraceMs: number;
 }
 
 /**
@@ -158,7 +158,7 @@ export class RemoteEngine {
         keepCompleted: o.keepCompleted ?? { age: 3600, count: 1000 },
         maxDepth: o.maxDepth ?? Infinity,
         timeoutMs: o.timeoutMs ?? 300_000,
-        cancelGraceMs: o.cancelGraceMs ?? 3000,
+        cancelGraceMs: o.cancelGraceMs,
       },
       o.maxContext,
     );

@@ -2,13 +2,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { Engine } from '../src/engine/engine.ts';
-import type { GenerateEvent, Intervention } from '../src/engine/types.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
-import { Rng } from '../src/util/rng.ts';
-import { collect, referenceGreedy, refSteer, run } from './helpers/engine-util.ts';
-import { maxAbsDiff } from './helpers/graph-run.ts';
-import { loadReference, logSoftmax, promptAccuracy, referenceForward } from './helpers/reference.ts';
+import { Engine } from '../../src/engine/engine.ts';
+import type { GenerateEvent, Intervention } from '../../src/engine/types.ts';
+import { writeTinyCheckpoint } from '../../src/model/tiny.ts';
+import { Rng } from '../../src/util/rng.ts';
+import { collect, referenceGreedy, refSteer, run } from '../helpers/engine-util.ts';
+import { maxAbsDiff } from '../helpers/graph-run.ts';
+import { loadReference, logSoftmax, promptAccuracy, referenceForward } from '../helpers/reference.ts';
 
 // The engine on ONNX Runtime's WebGPU provider (a software Vulkan device where there is no GPU: the
 // README's GPU notes). A pass there is slow on two cores, so this suite is the passes that cover what

@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BrowserContext, ConsoleMessage, Page } from 'playwright-core';
 import t from 'tap';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
-import { type Harness, harness } from './helpers/api.ts';
-import { browserSkip, launchChromium } from './helpers/browser.ts';
+import { writeTinyCheckpoint } from '../../src/model/tiny.ts';
+import { type Harness, harness } from '../helpers/api.ts';
+import { browserSkip, launchChromium } from '../helpers/browser.ts';
 
 // The playground page at `/`, in a real headless Chromium against a listening steerd on a tiny
 // generated checkpoint. Screenshots go to test-artifacts/ (git-ignored).
@@ -14,7 +14,7 @@ const root = mkdtempSync(join(tmpdir(), 'steerd-pg-'));
 const model = join(root, 'model');
 writeTinyCheckpoint(model, { layers: 4, embd: 64, heads: 4, ctx: 128, seed: 4, initScale: 10 });
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
-const artifacts = new URL('../test-artifacts/', import.meta.url);
+const artifacts = new URL('../../test-artifacts/', import.meta.url);
 
 async function listening(keys: string[] = []) {
   const h = await harness(model, (c) => ({ ...c, apiKeys: keys }));
