@@ -5,15 +5,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { parse, parseDocument } from 'yaml';
+import { isNode, parse, parseDocument, visit } from 'yaml';
 import { Metrics } from '../src/api/metrics.ts';
 import type { Service } from '../src/api/service.ts';
 import { buildApp } from '../src/app.ts';
 import { program } from '../src/cli/main.ts';
 import { loadConfig } from '../src/config.ts';
 
-// There is no Docker engine here: parse the Dockerfile, the compose files and .env.example, and
-// check what they run, publish and set against the code.
+// No Docker engine in this suite (docker/test-image.sh builds and runs the image): parse the
+// Dockerfile, the compose files, .env.example and the README, and check what they run, publish and
+// set against the code and each other.
 const rootUrl = new URL('..', import.meta.url);
 const root = fileURLToPath(rootUrl);
 const read = (path: string) => readFileSync(new URL(path, rootUrl), 'utf8');
@@ -354,6 +355,9 @@ interface Compose {
 const compose = parse(read('docker/compose.yaml'), { merge: true }) as Compose;
 const cpuDoc = parseDocument(read('docker/compose.cpu.yaml'), { merge: true, logLevel: 'silent' });
 const cpu = cpuDoc.toJS() as Compose;
+/** A service's `environment`, as the strings a process sees. */
+const stringEnv = (s: ComposeService) =>
+  Object.fromEntries(Object.entries(s.environment ?? {}).map(([k, v]) => [k, String(v)]));
 const isSteerd = (s: ComposeService) => /^steerd:/.test(s.image ?? '');
 const steerdServices = Object.entries(compose.services).filter(([, s]) => isSteerd(s));
 const gpuDevices = (s: ComposeService) =>
@@ -390,7 +394,7 @@ t.test('every compose service runs a CLI command of the one image', async (t) =>
 t.test('compose: ports, environment and volumes agree with the code and the image', async (t) => {
   const imageEnv = runtimeEnv('gpu');
   for (const [name, s] of steerdServices) {
-    const env = Object.fromEntries(Object.entries(s.environment ?? {}).map(([k, v]) => [k, String(v)]));
+    const env = stringEnv(s);
     for (const k of Object.keys(env)) {
       t.ok(knownVars.has(k), `${name}: ${k} is a setting the code reads`);
       t.ok(readme.includes(`\`${k}\``), `${name}: ${k} is documented in the README's configuration table`);
@@ -496,6 +500,129 @@ t.test('the CPU variant: CPU image, cpu provider, no GPU, tiny model by default'
   const cpuEnv = envFile('docker/cpu.env');
   t.same(cpuEnv, { STEERD_MODEL: 'tiny' }, 'the small random model unless .env says otherwise');
   for (const k of Object.keys(cpuEnv)) t.ok(configVars.has(k), `cpu.env: ${k} is a setting`);
+});
+
+/** The Compose release that first reads a feature the files use (docs.docker.com, compose-file). */
+const COMPOSE_SINCE = {
+  envFileRequired: '2.24.0', // env_file entries as `{ path, required }`
+  '!override': '2.24.4',
+} as const;
+/** Tags Compose read before either. */
+const OLDER_COMPOSE_TAGS = new Set(['!reset']);
+const versionKey = (v: string) => v.split('.').map(Number) as [number, number, number];
+const newer = (a: string, b: string) => {
+  const [x, y] = [versionKey(a), versionKey(b)];
+  for (let i = 0; i < 3; i++) if (x[i] !== y[i]) return x[i] > y[i];
+  return false;
+};
+
+t.test('compose: the Compose release the files need is the one the README and the files name', async (t) => {
+  const files = ['docker/compose.yaml', 'docker/compose.cpu.yaml'];
+  const needs: [string, string][] = [];
+  for (const f of files) {
+    const doc = parseDocument(read(f), { merge: true, logLevel: 'silent' });
+    t.same(doc.errors, [], `${f} parses`);
+    const tags = new Set<string>();
+    visit(doc, {
+      Node: (_k, node) => {
+        if (isNode(node) && node.tag) tags.add(node.tag);
+      },
+    });
+    for (const tag of tags) {
+      const since = COMPOSE_SINCE[tag as keyof typeof COMPOSE_SINCE];
+      t.ok(since || OLDER_COMPOSE_TAGS.has(tag), `${f}: the tag ${tag} is one whose Compose release is known`);
+      if (since) needs.push([`${tag} (${f})`, since]);
+    }
+    const services = (doc.toJS() as Compose).services;
+    for (const [name, s] of Object.entries(services))
+      if ((s.env_file ?? []).some((e) => typeof e === 'object' && 'required' in e))
+        needs.push([`optional env_file (${f}, ${name})`, COMPOSE_SINCE.envFileRequired]);
+  }
+  t.ok(needs.length > 0, 'the files use features of recent Compose releases');
+  const needed = needs.map(([, v]) => v).reduce((a, b) => (newer(b, a) ? b : a));
+  t.comment(`needs Compose ${needed}: ${needs.map(([what, v]) => `${what} ${v}`).join(', ')}`);
+  const stated = (text: string) => [...text.matchAll(/Compose (?:≥|>=) ?(\d+\.\d+\.\d+)/g)].map((m) => m[1]);
+  t.ok(stated(readme).length > 0, 'the README names the Compose release the files need');
+  for (const v of stated(readme)) t.equal(v, needed, `README: Compose ≥ ${v}`);
+  for (const f of files) for (const v of stated(read(f))) t.equal(v, needed, `${f}: Compose >= ${v}`);
+});
+
+t.test("the README's Docker section: its commands, port, volumes and grace period", async (t) => {
+  const section = readme.slice(readme.indexOf('## Docker and compose'), readme.indexOf('### GPU notes'));
+  const lines = (cmd: string) =>
+    [...section.matchAll(new RegExp(`^${cmd} (.*?)(?:\\s+#.*)?$`, 'gm'))].map((m) => m[1].split(/\s+/));
+
+  // docker build: build arguments the Dockerfile declares, a variant it has a runtime stage for
+  const builds = lines('docker build');
+  t.ok(builds.length >= 2, 'docker build commands');
+  for (const words of builds)
+    for (const [i, w] of words.entries()) {
+      if (w !== '--build-arg') continue;
+      const [k, v] = words[i + 1].split('=');
+      t.ok(k in globalArgs, `docker build --build-arg ${k}: an ARG of the Dockerfile`);
+      if (k === 'VARIANT') t.ok(stage(`runtime-${v}`), `VARIANT=${v}: the stage runtime-${v} exists`);
+    }
+
+  // docker compose: the files exist, and every service it names is one of theirs
+  const composes = lines('docker compose');
+  t.ok(composes.length >= 4, 'docker compose commands');
+  for (const words of composes) {
+    const files = words.flatMap((w, i) => (w === '-f' ? [words[i + 1]] : []));
+    t.ok(files.length > 0, `${words.join(' ')}: names its files`);
+    for (const f of files) t.ok(existsSync(join(root, f)), `${f} exists`);
+    const services = Object.assign(
+      {},
+      ...files.map((f) => (parse(read(f), { merge: true, logLevel: 'silent' }) as Compose).services),
+    ) as Record<string, ComposeService>;
+    const up = words.indexOf('up');
+    const named: string[] = [];
+    for (let i = up + 1; up >= 0 && i < words.length; i++) {
+      if (words[i] === '--scale') named.push(words[++i].split('=')[0]);
+      else if (!words[i].startsWith('-')) named.push(words[i]);
+    }
+    for (const n of named) t.ok(services[n], `${words.join(' ')}: ${n} is a service`);
+  }
+
+  // the API's port, as the README gives it
+  const [published, target] = compose.services.api.ports![0].split(':');
+  t.match(section, new RegExp(`the API \\(\`serve\`[^)]*\\bport ${published}\\)`), `the API on port ${published}`);
+  t.equal(target, String(loadConfig({ ...runtimeEnv('gpu'), ...stringEnv(compose.services.api) }).port));
+
+  // Volumes: `name` (..., `/path`, ...): every compose volume, mounted where the README says
+  const para = /^Volumes: [\s\S]*?\)\./m.exec(section)?.[0] ?? '';
+  const described = Object.fromEntries(
+    [...para.matchAll(/`(\w+)` \(([^)]*)\)/g)].map(([, name, desc]) => [name, /`(\/[\w/]+)`/.exec(desc)?.[1]]),
+  );
+  t.same(Object.keys(described).sort(), Object.keys(compose.volumes ?? {}).sort(), 'every named volume described');
+  for (const [name, path] of Object.entries(described)) {
+    if (!path) continue;
+    for (const [svc, s] of Object.entries(compose.services))
+      for (const v of s.volumes ?? []) {
+        const [source, dest] = v.split(':');
+        if (source === name) t.equal(dest, path, `${svc}: the ${name} volume at ${path}`);
+      }
+  }
+
+  // the grace period
+  const grace = /`stop_grace_period` \((\d+) s\)/.exec(section)?.[1];
+  t.ok(grace, 'the README gives the grace period');
+  for (const [name, s] of steerdServices)
+    t.equal(durationMs(s.stop_grace_period ?? '0s'), Number(grace) * 1000, `${name}: stop_grace_period ${grace} s`);
+});
+
+t.test('docker/test-image.sh builds with build arguments the Dockerfile takes', async (t) => {
+  const script = read('docker/test-image.sh');
+  const passed = [...script.matchAll(/--build-arg "?(\w+)=/g)].map((m) => m[1]);
+  t.ok(passed.includes('VARIANT'), 'passes VARIANT');
+  for (const k of passed) t.ok(k in globalArgs, `--build-arg ${k}: an ARG of the Dockerfile`);
+  // the bases it replaces are the build arguments the stages start from, GPU stage included
+  const baseArg = (s: Stage) => /^\$\{(\w+)\}$/.exec(s.base)?.[1];
+  for (const name of ['build', 'runtime-cpu', 'runtime-gpu']) {
+    const arg = baseArg(stage(name));
+    t.ok(arg && passed.includes(arg), `${name} starts from \${${arg}}, which the script passes`);
+  }
+  const check = /for arg in ([\w ]+); do/.exec(script)?.[1].split(' ') ?? [];
+  t.same(check.sort(), [...new Set(passed)].sort(), 'and checks that the Dockerfile still declares each');
 });
 
 // ---------------------------------------------------------------------------------------------
