@@ -2,12 +2,11 @@ import { existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { loadConfig, parseDtype, parseSites } from '../config.js';
 import { SteerdError } from '../errors.js';
-import { buildGraph } from '../model/graph.js';
-import { hubCacheDir, servingDir } from '../model/hf-cache.js';
-import { defaultCacheDir, pull } from '../model/hub.js';
-import { writeTinyCheckpoint } from '../model/tiny.js';
-import { runWorker, serve } from '../server.js';
 import { consoleProgress } from './progress.js';
+
+// Each command loads what it needs when it runs: `model tiny` or `--help` does not load the HTTP
+// server, the queue and ONNX Runtime.
+const server = () => import('../server.js');
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -61,6 +60,7 @@ export function program(): Command {
         dtype?: string;
       }) => {
         const config = loadConfig();
+        const { serve } = await server();
         await serve(
           {
             ...config,
@@ -90,6 +90,7 @@ export function program(): Command {
     .action(
       async (o: { model?: string; provider?: string; kvCacheTokens?: number; hookSites?: string; dtype?: string }) => {
         const config = loadConfig();
+        const { runWorker } = await server();
         await runWorker(
           {
             ...config,
@@ -115,7 +116,8 @@ export function program(): Command {
     .option('--heads <n>', 'attention heads', positiveInt, 4)
     .option('--ctx <n>', 'context length', positiveInt, 128)
     .option('--seed <n>', 'random seed', nonNegativeInt, 0)
-    .action((dir: string, o: { layers: number; embd: number; heads: number; ctx: number; seed: number }) => {
+    .action(async (dir: string, o: { layers: number; embd: number; heads: number; ctx: number; seed: number }) => {
+      const { writeTinyCheckpoint } = await import('../model/tiny.js');
       writeTinyCheckpoint(dir, o);
       console.log(`wrote a random GPT-2 checkpoint (${o.layers} layers, ${o.embd} wide, ${o.heads} heads) to ${dir}`);
     });
@@ -127,7 +129,12 @@ export function program(): Command {
     )
     .argument('<dir>', 'checkpoint directory (config.json, model.safetensors, tokenizer)')
     .option('--force', 'rebuild even when up to date', false)
-    .action((dir: string, o: { force: boolean }) => {
+    .action(async (dir: string, o: { force: boolean }) => {
+      const [{ buildGraph }, { servingDir }, { defaultCacheDir }] = await Promise.all([
+        import('../model/graph.js'),
+        import('../model/hf-cache.js'),
+        import('../model/hub.js'),
+      ]);
       const t0 = performance.now();
       // a hub-cache snapshot is built where steerd serves it from, never inside the hub cache
       const r = buildGraph(existsSync(dir) ? servingDir(dir, defaultCacheDir(), (m) => console.error(m)) : dir, {
@@ -149,6 +156,7 @@ export function program(): Command {
       'Hugging Face hub cache (default $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)',
     )
     .action(async (name: string, o: { revision: string; cache?: string }) => {
+      const [{ hubCacheDir }, { pull }] = await Promise.all([import('../model/hf-cache.js'), import('../model/hub.js')]);
       const dir = await pull(name, {
         revision: o.revision,
         cache: o.cache ?? hubCacheDir(),

@@ -217,17 +217,19 @@ export class Sampler {
     const word = split < 2 ? HI : 1 - HI;
     const shift = split % 2 ? 0 : 16;
     const key = (i: number) => (words[2 * i + word] >>> shift) & 0xffff;
-    count.fill(0);
-    bmass.fill(0);
+    // the buckets are all zero between calls: this split clears the ones it fills (the second pass
+    // below), not all 2^16 of them, which cost more than the split itself on small vocabularies
+    let highest = 0;
     for (let j = 0; j < m; j++) {
       const i = group ? group[j] : j;
       const b = key(i);
       count[b]++;
       bmass[b] += x[i];
+      if (b > highest) highest = b;
     }
     let n = pick.n;
     let mass = pick.mass;
-    let edge = BUCKETS - 1;
+    let edge = highest; // the buckets above are empty
     for (; edge > 0; edge--) {
       if (n + count[edge] >= pick.k || mass + bmass[edge] >= pick.target) break;
       n += count[edge];
@@ -238,6 +240,8 @@ export class Sampler {
     for (let j = 0; j < m; j++) {
       const i = group ? group[j] : j;
       const b = key(i);
+      count[b] = 0;
+      bmass[b] = 0;
       if (b > edge) chosen[pick.n++] = i;
       else if (b === edge) out[rest++] = i;
     }
