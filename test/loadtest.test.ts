@@ -217,10 +217,15 @@ t.test('set-up and tear-down calls have a time limit: --timeout', { timeout: 60_
     silent.closeAllConnections();
     silent.close();
   });
-  t.equal(await main(argv((silent.address() as { port: number }).port), io), 2, 'a server that never answers: 2');
+  const quick = ['--timeout', '0.3'];
+  t.equal(
+    await main(argv((silent.address() as { port: number }).port, ...quick), io),
+    2,
+    'a server that never answers: 2',
+  );
   t.match(
     written.at(-1),
-    /^loadtest: cannot read the model from http:\/\/127\.0\.0\.1:\d+: GET \/v1\/model: no answer within 1 s \(--timeout\)$/,
+    /^loadtest: cannot read the model from http:\/\/127\.0\.0\.1:\d+: GET \/v1\/model: no answer within 0.3 s \(--timeout\)$/,
   );
 
   // a Redis-mode API with no worker yet: /v1/model has no norms to size the coefficients with
@@ -232,7 +237,11 @@ t.test('set-up and tear-down calls have a time limit: --timeout', { timeout: 60_
   });
   await new Promise<void>((resolve) => unmeasured.listen(0, '127.0.0.1', resolve));
   t.teardown(() => unmeasured.close());
-  t.equal(await main(argv((unmeasured.address() as { port: number }).port), io), 2, 'a server without its norms: 2');
+  t.equal(
+    await main(argv((unmeasured.address() as { port: number }).port, ...quick), io),
+    2,
+    'a server without its norms: 2',
+  );
   t.match(written.at(-1), /has not measured its residual-stream norms yet \(in Redis mode: no worker has answered\)/);
 
   // the server holds the vector calls of one method until the end
