@@ -92,6 +92,7 @@ if (coverage && tap.status === 0) {
   const config = pkg.c8 as { include: string[]; exclude?: string[] };
   const dirs = [...new Set(config.include.map((g) => g.split('/')[0]))];
   const exclude = [...(config.exclude ?? []), ...typeOnly(dirs)];
+  console.log(`\n# coverage of ${dirs.join(', ')}: every process and thread the suite started (tap's own is off)`);
   const report = spawnSync(
     bin('c8'),
     ['report', '--temp-directory', v8Dir, ...exclude.flatMap((e) => ['--exclude', e])],

@@ -59,11 +59,14 @@ t.test('through the queue, with a worker in the API process: the same answers as
     await queued.close();
   });
   t.equal(queued.svc.engine.info.provider, 'queue');
-  for (const r of requests.slice(0, 8)) {
-    const a = (await post(embedded.app, '/v1/generate', r)).json();
-    const b = await post(queued.app, '/v1/generate', r);
+  const pairs = await Promise.all(
+    requests
+      .slice(0, 8)
+      .map((r) => Promise.all([post(embedded.app, '/v1/generate', r), post(queued.app, '/v1/generate', r)])),
+  );
+  for (const [i, [a, b]] of pairs.entries()) {
     t.equal(b.statusCode, 200, b.body);
-    t.same(b.json().tokens, a.tokens, `"${r.prompt}": same tokens`);
+    t.same(b.json().tokens, a.json().tokens, `"${requests[i].prompt}": same tokens`);
   }
   const acts = (app: typeof embedded.app) =>
     post(app, '/v1/activations', { prompt: 'The cat', layers: [1], reduce: 'last' }).then((r) => r.json());
@@ -95,8 +98,10 @@ t.test('scale-out: one API process, two worker processes, 32 concurrent requests
     await embedded.close();
     await api.close();
   });
-  const want = [];
-  for (const r of requests) want.push((await post(embedded.app, '/v1/generate', r)).json().tokens);
+  // embedded, all at once (a request's tokens do not depend on its batch: test/invariance.test.ts)
+  const want = await Promise.all(
+    requests.map(async (r) => (await post(embedded.app, '/v1/generate', r)).json().tokens),
+  );
   const got = await Promise.all(requests.map((r) => post(api.app, '/v1/generate', r)));
   t.same(
     got.map((r) => r.statusCode),
@@ -131,8 +136,7 @@ t.test('a worker killed mid-generation: its jobs are taken over and every reques
     await api.close();
   });
   const long = requests.slice(0, 6).map((r) => ({ ...r, max_new_tokens: 120 }));
-  const want = [];
-  for (const r of long) want.push((await post(embedded.app, '/v1/generate', r)).json().tokens);
+  const want = await Promise.all(long.map(async (r) => (await post(embedded.app, '/v1/generate', r)).json().tokens));
   const pending = Promise.all(long.map((r) => post(api.app, '/v1/generate', r)));
   // kill worker A once it is generating, then start B, which takes the stalled jobs over
   const t0 = Date.now();
