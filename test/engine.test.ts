@@ -186,8 +186,11 @@ t.test('positions policies do what they say', async (t) => {
 t.test('activations equal the reference, reduced as asked', async (t) => {
   const prompt = ids(5);
   const steer = [iv(2, 2, direction(0.2))];
-  const want = referenceForward(ref, prompt, (l) =>
-    l === 2 ? Float64Array.from(steer[0].values, (v) => 2 * v) : undefined,
+  const want = referenceForward(
+    ref,
+    prompt,
+    (l) => (l === 2 ? Float64Array.from(steer[0].values, (v) => 2 * v) : undefined),
+    { lastOnly: true }, // the stream is read, not the logits
   );
   const none = await engine.activations({ prompt, layers: [1, 3], interventions: steer });
   t.equal(none.rows, 5);

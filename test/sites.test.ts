@@ -101,7 +101,7 @@ t.test('mixed batches: rows with other sites and ops give their own results', as
 t.test('every site, read: activations equal the reference', async (t) => {
   const prompt = ids(7);
   const steer = [iv('ln2', 0, 2, vec(0.3))];
-  const want = referenceForward(ref, prompt, undefined, { hook: refHooks(steer, prompt.length, H) });
+  const want = referenceForward(ref, prompt, undefined, { lastOnly: true, hook: refHooks(steer, prompt.length, H) });
   for (const site of SITES) {
     const layers = site === 'resid_pre' ? [0, 3] : [0, 2];
     const got = await engine.activations({ prompt, layers, site, interventions: steer });
