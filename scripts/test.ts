@@ -26,11 +26,10 @@ rmSync(v8Dir, { recursive: true, force: true });
 if (coverage) mkdirSync(v8Dir, { recursive: true });
 const started = Date.now();
 // tap's own coverage stays off: it sees only the test files' main threads
-const tap = spawnSync(bin('tap'), ['--disable-coverage', ...args], {
-  stdio: 'inherit',
-  cwd: root,
-  env: coverage ? { ...process.env, NODE_V8_COVERAGE: v8Dir } : process.env,
-});
+// Two test files run at a time on two cores: each engine they start gets one intra-op thread
+// (STEERD_THREADS, unless set), or ONNX Runtime's spinning threads fight over the cores.
+const env = { STEERD_THREADS: '1', ...process.env, ...(coverage && { NODE_V8_COVERAGE: v8Dir }) };
+const tap = spawnSync(bin('tap'), ['--disable-coverage', ...args], { stdio: 'inherit', cwd: root, env });
 const wall = (Date.now() - started) / 1000;
 
 /** Each test file this run ran: its time (tap's closing `# time=` line) and whether it passed. */

@@ -2,14 +2,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { Engine } from '../src/engine/engine.ts';
 import { deriveVector } from '../src/engine/recipes.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, referenceGreedy, run } from './helpers/engine-util.ts';
 import { maxAbsDiff, range } from './helpers/graph-run.ts';
-import { provider } from './helpers/provider.ts';
+import { startEngine } from './helpers/provider.ts';
 import { loadReference, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-engine-'));
@@ -17,7 +16,7 @@ const dir = join(root, 'm');
 writeTinyCheckpoint(dir, { layers: 3, embd: 64, heads: 4, ctx: 128, seed: 11, initScale: 10 });
 const ref = loadReference(dir);
 const H = 64;
-const engine = await Engine.start({ provider, model: dir, batchCapacity: 32, tokenBudget: 48 });
+const engine = await startEngine({ model: dir, batchCapacity: 32, tokenBudget: 48 });
 t.teardown(async () => {
   await engine.close();
   rmSync(root, { recursive: true, force: true });
@@ -108,7 +107,7 @@ t.test('batch invariance: 24 requests at once give the tokens each gives alone',
   const together = await Promise.all(reqs.map((r) => run(engine, r)));
   for (const [i, c] of together.entries()) t.same(c.ids, alone[i], `request ${i}`);
   // with fewer slots than requests, rows join and leave a running batch continuously
-  const small = await Engine.start({ provider, model: dir, batchCapacity: 5, tokenBudget: 16 });
+  const small = await startEngine({ model: dir, batchCapacity: 5, tokenBudget: 16 });
   const queued = await Promise.all(reqs.map((r) => run(small, r)));
   await small.close();
   t.same(
@@ -224,7 +223,7 @@ t.test('stop strings, EOS and text', async (t) => {
 });
 
 t.test('cancellation frees the slot; the rest of the batch is unchanged', async (t) => {
-  const eng = await Engine.start({ provider, model: dir, batchCapacity: 2 });
+  const eng = await startEngine({ model: dir, batchCapacity: 2 });
   t.teardown(() => eng.close());
   const reqs = [ids(4), ids(6), ids(5)].map((prompt, i) => ({
     prompt,
@@ -261,7 +260,7 @@ t.test('cancellation frees the slot; the rest of the batch is unchanged', async 
 t.test(
   'a steering coefficient that overflows float32 fails its own request with 422, not its neighbours',
   async (t) => {
-    const eng = await Engine.start({ provider, model: dir, batchCapacity: 4 });
+    const eng = await startEngine({ model: dir, batchCapacity: 4 });
     t.teardown(() => eng.close());
     const plain = { prompt: ids(5), max_new_tokens: 8, temperature: 0, stop_at_eos: false };
     const alone = (await run(eng, plain)).ids;
@@ -353,7 +352,7 @@ t.test('bad requests are refused before they reach a batch', async (t) => {
 t.test('the main thread keeps ticking while the engine works', async (t) => {
   const big = join(root, 'big');
   writeTinyCheckpoint(big, { layers: 4, embd: 256, heads: 4, ctx: 256 });
-  const eng = await Engine.start({ provider, model: big });
+  const eng = await startEngine({ model: big });
   t.teardown(() => eng.close());
   let ticks = 0;
   let last = performance.now();
@@ -374,7 +373,7 @@ t.test('the main thread keeps ticking while the engine works', async (t) => {
 });
 
 t.test('an unavailable execution provider fails at start with a clear message', async (t) => {
-  await t.rejects(Engine.start({ model: dir, provider: 'tpu' }), {
+  await t.rejects(startEngine({ model: dir, provider: 'tpu' }), {
     message: /execution provider "tpu" is not supported.*cpu/,
   });
 });
@@ -436,7 +435,7 @@ t.test('recipes equal the same arithmetic done by hand on reference activations'
 });
 
 t.test('close drains: requests in flight finish, new ones are refused', async (t) => {
-  const eng = await Engine.start({ provider, model: dir });
+  const eng = await startEngine({ model: dir });
   const pending = run(eng, { prompt: ids(5), max_new_tokens: 20, temperature: 0, stop_at_eos: false });
   await new Promise((r) => setTimeout(r, 5));
   const closed = eng.close();
@@ -449,7 +448,7 @@ t.test('close drains: requests in flight finish, new ones are refused', async (t
 });
 
 t.test('after the worker dies, requests fail at once and close resolves', async (t) => {
-  const eng = await Engine.start({ provider, model: dir });
+  const eng = await startEngine({ model: dir });
   t.teardown(() => eng.close());
   // Terminated while idle: terminating a thread inside an ONNX Runtime run aborts the process,
   // which is why close() waits for the worker to release its session first.

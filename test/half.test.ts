@@ -7,13 +7,13 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { Engine } from '../src/engine/engine.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 import { fromHalf, halfBits, toHalf } from '../src/model/half.ts';
 import { ensureHalfWeights, HALF_WEIGHTS_FILE, halfLayout, halfNames } from '../src/model/half-weights.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, referenceGreedy } from './helpers/engine-util.ts';
+import { startEngine } from './helpers/provider.ts';
 import { loadReference, promptAccuracy } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-half-'));
@@ -108,7 +108,7 @@ t.test('the engine with float16 weights against the float64 reference', async (t
   const greedy = referenceGreedy(ref, prompt, 8);
   const errors: Record<string, number> = {};
   for (const dtype of ['float32', 'float16'] as const) {
-    const eng = await Engine.start({ model: dir, dtype });
+    const eng = await startEngine({ model: dir, dtype, provider: 'cpu' });
     try {
       t.equal(eng.info.dtype, dtype);
       const got = await collect(

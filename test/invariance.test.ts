@@ -9,13 +9,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import t from 'tap';
-import { Engine, type EngineOptions } from '../src/engine/engine.ts';
+import type { EngineOptions } from '../src/engine/engine.ts';
 import type { GenerateRequest } from '../src/engine/types.ts';
 import { buildGraph } from '../src/model/graph.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { type Completion, run } from './helpers/engine-util.ts';
 import { noCache, rightPad, runServe, type ServeGroup } from './helpers/graph-run.ts';
+import { startEngine } from './helpers/provider.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-invariance-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
@@ -59,7 +60,8 @@ t.test('engine: the same requests give the same bits alone and in many batch com
       seed: i,
       stop_at_eos: false,
     }));
-  const start = (o: Partial<EngineOptions> = {}) => Engine.start({ model: dir, tokenBudget: 128, ...o });
+  const start = (o: Partial<EngineOptions> = {}) =>
+    startEngine({ model: dir, tokenBudget: 128, provider: 'cpu', ...o });
 
   const alone: Completion[] = [];
   {

@@ -3,19 +3,18 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { Engine } from '../src/engine/engine.ts';
 import type { TokenEvent } from '../src/engine/types.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect } from './helpers/engine-util.ts';
-import { provider } from './helpers/provider.ts';
+import { startEngine } from './helpers/provider.ts';
 import { loadReference, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-logprobs-'));
 const dir = join(root, 'm');
 writeTinyCheckpoint(dir, { layers: 2, embd: 64, heads: 4, ctx: 128, seed: 12, initScale: 10 });
 const ref = loadReference(dir);
-const engine = await Engine.start({ provider, model: dir, tokenBudget: 16 });
+const engine = await startEngine({ model: dir, tokenBudget: 16 });
 t.teardown(async () => {
   await engine.close();
   rmSync(root, { recursive: true, force: true });

@@ -7,14 +7,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { Engine } from '../src/engine/engine.ts';
 import type { Intervention } from '../src/engine/types.ts';
 import { SITES, type Site } from '../src/model/hooks.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, referenceGreedy, refHooks } from './helpers/engine-util.ts';
 import { range } from './helpers/graph-run.ts';
-import { provider, sameRun } from './helpers/provider.ts';
+import { sameRun, startEngine } from './helpers/provider.ts';
 import { loadReference, type RefModel, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-sites-'));
@@ -22,7 +21,7 @@ const dir = join(root, 'm');
 writeTinyCheckpoint(dir, { layers: 3, embd: 64, heads: 4, ctx: 128, seed: 23, initScale: 10 });
 const ref = loadReference(dir);
 const H = 64;
-const engine = await Engine.start({ provider, model: dir, tokenBudget: 16 });
+const engine = await startEngine({ model: dir, tokenBudget: 16 });
 t.teardown(async () => {
   await engine.close();
   rmSync(root, { recursive: true, force: true });

@@ -7,12 +7,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, refSteer, run } from './helpers/engine-util.ts';
-import { provider } from './helpers/provider.ts';
+import { startEngine } from './helpers/provider.ts';
 import { loadReference, logSoftmax, referenceForward } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-telemetry-'));
@@ -20,7 +19,7 @@ const dir = join(root, 'm');
 writeTinyCheckpoint(dir, { layers: 3, embd: 64, heads: 4, ctx: 128, seed: 8, initScale: 10 });
 const ref = loadReference(dir);
 const H = 64;
-const engine = await Engine.start({ provider, model: dir, tokenBudget: 32 });
+const engine = await startEngine({ model: dir, tokenBudget: 32 });
 t.teardown(async () => {
   await engine.close();
   rmSync(root, { recursive: true, force: true });
@@ -129,7 +128,7 @@ t.test('telemetry rows beside others: the same bits as alone', async (t) => {
 });
 
 t.test('refused when the twin cannot fit', async (t) => {
-  const small = await Engine.start({ provider, model: dir, kvCacheTokens: 100 });
+  const small = await startEngine({ model: dir, kvCacheTokens: 100 });
   t.teardown(() => small.close());
   const req = { prompt: ids(5), max_new_tokens: 50, telemetry: true };
   t.throws(() => small.generate(req), {

@@ -156,7 +156,10 @@ export function program(): Command {
       'Hugging Face hub cache (default $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)',
     )
     .action(async (name: string, o: { revision: string; cache?: string }) => {
-      const [{ hubCacheDir }, { pull }] = await Promise.all([import('../model/hf-cache.js'), import('../model/hub.js')]);
+      const [{ hubCacheDir }, { pull }] = await Promise.all([
+        import('../model/hf-cache.js'),
+        import('../model/hub.js'),
+      ]);
       const dir = await pull(name, {
         revision: o.revision,
         cache: o.cache ?? hubCacheDir(),

@@ -1,4 +1,6 @@
 import type { Test } from 'tap';
+import { loadConfig } from '../../src/config.ts';
+import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { serveShape } from '../../src/engine/model-info.ts';
 
 /**
@@ -6,6 +8,12 @@ import { serveShape } from '../../src/engine/model-info.ts';
  * otherwise (CI runs the engine suites again with `webgpu` on a software Vulkan device: README, Tests).
  */
 export const provider = process.env.STEERD_TEST_PROVIDER ?? 'cpu';
+
+/**
+ * An engine on the suite's provider, with the intra-op threads the environment asks for as a served
+ * engine would have (STEERD_THREADS: `npm test` runs each engine on one, two test files at a time).
+ */
+export const startEngine = (o: EngineOptions) => Engine.start({ provider, threads: loadConfig().threads, ...o });
 
 /** The provider's serving graph holds every row in one size class (WebGPU: model-info.ts). */
 export const oneClass = serveShape(provider, 1024).groups === 1;
