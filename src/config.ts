@@ -27,6 +27,24 @@ export interface Limits {
   maxN: number;
   /** A request's time limit in ms; a generation past it is cancelled (504). Env STEERD_REQUEST_TIMEOUT_MS. Default 300000. */
   requestTimeoutMs: number;
+  /**
+   * A request's headers must arrive within this many ms of its first byte (a connection that sends
+   * nothing counts too); beyond, 408 and the connection is closed. At most the body timeout.
+   * Env STEERD_HEADERS_TIMEOUT_MS. Default 10000: headers are a few hundred bytes.
+   */
+  headersTimeoutMs: number;
+  /**
+   * The whole request, headers and body, must arrive within this many ms; beyond, 408 and the
+   * connection is closed. Only receiving is bounded: the response (a long generation, a stream) is
+   * not. Env STEERD_BODY_TIMEOUT_MS. Default 60000: a body at the 16 MiB limit at about 2 Mbit/s.
+   */
+  bodyTimeoutMs: number;
+  /**
+   * A kept-alive connection idle this many ms after a response is closed.
+   * Env STEERD_KEEP_ALIVE_TIMEOUT_MS. Default 72000: longer than the 60 s idle timeout of common
+   * reverse proxies, so that a proxy never reuses a connection the server is closing.
+   */
+  keepAliveTimeoutMs: number;
 }
 
 export interface Config {
@@ -201,6 +219,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxSweepCells: int(env, 'STEERD_MAX_SWEEP_CELLS', 64),
       maxN: int(env, 'STEERD_MAX_N', 8),
       requestTimeoutMs: int(env, 'STEERD_REQUEST_TIMEOUT_MS', 300_000),
+      headersTimeoutMs: int(env, 'STEERD_HEADERS_TIMEOUT_MS', 10_000),
+      bodyTimeoutMs: int(env, 'STEERD_BODY_TIMEOUT_MS', 60_000),
+      keepAliveTimeoutMs: int(env, 'STEERD_KEEP_ALIVE_TIMEOUT_MS', 72_000),
     },
   };
 }
