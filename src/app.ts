@@ -20,7 +20,7 @@ import { receiptSchema } from './api/receipt.js';
 import { errorSchema, interventionSchema } from './api/schemas.js';
 import type { Service } from './api/service.js';
 import { explain, plainError, type SchemaError } from './api/validation.js';
-import type { Config } from './config.js';
+import { type Config, hostAllowlist, hostName } from './config.js';
 import { QueueFullError, SteerdError } from './errors.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -34,15 +34,35 @@ const errorBody = (code: string, message: string, details?: unknown) => ({
   error: { code, message, ...(details ? { details } : {}) },
 });
 
-function keyMatches(given: string, keys: string[]): boolean {
-  const g = Buffer.from(given);
-  return keys.some((k) => {
-    const b = Buffer.from(k);
-    return b.length === g.length && timingSafeEqual(b, g);
-  });
+const digest = (key: string) => createHash('sha256').update(key).digest();
+
+/**
+ * Whether a key is one of `keys` (their SHA-256 digests): digests of the same length compared in
+ * constant time, with every key, so that the time taken tells nothing of a key's length or which
+ * one matched.
+ */
+function keyMatches(given: string, keys: Buffer[]): boolean {
+  const g = digest(given);
+  let found = false;
+  for (const k of keys) found = timingSafeEqual(k, g) || found;
+  return found;
 }
 
-const bearer = (h: string | undefined) => (h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined);
+/** The credentials of an `Authorization: Bearer …` header; the scheme is case-insensitive (RFC 9110). */
+const bearer = (h: string | undefined) => /^bearer[ \t]+(.+)$/i.exec(h?.trim() ?? '')?.[1].trim();
+
+/**
+ * Every response's security headers: a page may load scripts, styles, images and data only from
+ * this server (the playground and the docs have no inline code), and may not be framed; types are
+ * not sniffed; no Referer leaves the page.
+ */
+const SECURITY_HEADERS = {
+  'content-security-policy':
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  'x-frame-options': 'DENY',
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+};
 
 /**
  * The error of a request Node's HTTP parser refused or timed out (the server's `clientError`):
@@ -152,7 +172,8 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     },
     refResolver: { buildLocalReference: (json, _base, _frag, i) => (json.$id as string) ?? `def-${i}` },
   });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
+  // BaseLayout: no top bar, whose logo is an SVG with an inline style sheet the CSP refuses
+  await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { layout: 'BaseLayout' } });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   app.get('/openapi.yaml', { schema: { hide: true } }, async (_req, reply) =>
     reply.type('application/yaml').send(app.swagger({ yaml: true })),
@@ -195,11 +216,28 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     reply.status(404).send(errorBody('not_found', `no route ${request.method} ${request.url.split('?')[0]}`)),
   );
 
+  app.addHook('onRequest', async (_request, reply) => {
+    reply.headers(SECURITY_HEADERS);
+  });
+  const hosts = hostAllowlist(config);
+  if (hosts) {
+    // DNS rebinding: a web page whose name now resolves to this machine sends its own name as Host
+    app.addHook('onRequest', async (request) => {
+      const host = request.headers.host;
+      if (host !== undefined && !hosts.has(hostName(host)))
+        throw new SteerdError(
+          `this server does not answer to host ${JSON.stringify(host)}; it answers to ${[...hosts].join(', ')} (STEERD_ALLOWED_HOSTS)`,
+          403,
+          'host_not_allowed',
+        );
+    });
+  }
   if (config.apiKeys.length) {
+    const keys = config.apiKeys.map(digest);
     app.addHook('onRequest', async (request, reply) => {
       if (!isApi(request)) return;
       const key = bearer(request.headers.authorization);
-      if (!key || !keyMatches(key, config.apiKeys)) {
+      if (!key || !keyMatches(key, keys)) {
         reply.header('www-authenticate', 'Bearer');
         throw new SteerdError('missing or unknown API key', 401, 'unauthorized');
       }

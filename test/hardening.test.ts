@@ -1,14 +1,17 @@
+import * as crypto from 'node:crypto';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { connect, type Socket } from 'node:net';
 import t, { type Test } from 'tap';
 import { Metrics } from '../src/api/metrics.ts';
 import type { Service } from '../src/api/service.ts';
 import { buildApp } from '../src/app.ts';
-import { type Config, loadConfig } from '../src/config.ts';
+import { type Config, hostAllowlist, loadConfig } from '../src/config.ts';
 import type { ModelInfo } from '../src/engine/types.ts';
 import { validateGenerate } from '../src/engine/validate.ts';
 import { post } from './helpers/api.ts';
 
-// Slow clients, parser errors and error messages. None of it needs a model: an app around a stand-in service whose routes never reach an
+// Slow clients, parser errors, error messages, security headers, the Host allowlist and the API
+// key check. None of it needs a model: an app around a stand-in service whose routes never reach an
 // engine (schema errors, hooks, the vector list).
 
 const defaults = loadConfig({});
@@ -288,4 +291,96 @@ t.test('a seed outside the exact integers says the range', async (t) => {
     );
   for (const seed of [2 ** 53 - 1, -(2 ** 53 - 1), 0])
     t.doesNotThrow(() => validateGenerate({ prompt: [1], seed }, info));
+});
+
+t.test('security headers on the playground, the docs and the API', async (t) => {
+  const app = await standIn();
+  t.teardown(() => app.close());
+  for (const url of ['/', '/app.js', '/docs', '/docs/', '/docs/static/index.html', '/v1/vectors', '/nowhere']) {
+    const r = await app.inject(url);
+    const csp = String(r.headers['content-security-policy']);
+    t.match(csp, /(^|; )default-src 'self'(;|$)/, `${url} (${r.statusCode}): CSP, own origin only`);
+    for (const directive of ['script-src', 'style-src', 'connect-src', 'img-src'])
+      t.match(csp, new RegExp(`(^|; )${directive} 'self'( data:)?(;|$)`), `${url}: ${directive} 'self'`);
+    t.notMatch(csp, /unsafe-inline|unsafe-eval|https?:|\*/, `${url}: no inline code, no other origin`);
+    t.match(csp, /frame-ancestors 'none'/);
+    t.equal(r.headers['x-frame-options'], 'DENY');
+    t.equal(r.headers['x-content-type-options'], 'nosniff');
+  }
+  // the docs page loads no inline script or style (the CSP would block them)
+  const docs = (await app.inject('/docs/static/index.html')).body;
+  t.notMatch(docs, /<script(?![^>]*\bsrc=)[^>]*>|<style|\sstyle=/i, 'the docs page has no inline code');
+  const page = (await app.inject('/')).body;
+  t.notMatch(page, /<script(?![^>]*\bsrc=)[^>]*>|<style|\sstyle=|\son[a-z]+=/i, 'the playground has no inline code');
+});
+
+t.test('the Host allowlist: loopback names by default on a loopback address', async (t) => {
+  t.same([...hostAllowlist(defaults)!].sort(), ['127.0.0.1', '[::1]', 'localhost']);
+  t.equal(hostAllowlist({ host: '0.0.0.0' }), undefined, 'any on all interfaces');
+  t.same([...hostAllowlist({ host: '127.0.0.2' })!].sort(), ['127.0.0.1', '127.0.0.2', '[::1]', 'localhost']);
+  t.same([...hostAllowlist({ host: '::1' })!].sort(), ['127.0.0.1', '[::1]', 'localhost']);
+  t.same(loadConfig({ STEERD_ALLOWED_HOSTS: 'steerd.lan, Box.Local' }).allowedHosts, ['steerd.lan', 'Box.Local']);
+  t.equal(hostAllowlist(loadConfig({ STEERD_ALLOWED_HOSTS: '*' })), undefined, '* allows any');
+
+  const get = (app: Awaited<ReturnType<typeof standIn>>, host: string) =>
+    app.inject({ url: '/healthz', headers: { host } });
+  const local = await standIn();
+  t.teardown(() => local.close());
+  for (const host of ['localhost', 'localhost:8080', 'LOCALHOST:80', '127.0.0.1:9', '[::1]:8080', 'localhost.'])
+    t.equal((await get(local, host)).statusCode, 200, `${host}: allowed`);
+  for (const host of ['evil.example', 'evil.example:8080', 'localhost.evil.example', '127.0.0.1.nip.io', '10.0.0.2']) {
+    const r = await get(local, host);
+    t.equal(r.statusCode, 403, `${host}: refused`);
+    errorShape(t, r.json(), 'host_not_allowed', host);
+    t.equal(r.headers['x-content-type-options'], 'nosniff');
+  }
+  t.match((await get(local, 'evil.example')).json().error.message, /"evil\.example".*STEERD_ALLOWED_HOSTS/);
+  t.equal((await local.inject({ url: '/v1/vectors', headers: { host: 'evil.example' } })).statusCode, 403, '/v1 too');
+
+  const named = await standIn((c) => ({ ...c, allowedHosts: ['steerd.lan'] }));
+  t.teardown(() => named.close());
+  t.equal((await get(named, 'steerd.lan:8080')).statusCode, 200, 'a configured name');
+  t.equal((await get(named, 'localhost')).statusCode, 403, 'only the configured names');
+  const open = await standIn((c) => ({ ...c, host: '0.0.0.0' }));
+  t.teardown(() => open.close());
+  t.equal((await get(open, 'anything.example')).statusCode, 200, 'listening on all interfaces: any');
+});
+
+t.test('API keys: the bearer scheme in any case; the comparison the same whatever the length', async (t) => {
+  const keys = ['k1', 'a-much-longer-second-key'];
+  const app = await standIn((c) => ({ ...c, apiKeys: keys }));
+  t.teardown(() => app.close());
+  const status = async (authorization: string) =>
+    (await app.inject({ url: '/v1/vectors', headers: { authorization } })).statusCode;
+  for (const scheme of ['Bearer', 'bearer', 'BEARER', 'beaRer']) t.equal(await status(`${scheme} k1`), 200, scheme);
+  t.equal(await status('Bearer  a-much-longer-second-key '), 200, 'spaces around the key');
+  t.equal(await status('Basic k1'), 401, 'another scheme');
+  t.equal(await status('Bearerk1'), 401, 'no space');
+
+  // timingSafeEqual watched (node:crypto's ESM bindings re-synced), restored at the end
+  const cjs = createRequire(import.meta.url)('node:crypto') as typeof crypto;
+  const real = cjs.timingSafeEqual;
+  const compared: number[][] = [];
+  cjs.timingSafeEqual = (a, b) => {
+    compared.push([a.byteLength, b.byteLength]);
+    return real(a, b);
+  };
+  syncBuiltinESMExports();
+  t.teardown(() => {
+    cjs.timingSafeEqual = real;
+    syncBuiltinESMExports();
+  });
+  t.equal(crypto.timingSafeEqual, cjs.timingSafeEqual, 'watched');
+  for (const given of ['x', 'k2', 'k1', 'a-much-longer-second-kez', 'y'.repeat(1000)]) {
+    compared.length = 0;
+    await status(`Bearer ${given}`);
+    t.same(
+      compared,
+      [
+        [32, 32],
+        [32, 32],
+      ],
+      `"${given.slice(0, 30)}": compared with every key, as digests of one length`,
+    );
+  }
 });
