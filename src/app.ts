@@ -1,10 +1,12 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { maxHeaderSize, STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import rateLimit from '@fastify/rate-limit';
 import { fastifySSE as sse } from '@fastify/sse';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import activationRoutes from '../routes/activations.js';
 import completionRoutes from '../routes/completions.js';
 import generateRoutes from '../routes/generate.js';
@@ -17,6 +19,8 @@ import vectorRoutes from '../routes/vectors.js';
 import { receiptSchema } from './api/receipt.js';
 import { errorSchema, interventionSchema } from './api/schemas.js';
 import type { Service } from './api/service.js';
+import { explain, plainError, type SchemaError } from './api/validation.js';
+import { type Config, hostAllowlist, hostName } from './config.js';
 import { QueueFullError, SteerdError } from './errors.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -30,15 +34,66 @@ const errorBody = (code: string, message: string, details?: unknown) => ({
   error: { code, message, ...(details ? { details } : {}) },
 });
 
-function keyMatches(given: string, keys: string[]): boolean {
-  const g = Buffer.from(given);
-  return keys.some((k) => {
-    const b = Buffer.from(k);
-    return b.length === g.length && timingSafeEqual(b, g);
-  });
+const digest = (key: string) => createHash('sha256').update(key).digest();
+
+/**
+ * Whether a key is one of `keys` (their SHA-256 digests): digests of the same length compared in
+ * constant time, with every key, so that the time taken tells nothing of a key's length or which
+ * one matched.
+ */
+function keyMatches(given: string, keys: Buffer[]): boolean {
+  const g = digest(given);
+  let found = false;
+  for (const k of keys) found = timingSafeEqual(k, g) || found;
+  return found;
 }
 
-const bearer = (h: string | undefined) => (h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined);
+/** The credentials of an `Authorization: Bearer …` header; the scheme is case-insensitive (RFC 9110). */
+const bearer = (h: string | undefined) => /^bearer[ \t]+(.+)$/i.exec(h?.trim() ?? '')?.[1].trim();
+
+/**
+ * Every response's security headers: a page may load scripts, styles, images and data only from
+ * this server (the playground and the docs have no inline code), and may not be framed; types are
+ * not sniffed; no Referer leaves the page.
+ */
+const SECURITY_HEADERS = {
+  'content-security-policy':
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  'x-frame-options': 'DENY',
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+};
+
+/**
+ * The error of a request Node's HTTP parser refused or timed out (the server's `clientError`):
+ * these never reach a route, so the raw answer is written here, in the same shape.
+ */
+function clientError(
+  err: { message: string; code?: string; reason?: string; rawPacket?: unknown },
+  limits: Config['limits'],
+) {
+  switch (err.code) {
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return new SteerdError(
+        `the request did not arrive in time: its headers are due within ${Math.min(limits.headersTimeoutMs, limits.bodyTimeoutMs)} ms, all of it within ${limits.bodyTimeoutMs} ms`,
+        408,
+        'request_timeout',
+      );
+    case 'HPE_HEADER_OVERFLOW': {
+      // the chunk that overflowed: no line break yet, and a method first, is a request line too long
+      const chunk = Buffer.isBuffer(err.rawPacket) ? err.rawPacket.toString('latin1') : '';
+      return !chunk.includes('\n') && /^[A-Z]+ /.test(chunk)
+        ? new SteerdError(
+            `the URL is too long: the request line and headers may take ${maxHeaderSize} bytes`,
+            414,
+            'uri_too_long',
+          )
+        : new SteerdError(`the request's headers exceed ${maxHeaderSize} bytes`, 431, 'headers_too_large');
+    }
+    default:
+      return new SteerdError(`malformed HTTP request: ${err.reason ?? err.message}`, 400, 'invalid_request');
+  }
+}
 
 /** Whether a request matched a /v1 route: decided by the router, so percent-escapes cannot dodge it. */
 const isApi = (request: FastifyRequest) => request.routeOptions.url?.startsWith('/v1/') === true;
@@ -49,6 +104,7 @@ const isApi = (request: FastifyRequest) => request.routeOptions.url?.startsWith(
  */
 export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<FastifyInstance> {
   const { config } = svc;
+  const { limits } = config;
   const app = Fastify({
     logger:
       opts.logger === false
@@ -59,11 +115,40 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
             ...(typeof opts.logger === 'object' ? opts.logger : {}),
           },
     bodyLimit: config.limits.bodyLimit,
+    // slow clients: Node bounds receiving a request (headers, then all of it; never the response),
+    // checked this often; an idle kept-alive connection is closed after keepAliveTimeout
+    requestTimeout: limits.bodyTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    http: {
+      headersTimeout: Math.min(limits.headersTimeoutMs, limits.bodyTimeoutMs),
+      requestTimeout: limits.bodyTimeoutMs,
+      connectionsCheckingInterval: Math.min(
+        1000,
+        Math.ceil(Math.min(limits.headersTimeoutMs, limits.bodyTimeoutMs) / 4),
+      ),
+    },
+    clientErrorHandler(err, socket) {
+      if ((err as { code?: string }).code === 'ECONNRESET' || socket.destroyed) return;
+      const e = clientError(err, limits);
+      const body = JSON.stringify(errorBody(e.code, e.message));
+      const inFlight = (socket as Socket & { _httpMessage?: { headersSent: boolean } })._httpMessage;
+      if (socket.writable && !inFlight?.headersSent)
+        socket.write(
+          `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-content-type-options: nosniff\r\nconnection: close\r\n\r\n${body}`,
+        );
+      socket.destroy(err);
+    },
+    // a URL the router cannot decode: the error handler's answer
+    frameworkErrors: (err, request, reply) =>
+      handleError(new SteerdError(err.message, 400, 'invalid_request'), request, reply as FastifyReply),
     requestIdHeader: 'x-request-id',
     genReqId: () => randomUUID(),
     return503OnClosing: false, // while closing, our own hooks answer 503 in the documented shape
-    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
+    // verbose: errors carry their schema, which names a union's alternatives and an object's properties
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false, verbose: true } },
   });
+  // JSON only: a body sent as text/plain gets 415 naming its type, not a schema error about a string
+  app.removeContentTypeParser('text/plain');
 
   app.addSchema(errorSchema);
   app.addSchema(interventionSchema);
@@ -87,7 +172,8 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     },
     refResolver: { buildLocalReference: (json, _base, _frag, i) => (json.$id as string) ?? `def-${i}` },
   });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
+  // BaseLayout: no top bar, whose logo is an SVG with an inline style sheet the CSP refuses
+  await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { layout: 'BaseLayout' } });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   app.get('/openapi.yaml', { schema: { hide: true } }, async (_req, reply) =>
     reply.type('application/yaml').send(app.swagger({ yaml: true })),
@@ -95,35 +181,63 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
 
   await app.register(sse, { serializer: (d: unknown) => (typeof d === 'string' ? d : JSON.stringify(d)) });
 
-  app.setErrorHandler((err: FastifyError, request, reply) => {
+  /** The one error handler: every error a route, a hook or the router raises, in the documented shape. */
+  function handleError(err: FastifyError | SteerdError, request: FastifyRequest, reply: FastifyReply) {
     if (err instanceof QueueFullError) reply.header('retry-after', String(err.retryAfter));
     if (err instanceof SteerdError) return reply.status(err.status).send(errorBody(err.code, err.message, err.details));
     if (err.validation) {
-      const v = err.validation[0];
-      const where = `${err.validationContext ?? 'body'}${v?.instancePath ?? ''}`;
-      return reply
-        .status(400)
-        .send(errorBody('invalid_request', `${where} ${v?.message ?? 'is invalid'}`, { errors: err.validation }));
+      const errors = err.validation as SchemaError[];
+      return reply.status(400).send(
+        errorBody('invalid_request', explain(errors, err.validationContext), {
+          errors: errors.map(plainError),
+        }),
+      );
     }
     const status = err.statusCode ?? 500;
     if (status === 413)
       return reply
         .status(413)
         .send(errorBody('too_large', `the body exceeds the limit of ${config.limits.bodyLimit} bytes`));
-    if (status === 415) return reply.status(415).send(errorBody('unsupported_media_type', err.message));
+    if (status === 415)
+      return reply
+        .status(415)
+        .send(
+          errorBody(
+            'unsupported_media_type',
+            `the body must be JSON, sent as application/json (got content-type ${request.headers['content-type'] ?? 'none'})`,
+          ),
+        );
     if (status >= 400 && status < 500) return reply.status(status).send(errorBody('invalid_request', err.message));
     request.log.error({ err }, 'request failed');
     return reply.status(500).send(errorBody('internal', 'internal error'));
-  });
+  }
+  app.setErrorHandler(handleError);
   app.setNotFoundHandler((request, reply) =>
     reply.status(404).send(errorBody('not_found', `no route ${request.method} ${request.url.split('?')[0]}`)),
   );
 
+  app.addHook('onRequest', async (_request, reply) => {
+    reply.headers(SECURITY_HEADERS);
+  });
+  const hosts = hostAllowlist(config);
+  if (hosts) {
+    // DNS rebinding: a web page whose name now resolves to this machine sends its own name as Host
+    app.addHook('onRequest', async (request) => {
+      const host = request.headers.host;
+      if (host !== undefined && !hosts.has(hostName(host)))
+        throw new SteerdError(
+          `this server does not answer to host ${JSON.stringify(host)}; it answers to ${[...hosts].join(', ')} (STEERD_ALLOWED_HOSTS)`,
+          403,
+          'host_not_allowed',
+        );
+    });
+  }
   if (config.apiKeys.length) {
+    const keys = config.apiKeys.map(digest);
     app.addHook('onRequest', async (request, reply) => {
       if (!isApi(request)) return;
       const key = bearer(request.headers.authorization);
-      if (!key || !keyMatches(key, config.apiKeys)) {
+      if (!key || !keyMatches(key, keys)) {
         reply.header('www-authenticate', 'Bearer');
         throw new SteerdError('missing or unknown API key', 401, 'unauthorized');
       }

@@ -27,6 +27,24 @@ export interface Limits {
   maxN: number;
   /** A request's time limit in ms; a generation past it is cancelled (504). Env STEERD_REQUEST_TIMEOUT_MS. Default 300000. */
   requestTimeoutMs: number;
+  /**
+   * A request's headers must arrive within this many ms of its first byte (a connection that sends
+   * nothing counts too); beyond, 408 and the connection is closed. At most the body timeout.
+   * Env STEERD_HEADERS_TIMEOUT_MS. Default 10000: headers are a few hundred bytes.
+   */
+  headersTimeoutMs: number;
+  /**
+   * The whole request, headers and body, must arrive within this many ms; beyond, 408 and the
+   * connection is closed. Only receiving is bounded: the response (a long generation, a stream) is
+   * not. Env STEERD_BODY_TIMEOUT_MS. Default 60000: a body at the 16 MiB limit at about 2 Mbit/s.
+   */
+  bodyTimeoutMs: number;
+  /**
+   * A kept-alive connection idle this many ms after a response is closed.
+   * Env STEERD_KEEP_ALIVE_TIMEOUT_MS. Default 72000: longer than the 60 s idle timeout of common
+   * reverse proxies, so that a proxy never reuses a connection the server is closing.
+   */
+  keepAliveTimeoutMs: number;
 }
 
 export interface Config {
@@ -101,6 +119,13 @@ export interface Config {
   hookSites: Site[];
   /** Bearer keys for /v1/*; none = open. Env STEERD_API_KEYS (comma-separated). Default none. */
   apiKeys: string[];
+  /**
+   * Host names requests may address (the `Host` header, any port; others get 403: a defence
+   * against DNS rebinding); `*` allows any. Env STEERD_ALLOWED_HOSTS (comma-separated). Default
+   * (unset): the loopback names when the listen address is a loopback one, else any —
+   * `hostAllowlist` decides.
+   */
+  allowedHosts?: string[];
   /** Requests per minute per key (or per address without keys); 0 = unlimited. Env STEERD_RATE_LIMIT. Default 0. */
   rateLimit: number;
   /** How long SIGTERM waits for requests in flight, ms. Env STEERD_DRAIN_TIMEOUT_MS. Default 30000. */
@@ -162,6 +187,36 @@ function memory(env: NodeJS.ProcessEnv, name: string, d: number): number {
   return n;
 }
 
+/** A comma-separated list, items trimmed, empty ones dropped. */
+const list = (v: string | undefined) =>
+  (v ?? '')
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
+
+/** A host name as the `Host` header and the allowlist compare it: lower case, no port, no trailing dot. */
+export function hostName(host: string): string {
+  const h = host.trim().toLowerCase();
+  if (h.startsWith('[')) return h.slice(0, h.indexOf(']') + 1 || undefined); // [v6]:port
+  if (h.includes(':') && h.indexOf(':') !== h.lastIndexOf(':')) return `[${h}]`; // a bare IPv6 address
+  return h.replace(/:\d*$/, '').replace(/\.$/, '');
+}
+
+const LOOPBACK_NAMES = ['localhost', '127.0.0.1', '[::1]'];
+const isLoopback = (name: string) =>
+  LOOPBACK_NAMES.includes(name) || /^127(\.\d{1,3}){3}$/.test(name) || name === '[::ffff:127.0.0.1]';
+
+/**
+ * The host names requests may address, or undefined for any: `allowedHosts` as set (`*`: any),
+ * else, when the listen address is a loopback one, the loopback names (and that address), else any.
+ */
+export function hostAllowlist(config: Pick<Config, 'host' | 'allowedHosts'>): Set<string> | undefined {
+  if (config.allowedHosts)
+    return config.allowedHosts.includes('*') ? undefined : new Set(config.allowedHosts.map(hostName));
+  const listen = hostName(config.host);
+  return isLoopback(listen) ? new Set([...LOOPBACK_NAMES, listen]) : undefined;
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     host: env.HOST ?? '127.0.0.1',
@@ -185,10 +240,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     kvCacheTokens: env.STEERD_KV_CACHE_TOKENS ? int(env, 'STEERD_KV_CACHE_TOKENS', 0) : undefined,
     kvCacheMemory: memory(env, 'STEERD_KV_CACHE_MEMORY', 0.5),
     hookSites: parseSites(env.STEERD_HOOK_SITES ?? SITES.join(','), 'STEERD_HOOK_SITES'),
-    apiKeys: (env.STEERD_API_KEYS ?? '')
-      .split(',')
-      .map((k) => k.trim())
-      .filter(Boolean),
+    apiKeys: list(env.STEERD_API_KEYS),
+    allowedHosts: env.STEERD_ALLOWED_HOSTS ? list(env.STEERD_ALLOWED_HOSTS) : undefined,
     rateLimit: int(env, 'STEERD_RATE_LIMIT', 0, 0),
     drainTimeoutMs: int(env, 'STEERD_DRAIN_TIMEOUT_MS', 30_000, 0),
     logLevel: env.LOG_LEVEL ?? 'info',
@@ -201,6 +254,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxSweepCells: int(env, 'STEERD_MAX_SWEEP_CELLS', 64),
       maxN: int(env, 'STEERD_MAX_N', 8),
       requestTimeoutMs: int(env, 'STEERD_REQUEST_TIMEOUT_MS', 300_000),
+      headersTimeoutMs: int(env, 'STEERD_HEADERS_TIMEOUT_MS', 10_000),
+      bodyTimeoutMs: int(env, 'STEERD_BODY_TIMEOUT_MS', 60_000),
+      keepAliveTimeoutMs: int(env, 'STEERD_KEEP_ALIVE_TIMEOUT_MS', 72_000),
     },
   };
 }

@@ -133,7 +133,9 @@ export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxConte
       throw new BadRequestError(`${key} must be in [-2, 2] (got ${v})`);
   }
   if (req.seed !== undefined && (!isInt(req.seed) || !Number.isSafeInteger(req.seed))) {
-    throw new BadRequestError(`seed must be an integer (got ${req.seed})`);
+    throw new BadRequestError(
+      `seed must be an integer in [-(2^53 - 1), 2^53 - 1], the exactly representable ones (got ${req.seed})`,
+    );
   }
   if (req.stop !== undefined) {
     if (

@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BrowserContext, ConsoleMessage, Page } from 'playwright-core';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { writeTinyCheckpoint } from '../../src/model/tiny.ts';
 import { type Harness, harness } from '../helpers/api.ts';
 import { browserSkip, launchChromium } from '../helpers/browser.ts';
@@ -53,6 +53,32 @@ function watch(page: Page) {
   return errors;
 }
 
+/**
+ * Content-Security-Policy violations of a page (its directive and what it blocked): the page's own
+ * listener, added before any of its scripts runs (Playwright's init scripts are not subject to it).
+ */
+async function cspViolations(page: Page) {
+  await page.addInitScript(() => {
+    const w = window as unknown as { cspViolations: string[] };
+    w.cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) =>
+      w.cspViolations.push(`${e.effectiveDirective} ${e.blockedURI}`),
+    );
+  });
+  return () => page.evaluate(() => (window as unknown as { cspViolations: string[] }).cspViolations);
+}
+
+/** The security headers the page and the docs are served with (README: Security). */
+function securityHeaders(t: Test, res: Response, what: string) {
+  const csp = res.headers.get('content-security-policy') ?? '';
+  for (const directive of ["default-src 'self'", "script-src 'self'", "style-src 'self'", "connect-src 'self'"])
+    t.ok(csp.split('; ').includes(directive), `${what}: ${directive}`);
+  t.notMatch(csp, /unsafe-inline|unsafe-eval|https?:|\*/, `${what}: nothing inline, no other origin`);
+  t.ok(csp.split('; ').includes("frame-ancestors 'none'"), `${what}: frame-ancestors 'none'`);
+  t.equal(res.headers.get('x-frame-options'), 'DENY', `${what}: X-Frame-Options`);
+  t.equal(res.headers.get('x-content-type-options'), 'nosniff', `${what}: nosniff`);
+}
+
 const id = (testid: string) => `[data-testid="${testid}"]`;
 const overflow = (page: Page) =>
   page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
@@ -64,6 +90,10 @@ t.test('steerd serves the page and its assets, nothing else, without a key', asy
   const page = await get('/');
   t.equal(page.status, 200);
   t.match(page.headers.get('content-type'), /^text\/html/);
+  securityHeaders(t, page, '/');
+  const docs = await get('/docs/');
+  securityHeaders(t, docs, '/docs/');
+  await docs.arrayBuffer();
   const html = await page.text();
   for (const testid of ['prompt', 'vector', 'layer', 'coeff', 'generate', 'sweep', 'sweep-chart'])
     t.ok(html.includes(`data-testid="${testid}"`), `the page has ${testid}`);
@@ -107,6 +137,7 @@ t.test('in Chromium: model card, recipe, generate with telemetry, receipt, sweep
   const requests = await sealed(context, url);
   const page = await context.newPage();
   const errors = watch(page);
+  const violations = await cspViolations(page);
 
   await page.goto(url);
   const card = page.locator(id('model-card'));
@@ -267,6 +298,18 @@ t.test('in Chromium: model card, recipe, generate with telemetry, receipt, sweep
   t.ok((await overflow(page)) <= 0, 'no horizontal overflow at 1280 px');
   await page.screenshot({ path: new URL('playground-1280.png', artifacts).pathname, fullPage: true });
   t.same(errors, [], 'no console errors');
+  t.same(await violations(), [], 'nothing the Content-Security-Policy refused');
+
+  // the API reference, under the same policy: rendered, nothing refused
+  const docs = await context.newPage();
+  const docsErrors = watch(docs);
+  const docsViolations = await cspViolations(docs);
+  await docs.goto(`${url}/docs/`);
+  await docs.locator('.opblock-summary-path').first().waitFor();
+  t.ok(await docs.locator('.opblock-summary-path', { hasText: '/v1/generate' }).count(), 'Swagger UI lists the routes');
+  t.same(await docsViolations(), [], '/docs: nothing the Content-Security-Policy refused');
+  t.same(docsErrors, [], '/docs: no console errors');
+  await docs.close();
 
   // the keyboard alone: Tab from the prompt reaches the fields and Generate; Enter and Space run it
   await page.fill('#max-new-tokens', '4');
