@@ -20,7 +20,7 @@ import { receiptSchema } from './api/receipt.js';
 import { errorSchema, interventionSchema } from './api/schemas.js';
 import type { Service } from './api/service.js';
 import { explain, plainError, type SchemaError } from './api/validation.js';
-import { type Config, hostAllowlist, hostName } from './config.js';
+import { type Config, hostAllowlist, hostName, isAddress } from './config.js';
 import { QueueFullError, SteerdError } from './errors.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -69,27 +69,24 @@ const SECURITY_HEADERS = {
  * these never reach a route, so the raw answer is written here, in the same shape.
  */
 function clientError(
-  err: { message: string; code?: string; reason?: string; rawPacket?: unknown },
+  err: { message: string; code?: string; reason?: string },
   limits: Config['limits'],
+  headersTimeoutMs: number,
 ) {
   switch (err.code) {
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return new SteerdError(
-        `the request did not arrive in time: its headers are due within ${Math.min(limits.headersTimeoutMs, limits.bodyTimeoutMs)} ms, all of it within ${limits.bodyTimeoutMs} ms`,
+        `the request did not arrive in time: its headers are due within ${headersTimeoutMs} ms, all of it within ${limits.bodyTimeoutMs} ms`,
         408,
         'request_timeout',
       );
-    case 'HPE_HEADER_OVERFLOW': {
-      // the chunk that overflowed: no line break yet, and a method first, is a request line too long
-      const chunk = Buffer.isBuffer(err.rawPacket) ? err.rawPacket.toString('latin1') : '';
-      return !chunk.includes('\n') && /^[A-Z]+ /.test(chunk)
-        ? new SteerdError(
-            `the URL is too long: the request line and headers may take ${maxHeaderSize} bytes`,
-            414,
-            'uri_too_long',
-          )
-        : new SteerdError(`the request's headers exceed ${maxHeaderSize} bytes`, 431, 'headers_too_large');
-    }
+    case 'HPE_HEADER_OVERFLOW':
+      // the parser sees only the chunk that overflowed, not whether the URL or a header did it
+      return new SteerdError(
+        `the request line and headers exceed ${maxHeaderSize} bytes (a long URL counts toward them)`,
+        431,
+        'headers_too_large',
+      );
     default:
       return new SteerdError(`malformed HTTP request: ${err.reason ?? err.message}`, 400, 'invalid_request');
   }
@@ -105,6 +102,8 @@ const isApi = (request: FastifyRequest) => request.routeOptions.url?.startsWith(
 export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<FastifyInstance> {
   const { config } = svc;
   const { limits } = config;
+  // the headers are part of the request: never allowed longer than all of it
+  const headersTimeoutMs = Math.min(limits.headersTimeoutMs, limits.bodyTimeoutMs);
   const app = Fastify({
     logger:
       opts.logger === false
@@ -120,16 +119,14 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     requestTimeout: limits.bodyTimeoutMs,
     keepAliveTimeout: limits.keepAliveTimeoutMs,
     http: {
-      headersTimeout: Math.min(limits.headersTimeoutMs, limits.bodyTimeoutMs),
-      requestTimeout: limits.bodyTimeoutMs,
-      connectionsCheckingInterval: Math.min(
-        1000,
-        Math.ceil(Math.min(limits.headersTimeoutMs, limits.bodyTimeoutMs) / 4),
-      ),
+      headersTimeout: headersTimeoutMs,
+      connectionsCheckingInterval: Math.min(1000, Math.ceil(headersTimeoutMs / 4)),
+      // an HTTP/1.1 request without Host is refused by our own hook, in the documented shape
+      requireHostHeader: false,
     },
     clientErrorHandler(err, socket) {
       if ((err as { code?: string }).code === 'ECONNRESET' || socket.destroyed) return;
-      const e = clientError(err, limits);
+      const e = clientError(err, limits, headersTimeoutMs);
       const body = JSON.stringify(errorBody(e.code, e.message));
       const inFlight = (socket as Socket & { _httpMessage?: { headersSent: boolean } })._httpMessage;
       if (socket.writable && !inFlight?.headersSent)
@@ -183,6 +180,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
 
   /** The one error handler: every error a route, a hook or the router raises, in the documented shape. */
   function handleError(err: FastifyError | SteerdError, request: FastifyRequest, reply: FastifyReply) {
+    reply.headers(SECURITY_HEADERS); // errors raised before the hooks ran (the router's) too
     if (err instanceof QueueFullError) reply.header('retry-after', String(err.retryAfter));
     if (err instanceof SteerdError) return reply.status(err.status).send(errorBody(err.code, err.message, err.details));
     if (err.validation) {
@@ -216,17 +214,21 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     reply.status(404).send(errorBody('not_found', `no route ${request.method} ${request.url.split('?')[0]}`)),
   );
 
-  app.addHook('onRequest', async (_request, reply) => {
+  app.addHook('onRequest', async (request, reply) => {
     reply.headers(SECURITY_HEADERS);
+    if (request.headers.host === undefined && request.raw.httpVersion === '1.1')
+      throw new SteerdError('an HTTP/1.1 request must carry a Host header', 400, 'invalid_request');
   });
   const hosts = hostAllowlist(config);
   if (hosts) {
     // DNS rebinding: a web page whose name now resolves to this machine sends its own name as Host
     app.addHook('onRequest', async (request) => {
       const host = request.headers.host;
-      if (host !== undefined && !hosts.has(hostName(host)))
+      if (host === undefined) return;
+      const name = hostName(host);
+      if (!hosts.has(name) && !isAddress(name))
         throw new SteerdError(
-          `this server does not answer to host ${JSON.stringify(host)}; it answers to ${[...hosts].join(', ')} (STEERD_ALLOWED_HOSTS)`,
+          `this server does not answer to host ${JSON.stringify(host)} (STEERD_ALLOWED_HOSTS)`,
           403,
           'host_not_allowed',
         );

@@ -206,13 +206,25 @@ const LOOPBACK_NAMES = ['localhost', '127.0.0.1', '[::1]'];
 const isLoopback = (name: string) =>
   LOOPBACK_NAMES.includes(name) || /^127(\.\d{1,3}){3}$/.test(name) || name === '[::ffff:127.0.0.1]';
 
+/** Whether a host (as `hostName` gives it) is an IP address rather than a name. */
+export const isAddress = (host: string) => /^\d{1,3}(\.\d{1,3}){3}$/.test(host) || host.startsWith('[');
+
 /**
  * The host names requests may address, or undefined for any: `allowedHosts` as set (`*`: any),
  * else, when the listen address is a loopback one, the loopback names (and that address), else any.
+ * IP addresses are always let through by the app (a rebinding page has a name, never an address):
+ * health checks, probes and scrapes by address keep working.
  */
 export function hostAllowlist(config: Pick<Config, 'host' | 'allowedHosts'>): Set<string> | undefined {
-  if (config.allowedHosts)
+  if (config.allowedHosts) {
+    if (config.allowedHosts.length === 0)
+      throw new SteerdError(
+        'STEERD_ALLOWED_HOSTS names no host: give host names (comma-separated) or * for any',
+        500,
+        'bad_config',
+      );
     return config.allowedHosts.includes('*') ? undefined : new Set(config.allowedHosts.map(hostName));
+  }
   const listen = hostName(config.host);
   return isLoopback(listen) ? new Set([...LOOPBACK_NAMES, listen]) : undefined;
 }
@@ -241,7 +253,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     kvCacheMemory: memory(env, 'STEERD_KV_CACHE_MEMORY', 0.5),
     hookSites: parseSites(env.STEERD_HOOK_SITES ?? SITES.join(','), 'STEERD_HOOK_SITES'),
     apiKeys: list(env.STEERD_API_KEYS),
-    allowedHosts: env.STEERD_ALLOWED_HOSTS ? list(env.STEERD_ALLOWED_HOSTS) : undefined,
+    allowedHosts: env.STEERD_ALLOWED_HOSTS !== undefined ? list(env.STEERD_ALLOWED_HOSTS) : undefined,
     rateLimit: int(env, 'STEERD_RATE_LIMIT', 0, 0),
     drainTimeoutMs: int(env, 'STEERD_DRAIN_TIMEOUT_MS', 30_000, 0),
     logLevel: env.LOG_LEVEL ?? 'info',

@@ -112,8 +112,13 @@ function union(errors: SchemaError[], i: number, context: string): string {
   const types = unique(
     reasons.filter((j) => errors[j].keyword === 'type').flatMap((j) => String(errors[j].params.type).split(',')),
   );
-  if (types.length) return `${where} must be ${orList(types.map(withArticle))}`;
-  const missing = unique(reasons.map((j) => String(errors[j].params.missingProperty)));
+  const missing = unique(
+    reasons.filter((j) => errors[j].keyword === 'required').map((j) => String(errors[j].params.missingProperty)),
+  );
+  // an alternative that failed on a missing property is an object form: say what it must hold
+  const objectForm = missing.length ? `an object with ${orList(quoted(missing))}` : undefined;
+  if (types.length)
+    return `${where} must be ${orList([...types.map(withArticle), ...(objectForm ? [objectForm] : [])])}`;
   if (missing.length) return `${where} must have ${orList(quoted(missing))}`;
   return `${where} ${u.message ?? 'is invalid'}`;
 }
