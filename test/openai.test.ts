@@ -6,7 +6,10 @@ import type { Completion, CompletionCreateParamsNonStreaming } from 'openai/reso
 import t, { type Test } from 'tap';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness } from './helpers/api.ts';
+import { referenceGreedy } from './helpers/engine-util.ts';
+import { generationBody, loglikelihoodBody, readLoglikelihood, referenceLoglikelihood } from './helpers/lm-eval.ts';
 import { sameRun } from './helpers/provider.ts';
+import { loadReference } from './helpers/reference.ts';
 
 // The official OpenAI client against a listening server. The checkpoint's folder is named after a
 // hub model, so that the hub names are the served model's too.
@@ -21,6 +24,8 @@ t.teardown(async () => {
 await h.app.listen({ host: '127.0.0.1', port: 0 });
 const url = `http://127.0.0.1:${(h.app.server.address() as { port: number }).port}`;
 const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0 });
+const ref = loadReference(model);
+const encode = (s: string) => h.svc.engine.tokenizer.encode(s);
 
 type Logprobs = NonNullable<Completion['choices'][number]['logprobs']>;
 type Choice = { text: string; index: number; logprobs: Logprobs | null; finish_reason: string | null };
@@ -34,6 +39,8 @@ type Receipt = { runs: { seed: number; prompt: number[]; output: number[] }[] };
 /** What the tests read of steerd's own responses. */
 interface Body {
   text: string;
+  choices: Choice[];
+  receipt: Receipt;
   tokens: GenToken[];
   identical: boolean;
   error: { code: string; message: string };
@@ -278,6 +285,134 @@ t.test('streaming with n > 1: chunks of the choices interleave, each with its in
     await new Promise((r) => setTimeout(r, 20));
   t.equal((await cancelled()) - before, 3, 'all three cancelled');
   t.equal(h.svc.inFlight, 0, 'their slots freed');
+});
+
+/**
+ * lm-evaluation-harness's requests: a batch of context + continuation ids, each continuation's
+ * logprob and greedy flag read as the harness reads them, against the float64 reference. One
+ * continuation is the reference's own greedy one (greedy: true), the others are not.
+ */
+export async function harnessLoglikelihood(
+  t: Test,
+  modelName: string,
+  ivs: Parameters<typeof referenceGreedy>[3] = [],
+) {
+  const contexts = ['The cat sat on the', 'Hello', 'One two three four five six'];
+  const ctx = contexts.map(encode);
+  const greedy = referenceGreedy(ref, ctx[0], 3, ivs).ids;
+  const conts = [greedy, encode(' world, and more'), encode(' seven')];
+  const prompts = ctx.map((c, i) => [...c, ...conts[i]]);
+  const ctxlens = ctx.map((c) => c.length);
+  const want = prompts.map((p, i) => referenceLoglikelihood(ref, p, ctxlens[i], ivs));
+  t.ok(want[0].greedy && !want[1].greedy, 'the reference: the first continuation is greedy, the second not');
+  for (const maxTokens of [1, 0] as const) {
+    const r = await postJson('/v1/completions', loglikelihoodBody(modelName, prompts, maxTokens));
+    t.equal(r.status, 200, `max_tokens ${maxTokens}`);
+    t.same(
+      r.body.choices.map((c) => c.index),
+      [0, 1, 2],
+      'one choice per prompt, in order',
+    );
+    t.equal(r.body.receipt.runs.length, prompts.length, 'one run per prompt (no second scoring pass)');
+    const got = readLoglikelihood(r.body.choices, ctxlens, maxTokens);
+    for (const [i, g] of got.entries()) {
+      t.equal(g.count, conts[i].length, `prompt ${i}: the continuation's tokens`);
+      t.ok(
+        Math.abs(g.sum - want[i].sum) < 1e-3,
+        `prompt ${i}: logprob ${g.sum} ≈ ${want[i].sum} (max_tokens ${maxTokens})`,
+      );
+      t.equal(g.greedy, want[i].greedy, `prompt ${i}: is-greedy ${want[i].greedy}`);
+    }
+  }
+}
+
+t.test('lm-evaluation-harness: loglikelihood requests (token ids, echo, max_tokens 1 and 0)', async (t) => {
+  // the batch's runs are submitted together (concurrent rows of the engine's batches), not in turn
+  const engine = h.svc.engine;
+  const generate = engine.generate;
+  let live = 0;
+  let peak = 0;
+  engine.generate = (req, opts) => {
+    peak = Math.max(peak, ++live);
+    const events = generate.call(engine, req, opts);
+    return (async function* () {
+      try {
+        yield* events;
+      } finally {
+        live--;
+      }
+    })();
+  };
+  t.teardown(() => {
+    engine.generate = generate;
+  });
+  await harnessLoglikelihood(t, 'gpt2');
+  t.equal(peak, 3, "the batch's three prompts ran as concurrent rows");
+});
+
+t.test('lm-evaluation-harness: generation requests (token ids, stop, seed)', async (t) => {
+  const prompts = ['The cat sat on the', 'Hello world'].map(encode);
+  const greedy = prompts.map((p) => referenceGreedy(ref, p, 6).ids);
+  const texts = greedy.map((g) => h.svc.engine.tokenizer.decode(g));
+  // a stop string: the text of the first prompt's fourth greedy token (cut before it)
+  const stop = h.svc.engine.tokenizer.decode([greedy[0][3]]);
+  const r = await postJson('/v1/completions', generationBody('gpt2', prompts, 6, [stop]));
+  t.equal(r.status, 200);
+  const got = [...r.body.choices].sort((a, b) => a.index - b.index).map((c) => c.text);
+  t.equal(got[0], texts[0].slice(0, texts[0].indexOf(stop)), "cut before the stop string: the reference's greedy text");
+  t.equal(got[1], texts[1].includes(stop) ? texts[1].slice(0, texts[1].indexOf(stop)) : texts[1]);
+});
+
+t.test('token-id prompts: ids checked against the vocabulary; echo decodes them; index across n', async (t) => {
+  const V = h.svc.engine.info.vocab_size;
+  const bad = async (prompt: unknown, where: string) => {
+    const r = await postJson('/v1/completions', { prompt, max_tokens: 1 });
+    t.equal(r.status, 400, JSON.stringify(prompt));
+    t.match(r.body.error.message, where);
+  };
+  await bad(
+    [
+      [1, 2],
+      [3, V],
+    ],
+    'body/prompt/1/1',
+  );
+  await bad([5, -1], 'body/prompt/1');
+  await bad([[1], []], 'body/prompt');
+  await bad([1, 'a'], 'body/prompt');
+  t.equal(h.svc.inFlight, 0, 'nothing ran');
+
+  const ids = encode('The cat sat on the mat');
+  const text = await complete({ prompt: 'The cat sat on the mat', echo: true, logprobs: 2, max_tokens: 3, seed: 5 });
+  const one = await complete({ prompt: ids, echo: true, logprobs: 2, max_tokens: 3, seed: 5 });
+  t.same(one.choices, text.choices, 'a list of ids: the same as its text');
+  offsetsMatch(t, one.choices[0].text, one.choices[0].logprobs!);
+  const many = await complete({ prompt: [ids, encode('Hello')], n: 2, max_tokens: 2, seed: 5 });
+  t.same(
+    many.choices.map((c) => c.index),
+    [0, 1, 2, 3],
+  );
+  t.same(many.choices[0], { ...one.choices[0], text: many.choices[0].text, logprobs: null, finish_reason: 'length' });
+  t.equal(
+    many.choices[0].text,
+    text.choices[0].text.slice('The cat sat on the mat'.length, undefined).slice(0, many.choices[0].text.length),
+  );
+  // max_tokens 0: the prompt alone, nothing generated
+  const zero = await complete({ prompt: [ids], echo: true, max_tokens: 0, n: 2 });
+  t.same(
+    zero.choices.map((c) => [c.index, c.text, c.finish_reason]),
+    [
+      [0, 'The cat sat on the mat', 'length'],
+      [1, 'The cat sat on the mat', 'length'],
+    ],
+  );
+  t.equal(zero.usage!.completion_tokens, 0);
+  const plain = await complete({ prompt: ids, max_tokens: 0, logprobs: 1 });
+  t.same(plain.choices[0].logprobs, { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] });
+  t.equal(plain.choices[0].text, '');
+  const s = await streamed(t, { prompt: [ids], echo: true, logprobs: 1, max_tokens: 0 });
+  const ns = await complete({ prompt: [ids], echo: true, logprobs: 1, max_tokens: 0 });
+  t.same(s.choices, ns.choices, 'max_tokens 0 streamed: the same');
 });
 
 t.test('model names, chat', async (t) => {
