@@ -10,6 +10,7 @@ import {
   timeoutError,
   tracked,
 } from '../src/api/generation.js';
+import { presetOf } from '../src/api/presets.js';
 import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
 import { errorResponses, interventionsSchema, Nullable, OneOf, Ref } from '../src/api/schemas.js';
@@ -24,7 +25,6 @@ import type {
 } from '../src/engine/types.js';
 import { validateGenerate } from '../src/engine/validate.js';
 import { BadRequestError, SteerdError, UnprocessableError } from '../src/errors.js';
-import { HUB_ALIASES } from '../src/model/hub.js';
 import type { Gpt2Tokenizer } from '../src/model/tokenizer.js';
 
 /** OpenAI's `logprobs` object of a choice: one entry per token, in order. */
@@ -63,7 +63,8 @@ const completionsSchema = {
   body: Type.Object({
     model: Type.Optional(
       Type.String({
-        description: "the served model's name, id or hub name (anything else: 404 `model_not_found`)",
+        description:
+          "the served model's name, id or hub name, or a preset (`/v1/presets`): its interventions come first (anything else: 404 `model_not_found`)",
       }),
     ),
     prompt: OneOf(
@@ -211,18 +212,6 @@ const openaiReason = (r: FinishReason) => (r === 'length' ? 'length' : 'stop');
 const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   // (registering the routes touches no model: the service may have none, as for openapi.yaml)
 
-  /** The names a request's `model` may use: the served name, its id, and its hub names. */
-  const servedNames = () => {
-    const names = new Set([svc.model.name, svc.model.id]);
-    for (const [alias, repo] of Object.entries(HUB_ALIASES)) {
-      if (svc.model.name === alias || svc.model.name === repo) {
-        names.add(alias);
-        names.add(repo);
-      }
-    }
-    return names;
-  };
-
   // A token's text for `tokens` and the `top_logprobs` keys: decoded alone where its bytes are UTF-8,
   // else `bytes:` and its bytes written out (`bytes: \xe2\x80`, OpenAI's form), which keeps the keys
   // distinct.
@@ -291,7 +280,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
     {
       schema: {
         tags: ['openai'],
-        summary: 'OpenAI-compatible model list',
+        summary: 'OpenAI-compatible model list: the base model, then every preset (`parent`: the base model)',
         response: {
           200: Type.Partial(
             Type.Object({
@@ -303,6 +292,10 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
                     object: Type.String(),
                     created: Type.Integer(),
                     owned_by: Type.String(),
+                    parent: Nullable(
+                      Type.String({ description: 'a preset: the base model it steers (the base model: null)' }),
+                    ),
+                    description: Nullable(Type.String({ description: "a preset's description" })),
                   }),
                 ),
               ),
@@ -311,7 +304,23 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
         },
       },
     },
-    async () => ({ object: 'list', data: [{ id: svc.model.name, object: 'model', created: 0, owned_by: 'steerd' }] }),
+    async () => {
+      const presets = (await svc.store.listPresets()).filter((p) => p.model.id === svc.model.id);
+      return {
+        object: 'list',
+        data: [
+          { id: svc.model.name, object: 'model', created: 0, owned_by: 'steerd', parent: null },
+          ...presets.map((p) => ({
+            id: p.name,
+            object: 'model',
+            created: Math.floor(Date.parse(p.created_at) / 1000),
+            owned_by: 'steerd',
+            parent: svc.model.name,
+            description: p.description,
+          })),
+        ],
+      };
+    },
   );
 
   app.post('/v1/chat/completions', { schema: chatSchema }, async () => {
@@ -328,16 +337,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
     streamErrors(async (request: SchemaRequest<typeof completionsSchema>, reply) => {
       const b = request.body;
       const tokenizer = svc.engine.tokenizer;
-      const served = servedNames();
-      if (b.model != null && !served.has(b.model)) {
-        const others = [...served].filter((x) => x !== svc.model.name);
-        throw new SteerdError(
-          `the model "${b.model}" is not served here: this server serves ${svc.model.name} (also accepted: ${others.join(', ')})`,
-          404,
-          'model_not_found',
-          { model: b.model },
-        );
-      }
+      const preset = await presetOf(svc, b.model);
       if (b.best_of != null && b.best_of !== 1)
         throw new BadRequestError(
           `best_of is not supported (got ${b.best_of}): it must be 1; use n for several completions`,
@@ -357,7 +357,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
       const k = b.logprobs ?? undefined;
       const echo = b.echo === true;
       const { prompts, texts } = promptsOf(b.prompt);
-      const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions);
+      const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions, preset);
       const stop = b.stop == null || b.stop === '' ? undefined : typeof b.stop === 'string' ? [b.stop] : b.stop;
       const seed = b.seed ?? randomInt(0, 2 ** 32);
       const stream = b.stream === true;
@@ -410,7 +410,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           id,
           object: 'text_completion',
           created,
-          model: svc.model.name,
+          model: preset?.name ?? svc.model.name,
           choices,
         });
         const choice = <F extends string | null>(j: number, text: string, logprobs: Logprobs | null, finish: F) => ({
@@ -503,6 +503,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
               r.tokens.map((e) => e.id),
             ),
           ),
+          preset?.name,
         );
         // each prompt's scored tokens, from its scoring run or its first choice's run
         const promptPart = async (p: number) => {

@@ -11,6 +11,7 @@ import generateRoutes from '../routes/generate.js';
 import healthRoutes from '../routes/health.js';
 import modelRoutes from '../routes/model.js';
 import playgroundRoutes from '../routes/playground.js';
+import presetRoutes from '../routes/presets.js';
 import replayRoutes from '../routes/replay.js';
 import sweepRoutes from '../routes/sweep.js';
 import vectorRoutes from '../routes/vectors.js';
@@ -83,7 +84,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
           bearer: { type: 'http', scheme: 'bearer', description: 'only when the server has API keys' },
         },
       },
-      tags: ['vectors', 'generation', 'activations', 'openai', 'model', 'health'].map((name) => ({ name })),
+      tags: ['vectors', 'presets', 'generation', 'activations', 'openai', 'model', 'health'].map((name) => ({ name })),
     },
     refResolver: { buildLocalReference: (json, _base, _frag, i) => (json.$id as string) ?? `def-${i}` },
   });
@@ -165,6 +166,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
   await app.register(healthRoutes, { svc });
   await app.register(modelRoutes, { svc });
   await app.register(vectorRoutes, { svc });
+  await app.register(presetRoutes, { svc });
   await app.register(generateRoutes, { svc });
   await app.register(sweepRoutes, { svc });
   await app.register(replayRoutes, { svc });

@@ -12,7 +12,7 @@ export interface Limits {
   maxNewTokens: number;
   /** Interventions per request at most. Env STEERD_MAX_INTERVENTIONS. Default 16. */
   maxInterventions: number;
-  /** Vectors stored at most. Env STEERD_MAX_VECTORS. Default 1000. */
+  /** Vectors stored at most, and presets stored at most (counted apart). Env STEERD_MAX_VECTORS. Default 1000. */
   maxVectors: number;
   /** Request body size in bytes at most (413 beyond). Env STEERD_BODY_LIMIT. Default 16 MiB. */
   bodyLimit: number;

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import OpenAI, { BadRequestError, NotFoundError, RateLimitError, UnprocessableEntityError } from 'openai';
 import type { Completion, CompletionCreateParamsNonStreaming } from 'openai/resources/completions';
 import t, { type Test } from 'tap';
+import type { Intervention } from '../src/engine/types.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness } from './helpers/api.ts';
 import { referenceGreedy } from './helpers/engine-util.ts';
@@ -413,6 +414,192 @@ t.test('token-id prompts: ids checked against the vocabulary; echo decodes them;
   const s = await streamed(t, { prompt: [ids], echo: true, logprobs: 1, max_tokens: 0 });
   const ns = await complete({ prompt: [ids], echo: true, logprobs: 1, max_tokens: 0 });
   t.same(s.choices, ns.choices, 'max_tokens 0 streamed: the same');
+});
+
+t.test('presets: a named steering configuration served as a model id', async (t) => {
+  const H = h.svc.engine.info.n_embd;
+  const a = Array.from({ length: H }, (_, i) => Math.sin(0.7 * i + 1));
+  const b = Array.from({ length: H }, (_, i) => Math.cos(1.3 * i));
+  const reg = await postJson('/v1/vectors', { name: 'calm-dir', values: a });
+  t.equal(reg.status, 201);
+  const body = {
+    name: 'calm',
+    description: 'two additions',
+    interventions: [
+      { vector: 'calm-dir', layer: 1, coeff: 4 },
+      { vector: { values: b }, layer: 2, site: 'resid_mid', coeff: -3 },
+    ],
+  };
+  // the same steering, written for the reference
+  const ivs: Intervention[] = [
+    { values: Float32Array.from(a), rows: 1, layer: 1, coeff: 4 },
+    { values: Float32Array.from(b), rows: 1, layer: 2, site: 'resid_mid', coeff: -3 },
+  ];
+  const made = await postJson('/v1/presets', body);
+  t.equal(made.status, 201, JSON.stringify(made.body));
+  t.match(made.body, { name: 'calm', parent: 'gpt2', description: 'two additions' });
+
+  // any OpenAI client: the preset is listed as a model and completes as one
+  const models = await client.models.list();
+  t.same(
+    models.data.map((m) => [m.id, m.object, m.owned_by, (m as unknown as { parent: string | null }).parent]),
+    [
+      ['gpt2', 'model', 'steerd', null],
+      ['calm', 'model', 'steerd', 'gpt2'],
+    ],
+  );
+  const prompt = encode('The cat sat on the');
+  const want = referenceGreedy(ref, prompt, 4, ivs).ids;
+  const c = await client.completions.create({ model: 'calm', prompt, max_tokens: 4, temperature: 0 });
+  t.equal(c.model, 'calm');
+  t.equal(
+    c.choices[0].text,
+    h.svc.engine.tokenizer.decode(want),
+    "the reference's greedy text with the preset's steering",
+  );
+  t.not(c.choices[0].text, h.svc.engine.tokenizer.decode(referenceGreedy(ref, prompt, 4).ids), 'not the base model’s');
+
+  // the harness's loglikelihood requests against the preset
+  await harnessLoglikelihood(t, 'calm', ivs);
+
+  // /v1/generate: the preset's interventions first, then the request's; the receipt names the preset
+  const extra = { vector: { values: a }, layer: 3, coeff: 1.5 };
+  const g = await postJson('/v1/generate', {
+    model: 'calm',
+    prompt: 'Hello world',
+    max_new_tokens: 5,
+    seed: 9,
+    interventions: [extra],
+  });
+  const inline = await postJson('/v1/generate', {
+    prompt: 'Hello world',
+    max_new_tokens: 5,
+    seed: 9,
+    interventions: [{ ...body.interventions[0], vector: { values: a } }, body.interventions[1], extra],
+  });
+  t.equal(g.status, 200);
+  t.same(
+    g.body.tokens.map((x) => x.id),
+    inline.body.tokens.map((x) => x.id),
+    'the same tokens as the three interventions sent inline',
+  );
+  const gr = g.body.receipt as Receipt & { preset?: string; runs: { interventions: { hash: string }[] }[] };
+  t.equal(gr.preset, 'calm');
+  t.same(
+    gr.runs[0].interventions.map((x) => x.hash),
+    (inline.body.receipt as typeof gr).runs[0].interventions.map((x) => x.hash),
+    'the interventions by hash',
+  );
+
+  // /v1/sweep: every cell and the baseline run the preset
+  const sw = await postJson('/v1/sweep', {
+    model: 'calm',
+    prompt: 'Hello world',
+    vector: 'calm-dir',
+    layers: [3],
+    coeffs: [0, 1.5],
+    max_new_tokens: 5,
+    seed: 9,
+    telemetry: false,
+  });
+  t.equal(sw.status, 200);
+  const cells = (sw.body as unknown as { cells: { tokens: GenToken[] }[]; baseline: { tokens: GenToken[] } }).cells;
+  const base = await postJson('/v1/generate', { model: 'calm', prompt: 'Hello world', max_new_tokens: 5, seed: 9 });
+  t.same(
+    (sw.body as unknown as { baseline: { tokens: GenToken[] } }).baseline.tokens.map((x) => x.id),
+    base.body.tokens.map((x) => x.id),
+    "the sweep's baseline: the preset alone",
+  );
+  t.same(
+    cells[1].tokens.map((x) => x.id),
+    g.body.tokens.map((x) => x.id),
+    'a cell: the preset and the swept intervention',
+  );
+
+  // pinned: deleting the vector it was made from changes nothing; replacing or deleting the preset
+  // leaves its receipts replayable
+  t.equal((await fetch(`${url}/v1/vectors/calm-dir`, { method: 'DELETE' })).status, 204);
+  const again = await client.completions.create({ model: 'calm', prompt, max_tokens: 4, temperature: 0 });
+  t.equal(again.choices[0].text, c.choices[0].text, 'the vector deleted: the preset steers the same');
+  const put = await fetch(`${url}/v1/presets/calm`, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ interventions: [{ vector: { values: b }, layer: 0, coeff: 9 }] }),
+  });
+  t.equal(put.status, 200);
+  const replaced = await postJson('/v1/generate', { model: 'calm', prompt: 'Hello world', max_new_tokens: 5, seed: 9 });
+  t.notSame(
+    replaced.body.tokens.map((x) => x.id),
+    base.body.tokens.map((x) => x.id),
+    'replaced: it steers otherwise',
+  );
+  t.equal((await fetch(`${url}/v1/presets/calm`, { method: 'DELETE' })).status, 204);
+  for (const rec of [gr, (c as unknown as { receipt: Receipt }).receipt, sw.body.receipt]) {
+    const r = await postJson('/v1/replay', { receipt: rec });
+    t.equal(r.status, 200);
+    t.equal(r.body.identical, true, 'a receipt of the old preset replays');
+  }
+  const gone = await client.completions.create({ model: 'calm', prompt, max_tokens: 1 }).catch((e) => e);
+  t.ok(gone instanceof NotFoundError, 'deleted: no such model');
+  t.equal(gone.code, 'model_not_found');
+});
+
+t.test('presets: a bad body or a missing vector leaves nothing stored', async (t) => {
+  const H = h.svc.engine.info.n_embd;
+  const v = Array.from({ length: H }, (_, i) => (i % 3) - 1);
+  t.equal((await postJson('/v1/vectors', { name: 'kept', values: v })).status, 201);
+  t.teardown(() => fetch(`${url}/v1/vectors/kept`, { method: 'DELETE' }).then(() => undefined));
+  const refused = async (body: Record<string, unknown>, status: number, message: RegExp | string) => {
+    const r = await postJson('/v1/presets', { name: 'bad', ...body });
+    t.equal(r.status, status, JSON.stringify(body).slice(0, 120));
+    t.match(r.body.error.message, message);
+  };
+  const ok = { vector: 'kept', layer: 1, coeff: 2 };
+  await refused(
+    { interventions: [ok, { vector: 'absent', layer: 1, coeff: 1 }] },
+    422,
+    'interventions[1].vector: no vector named "absent"',
+  );
+  await refused(
+    { interventions: [ok, { vector: 'kept', layer: 9, coeff: 1 }] },
+    422,
+    /interventions\[1\]\.layer 9 is out of range/,
+  );
+  await refused(
+    { interventions: [{ vector: { values: [1, 2] }, layer: 1, coeff: 1 }] },
+    422,
+    /interventions\[0\].*hidden size/,
+  );
+  await refused(
+    { interventions: [{ vector: { hash: 'f'.repeat(64) }, layer: 1, coeff: 1 }] },
+    422,
+    /interventions\[0\]\.vector: no values/,
+  );
+  await refused(
+    { interventions: [{ vector: 'kept', layer: 1, op: 'ablate', positions: 'front' }] },
+    422,
+    /interventions\[0\]: ablate/,
+  );
+  await refused({ interventions: [] }, 400, 'body/interventions');
+  await refused({ interventions: [ok], colour: 'red' }, 400, 'body');
+  await refused({ interventions: [{ ...ok, coeff: 'x' }] }, 400, 'body/interventions/0');
+  t.same((await (await fetch(`${url}/v1/presets`)).json()).data, [], 'nothing stored');
+  t.equal((await fetch(`${url}/v1/presets/bad`)).status, 404);
+
+  const base = await postJson('/v1/presets', { name: 'gpt2', interventions: [ok] });
+  t.equal(base.status, 409, "the base model's name");
+  t.equal((await postJson('/v1/presets', { name: 'once', interventions: [ok] })).status, 201);
+  const twice = await postJson('/v1/presets', { name: 'once', interventions: [ok] });
+  t.equal(twice.status, 409);
+  t.match(twice.body.error.message, /PUT \/v1\/presets\/once/);
+  // by content hash: the vector's hash names the same values
+  const hash = ((await (await fetch(`${url}/v1/vectors/kept`)).json()) as { hash: string }).hash;
+  const byHash = await postJson('/v1/presets', { name: 'by-hash', interventions: [{ ...ok, vector: { hash } }] });
+  t.equal(byHash.status, 201);
+  t.equal((byHash.body as unknown as { interventions: { hash: string }[] }).interventions[0].hash, hash);
+  for (const n of ['once', 'by-hash'])
+    t.equal((await fetch(`${url}/v1/presets/${n}`, { method: 'DELETE' })).status, 204);
+  t.equal((await fetch(`${url}/v1/presets/once`, { method: 'DELETE' })).status, 404);
 });
 
 t.test('model names, chat', async (t) => {
