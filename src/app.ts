@@ -19,6 +19,7 @@ import { receiptSchema } from './api/receipt.js';
 import { errorSchema, interventionSchema } from './api/schemas.js';
 import type { Service } from './api/service.js';
 import { QueueFullError, SteerdError } from './errors.js';
+import { logOptions } from './logging.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -54,11 +55,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     logger:
       opts.logger === false
         ? false
-        : {
-            level: config.logLevel,
-            redact: ['req.headers.authorization', 'req.headers["x-api-key"]'],
-            ...(typeof opts.logger === 'object' ? opts.logger : {}),
-          },
+        : { ...logOptions(config), ...(typeof opts.logger === 'object' ? opts.logger : {}) },
     bodyLimit: config.limits.bodyLimit,
     requestIdHeader: 'x-request-id',
     genReqId: () => randomUUID(),
