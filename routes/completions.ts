@@ -454,7 +454,6 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
               );
             started = true;
             if (e.type === 'token') {
-              if (scoreOnly) continue;
               if (e.id < 0) {
                 // text held back (a stop-string prefix, part of a character), released at the end
                 if (streamTokens && e.text) await send(chunk([choice(r, e.text, null, null)]));

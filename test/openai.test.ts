@@ -408,6 +408,9 @@ t.test('token-id prompts: ids checked against the vocabulary; echo decodes them;
     ],
   );
   t.equal(zero.usage!.completion_tokens, 0);
+  const zeroReceipt = (zero as unknown as { receipt: Receipt }).receipt;
+  t.equal(zeroReceipt.runs.length, 1, 'one run for the prompt, whatever n');
+  t.equal((await postJson('/v1/replay', { receipt: zeroReceipt })).body.identical, true, 'and it replays');
   const plain = await complete({ prompt: ids, max_tokens: 0, logprobs: 1 });
   t.same(plain.choices[0].logprobs, { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] });
   t.equal(plain.choices[0].text, '');
