@@ -13,7 +13,7 @@ import {
 import type { Service } from '../src/api/service.js';
 import { NAME_PATTERN } from '../src/config.js';
 import { BadRequestError } from '../src/errors.js';
-import { presetMeta } from '../src/store/presets.js';
+import { PresetNotFoundError, presetMeta } from '../src/store/presets.js';
 
 const presetSchema = Type.Partial(
   Type.Object({
@@ -127,7 +127,12 @@ const presetRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { 
         response: { 200: preset, ...errorResponses },
       },
     },
-    async (request) => shown(await svc.store.getPreset(request.params.name)),
+    async (request) => {
+      const p = await svc.store.getPreset(request.params.name);
+      // a shared registry may hold another model's presets: not this server's
+      if (p.model.id !== svc.model.id) throw new PresetNotFoundError(p.name);
+      return shown(p);
+    },
   );
 
   app.delete(
