@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { Config } from '../src/config.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
-import { FileVectorStore } from '../src/store/vectors.ts';
+import type { StoredPreset } from '../src/store/presets.ts';
+import { RedisVectorStore } from '../src/store/redis-vectors.ts';
+import { FileVectorStore, type VectorStore, vectorHash } from '../src/store/vectors.ts';
 import { harness, post } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
 
@@ -68,4 +70,59 @@ t.test('presets survive an API restart (Redis)', { skip: redis.skip }, async (t)
   const ids = ((await two.app.inject('/v1/models')).json() as { data: { id: string }[] }).data.map((m) => m.id);
   t.ok(ids.includes('steady'), 'listed as a model');
   t.same((await gen(two.app, 'steady')).tokens, steered.tokens, 'and steers the same');
+});
+
+/** A preset of one intervention with these values, as the stores keep it. */
+function stored(name: string, values: Float32Array): StoredPreset {
+  return {
+    name,
+    description: null,
+    model: { id: 'm', n_embd: values.length },
+    created_at: new Date(0).toISOString(),
+    interventions: [
+      {
+        vector: null,
+        hash: vectorHash([values.length], values),
+        shape: [values.length],
+        layer: 0,
+        site: 'resid_pre',
+        op: 'add',
+        coeff: 1,
+        unit: 'absolute',
+        positions: 'all',
+      },
+    ],
+    values: [values],
+  };
+}
+
+async function storeRules(t: Test, store: VectorStore) {
+  const a = stored('a', Float32Array.from([1, 2, 3]));
+  await store.putPreset(a, { replace: false, max: 2 });
+  t.same(await store.getPreset('a'), a, 'read back with its values');
+  await t.rejects(store.putPreset(a, { replace: false, max: 2 }), { status: 409, code: 'conflict' }, 'a taken name');
+  const a2 = stored('a', Float32Array.from([4, 5, 6]));
+  await store.putPreset(a2, { replace: true, max: 2 });
+  t.same((await store.getPreset('a')).values, a2.values, 'replaced');
+  await store.putPreset(stored('b', Float32Array.from([0, 1, 0])), { replace: false, max: 2 });
+  await t.rejects(store.putPreset(stored('c', Float32Array.from([1])), { replace: false, max: 2 }), {
+    status: 422,
+    code: 'limit',
+  });
+  t.same(
+    (await store.listPresets()).map((p) => p.name),
+    ['a', 'b'],
+  );
+  await store.deletePreset('a');
+  await t.rejects(store.getPreset('a'), { status: 404, code: 'not_found' });
+  await t.rejects(store.deletePreset('a'), { status: 404, code: 'not_found' });
+}
+
+t.test('the stores keep presets: a taken name, the limit, replace and delete', async (t) => {
+  const dir = mkdtempSync(join(root, 'store-'));
+  await storeRules(t, new FileVectorStore(dir));
+  if (redis.skip) return;
+  const store = new RedisVectorStore(redis.url, `${redis.prefix}rules:`);
+  t.teardown(() => store.close());
+  await storeRules(t, store);
 });
