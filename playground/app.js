@@ -12,7 +12,8 @@ const state = {
   generation: null,
   sweep: null,
   chart: null,
-  downloadUrl: null,
+  /** object URLs of the receipts offered for download, by link id */
+  downloadUrls: {},
 };
 
 class ApiError extends Error {
@@ -46,6 +47,53 @@ async function api(method, path, body) {
     throw new ApiError(res.status, err?.code ?? 'error', err?.message ?? (text || res.statusText));
   }
   return data;
+}
+
+/**
+ * A POST answered with server-sent events (the body gets `stream: true`): `onEvent(name, data)` for
+ * each event as it comes; an `error` event, or an error status before the stream, throws as api() does.
+ */
+async function streamed(path, body, onEvent) {
+  const headers = { 'content-type': 'application/json', accept: 'text/event-stream' };
+  if (state.key) headers.authorization = `Bearer ${state.key}`;
+  let res;
+  try {
+    res = await fetch(path, { method: 'POST', headers, body: JSON.stringify({ ...body, stream: true }) });
+  } catch (e) {
+    throw new ApiError(0, 'network', `no answer from the server: ${e.message}`);
+  }
+  if (!res.ok) {
+    const text = await res.text();
+    let err = null;
+    try {
+      err = JSON.parse(text)?.error;
+    } catch {
+      err = null;
+    }
+    throw new ApiError(res.status, err?.code ?? 'error', err?.message ?? (text || res.statusText));
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = 'message';
+      let data = '';
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event:')) event = line.slice(6).trim();
+        else if (line.startsWith('data:')) data += line.slice(5).trimStart();
+      }
+      if (!data) continue; // a keep-alive comment
+      const parsed = JSON.parse(data);
+      if (event === 'error') throw new ApiError(0, parsed.error?.code ?? 'error', parsed.error?.message ?? data);
+      onEvent(event, parsed);
+    }
+  }
 }
 
 function showError(e) {
@@ -258,12 +306,30 @@ async function generate() {
     compare: true,
   };
   $('gen-status').textContent = 'generating…';
+  // the steered tokens shown as they come; the baseline, telemetry and receipt with the last event
+  const out = $('steered-output');
+  renderTokens(out, body.prompt, [], 'kl', 0);
+  $('baseline-output').replaceChildren();
+  const tokens = [];
+  let done = null;
   try {
-    state.generation = { request: body, response: await api('POST', '/v1/generate', body) };
+    await streamed('/v1/generate', body, (event, data) => {
+      if (event === 'token') {
+        tokens.push(data);
+        out.append(tokenSpan(data, 'kl', 0));
+        $('gen-status').textContent = `generating… ${tokens.length} tokens`;
+      } else if (event === 'text' && tokens.length) {
+        // text held back (part of a character) released at the end
+        tokens.at(-1).text += data.text;
+        out.lastChild.textContent = tokens.at(-1).text;
+      } else if (event === 'done') done = data;
+    });
+    if (!done) throw new ApiError(0, 'stream', 'the stream ended before the generation did');
   } catch (e) {
     $('gen-status').textContent = '';
     throw e;
   }
+  state.generation = { request: body, response: { ...done, tokens } };
   renderGeneration();
 }
 
@@ -346,24 +412,44 @@ function tokenDetails(t) {
   return parts.join(' · ');
 }
 
+function tokenSpan(t, by, scale) {
+  const s = document.createElement('span');
+  s.className = t.top1_flip ? 'tok flip' : 'tok';
+  s.textContent = t.text;
+  s.dataset.kl = String(typeof t.kl === 'number' ? t.kl : 0);
+  s.dataset.logprob = String(t.logprob);
+  if (typeof t.baseline_logprob === 'number') s.dataset.baselineLogprob = String(t.baseline_logprob);
+  s.title = tokenDetails(t);
+  s.style.backgroundColor = tokenColour(t, by, scale);
+  s.tokenData = t;
+  return s;
+}
+
 function renderTokens(el, prompt, tokens, by, scale) {
   el.replaceChildren();
   const p = document.createElement('span');
   p.className = 'prompt';
   p.textContent = prompt;
   el.append(p);
-  for (const t of tokens ?? []) {
-    const s = document.createElement('span');
-    s.className = t.top1_flip ? 'tok flip' : 'tok';
-    s.textContent = t.text;
-    s.dataset.kl = String(typeof t.kl === 'number' ? t.kl : 0);
-    s.dataset.logprob = String(t.logprob);
-    if (typeof t.baseline_logprob === 'number') s.dataset.baselineLogprob = String(t.baseline_logprob);
-    s.title = tokenDetails(t);
-    s.style.backgroundColor = tokenColour(t, by, scale);
-    s.tokenData = t;
-    el.append(s);
+  for (const t of tokens ?? []) el.append(tokenSpan(t, by, scale));
+}
+
+/** A link that saves `{receipt}` as a JSON file, in place of the element `slot` (or the link made before). */
+function offerReceipt(linkId, slot, receipt, filename) {
+  if (state.downloadUrls[linkId]) URL.revokeObjectURL(state.downloadUrls[linkId]);
+  const blob = new Blob([`${JSON.stringify({ receipt }, null, 2)}\n`], { type: 'application/json' });
+  state.downloadUrls[linkId] = URL.createObjectURL(blob);
+  let a = $(linkId);
+  if (!a) {
+    a = document.createElement('a');
+    a.id = linkId;
+    a.dataset.testid = `${linkId}-receipt`;
+    a.className = 'button secondary';
+    a.textContent = 'Download receipt (JSON)';
+    $(slot).replaceWith(a);
   }
+  a.href = state.downloadUrls[linkId];
+  a.download = filename;
 }
 
 function scaleOf(tokens, by) {
@@ -397,20 +483,7 @@ function renderGeneration() {
     .filter(Boolean)
     .join('. ');
   $('gen-status').textContent = `${r.tokens?.length ?? 0} tokens, ${fmt(r.timings?.total_ms, 0)} ms.`;
-  if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
-  const blob = new Blob([`${JSON.stringify({ receipt: r.receipt }, null, 2)}\n`], { type: 'application/json' });
-  state.downloadUrl = URL.createObjectURL(blob);
-  let a = $('download');
-  if (!a) {
-    a = document.createElement('a');
-    a.id = 'download';
-    a.dataset.testid = 'download-receipt';
-    a.className = 'button secondary';
-    a.textContent = 'Download receipt (JSON)';
-    $('download-slot').replaceWith(a);
-  }
-  a.href = state.downloadUrl;
-  a.download = `receipt-${r.id ?? 'steerd'}.json`;
+  offerReceipt('download', 'download-slot', r.receipt, `receipt-${r.id ?? 'steerd'}.json`);
   $('replay-result').textContent = '';
   delete $('replay-result').dataset.identical;
   $('receipt-row').hidden = !r.receipt;
@@ -552,6 +625,10 @@ function renderSweep() {
   }
   const r = s.response;
   $('sweep-status').textContent = `${r.cells.length} cells; baseline: “${r.baseline?.text ?? ''}”`;
+  if (r.receipt) {
+    offerReceipt('sweep-download', 'sweep-download-slot', r.receipt, `receipt-${r.id ?? 'sweep'}.json`);
+    $('sweep-receipt-row').hidden = false;
+  }
 }
 
 function showCell(cell) {

@@ -10,6 +10,7 @@ import {
   timeoutError,
   tracked,
 } from '../src/api/generation.js';
+import { presetOf } from '../src/api/presets.js';
 import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
 import { errorResponses, interventionsSchema, Nullable, OneOf, Ref } from '../src/api/schemas.js';
@@ -24,7 +25,6 @@ import type {
 } from '../src/engine/types.js';
 import { validateGenerate } from '../src/engine/validate.js';
 import { BadRequestError, SteerdError, UnprocessableError } from '../src/errors.js';
-import { HUB_ALIASES } from '../src/model/hub.js';
 import type { Gpt2Tokenizer } from '../src/model/tokenizer.js';
 
 /** OpenAI's `logprobs` object of a choice: one entry per token, in order. */
@@ -59,15 +59,34 @@ const completionsSchema = {
   tags: ['openai'],
   summary: 'OpenAI-compatible completions (with an extra `interventions` field)',
   description:
-    "OpenAI's legacy completions: `n` completions of each prompt (choice index = prompt index × n + i; choice i samples with seed + i, the seed drawn once when absent), `logprobs` (0–5), `echo`. Each choice is a generation of its own, all admitted together (they share batches); the receipt has one run per choice, in choice order. Fields OpenAI defines and steerd does not use are accepted and ignored; `best_of` must be 1. Streaming sends `data: {chunk}` events (each with its choice's `index`; the choices' chunks interleave; a choice's last chunk has its `finish_reason`, the last of all also `usage` and `receipt`), then `data: [DONE]`.",
+    "OpenAI's legacy completions: `n` completions of each prompt (choice index = prompt index × n + i; choice i samples with seed + i, the seed drawn once when absent), `logprobs` (0–5), `echo` (with `logprobs`: the prompt's tokens scored, the first one null), `max_tokens` 0 (nothing generated: with `echo` and `logprobs`, the prompt scored; as lm-evaluation-harness's loglikelihood requests send). `prompt` may be token ids (lm-evaluation-harness's `tokenized_requests`); all prompts and choices are admitted together, and a prompt is scored by its first choice's prefill (streaming: by a one-token run of its own). Each choice is a generation of its own, all admitted together (they share batches); the receipt has one run per choice, in choice order (with `max_tokens` 0: one per prompt). Fields OpenAI defines and steerd does not use are accepted and ignored; `best_of` must be 1. Streaming sends `data: {chunk}` events (each with its choice's `index`; the choices' chunks interleave; a choice's last chunk has its `finish_reason`, the last of all also `usage` and `receipt`), then `data: [DONE]`.",
   body: Type.Object({
     model: Type.Optional(
       Type.String({
-        description: "the served model's name, id or hub name (anything else: 404 `model_not_found`)",
+        description:
+          "the served model's name, id or hub name, or a preset (`/v1/presets`): its interventions come first (anything else: 404 `model_not_found`)",
       }),
     ),
-    prompt: OneOf([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })]),
-    max_tokens: Type.Optional(Type.Integer({ minimum: 1, default: 16 })),
+    prompt: OneOf(
+      [
+        Type.String({ minLength: 1 }),
+        Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+        Type.Array(Type.Integer(), { minItems: 1 }),
+        Type.Array(Type.Array(Type.Integer(), { minItems: 1 }), { minItems: 1 }),
+      ],
+      {
+        description:
+          "a text, a list of texts, a list of token ids (one prompt, GPT-2's ids: 0..vocab_size − 1), or a list of token-id lists (lm-evaluation-harness's `tokenized_requests`)",
+      },
+    ),
+    max_tokens: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        default: 16,
+        description:
+          '0: nothing is generated; with `echo` and `logprobs` the prompt is only scored (one pass per prompt, no sampling)',
+      }),
+    ),
     temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: 1 })),
     top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
     n: Type.Optional(
@@ -193,18 +212,6 @@ const openaiReason = (r: FinishReason) => (r === 'length' ? 'length' : 'stop');
 const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   // (registering the routes touches no model: the service may have none, as for openapi.yaml)
 
-  /** The names a request's `model` may use: the served name, its id, and its hub names. */
-  const servedNames = () => {
-    const names = new Set([svc.model.name, svc.model.id]);
-    for (const [alias, repo] of Object.entries(HUB_ALIASES)) {
-      if (svc.model.name === alias || svc.model.name === repo) {
-        names.add(alias);
-        names.add(repo);
-      }
-    }
-    return names;
-  };
-
   // A token's text for `tokens` and the `top_logprobs` keys: decoded alone where its bytes are UTF-8,
   // else `bytes:` and its bytes written out (`bytes: \xe2\x80`, OpenAI's form), which keeps the keys
   // distinct.
@@ -245,12 +252,35 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
     };
   };
 
+  /**
+   * A request's prompts as token ids, and their texts (what `echo` puts first): texts are encoded,
+   * token ids checked against the vocabulary (400 naming the bad one) and decoded.
+   */
+  const promptsOf = (prompt: string | string[] | number[] | number[][]): { prompts: number[][]; texts: string[] } => {
+    const { tokenizer, info } = svc.engine;
+    if (typeof prompt === 'string') return { prompts: [tokenizer.encode(prompt)], texts: [prompt] };
+    if (typeof prompt[0] === 'string') {
+      const texts = prompt as string[];
+      return { prompts: texts.map((x) => tokenizer.encode(x)), texts };
+    }
+    const nested = typeof prompt[0] !== 'number';
+    const lists = nested ? (prompt as number[][]) : [prompt as number[]];
+    for (const [p, ids] of lists.entries())
+      for (const [i, id] of ids.entries())
+        if (id < 0 || id >= info.vocab_size)
+          throw new BadRequestError(
+            `body/prompt/${nested ? `${p}/` : ''}${i} is ${id}, not a token id (0..${info.vocab_size - 1})`,
+            { index: nested ? [p, i] : i, token: id },
+          );
+    return { prompts: lists, texts: lists.map((ids) => tokenizer.decode(ids)) };
+  };
+
   app.get(
     '/v1/models',
     {
       schema: {
         tags: ['openai'],
-        summary: 'OpenAI-compatible model list',
+        summary: 'OpenAI-compatible model list: the base model, then every preset (`parent`: the base model)',
         response: {
           200: Type.Partial(
             Type.Object({
@@ -262,6 +292,10 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
                     object: Type.String(),
                     created: Type.Integer(),
                     owned_by: Type.String(),
+                    parent: Nullable(
+                      Type.String({ description: 'a preset: the base model it steers (the base model: null)' }),
+                    ),
+                    description: Nullable(Type.String({ description: "a preset's description" })),
                   }),
                 ),
               ),
@@ -270,7 +304,23 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
         },
       },
     },
-    async () => ({ object: 'list', data: [{ id: svc.model.name, object: 'model', created: 0, owned_by: 'steerd' }] }),
+    async () => {
+      const presets = (await svc.store.listPresets()).filter((p) => p.model.id === svc.model.id);
+      return {
+        object: 'list',
+        data: [
+          { id: svc.model.name, object: 'model', created: 0, owned_by: 'steerd', parent: null },
+          ...presets.map((p) => ({
+            id: p.name,
+            object: 'model',
+            created: Math.floor(Date.parse(p.created_at) / 1000),
+            owned_by: 'steerd',
+            parent: svc.model.name,
+            description: p.description,
+          })),
+        ],
+      };
+    },
   );
 
   app.post('/v1/chat/completions', { schema: chatSchema }, async () => {
@@ -287,16 +337,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
     streamErrors(async (request: SchemaRequest<typeof completionsSchema>, reply) => {
       const b = request.body;
       const tokenizer = svc.engine.tokenizer;
-      const served = servedNames();
-      if (b.model != null && !served.has(b.model)) {
-        const others = [...served].filter((x) => x !== svc.model.name);
-        throw new SteerdError(
-          `the model "${b.model}" is not served here: this server serves ${svc.model.name} (also accepted: ${others.join(', ')})`,
-          404,
-          'model_not_found',
-          { model: b.model },
-        );
-      }
+      const preset = await presetOf(svc, b.model);
       if (b.best_of != null && b.best_of !== 1)
         throw new BadRequestError(
           `best_of is not supported (got ${b.best_of}): it must be 1; use n for several completions`,
@@ -309,46 +350,58 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           max_n: maxN,
         });
       const maxNew = b.max_tokens ?? 16;
-      checkLimits(svc, maxNew);
+      // max_tokens 0 scores the prompt: one greedy token is computed (the pass that scores the prompt
+      // predicts it anyway) and left out of the answer
+      const scoreOnly = maxNew === 0;
+      checkLimits(svc, Math.max(1, maxNew));
       const k = b.logprobs ?? undefined;
       const echo = b.echo === true;
-      const texts = Array.isArray(b.prompt) ? b.prompt : [b.prompt];
-      const prompts = texts.map((t) => tokenizer.encode(t));
-      const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions);
+      const { prompts, texts } = promptsOf(b.prompt);
+      const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions, preset);
       const stop = b.stop == null || b.stop === '' ? undefined : typeof b.stop === 'string' ? [b.stop] : b.stop;
       const seed = b.seed ?? randomInt(0, 2 ** 32);
-      // choice j = p × n + i: prompt p, seed + i
-      const reqs: GenerateRequest[] = prompts.flatMap((prompt) =>
-        Array.from({ length: n }, (_, i) => ({
-          prompt,
-          max_new_tokens: maxNew,
-          temperature: b.temperature,
-          top_p: b.top_p,
-          frequency_penalty: b.frequency_penalty,
-          presence_penalty: b.presence_penalty,
-          seed: seed + i,
-          stop,
-          interventions,
-          ...(k && { top_logprobs: k }),
-        })),
-      );
-      // echo with logprobs: each prompt scored once, by a one-token run of its own (same interventions),
-      // so that a stream can send the prompt's logprobs before the completions' tokens
-      const scoring: GenerateRequest[] =
-        echo && k !== undefined
-          ? prompts.map((prompt) => ({
+      const stream = b.stream === true;
+      const scorePrompts = echo && k !== undefined;
+      // The prompts' scores come from the first choice's run of each prompt (its prefill computes
+      // them); a stream sends them before any completion's tokens, so there each prompt is scored by
+      // a one-token run of its own (same interventions) that finishes first.
+      const separate = scorePrompts && stream && !scoreOnly;
+      const scoring = (prompt: number[], scored: boolean): GenerateRequest => ({
+        prompt,
+        max_new_tokens: 1,
+        temperature: 0,
+        seed,
+        stop_at_eos: false,
+        interventions,
+        ...(scored && { prompt_logprobs: k }),
+      });
+      // run r: with max_tokens 0, prompt r (its n choices are the same); else choice r = p × n + i,
+      // prompt p, seed + i
+      const reqs: GenerateRequest[] = scoreOnly
+        ? prompts.map((prompt) => scoring(prompt, scorePrompts))
+        : prompts.flatMap((prompt) =>
+            Array.from({ length: n }, (_, i) => ({
               prompt,
-              max_new_tokens: 1,
-              temperature: 0,
-              stop_at_eos: false,
+              max_new_tokens: maxNew,
+              temperature: b.temperature,
+              top_p: b.top_p,
+              frequency_penalty: b.frequency_penalty,
+              presence_penalty: b.presence_penalty,
+              seed: seed + i,
+              stop,
               interventions,
-              prompt_logprobs: k,
-            }))
-          : [];
+              ...(k && { top_logprobs: k }),
+              ...(scorePrompts && !separate && i === 0 && { prompt_logprobs: k }),
+            })),
+          );
+      const scorers = separate ? prompts.map((prompt) => scoring(prompt, true)) : [];
       // every run is checked before any starts
-      for (const r of [...reqs, ...scoring]) validateGenerate(r, svc.engine.info, svc.engine.maxContext);
+      for (const r of [...reqs, ...scorers]) validateGenerate(r, svc.engine.info, svc.engine.maxContext);
+      const runOf = (j: number) => (scoreOnly ? Math.floor(j / n) : j);
+      const choices = prompts.length * n;
 
-      const release = admit(svc, reqs.length + scoring.length);
+      // all admitted together: the prompts' prefills share passes
+      const release = admit(svc, reqs.length + scorers.length);
       const sig = requestSignal(svc, request, reply);
       try {
         const id = `cmpl-${randomUUID()}`;
@@ -357,7 +410,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           id,
           object: 'text_completion',
           created,
-          model: svc.model.name,
+          model: preset?.name ?? svc.model.name,
           choices,
         });
         const choice = <F extends string | null>(j: number, text: string, logprobs: Logprobs | null, finish: F) => ({
@@ -366,7 +419,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           logprobs: k === undefined ? null : (logprobs ?? noLogprobs()),
           finish_reason: finish,
         });
-        const stream = sig.openStream(b.stream);
+        const opened = sig.openStream(stream);
         // the choices' chunks go out one at a time, in the order they come
         let sending = Promise.resolve();
         const send = (data: object | string) => {
@@ -374,18 +427,18 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           return sending;
         };
 
-        const scores = scoring.map(async (r) => {
+        const scores = scorers.map(async (r) => {
           for await (const e of tracked(svc, r, svc.engine.generate(r, { signal: sig.signal })))
             if (e.type === 'done') return e.prompt_logprobs ?? [];
           return [];
         });
-        const promptPart = async (p: number) => (k === undefined ? null : promptLogprobs(prompts[p], await scores[p]));
 
         let finished = 0;
         let last: { j: number; done: DoneEvent } | undefined;
-        const run = async (j: number) => {
-          const p = Math.floor(j / n);
-          const req = reqs[j];
+        const streamTokens = opened && !scoreOnly;
+        const run = async (r: number) => {
+          const p = scoreOnly ? r : Math.floor(r / n);
+          const req = reqs[r];
           const events = tracked(svc, req, svc.engine.generate(req, { signal: sig.signal }));
           const offsets = new Offsets(tokenizer, echo ? texts[p].length : 0);
           const tokens: TokenEvent[] = [];
@@ -393,30 +446,35 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           let done: DoneEvent | undefined;
           let started = false;
           for await (const e of events) {
-            if (stream && echo && !started) await send(chunk([choice(j, texts[p], await promptPart(p), null)]));
+            if (streamTokens && echo && !started)
+              await send(
+                chunk([
+                  choice(r, texts[p], k === undefined ? null : promptLogprobs(prompts[p], await scores[p]), null),
+                ]),
+              );
             started = true;
             if (e.type === 'token') {
               if (e.id < 0) {
                 // text held back (a stop-string prefix, part of a character), released at the end
-                if (stream && e.text) await send(chunk([choice(j, e.text, null, null)]));
+                if (streamTokens && e.text) await send(chunk([choice(r, e.text, null, null)]));
                 continue;
               }
               tokens.push(e);
               at.push(offsets.next(e.id));
-              if (stream && (e.text || k !== undefined))
-                await send(chunk([choice(j, e.text, generatedLogprobs([e], [at.at(-1)!]), null)]));
+              if (streamTokens && (e.text || k !== undefined))
+                await send(chunk([choice(r, e.text, generatedLogprobs([e], [at.at(-1)!]), null)]));
               continue;
             }
             if (sig.timedOut()) throw timeoutError(svc);
             done = e;
             // the last choice to finish waits for the usage and the receipt
-            if (stream && ++finished < reqs.length)
-              await send(chunk([choice(j, '', null, openaiReason(e.finish_reason))]));
-            else last = { j, done: e };
+            if (streamTokens && ++finished < reqs.length)
+              await send(chunk([choice(r, '', null, openaiReason(e.finish_reason))]));
+            else last = { j: r, done: e };
           }
           return { tokens, at, done: done! };
         };
-        const runs = reqs.map((_, j) => run(j));
+        const runs = reqs.map((_, r) => run(r));
         for (const r of [...runs, ...scores]) r.catch(() => sig.abort());
         let results: Awaited<(typeof runs)[number]>[];
         try {
@@ -427,7 +485,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           throw e;
         }
         if (sig.timedOut()) throw timeoutError(svc);
-        const completionTokens = results.reduce((s, r) => s + r.done.usage.completion_tokens, 0);
+        const completionTokens = scoreOnly ? 0 : results.reduce((s, r) => s + r.done.usage.completion_tokens, 0);
         const promptTokens = prompts.reduce((s, p) => s + p.length, 0);
         const usage = {
           prompt_tokens: promptTokens,
@@ -444,8 +502,15 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
               r.tokens.map((e) => e.id),
             ),
           ),
+          preset?.name,
         );
-        if (stream) {
+        // each prompt's scored tokens, from its scoring run or its first choice's run
+        const promptPart = async (p: number) => {
+          if (!scorePrompts) return null;
+          const scored = separate ? await scores[p] : (results[scoreOnly ? p : p * n].done.prompt_logprobs ?? []);
+          return promptLogprobs(prompts[p], scored);
+        };
+        if (streamTokens) {
           const end = last ?? { j: 0, done: results[0].done };
           await send({
             ...chunk([choice(end.j, '', null, openaiReason(end.done.finish_reason))]),
@@ -455,11 +520,13 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           await sending;
           return sig.close({ data: '[DONE]' });
         }
-        const choices = await Promise.all(
-          results.map(async (r, j) => {
+        const all = await Promise.all(
+          Array.from({ length: choices }, async (_, j) => {
             const p = Math.floor(j / n);
-            const generated = k === undefined ? null : generatedLogprobs(r.tokens, r.at);
             const prompt = echo ? await promptPart(p) : null;
+            if (scoreOnly) return choice(j, echo ? texts[p] : '', prompt, 'length');
+            const r = results[runOf(j)];
+            const generated = k === undefined ? null : generatedLogprobs(r.tokens, r.at);
             return choice(
               j,
               (echo ? texts[p] : '') + r.done.text,
@@ -468,7 +535,14 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
             );
           }),
         );
-        return { ...chunk(choices), usage, receipt: rec };
+        if (opened) {
+          // max_tokens 0, streamed: each choice whole, the last with the usage and the receipt
+          for (const [j, c] of all.entries())
+            await send(j < all.length - 1 ? chunk([c]) : { ...chunk([c]), usage, receipt: rec });
+          await sending;
+          return sig.close({ data: '[DONE]' });
+        }
+        return { ...chunk(all), usage, receipt: rec };
       } finally {
         sig.done();
         release();

@@ -13,12 +13,14 @@ import {
   timeoutError,
   tracked,
 } from '../src/api/generation.js';
+import { presetOf } from '../src/api/presets.js';
 import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
 import {
   appliedInterventionSchema,
   errorResponses,
   interventionsSchema,
+  modelField,
   OneOf,
   Ref,
   StringEnum,
@@ -34,6 +36,7 @@ const schema = {
     'Tokenizes the prompt as Hugging Face does for GPT-2 (no BOS unless `prepend_bos`), generates with the given sampling parameters and interventions, and reports what was applied. `stream: true` answers with server-sent events: one `token` event per token, then a `done` event with the rest of the response. `telemetry: true` runs an unsteered twin in the same batch, fed the steered tokens: each token gains its baseline logprob, the KL between the two distributions and the projections of the steered stream, the response a summary. `compare` adds control arms in the same batch, with the same seed: `true` (the unsteered baseline) or a list of `baseline`, `negated` (coefficients × −1), `random` (vectors replaced by random ones of the same norms). The `receipt` is what `POST /v1/replay` runs again.',
   body: Type.Object(
     {
+      model: modelField,
       prompt: Type.String({ minLength: 1 }),
       ...samplingProperties,
       interventions: Type.Optional(interventionsSchema),
@@ -97,9 +100,19 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
     const maxNew = b.max_new_tokens ?? 64;
     checkLimits(svc, maxNew);
     const prompt = [...(b.prepend_bos ? [engine.tokenizer.eosId] : []), ...engine.tokenizer.encode(b.prompt)];
-    const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions);
+    const preset = await presetOf(svc, b.model);
+    const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions, preset);
     const seed = b.seed ?? randomInt(0, 2 ** 32);
-    const { stream: _s, compare: _c, prepend_bos: _p, interventions: _i, prompt: _text, telemetry, ...sampling } = b;
+    const {
+      stream: _s,
+      compare: _c,
+      prepend_bos: _p,
+      interventions: _i,
+      prompt: _text,
+      model: _m,
+      telemetry,
+      ...sampling
+    } = b;
     const req: GenerateRequest = {
       ...sampling,
       prompt,
@@ -150,20 +163,24 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
       await keepValues(svc, interventions, applied);
       const body = {
         id,
-        model: svc.model.name,
+        model: preset?.name ?? svc.model.name,
         ...completionOf(result),
         seed: result.done.seed,
         timings: result.done.timings,
         interventions: applied,
         ...(baseline && { baseline }),
         ...((negated || random) && { controls: { ...(negated && { negated }), ...(random && { random }) } }),
-        receipt: receipt(svc, [
-          runRecord(
-            req,
-            applied,
-            result.tokens.map((t) => t.id),
-          ),
-        ]),
+        receipt: receipt(
+          svc,
+          [
+            runRecord(
+              req,
+              applied,
+              result.tokens.map((t) => t.id),
+            ),
+          ],
+          preset?.name,
+        ),
       };
       if (stream) {
         const { tokens: _, ...rest } = body;

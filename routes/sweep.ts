@@ -12,11 +12,13 @@ import {
   timeoutError,
   tracked,
 } from '../src/api/generation.js';
+import { presetOf } from '../src/api/presets.js';
 import { keepValues, type RunRecord, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { type AppliedIntervention, resolveInterventions } from '../src/api/resolve.js';
 import {
   errorResponses,
   interventionSchema,
+  modelField,
   Nullable,
   opSchema,
   positionsSchema,
@@ -43,9 +45,10 @@ const schema = {
   tags: ['generation'],
   summary: 'Dose–response: one vector at several layers × coefficients (× seeds), in one batched call',
   description:
-    "Runs one generation per cell of layers × coeffs × seeds, each with the one intervention `{vector, layer, coeff, unit, positions}` and that seed, all admitted together so that they share batches; a cell's tokens are those of a `/v1/generate` with the same intervention and seed. With `telemetry` (default true) each cell reports the mean and largest KL from its unsteered twin, the top-1 flips and the logprob delta. `baseline` is the unsteered completion (the first seed). `stream: true` sends a `cell` event as each cell finishes, then `done`. In Redis mode every cell is a job of its own, picked up by any worker.",
+    "Runs one generation per cell of layers × coeffs × seeds, each with the one intervention `{vector, layer, coeff, unit, positions}` and that seed, all admitted together so that they share batches; a cell's tokens are those of a `/v1/generate` with the same intervention and seed. With `telemetry` (default true) each cell reports the mean and largest KL from its unsteered twin, the top-1 flips and the logprob delta. `baseline` is the unsteered completion (the first seed); with a preset as `model`, every cell and the baseline run its interventions first. `stream: true` sends a `cell` event as each cell finishes, then `done`. In Redis mode every cell is a job of its own, picked up by any worker.",
   body: Type.Object(
     {
+      model: modelField,
       prompt: Type.String({ minLength: 1 }),
       vector: interventionSchema.properties.vector,
       layers: Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1, maxItems: 64, uniqueItems: true }),
@@ -89,7 +92,8 @@ interface Cell {
   coeff: number;
   seed: number;
   req: GenerateRequest;
-  applied: AppliedIntervention;
+  /** The preset's interventions, if any, then the swept one (last). */
+  applied: AppliedIntervention[];
   interventions: Intervention[];
 }
 
@@ -124,27 +128,31 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
       telemetry = true,
       stream: _st,
       prepend_bos: _p,
+      model: _m,
       ...sampling
     } = b;
     const base = { ...sampling, prompt, max_new_tokens: maxNew, stop: typeof b.stop === 'string' ? [b.stop] : b.stop };
     // every cell resolved (and so validated) before anything runs
+    // with a preset as the model: its interventions in every cell and in the baseline, the swept one last
+    const preset = await presetOf(svc, b.model);
+    const presetOnly = await resolveInterventions(svc, [], preset);
     const cells: Cell[] = [];
     for (const layer of layers) {
       for (const coeff of coeffs) {
-        const resolved = await resolveInterventions(svc, [{ vector, layer, coeff, unit, positions, site, op }]);
+        const resolved = await resolveInterventions(svc, [{ vector, layer, coeff, unit, positions, site, op }], preset);
         for (const seed of seeds) {
           cells.push({
             layer,
             coeff,
             seed,
             req: { ...base, seed, interventions: resolved.engine, telemetry },
-            applied: resolved.applied[0],
+            applied: resolved.applied,
             interventions: resolved.engine,
           });
         }
       }
     }
-    const baselineReq: GenerateRequest = { ...base, seed: seeds[0], interventions: [] };
+    const baselineReq: GenerateRequest = { ...base, seed: seeds[0], interventions: presetOnly.engine };
     const release = admit(svc, cells.length + 1);
     const sig = requestSignal(svc, request, reply);
     try {
@@ -161,7 +169,10 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
           coeff: c.coeff,
           seed: c.seed,
           ...completionOf(r),
-          intervention: { applied_coeff: c.applied.applied_coeff, applied_norm: c.applied.applied_norm },
+          intervention: {
+            applied_coeff: c.applied.at(-1)!.applied_coeff,
+            applied_norm: c.applied.at(-1)!.applied_norm,
+          },
         };
         if (stream) await sig.send({ event: 'cell', data: cell });
         return { cell, ids: r.tokens.map((t) => t.id) };
@@ -177,25 +188,25 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
       }
       if (sig.timedOut()) throw timeoutError(svc);
       const first = cells[0];
-      await keepValues(svc, first.interventions, [first.applied]);
+      await keepValues(svc, first.interventions, first.applied);
       const runs: RunRecord[] = [
         runRecord(
           baselineReq,
-          [],
+          presetOnly.applied,
           base0.tokens.map((t) => t.id),
         ),
-        ...cells.map((c, i) => runRecord(c.req, [c.applied], done[i].ids)),
+        ...cells.map((c, i) => runRecord(c.req, c.applied, done[i].ids)),
       ];
       const body = {
         id: `sweep-${randomUUID()}`,
-        model: svc.model.name,
-        vector: { name: first.applied.vector, hash: first.applied.hash },
+        model: preset?.name ?? svc.model.name,
+        vector: { name: first.applied.at(-1)!.vector, hash: first.applied.at(-1)!.hash },
         baseline: { ...completionOf(base0), seed: seeds[0] },
         cells: done.map((d) => {
           const { index: _i, ...cell } = d.cell;
           return cell;
         }),
-        receipt: receipt(svc, runs),
+        receipt: receipt(svc, runs, preset?.name),
       };
       if (stream) {
         const { cells: _c, ...rest } = body;

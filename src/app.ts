@@ -13,6 +13,7 @@ import generateRoutes from '../routes/generate.js';
 import healthRoutes from '../routes/health.js';
 import modelRoutes from '../routes/model.js';
 import playgroundRoutes from '../routes/playground.js';
+import presetRoutes from '../routes/presets.js';
 import replayRoutes from '../routes/replay.js';
 import sweepRoutes from '../routes/sweep.js';
 import vectorRoutes from '../routes/vectors.js';
@@ -22,6 +23,7 @@ import type { Service } from './api/service.js';
 import { explain, plainError, type SchemaError } from './api/validation.js';
 import { type Config, hostAllowlist, hostName, isAddress } from './config.js';
 import { QueueFullError, SteerdError } from './errors.js';
+import { logOptions } from './logging.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -108,11 +110,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
     logger:
       opts.logger === false
         ? false
-        : {
-            level: config.logLevel,
-            redact: ['req.headers.authorization', 'req.headers["x-api-key"]'],
-            ...(typeof opts.logger === 'object' ? opts.logger : {}),
-          },
+        : { ...logOptions(config), ...(typeof opts.logger === 'object' ? opts.logger : {}) },
     bodyLimit: config.limits.bodyLimit,
     // slow clients: Node bounds receiving a request (headers, then all of it; never the response),
     // checked this often; an idle kept-alive connection is closed after keepAliveTimeout
@@ -165,7 +163,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
           bearer: { type: 'http', scheme: 'bearer', description: 'only when the server has API keys' },
         },
       },
-      tags: ['vectors', 'generation', 'activations', 'openai', 'model', 'health'].map((name) => ({ name })),
+      tags: ['vectors', 'presets', 'generation', 'activations', 'openai', 'model', 'health'].map((name) => ({ name })),
     },
     refResolver: { buildLocalReference: (json, _base, _frag, i) => (json.$id as string) ?? `def-${i}` },
   });
@@ -281,6 +279,7 @@ export async function buildApp(svc: Service, opts: AppOptions = {}): Promise<Fas
   await app.register(healthRoutes, { svc });
   await app.register(modelRoutes, { svc });
   await app.register(vectorRoutes, { svc });
+  await app.register(presetRoutes, { svc });
   await app.register(generateRoutes, { svc });
   await app.register(sweepRoutes, { svc });
   await app.register(replayRoutes, { svc });

@@ -12,7 +12,7 @@ export interface Limits {
   maxNewTokens: number;
   /** Interventions per request at most. Env STEERD_MAX_INTERVENTIONS. Default 16. */
   maxInterventions: number;
-  /** Vectors stored at most. Env STEERD_MAX_VECTORS. Default 1000. */
+  /** Vectors stored at most, and presets stored at most (counted apart). Env STEERD_MAX_VECTORS. Default 1000. */
   maxVectors: number;
   /** Request body size in bytes at most (413 beyond). Env STEERD_BODY_LIMIT. Default 16 MiB. */
   bodyLimit: number;
@@ -80,7 +80,8 @@ export interface Config {
   cacheDir?: string;
   /**
    * The Hugging Face hub cache, shared with Python: hub models are looked for there first and
-   * downloaded into it. Env HF_HUB_CACHE, else HF_HOME/hub. Default ~/.cache/huggingface/hub.
+   * downloaded into it. Env HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else HF_HOME/hub, else
+   * XDG_CACHE_HOME/huggingface/hub (hf-cache.ts). Default ~/.cache/huggingface/hub.
    */
   hubCacheDir: string;
   /** Hub models only from the caches, never downloaded. Env HF_HUB_OFFLINE (1, true, yes, on). Default false. */
@@ -132,7 +133,23 @@ export interface Config {
   drainTimeoutMs: number;
   /** pino level. Env LOG_LEVEL. Default info. */
   logLevel: string;
+  /**
+   * How logs are written: `json` (pino's own: one JSON object a line, for collectors), `pretty`
+   * (pino-pretty: one coloured line per event, for people), or `auto`: pretty when standard output
+   * is a terminal, else JSON (logOptions in src/logging.ts decides). Env STEERD_LOG_FORMAT. Default auto.
+   */
+  logFormat: LogFormat;
   limits: Limits;
+}
+
+export const LOG_FORMATS = ['auto', 'pretty', 'json'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
+/** STEERD_LOG_FORMAT: auto, pretty or json; anything else stops steerd at start. */
+export function parseLogFormat(v: string): LogFormat {
+  if (!(LOG_FORMATS as readonly string[]).includes(v))
+    throw new Error(`STEERD_LOG_FORMAT must be auto, pretty or json, not "${v}"`);
+  return v as LogFormat;
 }
 
 /** A weights dtype from the environment or the command line; anything else stops steerd at start. */
@@ -257,6 +274,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     rateLimit: int(env, 'STEERD_RATE_LIMIT', 0, 0),
     drainTimeoutMs: int(env, 'STEERD_DRAIN_TIMEOUT_MS', 30_000, 0),
     logLevel: env.LOG_LEVEL ?? 'info',
+    logFormat: parseLogFormat(env.STEERD_LOG_FORMAT || 'auto'),
     limits: {
       maxNewTokens: int(env, 'STEERD_MAX_NEW_TOKENS', 512),
       maxInterventions: int(env, 'STEERD_MAX_INTERVENTIONS', 16),

@@ -166,7 +166,11 @@ t.test('a snapshot missing some files: only those are downloaded, into the folde
 
   hub.requests.length = 0;
   t.equal((await resolveModel(config)).dir, m.dir, 'the next start finds it all');
-  t.same(hub.requests, [], 'without asking the hub');
+  t.same(
+    hub.requests,
+    [`/api/models/${REPO}/revision/main?blobs=true`],
+    'asking the hub only where main is (where it was): nothing downloaded',
+  );
 });
 
 t.test('HF_HUB_OFFLINE=1 with nothing cached: no request, and a message naming what and where', async (t) => {
@@ -300,6 +304,16 @@ t.test('where the hub cache is, and what HF_HUB_OFFLINE means', async (t) => {
   t.equal(hubCacheDir({ HF_HOME: '/b' }), join('/b', 'hub'));
   t.equal(hubCacheDir({ HF_HUB_CACHE: '', HF_HOME: '' }), join(home, '.cache', 'huggingface', 'hub'));
   t.equal(hubCacheDir({ HF_HOME: '~/hf' }), join(home, 'hf', 'hub'));
+  // the older name, and XDG's cache home, as huggingface_hub reads them
+  t.equal(
+    hubCacheDir({ HUGGINGFACE_HUB_CACHE: '/old', HF_HOME: '/b' }),
+    '/old',
+    'HUGGINGFACE_HUB_CACHE before HF_HOME',
+  );
+  t.equal(hubCacheDir({ HF_HUB_CACHE: '/a', HUGGINGFACE_HUB_CACHE: '/old' }), '/a', 'HF_HUB_CACHE first');
+  t.equal(hubCacheDir({ XDG_CACHE_HOME: '/x' }), join('/x', 'huggingface', 'hub'));
+  t.equal(hubCacheDir({ XDG_CACHE_HOME: '/x', HF_HOME: '/b' }), join('/b', 'hub'), 'HF_HOME before XDG_CACHE_HOME');
+  t.equal(hubCacheDir({ HUGGINGFACE_HUB_CACHE: '~/old' }), join(home, 'old'));
   for (const v of ['1', 'true', 'YES', 'on']) t.ok(hubOffline({ HF_HUB_OFFLINE: v }), v);
   for (const v of ['', '0', 'false', 'no']) t.notOk(hubOffline({ HF_HUB_OFFLINE: v }), JSON.stringify(v));
   const c = loadConfig({ HF_HOME: '/b', HF_HUB_OFFLINE: '1' });

@@ -47,8 +47,7 @@ const gitBlobId = (b: Buffer) => createHash('sha1').update(`blob ${b.length}\0`)
 /** A file's blob name in the hub cache: the SHA-256 of an LFS file, else the git blob id. */
 const etag = (file: string) => (file === 'model.safetensors' ? sha256(bytes.get(file)!) : gitBlobId(bytes.get(file)!));
 
-function sibling(file: string) {
-  const b = bytes.get(file)!;
+function sibling(file: string, b: Buffer = bytes.get(file)!) {
   if (file === 'model.safetensors') {
     return {
       rfilename: file,
@@ -86,6 +85,8 @@ interface Seen {
   partSize?: number;
 }
 let mode: Mode = 'normal';
+/** While set, main has moved to this commit, whose files are these (the others as at COMMIT). */
+let moved: { commit: string; files: Map<string, Buffer> } | undefined;
 let requests: Seen[] = [];
 /** Bytes of model.safetensors (absolute offsets) sent before each cut connection. */
 let cuts: number[] = [];
@@ -96,6 +97,7 @@ let slowDisk = false;
 
 function reset(m: Mode = 'normal') {
   mode = m;
+  moved = undefined;
   requests = [];
   cuts = [];
   watchPart = undefined;
@@ -127,26 +129,31 @@ const server: Server = createServer((req, res) => {
   const api = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/.exec(url.pathname);
   if (api) {
     const files = repos.get(api[1]);
-    if (!files || (api[2] !== 'main' && api[2] !== COMMIT) || url.searchParams.get('blobs') !== 'true') {
+    const known = [COMMIT, ...(moved ? [moved.commit] : [])];
+    if (!files || (api[2] !== 'main' && !known.includes(api[2])) || url.searchParams.get('blobs') !== 'true') {
       res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"Repository not found"}');
       return;
     }
+    const head = api[2] === 'main' ? moved : moved?.commit === api[2] ? moved : undefined;
     const siblings = files.map((f) =>
-      bytes.has(f) ? sibling(f) : { rfilename: f, size: 10, blobId: gitBlobId(Buffer.from('# readme\n')) },
+      bytes.has(f)
+        ? sibling(f, head?.files.get(f))
+        : { rfilename: f, size: 10, blobId: gitBlobId(Buffer.from('# readme\n')) },
     );
     res
       .writeHead(200, { 'content-type': 'application/json' })
-      .end(JSON.stringify({ id: api[1], sha: COMMIT, siblings }));
+      .end(JSON.stringify({ id: api[1], sha: head?.commit ?? COMMIT, siblings }));
     return;
   }
   const resolve = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(url.pathname);
   const files = resolve && repos.get(resolve[1]);
-  if (!resolve || !files || resolve[2] !== COMMIT || !files.includes(resolve[3]) || !bytes.has(resolve[3])) {
+  const at = resolve?.[2] === moved?.commit ? moved : undefined;
+  if (!resolve || !files || (resolve[2] !== COMMIT && !at) || !files.includes(resolve[3]) || !bytes.has(resolve[3])) {
     res.writeHead(404).end('Entry not found');
     return;
   }
   const file = resolve[3];
-  let body: Buffer = bytes.get(file)!;
+  let body: Buffer = at?.files.get(file) ?? bytes.get(file)!;
   if (mode === 'corrupt' && file === 'model.safetensors') body = corrupted(body);
   const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
   let start = 0;
@@ -278,7 +285,41 @@ const caught = (p: Promise<unknown>) =>
 
 // ---------------------------------------------------------------------------------------------
 
-t.test('a clean pull downloads and verifies every file; a second pull asks nothing of the hub', async (t) => {
+t.test('a cached main that moved: only the files the new commit changed are downloaded', async (t) => {
+  reset();
+  const cache = newCache();
+  const dir = await pull('gpt2', { endpoint, cache });
+  const NEXT = createHash('sha1').update('steerd hub test commit, next').digest('hex');
+  const config = Buffer.from(
+    JSON.stringify({ ...JSON.parse(bytes.get('config.json')!.toString('utf8')), steerd_note: 'moved' }),
+  );
+  reset();
+  moved = { commit: NEXT, files: new Map([['config.json', config]]) };
+  const progress = recorder();
+  const next = await pull('gpt2', { endpoint, cache, progress });
+  t.equal(next, join(repoDir(cache), 'snapshots', NEXT), "the new commit's snapshot");
+  t.same(
+    requests.map((q) => q.path),
+    [`/api/models/${REPO}/revision/main?blobs=true`, `/${REPO}/resolve/${NEXT}/config.json`],
+    'where main is, then the one changed file',
+  );
+  t.same(readFileSync(join(next, 'config.json')), config, 'the new config');
+  t.same(readFileSync(join(next, 'model.safetensors')), model, 'the unchanged weights, linked from their blob');
+  t.equal(readFileSync(join(repoDir(cache), 'refs', 'main'), 'utf8'), NEXT, 'refs/main moved');
+  t.ok(existsSync(join(dir, 'config.json')), 'the old snapshot is left as it was');
+  t.match(progress.logs.join('\n'), /gpt2@main moved from [0-9a-f]{12} to [0-9a-f]{12}/);
+
+  // the hub away: the snapshot as cached, at once; offline: not even asked
+  reset();
+  const away = recorder();
+  t.equal(await pull('gpt2', { endpoint: 'http://127.0.0.1:9', cache, progress: away }), next, 'the hub away');
+  t.match(away.logs.at(-1), /the hub did not answer.*served as cached/);
+  reset();
+  t.equal(await pull('gpt2', { endpoint, cache, offline: true }), next);
+  t.same(requests, [], 'offline: no request');
+});
+
+t.test('a clean pull downloads and verifies every file; a second pull asks only where main is', async (t) => {
   reset();
   const cache = newCache();
   const progress = recorder();
@@ -309,7 +350,11 @@ t.test('a clean pull downloads and verifies every file; a second pull asks nothi
   reset();
   const again = await pull('gpt2', { endpoint, cache, progress });
   t.equal(again, dir, 'the second pull returns the same directory');
-  t.same(requests, [], 'found in the cache: no request at all');
+  t.same(
+    requests.map((q) => q.path),
+    [`/api/models/${REPO}/revision/main?blobs=true`],
+    'found in the cache: one request, for the commit main is at (the same), nothing downloaded',
+  );
   t.match(progress.logs.at(-1), `gpt2@main: in the Hugging Face cache, ${dir}`);
   assertIdentical(t, dir);
 

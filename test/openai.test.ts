@@ -4,9 +4,13 @@ import { join } from 'node:path';
 import OpenAI, { BadRequestError, NotFoundError, RateLimitError, UnprocessableEntityError } from 'openai';
 import type { Completion, CompletionCreateParamsNonStreaming } from 'openai/resources/completions';
 import t, { type Test } from 'tap';
+import type { Intervention } from '../src/engine/types.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { harness } from './helpers/api.ts';
+import { referenceGreedy } from './helpers/engine-util.ts';
+import { generationBody, loglikelihoodBody, readLoglikelihood, referenceLoglikelihood } from './helpers/lm-eval.ts';
 import { sameRun } from './helpers/provider.ts';
+import { loadReference } from './helpers/reference.ts';
 
 // The official OpenAI client against a listening server. The checkpoint's folder is named after a
 // hub model, so that the hub names are the served model's too.
@@ -21,6 +25,8 @@ t.teardown(async () => {
 await h.app.listen({ host: '127.0.0.1', port: 0 });
 const url = `http://127.0.0.1:${(h.app.server.address() as { port: number }).port}`;
 const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0 });
+const ref = loadReference(model);
+const encode = (s: string) => h.svc.engine.tokenizer.encode(s);
 
 type Logprobs = NonNullable<Completion['choices'][number]['logprobs']>;
 type Choice = { text: string; index: number; logprobs: Logprobs | null; finish_reason: string | null };
@@ -34,6 +40,8 @@ type Receipt = { runs: { seed: number; prompt: number[]; output: number[] }[] };
 /** What the tests read of steerd's own responses. */
 interface Body {
   text: string;
+  choices: Choice[];
+  receipt: Receipt;
   tokens: GenToken[];
   identical: boolean;
   error: { code: string; message: string };
@@ -278,6 +286,323 @@ t.test('streaming with n > 1: chunks of the choices interleave, each with its in
     await new Promise((r) => setTimeout(r, 20));
   t.equal((await cancelled()) - before, 3, 'all three cancelled');
   t.equal(h.svc.inFlight, 0, 'their slots freed');
+});
+
+/**
+ * lm-evaluation-harness's requests: a batch of context + continuation ids, each continuation's
+ * logprob and greedy flag read as the harness reads them, against the float64 reference. One
+ * continuation is the reference's own greedy one (greedy: true), the others are not.
+ */
+export async function harnessLoglikelihood(
+  t: Test,
+  modelName: string,
+  ivs: Parameters<typeof referenceGreedy>[3] = [],
+) {
+  const contexts = ['The cat sat on the', 'Hello', 'One two three four five six'];
+  const ctx = contexts.map(encode);
+  const greedy = referenceGreedy(ref, ctx[0], 3, ivs).ids;
+  const conts = [greedy, encode(' world, and more'), encode(' seven')];
+  const prompts = ctx.map((c, i) => [...c, ...conts[i]]);
+  const ctxlens = ctx.map((c) => c.length);
+  const want = prompts.map((p, i) => referenceLoglikelihood(ref, p, ctxlens[i], ivs));
+  t.ok(want[0].greedy && !want[1].greedy, 'the reference: the first continuation is greedy, the second not');
+  for (const maxTokens of [1, 0] as const) {
+    const r = await postJson('/v1/completions', loglikelihoodBody(modelName, prompts, maxTokens));
+    t.equal(r.status, 200, `max_tokens ${maxTokens}`);
+    t.same(
+      r.body.choices.map((c) => c.index),
+      [0, 1, 2],
+      'one choice per prompt, in order',
+    );
+    t.equal(r.body.receipt.runs.length, prompts.length, 'one run per prompt (no second scoring pass)');
+    const got = readLoglikelihood(r.body.choices, ctxlens, maxTokens);
+    for (const [i, g] of got.entries()) {
+      t.equal(g.count, conts[i].length, `prompt ${i}: the continuation's tokens`);
+      t.ok(
+        Math.abs(g.sum - want[i].sum) < 1e-3,
+        `prompt ${i}: logprob ${g.sum} ≈ ${want[i].sum} (max_tokens ${maxTokens})`,
+      );
+      t.equal(g.greedy, want[i].greedy, `prompt ${i}: is-greedy ${want[i].greedy}`);
+    }
+  }
+}
+
+t.test('lm-evaluation-harness: loglikelihood requests (token ids, echo, max_tokens 1 and 0)', async (t) => {
+  // the batch's runs are submitted together (concurrent rows of the engine's batches), not in turn
+  const engine = h.svc.engine;
+  const generate = engine.generate;
+  let live = 0;
+  let peak = 0;
+  engine.generate = (req, opts) => {
+    peak = Math.max(peak, ++live);
+    const events = generate.call(engine, req, opts);
+    return (async function* () {
+      try {
+        yield* events;
+      } finally {
+        live--;
+      }
+    })();
+  };
+  t.teardown(() => {
+    engine.generate = generate;
+  });
+  await harnessLoglikelihood(t, 'gpt2');
+  t.equal(peak, 3, "the batch's three prompts ran as concurrent rows");
+});
+
+t.test('lm-evaluation-harness: generation requests (token ids, stop, seed)', async (t) => {
+  const prompts = ['The cat sat on the', 'Hello world'].map(encode);
+  const greedy = prompts.map((p) => referenceGreedy(ref, p, 6).ids);
+  const texts = greedy.map((g) => h.svc.engine.tokenizer.decode(g));
+  // a stop string: the text of the first prompt's fourth greedy token (cut before it)
+  const stop = h.svc.engine.tokenizer.decode([greedy[0][3]]);
+  const r = await postJson('/v1/completions', generationBody('gpt2', prompts, 6, [stop]));
+  t.equal(r.status, 200);
+  const got = [...r.body.choices].sort((a, b) => a.index - b.index).map((c) => c.text);
+  t.equal(got[0], texts[0].slice(0, texts[0].indexOf(stop)), "cut before the stop string: the reference's greedy text");
+  t.equal(got[1], texts[1].includes(stop) ? texts[1].slice(0, texts[1].indexOf(stop)) : texts[1]);
+});
+
+t.test('token-id prompts: ids checked against the vocabulary; echo decodes them; index across n', async (t) => {
+  const V = h.svc.engine.info.vocab_size;
+  const bad = async (prompt: unknown, where: string) => {
+    const r = await postJson('/v1/completions', { prompt, max_tokens: 1 });
+    t.equal(r.status, 400, JSON.stringify(prompt));
+    t.match(r.body.error.message, where);
+  };
+  await bad(
+    [
+      [1, 2],
+      [3, V],
+    ],
+    'body/prompt/1/1',
+  );
+  await bad([5, -1], 'body/prompt/1');
+  await bad([[1], []], 'body/prompt');
+  await bad([1, 'a'], 'body/prompt');
+  t.equal(h.svc.inFlight, 0, 'nothing ran');
+
+  const ids = encode('The cat sat on the mat');
+  const text = await complete({ prompt: 'The cat sat on the mat', echo: true, logprobs: 2, max_tokens: 3, seed: 5 });
+  const one = await complete({ prompt: ids, echo: true, logprobs: 2, max_tokens: 3, seed: 5 });
+  t.same(one.choices, text.choices, 'a list of ids: the same as its text');
+  offsetsMatch(t, one.choices[0].text, one.choices[0].logprobs!);
+  const many = await complete({ prompt: [ids, encode('Hello')], n: 2, max_tokens: 2, seed: 5 });
+  t.same(
+    many.choices.map((c) => c.index),
+    [0, 1, 2, 3],
+  );
+  t.same(many.choices[0], { ...one.choices[0], text: many.choices[0].text, logprobs: null, finish_reason: 'length' });
+  t.equal(
+    many.choices[0].text,
+    text.choices[0].text.slice('The cat sat on the mat'.length, undefined).slice(0, many.choices[0].text.length),
+  );
+  // max_tokens 0: the prompt alone, nothing generated
+  const zero = await complete({ prompt: [ids], echo: true, max_tokens: 0, n: 2 });
+  t.same(
+    zero.choices.map((c) => [c.index, c.text, c.finish_reason]),
+    [
+      [0, 'The cat sat on the mat', 'length'],
+      [1, 'The cat sat on the mat', 'length'],
+    ],
+  );
+  t.equal(zero.usage!.completion_tokens, 0);
+  const zeroReceipt = (zero as unknown as { receipt: Receipt }).receipt;
+  t.equal(zeroReceipt.runs.length, 1, 'one run for the prompt, whatever n');
+  t.equal((await postJson('/v1/replay', { receipt: zeroReceipt })).body.identical, true, 'and it replays');
+  const plain = await complete({ prompt: ids, max_tokens: 0, logprobs: 1 });
+  t.same(plain.choices[0].logprobs, { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] });
+  t.equal(plain.choices[0].text, '');
+  const s = await streamed(t, { prompt: [ids], echo: true, logprobs: 1, max_tokens: 0 });
+  const ns = await complete({ prompt: [ids], echo: true, logprobs: 1, max_tokens: 0 });
+  t.same(s.choices, ns.choices, 'max_tokens 0 streamed: the same');
+});
+
+t.test('presets: a named steering configuration served as a model id', async (t) => {
+  const H = h.svc.engine.info.n_embd;
+  const a = Array.from({ length: H }, (_, i) => Math.sin(0.7 * i + 1));
+  const b = Array.from({ length: H }, (_, i) => Math.cos(1.3 * i));
+  const reg = await postJson('/v1/vectors', { name: 'calm-dir', values: a });
+  t.equal(reg.status, 201);
+  const body = {
+    name: 'calm',
+    description: 'two additions',
+    interventions: [
+      { vector: 'calm-dir', layer: 1, coeff: 4 },
+      { vector: { values: b }, layer: 2, site: 'resid_mid', coeff: -3 },
+    ],
+  };
+  // the same steering, written for the reference
+  const ivs: Intervention[] = [
+    { values: Float32Array.from(a), rows: 1, layer: 1, coeff: 4 },
+    { values: Float32Array.from(b), rows: 1, layer: 2, site: 'resid_mid', coeff: -3 },
+  ];
+  const made = await postJson('/v1/presets', body);
+  t.equal(made.status, 201, JSON.stringify(made.body));
+  t.match(made.body, { name: 'calm', parent: 'gpt2', description: 'two additions' });
+
+  // any OpenAI client: the preset is listed as a model and completes as one
+  const models = await client.models.list();
+  t.same(
+    models.data.map((m) => [m.id, m.object, m.owned_by, (m as unknown as { parent: string | null }).parent]),
+    [
+      ['gpt2', 'model', 'steerd', null],
+      ['calm', 'model', 'steerd', 'gpt2'],
+    ],
+  );
+  const prompt = encode('The cat sat on the');
+  const want = referenceGreedy(ref, prompt, 4, ivs).ids;
+  const c = await client.completions.create({ model: 'calm', prompt, max_tokens: 4, temperature: 0 });
+  t.equal(c.model, 'calm');
+  t.equal(
+    c.choices[0].text,
+    h.svc.engine.tokenizer.decode(want),
+    "the reference's greedy text with the preset's steering",
+  );
+  t.not(c.choices[0].text, h.svc.engine.tokenizer.decode(referenceGreedy(ref, prompt, 4).ids), 'not the base model’s');
+
+  // the harness's loglikelihood requests against the preset
+  await harnessLoglikelihood(t, 'calm', ivs);
+
+  // /v1/generate: the preset's interventions first, then the request's; the receipt names the preset
+  const extra = { vector: { values: a }, layer: 3, coeff: 1.5 };
+  const g = await postJson('/v1/generate', {
+    model: 'calm',
+    prompt: 'Hello world',
+    max_new_tokens: 5,
+    seed: 9,
+    interventions: [extra],
+  });
+  const inline = await postJson('/v1/generate', {
+    prompt: 'Hello world',
+    max_new_tokens: 5,
+    seed: 9,
+    interventions: [{ ...body.interventions[0], vector: { values: a } }, body.interventions[1], extra],
+  });
+  t.equal(g.status, 200);
+  t.same(
+    g.body.tokens.map((x) => x.id),
+    inline.body.tokens.map((x) => x.id),
+    'the same tokens as the three interventions sent inline',
+  );
+  const gr = g.body.receipt as Receipt & { preset?: string; runs: { interventions: { hash: string }[] }[] };
+  t.equal(gr.preset, 'calm');
+  t.same(
+    gr.runs[0].interventions.map((x) => x.hash),
+    (inline.body.receipt as typeof gr).runs[0].interventions.map((x) => x.hash),
+    'the interventions by hash',
+  );
+
+  // /v1/sweep: every cell and the baseline run the preset
+  const sw = await postJson('/v1/sweep', {
+    model: 'calm',
+    prompt: 'Hello world',
+    vector: 'calm-dir',
+    layers: [3],
+    coeffs: [0, 1.5],
+    max_new_tokens: 5,
+    seed: 9,
+    telemetry: false,
+  });
+  t.equal(sw.status, 200);
+  const cells = (sw.body as unknown as { cells: { tokens: GenToken[] }[]; baseline: { tokens: GenToken[] } }).cells;
+  const base = await postJson('/v1/generate', { model: 'calm', prompt: 'Hello world', max_new_tokens: 5, seed: 9 });
+  t.same(
+    (sw.body as unknown as { baseline: { tokens: GenToken[] } }).baseline.tokens.map((x) => x.id),
+    base.body.tokens.map((x) => x.id),
+    "the sweep's baseline: the preset alone",
+  );
+  t.same(
+    cells[1].tokens.map((x) => x.id),
+    g.body.tokens.map((x) => x.id),
+    'a cell: the preset and the swept intervention',
+  );
+
+  // pinned: deleting the vector it was made from changes nothing; replacing or deleting the preset
+  // leaves its receipts replayable
+  t.equal((await fetch(`${url}/v1/vectors/calm-dir`, { method: 'DELETE' })).status, 204);
+  const again = await client.completions.create({ model: 'calm', prompt, max_tokens: 4, temperature: 0 });
+  t.equal(again.choices[0].text, c.choices[0].text, 'the vector deleted: the preset steers the same');
+  const put = await fetch(`${url}/v1/presets/calm`, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ interventions: [{ vector: { values: b }, layer: 0, coeff: 9 }] }),
+  });
+  t.equal(put.status, 200);
+  const replaced = await postJson('/v1/generate', { model: 'calm', prompt: 'Hello world', max_new_tokens: 5, seed: 9 });
+  t.notSame(
+    replaced.body.tokens.map((x) => x.id),
+    base.body.tokens.map((x) => x.id),
+    'replaced: it steers otherwise',
+  );
+  t.equal((await fetch(`${url}/v1/presets/calm`, { method: 'DELETE' })).status, 204);
+  for (const rec of [gr, (c as unknown as { receipt: Receipt }).receipt, sw.body.receipt]) {
+    const r = await postJson('/v1/replay', { receipt: rec });
+    t.equal(r.status, 200);
+    t.equal(r.body.identical, true, 'a receipt of the old preset replays');
+  }
+  const gone = await client.completions.create({ model: 'calm', prompt, max_tokens: 1 }).catch((e) => e);
+  t.ok(gone instanceof NotFoundError, 'deleted: no such model');
+  t.equal(gone.code, 'model_not_found');
+});
+
+t.test('presets: a bad body or a missing vector leaves nothing stored', async (t) => {
+  const H = h.svc.engine.info.n_embd;
+  const v = Array.from({ length: H }, (_, i) => (i % 3) - 1);
+  t.equal((await postJson('/v1/vectors', { name: 'kept', values: v })).status, 201);
+  t.teardown(() => fetch(`${url}/v1/vectors/kept`, { method: 'DELETE' }).then(() => undefined));
+  const refused = async (body: Record<string, unknown>, status: number, message: RegExp | string) => {
+    const r = await postJson('/v1/presets', { name: 'bad', ...body });
+    t.equal(r.status, status, JSON.stringify(body).slice(0, 120));
+    t.match(r.body.error.message, message);
+  };
+  const ok = { vector: 'kept', layer: 1, coeff: 2 };
+  await refused(
+    { interventions: [ok, { vector: 'absent', layer: 1, coeff: 1 }] },
+    422,
+    'interventions[1].vector: no vector named "absent"',
+  );
+  await refused(
+    { interventions: [ok, { vector: 'kept', layer: 9, coeff: 1 }] },
+    422,
+    /interventions\[1\]\.layer 9 is out of range/,
+  );
+  await refused(
+    { interventions: [{ vector: { values: [1, 2] }, layer: 1, coeff: 1 }] },
+    422,
+    /interventions\[0\].*hidden size/,
+  );
+  await refused(
+    { interventions: [{ vector: { hash: 'f'.repeat(64) }, layer: 1, coeff: 1 }] },
+    422,
+    /interventions\[0\]\.vector: no values/,
+  );
+  await refused(
+    { interventions: [{ vector: 'kept', layer: 1, op: 'ablate', positions: 'front' }] },
+    422,
+    /interventions\[0\]: ablate/,
+  );
+  await refused({ interventions: [] }, 400, 'body/interventions');
+  await refused({ interventions: [ok], colour: 'red' }, 400, 'body');
+  await refused({ interventions: [{ ...ok, coeff: 'x' }] }, 400, 'body/interventions/0');
+  t.same((await (await fetch(`${url}/v1/presets`)).json()).data, [], 'nothing stored');
+  t.equal((await fetch(`${url}/v1/presets/bad`)).status, 404);
+
+  const base = await postJson('/v1/presets', { name: 'gpt2', interventions: [ok] });
+  t.equal(base.status, 409, "the base model's name");
+  t.equal((await postJson('/v1/presets', { name: 'once', interventions: [ok] })).status, 201);
+  const twice = await postJson('/v1/presets', { name: 'once', interventions: [ok] });
+  t.equal(twice.status, 409);
+  t.match(twice.body.error.message, /PUT \/v1\/presets\/once/);
+  // by content hash: the vector's hash names the same values
+  const hash = ((await (await fetch(`${url}/v1/vectors/kept`)).json()) as { hash: string }).hash;
+  const byHash = await postJson('/v1/presets', { name: 'by-hash', interventions: [{ ...ok, vector: { hash } }] });
+  t.equal(byHash.status, 201);
+  t.equal((byHash.body as unknown as { interventions: { hash: string }[] }).interventions[0].hash, hash);
+  for (const n of ['once', 'by-hash'])
+    t.equal((await fetch(`${url}/v1/presets/${n}`, { method: 'DELETE' })).status, 204);
+  t.equal((await fetch(`${url}/v1/presets/once`, { method: 'DELETE' })).status, 404);
 });
 
 t.test('model names, chat', async (t) => {

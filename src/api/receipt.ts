@@ -65,6 +65,12 @@ export const receiptSchema = Type.Object(
       },
       { additionalProperties: false },
     ),
+    preset: Type.Optional(
+      Type.String({
+        description:
+          "the preset the request named as its model: each run's interventions begin with its interventions, as they were then (replay runs them by hash, whatever became of the preset)",
+      }),
+    ),
     runs: Type.Array(runRecordSchema, { minItems: 1 }),
   },
   {
@@ -106,22 +112,26 @@ export function runRecord(req: GenerateRequest, applied: AppliedIntervention[], 
   };
 }
 
-export function receipt(svc: Service, runs: RunRecord[]): Receipt {
+export function receipt(svc: Service, runs: RunRecord[], preset?: string): Receipt {
   const info = svc.engine.info;
   return {
     steerd: pkg.version,
     model: { id: svc.model.id, fingerprint: info.fingerprint, graph_hash: info.graph_hash },
+    ...(preset !== undefined && { preset }),
     runs,
   };
 }
 
 /**
- * Keeps the values of the inline vectors a response names, so that its receipt can be replayed
- * (registered vectors are kept by the store; deleted ones for a while).
+ * Keeps the values of the inline vectors and preset interventions a response names, so that its
+ * receipt can be replayed after the preset changes or goes (registered vectors are kept by the
+ * store; deleted ones for a while).
  */
 export async function keepValues(svc: Service, engine: Intervention[], applied: AppliedIntervention[]): Promise<void> {
   await Promise.all(
-    applied.map((a, i) => (a.vector === null ? svc.store.putValues(a.hash, a.shape, engine[i].values) : undefined)),
+    applied.map((a, i) =>
+      a.vector === null || a.preset !== undefined ? svc.store.putValues(a.hash, a.shape, engine[i].values) : undefined,
+    ),
   );
 }
 

@@ -102,8 +102,15 @@ export const interventionSchema = Type.Object(
       [
         Type.String({ pattern: NAME_PATTERN }),
         Type.Object({ values: vectorValuesSchema }, { additionalProperties: false }),
+        Type.Object(
+          { hash: Type.String({ pattern: '^[0-9a-f]{64}$', description: 'sha256 of the shape and float32 values' }) },
+          { additionalProperties: false },
+        ),
       ],
-      { description: 'A stored vector by name, or inline values.' },
+      {
+        description:
+          "A stored vector by name, inline values, or values by content hash (a vector's `hash`, or a receipt's: kept while registered or a week after their last use).",
+      },
     ),
     layer: Type.Integer({
       minimum: 0,
@@ -122,6 +129,14 @@ export const interventionSchema = Type.Object(
     positions: Type.Optional(positionsSchema),
   },
   { $id: 'Intervention', additionalProperties: false },
+);
+
+/** A request's `model`: the base model or a preset, whose interventions then come first. */
+export const modelField = Type.Optional(
+  Type.String({
+    description:
+      "a preset (`/v1/presets`): its interventions are applied first, before the request's; the base model's name, id or hub name, or absent: none",
+  }),
 );
 
 /** An intervention as the API receives it. */
@@ -198,5 +213,6 @@ export const appliedInterventionSchema = Type.Partial(
     applied_coeff: Type.Number({ description: 'the multiplier applied to the stored values' }),
     applied_norm: Type.Number({ description: 'the norm of what was added (a sequence: its largest row)' }),
     positions: Type.String(),
+    preset: Type.String({ description: 'the preset it came from (its interventions come first)' }),
   }),
 );

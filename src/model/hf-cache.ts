@@ -31,11 +31,15 @@ import { basename, dirname, join, sep } from 'node:path';
  * ({@link servingDir}).
  */
 
-/** The hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`. */
+/**
+ * The hub cache, found as huggingface_hub finds it: `$HF_HUB_CACHE`, else the older
+ * `$HUGGINGFACE_HUB_CACHE`, else `hub/` in the Hugging Face home (`$HF_HOME`, else
+ * `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`). A leading `~` is the home directory.
+ */
 export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.HF_HUB_CACHE) return expandHome(env.HF_HUB_CACHE);
-  if (env.HF_HOME) return join(expandHome(env.HF_HOME), 'hub');
-  return join(homedir(), '.cache', 'huggingface', 'hub');
+  const set = (v: string | undefined) => (v ? expandHome(v) : undefined);
+  const home = set(env.HF_HOME) ?? join(set(env.XDG_CACHE_HOME) ?? join(homedir(), '.cache'), 'huggingface');
+  return set(env.HF_HUB_CACHE) ?? set(env.HUGGINGFACE_HUB_CACHE) ?? join(home, 'hub');
 }
 
 /** `HF_HUB_OFFLINE` set to 1, true, yes or on (any case), as huggingface_hub reads it: no download. */

@@ -23,6 +23,12 @@ import { describeMissing, findInHubCache, hubCacheDir, hubOffline, missingFiles,
 
 const COMMIT = /^[0-9a-f]{40}$/;
 
+/**
+ * How long a cached branch's check waits for the hub before serving the snapshot as cached: 10 s,
+ * what huggingface_hub waits for a file's metadata (its HF_HUB_ETAG_TIMEOUT) before using its cache.
+ */
+export const REF_CHECK_TIMEOUT_MS = 10_000;
+
 /** Short names of the released GPT-2 checkpoints on the Hugging Face hub. */
 export const HUB_ALIASES: Record<string, string> = {
   gpt2: 'openai-community/gpt2',
@@ -142,7 +148,9 @@ export function findLegacy(cache: string, repo: string, revision: string): strin
 
 /**
  * A GPT-2 checkpoint's directory: the revision's snapshot in the hub cache when it has every file
- * steerd needs (no network); else, given `legacyCache`, a complete pull in steerd's old cache; else
+ * steerd needs (a branch such as `main` checked first against the hub with one small request,
+ * unless offline: when it has moved, the new commit's changed files are downloaded; a commit is
+ * served without asking); else, given `legacyCache`, a complete pull in steerd's old cache; else
  * the files the snapshot lacks, downloaded into the hub cache. Refused offline (`HF_HUB_OFFLINE`),
  * naming what is missing and where it looked.
  *
@@ -160,33 +168,62 @@ export async function pullModel(name: string, opts: PullOptions = {}): Promise<P
   const hubCache = opts.cache ?? hubCacheDir();
   const log = (m: string) => opts.progress?.log(m);
 
-  const cached = findInHubCache(hubCache, ids, revision);
-  if (cached.hit) {
-    log(`${name}@${revision}: in the Hugging Face cache, ${cached.hit.dir}`);
-    return { dir: cached.hit.dir!, cache: 'hub' };
-  }
-  const looked = [...cached.looked];
-  if (opts.legacyCache) {
-    const old = findLegacy(opts.legacyCache, repo, revision);
-    if (old) {
-      log(`${name}@${revision}: in steerd's cache, ${old}`);
-      return { dir: old, cache: 'steerd' };
-    }
-    looked.push(`${join(opts.legacyCache, 'models', repo.replace('/', '--'))}: no complete pull of ${revision}`);
-  }
-  if (opts.offline ?? hubOffline()) {
-    const missing = cached.partial?.missing ?? ['config.json', 'model.safetensors', ...TOKENIZER];
-    throw new DownloadError(
-      `${name}@${revision} is not cached and HF_HUB_OFFLINE forbids downloading it: missing ${describeMissing(missing)}; looked in ${looked.join('; ')}`,
-      { missing, looked },
-    );
-  }
-
+  const offline = opts.offline ?? hubOffline();
   const endpoint = (opts.endpoint ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '');
   const token = opts.token ?? process.env.HF_TOKEN;
   const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
   const infoUrl = `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}?blobs=true`;
-  const info = (await fetchJson(infoUrl, headers)) as { sha?: string; siblings?: Sibling[] };
+  let info: { sha?: string; siblings?: Sibling[] } | undefined;
+
+  const cached = findInHubCache(hubCache, ids, revision);
+  if (cached.hit) {
+    const hit = cached.hit;
+    const at = `${name}@${revision}: in the Hugging Face cache, ${hit.dir}`;
+    // A commit never moves; a branch may have. Unless offline, one small request (the revision's
+    // commit and file list) says whether it has: if not, or if the hub does not answer in
+    // REF_CHECK_TIMEOUT_MS, the snapshot is served as it is; if it has, only the files the new
+    // commit changed are downloaded below (the others' blobs are there already).
+    if (offline || COMMIT.test(revision)) {
+      log(at);
+      return { dir: hit.dir!, cache: 'hub' };
+    }
+    try {
+      info = (await fetchJson(infoUrl, headers, REF_CHECK_TIMEOUT_MS)) as typeof info;
+    } catch (e) {
+      log(`${at} (the hub did not answer, ${(e as Error).message}: served as cached)`);
+      return { dir: hit.dir!, cache: 'hub' };
+    }
+    if (!info?.sha || !COMMIT.test(info.sha)) {
+      log(`${at} (the hub gave no commit for ${revision}: served as cached)`);
+      return { dir: hit.dir!, cache: 'hub' };
+    }
+    if (info.sha === hit.commit) {
+      log(`${at} (up to date)`);
+      return { dir: hit.dir!, cache: 'hub' };
+    }
+    log(
+      `${name}@${revision} moved from ${hit.commit?.slice(0, 12)} to ${info.sha.slice(0, 12)}: fetching what changed`,
+    );
+  } else {
+    const looked = [...cached.looked];
+    if (opts.legacyCache) {
+      const old = findLegacy(opts.legacyCache, repo, revision);
+      if (old) {
+        log(`${name}@${revision}: in steerd's cache, ${old}`);
+        return { dir: old, cache: 'steerd' };
+      }
+      looked.push(`${join(opts.legacyCache, 'models', repo.replace('/', '--'))}: no complete pull of ${revision}`);
+    }
+    if (offline) {
+      const missing = cached.partial?.missing ?? ['config.json', 'model.safetensors', ...TOKENIZER];
+      throw new DownloadError(
+        `${name}@${revision} is not cached and HF_HUB_OFFLINE forbids downloading it: missing ${describeMissing(missing)}; looked in ${looked.join('; ')}`,
+        { missing, looked },
+      );
+    }
+  }
+
+  info ??= (await fetchJson(infoUrl, headers)) as { sha?: string; siblings?: Sibling[] };
   const commit = info.sha ?? revision;
   const siblings = new Map((info.siblings ?? []).map((s) => [s.rfilename, s]));
   const lacks = REQUIRED.filter((f) => !siblings.has(f));
@@ -200,7 +237,7 @@ export async function pullModel(name: string, opts: PullOptions = {}): Promise<P
 
   // Into the folder of a spelling that is already there (its blobs and partial files are reused),
   // else the repository's own.
-  const repoDir = cached.partial?.repoDir ?? join(hubCache, repoFolder(repo));
+  const repoDir = cached.hit?.repoDir ?? cached.partial?.repoDir ?? join(hubCache, repoFolder(repo));
   const snapshot = join(repoDir, 'snapshots', commit);
   mkdirSync(join(repoDir, 'blobs'), { recursive: true });
   mkdirSync(snapshot, { recursive: true });
@@ -248,10 +285,10 @@ function linkIntoSnapshot(blob: string, pointer: string): void {
   }
 }
 
-async function fetchJson(url: string, headers: Record<string, string>): Promise<unknown> {
+async function fetchJson(url: string, headers: Record<string, string>, timeoutMs?: number): Promise<unknown> {
   let res: Response;
   try {
-    res = await fetch(url, { headers });
+    res = await fetch(url, { headers, ...(timeoutMs !== undefined && { signal: AbortSignal.timeout(timeoutMs) }) });
   } catch (e) {
     throw new DownloadError(`cannot reach ${url}: ${causeOf(e)}`, { url });
   }

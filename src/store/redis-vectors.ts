@@ -1,11 +1,19 @@
 import { Redis } from 'ioredis';
 import { SteerdError } from '../errors.js';
 import {
+  encodePreset,
+  PresetConflictError,
+  PresetLimitError,
+  PresetNotFoundError,
+  type StoredPreset,
+} from './presets.js';
+import {
   ConflictError,
   checkValues,
   isVectorHash,
   LimitError,
   NotFoundError,
+  readPreset,
   type StoredVector,
   VALUES_TTL_S,
   type VectorMeta,
@@ -61,6 +69,14 @@ local ttl = redis.call('PTTL', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 1`;
+
+/** A preset written under its name: refused when it exists and may not be replaced, or the count is full. */
+const PUT_PRESET = `
+local exists = redis.call('HEXISTS', KEYS[1], ARGV[1])
+if exists == 1 and ARGV[3] == '0' then return 'conflict' end
+if exists == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return 'limit' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 'ok'`;
 
 /**
  * Seconds that values nothing refers to any more (a deleted or replaced vector's) are kept:
@@ -264,6 +280,50 @@ export class RedisVectorStore implements VectorStore {
         return { shape, values };
       const found = shapeForHash(hash, values);
       return found && { shape: found, values };
+    });
+  }
+
+  /** Presets: one hash, name → the preset with its pinned values (presets.ts). */
+  private get presetsKey() {
+    return `${this.prefix}presets`;
+  }
+
+  listPresets(): Promise<StoredPreset[]> {
+    return this.call(async () => {
+      const all = await this.redis.hgetall(this.presetsKey);
+      return Object.keys(all)
+        .sort()
+        .map((n) => readPreset(all[n]));
+    });
+  }
+
+  getPreset(name: string): Promise<StoredPreset> {
+    return this.call(async () => {
+      const raw = await this.redis.hget(this.presetsKey, name);
+      if (raw === null) throw new PresetNotFoundError(name);
+      return readPreset(raw);
+    });
+  }
+
+  putPreset(p: StoredPreset, opts: { replace: boolean; max: number }): Promise<void> {
+    return this.call(async () => {
+      const r = await this.redis.eval(
+        PUT_PRESET,
+        1,
+        this.presetsKey,
+        p.name,
+        encodePreset(p),
+        opts.replace ? '1' : '0',
+        String(opts.max),
+      );
+      if (r === 'conflict') throw new PresetConflictError(p.name);
+      if (r === 'limit') throw new PresetLimitError(opts.max);
+    });
+  }
+
+  deletePreset(name: string): Promise<void> {
+    return this.call(async () => {
+      if ((await this.redis.hdel(this.presetsKey, name)) === 0) throw new PresetNotFoundError(name);
     });
   }
 

@@ -15,6 +15,14 @@ import {
 import { dirname, join } from 'node:path';
 import { SteerdError } from '../errors.js';
 import type { Site } from '../model/hooks.js';
+import {
+  decodePreset,
+  encodePreset,
+  PresetConflictError,
+  PresetLimitError,
+  PresetNotFoundError,
+  type StoredPreset,
+} from './presets.js';
 
 /** The model a vector was made for: used vectors must match the serving model. */
 export interface VectorModel {
@@ -106,6 +114,23 @@ export function checkValues(hash: string, shape: number[], values: Float32Array)
   if (vectorHash(shape, values) !== hash) throw new Error(`values do not have the hash ${hash}`);
 }
 
+/** A stored preset read back, its pinned values checked against their hashes (a damaged record: 500). */
+export function readPreset(text: string): StoredPreset {
+  const p = decodePreset(text);
+  for (const [i, iv] of p.interventions.entries()) {
+    try {
+      checkValues(iv.hash, iv.shape, p.values[i] ?? new Float32Array());
+    } catch (e) {
+      throw new SteerdError(
+        `preset "${p.name}": the values of interventions[${i}] are damaged (${(e as Error).message})`,
+        500,
+        'internal',
+      );
+    }
+  }
+  return p;
+}
+
 export function describe(values: Float32Array, shape: number[]): Pick<VectorMeta, 'kind' | 'norm' | 'hash' | 'shape'> {
   let s = 0;
   for (const v of values) s += v * v;
@@ -136,6 +161,13 @@ export interface VectorStore {
    * match their hash).
    */
   getValues(hash: string): Promise<{ shape: number[]; values: Float32Array } | null>;
+  /** Every preset (with its pinned values), by name. */
+  listPresets(): Promise<StoredPreset[]>;
+  /** The preset `name` (404 when there is none). */
+  getPreset(name: string): Promise<StoredPreset>;
+  /** Stores a preset; refuses an existing name unless `replace` (409), a new one beyond `max` (422). */
+  putPreset(p: StoredPreset, opts: { replace: boolean; max: number }): Promise<void>;
+  deletePreset(name: string): Promise<void>;
   /** Whether the store answers (readiness); absent = always. */
   ping?(): Promise<boolean>;
   close?(): Promise<void>;
@@ -216,6 +248,8 @@ const STRAY_TMP_MS = 3600_000;
 export class FileVectorStore implements VectorStore {
   private readonly dir: string;
   private readonly valuesDir: string;
+  /** `<dataDir>/presets/<name>.json`, written atomically like the vectors. */
+  private readonly presetsDir: string;
   private lock: Promise<unknown> = Promise.resolve();
   /** When values were last pruned (ms since the epoch); 0: not yet. */
   private lastPrune = 0;
@@ -223,7 +257,9 @@ export class FileVectorStore implements VectorStore {
   constructor(dataDir: string) {
     this.dir = join(dataDir, 'vectors');
     this.valuesDir = join(dataDir, 'values');
+    this.presetsDir = join(dataDir, 'presets');
     mkdirSync(this.dir, { recursive: true });
+    mkdirSync(this.presetsDir, { recursive: true });
     mkdirSync(this.valuesDir, { recursive: true });
   }
 
@@ -385,6 +421,60 @@ export class FileVectorStore implements VectorStore {
     // Kept values, else a record, else kept values again: a delete or replace keeps the values
     // before removing the record, so one of the three sees them without taking the lock.
     return this.readKept(hash) ?? this.findRegistered(hash) ?? this.readKept(hash);
+  }
+
+  private presetFile(name: string) {
+    return join(this.presetsDir, `${name}.json`);
+  }
+
+  private presetNames(): string[] {
+    return readdirSync(this.presetsDir)
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => f.slice(0, -5))
+      .sort();
+  }
+
+  async listPresets(): Promise<StoredPreset[]> {
+    const out: StoredPreset[] = [];
+    for (const name of this.presetNames()) {
+      try {
+        out.push(await this.getPreset(name));
+      } catch (e) {
+        if (!(e instanceof PresetNotFoundError)) throw e; // deleted meanwhile
+      }
+    }
+    return out;
+  }
+
+  async getPreset(name: string): Promise<StoredPreset> {
+    let text: string;
+    try {
+      text = readFileSync(this.presetFile(name), 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new PresetNotFoundError(name);
+      throw e;
+    }
+    return readPreset(text);
+  }
+
+  putPreset(p: StoredPreset, opts: { replace: boolean; max: number }): Promise<void> {
+    return this.exclusive(() => {
+      const names = new Set(this.presetNames());
+      if (names.has(p.name) && !opts.replace) throw new PresetConflictError(p.name);
+      if (!names.has(p.name) && names.size >= opts.max) throw new PresetLimitError(opts.max);
+      writeAtomic(this.presetFile(p.name), p.name, Buffer.from(encodePreset(p)));
+    });
+  }
+
+  deletePreset(name: string): Promise<void> {
+    return this.exclusive(() => {
+      try {
+        rmSync(this.presetFile(name));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new PresetNotFoundError(name);
+        throw e;
+      }
+    });
   }
 
   /**

@@ -34,10 +34,16 @@ const json = (body: unknown, key?: string) => ({
  * another origin is refused (and makes the test fail).
  */
 async function sealed(context: BrowserContext, origin: string) {
-  const requests: { url: string; headers: Record<string, string> }[] = [];
+  const requests: { url: string; headers: Record<string, string>; stream?: boolean }[] = [];
   await context.route('**/*', (route) => {
     const r = route.request();
-    requests.push({ url: r.url(), headers: r.headers() });
+    let stream: boolean | undefined;
+    try {
+      stream = (r.postDataJSON() as { stream?: boolean } | null)?.stream;
+    } catch {
+      stream = undefined;
+    }
+    requests.push({ url: r.url(), headers: r.headers(), stream });
     return new URL(r.url()).origin === origin ? route.continue() : route.abort('blockedbyclient');
   });
   return requests;
@@ -234,6 +240,8 @@ t.test('in Chromium: model card, recipe, generate with telemetry, receipt, sweep
   t.match(await page.locator(id('telemetry')).textContent(), /mean KL [\d.]+ · max KL/, 'the telemetry summary');
 
   // the receipt: downloaded as JSON, replayed identically
+  const asked = requests.find((r) => r.url === `${url}/v1/generate`);
+  t.equal(asked?.stream, true, 'the generation was streamed (server-sent events)');
   const [download] = await Promise.all([page.waitForEvent('download'), page.click(id('download-receipt'))]);
   t.match(download.suggestedFilename(), /^receipt-gen-.*\.json$/);
   const file = JSON.parse(readFileSync((await download.path())!, 'utf8')) as {
@@ -294,6 +302,13 @@ t.test('in Chromium: model card, recipe, generate with telemetry, receipt, sweep
   t.ok(await page.locator(`${id('sweep-cell')} .tok`).count(), "the cell's tokens");
   await page.selectOption(id('sweep-metric'), 'logprob_delta');
   t.match(await page.locator(`${id('sweep-heatmap')} caption`).textContent(), /^logprob delta/, 'another metric');
+  // the sweep's receipt: downloaded like a generation's, a run per cell and the baseline, replayable
+  const [sweepFile] = await Promise.all([page.waitForEvent('download'), page.click(id('sweep-download-receipt'))]);
+  t.match(sweepFile.suggestedFilename(), /^receipt-sweep-.*\.json$/);
+  const swept = JSON.parse(readFileSync((await sweepFile.path())!, 'utf8')) as { receipt: { runs: unknown[] } };
+  t.equal(swept.receipt.runs.length, 10, 'the baseline and 9 cells');
+  const replayed = await fetch(`${url}/v1/replay`, json(swept));
+  t.equal(((await replayed.json()) as { identical: boolean }).identical, true, 'and it replays');
 
   t.ok((await overflow(page)) <= 0, 'no horizontal overflow at 1280 px');
   await page.screenshot({ path: new URL('playground-1280.png', artifacts).pathname, fullPage: true });

@@ -1,0 +1,128 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import type { Config } from '../src/config.ts';
+import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import type { StoredPreset } from '../src/store/presets.ts';
+import { RedisVectorStore } from '../src/store/redis-vectors.ts';
+import { FileVectorStore, type VectorStore, vectorHash } from '../src/store/vectors.ts';
+import { harness, post } from './helpers/api.ts';
+import { testRedis } from './helpers/redis.ts';
+
+// Presets outlive the process that made them: in the file store (a restart on the same data
+// directory) and in Redis (another API process on the same prefix).
+const root = mkdtempSync(join(tmpdir(), 'steerd-presets-'));
+const model = join(root, 'model');
+writeTinyCheckpoint(model, { layers: 2, embd: 32, heads: 2, ctx: 64, seed: 5, initScale: 10 });
+t.teardown(() => rmSync(root, { recursive: true, force: true }));
+
+const gen = (app: Awaited<ReturnType<typeof harness>>['app'], modelName?: string) =>
+  post(app, '/v1/generate', { model: modelName, prompt: 'Hello there', max_new_tokens: 4, temperature: 0 }).then((r) =>
+    r.json(),
+  );
+
+/** Makes a vector and a preset steering with it; returns the preset as made and its tokens. */
+async function make(t: Test, app: Awaited<ReturnType<typeof harness>>['app']) {
+  const values = Array.from({ length: 32 }, (_, i) => Math.sin(i));
+  t.equal((await post(app, '/v1/vectors', { name: 'v', values })).statusCode, 201);
+  const made = await post(app, '/v1/presets', {
+    name: 'steady',
+    description: 'kept',
+    interventions: [{ vector: 'v', layer: 1, coeff: 6 }],
+  });
+  t.equal(made.statusCode, 201, made.body);
+  const steered = await gen(app, 'steady');
+  t.notSame(steered.tokens, (await gen(app)).tokens, 'it steers');
+  return { made: made.json(), steered };
+}
+
+t.test('presets survive a restart (file store)', async (t) => {
+  const dir = mkdtempSync(join(root, 'data-'));
+  const one = await harness(model, undefined, dir);
+  const { made } = await make(t, one.app).finally(() => one.close());
+  // the store opened again on the same directory, as a restarted server does
+  const store = new FileVectorStore(dir);
+  const back = await store.getPreset('steady');
+  t.match(back, { name: made.name, description: 'kept', created_at: made.created_at });
+  t.same(back.interventions, made.interventions, 'its interventions');
+  t.same(
+    (await store.listPresets()).map((p) => p.name),
+    ['steady'],
+  );
+  t.same(
+    Array.from(back.values[0]),
+    Array.from(Float32Array.from({ length: 32 }, (_, i) => Math.sin(i))),
+    'and its values',
+  );
+});
+
+const redis = await testRedis();
+t.teardown(redis.cleanup);
+t.test('presets survive an API restart (Redis)', { skip: redis.skip }, async (t) => {
+  const open = () =>
+    harness(model, (c: Config): Config => ({ ...c, redisUrl: redis.url, redisPrefix: redis.prefix, worker: true }));
+  const one = await open();
+  const { made, steered } = await make(t, one.app).finally(() => one.close());
+  const two = await open();
+  t.teardown(() => two.close());
+  t.same((await two.app.inject('/v1/presets/steady')).json(), made, 'the preset, as it was made');
+  const ids = ((await two.app.inject('/v1/models')).json() as { data: { id: string }[] }).data.map((m) => m.id);
+  t.ok(ids.includes('steady'), 'listed as a model');
+  t.same((await gen(two.app, 'steady')).tokens, steered.tokens, 'and steers the same');
+});
+
+/** A preset of one intervention with these values, as the stores keep it. */
+function stored(name: string, values: Float32Array): StoredPreset {
+  return {
+    name,
+    description: null,
+    model: { id: 'm', n_embd: values.length },
+    created_at: new Date(0).toISOString(),
+    interventions: [
+      {
+        vector: null,
+        hash: vectorHash([values.length], values),
+        shape: [values.length],
+        layer: 0,
+        site: 'resid_pre',
+        op: 'add',
+        coeff: 1,
+        unit: 'absolute',
+        positions: 'all',
+      },
+    ],
+    values: [values],
+  };
+}
+
+async function storeRules(t: Test, store: VectorStore) {
+  const a = stored('a', Float32Array.from([1, 2, 3]));
+  await store.putPreset(a, { replace: false, max: 2 });
+  t.same(await store.getPreset('a'), a, 'read back with its values');
+  await t.rejects(store.putPreset(a, { replace: false, max: 2 }), { status: 409, code: 'conflict' }, 'a taken name');
+  const a2 = stored('a', Float32Array.from([4, 5, 6]));
+  await store.putPreset(a2, { replace: true, max: 2 });
+  t.same((await store.getPreset('a')).values, a2.values, 'replaced');
+  await store.putPreset(stored('b', Float32Array.from([0, 1, 0])), { replace: false, max: 2 });
+  await t.rejects(store.putPreset(stored('c', Float32Array.from([1])), { replace: false, max: 2 }), {
+    status: 422,
+    code: 'limit',
+  });
+  t.same(
+    (await store.listPresets()).map((p) => p.name),
+    ['a', 'b'],
+  );
+  await store.deletePreset('a');
+  await t.rejects(store.getPreset('a'), { status: 404, code: 'not_found' });
+  await t.rejects(store.deletePreset('a'), { status: 404, code: 'not_found' });
+}
+
+t.test('the stores keep presets: a taken name, the limit, replace and delete', async (t) => {
+  const dir = mkdtempSync(join(root, 'store-'));
+  await storeRules(t, new FileVectorStore(dir));
+  if (redis.skip) return;
+  const store = new RedisVectorStore(redis.url, `${redis.prefix}rules:`);
+  t.teardown(() => store.close());
+  await storeRules(t, store);
+});
