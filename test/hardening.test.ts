@@ -230,7 +230,7 @@ t.test('schema errors name the property and the reason', async (t) => {
   };
   t.match(
     await message('/v1/generate', { prompt: 'x', max_tokens: 5 }),
-    /^body has an unknown property "max_tokens" \(known: prompt, max_new_tokens,/,
+    /^body has an unknown property "max_tokens" \(known: model, prompt, max_new_tokens,/,
   );
   t.match(
     await message('/v1/generate', { prompt: 'x', interventions: [{ vector: { values: [1], scale: 2 }, layer: 0 }] }),
