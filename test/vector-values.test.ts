@@ -166,7 +166,7 @@ t.test('a malformed hash is refused without touching the filesystem', async (t) 
     await t.rejects(store.putValues(h, [H], v), /not a vector hash/, `putValues(${JSON.stringify(h)}) refused`);
   }
   t.same(readdirSync(root).sort(), ['data', 'secret.bin'], 'nothing written beside the data dir');
-  t.same(readdirSync(data).sort(), ['values', 'vectors']);
+  t.same(readdirSync(data).sort(), ['presets', 'values', 'vectors']);
   t.same(readdirSync(values), [], 'nor inside it');
 });
 
