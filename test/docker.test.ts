@@ -6,11 +6,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { isNode, parse, parseDocument, visit } from 'yaml';
-import { Metrics } from '../src/api/metrics.ts';
 import type { Service } from '../src/api/service.ts';
 import { buildApp } from '../src/app.ts';
 import { program } from '../src/cli/main.ts';
 import { loadConfig } from '../src/config.ts';
+import { modelFreeService } from '../src/spec.ts';
 
 // No Docker engine in this suite (docker/test-image.sh builds and runs the image): parse the
 // Dockerfile, the compose files, .env.example and the README, and check what they run, publish and
@@ -285,20 +285,15 @@ t.test('the health check asks /readyz of serve, a route the app serves; a worker
   t.ok(interval >= 10, 'the start period leaves time for a first model download');
 
   const ready = { value: true };
-  const svc = {
+  const svc = modelFreeService({
     config: { ...defaults, logLevel: 'silent' },
     engine: {
       get ready() {
         return ready.value;
       },
-    },
-    store: {},
-    metrics: new Metrics(),
-    inFlight: 0,
-    draining: false,
-    aborts: new Set(),
-    closers: [],
-  } as unknown as Service;
+    } as Service['engine'],
+    store: {} as Service['store'],
+  });
   const app = await buildApp(svc, { logger: false });
   t.teardown(() => app.close());
   await app.listen({ host: '127.0.0.1', port: 0 });

@@ -2,12 +2,12 @@ import * as crypto from 'node:crypto';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { connect, type Socket } from 'node:net';
 import t, { type Test } from 'tap';
-import { Metrics } from '../src/api/metrics.ts';
 import type { Service } from '../src/api/service.ts';
 import { buildApp } from '../src/app.ts';
 import { type Config, hostAllowlist, loadConfig } from '../src/config.ts';
 import type { ModelInfo } from '../src/engine/types.ts';
 import { validateGenerate } from '../src/engine/validate.ts';
+import { modelFreeService } from '../src/spec.ts';
 import { post } from './helpers/api.ts';
 
 // Slow clients, parser errors, error messages, security headers, the Host allowlist and the API
@@ -18,16 +18,11 @@ const defaults = loadConfig({});
 
 /** An app around a stand-in service (a vector store that lists `[]` after `listDelayMs`). */
 async function standIn(change: (c: Config) => Config = (c) => c, listDelayMs = 0) {
-  const svc = {
+  const svc = modelFreeService({
     config: change({ ...defaults, logLevel: 'silent' }),
-    engine: { ready: true, info: { n_embd: 4, n_layer: 2, hook_sites: ['resid_pre'] } },
-    store: { list: () => new Promise((r) => setTimeout(() => r([]), listDelayMs)) },
-    metrics: new Metrics(),
-    inFlight: 0,
-    draining: false,
-    aborts: new Set(),
-    closers: [],
-  } as unknown as Service;
+    engine: { ready: true, info: { n_embd: 4, n_layer: 2, hook_sites: ['resid_pre'] } } as unknown as Service['engine'],
+    store: { list: () => new Promise((r) => setTimeout(() => r([]), listDelayMs)) } as unknown as Service['store'],
+  });
   return buildApp(svc, { logger: false });
 }
 

@@ -6,8 +6,15 @@ import { logSumExp, topLogprobs } from './logprobs.js';
 import type { ForwardOutput, HostBytes, ModelRunner, PastGroup } from './runner.js';
 import { newSlot, rowsOf, type Slot } from './slot.js';
 import { buildSteer, siteOf } from './steer.js';
-import { argmax, dot, klDivergence, type TokenTelemetry } from './telemetry.js';
-import type { ActivationsRequest, ActivationsResult, FinishReason, GenerateEvent, GenerateRequest } from './types.js';
+import { argmax, dot, klDivergence } from './telemetry.js';
+import type {
+  ActivationsRequest,
+  ActivationsResult,
+  FinishReason,
+  GenerateEvent,
+  GenerateRequest,
+  TokenTelemetry,
+} from './types.js';
 
 /** Scheduling options; every default suits a CPU and GPT-2 small. */
 export interface SchedulerOptions {

@@ -1,33 +1,4 @@
-import type { Intervention } from './types.js';
-
-/**
- * Per-token telemetry of a steered generation (DESIGN.md §4): what the steering did to the token
- * the steered row chose, measured against its unsteered twin — another row of the same batch, with
- * no interventions, fed the steered row's tokens (teacher-forced) — at the same position.
- */
-export interface TokenTelemetry {
-  /** log p(token) under the unsteered model, given the same prefix. */
-  baseline_logprob: number;
-  /** KL(steered ‖ unsteered) between the two next-token distributions, nats. */
-  kl: number;
-  /** Whether the two distributions' most likely tokens differ. */
-  top1_flip: boolean;
-  /**
-   * Per intervention, in request order: the residual stream at its hook (after all steering there),
-   * at the position whose logits chose the token, dotted with the intervention's unit vector;
-   * null for a sequence vector.
-   */
-  projections: (number | null)[];
-}
-
-export interface TelemetrySummary {
-  mean_kl: number;
-  max_kl: number;
-  /** Positions where the steered and unsteered argmaxes differ. */
-  top1_flips: number;
-  /** Σ (logprob − baseline_logprob) over the generated tokens. */
-  logprob_delta: number;
-}
+import type { Intervention, TelemetrySummary, TokenTelemetry } from './types.js';
 
 /** KL(p‖q) in nats of two rows of logits given their log-sum-exps, accumulated in float64. */
 export function klDivergence(p: Float32Array, lseP: number, q: Float32Array, lseQ: number): number {

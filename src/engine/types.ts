@@ -4,7 +4,6 @@
  */
 
 import type { Site } from '../model/hooks.js';
-import type { TelemetrySummary, TokenTelemetry } from './telemetry.js';
 
 /** Where an intervention applies (DESIGN.md §4). */
 export type Positions = 'all' | 'prompt' | 'generated' | 'front';
@@ -193,4 +192,33 @@ export interface KvCacheInfo {
   classes: number[];
   /** Rows decoded together at most (the batch capacity). */
   max_rows: number;
+}
+
+/**
+ * Per-token telemetry of a steered generation (DESIGN.md §4): what the steering did to the token
+ * the steered row chose, measured against its unsteered twin — another row of the same batch, with
+ * no interventions, fed the steered row's tokens (teacher-forced) — at the same position.
+ */
+export interface TokenTelemetry {
+  /** log p(token) under the unsteered model, given the same prefix. */
+  baseline_logprob: number;
+  /** KL(steered ‖ unsteered) between the two next-token distributions, nats. */
+  kl: number;
+  /** Whether the two distributions' most likely tokens differ. */
+  top1_flip: boolean;
+  /**
+   * Per intervention, in request order: the residual stream at its hook (after all steering there),
+   * at the position whose logits chose the token, dotted with the intervention's unit vector;
+   * null for a sequence vector.
+   */
+  projections: (number | null)[];
+}
+
+export interface TelemetrySummary {
+  mean_kl: number;
+  max_kl: number;
+  /** Positions where the steered and unsteered argmaxes differ. */
+  top1_flips: number;
+  /** Σ (logprob − baseline_logprob) over the generated tokens. */
+  logprob_delta: number;
 }

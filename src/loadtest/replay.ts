@@ -1,6 +1,5 @@
 import type { Answer } from './client.js';
-import { kind } from './report.js';
-import type { Outcome } from './run.js';
+import { kind, type Outcome } from './outcome.js';
 import type { Endpoint, Planned } from './workload.js';
 
 /** What asking again for some of the run's answers found: the report's `replay`. */

@@ -1,7 +1,7 @@
 import type { LoadTestOptions } from './options.js';
+import { kind, type Outcome } from './outcome.js';
 import { type Sample, total } from './prometheus.js';
 import type { ReplayReport } from './replay.js';
-import type { Outcome } from './run.js';
 import { type Summary, summarize } from './stats.js';
 import type { Endpoint, ModelInfo } from './workload.js';
 
@@ -71,8 +71,6 @@ export interface Report {
   };
 }
 
-/** A kind of request: `/v1/generate stream`, …, `/v1/completions non-stream`. */
-export const kind = (endpoint: Endpoint, stream: boolean) => `${endpoint} ${stream ? 'stream' : 'non-stream'}`;
 /** The four kinds of request. */
 const KINDS = ROUTES.flatMap((route) => [kind(route, true), kind(route, false)]);
 const kindOf = (o: Outcome) => kind(o.plan.endpoint, o.plan.stream);

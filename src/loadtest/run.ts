@@ -2,24 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Rng } from '../util/rng.js';
 import { CrossChecks, checkAnswer } from './checks.js';
-import { type Answer, Api, errorMessage, readAnswer, StreamError } from './client.js';
+import { Api, errorMessage, readAnswer, StreamError } from './client.js';
 import type { LoadTestOptions } from './options.js';
+import type { Outcome } from './outcome.js';
 import { parsePrometheus, type Sample, total } from './prometheus.js';
 import { pickReplays, replay } from './replay.js';
 import { buildReport, HTTP_REQUESTS, type Report, ROUTES } from './report.js';
 import { type ModelInfo, type NamedVector, type Planned, randomDirection, Workload } from './workload.js';
-
-/** How one request went. */
-export interface Outcome {
-  plan: Planned;
-  /** HTTP status of a response received whole; none for one cut off (network error, timeout). */
-  status?: number;
-  /** The error, by kind: the HTTP status, `network`, `timeout`, `stream_error`, `invalid_response` or `mismatch`. */
-  error?: { kind: string; message: string };
-  e2eMs: number;
-  /** An answer that came whole (mismatched or not). */
-  answer?: Answer;
-}
 
 /** `timeout`, `network` (fetch's failures carry the socket's as their cause), `stream_error`, or `invalid_response` (not JSON, or not the expected shape). */
 function errorKind(e: Error & { cause?: unknown }): string {
