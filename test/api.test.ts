@@ -2,8 +2,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { openapiYaml } from '../src/spec.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { openapiYaml } from '../src/spec.ts';
 import { harness, post, queueMode } from './helpers/api.ts';
 import { provider } from './helpers/provider.ts';
 
