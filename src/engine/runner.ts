@@ -26,6 +26,23 @@ export interface RunnerOptions {
   hookSites?: Site[];
   /** The blocks' weights: `float16` multiplies them in float16, from a copy written once beside the checkpoint (half-weights.ts). Default float32. */
   dtype?: Dtype;
+  /**
+   * Intra-op threads spin while they wait for work (ONNX Runtime's default), instead of sleeping.
+   * Spinning saves a wake-up per parallel operator on an idle machine and costs the CPU time it
+   * burns wherever other work shares the cores: measured with `npm run bench:step` (README,
+   * Benchmarks). Default false.
+   */
+  spinning?: boolean;
+  /** More ONNX Runtime session options for the serving graph's session (profiling, benchmarks of session settings). Default none. */
+  sessionOptions?: ort.InferenceSession.SessionOptions;
+  /**
+   * A second, lean serving graph without hook points (no steering inputs, no projections, no reads),
+   * run for passes where no row steers or reads anywhere; the full graph otherwise. Same arithmetic
+   * (a row's bits do not depend on which graph ran it: the engine tests check it), about a third of
+   * the nodes and inputs; costs a second session, whose prepacked weights add their size in memory.
+   * Host cache only (not on the device providers). Default true.
+   */
+  lean?: boolean;
 }
 
 /** The serving variant of the graph, beside model.safetensors (see graph.ts); its device variant. */
@@ -124,6 +141,8 @@ export class ModelRunner {
     readonly groups: number,
     /** The cache update graph's session when the cache is on the device (kv-graph.ts). */
     private readonly kvSession?: ort.InferenceSession,
+    /** The serving graph without hook points, for passes that neither steer nor read (RunnerOptions.lean). */
+    private readonly lean?: ort.InferenceSession,
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
     this.location = kvSession ? 'device' : 'host';
@@ -164,6 +183,7 @@ export class ModelRunner {
       intraOpNumThreads: opts.threads ?? 0,
       graphOptimizationLevel: 'all' as const,
       logSeverityLevel: 3 as const,
+      extra: { session: { intra_op: { allow_spinning: opts.spinning ? '1' : '0' } } },
     };
     try {
       // on the device, the new keys and values stay there and everything else comes back (an output
@@ -173,6 +193,7 @@ export class ModelRunner {
         for (const kind of ['key', 'value']) preferredOutputLocation[`new.${l}.${kind}`] = 'gpu-buffer';
       session = await ort.InferenceSession.create(join(opts.model, fileName), {
         ...base,
+        ...opts.sessionOptions,
         ...(shape.device && { preferredOutputLocation }),
       });
       if (shape.device) {
@@ -195,8 +216,15 @@ export class ModelRunner {
         'provider_unavailable',
       );
     }
+    // the lean graph: the same body without hook points (see RunnerOptions.lean)
+    let lean: ort.InferenceSession | undefined;
+    if ((opts.lean ?? true) && !shape.device && sites.length > 0) {
+      const leanName = fileName.replace(/\.onnx$/, '.lean.onnx');
+      buildGraph(opts.model, { serving: { ...shape, sites: [], half }, fileName: leanName });
+      lean = await ort.InferenceSession.create(join(opts.model, leanName), { ...base, ...opts.sessionOptions });
+    }
     const info = modelInfo(ck, provider, sites, opts.dtype);
-    return new ModelRunner(session, info, tokenizer, shape.groups, kvSession);
+    return new ModelRunner(session, info, tokenizer, shape.groups, kvSession, lean);
   }
 
   async forward(inp: ForwardInput): Promise<ForwardOutput> {
@@ -230,7 +258,9 @@ export class ModelRunner {
       }
     }
     const H = this.info.n_embd;
-    for (const { site, layer } of this.hooks) {
+    const reads = inp.read ?? [];
+    const lean = this.lean && !inp.steer.add.size && !inp.steer.proj.size && !reads.length;
+    for (const { site, layer } of lean ? [] : this.hooks) {
       const name = steerName(site, layer);
       const add = inp.steer.add.get(name);
       feeds[name] = add ? new ort.Tensor('float32', add, [B, T, H]) : this.zero;
@@ -238,7 +268,6 @@ export class ModelRunner {
       feeds[projName(site, layer, 'u')] = p ? new ort.Tensor('float32', p.u, [B, p.K, H]) : this.noProj;
       feeds[projName(site, layer, 'z')] = p ? new ort.Tensor('float32', p.z, [B, p.K, H]) : this.noProj;
     }
-    const reads = inp.read ?? [];
     let fetch: string[];
     if (device) {
       // every output, in order (see open()); the hook points asked come back through `reads` (at
@@ -249,7 +278,7 @@ export class ModelRunner {
       fetch = this.allOutputs;
     } else
       fetch = [...this.fetches, ...reads, ...(inp.logitsAll ? ['logits'] : []), ...(inp.lens ? ['lens_logits'] : [])];
-    const out = await this.session.run(feeds, fetch);
+    const out = await (lean ? this.lean! : this.session).run(feeds, fetch);
     this.hostBytes.runs++;
     for (const t of Object.values(feeds)) this.hostBytes.input += bytesOf(t);
     for (const t of Object.values(out)) this.hostBytes.output += bytesOf(t);
@@ -315,6 +344,7 @@ export class ModelRunner {
     for (const z of this.zeroCaches.values()) disposeKv(z);
     this.zeroCaches.clear();
     await this.kvSession?.release();
+    await this.lean?.release();
     await this.session.release();
   }
 }
