@@ -36,11 +36,13 @@ export interface RunnerOptions {
   /** More ONNX Runtime session options for the serving graph's session (profiling, benchmarks of session settings). Default none. */
   sessionOptions?: ort.InferenceSession.SessionOptions;
   /**
-   * A second, lean serving graph without hook points (no steering inputs, no projections, no reads),
-   * run for passes where no row steers or reads anywhere; the full graph otherwise. Same arithmetic
-   * (a row's bits do not depend on which graph ran it: the engine tests check it), about a third of
-   * the nodes and inputs; costs a second session, whose prepacked weights add their size in memory.
-   * Host cache only (not on the device providers). Default true.
+   * A second, lean serving graph with one cache group and no hook points (no steering inputs,
+   * projections or reads), run for passes where no row steers or reads and every row sits in one
+   * size class (every prefill, and the decode of a batch of one class); the full graph otherwise.
+   * The same arithmetic (a row's bits do not depend on which graph ran it: the engine tests check
+   * it) with a third of the nodes (the empty groups' attention and the hook points' projections
+   * are gone) and a tenth of the inputs; costs a second session, whose prepacked weights add their
+   * size in memory. Host cache only (not on the device providers). Default true.
    */
   lean?: boolean;
 }
@@ -141,7 +143,7 @@ export class ModelRunner {
     readonly groups: number,
     /** The cache update graph's session when the cache is on the device (kv-graph.ts). */
     private readonly kvSession?: ort.InferenceSession,
-    /** The serving graph without hook points, for passes that neither steer nor read (RunnerOptions.lean). */
+    /** The serving graph with one group and no hook points (RunnerOptions.lean). */
     private readonly lean?: ort.InferenceSession,
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
@@ -220,7 +222,7 @@ export class ModelRunner {
     let lean: ort.InferenceSession | undefined;
     if ((opts.lean ?? true) && !shape.device && sites.length > 0) {
       const leanName = fileName.replace(/\.onnx$/, '.lean.onnx');
-      buildGraph(opts.model, { serving: { ...shape, sites: [], half }, fileName: leanName });
+      buildGraph(opts.model, { serving: { groups: 1, device: false, sites: [], half }, fileName: leanName });
       lean = await ort.InferenceSession.create(join(opts.model, leanName), { ...base, ...opts.sessionOptions });
     }
     const info = modelInfo(ck, provider, sites, opts.dtype);
@@ -234,19 +236,27 @@ export class ModelRunner {
     const T = inp.ids[0].length;
     // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots (on the
     // device, which takes no empty tensor, a block of SLOT_ALIGN masked zero slots kept there)
-    const groups = inp.groups.length ? inp.groups : [await this.noPast(B)];
+    const all = inp.groups.length ? inp.groups : [await this.noPast(B)];
+    const reads = inp.read ?? [];
+    // the lean graph (one cache group, no hook points) when no row steers or reads and the rows sit
+    // in one group: that group is fed as the lean graph's only one
+    const used = all.filter((grp) => grp && grp.rows > 0);
+    const lean =
+      this.lean !== undefined && used.length <= 1 && !inp.steer.add.size && !inp.steer.proj.size && !reads.length;
+    const groups = lean ? [used[0] ?? all[0]] : all;
+    const G = lean ? 1 : this.groups;
     const feeds: Record<string, ort.Tensor> = {
       input_ids: i64(inp.ids),
       position_ids: i64(inp.pos),
       new_len: i64v(inp.newLen),
       past_len: i64v(inp.pastLen),
-      group_rows: i64v(Array.from({ length: this.groups }, (_, g) => groups[g]?.rows ?? 0)),
+      group_rows: i64v(Array.from({ length: G }, (_, g) => groups[g]?.rows ?? 0)),
       logits_all: inp.logitsAll ? this.allPositions : this.lastOnly,
       lens_in: inp.lens
         ? new ort.Tensor('float32', inp.lens, [inp.lens.length / this.info.n_embd, this.info.n_embd])
         : this.noLens,
     };
-    for (let g = 0; g < this.groups; g++) {
+    for (let g = 0; g < G; g++) {
       const grp = groups[g];
       const dims = [grp?.rows ?? 0, nHead, grp?.P ?? 0, headDim];
       const has = grp && grp.rows > 0 && grp.P > 0;
@@ -258,8 +268,6 @@ export class ModelRunner {
       }
     }
     const H = this.info.n_embd;
-    const reads = inp.read ?? [];
-    const lean = this.lean && !inp.steer.add.size && !inp.steer.proj.size && !reads.length;
     for (const { site, layer } of lean ? [] : this.hooks) {
       const name = steerName(site, layer);
       const add = inp.steer.add.get(name);

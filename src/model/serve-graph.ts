@@ -97,7 +97,11 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   const newLen3 = g.op1('Unsqueeze', ['new_len', g.constI('c.axes12', [1, 2])]); // [B, 1, 1]
   const realNew = g.op1('Less', [j, newLen3]); // [B, 1, T(key)]
   const seesNew = g.op1('Unsqueeze', [g.op1('And', [causal, realNew]), one]); // [B, 1, T, T]
-  const split = (t: string) => (G === 1 ? [t] : g.op('Split', [t, 'group_rows'], [int('axis', 0)], G));
+  // on the host even one group goes through Split and Concat: the graph then has the same nodes
+  // around the attention as with several groups, which ONNX Runtime fuses the same way (without
+  // them, one group's logits differed in the last bits from the same row's in a graph of several)
+  const unsplit = G === 1 && device;
+  const split = (t: string) => (unsplit ? [t] : g.op('Split', [t, 'group_rows'], [int('axis', 0)], G));
   const seesNewG = split(seesNew);
   const pastLenG = split(g.op1('Unsqueeze', ['past_len', g.constI('c.axes123', [1, 2, 3])])); // [B_g, 1, 1, 1]
   const slots: string[] = [];
@@ -133,7 +137,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
         );
         return g.op1('Add', [g.op1('MatMul', [pNew, vs[x]]), g.op1('MatMul', [pPast, `past.${l}.${x}.value`])]); // [B_g, nh, T, hd]
       });
-      return G === 1 ? ctx[0] : g.op1('Concat', ctx, [int('axis', 0)]); // [B, nh, T, hd]
+      return unsplit ? ctx[0] : g.op1('Concat', ctx, [int('axis', 0)]); // [B, nh, T, hd]
     },
     kvName,
     {
