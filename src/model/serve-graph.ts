@@ -155,9 +155,18 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   // transB (measured at 32 rows; the copy costs the size of wte once).
   const headT = g.op1('Transpose', [body.head], [ints('perm', [1, 0])]); // [H, V]
   g.op1('MatMul', [hLast, headT], [], 'last_logits'); // [B, V]
-  // log Σ exp, each row reduced on its own: faster formulations (a ReduceSum of exponentials, the
-  // softmax at the max) made a row's bits depend on the other rows (the invariance test caught it)
-  g.op1('ReduceLogSumExp', ['last_logits', one], [int('keepdims', 0)], 'last_lse'); // [B]
+  // log Σ exp = max − max(log-softmax): the log-softmax of a row is computed on its own (one thread
+  // per row) and both reductions are maxima, exact in any order, so a row's bits do not depend on
+  // the other rows (a ReduceSum of exponentials did: the invariance test caught it). 3-6x faster than
+  // ReduceLogSumExp at 8 and 32 rows; the two agree within 2e-6 relative.
+  // ReduceLogSumExp on the device, as measured there.
+  if (device)
+    g.op1('ReduceLogSumExp', ['last_logits', one], [int('keepdims', 0)], 'last_lse'); // [B]
+  else {
+    const maxLogit = g.op1('ReduceMax', ['last_logits', one], [int('keepdims', 0)]); // [B]
+    const logSoftmax = g.op1('LogSoftmax', ['last_logits'], [int('axis', -1)]); // [B, V]
+    g.op1('Sub', [maxLogit, g.op1('ReduceMax', [logSoftmax, one], [int('keepdims', 0)])], [], 'last_lse'); // [B]
+  }
   // Every position only when asked (prompt logprobs): otherwise the slice is empty and costs nothing
   // (or, on the device, holds the last position's first logit: one float crosses host memory).
   const none = device ? g.op1('Sub', [T, one]) : T; // the empty slice, or just the last position
