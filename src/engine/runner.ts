@@ -220,10 +220,15 @@ export class ModelRunner {
     }
     // the lean graph: the same body without hook points (see RunnerOptions.lean)
     let lean: ort.InferenceSession | undefined;
-    if ((opts.lean ?? true) && !shape.device && sites.length > 0) {
+    if ((opts.lean ?? true) && !shape.device && (sites.length > 0 || shape.groups > 1)) {
       const leanName = fileName.replace(/\.onnx$/, '.lean.onnx');
-      buildGraph(opts.model, { serving: { groups: 1, device: false, sites: [], half }, fileName: leanName });
-      lean = await ort.InferenceSession.create(join(opts.model, leanName), { ...base, ...opts.sessionOptions });
+      try {
+        buildGraph(opts.model, { serving: { groups: 1, device: false, sites: [], half }, fileName: leanName });
+        lean = await ort.InferenceSession.create(join(opts.model, leanName), { ...base, ...opts.sessionOptions });
+      } catch (e) {
+        await session.release();
+        throw e;
+      }
     }
     const info = modelInfo(ck, provider, sites, opts.dtype);
     return new ModelRunner(session, info, tokenizer, shape.groups, kvSession, lean);
