@@ -11,12 +11,19 @@
  *   concurrent, prompt 32, 16 new tokens, the ceiling at 8 rows, and the process's peak RSS against
  *   the weights and the KV budget.
  *
- *   npm run bench [-- --shape small|xl --dir DIR --concurrency 1,8,32 --prompt 32 --new 64 --out FILE]
+ * - `--peer llamacpp`: the llama.cpp peer (`bench.sh` in `--peer-dir`, default
+ *   `../shared/peers/llamacpp`) on the same checkpoint, levels, prompt, new tokens and threads, run
+ *   before and after steerd's own measurements (the best of the two kept, as for the ceiling), and
+ *   steerd's ratios to its libllama-direct line (`--peer-args` passes more options, e.g. `--q8`).
+ *
+ *   npm run bench [-- --shape small|xl --dir DIR --concurrency 1,8,32 --prompt 32 --new 64 --out FILE
+ *                     --peer llamacpp --peer-dir DIR --peer-args "--kv f32"]
  */
 
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { Engine } from '../src/engine/engine.ts';
@@ -41,8 +48,12 @@ const { values: o } = parseArgs({
     mixed: { type: 'string', default: '840', description: 'the long request of the mixed batch: prompt tokens' },
     threads: { type: 'string', default: '0' },
     out: { type: 'string' },
+    peer: { type: 'string' },
+    'peer-dir': { type: 'string', default: '../shared/peers/llamacpp' },
+    'peer-args': { type: 'string', default: '' },
   },
 });
+if (o.peer !== undefined && o.peer !== 'llamacpp') throw new Error(`--peer llamacpp (got ${o.peer})`);
 const shapeName = o.shape as keyof typeof SHAPES;
 const shape = SHAPES[shapeName];
 if (!shape) throw new Error(`--shape small or xl (got ${o.shape})`);
@@ -105,6 +116,30 @@ async function matmulCeiling(rows: number) {
   await s.release();
   const flopPerToken = 2 * (L * (H * 3 * H + H * H + H * I + I * H) + H * V);
   return { rows, gflops: (flopPerToken * rows) / sec / 1e9, tokens_per_s: rows / sec, flop_per_token: flopPerToken };
+}
+
+interface PeerRow {
+  concurrency: number;
+  tokens_per_s: number;
+  decode_tokens_per_s: number;
+}
+/** The llama.cpp peer's bench on the same checkpoint and load: its libllama-direct rows (F32 weights, or each type asked). */
+function peerRun(): { rows: Record<string, PeerRow[]>; line: Record<string, unknown> } {
+  const threads = +o.threads! || availableParallelism();
+  const args = ['--concurrency', levels.join(','), '--prompt', String(promptLen), '--new', String(newTokens)];
+  args.push('--threads', String(threads), ...(shapeName === 'xl' ? ['--xl'] : []));
+  args.push(...o['peer-args']!.split(/\s+/).filter(Boolean));
+  console.error(`llama.cpp peer: bench.sh ${args.join(' ')} ...`);
+  const stdout = execFileSync(join(resolve(o['peer-dir']!), 'bench.sh'), args, {
+    env: { ...process.env, DIR: dir },
+    stdio: ['ignore', 'pipe', 'inherit'],
+    encoding: 'utf8',
+    maxBuffer: 1 << 26,
+  });
+  const line = JSON.parse(stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
+  const rows: Record<string, PeerRow[]> = {};
+  for (const [k, v] of Object.entries(line)) if (k.startsWith('libllama_direct_')) rows[k.slice(16)] = v as PeerRow[];
+  return { rows, line };
 }
 
 function requests(concurrency: number, steered: boolean, rng: Rng, prompts: number[] = []): GenerateRequest[] {
@@ -183,6 +218,7 @@ async function best<T extends { tokens_per_s: number }>(
 // peak RSS is the engine's.
 const reps = +(process.env.BENCH_REPS ?? 2);
 const cmax = Math.max(...levels);
+const peerRuns = o.peer ? [peerRun()] : [];
 const ceilings = shapeName === 'small' ? [await matmulCeiling(cmax)] : [];
 const before = rss();
 writeFileSync('/proc/self/clear_refs', '5'); // peak RSS from here
@@ -214,6 +250,18 @@ const kv = engine.info.kv_cache!;
 await engine.close();
 ceilings.push(await matmulCeiling(cmax));
 const ceiling = ceilings.reduce((a, b) => (b.gflops > a.gflops ? b : a));
+if (o.peer) peerRuns.push(peerRun());
+/** The peer's best of its runs, per weight type and level (noise only slows runs down). */
+const peer: Record<string, PeerRow[]> = {};
+for (const run of peerRuns)
+  for (const [type, list] of Object.entries(run.rows))
+    for (const r of list) {
+      peer[type] ??= [];
+      const have = peer[type];
+      const i = have.findIndex((x) => x.concurrency === r.concurrency);
+      if (i < 0) have.push(r);
+      else if (r.tokens_per_s > have[i].tokens_per_s) have[i] = r;
+    }
 const at = (c: number, s: boolean) => rows.find((r) => r.concurrency === c && r.steered === s)!;
 const weights = statSync(join(dir, 'model.safetensors')).size;
 const memory = {
@@ -231,14 +279,30 @@ const memory = {
 const ratios: Record<string, number> = {
   [`c${cmax}_over_c1`]: at(cmax, false).tokens_per_s / at(1, false).tokens_per_s,
   [`c${cmax}_over_ceiling`]: at(cmax, false).tokens_per_s / ceiling.tokens_per_s,
+  [`c${cmax}_decode_over_ceiling`]: at(cmax, false).decode_tokens_per_s / ceiling.tokens_per_s,
 };
 if (shapeName === 'small') {
   ratios[`steering_cost_c${cmax}`] = 1 - at(cmax, true).tokens_per_s / at(cmax, false).tokens_per_s;
   ratios.steering_cost_c1 = 1 - at(1, true).tokens_per_s / at(1, false).tokens_per_s;
   ratios.mixed_over_uniform = mixed!.mixed.decode_tokens_per_s / mixed!.uniform.decode_tokens_per_s;
 }
+const peerTable: Record<string, Record<string, number>> = {};
+for (const [type, list] of Object.entries(peer))
+  for (const p of list) {
+    const r = at(p.concurrency, false);
+    if (!r) continue;
+    peerTable[`c${p.concurrency} vs llama.cpp ${type}`] = {
+      steerd_tokens_per_s: +r.tokens_per_s.toFixed(1),
+      llamacpp_tokens_per_s: p.tokens_per_s,
+      ratio: +(r.tokens_per_s / p.tokens_per_s).toFixed(2),
+      steerd_decode: +r.decode_tokens_per_s.toFixed(1),
+      llamacpp_decode: p.decode_tokens_per_s,
+      decode_ratio: +(r.decode_tokens_per_s / p.decode_tokens_per_s).toFixed(2),
+    };
+  }
 const summary = {
   shape: shapeName,
+  loadavg_at_end: loadavg(),
   model: { layers: L, embd: H, heads: ck.config.n_head, params_m: ck.paramBytes / 4 / 1e6 },
   prompt_tokens: promptLen,
   new_tokens: newTokens,
@@ -249,6 +313,7 @@ const summary = {
   ceiling_measurements_gflops: ceilings.map((c) => c.gflops),
   memory,
   ratios,
+  ...(o.peer && { peer: { llamacpp: peer, runs: peerRuns.map((r) => r.line), versus: peerTable } }),
 };
 const round = (r: Record<string, unknown>) =>
   Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === 'number' ? +v.toFixed(1) : v]));
@@ -269,6 +334,12 @@ console.table({
   },
 });
 console.table(Object.fromEntries(Object.entries(ratios).map(([k, v]) => [k, { ratio: +v.toFixed(3) }])));
+if (o.peer) console.table(peerTable);
+console.error(
+  `load average at the end: ${loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ')}`,
+);
 mkdirSync(dirname(out), { recursive: true });
 writeFileSync(out, `${JSON.stringify(summary, null, 2)}\n`);
 console.log(`wrote ${out}`);

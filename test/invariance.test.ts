@@ -76,6 +76,8 @@ t.test('engine: the same requests give the same bits alone and in many batch com
     ['batch capacity 3: rows join and leave around them', { batchCapacity: 3 }, noise(6), 0],
     ['neighbours arriving while they decode', { batchCapacity: 16 }, noise(10), 15],
     ['a KV budget of 600 tokens: admission waits', { kvCacheTokens: 600 }, noise(8), 0],
+    // alone, the unsteered requests ran the lean graph (no hook points); here every pass runs the full one
+    ['the graph with every hook point for every pass', { lean: false }, noise(4), 0],
   ];
   for (const [name, opts, neighbours, stagger] of compositions) {
     const e = await start(opts);

@@ -26,6 +26,25 @@ export interface RunnerOptions {
   hookSites?: Site[];
   /** The blocks' weights: `float16` multiplies them in float16, from a copy written once beside the checkpoint (half-weights.ts). Default float32. */
   dtype?: Dtype;
+  /**
+   * Intra-op threads spin while they wait for work (ONNX Runtime's default), instead of sleeping.
+   * Spinning saves a wake-up per parallel operator on an idle machine and costs the CPU time it
+   * burns wherever other work shares the cores: measured with `npm run bench:step` (README,
+   * Benchmarks). Default false.
+   */
+  spinning?: boolean;
+  /** More ONNX Runtime session options for the serving graph's session (profiling, benchmarks of session settings). Default none. */
+  sessionOptions?: ort.InferenceSession.SessionOptions;
+  /**
+   * A second, lean serving graph with one cache group and no hook points (no steering inputs,
+   * projections or reads), run for passes where no row steers or reads and every row sits in one
+   * size class (every prefill, and the decode of a batch of one class); the full graph otherwise.
+   * The same arithmetic (a row's bits do not depend on which graph ran it: the engine tests check
+   * it) with a third of the nodes (the empty groups' attention and the hook points' projections
+   * are gone) and a tenth of the inputs; costs a second session, whose prepacked weights add their
+   * size in memory. Host cache only (not on the device providers). Default true.
+   */
+  lean?: boolean;
 }
 
 /** The serving variant of the graph, beside model.safetensors (see graph.ts); its device variant. */
@@ -124,6 +143,8 @@ export class ModelRunner {
     readonly groups: number,
     /** The cache update graph's session when the cache is on the device (kv-graph.ts). */
     private readonly kvSession?: ort.InferenceSession,
+    /** The serving graph with one group and no hook points (RunnerOptions.lean). */
+    private readonly lean?: ort.InferenceSession,
   ) {
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
     this.location = kvSession ? 'device' : 'host';
@@ -164,6 +185,7 @@ export class ModelRunner {
       intraOpNumThreads: opts.threads ?? 0,
       graphOptimizationLevel: 'all' as const,
       logSeverityLevel: 3 as const,
+      extra: { session: { intra_op: { allow_spinning: opts.spinning ? '1' : '0' } } },
     };
     try {
       // on the device, the new keys and values stay there and everything else comes back (an output
@@ -173,6 +195,7 @@ export class ModelRunner {
         for (const kind of ['key', 'value']) preferredOutputLocation[`new.${l}.${kind}`] = 'gpu-buffer';
       session = await ort.InferenceSession.create(join(opts.model, fileName), {
         ...base,
+        ...opts.sessionOptions,
         ...(shape.device && { preferredOutputLocation }),
       });
       if (shape.device) {
@@ -195,8 +218,20 @@ export class ModelRunner {
         'provider_unavailable',
       );
     }
+    // the lean graph: the same body without hook points (see RunnerOptions.lean)
+    let lean: ort.InferenceSession | undefined;
+    if ((opts.lean ?? true) && !shape.device && (sites.length > 0 || shape.groups > 1)) {
+      const leanName = fileName.replace(/\.onnx$/, '.lean.onnx');
+      try {
+        buildGraph(opts.model, { serving: { groups: 1, device: false, sites: [], half }, fileName: leanName });
+        lean = await ort.InferenceSession.create(join(opts.model, leanName), { ...base, ...opts.sessionOptions });
+      } catch (e) {
+        await session.release();
+        throw e;
+      }
+    }
     const info = modelInfo(ck, provider, sites, opts.dtype);
-    return new ModelRunner(session, info, tokenizer, shape.groups, kvSession);
+    return new ModelRunner(session, info, tokenizer, shape.groups, kvSession, lean);
   }
 
   async forward(inp: ForwardInput): Promise<ForwardOutput> {
@@ -206,19 +241,27 @@ export class ModelRunner {
     const T = inp.ids[0].length;
     // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots (on the
     // device, which takes no empty tensor, a block of SLOT_ALIGN masked zero slots kept there)
-    const groups = inp.groups.length ? inp.groups : [await this.noPast(B)];
+    const all = inp.groups.length ? inp.groups : [await this.noPast(B)];
+    const reads = inp.read ?? [];
+    // the lean graph (one cache group, no hook points) when no row steers or reads and the rows sit
+    // in one group: that group is fed as the lean graph's only one
+    const used = all.filter((grp) => grp && grp.rows > 0);
+    const lean =
+      this.lean !== undefined && used.length <= 1 && !inp.steer.add.size && !inp.steer.proj.size && !reads.length;
+    const groups = lean ? [used[0] ?? all[0]] : all;
+    const G = lean ? 1 : this.groups;
     const feeds: Record<string, ort.Tensor> = {
       input_ids: i64(inp.ids),
       position_ids: i64(inp.pos),
       new_len: i64v(inp.newLen),
       past_len: i64v(inp.pastLen),
-      group_rows: i64v(Array.from({ length: this.groups }, (_, g) => groups[g]?.rows ?? 0)),
+      group_rows: i64v(Array.from({ length: G }, (_, g) => groups[g]?.rows ?? 0)),
       logits_all: inp.logitsAll ? this.allPositions : this.lastOnly,
       lens_in: inp.lens
         ? new ort.Tensor('float32', inp.lens, [inp.lens.length / this.info.n_embd, this.info.n_embd])
         : this.noLens,
     };
-    for (let g = 0; g < this.groups; g++) {
+    for (let g = 0; g < G; g++) {
       const grp = groups[g];
       const dims = [grp?.rows ?? 0, nHead, grp?.P ?? 0, headDim];
       const has = grp && grp.rows > 0 && grp.P > 0;
@@ -230,7 +273,7 @@ export class ModelRunner {
       }
     }
     const H = this.info.n_embd;
-    for (const { site, layer } of this.hooks) {
+    for (const { site, layer } of lean ? [] : this.hooks) {
       const name = steerName(site, layer);
       const add = inp.steer.add.get(name);
       feeds[name] = add ? new ort.Tensor('float32', add, [B, T, H]) : this.zero;
@@ -238,7 +281,6 @@ export class ModelRunner {
       feeds[projName(site, layer, 'u')] = p ? new ort.Tensor('float32', p.u, [B, p.K, H]) : this.noProj;
       feeds[projName(site, layer, 'z')] = p ? new ort.Tensor('float32', p.z, [B, p.K, H]) : this.noProj;
     }
-    const reads = inp.read ?? [];
     let fetch: string[];
     if (device) {
       // every output, in order (see open()); the hook points asked come back through `reads` (at
@@ -249,7 +291,7 @@ export class ModelRunner {
       fetch = this.allOutputs;
     } else
       fetch = [...this.fetches, ...reads, ...(inp.logitsAll ? ['logits'] : []), ...(inp.lens ? ['lens_logits'] : [])];
-    const out = await this.session.run(feeds, fetch);
+    const out = await (lean ? this.lean! : this.session).run(feeds, fetch);
     this.hostBytes.runs++;
     for (const t of Object.values(feeds)) this.hostBytes.input += bytesOf(t);
     for (const t of Object.values(out)) this.hostBytes.output += bytesOf(t);
@@ -315,6 +357,7 @@ export class ModelRunner {
     for (const z of this.zeroCaches.values()) disposeKv(z);
     this.zeroCaches.clear();
     await this.kvSession?.release();
+    await this.lean?.release();
     await this.session.release();
   }
 }
