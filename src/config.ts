@@ -96,6 +96,18 @@ export interface Config {
   dtype: Dtype;
   /** Intra-op threads, 0 = one per core. Env STEERD_THREADS. Default 0. */
   threads: number;
+  /**
+   * Intra-op threads spin while they wait for work (ONNX Runtime's own default) instead of
+   * sleeping: a little faster on cores nothing else uses, much slower where other work shares them
+   * (README, the decode step). Env STEERD_THREAD_SPINNING (1 or 0). Default off.
+   */
+  threadSpinning: boolean;
+  /**
+   * A second, lean serving graph (no hook points, one cache group) for passes that neither steer
+   * nor read, on the CPU provider: fewer nodes per step, for a second copy of the weights in
+   * memory (README, the decode step). Env STEERD_LEAN_GRAPH (1 or 0). Default off.
+   */
+  leanGraph: boolean;
   /** Rows decoded together. Env STEERD_BATCH_CAPACITY. Default 32. */
   batchCapacity: number;
   /** Prompt tokens prefilled per step. Env STEERD_TOKEN_BUDGET. Default 256. */
@@ -162,6 +174,15 @@ export function parseDtype(v: string, where: string): Dtype {
 export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$';
 
 /** An integer setting: the default when unset, else a whole number >= min, or a clear error. */
+/** A yes/no setting: 1/true/yes or 0/false/no (any case); anything else is refused, naming it. */
+function flag(env: NodeJS.ProcessEnv, name: string, d: boolean): boolean {
+  const v = env[name]?.trim().toLowerCase();
+  if (v === undefined || v === '') return d;
+  if (['1', 'true', 'yes'].includes(v)) return true;
+  if (['0', 'false', 'no'].includes(v)) return false;
+  throw new SteerdError(`${name} must be 1 or 0 (got ${JSON.stringify(env[name])})`, 500, 'bad_config');
+}
+
 function int(env: NodeJS.ProcessEnv, name: string, d: number, min = 1): number {
   const v = env[name];
   if (v === undefined || v === '') return d;
@@ -264,6 +285,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     provider: env.STEERD_PROVIDER ?? 'cpu',
     dtype: parseDtype(env.STEERD_DTYPE ?? 'float32', 'STEERD_DTYPE'),
     threads: int(env, 'STEERD_THREADS', 0, 0),
+    threadSpinning: flag(env, 'STEERD_THREAD_SPINNING', false),
+    leanGraph: flag(env, 'STEERD_LEAN_GRAPH', false),
     batchCapacity: int(env, 'STEERD_BATCH_CAPACITY', 32),
     tokenBudget: int(env, 'STEERD_TOKEN_BUDGET', 256),
     kvCacheTokens: env.STEERD_KV_CACHE_TOKENS ? int(env, 'STEERD_KV_CACHE_TOKENS', 0) : undefined,

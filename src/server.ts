@@ -69,6 +69,8 @@ const engineOptions = (config: Config, dir: string) => ({
   provider: config.provider,
   dtype: config.dtype,
   threads: config.threads,
+  spinning: config.threadSpinning,
+  lean: config.leanGraph,
   batchCapacity: config.batchCapacity,
   tokenBudget: config.tokenBudget,
   kvCacheTokens: config.kvCacheTokens,

@@ -61,7 +61,7 @@ t.test('engine: the same requests give the same bits alone and in many batch com
       stop_at_eos: false,
     }));
   const start = (o: Partial<EngineOptions> = {}) =>
-    startEngine({ model: dir, tokenBudget: 128, provider: 'cpu', ...o });
+    startEngine({ model: dir, tokenBudget: 128, provider: 'cpu', lean: true, ...o });
 
   const alone: Completion[] = [];
   {

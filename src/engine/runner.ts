@@ -30,7 +30,7 @@ export interface RunnerOptions {
    * Intra-op threads spin while they wait for work (ONNX Runtime's default), instead of sleeping.
    * Spinning saves a wake-up per parallel operator on an idle machine and costs the CPU time it
    * burns wherever other work shares the cores: measured with `npm run bench:step` (README,
-   * Benchmarks). Default false.
+   * Benchmarks). Default false (config.ts: STEERD_THREAD_SPINNING).
    */
   spinning?: boolean;
   /** More ONNX Runtime session options for the serving graph's session (profiling, benchmarks of session settings). Default none. */
@@ -42,7 +42,9 @@ export interface RunnerOptions {
    * The same arithmetic (a row's bits do not depend on which graph ran it: the engine tests check
    * it) with a third of the nodes (the empty groups' attention and the hook points' projections
    * are gone) and a tenth of the inputs; costs a second session, whose prepacked weights add their
-   * size in memory. Host cache only (not on the device providers). Default true.
+   * size in memory (GPT-2 XL: about 6 GB more), for little at the measured loads (README, the decode
+   * step). The CPU provider only; a lean session that cannot open leaves the full graph alone.
+   * Default false (config.ts: STEERD_LEAN_GRAPH).
    */
   lean?: boolean;
 }
@@ -220,14 +222,16 @@ export class ModelRunner {
     }
     // the lean graph: the same body without hook points (see RunnerOptions.lean)
     let lean: ort.InferenceSession | undefined;
-    if ((opts.lean ?? true) && !shape.device && (sites.length > 0 || shape.groups > 1)) {
+    if (opts.lean && provider === 'cpu' && (sites.length > 0 || shape.groups > 1)) {
       const leanName = fileName.replace(/\.onnx$/, '.lean.onnx');
       try {
         buildGraph(opts.model, { serving: { groups: 1, device: false, sites: [], half }, fileName: leanName });
         lean = await ort.InferenceSession.create(join(opts.model, leanName), { ...base, ...opts.sessionOptions });
       } catch (e) {
-        await session.release();
-        throw e;
+        // an optimisation: without it every pass runs the full graph, with the same bits
+        console.warn(
+          `steerd: the lean serving graph did not open (${(e as Error).message}); the full one serves alone`,
+        );
       }
     }
     const info = modelInfo(ck, provider, sites, opts.dtype);
