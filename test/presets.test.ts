@@ -1,6 +1,6 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { Config } from '../src/config.ts';
 import { writeTinyCheckpoint } from '../src/model/tiny.ts';
@@ -125,4 +125,39 @@ t.test('the stores keep presets: a taken name, the limit, replace and delete', a
   const store = new RedisVectorStore(redis.url, `${redis.prefix}rules:`);
   t.teardown(() => store.close());
   await storeRules(t, store);
+});
+
+t.test('a model name no preset can have is model_not_found; the file store reaches no other file', async (t) => {
+  const dir = mkdtempSync(join(root, 'names-'));
+  const h = await harness(model, undefined, dir);
+  t.teardown(() => h.close());
+  // a registered vector is a JSON file beside the presets folder; a preset file of the same shape elsewhere
+  t.equal((await post(h.app, '/v1/vectors', { name: 'x', values: new Array(32).fill(1) })).statusCode, 201);
+  writeFileSync(join(root, 'y.json'), readFileSync(join(dir, 'vectors', 'x.json')));
+  const outside = `../../${basename(root)}/y`;
+  for (const name of ['../vectors/x', '../../etc/y', outside, 'a/b', 'a\\b', '..', '.x', '']) {
+    for (const path of ['/v1/completions', '/v1/generate', '/v1/sweep']) {
+      const body =
+        path === '/v1/completions'
+          ? { model: name, prompt: 'Hi', max_tokens: 1 }
+          : path === '/v1/generate'
+            ? { model: name, prompt: 'Hi', max_new_tokens: 1 }
+            : { model: name, prompt: 'Hi', max_new_tokens: 1, vector: 'x', layers: [0], coeffs: [1] };
+      const r = await post(h.app, path, body);
+      t.equal(r.statusCode, 404, `${path} ${JSON.stringify(name)}: ${r.body}`);
+      t.equal(r.json().error.code, 'model_not_found');
+    }
+  }
+  // the store itself: such a name is no preset, and none is written under it
+  const store = new FileVectorStore(dir);
+  for (const name of ['../vectors/x', outside, 'a/b', '..', ''])
+    await t.rejects(store.getPreset(name), { status: 404, code: 'not_found' }, `get ${JSON.stringify(name)}`);
+  await t.rejects(store.deletePreset('../vectors/x'), { status: 404, code: 'not_found' }, 'delete');
+  t.ok(existsSync(join(dir, 'vectors', 'x.json')), 'the vector is still there');
+  await t.rejects(
+    store.putPreset(stored('../escaped', Float32Array.from([1])), { replace: true, max: 10 }),
+    { status: 400, code: 'invalid_request' },
+    'put',
+  );
+  t.notOk(existsSync(join(dir, 'escaped.json')), 'nothing written outside the presets folder');
 });

@@ -1,3 +1,4 @@
+import { NAME_PATTERN } from '../config.js';
 import type { Op, Positions } from '../engine/types.js';
 import { SteerdError } from '../errors.js';
 import type { Site } from '../model/hooks.js';
@@ -36,6 +37,14 @@ export interface PresetMeta {
 export interface StoredPreset extends PresetMeta {
   values: Float32Array[];
 }
+
+const namePattern = new RegExp(NAME_PATTERN);
+
+/**
+ * Whether `name` can name a preset (NAME_PATTERN: no separators, no leading dot). The file store
+ * keeps a preset in a file of its name, so nothing else may reach it.
+ */
+export const isPresetName = (name: string): boolean => namePattern.test(name);
 
 export class PresetNotFoundError extends SteerdError {
   constructor(name: string) {

@@ -13,11 +13,13 @@ import {
   writeSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { SteerdError } from '../errors.js';
+import { NAME_PATTERN } from '../config.js';
+import { BadRequestError, SteerdError } from '../errors.js';
 import type { Site } from '../model/hooks.js';
 import {
   decodePreset,
   encodePreset,
+  isPresetName,
   PresetConflictError,
   PresetLimitError,
   PresetNotFoundError,
@@ -423,7 +425,9 @@ export class FileVectorStore implements VectorStore {
     return this.readKept(hash) ?? this.findRegistered(hash) ?? this.readKept(hash);
   }
 
+  /** A preset's file; a name that cannot be a preset's names none (it would reach outside the folder). */
   private presetFile(name: string) {
+    if (!isPresetName(name)) throw new PresetNotFoundError(name);
     return join(this.presetsDir, `${name}.json`);
   }
 
@@ -458,6 +462,10 @@ export class FileVectorStore implements VectorStore {
   }
 
   putPreset(p: StoredPreset, opts: { replace: boolean; max: number }): Promise<void> {
+    if (!isPresetName(p.name))
+      return Promise.reject(
+        new BadRequestError(`"${p.name}" cannot name a preset (${NAME_PATTERN})`, { preset: p.name }),
+      );
     return this.exclusive(() => {
       const names = new Set(this.presetNames());
       if (names.has(p.name) && !opts.replace) throw new PresetConflictError(p.name);
