@@ -32,7 +32,7 @@ const logprobsSchema = Type.Object(
   {
     tokens: Type.Array(Type.String(), {
       description:
-        "each token's text; `bytes:` and its bytes (`bytes: \\xe2\\x80`) for a token that holds part of a UTF-8 character",
+        "each token's text; `bytes:` and its bytes (`bytes: \\xe2\\x80`) for a token that holds part of a UTF-8 character. A choice that ended at `<|endoftext|>` (finish_reason `stop`) has it last, with its logprob, though the text leaves it out",
     }),
     token_logprobs: Type.Array(Nullable(Type.Number()), {
       description: 'log p(token) given the tokens before it (with `echo`: null for the first prompt token)',
@@ -434,7 +434,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
         });
 
         let finished = 0;
-        let last: { j: number; done: DoneEvent } | undefined;
+        let last: { j: number; done: DoneEvent; end: Logprobs | null } | undefined;
         const streamTokens = opened && !scoreOnly;
         const run = async (r: number) => {
           const p = scoreOnly ? r : Math.floor(r / n);
@@ -444,6 +444,9 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           const tokens: TokenEvent[] = [];
           const at: number[] = [];
           let done: DoneEvent | undefined;
+          // the end-of-text token that ended the choice: in its logprobs as OpenAI reports it (the
+          // text leaves it out), so that a scored choice has every position it asked for
+          let end: Logprobs | null = null;
           let started = false;
           for await (const e of events) {
             if (streamTokens && echo && !started)
@@ -467,12 +470,14 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
             }
             if (sig.timedOut()) throw timeoutError(svc);
             done = e;
+            if (e.eos && k !== undefined)
+              end = generatedLogprobs([{ type: 'token', text: '', ...e.eos }], [offsets.next(e.eos.id)]);
             // the last choice to finish waits for the usage and the receipt
             if (streamTokens && ++finished < reqs.length)
-              await send(chunk([choice(r, '', null, openaiReason(e.finish_reason))]));
-            else last = { j: r, done: e };
+              await send(chunk([choice(r, '', end, openaiReason(e.finish_reason))]));
+            else last = { j: r, done: e, end };
           }
-          return { tokens, at, done: done! };
+          return { tokens, at, done: done!, end };
         };
         const runs = reqs.map((_, r) => run(r));
         for (const r of [...runs, ...scores]) r.catch(() => sig.abort());
@@ -511,9 +516,9 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           return promptLogprobs(prompts[p], scored);
         };
         if (streamTokens) {
-          const end = last ?? { j: 0, done: results[0].done };
+          const end = last ?? { j: 0, done: results[0].done, end: results[0].end };
           await send({
-            ...chunk([choice(end.j, '', null, openaiReason(end.done.finish_reason))]),
+            ...chunk([choice(end.j, '', end.end, openaiReason(end.done.finish_reason))]),
             usage,
             receipt: rec,
           });
@@ -526,7 +531,8 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
             const prompt = echo ? await promptPart(p) : null;
             if (scoreOnly) return choice(j, echo ? texts[p] : '', prompt, 'length');
             const r = results[runOf(j)];
-            const generated = k === undefined ? null : generatedLogprobs(r.tokens, r.at);
+            const tokens = k === undefined ? null : generatedLogprobs(r.tokens, r.at);
+            const generated = tokens && r.end ? append(tokens, r.end) : tokens;
             return choice(
               j,
               (echo ? texts[p] : '') + r.done.text,

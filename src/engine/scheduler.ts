@@ -7,7 +7,14 @@ import type { ForwardOutput, HostBytes, ModelRunner, PastGroup } from './runner.
 import { newSlot, rowsOf, type Slot } from './slot.js';
 import { buildSteer, siteOf } from './steer.js';
 import { argmax, dot, klDivergence, type TokenTelemetry } from './telemetry.js';
-import type { ActivationsRequest, ActivationsResult, FinishReason, GenerateEvent, GenerateRequest } from './types.js';
+import type {
+  ActivationsRequest,
+  ActivationsResult,
+  DoneEvent,
+  FinishReason,
+  GenerateEvent,
+  GenerateRequest,
+} from './types.js';
 
 /** Scheduling options; every default suits a CPU and GPT-2 small. */
 export interface SchedulerOptions {
@@ -381,14 +388,14 @@ export class Scheduler {
       s.totals!.add(telemetry, logprob);
       s.twin.next = id; // the twin is fed the steered row's tokens
     }
+    const top = s.req.top_logprobs ? topLogprobs(logits, lse, s.req.top_logprobs) : undefined;
     if (id === this.runner.info.eos_token_id && s.req.stop_at_eos !== false) {
-      this.finish(s, 'eos');
+      this.finish(s, 'eos', { id, logprob, ...(top && { top_logprobs: top }) });
       return;
     }
     s.generated.push(id);
     s.next = id;
     const text = s.text.push(id);
-    const top = s.req.top_logprobs ? topLogprobs(logits, lse, s.req.top_logprobs) : undefined;
     this.sink.event(s.id, {
       type: 'token',
       id,
@@ -432,7 +439,7 @@ export class Scheduler {
     s.staging = undefined;
   }
 
-  private finish(s: Slot, reason: FinishReason): void {
+  private finish(s: Slot, reason: FinishReason, eos?: DoneEvent['eos']): void {
     if (s.state === 'done') return;
     this.release(s);
     const text = reason === 'cancelled' || reason === 'stop' ? '' : s.text.finish();
@@ -447,6 +454,7 @@ export class Scheduler {
       usage: { prompt_tokens: s.req.prompt.length, completion_tokens: s.generated.length },
       ...(s.totals && { telemetry: s.totals.summary() }),
       ...(s.promptLogprobs && { prompt_logprobs: s.promptLogprobs }),
+      ...(eos && { eos }),
       timings: {
         queue_ms: (s.started ?? end) - s.submitted,
         first_token_ms: (s.firstToken ?? end) - s.submitted,

@@ -130,6 +130,11 @@ export interface DoneEvent {
   telemetry?: TelemetrySummary;
   /** With `prompt_logprobs`: the prompt's tokens, scored. */
   prompt_logprobs?: PromptLogprob[];
+  /**
+   * With finish_reason `eos`: the end-of-text token that ended the run (no token event carries
+   * it), its logprob and, with `top_logprobs`, the most likely tokens at its position.
+   */
+  eos?: { id: number; logprob: number; top_logprobs?: TokenLogprob[] };
   timings: Timings;
 }
 
