@@ -305,7 +305,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
       },
     },
     async () => {
-      const presets = (await svc.store.listPresets()).filter((p) => p.model.id === svc.model.id);
+      const presets = await svc.store.listPresets(svc.model.id);
       return {
         object: 'list',
         data: [

@@ -28,8 +28,7 @@ export async function presetOf(svc: Service, model: string | null | undefined): 
   // a name no preset can have is looked up nowhere (the file store would make it a path)
   if (isPresetName(model)) {
     try {
-      const p = await svc.store.getPreset(model);
-      if (p.model.id === svc.model.id) return p;
+      return await svc.store.getPreset(svc.model.id, model);
     } catch (e) {
       if (!(e instanceof PresetNotFoundError)) throw e;
     }
