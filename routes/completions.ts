@@ -59,7 +59,7 @@ const completionsSchema = {
   tags: ['openai'],
   summary: 'OpenAI-compatible completions (with an extra `interventions` field)',
   description:
-    "OpenAI's legacy completions: `n` completions of each prompt (choice index = prompt index × n + i; choice i samples with seed + i, the seed drawn once when absent), `logprobs` (0–5), `echo` (with `logprobs`: the prompt's tokens scored, the first one null), `max_tokens` 0 (nothing generated: with `echo` and `logprobs`, the prompt scored; as lm-evaluation-harness's loglikelihood requests send). `prompt` may be token ids (lm-evaluation-harness's `tokenized_requests`); all prompts and choices are admitted together, and a prompt is scored by its first choice's prefill (streaming: by a one-token run of its own). Each choice is a generation of its own, all admitted together (they share batches); the receipt has one run per choice, in choice order (with `max_tokens` 0: one per prompt). Fields OpenAI defines and steerd does not use are accepted and ignored; `best_of` must be 1. Streaming sends `data: {chunk}` events (each with its choice's `index`; the choices' chunks interleave; a choice's last chunk has its `finish_reason`, the last of all also `usage` and `receipt`), then `data: [DONE]`.",
+    "OpenAI's legacy completions: `n` completions of each prompt (choice index = prompt index × n + i; choice i samples with seed + i, the seed drawn once when absent), `logprobs` (0–5), `echo` (with `logprobs`: the prompt's tokens scored, the first one null), `max_tokens` 0 (nothing generated, so a prompt may fill the context: with `echo` and `logprobs`, the prompt scored; as lm-evaluation-harness's loglikelihood requests send). `prompt` may be token ids (lm-evaluation-harness's `tokenized_requests`); all prompts and choices are admitted together, and a prompt is scored by its first choice's prefill (streaming: by a prompt pass of its own). Each choice is a generation of its own, all admitted together (they share batches); the receipt has one run per choice, in choice order (with `max_tokens` 0: one per prompt). Fields OpenAI defines and steerd does not use are accepted and ignored; `best_of` must be 1. Streaming sends `data: {chunk}` events (each with its choice's `index`; the choices' chunks interleave; a choice's last chunk has its `finish_reason`, the last of all also `usage` and `receipt`), then `data: [DONE]`.",
   body: Type.Object({
     model: Type.Optional(
       Type.String({
@@ -350,8 +350,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           max_n: maxN,
         });
       const maxNew = b.max_tokens ?? 16;
-      // max_tokens 0 scores the prompt: one greedy token is computed (the pass that scores the prompt
-      // predicts it anyway) and left out of the answer
+      // max_tokens 0 scores the prompt: its pass alone, which needs the prompt's positions only
       const scoreOnly = maxNew === 0;
       checkLimits(svc, Math.max(1, maxNew));
       const k = b.logprobs ?? undefined;
@@ -364,14 +363,13 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
       const scorePrompts = echo && k !== undefined;
       // The prompts' scores come from the first choice's run of each prompt (its prefill computes
       // them); a stream sends them before any completion's tokens, so there each prompt is scored by
-      // a one-token run of its own (same interventions) that finishes first.
+      // a prompt pass of its own (same interventions, nothing generated) that finishes first.
       const separate = scorePrompts && stream && !scoreOnly;
       const scoring = (prompt: number[], scored: boolean): GenerateRequest => ({
         prompt,
-        max_new_tokens: 1,
+        max_new_tokens: 0,
         temperature: 0,
         seed,
-        stop_at_eos: false,
         interventions,
         ...(scored && { prompt_logprobs: k }),
       });

@@ -403,6 +403,28 @@ t.test(
   },
 );
 
+t.test('max_tokens 0: a prompt that fills the context is scored; max_tokens 1 needs one position more', async (t) => {
+  const ctx = h.svc.engine.info.n_positions;
+  const words = encode(' the cat sat on a mat and looked at the dog, which ran'.repeat(20));
+  const prompt = words.slice(0, ctx);
+  t.equal(prompt.length, ctx, 'exactly n_positions tokens');
+  const ctxlen = ctx - 10;
+  const want = referenceLoglikelihood(ref, prompt, ctxlen);
+  const r = await postJson('/v1/completions', loglikelihoodBody('gpt2', [prompt], 0));
+  t.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+  const [got] = readLoglikelihood(r.body.choices, [ctxlen], 0);
+  t.equal(got.count, 10, 'the last ten tokens');
+  t.ok(Math.abs(got.sum - want.sum) < 1e-3, `logprob ${got.sum} ≈ ${want.sum}`);
+  t.equal(r.body.receipt.runs[0].output.length, 0, 'nothing generated');
+  t.equal((await postJson('/v1/replay', { receipt: r.body.receipt })).body.identical, true, 'and it replays');
+  const one = await postJson('/v1/completions', loglikelihoodBody('gpt2', [prompt], 1));
+  t.equal(one.status, 422);
+  t.match(
+    one.body.error.message,
+    new RegExp(`prompt \\(${ctx} tokens\\) \\+ max_new_tokens \\(1\\) exceeds the context \\(${ctx}\\)`),
+  );
+});
+
 t.test('lm-evaluation-harness: generation requests (token ids, stop, seed)', async (t) => {
   const prompts = ['The cat sat on the', 'Hello world'].map(encode);
   const greedy = prompts.map((p) => referenceGreedy(ref, p, 6).ids);

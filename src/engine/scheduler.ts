@@ -344,6 +344,11 @@ export class Scheduler {
       this.finish(s, 'cancelled');
       return;
     }
+    if (s.maxNew === 0) {
+      // the prompt's pass was all it asked for (its scores, with prompt_logprobs)
+      this.finish(s, 'length');
+      return;
+    }
     s.state = 'decoding';
     if (s.twin) s.twin.state = 'decoding';
     this.accept(s, out, rows.indexOf(s), rows.indexOf(s.twin!), T, last);

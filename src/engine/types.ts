@@ -38,7 +38,10 @@ export interface Intervention {
 }
 
 export interface SamplingParams {
-  /** Tokens to generate at most. Default 64. */
+  /**
+   * Tokens to generate at most. Default 64. 0: the prompt's pass alone (its scores, with
+   * `prompt_logprobs`), which needs the prompt's positions only.
+   */
   max_new_tokens?: number;
   /** 0 is greedy. Default 1. */
   temperature?: number;
