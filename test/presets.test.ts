@@ -7,7 +7,7 @@ import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import type { StoredPreset } from '../src/store/presets.ts';
 import { RedisVectorStore } from '../src/store/redis-vectors.ts';
 import { FileVectorStore, type VectorStore, vectorHash } from '../src/store/vectors.ts';
-import { harness, post } from './helpers/api.ts';
+import { harness, post, queueMode } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
 
 // Presets outlive the process that made them: in the file store (a restart on the same data
@@ -37,7 +37,13 @@ async function make(t: Test, app: Awaited<ReturnType<typeof harness>>['app']) {
   return { made: made.json(), steered };
 }
 
-t.test('presets survive a restart (file store)', async (t) => {
+const redis = await testRedis();
+t.teardown(redis.cleanup);
+
+// (STEERD_TEST_QUEUE=redis: the harness keeps its registry in Redis, not in the data directory)
+const fileStore = { skip: queueMode && 'the harness keeps its registry in Redis' };
+
+t.test('presets survive a restart (file store)', fileStore, async (t) => {
   const dir = mkdtempSync(join(root, 'data-'));
   const one = await harness(model, undefined, dir);
   const model_id = one.svc.model.id;
@@ -59,8 +65,6 @@ t.test('presets survive a restart (file store)', async (t) => {
   );
 });
 
-const redis = await testRedis();
-t.teardown(redis.cleanup);
 t.test('presets survive an API restart (Redis)', { skip: redis.skip }, async (t) => {
   const open = () =>
     harness(model, (c: Config): Config => ({ ...c, redisUrl: redis.url, redisPrefix: redis.prefix, worker: true }));
@@ -141,44 +145,48 @@ t.test('the stores keep presets: a taken name, the limit, replace and delete', a
   await storeRules(t, store);
 });
 
-t.test('a model name no preset can have is model_not_found; the file store reaches no other file', async (t) => {
-  const dir = mkdtempSync(join(root, 'names-'));
-  const h = await harness(model, undefined, dir);
-  t.teardown(() => h.close());
-  // a registered vector is a JSON file beside the presets folder; a preset file of the same shape elsewhere
-  t.equal((await post(h.app, '/v1/vectors', { name: 'x', values: new Array(32).fill(1) })).statusCode, 201);
-  writeFileSync(join(root, 'y.json'), readFileSync(join(dir, 'vectors', 'x.json')));
-  const outside = `../../${basename(root)}/y`;
-  for (const name of ['../vectors/x', '../../etc/y', outside, 'a/b', 'a\\b', '..', '.x', '']) {
-    for (const path of ['/v1/completions', '/v1/generate', '/v1/sweep']) {
-      const body =
-        path === '/v1/completions'
-          ? { model: name, prompt: 'Hi', max_tokens: 1 }
-          : path === '/v1/generate'
-            ? { model: name, prompt: 'Hi', max_new_tokens: 1 }
-            : { model: name, prompt: 'Hi', max_new_tokens: 1, vector: 'x', layers: [0], coeffs: [1] };
-      const r = await post(h.app, path, body);
-      t.equal(r.statusCode, 404, `${path} ${JSON.stringify(name)}: ${r.body}`);
-      t.equal(r.json().error.code, 'model_not_found');
+t.test(
+  'a model name no preset can have is model_not_found; the file store reaches no other file',
+  fileStore,
+  async (t) => {
+    const dir = mkdtempSync(join(root, 'names-'));
+    const h = await harness(model, undefined, dir);
+    t.teardown(() => h.close());
+    // a registered vector is a JSON file beside the presets folder; a preset file of the same shape elsewhere
+    t.equal((await post(h.app, '/v1/vectors', { name: 'x', values: new Array(32).fill(1) })).statusCode, 201);
+    writeFileSync(join(root, 'y.json'), readFileSync(join(dir, 'vectors', 'x.json')));
+    const outside = `../../${basename(root)}/y`;
+    for (const name of ['../vectors/x', '../../etc/y', outside, 'a/b', 'a\\b', '..', '.x', '']) {
+      for (const path of ['/v1/completions', '/v1/generate', '/v1/sweep']) {
+        const body =
+          path === '/v1/completions'
+            ? { model: name, prompt: 'Hi', max_tokens: 1 }
+            : path === '/v1/generate'
+              ? { model: name, prompt: 'Hi', max_new_tokens: 1 }
+              : { model: name, prompt: 'Hi', max_new_tokens: 1, vector: 'x', layers: [0], coeffs: [1] };
+        const r = await post(h.app, path, body);
+        t.equal(r.statusCode, 404, `${path} ${JSON.stringify(name)}: ${r.body}`);
+        t.equal(r.json().error.code, 'model_not_found');
+      }
     }
-  }
-  // the store itself: such a name is no preset, and none is written under it
-  const store = new FileVectorStore(dir);
-  for (const name of ['../vectors/x', outside, 'a/b', '..', ''])
+    // the store itself: such a name is no preset, and none is written under it
+    const store = new FileVectorStore(dir);
+    for (const name of ['../vectors/x', outside, 'a/b', '..', ''])
+      await t.rejects(
+        store.getPreset(h.svc.model.id, name),
+        { status: 404, code: 'not_found' },
+        `get ${JSON.stringify(name)}`,
+      );
+    await t.rejects(store.deletePreset(h.svc.model.id, '../vectors/x'), { status: 404, code: 'not_found' }, 'delete');
+    t.ok(existsSync(join(dir, 'vectors', 'x.json')), 'the vector is still there');
     await t.rejects(
-      store.getPreset(h.svc.model.id, name),
-      { status: 404, code: 'not_found' },
-      `get ${JSON.stringify(name)}`,
+      store.putPreset(stored('../escaped', Float32Array.from([1])), { replace: true, max: 10 }),
+      { status: 400, code: 'invalid_request' },
+      'put',
     );
-  await t.rejects(store.deletePreset(h.svc.model.id, '../vectors/x'), { status: 404, code: 'not_found' }, 'delete');
-  t.ok(existsSync(join(dir, 'vectors', 'x.json')), 'the vector is still there');
-  await t.rejects(
-    store.putPreset(stored('../escaped', Float32Array.from([1])), { replace: true, max: 10 }),
-    { status: 400, code: 'invalid_request' },
-    'put',
-  );
-  t.notOk(existsSync(join(dir, 'escaped.json')), 'nothing written outside the presets folder');
-});
+    t.notOk(existsSync(join(dir, 'escaped.json')), 'nothing written outside the presets folder');
+  },
+);
 
 t.test('two models on one registry: each sees, replaces and deletes only its own presets', async (t) => {
   const dir = mkdtempSync(join(root, 'shared-'));
@@ -215,4 +223,22 @@ t.test('two models on one registry: each sees, replaces and deletes only its own
     );
   t.same(await listed(a), [6], 'A lists its own (coeff 6)');
   t.same(await listed(b), [3], 'B lists its own (coeff 3)');
+});
+
+t.test("the GPT-2 hub names are no preset's, whatever the base model", async (t) => {
+  const h = await harness(model);
+  t.teardown(() => h.close());
+  const interventions = [{ vector: { values: new Array(32).fill(0.5) }, layer: 0, coeff: 1 }];
+  for (const name of ['gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl']) {
+    const r = await post(h.app, '/v1/presets', { name, interventions });
+    t.equal(r.statusCode, 409, `${name}: ${r.body}`);
+    t.match(r.json().error.message, /names a GPT-2 checkpoint on the hub/);
+  }
+  const put = await h.app.inject({ method: 'PUT', url: '/v1/presets/gpt2-xl', payload: { interventions } });
+  t.equal(put.statusCode, 409, 'PUT too');
+  t.equal(
+    (await post(h.app, '/v1/presets', { name: 'gpt2-mine', interventions })).statusCode,
+    201,
+    'a name of its own',
+  );
 });
