@@ -13,7 +13,7 @@ import {
 import { presetOf } from '../src/api/presets.js';
 import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
-import { errorResponses, interventionsSchema, Nullable, OneOf, Ref } from '../src/api/schemas.js';
+import { errorResponses, interventionsSchema, modelField, Nullable, OneOf, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import type {
   DoneEvent,
@@ -61,12 +61,7 @@ const completionsSchema = {
   description:
     "OpenAI's legacy completions: `n` completions of each prompt (choice index = prompt index × n + i; choice i samples with seed + i, the seed drawn once when absent), `logprobs` (0–5), `echo` (with `logprobs`: the prompt's tokens scored, the first one null), `max_tokens` 0 (nothing generated, so a prompt may fill the context: with `echo` and `logprobs`, the prompt scored; as lm-evaluation-harness's loglikelihood requests send). `prompt` may be token ids (lm-evaluation-harness's `tokenized_requests`); all prompts and choices are admitted together, and a prompt is scored by its first choice's prefill (streaming: by a prompt pass of its own). Each choice is a generation of its own, all admitted together (they share batches); the receipt has one run per choice, in choice order (with `max_tokens` 0: one per prompt). Fields OpenAI defines and steerd does not use are accepted and ignored; `best_of` must be 1. Streaming sends `data: {chunk}` events (each with its choice's `index`; the choices' chunks interleave; a choice's last chunk has its `finish_reason`, the last of all also `usage` and `receipt`), then `data: [DONE]`.",
   body: Type.Object({
-    model: Type.Optional(
-      Type.String({
-        description:
-          "the served model's name, id or hub name, or a preset (`/v1/presets`): its interventions come first (anything else: 404 `model_not_found`)",
-      }),
-    ),
+    model: modelField,
     prompt: OneOf(
       [
         Type.String({ minLength: 1 }),
@@ -396,7 +391,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
       // every run is checked before any starts
       for (const r of [...reqs, ...scorers]) validateGenerate(r, svc.engine.info, svc.engine.maxContext);
       const runOf = (j: number) => (scoreOnly ? Math.floor(j / n) : j);
-      const choices = prompts.length * n;
+      const choiceCount = prompts.length * n;
 
       // all admitted together: the prompts' prefills share passes
       const release = admit(svc, reqs.length + scorers.length);
@@ -524,7 +519,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           return sig.close({ data: '[DONE]' });
         }
         const all = await Promise.all(
-          Array.from({ length: choices }, async (_, j) => {
+          Array.from({ length: choiceCount }, async (_, j) => {
             const p = Math.floor(j / n);
             const prompt = echo ? await promptPart(p) : null;
             if (scoreOnly) return choice(j, echo ? texts[p] : '', prompt, 'length');
