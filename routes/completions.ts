@@ -13,7 +13,7 @@ import {
 import { presetOf } from '../src/api/presets.js';
 import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
-import { errorResponses, interventionsSchema, Nullable, OneOf, Ref } from '../src/api/schemas.js';
+import { errorResponses, interventionsSchema, modelField, Nullable, OneOf, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import type {
   DoneEvent,
@@ -32,7 +32,7 @@ const logprobsSchema = Type.Object(
   {
     tokens: Type.Array(Type.String(), {
       description:
-        "each token's text; `bytes:` and its bytes (`bytes: \\xe2\\x80`) for a token that holds part of a UTF-8 character",
+        "each token's text; `bytes:` and its bytes (`bytes: \\xe2\\x80`) for a token that holds part of a UTF-8 character. A choice that ended at `<|endoftext|>` (finish_reason `stop`) has it last, with its logprob, though the text leaves it out",
     }),
     token_logprobs: Type.Array(Nullable(Type.Number()), {
       description: 'log p(token) given the tokens before it (with `echo`: null for the first prompt token)',
@@ -59,14 +59,9 @@ const completionsSchema = {
   tags: ['openai'],
   summary: 'OpenAI-compatible completions (with an extra `interventions` field)',
   description:
-    "OpenAI's legacy completions: `n` completions of each prompt (choice index = prompt index × n + i; choice i samples with seed + i, the seed drawn once when absent), `logprobs` (0–5), `echo` (with `logprobs`: the prompt's tokens scored, the first one null), `max_tokens` 0 (nothing generated: with `echo` and `logprobs`, the prompt scored; as lm-evaluation-harness's loglikelihood requests send). `prompt` may be token ids (lm-evaluation-harness's `tokenized_requests`); all prompts and choices are admitted together, and a prompt is scored by its first choice's prefill (streaming: by a one-token run of its own). Each choice is a generation of its own, all admitted together (they share batches); the receipt has one run per choice, in choice order (with `max_tokens` 0: one per prompt). Fields OpenAI defines and steerd does not use are accepted and ignored; `best_of` must be 1. Streaming sends `data: {chunk}` events (each with its choice's `index`; the choices' chunks interleave; a choice's last chunk has its `finish_reason`, the last of all also `usage` and `receipt`), then `data: [DONE]`.",
+    "OpenAI's legacy completions: `n` completions of each prompt (choice index = prompt index × n + i; choice i samples with seed + i, the seed drawn once when absent), `logprobs` (0–5), `echo` (with `logprobs`: the prompt's tokens scored, the first one null), `max_tokens` 0 (nothing generated, so a prompt may fill the context: with `echo` and `logprobs`, the prompt scored; as lm-evaluation-harness's loglikelihood requests send). `prompt` may be token ids (lm-evaluation-harness's `tokenized_requests`); all prompts and choices are admitted together, and a prompt is scored by its first choice's prefill (streaming: by a prompt pass of its own). Each choice is a generation of its own, all admitted together (they share batches); the receipt has one run per choice, in choice order (with `max_tokens` 0: one per prompt). Fields OpenAI defines and steerd does not use are accepted and ignored; `best_of` must be 1. Streaming sends `data: {chunk}` events (each with its choice's `index`; the choices' chunks interleave; a choice's last chunk has its `finish_reason`, the last of all also `usage` and `receipt`), then `data: [DONE]`.",
   body: Type.Object({
-    model: Type.Optional(
-      Type.String({
-        description:
-          "the served model's name, id or hub name, or a preset (`/v1/presets`): its interventions come first (anything else: 404 `model_not_found`)",
-      }),
-    ),
+    model: modelField,
     prompt: OneOf(
       [
         Type.String({ minLength: 1 }),
@@ -305,7 +300,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
       },
     },
     async () => {
-      const presets = (await svc.store.listPresets()).filter((p) => p.model.id === svc.model.id);
+      const presets = await svc.store.listPresets(svc.model.id);
       return {
         object: 'list',
         data: [
@@ -350,8 +345,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           max_n: maxN,
         });
       const maxNew = b.max_tokens ?? 16;
-      // max_tokens 0 scores the prompt: one greedy token is computed (the pass that scores the prompt
-      // predicts it anyway) and left out of the answer
+      // max_tokens 0 scores the prompt: its pass alone, which needs the prompt's positions only
       const scoreOnly = maxNew === 0;
       checkLimits(svc, Math.max(1, maxNew));
       const k = b.logprobs ?? undefined;
@@ -364,14 +358,13 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
       const scorePrompts = echo && k !== undefined;
       // The prompts' scores come from the first choice's run of each prompt (its prefill computes
       // them); a stream sends them before any completion's tokens, so there each prompt is scored by
-      // a one-token run of its own (same interventions) that finishes first.
+      // a prompt pass of its own (same interventions, nothing generated) that finishes first.
       const separate = scorePrompts && stream && !scoreOnly;
       const scoring = (prompt: number[], scored: boolean): GenerateRequest => ({
         prompt,
-        max_new_tokens: 1,
+        max_new_tokens: 0,
         temperature: 0,
         seed,
-        stop_at_eos: false,
         interventions,
         ...(scored && { prompt_logprobs: k }),
       });
@@ -398,7 +391,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
       // every run is checked before any starts
       for (const r of [...reqs, ...scorers]) validateGenerate(r, svc.engine.info, svc.engine.maxContext);
       const runOf = (j: number) => (scoreOnly ? Math.floor(j / n) : j);
-      const choices = prompts.length * n;
+      const choiceCount = prompts.length * n;
 
       // all admitted together: the prompts' prefills share passes
       const release = admit(svc, reqs.length + scorers.length);
@@ -434,7 +427,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
         });
 
         let finished = 0;
-        let last: { j: number; done: DoneEvent } | undefined;
+        let last: { j: number; done: DoneEvent; end: Logprobs | null } | undefined;
         const streamTokens = opened && !scoreOnly;
         const run = async (r: number) => {
           const p = scoreOnly ? r : Math.floor(r / n);
@@ -444,6 +437,9 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           const tokens: TokenEvent[] = [];
           const at: number[] = [];
           let done: DoneEvent | undefined;
+          // the end-of-text token that ended the choice: in its logprobs as OpenAI reports it (the
+          // text leaves it out), so that a scored choice has every position it asked for
+          let end: Logprobs | null = null;
           let started = false;
           for await (const e of events) {
             if (streamTokens && echo && !started)
@@ -467,12 +463,14 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
             }
             if (sig.timedOut()) throw timeoutError(svc);
             done = e;
+            if (e.eos && k !== undefined)
+              end = generatedLogprobs([{ type: 'token', text: '', ...e.eos }], [offsets.next(e.eos.id)]);
             // the last choice to finish waits for the usage and the receipt
             if (streamTokens && ++finished < reqs.length)
-              await send(chunk([choice(r, '', null, openaiReason(e.finish_reason))]));
-            else last = { j: r, done: e };
+              await send(chunk([choice(r, '', end, openaiReason(e.finish_reason))]));
+            else last = { j: r, done: e, end };
           }
-          return { tokens, at, done: done! };
+          return { tokens, at, done: done!, end };
         };
         const runs = reqs.map((_, r) => run(r));
         for (const r of [...runs, ...scores]) r.catch(() => sig.abort());
@@ -511,9 +509,9 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           return promptLogprobs(prompts[p], scored);
         };
         if (streamTokens) {
-          const end = last ?? { j: 0, done: results[0].done };
+          const end = last ?? { j: 0, done: results[0].done, end: results[0].end };
           await send({
-            ...chunk([choice(end.j, '', null, openaiReason(end.done.finish_reason))]),
+            ...chunk([choice(end.j, '', end.end, openaiReason(end.done.finish_reason))]),
             usage,
             receipt: rec,
           });
@@ -521,12 +519,13 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           return sig.close({ data: '[DONE]' });
         }
         const all = await Promise.all(
-          Array.from({ length: choices }, async (_, j) => {
+          Array.from({ length: choiceCount }, async (_, j) => {
             const p = Math.floor(j / n);
             const prompt = echo ? await promptPart(p) : null;
             if (scoreOnly) return choice(j, echo ? texts[p] : '', prompt, 'length');
             const r = results[runOf(j)];
-            const generated = k === undefined ? null : generatedLogprobs(r.tokens, r.at);
+            const tokens = k === undefined ? null : generatedLogprobs(r.tokens, r.at);
+            const generated = tokens && r.end ? append(tokens, r.end) : tokens;
             return choice(
               j,
               (echo ? texts[p] : '') + r.done.text,

@@ -13,7 +13,7 @@ import {
 import type { Service } from '../src/api/service.js';
 import { NAME_PATTERN } from '../src/config.js';
 import { BadRequestError } from '../src/errors.js';
-import { PresetNotFoundError, presetMeta } from '../src/store/presets.js';
+import { presetMeta } from '../src/store/presets.js';
 
 const presetSchema = Type.Partial(
   Type.Object({
@@ -53,7 +53,7 @@ const putBodySchema = Type.Object({ name: Type.Optional(name), ...fields }, { ad
 const nameParam = Type.Object({ name });
 
 const description =
-  'A preset is a named list of interventions (the shape `/v1/generate` takes) served as a model id: `model: "<preset>"` in `/v1/completions`, `/v1/generate` and `/v1/sweep` applies them first (a request may add its own), and `GET /v1/models` lists it. It is checked against the model when made (a vector that is missing or does not fit, a layer or site out of range: 422 naming the field; nothing is stored). Its vectors are pinned by content hash: the preset keeps the values it was made with, so deleting or replacing a vector it was made from changes nothing about it (PUT replaces the preset itself). Receipts name the preset and its interventions by hash, and replay after it changes or goes.';
+  'A preset is a named list of interventions (the shape `/v1/generate` takes) served as a model id: `model: "<preset>"` in `/v1/completions`, `/v1/generate` and `/v1/sweep` applies them first (a request may add its own), and `GET /v1/models` lists it. It is checked against the model when made (a vector that is missing or does not fit, a layer or site out of range: 422 naming the field; nothing is stored). Its vectors are pinned by content hash: the preset keeps the values it was made with, so deleting or replacing a vector it was made from changes nothing about it (PUT replaces the preset itself). Receipts name the preset and its interventions by hash, and replay after it changes or goes. Presets are kept per model: in a registry shared by servers of different models, each sees, replaces and deletes its own model\'s only (another model\'s is a 404 here, and its name is free here).';
 
 const presetRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   app.addSchema(presetSchema);
@@ -113,7 +113,7 @@ const presetRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { 
       },
     },
     async () => ({
-      data: (await svc.store.listPresets()).filter((p) => p.model.id === svc.model.id).map(shown),
+      data: (await svc.store.listPresets(svc.model.id)).map(shown),
     }),
   );
 
@@ -128,10 +128,7 @@ const presetRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { 
       },
     },
     async (request) => {
-      const p = await svc.store.getPreset(request.params.name);
-      // a shared registry may hold another model's presets: not this server's
-      if (p.model.id !== svc.model.id) throw new PresetNotFoundError(p.name);
-      return shown(p);
+      return shown(await svc.store.getPreset(svc.model.id, request.params.name));
     },
   );
 
@@ -146,7 +143,7 @@ const presetRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { 
       },
     },
     async (request, reply) => {
-      await svc.store.deletePreset(request.params.name);
+      await svc.store.deletePreset(svc.model.id, request.params.name);
       reply.code(204);
     },
   );

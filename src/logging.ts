@@ -2,8 +2,9 @@ import type { Config } from './config.js';
 
 /**
  * pino's options for the server's log: the level, the redacted headers, and the format. `auto`
- * follows pino's convention: people at a terminal get pino-pretty's lines, anything else (a file,
- * a pipe, a container's log collector) the JSON lines pino writes by itself.
+ * is steerd's choice (pino itself always writes JSON): people at a terminal get pino-pretty's
+ * lines, anything else (a file, a pipe, a container's log collector) the JSON lines pino writes by
+ * itself.
  */
 export function logOptions(config: Pick<Config, 'logLevel' | 'logFormat'>, isTTY = process.stdout.isTTY === true) {
   const pretty = config.logFormat === 'pretty' || (config.logFormat === 'auto' && isTTY);

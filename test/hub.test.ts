@@ -75,9 +75,19 @@ const repos = new Map<string, string[]>([
  * client's disk is slow (`slowDisk`), so that a write to the .part is still in flight, and the
  * retry is answered only after that write has landed;
  * short: the first is sent chunked (no Content-Length) and ends cleanly after half;
- * corrupt: bytes flipped; ignore-range: 200 and the whole body whatever Range asks.
+ * corrupt: bytes flipped; ignore-range: 200 and the whole body whatever Range asks;
+ * deny: every file request answered 401; silent: the revision's file list never answered.
  */
-type Mode = 'normal' | 'interrupt' | 'interrupt-always' | 'interrupt-abrupt' | 'short' | 'corrupt' | 'ignore-range';
+type Mode =
+  | 'normal'
+  | 'interrupt'
+  | 'interrupt-always'
+  | 'interrupt-abrupt'
+  | 'short'
+  | 'corrupt'
+  | 'ignore-range'
+  | 'deny'
+  | 'silent';
 interface Seen {
   path: string;
   range?: string;
@@ -94,6 +104,8 @@ let cuts: number[] = [];
 let watchPart: string | undefined;
 /** While set, fs.write and fs.writev (what file streams call) start their I/O 40 ms late. */
 let slowDisk = false;
+/** Requests the `silent` hub holds (ended by reset). */
+const unanswered: ServerResponse[] = [];
 
 function reset(m: Mode = 'normal') {
   mode = m;
@@ -102,6 +114,7 @@ function reset(m: Mode = 'normal') {
   cuts = [];
   watchPart = undefined;
   slowDisk = false;
+  for (const res of unanswered.splice(0)) res.destroy();
 }
 
 /** Calls `then` once `watchPart` holds `size` bytes (the client has written all it got), or after 3 s. */
@@ -127,6 +140,10 @@ const server: Server = createServer((req, res) => {
   const partSize = watchPart && existsSync(watchPart) ? statSync(watchPart).size : undefined;
   requests.push({ path: url.pathname + url.search, range: req.headers.range, partSize });
   const api = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/.exec(url.pathname);
+  if (api && mode === 'silent') {
+    unanswered.push(res);
+    return;
+  }
   if (api) {
     const files = repos.get(api[1]);
     const known = [COMMIT, ...(moved ? [moved.commit] : [])];
@@ -153,6 +170,10 @@ const server: Server = createServer((req, res) => {
     return;
   }
   const file = resolve[3];
+  if (mode === 'deny') {
+    res.writeHead(401).end('Unauthorized');
+    return;
+  }
   let body: Buffer = at?.files.get(file) ?? bytes.get(file)!;
   if (mode === 'corrupt' && file === 'model.safetensors') body = corrupted(body);
   const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
@@ -318,6 +339,50 @@ t.test('a cached main that moved: only the files the new commit changed are down
   t.equal(await pull('gpt2', { endpoint, cache, offline: true }), next);
   t.same(requests, [], 'offline: no request');
 });
+
+t.test(
+  'a cached main that moved but whose new files cannot be had: the cached snapshot, refs/main as it was',
+  async (t) => {
+    reset();
+    const cache = newCache();
+    const dir = await pull('gpt2', { endpoint, cache });
+    const ref = join(repoDir(cache), 'refs', 'main');
+    const NEXT = createHash('sha1').update('steerd hub test commit, unreachable').digest('hex');
+    const weights = Buffer.from(model);
+    weights[weights.length - 1] ^= 1;
+    for (const [how, m] of [
+      ['a refused download (401)', 'deny'],
+      ['a connection that keeps dropping', 'interrupt-always'],
+    ] as const) {
+      reset(m);
+      moved = { commit: NEXT, files: new Map([['model.safetensors', weights]]) };
+      const progress = recorder();
+      t.equal(await pull('gpt2', { endpoint, cache, progress, attempts: 2 }), dir, `${how}: the cached snapshot`);
+      t.ok(resolveRequests('model.safetensors').length > 0, `${how}: the changed file was asked for`);
+      t.equal(readFileSync(ref, 'utf8'), COMMIT, `${how}: refs/main unchanged`);
+      t.match(progress.logs.at(-1), /could not be fetched.*served as cached/);
+    }
+    reset();
+  },
+);
+
+t.test(
+  'a cached main whose hub accepts and never answers: the cached snapshot after the check times out',
+  async (t) => {
+    reset();
+    const cache = newCache();
+    const dir = await pull('gpt2', { endpoint, cache });
+    reset('silent');
+    const progress = recorder();
+    const t0 = Date.now();
+    t.equal(await pull('gpt2', { endpoint, cache, progress, refCheckTimeoutMs: 300 }), dir, 'the cached snapshot');
+    const took = Date.now() - t0;
+    t.ok(took >= 300 && took < 2000, `after the 300 ms check, not much later (${took} ms)`);
+    t.equal(unanswered.length, 1, 'the one request, left unanswered');
+    t.match(progress.logs.at(-1), /the hub did not answer.*served as cached/);
+    reset();
+  },
+);
 
 t.test('a clean pull downloads and verifies every file; a second pull asks only where main is', async (t) => {
   reset();

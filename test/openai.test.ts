@@ -351,6 +351,80 @@ t.test('lm-evaluation-harness: loglikelihood requests (token ids, echo, max_toke
   t.equal(peak, 3, "the batch's three prompts ran as concurrent rows");
 });
 
+t.test(
+  'lm-evaluation-harness: a continuation after which <|endoftext|> is the greedy token is read whole',
+  async (t) => {
+    // steering toward <|endoftext|>'s embedding before ln_f makes it the greedy next token (the reference says so)
+    const H = h.svc.engine.info.n_embd;
+    const eos = h.svc.engine.info.eos_token_id;
+    const wte = ref.w.get('wte.weight')!;
+    const values = Array.from(wte.subarray(eos * H, (eos + 1) * H));
+    const ivs: Intervention[] = [{ values: Float32Array.from(values), rows: 1, layer: ref.nLayer, coeff: 30 }];
+    const interventions = [{ vector: { values }, layer: ref.nLayer, coeff: 30 }];
+    const ctx = ['The cat sat on the', 'Hello'].map(encode);
+    const conts = [encode(' mat'), encode(' world, and more')];
+    const prompts = ctx.map((c, i) => [...c, ...conts[i]]);
+    const ctxlens = ctx.map((c) => c.length);
+    for (const p of prompts) t.equal(referenceGreedy(ref, p, 1, ivs).ids[0], eos, 'the reference: <|endoftext|> next');
+    const want = prompts.map((p, i) => referenceLoglikelihood(ref, p, ctxlens[i], ivs));
+    const r = await postJson('/v1/completions', { ...loglikelihoodBody('gpt2', prompts, 1), interventions });
+    t.equal(r.status, 200, JSON.stringify(r.body));
+    for (const [i, g] of readLoglikelihood(r.body.choices, ctxlens, 1).entries()) {
+      t.equal(g.count, conts[i].length, `prompt ${i}: every continuation token`);
+      t.ok(Math.abs(g.sum - want[i].sum) < 1e-3, `prompt ${i}: logprob ${g.sum} ≈ ${want[i].sum}`);
+    }
+    // as OpenAI reports it: the end-of-text token last in the logprobs, not in the text; finish_reason stop
+    const c = r.body.choices[0];
+    t.equal(c.logprobs!.tokens!.at(-1), '<|endoftext|>');
+    t.equal(c.logprobs!.tokens!.length, prompts[0].length + 1);
+    t.equal(c.text, h.svc.engine.tokenizer.decode(prompts[0]), 'the text: the prompt alone');
+    t.equal(c.finish_reason, 'stop');
+    // steerd's own field beside OpenAI's (a variable: the client's type has no interventions)
+    const params = { model: 'gpt2', prompt: prompts[0], max_tokens: 3, temperature: 0, logprobs: 1, interventions };
+    const stream = await client.completions.create({ ...params, stream: true });
+    const chunks: { logprobs: Logprobs | null; finish_reason: string | null }[] = [];
+    for await (const x of stream) chunks.push(...(x.choices as typeof chunks));
+    t.same(
+      chunks.flatMap((x) => x.logprobs?.tokens ?? []),
+      ['<|endoftext|>'],
+      'streamed: in the last chunk',
+    );
+    t.equal(chunks.at(-1)!.finish_reason, 'stop');
+    // /v1/generate as before: no token, finish_reason eos
+    t.same(encode('The cat sat on the mat'), prompts[0]);
+    const g = await postJson('/v1/generate', {
+      prompt: 'The cat sat on the mat',
+      max_new_tokens: 3,
+      temperature: 0,
+      interventions,
+    });
+    t.same(g.body.tokens, [], '/v1/generate: no token');
+    t.equal((g.body as unknown as { finish_reason: string }).finish_reason, 'eos');
+  },
+);
+
+t.test('max_tokens 0: a prompt that fills the context is scored; max_tokens 1 needs one position more', async (t) => {
+  const ctx = h.svc.engine.info.n_positions;
+  const words = encode(' the cat sat on a mat and looked at the dog, which ran'.repeat(20));
+  const prompt = words.slice(0, ctx);
+  t.equal(prompt.length, ctx, 'exactly n_positions tokens');
+  const ctxlen = ctx - 10;
+  const want = referenceLoglikelihood(ref, prompt, ctxlen);
+  const r = await postJson('/v1/completions', loglikelihoodBody('gpt2', [prompt], 0));
+  t.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+  const [got] = readLoglikelihood(r.body.choices, [ctxlen], 0);
+  t.equal(got.count, 10, 'the last ten tokens');
+  t.ok(Math.abs(got.sum - want.sum) < 1e-3, `logprob ${got.sum} ≈ ${want.sum}`);
+  t.equal(r.body.receipt.runs[0].output.length, 0, 'nothing generated');
+  t.equal((await postJson('/v1/replay', { receipt: r.body.receipt })).body.identical, true, 'and it replays');
+  const one = await postJson('/v1/completions', loglikelihoodBody('gpt2', [prompt], 1));
+  t.equal(one.status, 422);
+  t.match(
+    one.body.error.message,
+    new RegExp(`prompt \\(${ctx} tokens\\) \\+ max_new_tokens \\(1\\) exceeds the context \\(${ctx}\\)`),
+  );
+});
+
 t.test('lm-evaluation-harness: generation requests (token ids, stop, seed)', async (t) => {
   const prompts = ['The cat sat on the', 'Hello world'].map(encode);
   const greedy = prompts.map((p) => referenceGreedy(ref, p, 6).ids);

@@ -1,7 +1,7 @@
 import { checkInterventions } from '../engine/validate.js';
 import { SteerdError, UnprocessableError } from '../errors.js';
 import { HUB_ALIASES } from '../model/hub.js';
-import { PresetNotFoundError, type StoredPreset } from '../store/presets.js';
+import { isPresetName, PresetNotFoundError, type StoredPreset } from '../store/presets.js';
 import { resolveInterventions } from './resolve.js';
 import type { InterventionBody } from './schemas.js';
 import type { Service } from './service.js';
@@ -25,11 +25,13 @@ export function servedNames(svc: Service): Set<string> {
 export async function presetOf(svc: Service, model: string | null | undefined): Promise<StoredPreset | null> {
   const served = servedNames(svc);
   if (model == null || served.has(model)) return null;
-  try {
-    const p = await svc.store.getPreset(model);
-    if (p.model.id === svc.model.id) return p;
-  } catch (e) {
-    if (!(e instanceof PresetNotFoundError)) throw e;
+  // a name no preset can have is looked up nowhere (the file store would make it a path)
+  if (isPresetName(model)) {
+    try {
+      return await svc.store.getPreset(svc.model.id, model);
+    } catch (e) {
+      if (!(e instanceof PresetNotFoundError)) throw e;
+    }
   }
   const others = [...served].filter((x) => x !== svc.model.name);
   throw new SteerdError(
@@ -55,6 +57,16 @@ export async function makePreset(
     throw new SteerdError(`"${name}" names the base model; a preset needs a name of its own`, 409, 'conflict', {
       preset: name,
     });
+  // a hub name is reserved even where it is not the base model: a client naming it means that checkpoint
+  if (Object.hasOwn(HUB_ALIASES, name) || Object.values(HUB_ALIASES).includes(name))
+    throw new SteerdError(
+      `"${name}" names a GPT-2 checkpoint on the hub; a preset needs a name of its own`,
+      409,
+      'conflict',
+      {
+        preset: name,
+      },
+    );
   let resolved: Awaited<ReturnType<typeof resolveInterventions>>;
   try {
     resolved = await resolveInterventions(svc, body.interventions);

@@ -23,7 +23,7 @@ const hashSchema = Type.String({ pattern: '^[0-9a-f]{64}$' });
 export const runRecordSchema = Type.Object(
   {
     prompt: Type.Array(int({ minimum: 0 }), { minItems: 1, description: 'prompt token ids' }),
-    max_new_tokens: int({ minimum: 1 }),
+    max_new_tokens: int({ minimum: 0, description: "0: the prompt's pass alone (a score-only run)" }),
     temperature: Type.Number({ minimum: 0 }),
     top_k: int({ minimum: 0 }),
     top_p: Type.Number({ exclusiveMinimum: 0, maximum: 1 }),

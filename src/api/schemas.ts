@@ -135,7 +135,7 @@ export const interventionSchema = Type.Object(
 export const modelField = Type.Optional(
   Type.String({
     description:
-      "a preset (`/v1/presets`): its interventions are applied first, before the request's; the base model's name, id or hub name, or absent: none",
+      "a preset (`/v1/presets`): its interventions are applied first, before the request's; the base model's name, id or hub name, or absent: none (anything else: 404 `model_not_found`)",
   }),
 );
 

@@ -10,6 +10,7 @@ import { argmax, dot, klDivergence } from './telemetry.js';
 import type {
   ActivationsRequest,
   ActivationsResult,
+  DoneEvent,
   FinishReason,
   GenerateEvent,
   GenerateRequest,
@@ -344,6 +345,11 @@ export class Scheduler {
       this.finish(s, 'cancelled');
       return;
     }
+    if (s.maxNew === 0) {
+      // the prompt's pass was all it asked for (its scores, with prompt_logprobs)
+      this.finish(s, 'length');
+      return;
+    }
     s.state = 'decoding';
     if (s.twin) s.twin.state = 'decoding';
     this.accept(s, out, rows.indexOf(s), rows.indexOf(s.twin!), T, last);
@@ -388,14 +394,14 @@ export class Scheduler {
       s.totals!.add(telemetry, logprob);
       s.twin.next = id; // the twin is fed the steered row's tokens
     }
+    const top = s.req.top_logprobs ? topLogprobs(logits, lse, s.req.top_logprobs) : undefined;
     if (id === this.runner.info.eos_token_id && s.req.stop_at_eos !== false) {
-      this.finish(s, 'eos');
+      this.finish(s, 'eos', { id, logprob, ...(top && { top_logprobs: top }) });
       return;
     }
     s.generated.push(id);
     s.next = id;
     const text = s.text.push(id);
-    const top = s.req.top_logprobs ? topLogprobs(logits, lse, s.req.top_logprobs) : undefined;
     this.sink.event(s.id, {
       type: 'token',
       id,
@@ -439,7 +445,7 @@ export class Scheduler {
     s.staging = undefined;
   }
 
-  private finish(s: Slot, reason: FinishReason): void {
+  private finish(s: Slot, reason: FinishReason, eos?: DoneEvent['eos']): void {
     if (s.state === 'done') return;
     this.release(s);
     const text = reason === 'cancelled' || reason === 'stop' ? '' : s.text.finish();
@@ -454,6 +460,7 @@ export class Scheduler {
       usage: { prompt_tokens: s.req.prompt.length, completion_tokens: s.generated.length },
       ...(s.totals && { telemetry: s.totals.summary() }),
       ...(s.promptLogprobs && { prompt_logprobs: s.promptLogprobs }),
+      ...(eos && { eos }),
       timings: {
         queue_ms: (s.started ?? end) - s.submitted,
         first_token_ms: (s.firstToken ?? end) - s.submitted,

@@ -37,7 +37,10 @@ export interface Intervention {
 }
 
 export interface SamplingParams {
-  /** Tokens to generate at most. Default 64. */
+  /**
+   * Tokens to generate at most. Default 64. 0: the prompt's pass alone (its scores, with
+   * `prompt_logprobs`), which needs the prompt's positions only.
+   */
   max_new_tokens?: number;
   /** 0 is greedy. Default 1. */
   temperature?: number;
@@ -129,6 +132,11 @@ export interface DoneEvent {
   telemetry?: TelemetrySummary;
   /** With `prompt_logprobs`: the prompt's tokens, scored. */
   prompt_logprobs?: PromptLogprob[];
+  /**
+   * With finish_reason `eos`: the end-of-text token that ended the run (no token event carries
+   * it), its logprob and, with `top_logprobs`, the most likely tokens at its position.
+   */
+  eos?: { id: number; logprob: number; top_logprobs?: TokenLogprob[] };
   timings: Timings;
 }
 

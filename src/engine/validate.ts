@@ -90,7 +90,7 @@ export function checkInterventions(list: Intervention[] | undefined, promptLengt
 export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxContext = info.n_positions): void {
   const prompt = checkPrompt(req.prompt, info);
   const n = req.max_new_tokens ?? 64;
-  if (!isInt(n) || n < 1) throw new BadRequestError(`max_new_tokens must be a positive integer (got ${n})`);
+  if (!isInt(n) || n < 0) throw new BadRequestError(`max_new_tokens must be an integer >= 0 (got ${n})`);
   if (prompt.length + n > maxContext) {
     throw new UnprocessableError(
       `prompt (${prompt.length} tokens) + max_new_tokens (${n}) exceeds the context (${maxContext})`,

@@ -64,6 +64,8 @@ export interface PullOptions {
   attempts?: number;
   /** Progress reporting; default: none. */
   progress?: ProgressReporter;
+  /** How long a cached branch's check waits for the hub (ms). Default REF_CHECK_TIMEOUT_MS. */
+  refCheckTimeoutMs?: number;
 }
 
 /** Receives download progress; the CLI draws a bar on a terminal and logs lines otherwise. */
@@ -149,8 +151,9 @@ export function findLegacy(cache: string, repo: string, revision: string): strin
 /**
  * A GPT-2 checkpoint's directory: the revision's snapshot in the hub cache when it has every file
  * steerd needs (a branch such as `main` checked first against the hub with one small request,
- * unless offline: when it has moved, the new commit's changed files are downloaded; a commit is
- * served without asking); else, given `legacyCache`, a complete pull in steerd's old cache; else
+ * unless offline: when it has moved, the new commit's changed files are downloaded, and `refs/`
+ * moves once they all are; if any cannot be had, the cached snapshot is served; a commit is served
+ * without asking); else, given `legacyCache`, a complete pull in steerd's old cache; else
  * the files the snapshot lacks, downloaded into the hub cache. Refused offline (`HF_HUB_OFFLINE`),
  * naming what is missing and where it looked.
  *
@@ -188,7 +191,7 @@ export async function pullModel(name: string, opts: PullOptions = {}): Promise<P
       return { dir: hit.dir!, cache: 'hub' };
     }
     try {
-      info = (await fetchJson(infoUrl, headers, REF_CHECK_TIMEOUT_MS)) as typeof info;
+      info = (await fetchJson(infoUrl, headers, opts.refCheckTimeoutMs ?? REF_CHECK_TIMEOUT_MS)) as typeof info;
     } catch (e) {
       log(`${at} (the hub did not answer, ${(e as Error).message}: served as cached)`);
       return { dir: hit.dir!, cache: 'hub' };
@@ -223,51 +226,69 @@ export async function pullModel(name: string, opts: PullOptions = {}): Promise<P
     }
   }
 
-  info ??= (await fetchJson(infoUrl, headers)) as { sha?: string; siblings?: Sibling[] };
-  const commit = info.sha ?? revision;
-  const siblings = new Map((info.siblings ?? []).map((s) => [s.rfilename, s]));
-  const lacks = REQUIRED.filter((f) => !siblings.has(f));
-  if (!siblings.has('tokenizer.json')) lacks.push(...TOKENIZER.filter((f) => !siblings.has(f)));
-  if (lacks.length) {
-    throw new DownloadError(
-      `${repo}@${revision} lacks ${lacks.join(', ')} (steerd needs a safetensors GPT-2 checkpoint: config.json, model.safetensors, vocab.json + merges.txt or tokenizer.json)`,
-    );
-  }
-  if (!COMMIT.test(commit)) throw new DownloadError(`${infoUrl} gave no commit for ${repo}@${revision}`);
-
-  // Into the folder of a spelling that is already there (its blobs and partial files are reused),
-  // else the repository's own.
-  const repoDir = cached.hit?.repoDir ?? cached.partial?.repoDir ?? join(hubCache, repoFolder(repo));
-  const snapshot = join(repoDir, 'snapshots', commit);
-  mkdirSync(join(repoDir, 'blobs'), { recursive: true });
-  mkdirSync(snapshot, { recursive: true });
-  if (revision !== commit) {
-    const ref = join(repoDir, 'refs', revision);
-    mkdirSync(dirname(ref), { recursive: true });
-    writeFileSync(ref, commit);
-  }
-  log(`pulling ${repo}@${commit} into ${snapshot}`);
-  for (const file of [...REQUIRED, ...TOKENIZER, ...OPTIONAL].filter((f) => siblings.has(f))) {
-    const pointer = join(snapshot, file);
-    if (existsSync(pointer)) continue; // the snapshot has it (a symlink to a complete blob)
-    const s = siblings.get(file)!;
-    const etag = s.lfs?.sha256 ?? s.blobId;
-    if (!etag || !/^[0-9a-f]{40,64}$/.test(etag))
-      throw new DownloadError(`${file}: the hub gave no checksum for it (${infoUrl})`, { file });
-    const blob = join(repoDir, 'blobs', etag);
-    // only verified files are ever renamed into blobs/
-    if (!existsSync(blob))
-      await downloadVerified(
-        `${endpoint}/${repo}/resolve/${commit}/${file}`,
-        blob,
-        s,
-        headers,
-        opts.attempts ?? 5,
-        opts.progress,
+  // A moved branch whose new files cannot all be had (a cut connection, a refusal, a missing file,
+  // a full disk): its cached snapshot is served, as when the hub does not answer.
+  const fetchSnapshot = async (): Promise<Pulled> => {
+    info ??= (await fetchJson(infoUrl, headers)) as { sha?: string; siblings?: Sibling[] };
+    const commit = info.sha ?? revision;
+    const siblings = new Map((info.siblings ?? []).map((s) => [s.rfilename, s]));
+    const lacks = REQUIRED.filter((f) => !siblings.has(f));
+    if (!siblings.has('tokenizer.json')) lacks.push(...TOKENIZER.filter((f) => !siblings.has(f)));
+    if (lacks.length) {
+      throw new DownloadError(
+        `${repo}@${revision} lacks ${lacks.join(', ')} (steerd needs a safetensors GPT-2 checkpoint: config.json, model.safetensors, vocab.json + merges.txt or tokenizer.json)`,
       );
-    linkIntoSnapshot(blob, pointer);
+    }
+    if (!COMMIT.test(commit)) throw new DownloadError(`${infoUrl} gave no commit for ${repo}@${revision}`);
+
+    // Into the folder of a spelling that is already there (its blobs and partial files are reused),
+    // else the repository's own.
+    const repoDir = cached.hit?.repoDir ?? cached.partial?.repoDir ?? join(hubCache, repoFolder(repo));
+    const snapshot = join(repoDir, 'snapshots', commit);
+    mkdirSync(join(repoDir, 'blobs'), { recursive: true });
+    mkdirSync(snapshot, { recursive: true });
+    const moveRef = () => {
+      if (revision === commit) return;
+      const ref = join(repoDir, 'refs', revision);
+      mkdirSync(dirname(ref), { recursive: true });
+      writeFileSync(ref, commit);
+    };
+    // a fresh pull names its commit at once (a later run resumes it); a moved branch only once its
+    // new snapshot is complete (until then the cached one is the branch's)
+    if (!cached.hit) moveRef();
+    log(`pulling ${repo}@${commit} into ${snapshot}`);
+    for (const file of [...REQUIRED, ...TOKENIZER, ...OPTIONAL].filter((f) => siblings.has(f))) {
+      const pointer = join(snapshot, file);
+      if (existsSync(pointer)) continue; // the snapshot has it (a symlink to a complete blob)
+      const s = siblings.get(file)!;
+      const etag = s.lfs?.sha256 ?? s.blobId;
+      if (!etag || !/^[0-9a-f]{40,64}$/.test(etag))
+        throw new DownloadError(`${file}: the hub gave no checksum for it (${infoUrl})`, { file });
+      const blob = join(repoDir, 'blobs', etag);
+      // only verified files are ever renamed into blobs/
+      if (!existsSync(blob))
+        await downloadVerified(
+          `${endpoint}/${repo}/resolve/${commit}/${file}`,
+          blob,
+          s,
+          headers,
+          opts.attempts ?? 5,
+          opts.progress,
+        );
+      linkIntoSnapshot(blob, pointer);
+    }
+    if (cached.hit) moveRef();
+    return { dir: snapshot, cache: 'hub' };
+  };
+  if (!cached.hit) return fetchSnapshot();
+  try {
+    return await fetchSnapshot();
+  } catch (e) {
+    log(
+      `${name}@${revision}: the new commit could not be fetched (${(e as Error).message}): served as cached, ${cached.hit.dir}`,
+    );
+    return { dir: cached.hit.dir!, cache: 'hub' };
   }
-  return { dir: snapshot, cache: 'hub' };
 }
 
 /** `pullModel` without steerd's old cache: the directory of the snapshot in the hub cache. */

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import { NAME_PATTERN } from '../config.js';
 import type { Op, Positions } from '../engine/types.js';
 import { SteerdError } from '../errors.js';
 import type { Site } from '../model/hooks.js';
@@ -36,6 +38,22 @@ export interface PresetMeta {
 export interface StoredPreset extends PresetMeta {
   values: Float32Array[];
 }
+
+const namePattern = new RegExp(NAME_PATTERN);
+
+/**
+ * Whether `name` can name a preset (NAME_PATTERN: no separators, no leading dot). The file store
+ * keeps a preset in a file of its name, so nothing else may reach it.
+ */
+export const isPresetName = (name: string): boolean => namePattern.test(name);
+
+/**
+ * Presets are kept per model: a name is unique among one model's presets (`model.id`), and a
+ * registry shared by servers of different models keeps each model's apart, so that a server sees,
+ * replaces and deletes its own model's presets only, and two models may each have a preset of the
+ * same name. The stores key them by this digest of the model's id (a file name, a Redis key part).
+ */
+export const presetScope = (modelId: string): string => createHash('sha256').update(modelId).digest('hex').slice(0, 32);
 
 export class PresetNotFoundError extends SteerdError {
   constructor(name: string) {

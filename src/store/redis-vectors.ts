@@ -5,6 +5,7 @@ import {
   PresetConflictError,
   PresetLimitError,
   PresetNotFoundError,
+  presetScope,
   type StoredPreset,
 } from './presets.js';
 import {
@@ -283,23 +284,23 @@ export class RedisVectorStore implements VectorStore {
     });
   }
 
-  /** Presets: one hash, name → the preset with its pinned values (presets.ts). */
-  private get presetsKey() {
-    return `${this.prefix}presets`;
+  /** Presets: one hash per model, name → the preset with its pinned values (presets.ts). */
+  private presetsKey(modelId: string) {
+    return `${this.prefix}presets:${presetScope(modelId)}`;
   }
 
-  listPresets(): Promise<StoredPreset[]> {
+  listPresets(modelId: string): Promise<StoredPreset[]> {
     return this.call(async () => {
-      const all = await this.redis.hgetall(this.presetsKey);
+      const all = await this.redis.hgetall(this.presetsKey(modelId));
       return Object.keys(all)
         .sort()
         .map((n) => readPreset(all[n]));
     });
   }
 
-  getPreset(name: string): Promise<StoredPreset> {
+  getPreset(modelId: string, name: string): Promise<StoredPreset> {
     return this.call(async () => {
-      const raw = await this.redis.hget(this.presetsKey, name);
+      const raw = await this.redis.hget(this.presetsKey(modelId), name);
       if (raw === null) throw new PresetNotFoundError(name);
       return readPreset(raw);
     });
@@ -310,7 +311,7 @@ export class RedisVectorStore implements VectorStore {
       const r = await this.redis.eval(
         PUT_PRESET,
         1,
-        this.presetsKey,
+        this.presetsKey(p.model.id),
         p.name,
         encodePreset(p),
         opts.replace ? '1' : '0',
@@ -321,9 +322,9 @@ export class RedisVectorStore implements VectorStore {
     });
   }
 
-  deletePreset(name: string): Promise<void> {
+  deletePreset(modelId: string, name: string): Promise<void> {
     return this.call(async () => {
-      if ((await this.redis.hdel(this.presetsKey, name)) === 0) throw new PresetNotFoundError(name);
+      if ((await this.redis.hdel(this.presetsKey(modelId), name)) === 0) throw new PresetNotFoundError(name);
     });
   }
 

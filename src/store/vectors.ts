@@ -13,14 +13,17 @@ import {
   writeSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { SteerdError } from '../errors.js';
+import { NAME_PATTERN } from '../config.js';
+import { BadRequestError, SteerdError } from '../errors.js';
 import type { Site } from '../model/hooks.js';
 import {
   decodePreset,
   encodePreset,
+  isPresetName,
   PresetConflictError,
   PresetLimitError,
   PresetNotFoundError,
+  presetScope,
   type StoredPreset,
 } from './presets.js';
 
@@ -161,13 +164,16 @@ export interface VectorStore {
    * match their hash).
    */
   getValues(hash: string): Promise<{ shape: number[]; values: Float32Array } | null>;
-  /** Every preset (with its pinned values), by name. */
-  listPresets(): Promise<StoredPreset[]>;
-  /** The preset `name` (404 when there is none). */
-  getPreset(name: string): Promise<StoredPreset>;
-  /** Stores a preset; refuses an existing name unless `replace` (409), a new one beyond `max` (422). */
+  /** Every preset of the model `modelId` (with its pinned values), by name (presets.ts: kept per model). */
+  listPresets(modelId: string): Promise<StoredPreset[]>;
+  /** The preset `name` of the model `modelId` (404 when it has none of that name). */
+  getPreset(modelId: string, name: string): Promise<StoredPreset>;
+  /**
+   * Stores a preset among its model's (`p.model.id`); refuses a name that model has unless
+   * `replace` (409), a new one beyond `max` presets of that model (422).
+   */
   putPreset(p: StoredPreset, opts: { replace: boolean; max: number }): Promise<void>;
-  deletePreset(name: string): Promise<void>;
+  deletePreset(modelId: string, name: string): Promise<void>;
   /** Whether the store answers (readiness); absent = always. */
   ping?(): Promise<boolean>;
   close?(): Promise<void>;
@@ -248,7 +254,7 @@ const STRAY_TMP_MS = 3600_000;
 export class FileVectorStore implements VectorStore {
   private readonly dir: string;
   private readonly valuesDir: string;
-  /** `<dataDir>/presets/<name>.json`, written atomically like the vectors. */
+  /** `<dataDir>/presets/<presetScope(model id)>/<name>.json`, written atomically like the vectors. */
   private readonly presetsDir: string;
   private lock: Promise<unknown> = Promise.resolve();
   /** When values were last pruned (ms since the epoch); 0: not yet. */
@@ -423,22 +429,36 @@ export class FileVectorStore implements VectorStore {
     return this.readKept(hash) ?? this.findRegistered(hash) ?? this.readKept(hash);
   }
 
-  private presetFile(name: string) {
-    return join(this.presetsDir, `${name}.json`);
+  /** A model's presets folder. */
+  private presetDir(modelId: string) {
+    return join(this.presetsDir, presetScope(modelId));
   }
 
-  private presetNames(): string[] {
-    return readdirSync(this.presetsDir)
+  /** A preset's file; a name that cannot be a preset's names none (it would reach outside the folder). */
+  private presetFile(modelId: string, name: string) {
+    if (!isPresetName(name)) throw new PresetNotFoundError(name);
+    return join(this.presetDir(modelId), `${name}.json`);
+  }
+
+  private presetNames(modelId: string): string[] {
+    let files: string[];
+    try {
+      files = readdirSync(this.presetDir(modelId));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return []; // none made yet
+      throw e;
+    }
+    return files
       .filter((f) => f.endsWith('.json'))
       .map((f) => f.slice(0, -5))
       .sort();
   }
 
-  async listPresets(): Promise<StoredPreset[]> {
+  async listPresets(modelId: string): Promise<StoredPreset[]> {
     const out: StoredPreset[] = [];
-    for (const name of this.presetNames()) {
+    for (const name of this.presetNames(modelId)) {
       try {
-        out.push(await this.getPreset(name));
+        out.push(await this.getPreset(modelId, name));
       } catch (e) {
         if (!(e instanceof PresetNotFoundError)) throw e; // deleted meanwhile
       }
@@ -446,10 +466,10 @@ export class FileVectorStore implements VectorStore {
     return out;
   }
 
-  async getPreset(name: string): Promise<StoredPreset> {
+  async getPreset(modelId: string, name: string): Promise<StoredPreset> {
     let text: string;
     try {
-      text = readFileSync(this.presetFile(name), 'utf8');
+      text = readFileSync(this.presetFile(modelId, name), 'utf8');
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new PresetNotFoundError(name);
       throw e;
@@ -458,18 +478,23 @@ export class FileVectorStore implements VectorStore {
   }
 
   putPreset(p: StoredPreset, opts: { replace: boolean; max: number }): Promise<void> {
+    if (!isPresetName(p.name))
+      return Promise.reject(
+        new BadRequestError(`"${p.name}" cannot name a preset (${NAME_PATTERN})`, { preset: p.name }),
+      );
     return this.exclusive(() => {
-      const names = new Set(this.presetNames());
+      const names = new Set(this.presetNames(p.model.id));
       if (names.has(p.name) && !opts.replace) throw new PresetConflictError(p.name);
       if (!names.has(p.name) && names.size >= opts.max) throw new PresetLimitError(opts.max);
-      writeAtomic(this.presetFile(p.name), p.name, Buffer.from(encodePreset(p)));
+      mkdirSync(this.presetDir(p.model.id), { recursive: true });
+      writeAtomic(this.presetFile(p.model.id, p.name), p.name, Buffer.from(encodePreset(p)));
     });
   }
 
-  deletePreset(name: string): Promise<void> {
+  deletePreset(modelId: string, name: string): Promise<void> {
     return this.exclusive(() => {
       try {
-        rmSync(this.presetFile(name));
+        rmSync(this.presetFile(modelId, name));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new PresetNotFoundError(name);
         throw e;
