@@ -26,8 +26,9 @@ rmSync(v8Dir, { recursive: true, force: true });
 if (coverage) mkdirSync(v8Dir, { recursive: true });
 const started = Date.now();
 // tap's own coverage stays off: it sees only the test files' main threads
-// Two test files run at a time on two cores: each engine they start gets one intra-op thread
-// (STEERD_THREADS, unless set), or ONNX Runtime's spinning threads fight over the cores.
+// Three test files run at a time on two cores (much of the suite waits: on Redis, on child
+// processes, on timeouts): each engine they start gets one intra-op thread (STEERD_THREADS, unless
+// set), so that the files share the cores instead of fighting over them.
 const env = { STEERD_THREADS: '1', ...process.env, ...(coverage && { NODE_V8_COVERAGE: v8Dir }) };
 const tap = spawnSync(bin('tap'), ['--disable-coverage', ...args], { stdio: 'inherit', cwd: root, env });
 const wall = (Date.now() - started) / 1000;

@@ -11,7 +11,7 @@ export const provider = process.env.STEERD_TEST_PROVIDER ?? 'cpu';
 
 /**
  * An engine on the suite's provider, with the intra-op threads the environment asks for as a served
- * engine would have (STEERD_THREADS: `npm test` runs each engine on one, two test files at a time).
+ * engine would have (STEERD_THREADS: `npm test` runs each engine on one, three test files at a time).
  */
 export const startEngine = (o: EngineOptions) => Engine.start({ provider, threads: loadConfig().threads, ...o });
 
