@@ -1,33 +1,26 @@
-import type { Intervention, Op, Positions } from '../engine/types.js';
+import type { Intervention } from '../engine/types.js';
 import { BadRequestError, SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
 import { maxLayer, type Site } from '../model/hooks.js';
-import type { StoredPreset } from '../store/presets.js';
+import type { PresetIntervention, StoredPreset } from '../store/presets.js';
 import { describe, NotFoundError } from '../store/vectors.js';
 import { NORMS_WAIT_MS, residNormsWithin } from './norms.js';
 import type { InterventionBody } from './schemas.js';
 import type { Service } from './service.js';
 
-/** An intervention as applied, echoed back in responses (and recorded in receipts). */
-export interface AppliedIntervention {
-  vector: string | null;
-  hash: string;
-  shape: number[];
-  layer: number;
-  site: Site;
-  op: Op;
-  /** As given (ablate: 0). */
-  coeff: number;
-  unit: Unit;
+/**
+ * An intervention as applied, echoed back in responses (and recorded in receipts): what a preset
+ * keeps of one (the vector by hash, its site, op, coefficient and unit), and what was applied.
+ */
+export interface AppliedIntervention extends PresetIntervention {
   /** The multiplier applied to the stored values (`coeff` itself for `absolute`). */
   applied_coeff: number;
   /** add: the norm of what was added, |applied_coeff| × the vector's norm (a sequence: its largest row's); clamp: |target|. */
   applied_norm: number;
-  positions: Positions;
   /** The preset it came from (a preset's interventions come first). */
   preset?: string;
 }
 
-export type Unit = 'absolute' | 'resid_norm';
+export type Unit = PresetIntervention['unit'];
 
 /** A vector's size for units: its norm, or for a sequence its largest row's. */
 export function unitNorm(values: Float32Array, rows: number): number {

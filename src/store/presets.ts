@@ -20,6 +20,7 @@ export interface PresetIntervention {
   layer: number;
   site: Site;
   op: Op;
+  /** As given (ablate: 0). */
   coeff: number;
   unit: 'absolute' | 'resid_norm';
   positions: Positions;
