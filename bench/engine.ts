@@ -11,8 +11,8 @@
  *   concurrent, prompt 32, 16 new tokens, the ceiling at 8 rows, and the process's peak RSS against
  *   the weights and the KV budget.
  *
- * - `--peer llamacpp`: the llama.cpp peer (`bench.sh` in `--peer-dir`, default
- *   `../shared/peers/llamacpp`) on the same checkpoint, levels, prompt, new tokens and threads, run
+ * - `--peer llamacpp`: a llama.cpp bench script (`bench.sh` in `--peer-dir`, or $LLAMACPP_PEER; it
+ *   prints one JSON line with llama.cpp's tokens/s, libllama called directly) on the same checkpoint, levels, prompt, new tokens and threads, run
  *   before and after steerd's own measurements (the best of the two kept, as for the ceiling), and
  *   steerd's ratios to its libllama-direct line (`--peer-args` passes more options, e.g. `--q8`).
  *
@@ -49,7 +49,7 @@ const { values: o } = parseArgs({
     threads: { type: 'string', default: '0' },
     out: { type: 'string' },
     peer: { type: 'string' },
-    'peer-dir': { type: 'string', default: '../shared/peers/llamacpp' },
+    'peer-dir': { type: 'string', default: process.env.LLAMACPP_PEER },
     'peer-args': { type: 'string', default: '' },
   },
 });
@@ -130,7 +130,8 @@ function peerRun(): { rows: Record<string, PeerRow[]>; line: Record<string, unkn
   args.push('--threads', String(threads), ...(shapeName === 'xl' ? ['--xl'] : []));
   args.push(...o['peer-args']!.split(/\s+/).filter(Boolean));
   console.error(`llama.cpp peer: bench.sh ${args.join(' ')} ...`);
-  const stdout = execFileSync(join(resolve(o['peer-dir']!), 'bench.sh'), args, {
+  if (!o['peer-dir']) throw new Error('--peer llamacpp needs --peer-dir DIR (or LLAMACPP_PEER): the folder of its bench.sh');
+  const stdout = execFileSync(join(resolve(o['peer-dir']), 'bench.sh'), args, {
     env: { ...process.env, DIR: dir },
     stdio: ['ignore', 'pipe', 'inherit'],
     encoding: 'utf8',
