@@ -130,7 +130,8 @@ function peerRun(): { rows: Record<string, PeerRow[]>; line: Record<string, unkn
   args.push('--threads', String(threads), ...(shapeName === 'xl' ? ['--xl'] : []));
   args.push(...o['peer-args']!.split(/\s+/).filter(Boolean));
   console.error(`llama.cpp peer: bench.sh ${args.join(' ')} ...`);
-  if (!o['peer-dir']) throw new Error('--peer llamacpp needs --peer-dir DIR (or LLAMACPP_PEER): the folder of its bench.sh');
+  if (!o['peer-dir'])
+    throw new Error('--peer llamacpp needs --peer-dir DIR (or LLAMACPP_PEER): the folder of its bench.sh');
   const stdout = execFileSync(join(resolve(o['peer-dir']), 'bench.sh'), args, {
     env: { ...process.env, DIR: dir },
     stdio: ['ignore', 'pipe', 'inherit'],
