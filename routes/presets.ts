@@ -1,15 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { makePreset } from '../src/api/presets.js';
-import {
-  errorResponses,
-  interventionSchema,
-  Nullable,
-  opSchema,
-  Ref,
-  siteSchema,
-  unitSchema,
-} from '../src/api/schemas.js';
+import { errorResponses, interventionSchema, Nullable, presetInterventionSchema, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import { NAME_PATTERN } from '../src/config.js';
 import { BadRequestError } from '../src/errors.js';
@@ -20,21 +12,7 @@ const presetSchema = Type.Partial(
     name: Type.String({ description: 'the preset, and the model id that applies it' }),
     description: Nullable(Type.String()),
     parent: Type.String({ description: 'the base model it steers' }),
-    interventions: Type.Array(
-      Type.Partial(
-        Type.Object({
-          vector: Nullable(Type.String({ description: 'the name the vector had when the preset was made' })),
-          hash: Type.String({ description: 'content hash of the pinned values' }),
-          shape: Type.Array(Type.Integer()),
-          layer: Type.Integer(),
-          site: siteSchema,
-          op: opSchema,
-          coeff: Type.Number(),
-          unit: unitSchema,
-          positions: Type.String(),
-        }),
-      ),
-    ),
+    interventions: Type.Array(presetInterventionSchema),
     created_at: Type.String({ format: 'date-time' }),
   }),
   { $id: 'Preset' },

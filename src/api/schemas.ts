@@ -199,20 +199,26 @@ export const telemetrySummarySchema = Type.Object(
   { description: 'with telemetry: totals over the generated tokens' },
 );
 
-/** An intervention as applied, echoed back in responses. */
+/** What a preset keeps of an intervention: the vector by hash, its site, op, coefficient and unit. */
+const resolvedIntervention = {
+  vector: Nullable(Type.String({ description: "the vector's name, when it was named (null: values or a hash)" })),
+  hash: Type.String({ description: 'content hash of the values' }),
+  shape: Type.Array(Type.Integer()),
+  layer: Type.Integer(),
+  site: siteSchema,
+  op: opSchema,
+  coeff: Type.Number(),
+  unit: unitSchema,
+  positions: Type.String(),
+};
+export const presetInterventionSchema = Type.Partial(Type.Object(resolvedIntervention));
+
+/** An intervention as applied, echoed back in responses: a preset's, and what was applied. */
 export const appliedInterventionSchema = Type.Partial(
   Type.Object({
-    vector: Nullable(Type.String()),
-    hash: Type.String(),
-    shape: Type.Array(Type.Integer()),
-    layer: Type.Integer(),
-    site: siteSchema,
-    op: opSchema,
-    coeff: Type.Number(),
-    unit: unitSchema,
+    ...resolvedIntervention,
     applied_coeff: Type.Number({ description: 'the multiplier applied to the stored values' }),
     applied_norm: Type.Number({ description: 'the norm of what was added (a sequence: its largest row)' }),
-    positions: Type.String(),
     preset: Type.String({ description: 'the preset it came from (its interventions come first)' }),
   }),
 );

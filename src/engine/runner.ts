@@ -249,7 +249,7 @@ export class ModelRunner {
     const reads = inp.read ?? [];
     // the lean graph (one cache group, no hook points) when no row steers or reads and the rows sit
     // in one group: that group is fed as the lean graph's only one
-    const used = all.filter((grp) => grp && grp.rows > 0);
+    const used = this.lean ? all.filter((grp) => grp && grp.rows > 0) : all;
     const lean =
       this.lean !== undefined && used.length <= 1 && !inp.steer.add.size && !inp.steer.proj.size && !reads.length;
     const groups = lean ? [used[0] ?? all[0]] : all;
