@@ -160,7 +160,7 @@ export type LogFormat = (typeof LOG_FORMATS)[number];
 /** STEERD_LOG_FORMAT: auto, pretty or json; anything else stops steerd at start. */
 export function parseLogFormat(v: string): LogFormat {
   if (!(LOG_FORMATS as readonly string[]).includes(v))
-    throw new Error(`STEERD_LOG_FORMAT must be auto, pretty or json, not "${v}"`);
+    throw new SteerdError(`STEERD_LOG_FORMAT must be auto, pretty or json, not "${v}"`, 500, 'bad_config');
   return v as LogFormat;
 }
 
