@@ -85,6 +85,20 @@ function securityHeaders(t: Test, res: Response, what: string) {
   t.equal(res.headers.get('x-content-type-options'), 'nosniff', `${what}: nosniff`);
 }
 
+/** The page's script and the modules it imports, however deep: their paths on the server. */
+function pageModules() {
+  const dir = new URL('../../playground/', import.meta.url);
+  const found: string[] = [];
+  const visit = (file: string) => {
+    if (found.includes(`/${file}`)) return;
+    found.push(`/${file}`);
+    const source = readFileSync(new URL(file, dir), 'utf8');
+    for (const [, imported] of source.matchAll(/^import [^;]*? from '\.\/([\w-]+\.js)';$/gm)) visit(imported);
+  };
+  visit('app.js');
+  return found;
+}
+
 const id = (testid: string) => `[data-testid="${testid}"]`;
 const overflow = (page: Page) =>
   page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
@@ -113,6 +127,15 @@ t.test('steerd serves the page and its assets, nothing else, without a key', asy
     const res = await get(path);
     t.equal(res.status, 200, `${path} is served without a key`);
     t.match(res.headers.get('content-type'), type, `${path}: ${type}`);
+    await res.arrayBuffer();
+  }
+  // app.js and every module it imports, however deep, as JavaScript (a module script must be)
+  const modules = pageModules();
+  t.ok(modules.length > 1, `the page's modules: ${modules.join(', ')}`);
+  for (const path of modules) {
+    const res = await get(path);
+    t.equal(res.status, 200, `${path} is served`);
+    t.match(res.headers.get('content-type'), /^(application|text)\/javascript/, `${path}: JavaScript`);
     await res.arrayBuffer();
   }
   for (const path of ['/nope', '/assets/chart/chart.cjs', '/assets/chart/../package.json', '/playground/app.js']) {
