@@ -138,7 +138,13 @@ t.test('steerd serves the page and its assets, nothing else, without a key', asy
     t.match(res.headers.get('content-type'), /^(application|text)\/javascript/, `${path}: JavaScript`);
     await res.arrayBuffer();
   }
-  for (const path of ['/nope', '/assets/chart/chart.cjs', '/assets/chart/../package.json', '/playground/app.js']) {
+  for (const path of [
+    '/nope',
+    '/assets/chart/chart.cjs',
+    '/assets/chart/../package.json',
+    '/playground/app.js',
+    '/tsconfig.json',
+  ]) {
     const res = await get(path);
     t.equal(res.status, 404, `${path}: 404`);
     t.equal(((await res.json()) as { error: { code: string } }).error.code, 'not_found', 'in the API error shape');
