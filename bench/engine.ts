@@ -29,9 +29,10 @@ import ort from 'onnxruntime-node';
 import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
+import { GPT2 } from '../src/model/gpt2/family.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { DataType } from '../src/model/onnx-proto.ts';
 import { encodeModel, GraphWriter, ints } from '../src/model/onnx-writer.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const SHAPES = {
@@ -67,7 +68,7 @@ if (!existsSync(join(dir, 'model.safetensors'))) {
   console.error(`writing a GPT-2-${shapeName}-shaped checkpoint to ${dir} ...`);
   writeTinyCheckpoint(dir, { layers: shape.layers, embd: shape.embd, heads: shape.heads, ctx: shape.ctx });
 }
-const ck = openCheckpoint(dir);
+const ck = openCheckpoint(dir, GPT2);
 const { n_layer: L, n_embd: H, n_inner: I, vocab_size: V } = ck.config;
 
 /** This process's resident memory, now and at its peak since the last reset (Linux). */

@@ -54,7 +54,7 @@ if (o.phase) {
   process.stdout.write(JSON.stringify(await phase(o.phase)));
 } else {
   if (!existsSync(join(o.dir!, 'model.safetensors'))) {
-    const { writeTinyCheckpoint } = await import('../src/model/tiny.ts');
+    const { writeTinyCheckpoint } = await import('../src/model/gpt2/tiny.ts');
     writeTinyCheckpoint(o.dir!, { layers: +o.layers!, embd: +o.embd!, heads: +o.heads!, ctx: +o.ctx! });
   }
   const self = fileURLToPath(import.meta.url);

@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { createService } from '../src/server.ts';
 
 const { values: o } = parseArgs({

@@ -17,7 +17,7 @@ import { Redis } from 'ioredis';
 import type { LoadTestOptions } from '../src/loadtest/options.ts';
 import { runLoadTest } from '../src/loadtest/run.ts';
 import { percentile } from '../src/loadtest/stats.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 
 const { values: o } = parseArgs({
   options: {

@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/engine/engine.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { SITES, type Site } from '../src/model/hooks.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const { values: o } = parseArgs({

@@ -25,7 +25,7 @@ import type {
 } from '../src/engine/types.js';
 import { validateGenerate } from '../src/engine/validate.js';
 import { BadRequestError, SteerdError, UnprocessableError } from '../src/errors.js';
-import type { Gpt2Tokenizer } from '../src/model/tokenizer.js';
+import type { Tokenizer } from '../src/model/tokenizer.js';
 
 /** OpenAI's `logprobs` object of a choice: one entry per token, in order. */
 const logprobsSchema = Type.Object(
@@ -185,7 +185,7 @@ class Offsets {
   private readonly decoder = new TextDecoder('utf-8', { ignoreBOM: true });
 
   constructor(
-    private readonly tokenizer: Gpt2Tokenizer,
+    private readonly tokenizer: Tokenizer,
     private at: number,
   ) {}
 

@@ -26,8 +26,8 @@ import ort from 'onnxruntime-node';
 import { parseDtype } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
 import type { HostBytes } from '../src/engine/runner.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import type { Dtype } from '../src/model/half-weights.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const { values: o } = parseArgs({

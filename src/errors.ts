@@ -22,8 +22,10 @@ export class CheckpointError extends SteerdError {
   constructor(
     readonly file: string,
     problem: string,
+    /** The config.json field at fault, when one is (e.g. `model_type`). */
+    readonly field?: string,
   ) {
-    super(`${file}: ${problem}`, 422, 'bad_checkpoint', { file });
+    super(`${file}: ${problem}`, 422, 'bad_checkpoint', field === undefined ? { file } : { file, field });
   }
 }
 

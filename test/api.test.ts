@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { openapiYaml } from '../src/spec.ts';
 import { harness, post, queueMode } from './helpers/api.ts';
 import { provider } from './helpers/provider.ts';

@@ -13,8 +13,9 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { CheckpointError } from '../src/errors.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
+import { GPT2 } from '../src/model/gpt2/family.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { writeSafetensors } from '../src/model/safetensors-write.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-ckpt-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
@@ -53,7 +54,7 @@ function refuses(tt: Test, dir: string, file: string, problem: RegExp, what: str
 }
 
 t.test('a good checkpoint opens with canonical names and a tied head', async (t) => {
-  const ck = openCheckpoint(good);
+  const ck = openCheckpoint(good, GPT2);
   t.equal(ck.config.n_layer, 2);
   t.equal(ck.config.n_inner, 128, 'n_inner null means 4 x n_embd');
   t.equal(ck.params.size, 2 + 12 * 2 + 2, 'every GPT-2 parameter and nothing else');

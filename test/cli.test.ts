@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
+import { GPT2 } from '../src/model/gpt2/family.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-cli-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
@@ -28,7 +29,7 @@ t.test('model tiny then model build, through the package bin', async (t) => {
     '9',
   );
   t.equal(tiny.status, 0, tiny.stderr);
-  const ck = openCheckpoint(dir);
+  const ck = openCheckpoint(dir, GPT2);
   t.same(
     [ck.config.n_layer, ck.config.n_embd, ck.config.n_head, ck.config.n_positions, ck.config.vocab_size],
     [3, 48, 3, 32, 50257],

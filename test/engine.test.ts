@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { deriveVector } from '../src/engine/recipes.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, referenceGreedy, run } from './helpers/engine-util.ts';
 import { maxAbsDiff, range } from './helpers/graph-run.ts';

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import t, { type Test } from 'tap';
+import { Rng, type TinyOptions, writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { buildGraph } from '../src/model/graph.ts';
-import { Rng, type TinyOptions, writeTinyCheckpoint } from '../src/model/tiny.ts';
 import {
   at,
   type Dims,

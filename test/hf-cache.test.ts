@@ -15,9 +15,9 @@ import { join } from 'node:path';
 import t from 'tap';
 import { loadConfig } from '../src/config.ts';
 import { DownloadError, SteerdError } from '../src/errors.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { hubCacheDir, hubOffline, servingDir } from '../src/model/hf-cache.ts';
 import { cachePath, pullModel } from '../src/model/hub.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 import { resolveModel } from '../src/server.ts';
 import {
   closedEndpoint,

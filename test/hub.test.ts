@@ -19,9 +19,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { DownloadError } from '../src/errors.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { lookupRevision } from '../src/model/hf-cache.ts';
 import { type ProgressReporter, pull } from '../src/model/hub.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-hub-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));

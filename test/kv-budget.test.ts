@@ -10,7 +10,7 @@ import { Queue } from 'bullmq';
 import t from 'tap';
 import { buildApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { bullPrefix, queueName } from '../src/queue/protocol.ts';
 import { createService } from '../src/server.ts';
 import { harness, post } from './helpers/api.ts';

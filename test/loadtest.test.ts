@@ -15,7 +15,7 @@ import type { Report } from '../src/loadtest/report.ts';
 import { readSse } from '../src/loadtest/sse.ts';
 import { percentile, summarize } from '../src/loadtest/stats.ts';
 import { type ModelInfo, type Planned, Workload } from '../src/loadtest/workload.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { type Harness, harness } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
 

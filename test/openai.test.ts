@@ -5,7 +5,7 @@ import OpenAI, { BadRequestError, NotFoundError, RateLimitError, UnprocessableEn
 import type { Completion, CompletionCreateParamsNonStreaming } from 'openai/resources/completions';
 import t, { type Test } from 'tap';
 import type { Intervention } from '../src/engine/types.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { harness } from './helpers/api.ts';
 import { referenceGreedy } from './helpers/engine-util.ts';
 import { generationBody, loglikelihoodBody, readLoglikelihood, referenceLoglikelihood } from './helpers/lm-eval.ts';

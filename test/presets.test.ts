@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { Config } from '../src/config.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import type { StoredPreset } from '../src/store/presets.ts';
 import { RedisVectorStore } from '../src/store/redis-vectors.ts';
 import { FileVectorStore, type VectorStore, vectorHash } from '../src/store/vectors.ts';

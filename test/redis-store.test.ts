@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import type { Config } from '../src/config.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { ORPHAN_TTL_S, RedisVectorStore, shapeKey, valuesKey } from '../src/store/redis-vectors.ts';
 import { type StoredVector, VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
 import { harness, post } from './helpers/api.ts';

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
-import { writeTinyCheckpoint } from '../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, refSteer, run } from './helpers/engine-util.ts';
 import { startEngine } from './helpers/provider.ts';

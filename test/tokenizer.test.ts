@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import oracle from 'gpt-3-encoder';
 import t from 'tap';
 import { CheckpointError } from '../src/errors.ts';
-import { bundledVocabDir, Rng } from '../src/model/tiny.ts';
-import { Gpt2Tokenizer } from '../src/model/tokenizer.ts';
+import { bundledVocabDir, Rng } from '../src/model/gpt2/tiny.ts';
+import { Gpt2Tokenizer } from '../src/model/gpt2/tokenizer.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-tok-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));

@@ -117,7 +117,7 @@ export function program(): Command {
     .option('--ctx <n>', 'context length', positiveInt, 128)
     .option('--seed <n>', 'random seed', nonNegativeInt, 0)
     .action(async (dir: string, o: { layers: number; embd: number; heads: number; ctx: number; seed: number }) => {
-      const { writeTinyCheckpoint } = await import('../model/tiny.js');
+      const { writeTinyCheckpoint } = await import('../model/gpt2/tiny.js');
       writeTinyCheckpoint(dir, o);
       console.log(`wrote a random GPT-2 checkpoint (${o.layers} layers, ${o.embd} wide, ${o.heads} heads) to ${dir}`);
     });

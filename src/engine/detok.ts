@@ -1,4 +1,4 @@
-import type { Gpt2Tokenizer } from '../model/tokenizer.js';
+import type { Tokenizer } from '../model/tokenizer.js';
 
 /**
  * Turns a row's generated tokens into text deltas. Text is released only when it is final: a
@@ -12,7 +12,7 @@ export class TextStream {
   stopped = false;
 
   constructor(
-    private readonly tokenizer: Gpt2Tokenizer,
+    private readonly tokenizer: Tokenizer,
     private readonly stops: readonly string[] = [],
   ) {}
 

@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { SteerdError, UnavailableError } from '../errors.js';
-import { Gpt2Tokenizer } from '../model/tokenizer.js';
+import { loadTokenizer } from '../model/families.js';
+import type { Tokenizer } from '../model/tokenizer.js';
 import { EventStream } from './event-stream.js';
 import type { KvBudgetOptions } from './kv-budget.js';
 import type { FromWorker, ToWorker, WireError } from './protocol.js';
@@ -36,7 +37,7 @@ export class Engine {
   private constructor(
     private readonly worker: Worker,
     readonly info: ModelInfo,
-    readonly tokenizer: Gpt2Tokenizer,
+    readonly tokenizer: Tokenizer,
     readonly maxContext: number,
   ) {
     worker.on('message', (m: FromWorker) => this.onMessage(m));
@@ -49,7 +50,7 @@ export class Engine {
 
   /** Starts the worker, loads the model there, and resolves once it is ready to serve. */
   static async start(opts: EngineOptions): Promise<Engine> {
-    const tokenizer = Gpt2Tokenizer.fromDir(opts.model);
+    const tokenizer = loadTokenizer(opts.model);
     const worker = new Worker(new URL('./worker-entry.js', import.meta.url), { workerData: { ...opts } });
     const info = await new Promise<ModelInfo>((resolve, reject) => {
       const onMessage = (m: FromWorker) => {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Checkpoint } from '../model/checkpoint.js';
+import type { Checkpoint } from '../model/family.js';
 import type { Dtype } from '../model/half-weights.js';
 import { SITES, type Site } from '../model/hooks.js';
 import { buildServeGraphBytes } from '../model/serve-graph.js';
@@ -23,19 +23,19 @@ export function modelInfo(
   sites: readonly Site[] = SITES,
   dtype: Dtype = 'float32',
 ): ModelInfo {
-  const c = ck.config;
+  const s = ck.shape;
   return {
-    n_layer: c.n_layer,
-    n_embd: c.n_embd,
-    n_head: c.n_head,
-    n_positions: c.n_positions,
-    vocab_size: c.vocab_size,
-    eos_token_id: c.eos_token_id,
+    n_layer: s.layers,
+    n_embd: s.embd,
+    n_head: s.heads,
+    n_positions: s.ctx,
+    vocab_size: s.vocab,
+    eos_token_id: s.eos,
     fingerprint: ck.fingerprint,
     // the serving graph is a function of the checkpoint's layout and of this builder: its hash
     // names the computation a receipt ran (building it is cheap: no weight is read)
     graph_hash: createHash('sha256')
-      .update(buildServeGraphBytes(ck, { ...serveShape(provider, c.n_positions), sites, half: dtype === 'float16' }))
+      .update(buildServeGraphBytes(ck, { ...serveShape(provider, s.ctx), sites, half: dtype === 'float16' }))
       .digest('hex'),
     hook_sites: [...sites],
     provider,

@@ -6,7 +6,7 @@ import { buildGraph } from '../model/graph.js';
 import { type Dtype, ensureHalfWeights } from '../model/half-weights.js';
 import { hookPoints, projName, readName, SITES, type Site, steerName } from '../model/hooks.js';
 import { buildKvGraphBytes } from '../model/kv-graph.js';
-import { Gpt2Tokenizer } from '../model/tokenizer.js';
+import type { Tokenizer } from '../model/tokenizer.js';
 import { type DeviceKv, DeviceKvStore, disposeKv, type KvUpdater } from './device-kv.js';
 import { type KvBlock, type KvCache, type KvPast, type KvShape, KvStore, SLOT_ALIGN } from './kv.js';
 import { i64v, kvUpdater } from './kv-update.js';
@@ -140,7 +140,7 @@ export class ModelRunner {
   private constructor(
     private readonly session: ort.InferenceSession,
     readonly info: ModelInfo,
-    readonly tokenizer: Gpt2Tokenizer,
+    readonly tokenizer: Tokenizer,
     /** Cache groups of the serving graph. */
     readonly groups: number,
     /** The cache update graph's session when the cache is on the device (kv-graph.ts). */
@@ -164,9 +164,9 @@ export class ModelRunner {
 
   static async open(opts: RunnerOptions): Promise<ModelRunner> {
     const ck = openCheckpoint(opts.model);
-    const tokenizer = Gpt2Tokenizer.fromDir(opts.model);
+    const tokenizer = ck.family.tokenizer(opts.model);
     const provider = opts.provider ?? 'cpu';
-    const shape = serveShape(provider, ck.config.n_positions);
+    const shape = serveShape(provider, ck.shape.ctx);
     const sites = opts.hookSites ?? [...SITES];
     const half = opts.dtype === 'float16';
     const fileName = (shape.device ? SERVE_GRAPH_DEVICE : SERVE_GRAPH).replace(/\.onnx$/, half ? '.f16.onnx' : '.onnx');
@@ -193,7 +193,7 @@ export class ModelRunner {
       // on the device, the new keys and values stay there and everything else comes back (an output
       // goes where this map says only when every output is fetched: forward() does)
       const preferredOutputLocation: Record<string, 'gpu-buffer'> = {};
-      for (let l = 0; l < ck.config.n_layer; l++)
+      for (let l = 0; l < ck.shape.layers; l++)
         for (const kind of ['key', 'value']) preferredOutputLocation[`new.${l}.${kind}`] = 'gpu-buffer';
       session = await ort.InferenceSession.create(join(opts.model, fileName), {
         ...base,
@@ -201,8 +201,8 @@ export class ModelRunner {
         ...(shape.device && { preferredOutputLocation }),
       });
       if (shape.device) {
-        const hd = ck.config.n_embd / ck.config.n_head;
-        kvSession = await ort.InferenceSession.create(buildKvGraphBytes(ck.config.n_layer, ck.config.n_head, hd), {
+        const { layers, kvHeads, headDim } = ck.shape;
+        kvSession = await ort.InferenceSession.create(buildKvGraphBytes(layers, kvHeads, headDim), {
           ...base,
           preferredOutputLocation: 'gpu-buffer',
         });

@@ -1,5 +1,5 @@
 import { randomInt } from 'node:crypto';
-import type { Gpt2Tokenizer } from '../model/tokenizer.js';
+import type { Tokenizer } from '../model/tokenizer.js';
 import { seed32 } from '../util/rng.js';
 import { TextStream } from './detok.js';
 import type { KvCache, KvSource } from './kv.js';
@@ -54,7 +54,7 @@ export interface Slot {
 const now = () => performance.timeOrigin + performance.now();
 
 /** A new slot for a request (its seed drawn when it has none), with its twin when it asks for telemetry. */
-export function newSlot(id: number, req: GenerateRequest, tokenizer: Gpt2Tokenizer, vocab: number): Slot {
+export function newSlot(id: number, req: GenerateRequest, tokenizer: Tokenizer, vocab: number): Slot {
   const seed = req.seed ?? randomInt(0, 2 ** 32);
   const interventions = req.interventions ?? [];
   const slot: Slot = {

@@ -2,64 +2,26 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../errors.js';
-import { type Gpt2Config, readConfig } from './config.js';
+import { readConfigJson } from './config.js';
+import { familyOf } from './families.js';
+import type { Checkpoint, ModelFamily } from './family.js';
 import { readSafetensorsHeader, type TensorEntry } from './safetensors.js';
 
 export const WEIGHTS_FILE = 'model.safetensors';
 
-/** A checkpoint directory whose layout has been validated; no weight has been read. */
-export interface Checkpoint {
-  dir: string;
-  config: Gpt2Config;
-  weightsFile: string;
-  /** Parameters by canonical GPT-2 name (`wte.weight`, `h.3.attn.c_attn.weight`, ...). */
-  params: Map<string, TensorEntry>;
-  /** True when the file has no `lm_head.weight` and the output projection reuses `wte`. */
-  tiedLmHead: boolean;
-  /** Hash of config.json and the safetensors header: identifies the layout a graph depends on. */
-  fingerprint: string;
-  /** Total bytes of the parameters. */
-  paramBytes: number;
-}
-
-/** Expected parameter shapes for a config, by canonical name. `lm_head.weight` is optional. */
-export function expectedShapes(c: Gpt2Config): Map<string, number[]> {
-  const H = c.n_embd;
-  const m = new Map<string, number[]>([
-    ['wte.weight', [c.vocab_size, H]],
-    ['wpe.weight', [c.n_positions, H]],
-  ]);
-  for (let i = 0; i < c.n_layer; i++) {
-    const p = `h.${i}.`;
-    m.set(`${p}ln_1.weight`, [H]);
-    m.set(`${p}ln_1.bias`, [H]);
-    m.set(`${p}attn.c_attn.weight`, [H, 3 * H]);
-    m.set(`${p}attn.c_attn.bias`, [3 * H]);
-    m.set(`${p}attn.c_proj.weight`, [H, H]);
-    m.set(`${p}attn.c_proj.bias`, [H]);
-    m.set(`${p}ln_2.weight`, [H]);
-    m.set(`${p}ln_2.bias`, [H]);
-    m.set(`${p}mlp.c_fc.weight`, [H, c.n_inner]);
-    m.set(`${p}mlp.c_fc.bias`, [c.n_inner]);
-    m.set(`${p}mlp.c_proj.weight`, [c.n_inner, H]);
-    m.set(`${p}mlp.c_proj.bias`, [H]);
+/**
+ * Opens and validates a Hugging Face checkpoint directory of any family steerd serves (config.json's
+ * `model_type` picks it, families.ts); with `family`, refuses any other.
+ */
+export function openCheckpoint(dir: string): Checkpoint;
+export function openCheckpoint<C>(dir: string, family: ModelFamily<C>): Checkpoint<C>;
+export function openCheckpoint(dir: string, want?: ModelFamily): Checkpoint {
+  const { file, raw } = readConfigJson(dir);
+  const family = familyOf(raw, file);
+  if (want && family !== want) {
+    throw new CheckpointError(file, `is a ${family.name} checkpoint, expected ${want.name}`, 'model_type');
   }
-  m.set('ln_f.weight', [H]);
-  m.set('ln_f.bias', [H]);
-  return m;
-}
-
-// Causal-mask buffers that older HF versions saved with the weights; steerd builds its own mask.
-const IGNORED = /^h\.\d+\.attn\.(bias|masked_bias)$/;
-
-/** Maps a stored key to its canonical name: `transformer.h.0...` and `h.0...` are the same tensor. */
-function canonical(key: string): string {
-  return key.startsWith('transformer.') ? key.slice('transformer.'.length) : key;
-}
-
-/** Opens and validates a Hugging Face GPT-2 checkpoint directory. */
-export function openCheckpoint(dir: string): Checkpoint {
-  const config = readConfig(dir);
+  const config = family.parseConfig(raw, file);
   const weightsFile = join(dir, WEIGHTS_FILE);
   if (!existsSync(weightsFile)) {
     const alt = ['pytorch_model.bin', 'model.safetensors.index.json'].find((f) => existsSync(join(dir, f)));
@@ -69,13 +31,14 @@ export function openCheckpoint(dir: string): Checkpoint {
     );
   }
   const header = readSafetensorsHeader(weightsFile);
-  const expected = expectedShapes(config);
+  const expected = family.parameters(config);
+  const head = family.head(config);
   const params = new Map<string, TensorEntry>();
   for (const [key, entry] of header.tensors) {
-    const name = canonical(key);
-    if (IGNORED.test(name)) continue;
-    if (!expected.has(name) && name !== 'lm_head.weight') {
-      throw new CheckpointError(weightsFile, `unexpected tensor "${key}" (not a GPT-2 parameter)`);
+    const name = family.canonicalKey(key);
+    if (name === undefined) continue;
+    if (!expected.has(name) && name !== head.name) {
+      throw new CheckpointError(weightsFile, `unexpected tensor "${key}" (not a ${family.name} parameter)`);
     }
     if (params.has(name)) throw new CheckpointError(weightsFile, `tensor "${name}" is stored twice`);
     if (entry.dtype !== 'F32') {
@@ -96,19 +59,20 @@ export function openCheckpoint(dir: string): Checkpoint {
       );
     }
   }
-  const lm = params.get('lm_head.weight');
-  if (lm && lm.shape.join() !== [config.vocab_size, config.n_embd].join()) {
+  const lm = params.get(head.name);
+  if (lm && lm.shape.join() !== head.shape.join()) {
     throw new CheckpointError(
       weightsFile,
-      `tensor "lm_head.weight" has shape [${lm.shape.join(', ')}], expected [${config.vocab_size}, ${config.n_embd}]`,
+      `tensor "${head.name}" has shape [${lm.shape.join(', ')}], expected [${head.shape.join(', ')}]`,
     );
   }
   const fingerprint = createHash('sha256')
-    .update(readFileSync(join(dir, 'config.json')))
+    .update(readFileSync(file))
     .update(header.headerBytes)
     .update(String(header.size))
     .digest('hex');
   let paramBytes = 0;
   for (const e of params.values()) paramBytes += e.length;
-  return { dir, config, weightsFile, params, tiedLmHead: !lm, fingerprint, paramBytes };
+  const shape = family.shape(config);
+  return { dir, family, config, shape, weightsFile, params, tiedLmHead: !lm, fingerprint, paramBytes };
 }

@@ -2,88 +2,15 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../errors.js';
 
-/** The GPT-2 hyper-parameters steerd needs, read from a Hugging Face `config.json`. */
-export interface Gpt2Config {
-  /** Number of transformer blocks. */
-  n_layer: number;
-  /** Hidden size (residual stream width). */
-  n_embd: number;
-  /** Attention heads per block; `n_embd` must be a multiple of it. */
-  n_head: number;
-  /** Context length (learned position embeddings). */
-  n_positions: number;
-  /** Vocabulary size (50257 for every released GPT-2). */
-  vocab_size: number;
-  /** MLP width; HF writes `null` for the default 4 × n_embd. */
-  n_inner: number;
-  /** Layer-norm epsilon. */
-  layer_norm_epsilon: number;
-  /** BOS token id (also EOS for GPT-2). */
-  bos_token_id: number;
-  eos_token_id: number;
+/** A checkpoint's `config.json`, parsed but not yet read by a family (families.ts picks one). */
+export interface RawConfig {
+  /** The file's path, for errors. */
+  file: string;
+  raw: Record<string, unknown>;
 }
 
-// GPT-2's MLP uses the tanh approximation of GELU; HF names it `gelu_new` (or `gelu_pytorch_tanh`).
-const TANH_GELU = new Set(['gelu_new', 'gelu_pytorch_tanh', 'gelu_fast']);
-
-function positiveInt(file: string, raw: Record<string, unknown>, key: string, fallback?: unknown): number {
-  const v = raw[key] ?? fallback;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
-    throw new CheckpointError(file, `"${key}" must be a positive integer (got ${JSON.stringify(v)})`);
-  }
-  return v;
-}
-
-/** Validates a parsed config object; `file` names it in errors. */
-export function parseConfig(raw: unknown, file = 'config.json'): Gpt2Config {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
-    throw new CheckpointError(file, 'expected a JSON object');
-  }
-  const r = raw as Record<string, unknown>;
-  const archs = Array.isArray(r.architectures) ? r.architectures.join(', ') : undefined;
-  if (r.model_type !== 'gpt2') {
-    throw new CheckpointError(
-      file,
-      `model_type is ${JSON.stringify(r.model_type)}${archs ? ` (${archs})` : ''}; steerd serves GPT-2 checkpoints (model_type "gpt2") only`,
-    );
-  }
-  const act = r.activation_function ?? 'gelu_new';
-  if (typeof act !== 'string' || !TANH_GELU.has(act)) {
-    throw new CheckpointError(
-      file,
-      `activation_function ${JSON.stringify(act)} is not supported (GPT-2 uses gelu_new)`,
-    );
-  }
-  for (const flag of ['scale_attn_by_inverse_layer_idx', 'reorder_and_upcast_attn'] as const) {
-    if (r[flag] === true) throw new CheckpointError(file, `${flag}=true is not supported`);
-  }
-  if (r.scale_attn_weights === false) throw new CheckpointError(file, 'scale_attn_weights=false is not supported');
-  const n_embd = positiveInt(file, r, 'n_embd');
-  const n_head = positiveInt(file, r, 'n_head');
-  if (n_embd % n_head !== 0) {
-    throw new CheckpointError(file, `n_embd (${n_embd}) is not a multiple of n_head (${n_head})`);
-  }
-  const eps = r.layer_norm_epsilon ?? 1e-5;
-  if (typeof eps !== 'number' || !(eps > 0)) {
-    throw new CheckpointError(file, `layer_norm_epsilon must be a positive number (got ${JSON.stringify(eps)})`);
-  }
-  const vocab_size = positiveInt(file, r, 'vocab_size');
-  const eosDefault = vocab_size - 1;
-  return {
-    n_layer: positiveInt(file, r, 'n_layer'),
-    n_embd,
-    n_head,
-    n_positions: positiveInt(file, r, 'n_positions', r.n_ctx),
-    vocab_size,
-    n_inner: r.n_inner == null ? 4 * n_embd : positiveInt(file, r, 'n_inner'),
-    layer_norm_epsilon: eps,
-    bos_token_id: r.bos_token_id == null ? eosDefault : positiveInt(file, r, 'bos_token_id'),
-    eos_token_id: r.eos_token_id == null ? eosDefault : positiveInt(file, r, 'eos_token_id'),
-  };
-}
-
-/** Reads and validates `<dir>/config.json`. */
-export function readConfig(dir: string): Gpt2Config {
+/** Reads `<dir>/config.json` as a JSON object. */
+export function readConfigJson(dir: string): RawConfig {
   const file = join(dir, 'config.json');
   let text: string;
   try {
@@ -97,5 +24,22 @@ export function readConfig(dir: string): Gpt2Config {
   } catch (e) {
     throw new CheckpointError(file, `not valid JSON (${(e as Error).message})`);
   }
-  return parseConfig(raw, file);
+  return { file, raw: configObject(raw, file) };
+}
+
+/** `raw` as a config object, or a CheckpointError naming `file`. */
+function configObject(raw: unknown, file: string): Record<string, unknown> {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new CheckpointError(file, 'expected a JSON object');
+  }
+  return raw as Record<string, unknown>;
+}
+
+/** A config field that must be a positive integer (`fallback` when the field is absent). */
+export function positiveInt(file: string, raw: Record<string, unknown>, key: string, fallback?: unknown): number {
+  const v = raw[key] ?? fallback;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
+    throw new CheckpointError(file, `"${key}" must be a positive integer (got ${JSON.stringify(v)})`, key);
+  }
+  return v;
 }

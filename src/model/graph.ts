@@ -1,25 +1,27 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Checkpoint, openCheckpoint } from './checkpoint.js';
-import { BUILDER_VERSION, gpt2Body, IR_VERSION, keysT, MASKED, OPSET } from './gpt2-body.js';
+import { keysT, MASKED } from './attention.js';
+import { openCheckpoint } from './checkpoint.js';
+import type { Checkpoint } from './family.js';
+import { BUILDER_VERSION, IR_VERSION, OPSET } from './graph-format.js';
 import { DataType } from './onnx-proto.js';
 import { encodeModel, GraphWriter, int } from './onnx-writer.js';
 import { buildServeGraphBytes, type ServeGraphOptions } from './serve-graph.js';
 
 /**
- * Builds the steerable GPT-2 graph (DESIGN.md §3) from a checkpoint, as an ONNX model whose weights
- * are external data pointing into `model.safetensors`.
+ * Builds the steerable graph (docs/architecture.md §3) from a checkpoint of any family (family.ts),
+ * as an ONNX model whose weights are external data pointing into `model.safetensors`.
  *
  * Contract (names are what callers feed and fetch):
  *   in  input_ids       int64 [B, T]
  *   in  attention_mask  int64 [B, P+T]       1 = real token, 0 = padding (left-padded rows)
  *   in  position_ids    int64 [B, T]
- *   in  past.{l}.key / past.{l}.value  float32 [B, n_head, P, head_dim], l < n_layer (P may be 0)
+ *   in  past.{l}.key / past.{l}.value  float32 [B, kv_heads, P, head_dim], l < n_layer (P may be 0)
  *   in  steer.{l}       float32, broadcastable to [B, T, n_embd], l <= n_layer
  *   out logits          float32 [B, T, V]
  *   out last_logits     float32 [B, V]       logits of the last position only
- *   out present.{l}.key / present.{l}.value   float32 [B, n_head, P+T, head_dim]
+ *   out present.{l}.key / present.{l}.value   float32 [B, kv_heads, P+T, head_dim]
  *   out resid.{l}       float32 [B, T, n_embd]  the stream entering block l, after steering
  *
  * The engine runs a serving variant of the same transformer (serve-graph.ts).
@@ -29,17 +31,17 @@ export const GRAPH_FILE = 'model.onnx';
 
 /** The contract graph for a checkpoint, serialised. */
 export function buildGraphBytes(ck: Checkpoint): Uint8Array {
-  const c = ck.config;
-  const nh = c.n_head;
-  const hd = c.n_embd / nh;
-  const V = c.vocab_size;
+  const model = ck.shape;
+  const nkv = model.kvHeads;
+  const hd = model.headDim;
+  const V = model.vocab;
   const g = new GraphWriter();
   g.input('input_ids', DataType.INT64, ['batch', 'seq']);
   g.input('attention_mask', DataType.INT64, ['batch', 'total']);
   g.input('position_ids', DataType.INT64, ['batch', 'seq']);
-  for (let l = 0; l < c.n_layer; l++) {
-    g.input(`past.${l}.key`, DataType.FLOAT, ['batch', nh, 'past', hd]);
-    g.input(`past.${l}.value`, DataType.FLOAT, ['batch', nh, 'past', hd]);
+  for (let l = 0; l < model.layers; l++) {
+    g.input(`past.${l}.key`, DataType.FLOAT, ['batch', nkv, 'past', hd]);
+    g.input(`past.${l}.value`, DataType.FLOAT, ['batch', nkv, 'past', hd]);
   }
 
   const zero = g.constI('c.axis0', [0]);
@@ -60,7 +62,7 @@ export function buildGraphBytes(ck: Checkpoint): Uint8Array {
   const allowed = g.op1('And', [keep4, causal]); // [B, 1, T, S]
   const bias = g.op1('Where', [allowed, g.constF('c.zero_f', [0], []), g.constF('c.masked_f', [MASKED], [])]); // [B, 1, T, S]
 
-  const body = gpt2Body(g, ck, ({ layer: l, q, k, v }) => {
+  const body = ck.family.body(g, ck, ({ layer: l, q, k, v }) => {
     const kAll = g.op1('Concat', [`past.${l}.key`, k], [int('axis', 2)], `present.${l}.key`); // [B, nh, S, hd]
     const vAll = g.op1('Concat', [`past.${l}.value`, v], [int('axis', 2)], `present.${l}.value`); // [B, nh, S, hd]
     const probs = g.op1('Softmax', [g.op1('Add', [g.op1('MatMul', [q, keysT(g, kAll)]), bias])], [int('axis', -1)]); // [B, nh, T, S]
@@ -70,7 +72,7 @@ export function buildGraphBytes(ck: Checkpoint): Uint8Array {
   // ONNX Runtime runs every node whatever the caller fetches: `last_logits` is a slice of `logits`.
   const flat = g.op1(
     'Gemm',
-    [g.op1('Reshape', [body.hf, g.constI('c.flat_shape', [-1, c.n_embd])]), body.head],
+    [g.op1('Reshape', [body.hf, g.constI('c.flat_shape', [-1, model.embd])]), body.head],
     [int('transB', 1)],
   ); // [B*T, V]
   const bt = g.op1('Shape', [body.hf], [int('end', 2)]); // [2] = (B, T)
@@ -85,15 +87,15 @@ export function buildGraphBytes(ck: Checkpoint): Uint8Array {
 
   g.output('logits', DataType.FLOAT, ['batch', 'seq', V]);
   g.output('last_logits', DataType.FLOAT, ['batch', V]);
-  for (let l = 0; l < c.n_layer; l++) {
-    g.output(`present.${l}.key`, DataType.FLOAT, ['batch', nh, 'total', hd]);
-    g.output(`present.${l}.value`, DataType.FLOAT, ['batch', nh, 'total', hd]);
+  for (let l = 0; l < model.layers; l++) {
+    g.output(`present.${l}.key`, DataType.FLOAT, ['batch', nkv, 'total', hd]);
+    g.output(`present.${l}.value`, DataType.FLOAT, ['batch', nkv, 'total', hd]);
   }
-  return encodeModel(g, 'gpt2_steerable', {
+  return encodeModel(g, `${ck.family.id}_steerable`, {
     opset: OPSET,
     irVersion: IR_VERSION,
     producerVersion: BUILDER_VERSION,
-    metadata: { 'steerd.builder': BUILDER_VERSION, 'steerd.config': JSON.stringify(c) },
+    metadata: { 'steerd.builder': BUILDER_VERSION, 'steerd.config': JSON.stringify(ck.config) },
   });
 }
 

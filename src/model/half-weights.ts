@@ -1,31 +1,23 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, openSync, readSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Checkpoint } from './checkpoint.js';
+import type { Checkpoint } from './family.js';
 import { halfBits } from './half.js';
 import { readSafetensorsHeader, type TensorEntry } from './safetensors.js';
 import { safetensorsHeader, writeSafetensors } from './safetensors-write.js';
 
 /**
  * The float16 copy of a checkpoint's weights for GPU providers (`dtype: float16`), written once
- * beside `model.safetensors`: the blocks' four linear maps (`c_attn`, `attn.c_proj`, `c_fc`,
- * `mlp.c_proj`), nearly all of a GPT-2's weights outside the embeddings. The graph multiplies them
- * in float16 and keeps the rest in float32 (serve-graph.ts, gpt2-body.ts): LayerNorm, attention's
- * softmax, biases, the residual stream and the logits.
+ * beside `model.safetensors`: the blocks' linear maps, which the family names (GPT-2: the four of
+ * each block, gpt2/params.ts). The graph multiplies them in float16 and keeps the rest in float32
+ * (serve-graph.ts, gpt2/body.ts): the norms, attention's softmax, biases, the residual stream and
+ * the logits.
  */
 export const HALF_WEIGHTS_FILE = 'model.f16.safetensors';
 
 /** The weights' dtypes a graph can be built for. */
 export const DTYPES = ['float32', 'float16'] as const;
 export type Dtype = (typeof DTYPES)[number];
-
-/** The weights stored in float16, in file order. */
-export function halfNames(nLayer: number): string[] {
-  const names: string[] = [];
-  for (let l = 0; l < nLayer; l++)
-    for (const m of ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj']) names.push(`h.${l}.${m}.weight`);
-  return names;
-}
 
 /** The width of the source stamp in the copy's header: its offsets do not depend on the stamp. */
 const STAMP_WIDTH = 64;
@@ -47,7 +39,7 @@ export function halfLayout(
   ck: Checkpoint,
   stamp = ' '.repeat(STAMP_WIDTH),
 ): { header: Buffer; entries: Map<string, TensorEntry> } {
-  const specs = halfNames(ck.config.n_layer).map((name) => ({
+  const specs = ck.family.halfNames(ck.config).map((name) => ({
     name,
     shape: ck.params.get(name)!.shape,
     dtype: 'F16' as const,
@@ -92,7 +84,7 @@ export function ensureHalfWeights(ck: Checkpoint): boolean {
   try {
     writeSafetensors(
       tmp,
-      halfNames(ck.config.n_layer).map((name) => {
+      ck.family.halfNames(ck.config).map((name) => {
         const src = ck.params.get(name)!;
         return {
           name,

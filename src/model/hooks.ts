@@ -1,10 +1,11 @@
 /**
- * Hook points (DESIGN.md §4): a site and a layer, where the graph takes steering and gives the
- * activation back. TransformerLens's names: `resid_pre` = `blocks.l.hook_resid_pre` (l = 0..n_layer,
- * n_layer: before ln_f), `ln1` = `blocks.l.ln1.hook_normalized` (the attention's input), `attn_out` =
- * `blocks.l.hook_attn_out` (the attention's output projection, before the residual add),
- * `resid_mid` = `blocks.l.hook_resid_mid`, `ln2` = `blocks.l.ln2.hook_normalized` (the MLP's input),
- * `mlp_out` = `blocks.l.hook_mlp_out`; these five for l = 0..n_layer − 1.
+ * Hook points (docs/architecture.md §4): a site and a layer, where the graph takes steering and
+ * gives the activation back. TransformerLens's names, the same for every family (a family's forward
+ * pass places them, gpt2/body.ts): `resid_pre` = `blocks.l.hook_resid_pre` (l = 0..n_layer,
+ * n_layer: before the final norm), `ln1` = `blocks.l.ln1.hook_normalized` (the attention's input),
+ * `attn_out` = `blocks.l.hook_attn_out` (the attention's output projection, before the residual
+ * add), `resid_mid` = `blocks.l.hook_resid_mid`, `ln2` = `blocks.l.ln2.hook_normalized` (the MLP's
+ * input), `mlp_out` = `blocks.l.hook_mlp_out`; these five for l = 0..n_layer − 1.
  *
  * At each enabled hook the graph computes x ← x − ((x·Uᵀ)·Z) + s: `s` (`steer.*`, broadcastable to
  * [B, T, H]) is what the interventions add, and U, Z (`proj.*`, [B, K, H] each, K = 0 when unused)

@@ -1,9 +1,9 @@
-import { BUILDER_VERSION, IR_VERSION, OPSET } from './gpt2-body.js';
+import { BUILDER_VERSION, IR_VERSION, OPSET } from './graph-format.js';
 import { DataType } from './onnx-proto.js';
 import { encodeModel, GraphWriter, int, ints } from './onnx-writer.js';
 
 /**
- * The cache update graph of a device-resident KV cache (DESIGN.md §3, "Location"). A cache held on
+ * The cache update graph of a device-resident KV cache (docs/architecture.md §6). A cache held on
  * the accelerator cannot be edited from the host: every change to it (rows joining, leaving or
  * moving, the slot count growing or shrinking, new tokens written after a row's last one, a row
  * zeroed) is one run of this graph, whose inputs and outputs stay on the device. Only the per-row

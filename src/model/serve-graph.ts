@@ -1,12 +1,14 @@
-import type { Checkpoint } from './checkpoint.js';
-import { BUILDER_VERSION, gpt2Body, IR_VERSION, keysT, MASKED, OPSET } from './gpt2-body.js';
+import { SteerdError } from '../errors.js';
+import { keysT, MASKED } from './attention.js';
+import type { Checkpoint } from './family.js';
+import { BUILDER_VERSION, IR_VERSION, OPSET } from './graph-format.js';
 import { HALF_WEIGHTS_FILE, halfLayout } from './half-weights.js';
-import { hookPoints, readName, SITES, type Site } from './hooks.js';
+import { hookPoints, readName, type Site } from './hooks.js';
 import { DataType } from './onnx-proto.js';
-import { encodeModel, float, GraphWriter, int, ints } from './onnx-writer.js';
+import { encodeModel, GraphWriter, int, ints } from './onnx-writer.js';
 
 /**
- * The engine's serving variant of the steerable graph (DESIGN.md §3). Same transformer, same
+ * The engine's serving variant of the steerable graph (docs/architecture.md §3). Same transformer, same
  * `steer.{l}` inputs and `resid.{l}` outputs as the contract graph (graph.ts); what differs is how
  * the KV cache is held: the engine keeps it, in size groups, and the graph never copies it.
  *
@@ -14,14 +16,14 @@ import { encodeModel, float, GraphWriter, int, ints } from './onnx-writer.js';
  *   in  new_len       int64 [B]      real new tokens of each row (1..T)
  *   in  past_len      int64 [B]      tokens each row already holds in its group's cache
  *   in  group_rows    int64 [G]      rows of each group; the batch is ordered by group (Σ = B)
- *   in  past.{l}.{g}.key / .value    float32 [B_g, n_head, P_g, head_dim]: group g's cache; row b
+ *   in  past.{l}.{g}.key / .value    float32 [B_g, kv_heads, P_g, head_dim]: group g's cache; row b
  *                     holds its tokens at slots [0, past_len[b]), the rest is never attended
  *   in  steer.{l}     float32, broadcastable to [B, T, n_embd]
  *   in  logits_all    bool []        true: `logits` has every position; false: none (T' = 0)
  *   out last_logits   float32 [B, V] logits at each row's last real token (new_len − 1)
  *   out last_lse      float32 [B]    log-sum-exp of `last_logits` (the log-softmax normaliser)
  *   out logits        float32 [B, T', V]
- *   out new.{l}.key / .value         float32 [B, n_head, T, head_dim]: the new tokens' keys and values
+ *   out new.{l}.key / .value         float32 [B, kv_heads, T, head_dim]: the new tokens' keys and values
  *   out resid.{l}     float32 [B, T, n_embd]
  *
  * The device variant (`device`, for WebGPU: the engine keeps the cache on the accelerator, kv-graph.ts)
@@ -43,7 +45,7 @@ import { encodeModel, float, GraphWriter, int, ints } from './onnx-writer.js';
 export interface ServeGraphOptions {
   /** Cache groups: `past.{l}.{g}` inputs per layer, g < groups. Default 1. */
   groups?: number;
-  /** Hook sites with steering inputs and outputs (hooks.ts). Default all. */
+  /** Hook sites with steering inputs and outputs (hooks.ts). Default all the family wires. */
   sites?: readonly Site[];
   /**
    * The device variant (above): no tensor of the graph is ever empty (ONNX Runtime's WebGPU provider
@@ -57,25 +59,35 @@ export interface ServeGraphOptions {
 }
 
 export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {}): Uint8Array {
-  const c = ck.config;
-  const nh = c.n_head;
-  const hd = c.n_embd / nh;
-  const V = c.vocab_size;
+  const model = ck.shape;
+  const nkv = model.kvHeads;
+  const hd = model.headDim;
+  const V = model.vocab;
   const G = opts.groups ?? 1;
+  const sites = opts.sites ?? ck.family.sites;
+  const unwired = sites.filter((site) => !ck.family.sites.includes(site));
+  if (unwired.length) {
+    // the sites come from the server's configuration (STEERD_HOOK_SITES)
+    throw new SteerdError(
+      `${ck.family.name} has no hook site ${unwired.join(', ')} (it has ${ck.family.sites.join(', ')})`,
+      500,
+      'bad_config',
+    );
+  }
   const g = new GraphWriter();
   g.input('input_ids', DataType.INT64, ['batch', 'seq']);
   g.input('position_ids', DataType.INT64, ['batch', 'seq']);
   g.input('new_len', DataType.INT64, ['batch']);
   g.input('past_len', DataType.INT64, ['batch']);
   g.input('group_rows', DataType.INT64, [G]);
-  for (let l = 0; l < c.n_layer; l++) {
+  for (let l = 0; l < model.layers; l++) {
     for (let k = 0; k < G; k++) {
-      g.input(`past.${l}.${k}.key`, DataType.FLOAT, [`rows_${k}`, nh, `slots_${k}`, hd]);
-      g.input(`past.${l}.${k}.value`, DataType.FLOAT, [`rows_${k}`, nh, `slots_${k}`, hd]);
+      g.input(`past.${l}.${k}.key`, DataType.FLOAT, [`rows_${k}`, nkv, `slots_${k}`, hd]);
+      g.input(`past.${l}.${k}.value`, DataType.FLOAT, [`rows_${k}`, nkv, `slots_${k}`, hd]);
     }
   }
   g.input('logits_all', DataType.BOOL, []);
-  g.input('lens_in', DataType.FLOAT, ['lens', c.n_embd]);
+  g.input('lens_in', DataType.FLOAT, ['lens', model.embd]);
   const device = opts.device ?? false;
   if (device) {
     g.input('read_idx', DataType.INT64, ['reads']);
@@ -117,7 +129,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   }
 
   const kvName = (l: number, kind: 'key' | 'value') => `new.${l}.${kind}`;
-  const body = gpt2Body(
+  const body = ck.family.body(
     g,
     ck,
     ({ layer: l, q, k, v }) => {
@@ -141,7 +153,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
     },
     kvName,
     {
-      sites: opts.sites,
+      sites,
       hookOutputs: !device,
       ...(opts.half && { half: { file: HALF_WEIGHTS_FILE, entries: halfLayout(ck).entries } }),
     },
@@ -172,7 +184,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   const none = device ? g.op1('Sub', [T, one]) : T; // the empty slice, or just the last position
   const start = g.op1('Where', ['logits_all', zero, none]); // [1]
   const hAll = g.op1('Slice', [body.hf, start, g.constI('c.int_max', [2 ** 53 - 1]), one]); // [B, T', H]
-  const flat = g.op1('MatMul', [g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, c.n_embd])]), headT]); // [B*T', V]
+  const flat = g.op1('MatMul', [g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, model.embd])]), headT]); // [B*T', V]
   const bt = g.op1('Shape', [hAll], [int('end', 2)]); // [2] = (B, T')
   const btv = g.op1('Concat', [bt, g.constI('c.vocab_dim', [V])], [int('axis', 0)]); // [3]
   const logits = g.op1('Reshape', [flat, btv], [int('allowzero', 1)], device ? undefined : 'logits'); // [B, T', V] (T' may be 0: allowzero keeps it)
@@ -180,45 +192,41 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   const cols = (all: string) => g.op1('Where', [all, vocab, one]); // [1]: V or 1
   if (device) g.op1('Slice', [logits, zero, cols('logits_all'), g.constI('c.axis2', [2])], [], 'logits'); // [B, T', V or 1]
 
-  // The logit lens (vector diagnostics): vectors [N, H] through ln_f alone, then the unembedding.
-  // N = 0 in every generation pass: it costs nothing there.
-  const lensLn = g.op1(
-    'LayerNormalization',
-    ['lens_in', body.W('ln_f.weight'), body.W('ln_f.bias')],
-    [int('axis', -1), float('epsilon', c.layer_norm_epsilon)],
-  ); // [N, H]
+  // The logit lens (vector diagnostics): vectors [N, H] through the final norm alone, then the
+  // unembedding. N = 0 in every generation pass: it costs nothing there.
+  const lensLn = body.norm('lens_in'); // [N, H]
   const lens = g.op1('MatMul', [lensLn, headT], [], device ? undefined : 'lens_logits'); // [N, V]
   if (device) g.op1('Slice', [lens, zero, cols('lens_all'), one], [], 'lens_logits'); // [N, V or 1]
 
   // The hook points on the device: the ones asked, stacked (hooks.ts order).
   if (device) {
-    const points = hookPoints(c.n_layer, opts.sites ?? SITES).map(({ site, layer }) =>
+    const points = hookPoints(model.layers, sites).map(({ site, layer }) =>
       g.op1('Unsqueeze', [readName(site, layer), zero]),
     ); // [1, B, T, H] each
     const all = g.op1('Concat', points, [int('axis', 0)]); // [hooks, B, T, H]
     g.op1('Gather', [all, 'read_idx'], [int('axis', 0)], 'reads'); // [R, B, T, H]
-    g.output('reads', DataType.FLOAT, ['reads', 'batch', 'seq', c.n_embd]);
+    g.output('reads', DataType.FLOAT, ['reads', 'batch', 'seq', model.embd]);
   }
 
   g.output('last_logits', DataType.FLOAT, ['batch', V]);
   g.output('lens_logits', DataType.FLOAT, ['lens', device ? 'vocab_lens' : V]);
   g.output('last_lse', DataType.FLOAT, ['batch']);
   g.output('logits', DataType.FLOAT, ['batch', 'seq_out', device ? 'vocab_out' : V]);
-  for (let l = 0; l < c.n_layer; l++) {
-    g.output(kvName(l, 'key'), DataType.FLOAT, ['batch', nh, 'seq', hd]);
-    g.output(kvName(l, 'value'), DataType.FLOAT, ['batch', nh, 'seq', hd]);
+  for (let l = 0; l < model.layers; l++) {
+    g.output(kvName(l, 'key'), DataType.FLOAT, ['batch', nkv, 'seq', hd]);
+    g.output(kvName(l, 'value'), DataType.FLOAT, ['batch', nkv, 'seq', hd]);
   }
-  return encodeModel(g, 'gpt2_steerable_serving', {
+  return encodeModel(g, `${ck.family.id}_steerable_serving`, {
     opset: OPSET,
     irVersion: IR_VERSION,
     producerVersion: BUILDER_VERSION,
     metadata: {
       'steerd.builder': BUILDER_VERSION,
-      'steerd.config': JSON.stringify(c),
+      'steerd.config': JSON.stringify(ck.config),
       'steerd.groups': String(G),
       'steerd.device': String(device),
       'steerd.dtype': opts.half ? 'float16' : 'float32',
-      'steerd.sites': (opts.sites ?? SITES).join(','),
+      'steerd.sites': sites.join(','),
     },
   });
 }

@@ -17,7 +17,7 @@ import { QueueFullError, SteerdError, UnavailableError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
 import type { Dtype } from '../model/half-weights.js';
 import type { Site } from '../model/hooks.js';
-import { Gpt2Tokenizer } from '../model/tokenizer.js';
+import type { Tokenizer } from '../model/tokenizer.js';
 import { valuesKey } from '../store/redis-vectors.js';
 import { vectorHash } from '../store/vectors.js';
 import {
@@ -104,7 +104,7 @@ export class RemoteEngine {
 
   private constructor(
     readonly info: ModelInfo,
-    readonly tokenizer: Gpt2Tokenizer,
+    readonly tokenizer: Tokenizer,
     private readonly queue: Queue<JobData>,
     private readonly eventsOpts: ConstructorParameters<typeof QueueEvents>[1],
     private readonly conns: Redis[],
@@ -134,7 +134,7 @@ export class RemoteEngine {
 
   static async open(o: RemoteEngineOptions): Promise<RemoteEngine> {
     const ck = openCheckpoint(o.model);
-    const tokenizer = Gpt2Tokenizer.fromDir(o.model);
+    const tokenizer = ck.family.tokenizer(o.model);
     const prefix = o.prefix ?? 'steerd:';
     // The producer fails fast while Redis is away (503); the event listener waits and reconnects.
     // Our own connections, so that close() can stop their reconnecting even while Redis is away.

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { writeTinyCheckpoint } from '../../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../../src/model/gpt2/tiny.ts';
 import { queueName } from '../../src/queue/protocol.ts';
 import { spawnWorker as spawnRedisWorker, testRedis } from './redis.ts';
 

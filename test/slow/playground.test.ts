@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BrowserContext, ConsoleMessage, Page } from 'playwright-core';
 import t, { type Test } from 'tap';
-import { writeTinyCheckpoint } from '../../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../../src/model/gpt2/tiny.ts';
 import { type Harness, harness } from '../helpers/api.ts';
 import { browserSkip, launchChromium } from '../helpers/browser.ts';
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { Engine } from '../../src/engine/engine.ts';
 import type { GenerateEvent, Intervention } from '../../src/engine/types.ts';
-import { writeTinyCheckpoint } from '../../src/model/tiny.ts';
+import { writeTinyCheckpoint } from '../../src/model/gpt2/tiny.ts';
 import { Rng } from '../../src/util/rng.ts';
 import { collect, referenceGreedy, refSteer, run } from '../helpers/engine-util.ts';
 import { maxAbsDiff } from '../helpers/graph-run.ts';

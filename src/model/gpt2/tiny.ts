@@ -1,10 +1,10 @@
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { Rng } from '../util/rng.js';
-import { expectedShapes } from './checkpoint.js';
+import { Rng } from '../../util/rng.js';
+import { type TensorSpec, writeSafetensors } from '../safetensors-write.js';
 import { parseConfig } from './config.js';
-import { type TensorSpec, writeSafetensors } from './safetensors-write.js';
+import { expectedShapes } from './params.js';
 
 export { Rng };
 

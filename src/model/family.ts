@@ -1,0 +1,122 @@
+import type { Site } from './hooks.js';
+import type { GraphWriter } from './onnx-writer.js';
+import type { TensorEntry } from './safetensors.js';
+import type { Tokenizer } from './tokenizer.js';
+
+/**
+ * The model-family seam (docs/architecture.md §8): what differs between architectures — how
+ * config.json is read, the checkpoint's tensor names, the forward pass with its hook sites, the
+ * tokenizer — behind one interface. Everything else is shared: the graph contract of inputs and
+ * outputs that the engine feeds (graph.ts, serve-graph.ts), ONNX writing, safetensors, the hub.
+ * A family lives in its own folder (gpt2/); the registry (families.ts) picks one for a checkpoint.
+ */
+
+/** A transformer's shape in the family-neutral terms the graphs and the engine use. */
+export interface ModelShape {
+  /** Transformer blocks. */
+  layers: number;
+  /** Hidden size (residual stream width). */
+  embd: number;
+  /** Query heads. */
+  heads: number;
+  /** Key and value heads: what the KV cache holds per layer (fewer than `heads` with grouped-query attention). */
+  kvHeads: number;
+  /** Width of one head. */
+  headDim: number;
+  /** Vocabulary size: rows of the embedding and of the unembedding. */
+  vocab: number;
+  /** Context length: the longest sequence the positions cover. */
+  ctx: number;
+  /** Token id that ends a generation. */
+  eos: number;
+}
+
+/** A checkpoint directory whose layout has been validated; no weight has been read. */
+export interface Checkpoint<C = unknown> {
+  dir: string;
+  /** The family its config.json names. */
+  family: ModelFamily<C>;
+  /** config.json as the family reads it; recorded in the graphs' metadata. */
+  config: C;
+  shape: ModelShape;
+  weightsFile: string;
+  /** Parameters by the family's canonical name (GPT-2: `wte.weight`, `h.3.attn.c_attn.weight`, ...). */
+  params: Map<string, TensorEntry>;
+  /** True when the file has no output projection of its own and the unembedding reuses the token embedding. */
+  tiedLmHead: boolean;
+  /** Hash of config.json and the safetensors header: identifies the layout a graph depends on. */
+  fingerprint: string;
+  /** Total bytes of the parameters. */
+  paramBytes: number;
+}
+
+/** Per layer: the new tokens' queries (pre-scaled by 1/√hd) [B, heads, T, hd], keys and values [B, kvHeads, T, hd]. */
+export interface AttentionInput {
+  layer: number;
+  q: string;
+  k: string;
+  v: string;
+}
+
+/** What a family's forward pass gives the graph around it. */
+export interface Body {
+  /** The final norm's output: [B, T, H]. */
+  hf: string;
+  /** The final norm applied to another [.., H] tensor (the logit lens). */
+  norm(input: string): string;
+  /** The unembedding, [V, H]: the token embedding when tied, else the checkpoint's own output projection. */
+  head: string;
+}
+
+export interface BodyOptions {
+  /** Hook sites with steering inputs and outputs (hooks.ts); the others pass through. Default the family's. */
+  sites?: readonly Site[];
+  /** Each hook point is a graph output (false: the caller reads them, by their names). Default true. */
+  hookOutputs?: boolean;
+  /**
+   * Linear maps multiplied in float16, their weights from the float16 copy (half-weights.ts): the
+   * input is cast to float16 and the product back to float32, any bias added in float32. Default
+   * none: all float32.
+   */
+  half?: { file: string; entries: Map<string, TensorEntry> };
+}
+
+/**
+ * One architecture. `C` is its own reading of config.json. Declared with methods, so that a family
+ * of any config is a `ModelFamily` to the shared code, which only hands a family its own checkpoints.
+ */
+export interface ModelFamily<C = unknown> {
+  /** Short name: the graphs are named after it (`gpt2_steerable`). */
+  readonly id: string;
+  /** Name in messages ("GPT-2"). */
+  readonly name: string;
+  /** The config.json `model_type` values (Hugging Face's) that mark this family's checkpoints. */
+  readonly modelTypes: readonly string[];
+  /** The hook sites its forward pass wires (hooks.ts). */
+  readonly sites: readonly Site[];
+  /** Validates config.json, already parsed to an object; errors are CheckpointErrors naming `file`. */
+  parseConfig(raw: Record<string, unknown>, file: string): C;
+  shape(config: C): ModelShape;
+  /** Every parameter the checkpoint must hold, with its shape, by canonical name. */
+  parameters(config: C): Map<string, number[]>;
+  /** The output projection: optional in a checkpoint (absent, the unembedding is the token embedding). */
+  head(config: C): { name: string; shape: number[] };
+  /** The canonical name of a stored tensor, or undefined for a buffer the forward pass never reads. */
+  canonicalKey(key: string): string | undefined;
+  /** The weights the float16 copy holds (half-weights.ts), in file order. */
+  halfNames(config: C): string[];
+  /**
+   * Writes the forward pass into `g`: embeddings, the blocks with their hook points, the final norm.
+   * Attention is the caller's (the two graphs hold the KV cache differently): `attend` returns the
+   * context [B, heads, T, hd] of a layer; `kvName` names the new keys and values of a layer.
+   */
+  body(
+    g: GraphWriter,
+    ck: Checkpoint<C>,
+    attend: (a: AttentionInput) => string,
+    kvName?: (l: number, kind: 'key' | 'value') => string,
+    opts?: BodyOptions,
+  ): Body;
+  /** The tokenizer of a checkpoint directory. */
+  tokenizer(dir: string): Tokenizer;
+}
