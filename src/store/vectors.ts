@@ -16,6 +16,7 @@ import { dirname, join } from 'node:path';
 import { NAME_PATTERN } from '../config.js';
 import { BadRequestError, SteerdError } from '../errors.js';
 import type { Site } from '../model/hooks.js';
+import { l2norm } from '../util/vec.js';
 import {
   decodePreset,
   encodePreset,
@@ -135,12 +136,10 @@ export function readPreset(text: string): StoredPreset {
 }
 
 export function describe(values: Float32Array, shape: number[]): Pick<VectorMeta, 'kind' | 'norm' | 'hash' | 'shape'> {
-  let s = 0;
-  for (const v of values) s += v * v;
   return {
     kind: shape.length === 1 ? 'direction' : 'sequence',
     shape,
-    norm: Math.sqrt(s),
+    norm: l2norm(values),
     hash: vectorHash(shape, values),
   };
 }
