@@ -13,8 +13,8 @@ import { writeTinyCheckpoint } from './model/tiny.js';
 import { workerKvReports } from './queue/protocol.js';
 import { RemoteEngine } from './queue/remote-engine.js';
 import { startQueueWorker } from './queue/worker.js';
+import { FileVectorStore } from './store/file-vectors.js';
 import { RedisVectorStore } from './store/redis-vectors.js';
-import { FileVectorStore } from './store/vectors.js';
 
 export interface ResolvedModel {
   dir: string;

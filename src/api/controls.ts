@@ -1,5 +1,5 @@
 import type { Intervention } from '../engine/types.js';
-import { vectorHash } from '../store/vectors.js';
+import { vectorHash } from '../store/content.js';
 import { Rng, seed32 } from '../util/rng.js';
 import { sumSquares } from '../util/vec.js';
 import type { AppliedIntervention } from './resolve.js';

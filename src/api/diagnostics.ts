@@ -1,4 +1,4 @@
-import type { StoredVector } from '../store/vectors.js';
+import type { StoredVector } from '../store/types.js';
 import { dot, sumSquares } from '../util/vec.js';
 import type { Service } from './service.js';
 

@@ -1,8 +1,9 @@
 import type { Intervention } from '../engine/types.js';
 import { BadRequestError, SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
 import { maxLayer, type Site } from '../model/hooks.js';
+import { describe } from '../store/content.js';
 import type { PresetIntervention, StoredPreset } from '../store/presets.js';
-import { describe, NotFoundError } from '../store/vectors.js';
+import { NotFoundError } from '../store/types.js';
 import { l2norm } from '../util/vec.js';
 import { NORMS_WAIT_MS, residNormsWithin } from './norms.js';
 import type { InterventionBody } from './schemas.js';

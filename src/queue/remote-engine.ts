@@ -18,8 +18,8 @@ import { openCheckpoint } from '../model/checkpoint.js';
 import type { Dtype } from '../model/half-weights.js';
 import type { Site } from '../model/hooks.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
+import { vectorHash } from '../store/content.js';
 import { valuesKey } from '../store/redis-vectors.js';
-import { vectorHash } from '../store/vectors.js';
 import {
   activationsFromWire,
   b64,

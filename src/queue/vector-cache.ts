@@ -1,8 +1,8 @@
 import { UnrecoverableError } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Intervention } from '../engine/types.js';
+import { vectorHash } from '../store/content.js';
 import { valuesKey } from '../store/redis-vectors.js';
-import { vectorHash } from '../store/vectors.js';
 import type { WireFailure, WireIntervention } from './protocol.js';
 
 /**
