@@ -10,9 +10,9 @@ import { DownloadError, SteerdError } from './errors.js';
 import { servingDir } from './model/hf-cache.js';
 import { defaultCacheDir, type ProgressReporter, pullModel } from './model/hub.js';
 import { writeTinyCheckpoint } from './model/tiny.js';
-import { workerKvReports } from './queue/protocol.js';
+import { startQueueConsumer } from './queue/consumer.js';
+import { workerKvReports } from './queue/jobs.js';
 import { RemoteEngine } from './queue/remote-engine.js';
-import { startQueueWorker } from './queue/worker.js';
 import { FileVectorStore } from './store/file-vectors.js';
 import { RedisVectorStore } from './store/redis-vectors.js';
 
@@ -81,7 +81,7 @@ const engineOptions = (config: Config, dir: string) => ({
 /** An engine consuming the Redis queue: `steerd worker`, or `serve --worker`. */
 export async function startWorker(config: Config, dir: string) {
   const engine = await Engine.start(engineOptions(config, dir));
-  const queue = await startQueueWorker(engine, {
+  const queue = await startQueueConsumer(engine, {
     redisUrl: config.redisUrl!,
     prefix: config.redisPrefix,
     concurrency: config.batchCapacity,

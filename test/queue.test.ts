@@ -1,6 +1,6 @@
 import t from 'tap';
 import type { Config } from '../src/config.ts';
-import { type Progress, queueName, TokenSequence } from '../src/queue/protocol.ts';
+import { type Progress, queueName, TokenSequence } from '../src/queue/jobs.ts';
 import { INLINE_TTL_S } from '../src/queue/remote-engine.ts';
 import { VectorCache } from '../src/queue/vector-cache.ts';
 import { vectorHash } from '../src/store/content.ts';

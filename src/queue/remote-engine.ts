@@ -34,7 +34,7 @@ import {
   type WireActivations,
   type WireFailure,
   type WireIntervention,
-} from './protocol.js';
+} from './jobs.js';
 
 /**
  * For each key: 1 if it exists (a volatile one then lives another ARGV[1] seconds at least; a
