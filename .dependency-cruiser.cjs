@@ -42,6 +42,31 @@ module.exports = {
       },
     },
     {
+      name: 'processes-on-top',
+      comment:
+        'The CLI starts the server, the server builds the app (spec.ts builds it for the OpenAPI document): ' +
+        'the layers they host import none of them.',
+      severity: 'error',
+      from: {
+        path: ['^routes/', '^src/(api|queue|store|engine|model|util|loadtest)/', '^src/(config|errors|logging)\\.ts$'],
+      },
+      to: { path: ['^src/(app|spec|server)\\.ts$', '^src/cli/'] },
+    },
+    {
+      name: 'app-below-the-server',
+      comment: 'The app and the OpenAPI document are built without the server process or the CLI.',
+      severity: 'error',
+      from: { path: '^src/(app|spec)\\.ts$' },
+      to: { path: ['^src/server\\.ts$', '^src/cli/'] },
+    },
+    {
+      name: 'server-below-the-cli',
+      comment: 'The CLI parses the command line and starts the server; the server does not know the CLI.',
+      severity: 'error',
+      from: { path: '^src/server\\.ts$' },
+      to: { path: '^src/cli/' },
+    },
+    {
       name: 'routes-only-from-the-app',
       comment: 'The app registers the routes; nothing else in src/ reaches into them.',
       severity: 'error',
