@@ -18,7 +18,8 @@ import { NAME_PATTERN } from '../src/config.js';
 import { deriveVector, normalizeRows, type Recipe } from '../src/engine/recipes.js';
 import { BadRequestError, UnprocessableError } from '../src/errors.js';
 import { maxLayer } from '../src/model/hooks.js';
-import { describe, type StoredVector } from '../src/store/vectors.js';
+import { describe } from '../src/store/content.js';
+import type { StoredVector } from '../src/store/types.js';
 
 const metaSchema = Type.Partial(
   Type.Object({

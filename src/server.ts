@@ -10,11 +10,11 @@ import { DownloadError, SteerdError } from './errors.js';
 import { writeTinyCheckpoint } from './model/gpt2/tiny.js';
 import { servingDir } from './model/hf-cache.js';
 import { defaultCacheDir, type ProgressReporter, pullModel } from './model/hub.js';
-import { workerKvReports } from './queue/protocol.js';
+import { startQueueConsumer } from './queue/consumer.js';
+import { workerKvReports } from './queue/jobs.js';
 import { RemoteEngine } from './queue/remote-engine.js';
-import { startQueueWorker } from './queue/worker.js';
+import { FileVectorStore } from './store/file-vectors.js';
 import { RedisVectorStore } from './store/redis-vectors.js';
-import { FileVectorStore } from './store/vectors.js';
 
 export interface ResolvedModel {
   dir: string;
@@ -81,7 +81,7 @@ const engineOptions = (config: Config, dir: string) => ({
 /** An engine consuming the Redis queue: `steerd worker`, or `serve --worker`. */
 export async function startWorker(config: Config, dir: string) {
   const engine = await Engine.start(engineOptions(config, dir));
-  const queue = await startQueueWorker(engine, {
+  const queue = await startQueueConsumer(engine, {
     redisUrl: config.redisUrl!,
     prefix: config.redisPrefix,
     concurrency: config.batchCapacity,

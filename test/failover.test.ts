@@ -1,6 +1,6 @@
 import t from 'tap';
 import type { Config } from '../src/config.ts';
-import { queueName } from '../src/queue/protocol.ts';
+import { queueName } from '../src/queue/jobs.ts';
 import { harness, post } from './helpers/api.ts';
 import { queueFixture, requests } from './helpers/queue.ts';
 

@@ -11,7 +11,7 @@ import t from 'tap';
 import { buildApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
-import { bullPrefix, queueName } from '../src/queue/protocol.ts';
+import { bullPrefix, queueName } from '../src/queue/jobs.ts';
 import { createService } from '../src/server.ts';
 import { harness, post } from './helpers/api.ts';
 import { oneClass, sameRun } from './helpers/provider.ts';

@@ -4,9 +4,11 @@ import { basename, join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { Config } from '../src/config.ts';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
+import { vectorHash } from '../src/store/content.ts';
+import { FileVectorStore } from '../src/store/file-vectors.ts';
 import type { StoredPreset } from '../src/store/presets.ts';
 import { RedisVectorStore } from '../src/store/redis-vectors.ts';
-import { FileVectorStore, type VectorStore, vectorHash } from '../src/store/vectors.ts';
+import type { VectorStore } from '../src/store/types.ts';
 import { harness, post, queueMode } from './helpers/api.ts';
 import { testRedis } from './helpers/redis.ts';
 

@@ -1,10 +1,11 @@
 import t from 'tap';
 import type { Config } from '../src/config.ts';
-import { type Progress, queueName, TokenSequence } from '../src/queue/protocol.ts';
+import { type Progress, queueName, TokenSequence } from '../src/queue/jobs.ts';
 import { INLINE_TTL_S } from '../src/queue/remote-engine.ts';
 import { VectorCache } from '../src/queue/vector-cache.ts';
+import { vectorHash } from '../src/store/content.ts';
 import { valuesKey } from '../src/store/redis-vectors.ts';
-import { VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
+import { VALUES_TTL_S } from '../src/store/types.ts';
 import { harness, post } from './helpers/api.ts';
 import { queueFixture, requests } from './helpers/queue.ts';
 

@@ -4,7 +4,9 @@ import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { FileVectorStore, type StoredVector, VALUES_TTL_S, vectorHash } from '../src/store/vectors.ts';
+import { vectorHash } from '../src/store/content.ts';
+import { FileVectorStore } from '../src/store/file-vectors.ts';
+import { type StoredVector, VALUES_TTL_S } from '../src/store/types.ts';
 import { awkward, bytes, roundTrip, storedVector } from './helpers/vectors.ts';
 
 const H = 8;

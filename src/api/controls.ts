@@ -1,10 +1,11 @@
 import type { Intervention } from '../engine/types.js';
-import { vectorHash } from '../store/vectors.js';
+import { vectorHash } from '../store/content.js';
 import { Rng, seed32 } from '../util/rng.js';
+import { sumSquares } from '../util/vec.js';
 import type { AppliedIntervention } from './resolve.js';
 
 /**
- * Control arms (DESIGN.md §4), run in the same batch as the steered request: `baseline` (no
+ * Control arms (docs/architecture.md §4), run in the same batch as the steered request: `baseline` (no
  * interventions), `negated` (every coefficient × −1) and `random` (each vector replaced by a random
  * vector of the same shape whose rows have the original rows' norms, drawn from the request's seed:
  * the same request gives the same random vectors).
@@ -42,13 +43,9 @@ export function controlArm(
     const values = new Float32Array(iv.values.length);
     let total = 0;
     for (let r = 0; r < iv.rows; r++) {
-      let want = 0;
-      for (let j = r * H; j < (r + 1) * H; j++) want += iv.values[j] * iv.values[j];
-      let got = 0;
-      for (let j = r * H; j < (r + 1) * H; j++) {
-        values[j] = rng.normal();
-        got += values[j] * values[j];
-      }
+      const want = sumSquares(iv.values, r * H, (r + 1) * H);
+      for (let j = r * H; j < (r + 1) * H; j++) values[j] = rng.normal();
+      const got = sumSquares(values, r * H, (r + 1) * H);
       const scale = Math.sqrt(want / got);
       for (let j = r * H; j < (r + 1) * H; j++) values[j] *= scale;
       total += want;

@@ -1,8 +1,9 @@
-import type { StoredVector } from '../store/vectors.js';
+import type { StoredVector } from '../store/types.js';
+import { dot, sumSquares } from '../util/vec.js';
 import type { Service } from './service.js';
 
 /**
- * What a steering vector is likely to do, before it is used (DESIGN.md §5, diagnostics):
+ * What a steering vector is likely to do, before it is used (docs/architecture.md §9):
  *
  * - `ln_erased_fraction` = H·mean(v)² / ‖v‖²: the share of the vector along the all-ones direction,
  *   which every LayerNorm subtracts (a constant vector does nothing to the next block's input);
@@ -44,15 +45,9 @@ export function registrationWarnings(values: Float32Array, H: number): string[] 
 }
 
 const cosine = (a: Float32Array, b: Float32Array) => {
-  let ab = 0;
-  let aa = 0;
-  let bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i] * b[i];
-    aa += a[i] * a[i];
-    bb += b[i] * b[i];
-  }
-  return aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 0;
+  const aa = sumSquares(a);
+  const bb = sumSquares(b);
+  return aa > 0 && bb > 0 ? dot(a, b) / Math.sqrt(aa * bb) : 0;
 };
 
 export async function diagnostics(svc: Service, v: StoredVector) {

@@ -1,4 +1,5 @@
 import { maxLayer, type Site } from '../model/hooks.js';
+import { l2norm } from '../util/vec.js';
 import type { EngineLike, Service } from './service.js';
 
 /**
@@ -64,9 +65,7 @@ async function measure(engine: EngineLike, site: Site): Promise<NormStat[]> {
     const a = r.activations[l];
     const norms: number[] = [];
     for (let t = 1; t < r.rows; t++) {
-      let s = 0;
-      for (let i = 0; i < H; i++) s += a[t * H + i] ** 2;
-      norms.push(Math.sqrt(s));
+      norms.push(l2norm(a, t * H, (t + 1) * H));
     }
     norms.sort((x, y) => x - y);
     return {

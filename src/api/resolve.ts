@@ -1,8 +1,10 @@
 import type { Intervention } from '../engine/types.js';
 import { BadRequestError, SteerdError, UnavailableError, UnprocessableError } from '../errors.js';
 import { maxLayer, type Site } from '../model/hooks.js';
+import { describe } from '../store/content.js';
 import type { PresetIntervention, StoredPreset } from '../store/presets.js';
-import { describe, NotFoundError } from '../store/vectors.js';
+import { NotFoundError } from '../store/types.js';
+import { l2norm } from '../util/vec.js';
 import { NORMS_WAIT_MS, residNormsWithin } from './norms.js';
 import type { InterventionBody } from './schemas.js';
 import type { Service } from './service.js';
@@ -27,9 +29,7 @@ export function unitNorm(values: Float32Array, rows: number): number {
   const H = values.length / rows;
   let best = 0;
   for (let r = 0; r < rows; r++) {
-    let s = 0;
-    for (let i = r * H; i < (r + 1) * H; i++) s += values[i] * values[i];
-    best = Math.max(best, Math.sqrt(s));
+    best = Math.max(best, l2norm(values, r * H, (r + 1) * H));
   }
   return best;
 }

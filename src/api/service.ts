@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { Engine } from '../engine/engine.js';
-import type { VectorModel, VectorStore } from '../store/vectors.js';
+import type { VectorModel, VectorStore } from '../store/types.js';
 import type { Metrics } from './metrics.js';
 
 /** What the routes need of an engine: `Engine` in-process, `RemoteEngine` over Redis. */

@@ -1,9 +1,10 @@
 import { BadRequestError } from '../errors.js';
 import type { Site } from '../model/hooks.js';
+import { dot, l2norm } from '../util/vec.js';
 import type { ActivationsRequest, ActivationsResult } from './types.js';
 
 /**
- * Steering-vector recipes (DESIGN.md §4) as pure functions of residual-stream activations, plus
+ * Steering-vector recipes (docs/architecture.md §4) as pure functions of residual-stream activations, plus
  * `deriveVector`, which reads the activations through any engine-like object.
  */
 
@@ -45,18 +46,16 @@ function meanOf(rows: Float64Array[]): Float64Array {
   return m.map((v) => v / rows.length);
 }
 
-const dot64 = (a: Float64Array, b: Float64Array) => a.reduce((s, x, i) => s + x * b[i], 0);
-
 /** The mean cosine between each difference and the mean difference (a zero difference counts 0). */
 export function pairConsistency(pairs: [Float32Array, Float32Array][]): number {
   const d = differences(pairs);
   const m = meanOf(d);
-  const nm = Math.sqrt(dot64(m, m));
+  const nm = l2norm(m);
   if (nm === 0) return 0;
   let sum = 0;
   for (const r of d) {
-    const nr = Math.sqrt(dot64(r, r));
-    if (nr > 0) sum += dot64(r, m) / (nr * nm);
+    const nr = l2norm(r);
+    if (nr > 0) sum += dot(r, m) / (nr * nm);
   }
   return sum / d.length;
 }
@@ -116,22 +115,20 @@ export function pcaVector(pairs: [Float32Array, Float32Array][], center = false)
   const d = differences(pairs);
   const mean = meanOf(d);
   const rows = center ? d.map((r) => r.map((x, i) => x - mean[i])) : d;
-  const gram = rows.map((a) => Float64Array.from(rows, (b) => dot64(a, b)));
+  const gram = rows.map((a) => Float64Array.from(rows, (b) => dot(a, b)));
   const a = topEigenvector(gram);
   const v = new Float64Array(mean.length);
   for (const [k, r] of rows.entries()) for (let i = 0; i < v.length; i++) v[i] += a[k] * r[i];
-  const n = Math.sqrt(dot64(v, v));
+  const n = l2norm(v);
   if (n === 0) return new Float32Array(v.length);
-  const sign = dot64(v, mean) < 0 ? -1 : 1;
+  const sign = dot(v, mean) < 0 ? -1 : 1;
   return Float32Array.from(v, (x) => (sign * x) / n);
 }
 
 /** Unit-normalises each H-wide row in place (a zero row stays zero). */
 export function normalizeRows(v: Float64Array, H: number): Float64Array {
   for (let r = 0; r < v.length / H; r++) {
-    let n = 0;
-    for (let i = 0; i < H; i++) n += v[r * H + i] ** 2;
-    n = Math.sqrt(n);
+    const n = l2norm(v, r * H, (r + 1) * H);
     if (n > 0) for (let i = 0; i < H; i++) v[r * H + i] /= n;
   }
   return v;

@@ -44,7 +44,7 @@ export interface KvUsage {
   hostBytes: HostBytes;
 }
 
-/** What /metrics sums over engines (a Redis worker's report: queue/protocol.ts). */
+/** What /metrics sums over engines (a Redis worker's report: queue/jobs.ts). */
 export type KvReport = Pick<KvUsage, 'used' | 'tokens'> & Partial<Pick<KvUsage, 'hostBytes'>>;
 
 /** What the scheduler reports to its owner (the worker posts these to the main thread). */

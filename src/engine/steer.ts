@@ -1,4 +1,5 @@
 import { type Site, steerName } from '../model/hooks.js';
+import { l2norm } from '../util/vec.js';
 import type { Intervention } from './types.js';
 
 /** A row's interventions and the boundary between its prompt and its generated tokens. */
@@ -7,7 +8,7 @@ export interface RowSteering {
   promptLength: number;
 }
 
-/** Whether `iv` applies at absolute position `pos` (DESIGN.md §4). */
+/** Whether `iv` applies at absolute position `pos` (docs/architecture.md §4). */
 export function applies(iv: Intervention, pos: number, promptLength: number): boolean {
   switch (iv.positions ?? (iv.rows === 1 ? 'all' : 'front')) {
     case 'all':
@@ -75,9 +76,7 @@ export function foldProjections(ops: { u: Float64Array; c: number }[], H: number
 
 /** The unit vector of a direction (float64). */
 export function unit(values: Float32Array): Float64Array {
-  let n = 0;
-  for (const v of values) n += v * v;
-  n = Math.sqrt(n);
+  const n = l2norm(values);
   return Float64Array.from(values, (v) => v / n);
 }
 

@@ -1,3 +1,4 @@
+import { l2norm } from '../util/vec.js';
 import type { Intervention, TelemetrySummary, TokenTelemetry } from './types.js';
 
 /** KL(p‖q) in nats of two rows of logits given their log-sum-exps, accumulated in float64. */
@@ -22,9 +23,7 @@ export function argmax(a: Float32Array): number {
 export function unitVectors(interventions: readonly Intervention[]): (Float32Array | null)[] {
   return interventions.map((iv) => {
     if (iv.rows !== 1) return null;
-    let s = 0;
-    for (const v of iv.values) s += v * v;
-    const n = Math.sqrt(s);
+    const n = l2norm(iv.values);
     return n > 0 ? Float32Array.from(iv.values, (v) => v / n) : null;
   });
 }

@@ -1,6 +1,6 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { encode } from 'gpt-3-encoder';
-import { vectorHash } from '../store/vectors.js';
+import { vectorHash } from '../store/content.js';
 import { Rng } from '../util/rng.js';
 import type { LoadTestOptions } from './options.js';
 

@@ -18,8 +18,8 @@ import { openCheckpoint } from '../model/checkpoint.js';
 import type { Dtype } from '../model/half-weights.js';
 import type { Site } from '../model/hooks.js';
 import type { Tokenizer } from '../model/tokenizer.js';
+import { vectorHash } from '../store/content.js';
 import { valuesKey } from '../store/redis-vectors.js';
-import { vectorHash } from '../store/vectors.js';
 import {
   activationsFromWire,
   b64,
@@ -34,7 +34,7 @@ import {
   type WireActivations,
   type WireFailure,
   type WireIntervention,
-} from './protocol.js';
+} from './jobs.js';
 
 /**
  * For each key: 1 if it exists (a volatile one then lives another ARGV[1] seconds at least; a

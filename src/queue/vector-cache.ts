@@ -1,9 +1,9 @@
 import { UnrecoverableError } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Intervention } from '../engine/types.js';
+import { vectorHash } from '../store/content.js';
 import { valuesKey } from '../store/redis-vectors.js';
-import { vectorHash } from '../store/vectors.js';
-import type { WireFailure, WireIntervention } from './protocol.js';
+import type { WireFailure, WireIntervention } from './jobs.js';
 
 /**
  * A worker's copy of the steering vectors its jobs name by hash, fetched from the registry on first

@@ -1,5 +1,6 @@
 import { Redis } from 'ioredis';
 import { SteerdError } from '../errors.js';
+import { checkValues, isVectorHash, readPreset, vectorHash } from './content.js';
 import {
   encodePreset,
   PresetConflictError,
@@ -10,17 +11,13 @@ import {
 } from './presets.js';
 import {
   ConflictError,
-  checkValues,
-  isVectorHash,
   LimitError,
   NotFoundError,
-  readPreset,
   type StoredVector,
   VALUES_TTL_S,
   type VectorMeta,
   type VectorStore,
-  vectorHash,
-} from './vectors.js';
+} from './types.js';
 
 /**
  * Values no name refers to any more are not deleted at once: a queued job may still refer to them

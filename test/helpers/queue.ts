@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { writeTinyCheckpoint } from '../../src/model/gpt2/tiny.ts';
-import { queueName } from '../../src/queue/protocol.ts';
+import { queueName } from '../../src/queue/jobs.ts';
 import { spawnWorker as spawnRedisWorker, testRedis } from './redis.ts';
 
 /**

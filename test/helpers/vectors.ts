@@ -1,5 +1,6 @@
 import type { Test } from 'tap';
-import { describe, type StoredVector, vectorHash } from '../../src/store/vectors.ts';
+import { describe, vectorHash } from '../../src/store/content.ts';
+import type { StoredVector } from '../../src/store/types.ts';
 
 /** A registry entry as a store keeps it (layer 1, uploaded, model `m@1`), values `f(i)` of the given shape. */
 export function storedVector(name: string, shape: number[], H: number, f: (i: number) => number): StoredVector {

@@ -16,15 +16,14 @@ import {
   kvKey,
   queueName,
   type WireFailure,
-} from './protocol.js';
+} from './jobs.js';
+import { VectorCache } from './vector-cache.js';
 
 /** A worker's host byte counters reach Redis at most this often, in ms (its reservation at once). */
 const KV_REPORT_MS = 100;
 
-import { VectorCache } from './vector-cache.js';
-
-/** Options of a queue worker. */
-export interface QueueWorkerOptions {
+/** Options of a queue consumer (a `steerd worker` process, or `serve --worker`). */
+export interface QueueConsumerOptions {
   redisUrl: string;
   /** Redis key prefix. Default `steerd:`. */
   prefix?: string;
@@ -42,7 +41,7 @@ export interface QueueWorkerOptions {
  * come from the registry by hash (cached); tokens go back as job progress, the result as the
  * job's return value. Requests the engine refuses fail without retry; crashes are retried.
  */
-export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
+export async function startQueueConsumer(engine: Engine, o: QueueConsumerOptions) {
   const prefix = o.prefix ?? 'steerd:';
   const workerId = randomUUID();
   const active = new Map<string, AbortController>();

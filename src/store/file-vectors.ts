@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import {
   closeSync,
   fsyncSync,
@@ -14,10 +14,9 @@ import {
 } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { NAME_PATTERN } from '../config.js';
-import { BadRequestError, SteerdError } from '../errors.js';
-import type { Site } from '../model/hooks.js';
+import { BadRequestError } from '../errors.js';
+import { checkValues, isVectorHash, readPreset, vectorHash } from './content.js';
 import {
-  decodePreset,
   encodePreset,
   isPresetName,
   PresetConflictError,
@@ -26,158 +25,15 @@ import {
   presetScope,
   type StoredPreset,
 } from './presets.js';
-
-/** The model a vector was made for: used vectors must match the serving model. */
-export interface VectorModel {
-  id: string;
-  n_embd: number;
-}
-
-export interface VectorMeta {
-  name: string;
-  /** `direction` ([H]) or `sequence` ([k, H]). */
-  kind: 'direction' | 'sequence';
-  shape: number[];
-  /** Suggested hook point (the recipe's layer, or given on upload). */
-  layer: number | null;
-  /** The hook site it was made at (a recipe's) or given on upload; an intervention without a site uses it. Absent: resid_pre. */
-  site?: Site;
-  /** Pair recipes: the mean cosine between each pair's difference and the mean difference. */
-  pair_consistency?: number;
-  /** L2 norm of all values. */
-  norm: number;
-  /** sha256 of the shape and the float32 values: the vector's identity. */
-  hash: string;
-  /** How it was made: the recipe, or `"uploaded"`. */
-  recipe: unknown;
-  model: VectorModel;
-  description: string | null;
-  created_at: string;
-}
-
-export interface StoredVector extends VectorMeta {
-  values: Float32Array;
-}
-
-export class NotFoundError extends SteerdError {
-  constructor(name: string) {
-    super(`no vector named "${name}"`, 404, 'not_found', { name });
-  }
-}
-
-export class ConflictError extends SteerdError {
-  constructor(name: string) {
-    super(`a vector named "${name}" exists (PUT /v1/vectors/${name} replaces it)`, 409, 'conflict', { name });
-  }
-}
-
-export class LimitError extends SteerdError {
-  constructor(max: number) {
-    super(`the store holds its maximum of ${max} vectors; delete one first`, 422, 'limit', { max });
-  }
-}
-
-/** Content hash of a vector: shape and little-endian float32 bytes. */
-export function vectorHash(shape: number[], values: Float32Array): string {
-  return createHash('sha256')
-    .update(shape.join('x'))
-    .update(Buffer.from(values.buffer, values.byteOffset, values.byteLength))
-    .digest('hex');
-}
-
-/**
- * Seconds that values stay retrievable by content hash after their last `putValues`, or after the
- * name that held them was deleted or replaced: a week. Receipts name vectors by hash, and a receipt
- * stays replayable for at least a week after its last use (long enough to re-check a result over a
- * weekend or from a colleague's report), without keeping every inline vector ever sent forever.
- * Registered vectors' values are kept for as long as they are registered, whatever their age.
- */
-export const VALUES_TTL_S = 7 * 24 * 3600;
-
-/** Whether `s` has the form of a content hash (64 lowercase hex digits): checked before a hash names a file or a key. */
-export function isVectorHash(s: unknown): s is string {
-  return typeof s === 'string' && /^[0-9a-f]{64}$/.test(s);
-}
-
-/**
- * Refuses (throws) values that are not what `hash` says they are: a malformed hash, a shape that is
- * not 1 to 8 positive integers covering the values, or values of another content hash. A store
- * keyed by content must not hold anything else under a hash.
- */
-export function checkValues(hash: string, shape: number[], values: Float32Array): void {
-  if (!isVectorHash(hash)) throw new Error(`not a vector hash: ${JSON.stringify(hash).slice(0, 80)}`);
-  if (
-    !Array.isArray(shape) ||
-    shape.length < 1 ||
-    shape.length > 8 ||
-    !shape.every((d) => Number.isInteger(d) && d > 0 && d < 2 ** 32) ||
-    shape.reduce((a, b) => a * b, 1) !== values.length
-  )
-    throw new Error(`shape ${JSON.stringify(shape)} does not describe ${values.length} values`);
-  if (vectorHash(shape, values) !== hash) throw new Error(`values do not have the hash ${hash}`);
-}
-
-/** A stored preset read back, its pinned values checked against their hashes (a damaged record: 500). */
-export function readPreset(text: string): StoredPreset {
-  const p = decodePreset(text);
-  for (const [i, iv] of p.interventions.entries()) {
-    try {
-      checkValues(iv.hash, iv.shape, p.values[i] ?? new Float32Array());
-    } catch (e) {
-      throw new SteerdError(
-        `preset "${p.name}": the values of interventions[${i}] are damaged (${(e as Error).message})`,
-        500,
-        'internal',
-      );
-    }
-  }
-  return p;
-}
-
-export function describe(values: Float32Array, shape: number[]): Pick<VectorMeta, 'kind' | 'norm' | 'hash' | 'shape'> {
-  let s = 0;
-  for (const v of values) s += v * v;
-  return {
-    kind: shape.length === 1 ? 'direction' : 'sequence',
-    shape,
-    norm: Math.sqrt(s),
-    hash: vectorHash(shape, values),
-  };
-}
-
-/** Where vectors live; the file store and the Redis registry implement it. */
-export interface VectorStore {
-  list(): Promise<VectorMeta[]>;
-  get(name: string): Promise<StoredVector>;
-  /** Stores a vector; refuses an existing name unless `replace`. */
-  put(v: StoredVector, opts: { replace: boolean; max: number }): Promise<void>;
-  delete(name: string): Promise<void>;
-  /**
-   * Keeps these values under their content hash (`hash` = vectorHash(shape, values)) for at least
-   * VALUES_TTL_S after this call, whether or not a name refers to them: what a receipt names can be
-   * replayed. Refuses (rejects) values that do not match the hash.
-   */
-  putValues(hash: string, shape: number[], values: Float32Array): Promise<void>;
-  /**
-   * The values with this content hash: a registered vector's, or ones kept by putValues (or by a
-   * recent delete/replace), else null (also for a malformed hash, and for kept values that no longer
-   * match their hash).
-   */
-  getValues(hash: string): Promise<{ shape: number[]; values: Float32Array } | null>;
-  /** Every preset of the model `modelId` (with its pinned values), by name (presets.ts: kept per model). */
-  listPresets(modelId: string): Promise<StoredPreset[]>;
-  /** The preset `name` of the model `modelId` (404 when it has none of that name). */
-  getPreset(modelId: string, name: string): Promise<StoredPreset>;
-  /**
-   * Stores a preset among its model's (`p.model.id`); refuses a name that model has unless
-   * `replace` (409), a new one beyond `max` presets of that model (422).
-   */
-  putPreset(p: StoredPreset, opts: { replace: boolean; max: number }): Promise<void>;
-  deletePreset(modelId: string, name: string): Promise<void>;
-  /** Whether the store answers (readiness); absent = always. */
-  ping?(): Promise<boolean>;
-  close?(): Promise<void>;
-}
+import {
+  ConflictError,
+  LimitError,
+  NotFoundError,
+  type StoredVector,
+  VALUES_TTL_S,
+  type VectorMeta,
+  type VectorStore,
+} from './types.js';
 
 interface FileRecord extends VectorMeta {
   /** base64 of the little-endian float32 values */
