@@ -1,59 +1,28 @@
-import { randomInt, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
+import { checkLimits, type SchemaRequest, streamErrors } from '../src/api/generation.js';
 import {
-  admit,
-  checkLimits,
-  requestSignal,
-  type SchemaRequest,
-  streamErrors,
-  timeoutError,
-  tracked,
-} from '../src/api/generation.js';
+  append,
+  choiceOf,
+  type Logprobs,
+  logprobsSchema,
+  Offsets,
+  OPENAI_MAX_TOKENS,
+  openaiReason,
+  promptsOf,
+  TokenStrings,
+} from '../src/api/openai-wire.js';
 import { presetOf } from '../src/api/presets.js';
+import { stopList } from '../src/api/prompt.js';
 import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
 import { errorResponses, interventionsSchema, modelField, Nullable, OneOf, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
-import type {
-  DoneEvent,
-  FinishReason,
-  GenerateRequest,
-  PromptLogprob,
-  TokenEvent,
-  TokenLogprob,
-} from '../src/engine/types.js';
-import { validateGenerate } from '../src/engine/validate.js';
+import { Session } from '../src/api/session.js';
+import { drawSeed, withDefaults } from '../src/engine/defaults.js';
+import type { DoneEvent, GenerateEvent, TokenEvent } from '../src/engine/types.js';
 import { BadRequestError, SteerdError, UnprocessableError } from '../src/errors.js';
-import type { Gpt2Tokenizer } from '../src/model/tokenizer.js';
-
-/** OpenAI's `logprobs` object of a choice: one entry per token, in order. */
-const logprobsSchema = Type.Object(
-  {
-    tokens: Type.Array(Type.String(), {
-      description:
-        "each token's text; `bytes:` and its bytes (`bytes: \\xe2\\x80`) for a token that holds part of a UTF-8 character. A choice that ended at `<|endoftext|>` (finish_reason `stop`) has it last, with its logprob, though the text leaves it out",
-    }),
-    token_logprobs: Type.Array(Nullable(Type.Number()), {
-      description: 'log p(token) given the tokens before it (with `echo`: null for the first prompt token)',
-    }),
-    top_logprobs: Type.Array(
-      Type.Unsafe<Record<string, number> | null>({
-        type: ['object', 'null'],
-        additionalProperties: { type: 'number' },
-      }),
-      {
-        description:
-          'the `logprobs` most likely tokens at each position, text → logprob (null where token_logprobs is)',
-      },
-    ),
-    text_offset: Type.Array(Type.Integer(), {
-      description:
-        "where each token starts in the choice's text, in UTF-16 code units (a token that begins inside a character: where that character starts)",
-    }),
-  },
-  { description: 'with `logprobs`' },
-);
 
 const completionsSchema = {
   tags: ['openai'],
@@ -77,7 +46,7 @@ const completionsSchema = {
     max_tokens: Type.Optional(
       Type.Integer({
         minimum: 0,
-        default: 16,
+        default: OPENAI_MAX_TOKENS,
         description:
           '0: nothing is generated; with `echo` and `logprobs` the prompt is only scored (one pass per prompt, no sampling)',
       }),
@@ -158,116 +127,15 @@ const chatSchema = {
   response: errorResponses,
 };
 
-interface Logprobs {
-  tokens: string[];
-  token_logprobs: (number | null)[];
-  top_logprobs: (Record<string, number> | null)[];
-  text_offset: number[];
-}
-
-const noLogprobs = (): Logprobs => ({ tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] });
-
-function append(a: Logprobs, b: Logprobs): Logprobs {
-  return {
-    tokens: [...a.tokens, ...b.tokens],
-    token_logprobs: [...a.token_logprobs, ...b.token_logprobs],
-    top_logprobs: [...a.top_logprobs, ...b.top_logprobs],
-    text_offset: [...a.text_offset, ...b.text_offset],
-  };
-}
-
-/**
- * Where tokens start in a text, in UTF-16 code units: their bytes decoded as one stream (as the
- * engine makes the text), so a token that ends inside a character adds nothing and the next one
- * starts where that character does.
- */
-class Offsets {
-  private readonly decoder = new TextDecoder('utf-8', { ignoreBOM: true });
-
-  constructor(
-    private readonly tokenizer: Gpt2Tokenizer,
-    private at: number,
-  ) {}
-
-  /** The offset of the token `id`, which then follows. */
-  next(id: number): number {
-    const start = this.at;
-    this.at += this.decoder.decode(this.tokenizer.bytes([id]), { stream: true }).length;
-    return start;
-  }
-}
-
-/** A byte of a `bytes:` token: printable ASCII as itself (a backslash doubled), any other byte `\xNN`. */
-const byteString = (x: number) =>
-  x === 0x5c ? '\\\\' : x >= 0x20 && x < 0x7f ? String.fromCharCode(x) : `\\x${x.toString(16).padStart(2, '0')}`;
-
-const openaiReason = (r: FinishReason) => (r === 'length' ? 'length' : 'stop');
-
 /** OpenAI's completions API, so that any OpenAI client can call steerd; steering is the extra `interventions` field. */
 const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   // (registering the routes touches no model: the service may have none, as for openapi.yaml)
 
-  // A token's text for `tokens` and the `top_logprobs` keys: decoded alone where its bytes are UTF-8,
-  // else `bytes:` and its bytes written out (`bytes: \xe2\x80`, OpenAI's form), which keeps the keys
-  // distinct.
-  const strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-  const strings = new Map<number, string>();
-  const tokenString = (id: number): string => {
-    let s = strings.get(id);
-    if (s === undefined) {
-      const bytes = svc.engine.tokenizer.bytes([id]);
-      try {
-        s = strict.decode(bytes);
-      } catch {
-        s = `bytes:${Array.from(bytes, byteString).join('')}`;
-      }
-      strings.set(id, s);
-    }
-    return s;
-  };
-  const topMap = (top: TokenLogprob[] | undefined) =>
-    Object.fromEntries((top ?? []).map((x) => [tokenString(x.id), x.logprob]));
-
-  /** The generated tokens' logprobs (`offsets`: where each starts). */
-  const generatedLogprobs = (tokens: TokenEvent[], offsets: number[]): Logprobs => ({
-    tokens: tokens.map((e) => tokenString(e.id)),
-    token_logprobs: tokens.map((e) => e.logprob),
-    top_logprobs: tokens.map((e) => topMap(e.top_logprobs)),
-    text_offset: offsets,
-  });
-
-  /** The prompt's tokens with their scores (the first has none), as `echo` puts them first. */
-  const promptLogprobs = (ids: number[], scored: PromptLogprob[]): Logprobs => {
-    const offsets = new Offsets(svc.engine.tokenizer, 0);
-    return {
-      tokens: ids.map((id) => tokenString(id)),
-      token_logprobs: ids.map((_, i) => (i === 0 ? null : (scored[i]?.logprob ?? null))),
-      top_logprobs: ids.map((_, i) => (i === 0 ? null : topMap(scored[i]?.top_logprobs))),
-      text_offset: ids.map((id) => offsets.next(id)),
-    };
-  };
-
-  /**
-   * A request's prompts as token ids, and their texts (what `echo` puts first): texts are encoded,
-   * token ids checked against the vocabulary (400 naming the bad one) and decoded.
-   */
-  const promptsOf = (prompt: string | string[] | number[] | number[][]): { prompts: number[][]; texts: string[] } => {
-    const { tokenizer, info } = svc.engine;
-    if (typeof prompt === 'string') return { prompts: [tokenizer.encode(prompt)], texts: [prompt] };
-    if (typeof prompt[0] === 'string') {
-      const texts = prompt as string[];
-      return { prompts: texts.map((x) => tokenizer.encode(x)), texts };
-    }
-    const nested = typeof prompt[0] !== 'number';
-    const lists = nested ? (prompt as number[][]) : [prompt as number[]];
-    for (const [p, ids] of lists.entries())
-      for (const [i, id] of ids.entries())
-        if (id < 0 || id >= info.vocab_size)
-          throw new BadRequestError(
-            `body/prompt/${nested ? `${p}/` : ''}${i} is ${id}, not a token id (0..${info.vocab_size - 1})`,
-            { index: nested ? [p, i] : i, token: id },
-          );
-    return { prompts: lists, texts: lists.map((ids) => tokenizer.decode(ids)) };
+  // the wire's token strings, kept per model (made on first use: registering touches no model)
+  let wire: TokenStrings | undefined;
+  const strings = () => {
+    if (wire?.tokenizer !== svc.engine.tokenizer) wire = new TokenStrings(svc.engine.tokenizer);
+    return wire;
   };
 
   app.get(
@@ -331,7 +199,8 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
     { sse: 'manual', schema: completionsSchema },
     streamErrors(async (request: SchemaRequest<typeof completionsSchema>, reply) => {
       const b = request.body;
-      const tokenizer = svc.engine.tokenizer;
+      const { tokenizer, info } = svc.engine;
+      const wire = strings();
       const preset = await presetOf(svc, b.model);
       if (b.best_of != null && b.best_of !== 1)
         throw new BadRequestError(
@@ -344,59 +213,59 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           n,
           max_n: maxN,
         });
-      const maxNew = b.max_tokens ?? 16;
+      const maxNew = b.max_tokens ?? OPENAI_MAX_TOKENS;
       // max_tokens 0 scores the prompt: its pass alone, which needs the prompt's positions only
       const scoreOnly = maxNew === 0;
       checkLimits(svc, Math.max(1, maxNew));
       const k = b.logprobs ?? undefined;
       const echo = b.echo === true;
-      const { prompts, texts } = promptsOf(b.prompt);
+      const { prompts, texts } = promptsOf(tokenizer, info.vocab_size, b.prompt);
       const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions, preset);
-      const stop = b.stop == null || b.stop === '' ? undefined : typeof b.stop === 'string' ? [b.stop] : b.stop;
-      const seed = b.seed ?? randomInt(0, 2 ** 32);
+      const stop = b.stop == null || b.stop === '' ? undefined : stopList(b.stop);
+      const seed = b.seed ?? drawSeed();
       const stream = b.stream === true;
       const scorePrompts = echo && k !== undefined;
       // The prompts' scores come from the first choice's run of each prompt (its prefill computes
       // them); a stream sends them before any completion's tokens, so there each prompt is scored by
       // a prompt pass of its own (same interventions, nothing generated) that finishes first.
       const separate = scorePrompts && stream && !scoreOnly;
-      const scoring = (prompt: number[], scored: boolean): GenerateRequest => ({
-        prompt,
-        max_new_tokens: 0,
-        temperature: 0,
-        seed,
-        interventions,
-        ...(scored && { prompt_logprobs: k }),
-      });
+      const scoring = (prompt: number[], scored: boolean) =>
+        withDefaults({
+          prompt,
+          max_new_tokens: 0,
+          temperature: 0,
+          seed,
+          interventions,
+          ...(scored && { prompt_logprobs: k }),
+        });
       // run r: with max_tokens 0, prompt r (its n choices are the same); else choice r = p × n + i,
       // prompt p, seed + i
-      const reqs: GenerateRequest[] = scoreOnly
+      const reqs = scoreOnly
         ? prompts.map((prompt) => scoring(prompt, scorePrompts))
         : prompts.flatMap((prompt) =>
-            Array.from({ length: n }, (_, i) => ({
-              prompt,
-              max_new_tokens: maxNew,
-              temperature: b.temperature,
-              top_p: b.top_p,
-              frequency_penalty: b.frequency_penalty,
-              presence_penalty: b.presence_penalty,
-              seed: seed + i,
-              stop,
-              interventions,
-              ...(k && { top_logprobs: k }),
-              ...(scorePrompts && !separate && i === 0 && { prompt_logprobs: k }),
-            })),
+            Array.from({ length: n }, (_, i) =>
+              withDefaults({
+                prompt,
+                max_new_tokens: maxNew,
+                temperature: b.temperature,
+                top_p: b.top_p,
+                frequency_penalty: b.frequency_penalty,
+                presence_penalty: b.presence_penalty,
+                seed: seed + i,
+                stop,
+                interventions,
+                ...(k && { top_logprobs: k }),
+                ...(scorePrompts && !separate && i === 0 && { prompt_logprobs: k }),
+              }),
+            ),
           );
       const scorers = separate ? prompts.map((prompt) => scoring(prompt, true)) : [];
-      // every run is checked before any starts
-      for (const r of [...reqs, ...scorers]) validateGenerate(r, svc.engine.info, svc.engine.maxContext);
       const runOf = (j: number) => (scoreOnly ? Math.floor(j / n) : j);
       const choiceCount = prompts.length * n;
 
-      // all admitted together: the prompts' prefills share passes
-      const release = admit(svc, reqs.length + scorers.length);
-      const sig = requestSignal(svc, request, reply);
-      try {
+      // every run checked before any starts; all admitted together: the prompts' prefills share passes
+      const session = Session.open(svc, request, reply, [...reqs, ...scorers]);
+      return session.serve(async () => {
         const id = `cmpl-${randomUUID()}`;
         const created = Math.floor(Date.now() / 1000);
         const chunk = <C>(choices: C[]) => ({
@@ -406,33 +275,28 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           model: preset?.name ?? svc.model.name,
           choices,
         });
-        const choice = <F extends string | null>(j: number, text: string, logprobs: Logprobs | null, finish: F) => ({
-          text,
-          index: j,
-          logprobs: k === undefined ? null : (logprobs ?? noLogprobs()),
-          finish_reason: finish,
-        });
-        const opened = sig.openStream(stream);
+        const choice = <F extends string | null>(j: number, text: string, logprobs: Logprobs | null, finish: F) =>
+          choiceOf(j, text, logprobs, finish, k);
+        const opened = session.openStream(stream);
         // the choices' chunks go out one at a time, in the order they come
         let sending = Promise.resolve();
         const send = (data: object | string) => {
-          sending = sending.then(() => sig.send({ data }));
+          sending = sending.then(() => session.send({ data }));
           return sending;
         };
 
-        const scores = scorers.map(async (r) => {
-          for await (const e of tracked(svc, r, svc.engine.generate(r, { signal: sig.signal })))
-            if (e.type === 'done') return e.prompt_logprobs ?? [];
-          return [];
-        });
+        const scores = scorers.map((r) =>
+          session.run(r, async (events) => {
+            for await (const e of events) if (e.type === 'done') return e.prompt_logprobs ?? [];
+            return [];
+          }),
+        );
 
         let finished = 0;
         let last: { j: number; done: DoneEvent; end: Logprobs | null } | undefined;
         const streamTokens = opened && !scoreOnly;
-        const run = async (r: number) => {
+        const read = (r: number) => async (events: AsyncIterable<GenerateEvent>) => {
           const p = scoreOnly ? r : Math.floor(r / n);
-          const req = reqs[r];
-          const events = tracked(svc, req, svc.engine.generate(req, { signal: sig.signal }));
           const offsets = new Offsets(tokenizer, echo ? texts[p].length : 0);
           const tokens: TokenEvent[] = [];
           const at: number[] = [];
@@ -444,9 +308,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           for await (const e of events) {
             if (streamTokens && echo && !started)
               await send(
-                chunk([
-                  choice(r, texts[p], k === undefined ? null : promptLogprobs(prompts[p], await scores[p]), null),
-                ]),
+                chunk([choice(r, texts[p], k === undefined ? null : wire.prompt(prompts[p], await scores[p]), null)]),
               );
             started = true;
             if (e.type === 'token') {
@@ -458,13 +320,12 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
               tokens.push(e);
               at.push(offsets.next(e.id));
               if (streamTokens && (e.text || k !== undefined))
-                await send(chunk([choice(r, e.text, generatedLogprobs([e], [at.at(-1)!]), null)]));
+                await send(chunk([choice(r, e.text, wire.generated([e], [at.at(-1)!]), null)]));
               continue;
             }
-            if (sig.timedOut()) throw timeoutError(svc);
+            session.checkTime();
             done = e;
-            if (e.eos && k !== undefined)
-              end = generatedLogprobs([{ type: 'token', text: '', ...e.eos }], [offsets.next(e.eos.id)]);
+            if (e.eos && k !== undefined) end = wire.generated([e.eos], [offsets.next(e.eos.id)]);
             // the last choice to finish waits for the usage and the receipt
             if (streamTokens && ++finished < reqs.length)
               await send(chunk([choice(r, '', end, openaiReason(e.finish_reason))]));
@@ -472,17 +333,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           }
           return { tokens, at, done: done!, end };
         };
-        const runs = reqs.map((_, r) => run(r));
-        for (const r of [...runs, ...scores]) r.catch(() => sig.abort());
-        let results: Awaited<(typeof runs)[number]>[];
-        try {
-          results = await Promise.all(runs);
-        } catch (e) {
-          sig.abort();
-          await Promise.allSettled([...runs, ...scores]);
-          throw e;
-        }
-        if (sig.timedOut()) throw timeoutError(svc);
+        const results = await session.all(reqs.map((req, r) => session.run(req, read(r))));
         const completionTokens = scoreOnly ? 0 : results.reduce((s, r) => s + r.done.usage.completion_tokens, 0);
         const promptTokens = prompts.reduce((s, p) => s + p.length, 0);
         const usage = {
@@ -506,7 +357,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
         const promptPart = async (p: number) => {
           if (!scorePrompts) return null;
           const scored = separate ? await scores[p] : (results[scoreOnly ? p : p * n].done.prompt_logprobs ?? []);
-          return promptLogprobs(prompts[p], scored);
+          return wire.prompt(prompts[p], scored);
         };
         if (streamTokens) {
           const end = last ?? { j: 0, done: results[0].done, end: results[0].end };
@@ -516,7 +367,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
             receipt: rec,
           });
           await sending;
-          return sig.close({ data: '[DONE]' });
+          return session.close({ data: '[DONE]' });
         }
         const all = await Promise.all(
           Array.from({ length: choiceCount }, async (_, j) => {
@@ -524,7 +375,7 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
             const prompt = echo ? await promptPart(p) : null;
             if (scoreOnly) return choice(j, echo ? texts[p] : '', prompt, 'length');
             const r = results[runOf(j)];
-            const tokens = k === undefined ? null : generatedLogprobs(r.tokens, r.at);
+            const tokens = k === undefined ? null : wire.generated(r.tokens, r.at);
             const generated = tokens && r.end ? append(tokens, r.end) : tokens;
             return choice(
               j,
@@ -539,13 +390,10 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
           for (const [j, c] of all.entries())
             await send(j < all.length - 1 ? chunk([c]) : { ...chunk([c]), usage, receipt: rec });
           await sending;
-          return sig.close({ data: '[DONE]' });
+          return session.close({ data: '[DONE]' });
         }
         return { ...chunk(all), usage, receipt: rec };
-      } finally {
-        sig.done();
-        release();
-      }
+      });
     }),
   );
 };

@@ -4,7 +4,7 @@ import { Rng, seed32 } from '../util/rng.js';
 import type { AppliedIntervention } from './resolve.js';
 
 /**
- * Control arms (DESIGN.md §4), run in the same batch as the steered request: `baseline` (no
+ * Control arms (docs/architecture.md §4), run in the same batch as the steered request: `baseline` (no
  * interventions), `negated` (every coefficient × −1) and `random` (each vector replaced by a random
  * vector of the same shape whose rows have the original rows' norms, drawn from the request's seed:
  * the same request gives the same random vectors).

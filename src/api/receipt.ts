@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { type Static, Type } from 'typebox';
+import type { ResolvedRequest } from '../engine/defaults.js';
 import type { GenerateRequest, Intervention } from '../engine/types.js';
 import { GoneError, UnprocessableError } from '../errors.js';
 import type { AppliedIntervention } from './resolve.js';
@@ -7,7 +8,7 @@ import { opSchema, StringEnum, siteSchema, unitSchema } from './schemas.js';
 import type { Service } from './service.js';
 
 /**
- * Receipts (DESIGN.md §4): what a generation ran — steerd's version, the model and a hash of its
+ * Receipts (docs/architecture.md §4): what a generation ran — steerd's version, the model and a hash of its
  * serving graph, every run's request as it ran (prompt ids, every sampling parameter with the seed,
  * the interventions by vector hash with the coefficient actually applied) and its output ids — so
  * that `/v1/replay` can run it again and say whether the same tokens come out. Determinism holds
@@ -83,19 +84,19 @@ export const receiptSchema = Type.Object(
 export type RunRecord = Static<typeof runRecordSchema>;
 export type Receipt = Static<typeof receiptSchema>;
 
-/** One run as it ran: the engine request (seed drawn), the interventions as applied, the output ids. */
-export function runRecord(req: GenerateRequest, applied: AppliedIntervention[], output: number[]): RunRecord {
+/** One run as it ran: the engine request (every default applied), the interventions as applied, the output ids. */
+export function runRecord(req: ResolvedRequest, applied: AppliedIntervention[], output: number[]): RunRecord {
   return {
     prompt: req.prompt,
-    max_new_tokens: req.max_new_tokens ?? 64,
-    temperature: req.temperature ?? 1,
-    top_k: req.top_k ?? 0,
-    top_p: req.top_p ?? 1,
-    frequency_penalty: req.frequency_penalty ?? 0,
-    presence_penalty: req.presence_penalty ?? 0,
-    seed: req.seed!,
-    stop: req.stop ?? [],
-    stop_at_eos: req.stop_at_eos ?? true,
+    max_new_tokens: req.max_new_tokens,
+    temperature: req.temperature,
+    top_k: req.top_k,
+    top_p: req.top_p,
+    frequency_penalty: req.frequency_penalty,
+    presence_penalty: req.presence_penalty,
+    seed: req.seed,
+    stop: req.stop,
+    stop_at_eos: req.stop_at_eos,
     telemetry: req.telemetry ?? false,
     interventions: applied.map((a) => ({
       hash: a.hash,
