@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
-import { firstDivergence, receiptSchema, requestOf } from '../src/api/receipt.js';
+import { checkReplayLimits, firstDivergence, receiptSchema, requestOf } from '../src/api/receipt.js';
 import { errorResponses, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import { Session } from '../src/api/session.js';
@@ -39,6 +39,7 @@ async function tokenIds(events: AsyncIterable<GenerateEvent>): Promise<number[]>
 const replayRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   app.post('/v1/replay', { schema }, async (request, reply) => {
     const r = request.body.receipt;
+    checkReplayLimits(svc, r);
     const where = (i: number) => `receipt.runs[${i}]`;
     // every run checked (model, graph, vectors) before anything runs
     const reqs = await Promise.all(r.runs.map((run, i) => requestOf(svc, r, run, where(i))));

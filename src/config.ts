@@ -18,7 +18,8 @@ export interface Limits {
   bodyLimit: number;
   /**
    * Generations in flight at most (each activation request, generation, control arm and sweep cell
-   * counts one); beyond, 429 with Retry-After. Env STEERD_QUEUE_DEPTH. Default 256.
+   * counts one); beyond, 429 with Retry-After; a request needing more than this at once, 422.
+   * Env STEERD_QUEUE_DEPTH. Default 256.
    */
   queueDepth: number;
   /** Cells of a sweep (layers × coeffs × seeds) at most. Env STEERD_MAX_SWEEP_CELLS. Default 64. */

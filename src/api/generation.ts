@@ -21,11 +21,26 @@ export type SchemaRequest<S extends FastifySchema> = FastifyRequest<
 >;
 
 /**
- * Refuses new work while draining (503) or when the queue is full (429), else counts it in: `n`
- * generations (a request with control arms, or a sweep's cells, counts each).
+ * Refuses what this server can never admit, `n` generations at once beyond the queue depth, with
+ * 422 naming the limit (`what` names the request's part that asks for them): waiting would not help.
+ */
+export function checkAdmissible(svc: Service, n: number, what = 'this request'): void {
+  const depth = svc.config.limits.queueDepth;
+  if (n > depth)
+    throw new UnprocessableError(
+      `${what} needs ${n} generations at once; this server admits at most ${depth} (STEERD_QUEUE_DEPTH)`,
+      { needed: n, queue_depth: depth },
+    );
+}
+
+/**
+ * Refuses new work while draining (503), work that can never be admitted (422) and work that does
+ * not fit now (429, retry later), else counts it in: `n` generations (a request with control arms,
+ * or a sweep's cells, counts each). The returned release counts it out, once however often called.
  */
 export function admit(svc: Service, n = 1): () => void {
   if (svc.draining) throw new UnavailableError('the server is shutting down');
+  checkAdmissible(svc, n);
   const depth = svc.config.limits.queueDepth;
   if (svc.inFlight + n > depth) {
     throw new QueueFullError(

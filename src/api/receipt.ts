@@ -3,6 +3,7 @@ import { type Static, Type } from 'typebox';
 import type { ResolvedRequest } from '../engine/defaults.js';
 import type { GenerateRequest, Intervention } from '../engine/types.js';
 import { GoneError, UnprocessableError } from '../errors.js';
+import { checkAdmissible } from './generation.js';
 import type { AppliedIntervention } from './resolve.js';
 import { opSchema, StringEnum, siteSchema, unitSchema } from './schemas.js';
 import type { Service } from './service.js';
@@ -134,6 +135,38 @@ export async function keepValues(svc: Service, engine: Intervention[], applied: 
       a.vector === null || a.preset !== undefined ? svc.store.putValues(a.hash, a.shape, engine[i].values) : undefined,
     ),
   );
+}
+
+/**
+ * Holds a replay to the limits of the routes whose runs it repeats, before anything is fetched or
+ * run (422 naming the limit and the run): each run's max_new_tokens and interventions; a sweep's
+ * runs (a baseline, then cells whose interventions differ from it) at most the cells a sweep may
+ * have; and no more runs than the server admits at once.
+ */
+export function checkReplayLimits(svc: Service, r: Receipt): void {
+  const { maxNewTokens, maxInterventions, maxSweepCells } = svc.config.limits;
+  for (const [i, run] of r.runs.entries()) {
+    if (run.max_new_tokens > maxNewTokens)
+      throw new UnprocessableError(
+        `receipt.runs[${i}].max_new_tokens (${run.max_new_tokens}) exceeds this server's limit (${maxNewTokens}, STEERD_MAX_NEW_TOKENS)`,
+        { run: i, max_new_tokens: maxNewTokens },
+      );
+    if (run.interventions.length > maxInterventions)
+      throw new UnprocessableError(
+        `receipt.runs[${i}].interventions: ${run.interventions.length} interventions exceed this server's limit (${maxInterventions}, STEERD_MAX_INTERVENTIONS)`,
+        { run: i, max_interventions: maxInterventions },
+      );
+  }
+  // runs that share their interventions are what /v1/completions runs (prompts × n, bounded by
+  // the queue depth alone); runs whose interventions differ, only a sweep's cells
+  const first = JSON.stringify(r.runs[0].interventions);
+  const cells = r.runs.length - 1;
+  if (cells > maxSweepCells && r.runs.some((run) => JSON.stringify(run.interventions) !== first))
+    throw new UnprocessableError(
+      `receipt.runs: a sweep's ${r.runs.length} runs (a baseline and ${cells} cells) are more than this server's limit (${maxSweepCells}, STEERD_MAX_SWEEP_CELLS)`,
+      { cells, max_sweep_cells: maxSweepCells },
+    );
+  checkAdmissible(svc, r.runs.length, 'receipt.runs');
 }
 
 /** A receipt's run as an engine request, its vectors fetched by hash (410 when they are gone). */
