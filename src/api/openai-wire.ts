@@ -1,8 +1,8 @@
-import { Type } from 'typebox';
+import { type Static, Type } from 'typebox';
 import type { FinishReason, PromptLogprob, TokenEvent, TokenLogprob } from '../engine/types.js';
 import { BadRequestError } from '../errors.js';
 import type { Gpt2Tokenizer } from '../model/tokenizer.js';
-import { Nullable } from './schemas.js';
+import { interventionsSchema, modelField, Nullable, OneOf } from './schemas.js';
 
 /**
  * OpenAI's completions wire format: a choice's `logprobs` object (token strings, offsets into the
@@ -12,6 +12,68 @@ import { Nullable } from './schemas.js';
 
 /** OpenAI's default `max_tokens` of a completion. */
 export const OPENAI_MAX_TOKENS = 16;
+
+/** The body of `POST /v1/completions`: OpenAI's fields, and steerd's `interventions`. */
+export const completionsBodySchema = Type.Object({
+  model: modelField,
+  prompt: OneOf(
+    [
+      Type.String({ minLength: 1 }),
+      Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+      Type.Array(Type.Integer(), { minItems: 1 }),
+      Type.Array(Type.Array(Type.Integer(), { minItems: 1 }), { minItems: 1 }),
+    ],
+    {
+      description:
+        "a text, a list of texts, a list of token ids (one prompt, GPT-2's ids: 0..vocab_size − 1), or a list of token-id lists (lm-evaluation-harness's `tokenized_requests`)",
+    },
+  ),
+  max_tokens: Type.Optional(
+    Type.Integer({
+      minimum: 0,
+      default: OPENAI_MAX_TOKENS,
+      description:
+        '0: nothing is generated; with `echo` and `logprobs` the prompt is only scored (one pass per prompt, no sampling)',
+    }),
+  ),
+  temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: 1 })),
+  top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
+  n: Type.Optional(
+    Nullable(
+      Type.Integer({
+        minimum: 1,
+        default: 1,
+        description: 'completions of each prompt, at most STEERD_MAX_N (default 8)',
+      }),
+    ),
+  ),
+  best_of: Type.Optional(Nullable(Type.Integer({ description: 'not supported: only 1' }))),
+  logprobs: Type.Optional(
+    Nullable(
+      Type.Integer({
+        minimum: 0,
+        maximum: 5,
+        description: "each token's logprob and this many most likely tokens at its position",
+      }),
+    ),
+  ),
+  echo: Type.Optional(
+    Nullable(
+      Type.Boolean({
+        default: false,
+        description: 'the text starts with the prompt (and, with `logprobs`, the prompt tokens come first)',
+      }),
+    ),
+  ),
+  stop: Type.Optional(OneOf([Type.String(), Type.Array(Type.String({ minLength: 1 }), { maxItems: 4 }), Type.Null()])),
+  seed: Type.Optional(Type.Integer()),
+  stream: Type.Optional(Type.Boolean({ default: false })),
+  frequency_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
+  presence_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
+  interventions: Type.Optional(interventionsSchema),
+});
+
+export type CompletionsBody = Static<typeof completionsBodySchema>;
 
 /** OpenAI's `logprobs` object of a choice: one entry per token, in order. */
 export const logprobsSchema = Type.Object(
