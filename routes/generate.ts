@@ -1,19 +1,12 @@
-import { randomInt, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply } from 'fastify';
 import { Type } from 'typebox';
-import { apiToken, collect, completionOf, completionProperties } from '../src/api/completion.js';
+import { type ApiToken, completionOf, completionProperties } from '../src/api/completion.js';
 import { ARMS, type Arm, controlArm } from '../src/api/controls.js';
-import {
-  admit,
-  checkLimits,
-  requestSignal,
-  type SchemaRequest,
-  streamErrors,
-  timeoutError,
-  tracked,
-} from '../src/api/generation.js';
+import { checkLimits, type SchemaRequest, streamErrors } from '../src/api/generation.js';
 import { presetOf } from '../src/api/presets.js';
+import { promptIds, stopList } from '../src/api/prompt.js';
 import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
 import {
@@ -27,7 +20,9 @@ import {
   samplingProperties,
 } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
-import type { GenerateRequest } from '../src/engine/types.js';
+import { Session } from '../src/api/session.js';
+import { withDefaults } from '../src/engine/defaults.js';
+import type { GenerateEvent } from '../src/engine/types.js';
 
 const schema = {
   tags: ['generation'],
@@ -96,64 +91,30 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
 
   async function handle(request: SchemaRequest<typeof schema>, reply: FastifyReply) {
     const b = request.body;
-    const { engine } = svc;
-    const maxNew = b.max_new_tokens ?? 64;
-    checkLimits(svc, maxNew);
-    const prompt = [...(b.prepend_bos ? [engine.tokenizer.eosId] : []), ...engine.tokenizer.encode(b.prompt)];
-    const preset = await presetOf(svc, b.model);
+    const { stream: _s, compare, prepend_bos, interventions: _i, prompt, model, telemetry, ...sampling } = b;
+    const base = withDefaults({ ...sampling, prompt: promptIds(svc, prompt, prepend_bos), stop: stopList(b.stop) });
+    checkLimits(svc, base.max_new_tokens);
+    const preset = await presetOf(svc, model);
     const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions, preset);
-    const seed = b.seed ?? randomInt(0, 2 ** 32);
-    const {
-      stream: _s,
-      compare: _c,
-      prepend_bos: _p,
-      interventions: _i,
-      prompt: _text,
-      model: _m,
-      telemetry,
-      ...sampling
-    } = b;
-    const req: GenerateRequest = {
-      ...sampling,
-      prompt,
-      max_new_tokens: maxNew,
-      seed,
-      stop: typeof b.stop === 'string' ? [b.stop] : b.stop,
-      interventions,
-      telemetry,
-    };
-    const arms: Arm[] = b.compare === true ? ['baseline'] : Array.isArray(b.compare) ? b.compare : [];
-    const release = admit(svc, 1 + arms.length);
-    const sig = requestSignal(svc, request, reply);
-    try {
-      const steered = engine.generate(req, { signal: sig.signal });
-      // every arm is submitted now, with the request: they run in the same batches
-      const controls = arms.map((arm) => {
-        const run = controlArm(arm, interventions, applied, seed);
-        const result = collect(
-          svc,
-          tracked(svc, req, engine.generate({ ...req, interventions: run.interventions }, { signal: sig.signal })),
-        );
-        result.catch(() => sig.abort()); // awaited below; a failure of the steered run must not leave it unhandled
-        return { arm, run, result };
-      });
-      const id = `gen-${randomUUID()}`;
-      const stream = sig.openStream(b.stream);
-      let result: Awaited<ReturnType<typeof collect>>;
-      try {
-        result = await collect(svc, tracked(svc, req, steered), async (e) => {
-          if (!stream || e.type !== 'token') return;
-          // id -1: text held back (a stop-string prefix, part of a character) released at the end
-          // a token event's text is what the token released (held back while a stop string may start)
-          if (e.id >= 0) await sig.send({ event: 'token', data: { ...apiToken(svc, e), text: e.text } });
-          else if (e.text) await sig.send({ event: 'text', data: { text: e.text } });
-        });
-      } catch (e) {
-        sig.abort();
-        await Promise.all(controls.map((c) => c.result.catch(() => undefined)));
-        throw e;
-      }
-      if (sig.timedOut()) throw timeoutError(svc);
+    const req = { ...base, interventions, telemetry };
+    // the control arms run in the same batches, with the same seed
+    const arms = (compare === true ? ['baseline' as const] : Array.isArray(compare) ? compare : []).map((arm) => {
+      const run = controlArm(arm, interventions, applied, req.seed);
+      return { arm, run, req: { ...req, interventions: run.interventions } };
+    });
+    const session = Session.open(svc, request, reply, [req, ...arms.map((a) => a.req)]);
+    return session.serve(async () => {
+      const stream = session.openStream(b.stream);
+      // id -1: text held back (a stop-string prefix, part of a character) released at the end;
+      // a token event's text is what the token released
+      const onEvent = async (e: GenerateEvent, token?: ApiToken) => {
+        if (e.type !== 'token') return;
+        if (token) await session.send({ event: 'token', data: token });
+        else if (e.text) await session.send({ event: 'text', data: { text: e.text } });
+      };
+      const steered = session.collect(req, stream ? onEvent : undefined, stream);
+      const controls = arms.map((a) => ({ ...a, result: session.collect(a.req) }));
+      const [result] = await session.all([steered]);
       const arm = async (name: Arm) => {
         const c = controls.find((x) => x.arm === name);
         if (!c) return undefined;
@@ -162,7 +123,7 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
       const [baseline, negated, random] = await Promise.all([arm('baseline'), arm('negated'), arm('random')]);
       await keepValues(svc, interventions, applied);
       const body = {
-        id,
+        id: `gen-${randomUUID()}`,
         model: preset?.name ?? svc.model.name,
         ...completionOf(result),
         seed: result.done.seed,
@@ -184,13 +145,10 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
       };
       if (stream) {
         const { tokens: _, ...rest } = body;
-        return sig.close({ event: 'done', data: rest });
+        return session.close({ event: 'done', data: rest });
       }
       return body;
-    } finally {
-      sig.done();
-      release();
-    }
+    });
   }
 };
 

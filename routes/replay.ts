@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
-import { collect } from '../src/api/completion.js';
-import { admit, requestSignal, timeoutError, tracked } from '../src/api/generation.js';
-import { firstDivergence, receiptSchema, requestOf } from '../src/api/receipt.js';
+import { checkReplayLimits, firstDivergence, receiptSchema, requestOf } from '../src/api/receipt.js';
 import { errorResponses, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
+import { Session } from '../src/api/session.js';
+import type { GenerateEvent } from '../src/engine/types.js';
 
 const runResult = {
   identical: Type.Boolean(),
@@ -29,28 +29,29 @@ const schema = {
   },
 };
 
+/** A run's generated token ids (their text is not needed). */
+async function tokenIds(events: AsyncIterable<GenerateEvent>): Promise<number[]> {
+  const ids: number[] = [];
+  for await (const e of events) if (e.type === 'token' && e.id >= 0) ids.push(e.id);
+  return ids;
+}
+
 const replayRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
   app.post('/v1/replay', { schema }, async (request, reply) => {
     const r = request.body.receipt;
+    checkReplayLimits(svc, r);
+    const where = (i: number) => `receipt.runs[${i}]`;
     // every run checked (model, graph, vectors) before anything runs
-    const reqs = await Promise.all(r.runs.map((run, i) => requestOf(svc, r, run, `receipt.runs[${i}]`)));
-    const release = admit(svc, reqs.length);
-    const sig = requestSignal(svc, request, reply);
-    try {
-      const got = await Promise.all(
-        reqs.map((req) => collect(svc, tracked(svc, req, svc.engine.generate(req, { signal: sig.signal })))),
-      );
-      if (sig.timedOut()) throw timeoutError(svc);
-      const runs = got.map((g, i) => {
-        const tokens = g.tokens.map((t) => t.id);
+    const reqs = await Promise.all(r.runs.map((run, i) => requestOf(svc, r, run, where(i))));
+    const session = Session.open(svc, request, reply, reqs, where);
+    return session.serve(async () => {
+      const got = await session.all(reqs.map((req) => session.run(req, tokenIds)));
+      const runs = got.map((tokens, i) => {
         const first_divergence = firstDivergence(r.runs[i].output, tokens);
         return { identical: first_divergence === null, first_divergence, tokens };
       });
       return { ...runs[0], identical: runs.every((x) => x.identical), runs };
-    } finally {
-      sig.done();
-      release();
-    }
+    });
   });
 };
 

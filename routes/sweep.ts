@@ -1,18 +1,11 @@
-import { randomInt, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply } from 'fastify';
 import { Type } from 'typebox';
-import { collect, completionOf, completionProperties } from '../src/api/completion.js';
-import {
-  admit,
-  checkLimits,
-  requestSignal,
-  type SchemaRequest,
-  streamErrors,
-  timeoutError,
-  tracked,
-} from '../src/api/generation.js';
+import { completionOf, completionProperties } from '../src/api/completion.js';
+import { checkLimits, type SchemaRequest, streamErrors } from '../src/api/generation.js';
 import { presetOf } from '../src/api/presets.js';
+import { promptIds, stopList } from '../src/api/prompt.js';
 import { keepValues, type RunRecord, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { type AppliedIntervention, resolveInterventions } from '../src/api/resolve.js';
 import {
@@ -28,7 +21,8 @@ import {
   unitSchema,
 } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
-import type { GenerateRequest, Intervention } from '../src/engine/types.js';
+import { Session } from '../src/api/session.js';
+import { type ResolvedRequest, withDefaults } from '../src/engine/defaults.js';
 import { UnprocessableError } from '../src/errors.js';
 
 const cellSchema = Type.Partial(
@@ -91,10 +85,9 @@ interface Cell {
   layer: number;
   coeff: number;
   seed: number;
-  req: GenerateRequest;
+  req: ResolvedRequest;
   /** The preset's interventions, if any, then the swept one (last). */
   applied: AppliedIntervention[];
-  interventions: Intervention[];
 }
 
 const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { svc }) => {
@@ -102,69 +95,56 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
 
   async function handle(request: SchemaRequest<typeof schema>, reply: FastifyReply) {
     const b = request.body;
-    const { engine } = svc;
-    const maxNew = b.max_new_tokens ?? 64;
-    checkLimits(svc, maxNew);
-    const seeds = b.seeds ?? [b.seed ?? randomInt(0, 2 ** 32)];
-    const count = b.layers.length * b.coeffs.length * seeds.length;
+    const { prompt, vector, layers, coeffs, unit, positions, site, op, seeds: given, telemetry = true } = b;
+    const { stream: _st, prepend_bos, model, ...sampling } = b;
+    // one seed drawn for the request when none is given
+    const base = withDefaults({
+      max_new_tokens: sampling.max_new_tokens,
+      temperature: sampling.temperature,
+      top_k: sampling.top_k,
+      top_p: sampling.top_p,
+      frequency_penalty: sampling.frequency_penalty,
+      presence_penalty: sampling.presence_penalty,
+      seed: given?.[0] ?? sampling.seed,
+      stop: stopList(sampling.stop),
+      prompt: promptIds(svc, prompt, prepend_bos),
+    });
+    checkLimits(svc, base.max_new_tokens);
+    const seeds = given ?? [base.seed];
+    const count = layers.length * coeffs.length * seeds.length;
     const max = svc.config.limits.maxSweepCells;
     if (count > max)
       throw new UnprocessableError(
-        `${b.layers.length} layers × ${b.coeffs.length} coeffs × ${seeds.length} seeds = ${count} cells, more than this server's limit of ${max} (STEERD_MAX_SWEEP_CELLS)`,
+        `${layers.length} layers × ${coeffs.length} coeffs × ${seeds.length} seeds = ${count} cells, more than this server's limit of ${max} (STEERD_MAX_SWEEP_CELLS)`,
         { cells: count, max_sweep_cells: max },
       );
-    const prompt = [...(b.prepend_bos ? [engine.tokenizer.eosId] : []), ...engine.tokenizer.encode(b.prompt)];
-    const {
-      prompt: _t,
-      vector,
-      layers,
-      coeffs,
-      unit,
-      positions,
-      site,
-      op,
-      seeds: _s,
-      seed: _seed,
-      telemetry = true,
-      stream: _st,
-      prepend_bos: _p,
-      model: _m,
-      ...sampling
-    } = b;
-    const base = { ...sampling, prompt, max_new_tokens: maxNew, stop: typeof b.stop === 'string' ? [b.stop] : b.stop };
     // every cell resolved (and so validated) before anything runs
     // with a preset as the model: its interventions in every cell and in the baseline, the swept one last
-    const preset = await presetOf(svc, b.model);
+    const preset = await presetOf(svc, model);
     const presetOnly = await resolveInterventions(svc, [], preset);
     const cells: Cell[] = [];
     for (const layer of layers) {
       for (const coeff of coeffs) {
         const resolved = await resolveInterventions(svc, [{ vector, layer, coeff, unit, positions, site, op }], preset);
-        for (const seed of seeds) {
+        for (const seed of seeds)
           cells.push({
             layer,
             coeff,
             seed,
             req: { ...base, seed, interventions: resolved.engine, telemetry },
             applied: resolved.applied,
-            interventions: resolved.engine,
           });
-        }
       }
     }
-    const baselineReq: GenerateRequest = { ...base, seed: seeds[0], interventions: presetOnly.engine };
-    const release = admit(svc, cells.length + 1);
-    const sig = requestSignal(svc, request, reply);
-    try {
-      const stream = sig.openStream(b.stream);
-      // admitted together: the cells share the engine's batches
-      const run = (req: GenerateRequest) =>
-        collect(svc, tracked(svc, req, engine.generate(req, { signal: sig.signal })));
-      const baseline = run(baselineReq);
-      const results = cells.map(async (c, i) => {
-        const r = await run(c.req);
+    const baselineReq: ResolvedRequest = { ...base, seed: seeds[0], interventions: presetOnly.engine };
+    // admitted together: the cells share the engine's batches
+    const session = Session.open(svc, request, reply, [baselineReq, ...cells.map((c) => c.req)]);
+    return session.serve(async () => {
+      const stream = session.openStream(b.stream);
+      const baseline = session.collect(baselineReq);
+      const results = cells.map(async (c, index) => {
+        const r = await session.collect(c.req);
         const cell = {
-          index: i,
           layer: c.layer,
           coeff: c.coeff,
           seed: c.seed,
@@ -174,21 +154,13 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
             applied_norm: c.applied.at(-1)!.applied_norm,
           },
         };
-        if (stream) await sig.send({ event: 'cell', data: cell });
+        if (stream) await session.send({ event: 'cell', data: { index, ...cell } });
         return { cell, ids: r.tokens.map((t) => t.id) };
       });
-      let done: Awaited<(typeof results)[number]>[];
-      let base0: Awaited<typeof baseline>;
-      try {
-        [base0, ...done] = await Promise.all([baseline, ...results]);
-      } catch (e) {
-        sig.abort();
-        await Promise.allSettled([baseline, ...results]);
-        throw e;
-      }
-      if (sig.timedOut()) throw timeoutError(svc);
+      const [base0, done] = await Promise.all([baseline, Promise.all(results)]);
+      session.checkTime();
       const first = cells[0];
-      await keepValues(svc, first.interventions, first.applied);
+      await keepValues(svc, first.req.interventions!, first.applied);
       const runs: RunRecord[] = [
         runRecord(
           baselineReq,
@@ -202,21 +174,15 @@ const sweepRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
         model: preset?.name ?? svc.model.name,
         vector: { name: first.applied.at(-1)!.vector, hash: first.applied.at(-1)!.hash },
         baseline: { ...completionOf(base0), seed: seeds[0] },
-        cells: done.map((d) => {
-          const { index: _i, ...cell } = d.cell;
-          return cell;
-        }),
+        cells: done.map((d) => d.cell),
         receipt: receipt(svc, runs, preset?.name),
       };
       if (stream) {
         const { cells: _c, ...rest } = body;
-        return sig.close({ event: 'done', data: rest });
+        return session.close({ event: 'done', data: rest });
       }
       return body;
-    } finally {
-      sig.done();
-      release();
-    }
+    });
   }
 };
 

@@ -18,9 +18,17 @@ export interface Limits {
   bodyLimit: number;
   /**
    * Generations in flight at most (each activation request, generation, control arm and sweep cell
-   * counts one); beyond, 429 with Retry-After. Env STEERD_QUEUE_DEPTH. Default 256.
+   * counts one); beyond, 429 with Retry-After; a request needing more than this at once, 422.
+   * Env STEERD_QUEUE_DEPTH. Default 256.
    */
   queueDepth: number;
+  /**
+   * Bytes of vector values kept by content hash for receipts (inline vectors' and presets' values;
+   * in the data directory also deleted or replaced vectors') at most: beyond, the least recently
+   * used go first, and a receipt naming them gets 410. Env STEERD_INLINE_VALUES_MAX_BYTES. Default 268435456 (256 MiB:
+   * some 40,000 of gpt2-xl's vectors).
+   */
+  inlineValuesMaxBytes: number;
   /** Cells of a sweep (layers × coeffs × seeds) at most. Env STEERD_MAX_SWEEP_CELLS. Default 64. */
   maxSweepCells: number;
   /** Completions per prompt (`n` of /v1/completions) at most. Env STEERD_MAX_N. Default 8. */
@@ -304,6 +312,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxVectors: int(env, 'STEERD_MAX_VECTORS', 1000),
       bodyLimit: int(env, 'STEERD_BODY_LIMIT', 16 * 1024 * 1024),
       queueDepth: int(env, 'STEERD_QUEUE_DEPTH', 256),
+      inlineValuesMaxBytes: int(env, 'STEERD_INLINE_VALUES_MAX_BYTES', 256 * 1024 * 1024),
       maxSweepCells: int(env, 'STEERD_MAX_SWEEP_CELLS', 64),
       maxN: int(env, 'STEERD_MAX_N', 8),
       requestTimeoutMs: int(env, 'STEERD_REQUEST_TIMEOUT_MS', 300_000),

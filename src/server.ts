@@ -122,8 +122,8 @@ export async function createService(config: Config, progress?: ProgressReporter)
     engine = await Engine.start(engineOptions(config, m.dir));
   }
   const store = config.redisUrl
-    ? new RedisVectorStore(config.redisUrl, config.redisPrefix)
-    : new FileVectorStore(config.dataDir);
+    ? new RedisVectorStore(config.redisUrl, config.redisPrefix, config.limits.inlineValuesMaxBytes)
+    : new FileVectorStore(config.dataDir, config.limits.inlineValuesMaxBytes);
   const metrics = new Metrics();
   if (engine instanceof Engine) {
     const local = engine;

@@ -725,15 +725,22 @@ t.test('bad values: 400 or 422, naming the limit', async (t) => {
   t.ok(tooMany instanceof UnprocessableEntityError, 'the client: UnprocessableEntityError');
   t.equal((await complete({ best_of: 1, n: null, logprobs: null, echo: null })).choices.length, 1, 'defaults');
 
-  // every choice counts against the queue
+  // every choice counts against the queue: 6 where 5 are free is "full now" (429); 6 where the
+  // queue holds 5 at most can never be admitted (422)
   const limits = h.svc.config.limits;
   const depth = limits.queueDepth;
-  limits.queueDepth = 5;
+  limits.queueDepth = 7;
+  h.svc.inFlight += 2;
   t.teardown(() => {
     limits.queueDepth = depth;
   });
   const full = await complete({ prompt: ['a', 'b'], n: 3 }).catch((e) => e);
-  t.ok(full instanceof RateLimitError, '2 prompts × n 3 beyond a queue of 5: 429');
+  h.svc.inFlight -= 2;
+  t.ok(full instanceof RateLimitError, '2 prompts × n 3 beyond the 5 free places of the queue: 429');
   t.match(full.message, /needs 6/);
+  limits.queueDepth = 5;
+  const never = await complete({ prompt: ['a', 'b'], n: 3 }).catch((e) => e);
+  t.ok(never instanceof UnprocessableEntityError, '2 prompts × n 3 beyond a queue of 5: 422');
+  t.match(never.message, /needs 6 generations at once; this server admits at most 5 \(STEERD_QUEUE_DEPTH\)/);
   limits.queueDepth = depth;
 });

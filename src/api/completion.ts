@@ -1,5 +1,5 @@
 import { Type } from 'typebox';
-import type { DoneEvent, GenerateEvent, TokenEvent } from '../engine/types.js';
+import type { DoneEvent, TokenEvent } from '../engine/types.js';
 import { finishReasonSchema, telemetrySummarySchema, tokenSchema } from './schemas.js';
 import type { Service } from './service.js';
 
@@ -14,13 +14,14 @@ export const completionProperties = {
 
 /**
  * A token as the API shows it: the engine's, with its telemetry (if any) flattened in, and its
- * most likely alternatives (with `top_logprobs`) with their text.
+ * most likely alternatives (with `top_logprobs`) with their text. `text` is the token's own text
+ * unless given (a stream gives what the token released): decoded only when needed.
  */
-export function apiToken(svc: Service, e: TokenEvent) {
+export function apiToken(svc: Service, e: TokenEvent, text?: string) {
   const { tokenizer } = svc.engine;
   return {
     id: e.id,
-    text: tokenizer.decode([e.id]),
+    text: text ?? tokenizer.decode([e.id]),
     logprob: e.logprob,
     ...e.telemetry,
     ...(e.top_logprobs && {
@@ -30,22 +31,6 @@ export function apiToken(svc: Service, e: TokenEvent) {
 }
 
 export type ApiToken = ReturnType<typeof apiToken>;
-
-/** Collects a generation's events; `onEvent` sees each one as it comes (streaming). */
-export async function collect(
-  svc: Service,
-  events: AsyncIterable<GenerateEvent>,
-  onEvent?: (e: GenerateEvent) => Promise<void>,
-): Promise<{ tokens: ApiToken[]; done: DoneEvent }> {
-  const tokens: ApiToken[] = [];
-  let done: DoneEvent | undefined;
-  for await (const e of events) {
-    if (e.type === 'token' && e.id >= 0) tokens.push(apiToken(svc, e));
-    if (e.type === 'done') done = e;
-    await onEvent?.(e);
-  }
-  return { tokens, done: done! };
-}
 
 /** The response fields of a collected completion. */
 export function completionOf(r: { tokens: ApiToken[]; done: DoneEvent }) {

@@ -1,4 +1,3 @@
-import { setMaxListeners } from 'node:events';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type {
   FastifyReply,
@@ -22,11 +21,26 @@ export type SchemaRequest<S extends FastifySchema> = FastifyRequest<
 >;
 
 /**
- * Refuses new work while draining (503) or when the queue is full (429), else counts it in: `n`
- * generations (a request with control arms, or a sweep's cells, counts each).
+ * Refuses what this server can never admit, `n` generations at once beyond the queue depth, with
+ * 422 naming the limit (`what` names the request's part that asks for them): waiting would not help.
+ */
+export function checkAdmissible(svc: Service, n: number, what = 'this request'): void {
+  const depth = svc.config.limits.queueDepth;
+  if (n > depth)
+    throw new UnprocessableError(
+      `${what} needs ${n} generations at once; this server admits at most ${depth} (STEERD_QUEUE_DEPTH)`,
+      { needed: n, queue_depth: depth },
+    );
+}
+
+/**
+ * Refuses new work while draining (503), work that can never be admitted (422) and work that does
+ * not fit now (429, retry later), else counts it in: `n` generations (a request with control arms,
+ * or a sweep's cells, counts each). The returned release counts it out, once however often called.
  */
 export function admit(svc: Service, n = 1): () => void {
   if (svc.draining) throw new UnavailableError('the server is shutting down');
+  checkAdmissible(svc, n);
   const depth = svc.config.limits.queueDepth;
   if (svc.inFlight + n > depth) {
     throw new QueueFullError(
@@ -39,63 +53,6 @@ export function admit(svc: Service, n = 1): () => void {
   return () => {
     if (!released) svc.inFlight -= n;
     released = true;
-  };
-}
-
-/**
- * An AbortSignal that fires when the client goes away before the response is complete, or when
- * the request's time limit passes (then `timedOut()` is true).
- */
-export function requestSignal(svc: Service, request: FastifyRequest, reply: FastifyReply) {
-  const ac = new AbortController();
-  setMaxListeners(0, ac.signal); // every run of the request listens to it (a sweep: one per cell)
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    ac.abort();
-  }, svc.config.limits.requestTimeoutMs);
-  const onClose = () => {
-    if (!reply.raw.writableFinished) ac.abort();
-  };
-  reply.raw.on('close', onClose);
-  // the client may have gone while the body was parsed and the request validated
-  if (reply.raw.destroyed || request.raw.socket?.destroyed) ac.abort();
-  const abort = () => ac.abort();
-  svc.aborts.add(abort);
-  const gone = new Promise<void>((r) =>
-    ac.signal.aborted ? r() : ac.signal.addEventListener('abort', () => r(), { once: true }),
-  );
-  /**
-   * Sends a server-sent event unless the client has gone: a write to a socket closed under it
-   * may never call back, and the request must still end (and free its slot).
-   */
-  const send = async (message: Parameters<NonNullable<FastifyReply['sse']>['send']>[0]): Promise<void> => {
-    if (ac.signal.aborted || !reply.sse?.isConnected) return;
-    await Promise.race([reply.sse.send(message), gone]);
-  };
-  return {
-    signal: ac.signal,
-    abort,
-    send,
-    /** Starts the event stream when the body asks for one (and the request accepts it): kept alive, a client that goes aborts the runs. */
-    openStream(asked: boolean | undefined): boolean {
-      if (!asked || !reply.sse) return false;
-      reply.sse.keepAlive();
-      reply.sse.onClose(abort);
-      return true;
-    },
-    /** Ends a stream: a last event (`done`, with what was not streamed already), then the stream closed. */
-    async close(message: Parameters<NonNullable<FastifyReply['sse']>['send']>[0]): Promise<FastifyReply> {
-      await send(message);
-      reply.sse!.close();
-      return reply;
-    },
-    timedOut: () => timedOut,
-    done() {
-      clearTimeout(timer);
-      reply.raw.off('close', onClose);
-      svc.aborts.delete(abort);
-    },
   };
 }
 
@@ -122,9 +79,6 @@ export function streamErrors<R extends FastifyRequest, P extends FastifyReply, T
     }
   };
 }
-
-export const timeoutError = (svc: Service) =>
-  new SteerdError(`the request ran past its time limit (${svc.config.limits.requestTimeoutMs} ms)`, 504, 'timeout');
 
 export function checkLimits(svc: Service, maxNew: number): void {
   const lim = svc.config.limits.maxNewTokens;

@@ -1,13 +1,15 @@
 import { readFileSync } from 'node:fs';
 import { type Static, Type } from 'typebox';
+import type { ResolvedRequest } from '../engine/defaults.js';
 import type { GenerateRequest, Intervention } from '../engine/types.js';
 import { GoneError, UnprocessableError } from '../errors.js';
+import { checkAdmissible } from './generation.js';
 import type { AppliedIntervention } from './resolve.js';
 import { opSchema, StringEnum, siteSchema, unitSchema } from './schemas.js';
 import type { Service } from './service.js';
 
 /**
- * Receipts (DESIGN.md §4): what a generation ran — steerd's version, the model and a hash of its
+ * Receipts (docs/architecture.md §4): what a generation ran — steerd's version, the model and a hash of its
  * serving graph, every run's request as it ran (prompt ids, every sampling parameter with the seed,
  * the interventions by vector hash with the coefficient actually applied) and its output ids — so
  * that `/v1/replay` can run it again and say whether the same tokens come out. Determinism holds
@@ -83,19 +85,19 @@ export const receiptSchema = Type.Object(
 export type RunRecord = Static<typeof runRecordSchema>;
 export type Receipt = Static<typeof receiptSchema>;
 
-/** One run as it ran: the engine request (seed drawn), the interventions as applied, the output ids. */
-export function runRecord(req: GenerateRequest, applied: AppliedIntervention[], output: number[]): RunRecord {
+/** One run as it ran: the engine request (every default applied), the interventions as applied, the output ids. */
+export function runRecord(req: ResolvedRequest, applied: AppliedIntervention[], output: number[]): RunRecord {
   return {
     prompt: req.prompt,
-    max_new_tokens: req.max_new_tokens ?? 64,
-    temperature: req.temperature ?? 1,
-    top_k: req.top_k ?? 0,
-    top_p: req.top_p ?? 1,
-    frequency_penalty: req.frequency_penalty ?? 0,
-    presence_penalty: req.presence_penalty ?? 0,
-    seed: req.seed!,
-    stop: req.stop ?? [],
-    stop_at_eos: req.stop_at_eos ?? true,
+    max_new_tokens: req.max_new_tokens,
+    temperature: req.temperature,
+    top_k: req.top_k,
+    top_p: req.top_p,
+    frequency_penalty: req.frequency_penalty,
+    presence_penalty: req.presence_penalty,
+    seed: req.seed,
+    stop: req.stop,
+    stop_at_eos: req.stop_at_eos,
     telemetry: req.telemetry ?? false,
     interventions: applied.map((a) => ({
       hash: a.hash,
@@ -133,6 +135,38 @@ export async function keepValues(svc: Service, engine: Intervention[], applied: 
       a.vector === null || a.preset !== undefined ? svc.store.putValues(a.hash, a.shape, engine[i].values) : undefined,
     ),
   );
+}
+
+/**
+ * Holds a replay to the limits of the routes whose runs it repeats, before anything is fetched or
+ * run (422 naming the limit and the run): each run's max_new_tokens and interventions; a sweep's
+ * runs (a baseline, then cells whose interventions differ from it) at most the cells a sweep may
+ * have; and no more runs than the server admits at once.
+ */
+export function checkReplayLimits(svc: Service, r: Receipt): void {
+  const { maxNewTokens, maxInterventions, maxSweepCells } = svc.config.limits;
+  for (const [i, run] of r.runs.entries()) {
+    if (run.max_new_tokens > maxNewTokens)
+      throw new UnprocessableError(
+        `receipt.runs[${i}].max_new_tokens (${run.max_new_tokens}) exceeds this server's limit (${maxNewTokens}, STEERD_MAX_NEW_TOKENS)`,
+        { run: i, max_new_tokens: maxNewTokens },
+      );
+    if (run.interventions.length > maxInterventions)
+      throw new UnprocessableError(
+        `receipt.runs[${i}].interventions: ${run.interventions.length} interventions exceed this server's limit (${maxInterventions}, STEERD_MAX_INTERVENTIONS)`,
+        { run: i, max_interventions: maxInterventions },
+      );
+  }
+  // runs that share their interventions are what /v1/completions runs (prompts × n, bounded by
+  // the queue depth alone); runs whose interventions differ, only a sweep's cells
+  const first = JSON.stringify(r.runs[0].interventions);
+  const cells = r.runs.length - 1;
+  if (cells > maxSweepCells && r.runs.some((run) => JSON.stringify(run.interventions) !== first))
+    throw new UnprocessableError(
+      `receipt.runs: a sweep's ${r.runs.length} runs (a baseline and ${cells} cells) are more than this server's limit (${maxSweepCells}, STEERD_MAX_SWEEP_CELLS)`,
+      { cells, max_sweep_cells: maxSweepCells },
+    );
+  checkAdmissible(svc, r.runs.length, 'receipt.runs');
 }
 
 /** A receipt's run as an engine request, its vectors fetched by hash (410 when they are gone). */

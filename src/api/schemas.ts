@@ -8,6 +8,7 @@ import {
   Type,
 } from 'typebox';
 import { NAME_PATTERN } from '../config.js';
+import { SAMPLING_DEFAULTS as D } from '../engine/defaults.js';
 import type { FinishReason, Op, Positions, SamplingParams } from '../engine/types.js';
 import { SITES, type Site } from '../model/hooks.js';
 
@@ -146,12 +147,12 @@ export type InterventionBody = Static<typeof interventionSchema>;
 export const interventionsSchema = Type.Array(Ref(interventionSchema));
 
 export const samplingProperties = {
-  max_new_tokens: Type.Optional(Type.Integer({ minimum: 1, default: 64 })),
-  temperature: Type.Optional(Type.Number({ minimum: 0, default: 1, description: '0 is greedy' })),
-  top_k: Type.Optional(Type.Integer({ minimum: 0, default: 0, description: '0 keeps every token' })),
-  top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
-  frequency_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
-  presence_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
+  max_new_tokens: Type.Optional(Type.Integer({ minimum: 1, default: D.max_new_tokens })),
+  temperature: Type.Optional(Type.Number({ minimum: 0, default: D.temperature, description: '0 is greedy' })),
+  top_k: Type.Optional(Type.Integer({ minimum: 0, default: D.top_k, description: '0 keeps every token' })),
+  top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: D.top_p })),
+  frequency_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: D.frequency_penalty })),
+  presence_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: D.presence_penalty })),
   seed: Type.Optional(
     Type.Integer({ description: 'the same seed gives the same tokens; drawn at random (and reported) when absent' }),
   ),

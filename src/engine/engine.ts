@@ -140,9 +140,14 @@ export class Engine {
 
   private onMessage(m: FromWorker): void {
     switch (m.type) {
-      case 'event':
-        this.streams.get(m.id)?.push(m.event);
+      case 'event': {
+        const stream = this.streams.get(m.id);
+        stream?.push(m.event);
+        // an ended run leaves no entry, whether or not anyone reads it: a request refused after
+        // posting it (a sibling run failed) may never iterate it
+        if (stream?.settled) this.streams.delete(m.id);
         break;
+      }
       case 'activations': {
         const c = this.calls.get(m.id);
         this.calls.delete(m.id);
@@ -152,6 +157,7 @@ export class Engine {
       case 'error': {
         const err = toError(m.error);
         this.streams.get(m.id)?.fail(err);
+        this.streams.delete(m.id);
         const c = this.calls.get(m.id);
         this.calls.delete(m.id);
         c?.reject(err);

@@ -1,6 +1,6 @@
-import { randomInt } from 'node:crypto';
 import type { Tokenizer } from '../model/tokenizer.js';
 import { seed32 } from '../util/rng.js';
+import { SAMPLING_DEFAULTS as D, drawSeed } from './defaults.js';
 import { TextStream } from './detok.js';
 import type { KvCache, KvSource } from './kv.js';
 import { Sampler } from './sampler.js';
@@ -55,7 +55,7 @@ const now = () => performance.timeOrigin + performance.now();
 
 /** A new slot for a request (its seed drawn when it has none), with its twin when it asks for telemetry. */
 export function newSlot(id: number, req: GenerateRequest, tokenizer: Tokenizer, vocab: number): Slot {
-  const seed = req.seed ?? randomInt(0, 2 ** 32);
+  const seed = req.seed ?? drawSeed();
   const interventions = req.interventions ?? [];
   const slot: Slot = {
     id,
@@ -64,18 +64,18 @@ export function newSlot(id: number, req: GenerateRequest, tokenizer: Tokenizer, 
     steering: { interventions, promptLength: req.prompt.length },
     sampler: new Sampler(
       {
-        temperature: req.temperature ?? 1,
-        top_k: req.top_k ?? 0,
-        top_p: req.top_p ?? 1,
-        frequency_penalty: req.frequency_penalty ?? 0,
-        presence_penalty: req.presence_penalty ?? 0,
+        temperature: req.temperature ?? D.temperature,
+        top_k: req.top_k ?? D.top_k,
+        top_p: req.top_p ?? D.top_p,
+        frequency_penalty: req.frequency_penalty ?? D.frequency_penalty,
+        presence_penalty: req.presence_penalty ?? D.presence_penalty,
       },
       seed32(seed),
       vocab,
     ),
     text: new TextStream(tokenizer, req.stop ?? []),
     seed,
-    maxNew: req.max_new_tokens ?? 64,
+    maxNew: req.max_new_tokens ?? D.max_new_tokens,
     kvClass: 0,
     reserved: 0,
     prefilled: 0,

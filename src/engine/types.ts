@@ -5,10 +5,10 @@
 
 import type { Site } from '../model/hooks.js';
 
-/** Where an intervention applies (DESIGN.md §4). */
+/** Where an intervention applies (docs/architecture.md §4). */
 export type Positions = 'all' | 'prompt' | 'generated' | 'front';
 
-/** What an intervention does at its hook (DESIGN.md §4). */
+/** What an intervention does at its hook (docs/architecture.md §4). */
 export type Op = 'add' | 'ablate' | 'clamp';
 
 /**
@@ -36,6 +36,7 @@ export interface Intervention {
   hash?: string;
 }
 
+/** The defaults named below are decided in defaults.ts. */
 export interface SamplingParams {
   /**
    * Tokens to generate at most. Default 64. 0: the prompt's pass alone (its scores, with
@@ -203,7 +204,7 @@ export interface KvCacheInfo {
 }
 
 /**
- * Per-token telemetry of a steered generation (DESIGN.md §4): what the steering did to the token
+ * Per-token telemetry of a steered generation (docs/architecture.md §4): what the steering did to the token
  * the steered row chose, measured against its unsteered twin — another row of the same batch, with
  * no interventions, fed the steered row's tokens (teacher-forced) — at the same position.
  */

@@ -1,5 +1,6 @@
 import { BadRequestError, UnprocessableError } from '../errors.js';
 import { isSite, maxLayer, SITES, type Site } from '../model/hooks.js';
+import { SAMPLING_DEFAULTS as D } from './defaults.js';
 import { classOf } from './kv-budget.js';
 import type { ActivationsRequest, GenerateRequest, Intervention, ModelInfo } from './types.js';
 
@@ -89,7 +90,7 @@ export function checkInterventions(list: Intervention[] | undefined, promptLengt
 
 export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxContext = info.n_positions): void {
   const prompt = checkPrompt(req.prompt, info);
-  const n = req.max_new_tokens ?? 64;
+  const n = req.max_new_tokens ?? D.max_new_tokens;
   if (!isInt(n) || n < 0) throw new BadRequestError(`max_new_tokens must be an integer >= 0 (got ${n})`);
   if (prompt.length + n > maxContext) {
     throw new UnprocessableError(
@@ -120,15 +121,15 @@ export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxConte
         `telemetry needs two rows of the batch (the unsteered twin); this engine decodes ${kv.max_rows} at most`,
       );
   }
-  const t = req.temperature ?? 1;
+  const t = req.temperature ?? D.temperature;
   if (typeof t !== 'number' || !Number.isFinite(t) || t < 0)
     throw new BadRequestError(`temperature must be a finite number >= 0 (got ${t})`);
-  const k = req.top_k ?? 0;
+  const k = req.top_k ?? D.top_k;
   if (!isInt(k) || k < 0) throw new BadRequestError(`top_k must be an integer >= 0 (got ${k})`);
-  const p = req.top_p ?? 1;
+  const p = req.top_p ?? D.top_p;
   if (typeof p !== 'number' || !(p > 0 && p <= 1)) throw new BadRequestError(`top_p must be in (0, 1] (got ${p})`);
   for (const key of ['frequency_penalty', 'presence_penalty'] as const) {
-    const v = req[key] ?? 0;
+    const v = req[key] ?? D[key];
     if (typeof v !== 'number' || !Number.isFinite(v) || v < -2 || v > 2)
       throw new BadRequestError(`${key} must be in [-2, 2] (got ${v})`);
   }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { type Job, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
+import { SAMPLING_DEFAULTS } from '../engine/defaults.js';
 import type { Engine } from '../engine/engine.js';
 import { classOf } from '../engine/kv-budget.js';
 import type { DoneEvent } from '../engine/types.js';
@@ -64,7 +65,7 @@ export async function startQueueConsumer(engine: Engine, o: QueueConsumerOptions
   };
   const reserve = (d: JobData) => {
     if (d.kind !== 'generate') return 0; // a prompt pass holds no cache
-    const n = d.req.prompt.length + (d.req.max_new_tokens ?? 64);
+    const n = d.req.prompt.length + (d.req.max_new_tokens ?? SAMPLING_DEFAULTS.max_new_tokens);
     return kv.classes[classOf(kv.classes, n)] ?? n;
   };
   const reportKv = () =>

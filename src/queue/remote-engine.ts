@@ -1,6 +1,7 @@
-import { randomInt, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { Job, Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
+import { drawSeed } from '../engine/defaults.js';
 import { EventStream } from '../engine/event-stream.js';
 import { modelInfo } from '../engine/model-info.js';
 import type {
@@ -289,7 +290,7 @@ export class RemoteEngine {
     if (this.closing) throw new UnavailableError('the server is shutting down');
     validateGenerate(request, this.info, this.maxContext);
     // seeded here, so that a job retried on another worker samples the same tokens
-    const req = { ...request, seed: request.seed ?? randomInt(0, 2 ** 32) };
+    const req = { ...request, seed: request.seed ?? drawSeed() };
     const id = randomUUID();
     const self = this;
     return {

@@ -115,8 +115,17 @@ export class FileVectorStore implements VectorStore {
   private lock: Promise<unknown> = Promise.resolve();
   /** When values were last pruned (ms since the epoch); 0: not yet. */
   private lastPrune = 0;
+  /** The values directory's bytes as last counted, plus those written since; undefined: not counted yet. */
+  private keptBytes: number | undefined;
 
-  constructor(dataDir: string) {
+  constructor(
+    dataDir: string,
+    /**
+     * Bytes of values files kept at most (STEERD_INLINE_VALUES_MAX_BYTES): beyond, the oldest
+     * (least recently put) go first, except those a name refers to. Unbounded when not given.
+     */
+    private readonly maxKeptBytes = Number.POSITIVE_INFINITY,
+  ) {
     this.dir = join(dataDir, 'vectors');
     this.valuesDir = join(dataDir, 'values');
     this.presetsDir = join(dataDir, 'presets');
@@ -229,12 +238,61 @@ export class FileVectorStore implements VectorStore {
     return got && vectorHash(got.shape, got.values) === hash ? got : null;
   }
 
-  /** Writes the values file, or refreshes its mtime (the start of its VALUES_TTL_S) when intact. */
+  /**
+   * Writes the values file, or refreshes its mtime (the start of its VALUES_TTL_S, and its place
+   * in the quota's order) when intact; then holds the directory to its quota.
+   */
   private keep(hash: string, shape: number[], values: Float32Array): void {
     if (this.readKept(hash)) {
       const now = new Date();
       utimesSync(this.valuesFile(hash), now, now);
-    } else writeAtomic(this.valuesFile(hash), hash, encodeValues(shape, values));
+      return;
+    }
+    const bytes = encodeValues(shape, values);
+    writeAtomic(this.valuesFile(hash), hash, bytes);
+    if (this.maxKeptBytes === Number.POSITIVE_INFINITY) return;
+    this.keptBytes = this.keptBytes === undefined ? this.evict() : this.keptBytes + bytes.length;
+    if (this.keptBytes > this.maxKeptBytes) this.keptBytes = this.evict();
+  }
+
+  /** The hashes a name refers to: their values are the vectors', never pruned or evicted. */
+  private namedHashes(): Set<string> {
+    const named = new Set<string>();
+    for (const f of this.recordFiles()) {
+      try {
+        named.add((JSON.parse(readFileSync(join(this.dir, f), 'utf8')) as FileRecord).hash);
+      } catch {
+        // deleted meanwhile, or unreadable: nothing to protect
+      }
+    }
+    return named;
+  }
+
+  /**
+   * Removes the least recently put values files until the rest fit the quota (those a name refers
+   * to neither count nor go); returns the bytes left.
+   */
+  private evict(): number {
+    const named = this.namedHashes();
+    const files: { path: string; size: number; mtime: number }[] = [];
+    for (const f of readdirSync(this.valuesDir)) {
+      if (!f.endsWith('.bin') || !isVectorHash(f.slice(0, -4)) || named.has(f.slice(0, -4))) continue;
+      const path = join(this.valuesDir, f);
+      try {
+        const st = statSync(path);
+        files.push({ path, size: st.size, mtime: st.mtimeMs });
+      } catch {
+        // removed meanwhile
+      }
+    }
+    let total = files.reduce((a, f) => a + f.size, 0);
+    files.sort((a, b) => a.mtime - b.mtime);
+    for (const f of files) {
+      if (total <= this.maxKeptBytes) break;
+      rmSync(f.path, { force: true });
+      total -= f.size;
+    }
+    return total;
   }
 
   /** A registered vector's values with this hash, from the records (see the class comment). */
@@ -369,14 +427,8 @@ export class FileVectorStore implements VectorStore {
 
   private prune(now: number): number {
     this.lastPrune = now;
-    const named = new Set<string>();
-    for (const f of this.recordFiles()) {
-      try {
-        named.add((JSON.parse(readFileSync(join(this.dir, f), 'utf8')) as FileRecord).hash);
-      } catch {
-        // deleted meanwhile, or unreadable: nothing to protect
-      }
-    }
+    const named = this.namedHashes();
+    this.keptBytes = undefined; // counted again at the next write
     let removed = 0;
     for (const f of readdirSync(this.valuesDir)) {
       const isTmp = f.endsWith('.tmp');

@@ -57,7 +57,11 @@ return 'ok'`;
 /**
  * putValues: the values (rewritten: same bytes, or a repair), their expiry raised to at least
  * ARGV[3] seconds (EXPIRE GT leaves a key without expiry, a registered vector's, without one), and
- * the shape key set with exactly the values key's expiry.
+ * the shape key set with exactly the values key's expiry. With a quota (ARGV[4] bytes, -1: none)
+ * the values kept are counted: KEYS[3] orders their hashes by last put (ARGV[6], ms), KEYS[4] holds
+ * each one's bytes and KEYS[5] their total; beyond the quota the least recently put go first (a
+ * registered vector's, without expiry, only leave the count). ARGV[5] is the hash, ARGV[7] and
+ * ARGV[8] the values and shape key prefixes.
  */
 const PUT_VALUES = `
 local existed = redis.call('EXISTS', KEYS[1])
@@ -66,6 +70,24 @@ if existed == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3], 'GT') else redis.cal
 local ttl = redis.call('PTTL', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+local max = tonumber(ARGV[4])
+if max < 0 then return 1 end
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+local total
+if redis.call('HSETNX', KEYS[4], ARGV[5], #ARGV[1]) == 1 then
+  total = redis.call('INCRBY', KEYS[5], #ARGV[1])
+else
+  total = tonumber(redis.call('GET', KEYS[5]) or '0')
+end
+while total > max do
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if not oldest then break end
+  local bytes = tonumber(redis.call('HGET', KEYS[4], oldest) or '0')
+  redis.call('ZREM', KEYS[3], oldest)
+  redis.call('HDEL', KEYS[4], oldest)
+  total = redis.call('DECRBY', KEYS[5], bytes)
+  if redis.call('PTTL', ARGV[7] .. oldest) ~= -1 then redis.call('DEL', ARGV[7] .. oldest, ARGV[8] .. oldest) end
+end
 return 1`;
 
 /** A preset written under its name: refused when it exists and may not be replaced, or the count is full. */
@@ -129,6 +151,11 @@ export class RedisVectorStore implements VectorStore {
     url: string,
     /** Key prefix, so that several deployments (or tests) share one Redis. Default `steerd:`. */
     private readonly prefix = 'steerd:',
+    /**
+     * Bytes of values kept by putValues at most (STEERD_INLINE_VALUES_MAX_BYTES): beyond, the least
+     * recently put go first. Unbounded when not given.
+     */
+    private readonly maxKeptBytes = Number.POSITIVE_INFINITY,
   ) {
     // Fail fast while Redis is away (503), reconnect by itself when it returns.
     this.redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: false });
@@ -247,14 +274,23 @@ export class RedisVectorStore implements VectorStore {
       return Promise.reject(e);
     }
     return this.call(async () => {
+      const kept = `${this.prefix}vectors:kept`;
       await this.redis.eval(
         PUT_VALUES,
-        2,
+        5,
         this.valuesKey(hash),
         this.shapeKey(hash),
+        `${kept}:order`,
+        `${kept}:bytes`,
+        `${kept}:total`,
         Buffer.from(values.buffer, values.byteOffset, values.byteLength),
         JSON.stringify(shape),
         String(VALUES_TTL_S),
+        String(Number.isFinite(this.maxKeptBytes) ? this.maxKeptBytes : -1),
+        hash,
+        String(Date.now()),
+        valuesKey(this.prefix, ''),
+        shapeKey(this.prefix, ''),
       );
     });
   }
