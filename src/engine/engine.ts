@@ -3,9 +3,9 @@ import { SteerdError, UnavailableError } from '../errors.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import { EventStream } from './event-stream.js';
 import type { KvBudgetOptions } from './kv-budget.js';
-import type { FromWorker, ToWorker, WireError } from './protocol.js';
 import type { RunnerOptions } from './runner.js';
 import type { KvUsage, SchedulerOptions } from './scheduler.js';
+import type { FromThread, ToThread, WireError } from './thread-messages.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
 import { validateActivations, validateGenerate } from './validate.js';
 
@@ -18,7 +18,7 @@ export interface EngineOptions extends RunnerOptions, SchedulerOptions, KvBudget
 const toError = (e: WireError) => new SteerdError(e.message, e.status, e.code);
 
 /**
- * The main thread's handle on the engine worker. Requests are validated here, before they are
+ * The main thread's handle on the engine thread (thread.ts). Requests are validated here, before they are
  * posted, so that a bad request never reaches a batch.
  */
 export class Engine {
@@ -34,12 +34,13 @@ export class Engine {
   onKvUsage?: () => void;
 
   private constructor(
+    /** The engine thread (tests reach it by this name). */
     private readonly worker: Worker,
     readonly info: ModelInfo,
     readonly tokenizer: Gpt2Tokenizer,
     readonly maxContext: number,
   ) {
-    worker.on('message', (m: FromWorker) => this.onMessage(m));
+    worker.on('message', (m: FromThread) => this.onMessage(m));
     worker.on('error', (e) => this.failAll(e));
     worker.on('exit', () => {
       this.stopped = true;
@@ -47,23 +48,23 @@ export class Engine {
     });
   }
 
-  /** Starts the worker, loads the model there, and resolves once it is ready to serve. */
+  /** Starts the engine thread, loads the model there, and resolves once it is ready to serve. */
   static async start(opts: EngineOptions): Promise<Engine> {
     const tokenizer = Gpt2Tokenizer.fromDir(opts.model);
-    const worker = new Worker(new URL('./worker-entry.js', import.meta.url), { workerData: { ...opts } });
+    const thread = new Worker(new URL('./thread-entry.js', import.meta.url), { workerData: { ...opts } });
     const info = await new Promise<ModelInfo>((resolve, reject) => {
-      const onMessage = (m: FromWorker) => {
+      const onMessage = (m: FromThread) => {
         if (m.type === 'ready') resolve(m.info);
         else if (m.type === 'start-error') reject(toError(m.error));
         else return;
-        worker.off('message', onMessage);
+        thread.off('message', onMessage);
       };
-      worker.on('message', onMessage);
-      worker.once('error', reject);
-      worker.once('exit', (code) => reject(new UnavailableError(`the engine exited during start (code ${code})`)));
+      thread.on('message', onMessage);
+      thread.once('error', reject);
+      thread.once('exit', (code) => reject(new UnavailableError(`the engine exited during start (code ${code})`)));
     });
     const maxContext = Math.min(opts.maxContext ?? info.n_positions, info.n_positions);
-    return new Engine(worker, info, tokenizer, maxContext);
+    return new Engine(thread, info, tokenizer, maxContext);
   }
 
   /**
@@ -112,7 +113,7 @@ export class Engine {
     });
   }
 
-  /** True until the worker stops or close() is called. */
+  /** True until the engine thread stops or close() is called. */
   get ready(): boolean {
     return !this.closing && !this.stopped;
   }
@@ -122,7 +123,7 @@ export class Engine {
     return this.streams.size + this.calls.size;
   }
 
-  /** Stops taking work, lets what is in flight finish, then stops the worker. */
+  /** Stops taking work, lets what is in flight finish, then stops the engine thread. */
   close(): Promise<void> {
     this.closing ??= this.stopped
       ? Promise.resolve()
@@ -133,11 +134,11 @@ export class Engine {
     return this.closing;
   }
 
-  private post(m: ToWorker): void {
+  private post(m: ToThread): void {
     this.worker.postMessage(m);
   }
 
-  private onMessage(m: FromWorker): void {
+  private onMessage(m: FromThread): void {
     switch (m.type) {
       case 'event':
         this.streams.get(m.id)?.push(m.event);

@@ -47,7 +47,7 @@ export interface KvUsage {
 /** What /metrics sums over engines (a Redis worker's report: queue/protocol.ts). */
 export type KvReport = Pick<KvUsage, 'used' | 'tokens'> & Partial<Pick<KvUsage, 'hostBytes'>>;
 
-/** What the scheduler reports to its owner (the worker posts these to the main thread). */
+/** What the scheduler reports to its owner (the engine thread posts these to the main thread). */
 export interface SchedulerSink {
   event(id: number, e: GenerateEvent): void;
   activations(id: number, r: ActivationsResult): void;

@@ -1,16 +1,16 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { SteerdError } from '../errors.js';
 import { bytesPerToken, type KvBudgetOptions, kvBudget } from './kv-budget.js';
-import type { FromWorker, ToWorker, WireError } from './protocol.js';
 import { ModelRunner, type RunnerOptions } from './runner.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
+import type { FromThread, ToThread, WireError } from './thread-messages.js';
 
 /**
  * The engine thread: the one owner of the ONNX Runtime session. `session.run` blocks the thread it
  * is called on, so it runs here and never on the HTTP event loop.
  */
 const port = parentPort!;
-const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
+const post = (m: FromThread, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
 const wire = (e: unknown): WireError =>
   e instanceof SteerdError
     ? { message: e.message, status: e.status, code: e.code }
@@ -66,7 +66,7 @@ let reported = -1;
 
 let closing = false;
 let wake: (() => void) | undefined;
-port.on('message', (m: ToWorker) => {
+port.on('message', (m: ToThread) => {
   if (m.type === 'generate') {
     inFlight.add(m.id);
     scheduler.submit(m.id, m.req);
