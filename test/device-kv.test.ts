@@ -10,6 +10,7 @@ import t, { type Test } from 'tap';
 import { DeviceKvStore, type KvUpdater } from '../src/engine/device-kv.ts';
 import { type DeviceTensor, type KvShape, KvStore } from '../src/engine/kv.ts';
 import { kvUpdater } from '../src/engine/kv-update.ts';
+import { wrapSession } from '../src/engine/runtime/ort-node.ts';
 import { buildKvGraphBytes } from '../src/model/kv-graph.ts';
 import { Rng } from '../src/util/rng.ts';
 
@@ -33,7 +34,7 @@ const track = (x: ort.Tensor): DeviceTensor => {
 };
 const dataOf = (x: DeviceTensor) => (x as unknown as ort.Tensor).data as Float32Array;
 /** The runner's updater (kv-update.ts) on the CPU provider, its outputs tracked. */
-const cpu = kvUpdater(session, shape, () => undefined);
+const cpu = kvUpdater(wrapSession(session), shape, () => undefined);
 const updater: KvUpdater = {
   async update(s, f, plan, slots) {
     runs++;

@@ -1,3 +1,5 @@
+import type { DeviceTensor } from './runtime/runtime.js';
+
 /**
  * KV cache storage, kept by the engine (not round-tripped through the graph). A store holds the
  * keys and values of up to `rows` rows, per layer one [rows, n_head, P, head_dim] buffer whose row r
@@ -32,12 +34,7 @@ export interface KvShape {
  */
 export type KvBlock = Float32Array | DeviceTensor;
 
-/** A tensor held on the accelerator (onnxruntime's `gpu-buffer` tensors): only fed, never read. */
-export interface DeviceTensor {
-  readonly location: 'gpu-buffer';
-  readonly dims: readonly number[];
-  dispose(): void;
-}
+export type { DeviceTensor };
 
 /** Tokens of one row inside a [B, n_head, S, head_dim] buffer per layer: row b, positions [from, from+count). */
 export interface KvSource {
