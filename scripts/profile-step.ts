@@ -18,7 +18,8 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/engine/engine.ts';
-import { type ForwardInput, ModelRunner, type RunnerOptions } from '../src/engine/runner.ts';
+import type { ForwardInput } from '../src/engine/pass.ts';
+import { ModelRunner, type RunnerOptions } from '../src/engine/runner.ts';
 import type { OrtNodeSession } from '../src/engine/runtime/ort-node.ts';
 import { Sampler } from '../src/engine/sampler.ts';
 

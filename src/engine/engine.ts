@@ -2,15 +2,15 @@ import { Worker } from 'node:worker_threads';
 import { SteerdError, UnavailableError } from '../errors.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
 import { EventStream } from './event-stream.js';
-import type { KvBudgetOptions } from './kv-budget.js';
+import type { KvUsage } from './kv/manager.js';
 import type { RunnerOptions } from './runner.js';
-import type { KvUsage, SchedulerOptions } from './scheduler.js';
+import type { SchedulerOptions } from './scheduler.js';
 import type { FromThread, ToThread, WireError } from './thread-messages.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
 import { validateActivations, validateGenerate } from './validate.js';
 
-/** Engine options: the model runner's and the scheduler's, plus the context limit. */
-export interface EngineOptions extends RunnerOptions, SchedulerOptions, KvBudgetOptions {
+/** Engine options: the model runner's and the scheduler's (the KV budget's among them), plus the context limit. */
+export interface EngineOptions extends RunnerOptions, SchedulerOptions {
   /** Longest prompt + max_new_tokens accepted; at most the model's n_positions. Default n_positions. */
   maxContext?: number;
 }

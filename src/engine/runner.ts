@@ -7,10 +7,11 @@ import { type Dtype, ensureHalfWeights } from '../model/half-weights.js';
 import { hookPoints, projName, readName, SITES, type Site, steerName } from '../model/hooks.js';
 import { buildKvGraphBytes } from '../model/kv-graph.js';
 import { Gpt2Tokenizer } from '../model/tokenizer.js';
-import { type DeviceKv, DeviceKvStore, disposeKv, type KvUpdater } from './device-kv.js';
-import { type KvBlock, type KvCache, type KvPast, type KvShape, KvStore, SLOT_ALIGN } from './kv.js';
-import { kvUpdater } from './kv-update.js';
+import type { DeviceKv, KvUpdater } from './kv/device-store.js';
+import type { KvBlock, KvPast, KvShape } from './kv/store.js';
+import { kvUpdater } from './kv/updater.js';
 import { modelInfo, serveShape } from './model-info.js';
+import type { ForwardInput, ForwardOutput, Pass } from './pass.js';
 import { ortNode } from './runtime/ort-node.js';
 import {
   f32,
@@ -22,7 +23,6 @@ import {
   type SessionOptions,
   type Tensor,
 } from './runtime/runtime.js';
-import type { PassSteering } from './steer.js';
 import type { ModelInfo } from './types.js';
 
 /** Options of the model runner (the one owner of the ONNX Runtime session). */
@@ -66,44 +66,6 @@ export interface RunnerOptions {
 export const SERVE_GRAPH = 'model.serve.onnx';
 export const SERVE_GRAPH_DEVICE = 'model.serve.device.onnx';
 
-/** One cache group's rows, in batch order: [rows, n_head, P, head_dim] per layer (rows may be 0). */
-export type PastGroup = KvPast;
-
-export interface ForwardInput {
-  /** [B][T] token ids, each row's real tokens first (right-padded), and their positions. */
-  ids: number[][];
-  pos: number[][];
-  /** [B] real new tokens of each row. */
-  newLen: number[];
-  /** [B] tokens each row already holds in its group's cache. */
-  pastLen: number[];
-  /** The cache groups, rows in batch order (Σ rows = B); missing groups are empty; none: all rows in group 0 with nothing cached. */
-  groups: PastGroup[];
-  /** The pass's steering (steer.ts): adds per `steer.*` input, projections per hook point. */
-  steer: PassSteering;
-  /** Hook-point outputs to fetch (hooks.ts readName: `resid.{l}`, `ln1.{l}`, ...). */
-  read?: string[];
-  /** Also project every position (`logits`): a prompt scored token by token. Default false. */
-  logitsAll?: boolean;
-  /** Vectors [N × H] for the logit lens (`lens_in`). Default none. */
-  lens?: Float32Array;
-}
-
-export interface ForwardOutput {
-  /** [B, V]: each row's logits at its last real token. */
-  lastLogits: Float32Array;
-  /** [B]: log-sum-exp of each row of `lastLogits`. */
-  lastLse: Float32Array;
-  /** The new tokens' keys and values: [B, n_head, T, head_dim] per layer (on the device there; see release()). */
-  fresh: { k: KvBlock[]; v: KvBlock[]; T: number };
-  /** [B, T, H] per hook-point output read. */
-  read: Map<string, Float32Array>;
-  /** [B, T, V] with `logitsAll`. */
-  logits?: Float32Array;
-  /** [N, V] with `lens`: each vector through ln_f and the unembedding. */
-  lens?: Float32Array;
-}
-
 /** int64 [B, T] of rows of numbers. */
 const i64 = (rt: Runtime, rows: number[][]) => {
   const B = rows.length;
@@ -116,13 +78,11 @@ const i64 = (rt: Runtime, rows: number[][]) => {
 const EMPTY = new Float32Array(0);
 const isHost = (b: KvBlock): b is Float32Array => b instanceof Float32Array;
 
-export type { HostBytes };
-
 /**
  * The model runner: the one owner of the graphs' sessions, which it opens and runs through the
- * runtime (runtime/).
+ * runtime (runtime/). It implements the scheduler's `Pass` (pass.ts).
  */
-export class ModelRunner {
+export class ModelRunner implements Pass {
   readonly kv: KvShape;
   private readonly rt: Runtime;
   private readonly zero: HostTensor;
@@ -143,10 +103,8 @@ export class ModelRunner {
   readonly location: 'host' | 'device';
   /** Device tensors the passes returned since the last endStep() (their new keys and values). */
   private produced: DeviceKv[] = [];
-  /** Runs the cache update graph where the cache is on the device (kv-update.ts). */
-  private readonly updater?: KvUpdater;
-  /** Caches of zeros (SLOT_ALIGN masked slots) for passes with nothing cached, by rows; on the device. */
-  private zeroCaches = new Map<number, DeviceKv>();
+  /** Runs the cache update graph where the cache is on the device (kv/updater.ts). */
+  readonly updater?: KvUpdater;
 
   private constructor(
     private readonly session: Session,
@@ -255,8 +213,9 @@ export class ModelRunner {
     const B = inp.ids.length;
     const T = inp.ids[0].length;
     // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots (on the
-    // device, which takes no empty tensor, a block of SLOT_ALIGN masked zero slots kept there)
-    const all = inp.groups.length ? inp.groups : [await this.noPast(B)];
+    // device, which takes no empty tensor, the KV manager's block of masked zero slots: kv/manager.ts)
+    if (!inp.groups.length && device) throw new Error('a device pass needs its cache groups (KvManager.empty)');
+    const all: KvPast[] = inp.groups.length ? inp.groups : [{ k: [], v: [], P: 0, rows: B }];
     const reads = inp.read ?? [];
     // the lean graph (one cache group, no hook points) when no row steers or reads and the rows sit
     // in one group: that group is fed as the lean graph's only one
@@ -334,41 +293,17 @@ export class ModelRunner {
     };
   }
 
-  /** A store for the KV cache where this provider keeps it (kv.ts, device-kv.ts). */
-  newStore(capacity: number, maxSlots: number): KvCache {
-    return this.updater
-      ? new DeviceKvStore(this.kv, this.updater, capacity, maxSlots)
-      : new KvStore(this.kv, capacity, maxSlots);
-  }
-
   /**
    * Gives back the device tensors the passes returned since the last call (their new keys and
    * values: the stores have copied what they keep). The scheduler calls it once its step is over.
    */
   endStep(): void {
-    for (const t of this.produced) disposeKv(t);
+    for (const t of this.produced) for (const x of [...t.k, ...t.v]) x.dispose();
     this.produced = [];
-  }
-
-  /** The cache of rows that have none. */
-  private async noPast(rows: number): Promise<PastGroup> {
-    const P = SLOT_ALIGN;
-    if (this.kvSession) {
-      let z = this.zeroCaches.get(rows);
-      if (!z) {
-        const empty = { row: 0, keep: 0, src: 0, from: 0, count: 0 };
-        z = await this.updater!.update(null, null, new Array(rows).fill(empty), P);
-        this.zeroCaches.set(rows, z);
-      }
-      return { k: z.k, v: z.v, P, rows };
-    }
-    return { k: [], v: [], P: 0, rows };
   }
 
   async close(): Promise<void> {
     this.endStep();
-    for (const z of this.zeroCaches.values()) disposeKv(z);
-    this.zeroCaches.clear();
     await this.kvSession?.release();
     await this.lean?.release();
     await this.session.release();

@@ -1,4 +1,4 @@
-import type { KvUsage } from './scheduler.js';
+import type { KvUsage } from './kv/manager.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
 
 /** Messages from the main thread to the engine thread (thread.ts). */

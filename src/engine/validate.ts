@@ -1,6 +1,6 @@
 import { BadRequestError, UnprocessableError } from '../errors.js';
 import { isSite, maxLayer, SITES, type Site } from '../model/hooks.js';
-import { classOf } from './kv-budget.js';
+import { classOf } from './kv/budget.js';
 import type { ActivationsRequest, GenerateRequest, Intervention, ModelInfo } from './types.js';
 
 /**

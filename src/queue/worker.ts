@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { type Job, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Engine } from '../engine/engine.js';
-import { classOf } from '../engine/kv-budget.js';
+import { reservedTokens } from '../engine/kv/budget.js';
 import type { DoneEvent } from '../engine/types.js';
 import { SteerdError } from '../errors.js';
 import {
@@ -55,7 +55,7 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
   const vectors = new VectorCache(data, prefix, engine.info.n_embd);
 
   // Take no more jobs than the engine can admit: the KV cache the jobs taken reserve (their size
-  // classes, kv-budget.ts) is counted, and another job is taken only while what is left holds the
+  // classes, kv/budget.ts) is counted, and another job is taken only while what is left holds the
   // smallest class. A job larger than what is left waits in this worker's engine, in order.
   const kv = engine.info.kv_cache!;
   const reserved = new Map<string, number>();
@@ -65,8 +65,7 @@ export async function startQueueWorker(engine: Engine, o: QueueWorkerOptions) {
   };
   const reserve = (d: JobData) => {
     if (d.kind !== 'generate') return 0; // a prompt pass holds no cache
-    const n = d.req.prompt.length + (d.req.max_new_tokens ?? 64);
-    return kv.classes[classOf(kv.classes, n)] ?? n;
+    return reservedTokens(kv.classes, d.req.prompt.length + (d.req.max_new_tokens ?? 64));
   };
   const reportKv = () =>
     data

@@ -1,6 +1,6 @@
-import type { DeviceKv, KvPlanRow, KvUpdater } from './device-kv.js';
-import type { KvShape } from './kv.js';
-import type { Session, Tensor } from './runtime/runtime.js';
+import type { Session, Tensor } from '../runtime/runtime.js';
+import type { DeviceKv, KvPlanRow, KvUpdater } from './device-store.js';
+import type { KvShape } from './store.js';
 
 /**
  * Runs the cache update graph (src/model/kv-graph.ts) for device stores: the plan's int64 vectors,
