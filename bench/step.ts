@@ -17,7 +17,8 @@
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { type ForwardInput, ModelRunner, type RunnerOptions } from '../src/engine/runner.ts';
+import type { ForwardInput } from '../src/engine/pass.ts';
+import { ModelRunner, type RunnerOptions } from '../src/engine/runner.ts';
 
 const { values: o } = parseArgs({
   options: {

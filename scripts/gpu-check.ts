@@ -25,7 +25,7 @@ import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { parseDtype } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
-import type { HostBytes } from '../src/engine/runner.ts';
+import type { HostBytes } from '../src/engine/runtime/runtime.ts';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import type { Dtype } from '../src/model/half-weights.ts';
 import { Rng } from '../src/util/rng.ts';

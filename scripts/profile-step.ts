@@ -17,9 +17,10 @@ import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import type ort from 'onnxruntime-node';
 import { Engine } from '../src/engine/engine.ts';
-import { type ForwardInput, ModelRunner, type RunnerOptions } from '../src/engine/runner.ts';
+import type { ForwardInput } from '../src/engine/pass.ts';
+import { ModelRunner, type RunnerOptions } from '../src/engine/runner.ts';
+import type { OrtNodeSession } from '../src/engine/runtime/ort-node.ts';
 import { Sampler } from '../src/engine/sampler.ts';
 
 const { values: o } = parseArgs({
@@ -75,7 +76,7 @@ async function profileRunner(B: number, opts: Partial<RunnerOptions> = {}) {
     steer: { add: new Map(), proj: new Map() },
   });
   // the session that runs an unsteered pass: the lean graph's where there is one
-  const sessions = runner as unknown as { session: ort.InferenceSession; lean?: ort.InferenceSession };
+  const sessions = runner as unknown as { session: OrtNodeSession; lean?: OrtNodeSession };
   const session = sessions.lean ?? sessions.session;
   const run = session.run.bind(session);
   let inRun = 0;

@@ -1,15 +1,17 @@
 /**
- * The device-resident KV cache (device-kv.ts, run by kv-update.ts: the cache update graph, kv-graph.ts) against the
- * host store (kv.ts), the same edits on both: rows joining from several sources, growing token by
+ * The device-resident KV cache (kv/device-store.ts, run by kv/updater.ts: the cache update graph, kv-graph.ts) against the
+ * host store (kv/host-store.ts), the same edits on both: rows joining from several sources, growing token by
  * token, leaving, zeroed, the slot count doubling and halving. The update graph runs here on the CPU
  * provider, whose tensors can be read back (WebGPU's cannot be from Node: slow/webgpu.test.ts checks the
  * device path through the model's outputs).
  */
 import ort from 'onnxruntime-node';
 import t, { type Test } from 'tap';
-import { DeviceKvStore, type KvUpdater } from '../src/engine/device-kv.ts';
-import { type DeviceTensor, type KvShape, KvStore } from '../src/engine/kv.ts';
-import { kvUpdater } from '../src/engine/kv-update.ts';
+import { DeviceKvStore, type KvUpdater } from '../src/engine/kv/device-store.ts';
+import { HostKvStore } from '../src/engine/kv/host-store.ts';
+import type { DeviceTensor, KvShape } from '../src/engine/kv/store.ts';
+import { kvUpdater } from '../src/engine/kv/updater.ts';
+import { wrapSession } from '../src/engine/runtime/ort-node.ts';
 import { buildKvGraphBytes } from '../src/model/kv-graph.ts';
 import { Rng } from '../src/util/rng.ts';
 
@@ -32,8 +34,8 @@ const track = (x: ort.Tensor): DeviceTensor => {
   return x as unknown as DeviceTensor;
 };
 const dataOf = (x: DeviceTensor) => (x as unknown as ort.Tensor).data as Float32Array;
-/** The runner's updater (kv-update.ts) on the CPU provider, its outputs tracked. */
-const cpu = kvUpdater(session, shape, () => undefined);
+/** The runner's updater (kv/updater.ts) on the CPU provider, its outputs tracked. */
+const cpu = kvUpdater(wrapSession(session), shape, () => undefined);
 const updater: KvUpdater = {
   async update(s, f, plan, slots) {
     runs++;
@@ -54,7 +56,7 @@ function block(rng: Rng, B: number, S: number) {
 }
 
 /** Every row's slots on both stores: the tokens equal, and zeros after them on the device. */
-async function same(t: Test, host: KvStore, dev: DeviceKvStore, what: string) {
+async function same(t: Test, host: HostKvStore, dev: DeviceKvStore, what: string) {
   const past = await dev.past();
   t.same(dev.len, host.len, `${what}: lengths`);
   let bad = 0;
@@ -79,7 +81,7 @@ async function same(t: Test, host: KvStore, dev: DeviceKvStore, what: string) {
 
 t.test('the device store makes the host store’s cache, edit for edit', async (t) => {
   const rng = new Rng(3);
-  const host = new KvStore(shape, 8, 128);
+  const host = new HostKvStore(shape, 8, 128);
   const dev = new DeviceKvStore(shape, updater, 8, 128);
   // a prefill pass of three prompts (padded to 24) joins: one update
   const pre = block(rng, 3, 24);
@@ -109,7 +111,7 @@ t.test('the device store makes the host store’s cache, edit for edit', async (
       t.equal(dev.remove(0), host.remove(0), 'the same row moves');
       host.zero(1);
       dev.zero(1);
-      const other = new KvStore(shape, 1, 128);
+      const other = new HostKvStore(shape, 1, 128);
       const src = block(rng, 1, 40);
       other.push({ ...src.host, S: 40, b: 0, from: 0, count: 33 });
       host.push(other.source(0));

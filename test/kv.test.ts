@@ -1,6 +1,7 @@
 import t from 'tap';
-import { type KvSource, KvStore, slotsFor } from '../src/engine/kv.ts';
-import { bytesPerToken, classOf, kvBudget, sizeClasses } from '../src/engine/kv-budget.ts';
+import { bytesPerToken, classOf, kvBudget, sizeClasses } from '../src/engine/kv/budget.ts';
+import { HostKvStore } from '../src/engine/kv/host-store.ts';
+import { type KvSource, slotsFor } from '../src/engine/kv/store.ts';
 
 const shape = { nLayer: 2, nHead: 3, headDim: 4 };
 /** A [1, nh, count, hd] source whose values encode (tag, layer, head, position, i). */
@@ -16,12 +17,12 @@ function source(tag: number, count: number): KvSource {
   return { k: mk(0), v: mk(1), S: count, b: 0, from: 0, count };
 }
 /** Row r, layer l, head h, slot p of a store, as stored. */
-const at = (s: KvStore, r: number, l: number, h: number, p: number) =>
+const at = (s: HostKvStore, r: number, l: number, h: number, p: number) =>
   s.k[l][((r * shape.nHead + h) * s.P + p) * shape.headDim];
 const rowBytes = (P: number) => P * bytesPerToken(shape);
 
 t.test('rows keep their tokens through growth, swap-removal and shrinking', async (t) => {
-  const s = new KvStore(shape, 8, 1024);
+  const s = new HostKvStore(shape, 8, 1024);
   const a = s.push(source(1, 5));
   t.equal(s.P, 16, 'the smallest slot count');
   const b = s.push(source(2, 40)); // P doubles past 16, to a power of two
@@ -51,11 +52,11 @@ t.test('rows keep their tokens through growth, swap-removal and shrinking', asyn
   s.compact();
   t.same([s.P, s.k.length, s.bytes], [0, 0, 0], 'compact() gives them back');
   t.throws(() => {
-    const one = new KvStore(shape, 1, 64);
+    const one = new HostKvStore(shape, 1, 64);
     one.push(source(1, 1));
     one.push(source(2, 1));
   }, /full/);
-  t.throws(() => new KvStore(shape, 1, 64).push(source(1, 65)), /cannot hold/, 'a row never outgrows its class');
+  t.throws(() => new HostKvStore(shape, 1, 64).push(source(1, 65)), /cannot hold/, 'a row never outgrows its class');
 });
 
 t.test('slot counts: powers of two from 16, aligned, capped at the class', async (t) => {
@@ -69,7 +70,7 @@ t.test('slot counts: powers of two from 16, aligned, capped at the class', async
 t.test(
   'committed memory: rows written since the last allocation; compact() gives back what rows that left used',
   async (t) => {
-    const s = new KvStore(shape, 8, 64);
+    const s = new HostKvStore(shape, 8, 64);
     for (let i = 0; i < 4; i++) s.push(source(i + 1, 10));
     t.equal(s.bytes, 4 * rowBytes(16), 'four rows of 16 slots');
     s.remove(0);

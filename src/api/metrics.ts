@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { KvReport } from '../engine/scheduler.js';
+import type { KvReport } from '../engine/kv/manager.js';
 
 /** Prometheus metrics, names modelled on vLLM's and TGI's (`steerd:` prefix as vLLM's `vllm:`). */
 export class Metrics {

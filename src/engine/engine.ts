@@ -3,15 +3,15 @@ import { SteerdError, UnavailableError } from '../errors.js';
 import { loadTokenizer } from '../model/families.js';
 import type { Tokenizer } from '../model/tokenizer.js';
 import { EventStream } from './event-stream.js';
-import type { KvBudgetOptions } from './kv-budget.js';
-import type { FromWorker, ToWorker, WireError } from './protocol.js';
+import type { KvUsage } from './kv/manager.js';
 import type { RunnerOptions } from './runner.js';
-import type { KvUsage, SchedulerOptions } from './scheduler.js';
+import type { SchedulerOptions } from './scheduler.js';
+import type { FromThread, ToThread, WireError } from './thread-messages.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
 import { validateActivations, validateGenerate } from './validate.js';
 
-/** Engine options: the model runner's and the scheduler's, plus the context limit. */
-export interface EngineOptions extends RunnerOptions, SchedulerOptions, KvBudgetOptions {
+/** Engine options: the model runner's and the scheduler's (the KV budget's among them), plus the context limit. */
+export interface EngineOptions extends RunnerOptions, SchedulerOptions {
   /** Longest prompt + max_new_tokens accepted; at most the model's n_positions. Default n_positions. */
   maxContext?: number;
 }
@@ -19,7 +19,7 @@ export interface EngineOptions extends RunnerOptions, SchedulerOptions, KvBudget
 const toError = (e: WireError) => new SteerdError(e.message, e.status, e.code);
 
 /**
- * The main thread's handle on the engine worker. Requests are validated here, before they are
+ * The main thread's handle on the engine thread (thread.ts). Requests are validated here, before they are
  * posted, so that a bad request never reaches a batch.
  */
 export class Engine {
@@ -35,12 +35,13 @@ export class Engine {
   onKvUsage?: () => void;
 
   private constructor(
+    /** The engine thread (tests reach it by this name). */
     private readonly worker: Worker,
     readonly info: ModelInfo,
     readonly tokenizer: Tokenizer,
     readonly maxContext: number,
   ) {
-    worker.on('message', (m: FromWorker) => this.onMessage(m));
+    worker.on('message', (m: FromThread) => this.onMessage(m));
     worker.on('error', (e) => this.failAll(e));
     worker.on('exit', () => {
       this.stopped = true;
@@ -48,23 +49,23 @@ export class Engine {
     });
   }
 
-  /** Starts the worker, loads the model there, and resolves once it is ready to serve. */
+  /** Starts the engine thread, loads the model there, and resolves once it is ready to serve. */
   static async start(opts: EngineOptions): Promise<Engine> {
     const tokenizer = loadTokenizer(opts.model);
-    const worker = new Worker(new URL('./worker-entry.js', import.meta.url), { workerData: { ...opts } });
+    const thread = new Worker(new URL('./thread-entry.js', import.meta.url), { workerData: { ...opts } });
     const info = await new Promise<ModelInfo>((resolve, reject) => {
-      const onMessage = (m: FromWorker) => {
+      const onMessage = (m: FromThread) => {
         if (m.type === 'ready') resolve(m.info);
         else if (m.type === 'start-error') reject(toError(m.error));
         else return;
-        worker.off('message', onMessage);
+        thread.off('message', onMessage);
       };
-      worker.on('message', onMessage);
-      worker.once('error', reject);
-      worker.once('exit', (code) => reject(new UnavailableError(`the engine exited during start (code ${code})`)));
+      thread.on('message', onMessage);
+      thread.once('error', reject);
+      thread.once('exit', (code) => reject(new UnavailableError(`the engine exited during start (code ${code})`)));
     });
     const maxContext = Math.min(opts.maxContext ?? info.n_positions, info.n_positions);
-    return new Engine(worker, info, tokenizer, maxContext);
+    return new Engine(thread, info, tokenizer, maxContext);
   }
 
   /**
@@ -113,7 +114,7 @@ export class Engine {
     });
   }
 
-  /** True until the worker stops or close() is called. */
+  /** True until the engine thread stops or close() is called. */
   get ready(): boolean {
     return !this.closing && !this.stopped;
   }
@@ -123,7 +124,7 @@ export class Engine {
     return this.streams.size + this.calls.size;
   }
 
-  /** Stops taking work, lets what is in flight finish, then stops the worker. */
+  /** Stops taking work, lets what is in flight finish, then stops the engine thread. */
   close(): Promise<void> {
     this.closing ??= this.stopped
       ? Promise.resolve()
@@ -134,11 +135,11 @@ export class Engine {
     return this.closing;
   }
 
-  private post(m: ToWorker): void {
+  private post(m: ToThread): void {
     this.worker.postMessage(m);
   }
 
-  private onMessage(m: FromWorker): void {
+  private onMessage(m: FromThread): void {
     switch (m.type) {
       case 'event': {
         const stream = this.streams.get(m.id);

@@ -3,12 +3,12 @@ import type { Checkpoint } from '../model/family.js';
 import type { Dtype } from '../model/half-weights.js';
 import { SITES, type Site } from '../model/hooks.js';
 import { buildServeGraphBytes } from '../model/serve-graph.js';
-import { sizeClasses } from './kv-budget.js';
+import { sizeClasses } from './kv/budget.js';
 import type { ModelInfo } from './types.js';
 
 /**
  * The serving graph's layout on a provider: one cache group per size class the context allows
- * (kv-budget.ts), except on WebGPU, where the cache stays on the device (device-kv.ts): there the
+ * (kv/budget.ts), except on WebGPU, where the cache stays on the device (kv/device-store.ts): there the
  * device variant, one group (a store's update rewrites it whole anyway, and the provider crashed on
  * the zero-size tensors that empty groups are: onnxruntime-node 1.30 on Mesa's lavapipe).
  */

@@ -1,17 +1,28 @@
 import { join } from 'node:path';
-import ort from 'onnxruntime-node';
 import { SteerdError } from '../errors.js';
+// the model family: checkpoint, graph builders, hook sites, tokenizer (src/model)
 import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
 import { type Dtype, ensureHalfWeights } from '../model/half-weights.js';
 import { hookPoints, projName, readName, SITES, type Site, steerName } from '../model/hooks.js';
 import { buildKvGraphBytes } from '../model/kv-graph.js';
 import type { Tokenizer } from '../model/tokenizer.js';
-import { type DeviceKv, DeviceKvStore, disposeKv, type KvUpdater } from './device-kv.js';
-import { type KvBlock, type KvCache, type KvPast, type KvShape, KvStore, SLOT_ALIGN } from './kv.js';
-import { i64v, kvUpdater } from './kv-update.js';
+import type { DeviceKv, KvUpdater } from './kv/device-store.js';
+import type { KvBlock, KvPast, KvShape } from './kv/store.js';
+import { kvUpdater } from './kv/updater.js';
 import { modelInfo, serveShape } from './model-info.js';
-import type { PassSteering } from './steer.js';
+import type { ForwardInput, ForwardOutput, Pass } from './pass.js';
+import { ortNode } from './runtime/ort-node.js';
+import {
+  f32,
+  type HostBytes,
+  type HostTensor,
+  hostBytesOf,
+  type Runtime,
+  type Session,
+  type SessionOptions,
+  type Tensor,
+} from './runtime/runtime.js';
 import type { ModelInfo } from './types.js';
 
 /** Options of the model runner (the one owner of the ONNX Runtime session). */
@@ -33,8 +44,8 @@ export interface RunnerOptions {
    * Benchmarks). Default false (config.ts: STEERD_THREAD_SPINNING).
    */
   spinning?: boolean;
-  /** More ONNX Runtime session options for the serving graph's session (profiling, benchmarks of session settings). Default none. */
-  sessionOptions?: ort.InferenceSession.SessionOptions;
+  /** More session options of the runtime's binding for the serving graph's session (profiling, benchmarks of session settings). Default none. */
+  sessionOptions?: object;
   /**
    * A second, lean serving graph with one cache group and no hook points (no steering inputs,
    * projections or reads), run for passes where no row steers or reads and every row sits in one
@@ -47,79 +58,39 @@ export interface RunnerOptions {
    * Default false (config.ts: STEERD_LEAN_GRAPH).
    */
   lean?: boolean;
+  /** The binding of ONNX Runtime that runs the graphs (runtime/). Default onnxruntime-node. */
+  runtime?: Runtime;
 }
 
 /** The serving variant of the graph, beside model.safetensors (see graph.ts); its device variant. */
 export const SERVE_GRAPH = 'model.serve.onnx';
 export const SERVE_GRAPH_DEVICE = 'model.serve.device.onnx';
 
-/** One cache group's rows, in batch order: [rows, n_head, P, head_dim] per layer (rows may be 0). */
-export type PastGroup = KvPast;
-
-export interface ForwardInput {
-  /** [B][T] token ids, each row's real tokens first (right-padded), and their positions. */
-  ids: number[][];
-  pos: number[][];
-  /** [B] real new tokens of each row. */
-  newLen: number[];
-  /** [B] tokens each row already holds in its group's cache. */
-  pastLen: number[];
-  /** The cache groups, rows in batch order (Σ rows = B); missing groups are empty; none: all rows in group 0 with nothing cached. */
-  groups: PastGroup[];
-  /** The pass's steering (steer.ts): adds per `steer.*` input, projections per hook point. */
-  steer: PassSteering;
-  /** Hook-point outputs to fetch (hooks.ts readName: `resid.{l}`, `ln1.{l}`, ...). */
-  read?: string[];
-  /** Also project every position (`logits`): a prompt scored token by token. Default false. */
-  logitsAll?: boolean;
-  /** Vectors [N × H] for the logit lens (`lens_in`). Default none. */
-  lens?: Float32Array;
-}
-
-export interface ForwardOutput {
-  /** [B, V]: each row's logits at its last real token. */
-  lastLogits: Float32Array;
-  /** [B]: log-sum-exp of each row of `lastLogits`. */
-  lastLse: Float32Array;
-  /** The new tokens' keys and values: [B, n_head, T, head_dim] per layer (on the device there; see release()). */
-  fresh: { k: KvBlock[]; v: KvBlock[]; T: number };
-  /** [B, T, H] per hook-point output read. */
-  read: Map<string, Float32Array>;
-  /** [B, T, V] with `logitsAll`. */
-  logits?: Float32Array;
-  /** [N, V] with `lens`: each vector through ln_f and the unembedding. */
-  lens?: Float32Array;
-}
-
-const i64 = (rows: number[][]) => {
+/** int64 [B, T] of rows of numbers. */
+const i64 = (rt: Runtime, rows: number[][]) => {
   const B = rows.length;
   const T = rows[0].length;
   const a = new BigInt64Array(B * T);
   for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) a[b * T + t] = BigInt(rows[b][t]);
-  return new ort.Tensor('int64', a, [B, T]);
+  return rt.int64(a, [B, T]);
 };
 
 const EMPTY = new Float32Array(0);
 const isHost = (b: KvBlock): b is Float32Array => b instanceof Float32Array;
 
-/** Host bytes passed into and returned from session runs since the runner opened. */
-export interface HostBytes {
-  input: number;
-  output: number;
-  /** Session runs (forward passes). */
-  runs: number;
-}
-
-const bytesOf = (t: ort.Tensor) => (t.location === 'cpu' ? (t.data as ArrayBufferView).byteLength : 0);
-
-export class ModelRunner {
+/**
+ * The model runner: the one owner of the graphs' sessions, which it opens and runs through the
+ * runtime (runtime/). It implements the scheduler's `Pass` (pass.ts).
+ */
+export class ModelRunner implements Pass {
   readonly kv: KvShape;
-  private readonly zero = new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
-  private readonly lastOnly = new ort.Tensor('bool', Uint8Array.of(0), []);
-  private readonly allPositions = new ort.Tensor('bool', Uint8Array.of(1), []);
+  private readonly rt: Runtime;
+  private readonly zero: HostTensor;
+  private readonly lastOnly: HostTensor;
+  private readonly allPositions: HostTensor;
   /** No projections at a hook point: K = 0. */
-  private readonly noProj: ort.Tensor;
-  private readonly noLens: ort.Tensor;
+  private readonly noProj: HostTensor;
+  private readonly noLens: HostTensor;
   /** The graph's hook points (its sites), and their read names in the same order (the device graph's `read_idx`). */
   readonly hooks: { site: Site; layer: number }[];
   private readonly points: string[];
@@ -132,29 +103,32 @@ export class ModelRunner {
   readonly location: 'host' | 'device';
   /** Device tensors the passes returned since the last endStep() (their new keys and values). */
   private produced: DeviceKv[] = [];
-  /** Runs the cache update graph where the cache is on the device (kv-update.ts). */
-  private readonly updater?: KvUpdater;
-  /** Caches of zeros (SLOT_ALIGN masked slots) for passes with nothing cached, by rows; on the device. */
-  private zeroCaches = new Map<number, DeviceKv>();
+  /** Runs the cache update graph where the cache is on the device (kv/updater.ts). */
+  readonly updater?: KvUpdater;
 
   private constructor(
-    private readonly session: ort.InferenceSession,
+    private readonly session: Session,
     readonly info: ModelInfo,
     readonly tokenizer: Tokenizer,
     /** Cache groups of the serving graph. */
     readonly groups: number,
     /** The cache update graph's session when the cache is on the device (kv-graph.ts). */
-    private readonly kvSession?: ort.InferenceSession,
+    private readonly kvSession?: Session,
     /** The serving graph with one group and no hook points (RunnerOptions.lean). */
-    private readonly lean?: ort.InferenceSession,
+    private readonly lean?: Session,
   ) {
+    const rt = session.runtime;
+    this.rt = rt;
     this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
     this.location = kvSession ? 'device' : 'host';
-    this.updater = kvSession && kvUpdater(kvSession, this.kv, (t) => (this.hostBytes.input += bytesOf(t)));
+    this.updater = kvSession && kvUpdater(kvSession, this.kv, (t) => (this.hostBytes.input += hostBytesOf(t)));
+    this.zero = rt.float32(new Float32Array(1), [1, 1, 1]);
+    this.lastOnly = rt.bool(false);
+    this.allPositions = rt.bool(true);
     // the device graph takes no empty tensor (serve-graph.ts): one zero row stands in
     const n = kvSession ? 1 : 0;
-    this.noProj = new ort.Tensor('float32', new Float32Array(n * info.n_embd), [1, n, info.n_embd]);
-    this.noLens = new ort.Tensor('float32', new Float32Array(n * info.n_embd), [n, info.n_embd]);
+    this.noProj = rt.float32(new Float32Array(n * info.n_embd), [1, n, info.n_embd]);
+    this.noLens = rt.float32(new Float32Array(n * info.n_embd), [n, info.n_embd]);
     this.hooks = hookPoints(info.n_layer, info.hook_sites);
     this.points = this.hooks.map(({ site, layer }) => readName(site, layer));
     this.allOutputs = [...session.outputNames];
@@ -172,39 +146,34 @@ export class ModelRunner {
     const fileName = (shape.device ? SERVE_GRAPH_DEVICE : SERVE_GRAPH).replace(/\.onnx$/, half ? '.f16.onnx' : '.onnx');
     if (half) ensureHalfWeights(ck);
     buildGraph(opts.model, { serving: { ...shape, sites, half }, fileName });
-    const known = ort.listSupportedBackends().map((b) => b.name);
+    const rt = opts.runtime ?? ortNode;
+    const known = rt.providers();
     if (!known.includes(provider)) {
       throw new SteerdError(
-        `execution provider "${provider}" is not supported by onnxruntime-node (it knows ${known.join(', ')})`,
+        `execution provider "${provider}" is not supported by ${rt.name} (it knows ${known.join(', ')})`,
         500,
         'provider_unavailable',
       );
     }
-    let session: ort.InferenceSession;
-    let kvSession: ort.InferenceSession | undefined;
-    const base = {
-      executionProviders: [provider],
-      intraOpNumThreads: opts.threads ?? 0,
-      graphOptimizationLevel: 'all' as const,
-      logSeverityLevel: 3 as const,
-      extra: { session: { intra_op: { allow_spinning: opts.spinning ? '1' : '0' } } },
-    };
+    let session: Session;
+    let kvSession: Session | undefined;
+    const base: SessionOptions = { provider, threads: opts.threads ?? 0, spinning: opts.spinning ?? false };
     try {
       // on the device, the new keys and values stay there and everything else comes back (an output
-      // goes where this map says only when every output is fetched: forward() does)
-      const preferredOutputLocation: Record<string, 'gpu-buffer'> = {};
+      // stays where the runtime is told only when every output is fetched: forward() does)
+      const deviceOutputs: string[] = [];
       for (let l = 0; l < ck.shape.layers; l++)
-        for (const kind of ['key', 'value']) preferredOutputLocation[`new.${l}.${kind}`] = 'gpu-buffer';
-      session = await ort.InferenceSession.create(join(opts.model, fileName), {
+        for (const kind of ['key', 'value']) deviceOutputs.push(`new.${l}.${kind}`);
+      session = await rt.open(join(opts.model, fileName), {
         ...base,
-        ...opts.sessionOptions,
-        ...(shape.device && { preferredOutputLocation }),
+        bindingOptions: opts.sessionOptions,
+        ...(shape.device && { deviceOutputs }),
       });
       if (shape.device) {
         const { layers, kvHeads, headDim } = ck.shape;
-        kvSession = await ort.InferenceSession.create(buildKvGraphBytes(layers, kvHeads, headDim), {
+        kvSession = await rt.open(buildKvGraphBytes(layers, kvHeads, headDim), {
           ...base,
-          preferredOutputLocation: 'gpu-buffer',
+          deviceOutputs: 'all',
         });
       }
     } catch (e) {
@@ -213,7 +182,7 @@ export class ModelRunner {
           ? ''
           : provider === 'webgpu'
             ? ' (no WebGPU adapter: is a Vulkan driver installed? see README, GPU notes)'
-            : ` (is the ${provider} build of onnxruntime-node installed? see README, GPU notes)`;
+            : ` (is the ${provider} build of ${rt.name} installed? see README, GPU notes)`;
       throw new SteerdError(
         `cannot start the ${provider} execution provider: ${(e as Error).message}${hint}`,
         500,
@@ -221,12 +190,12 @@ export class ModelRunner {
       );
     }
     // the lean graph: the same body without hook points (see RunnerOptions.lean)
-    let lean: ort.InferenceSession | undefined;
+    let lean: Session | undefined;
     if (opts.lean && provider === 'cpu' && (sites.length > 0 || shape.groups > 1)) {
       const leanName = fileName.replace(/\.onnx$/, '.lean.onnx');
       try {
         buildGraph(opts.model, { serving: { groups: 1, device: false, sites: [], half }, fileName: leanName });
-        lean = await ort.InferenceSession.create(join(opts.model, leanName), { ...base, ...opts.sessionOptions });
+        lean = await rt.open(join(opts.model, leanName), { ...base, bindingOptions: opts.sessionOptions });
       } catch (e) {
         // an optimisation: without it every pass runs the full graph, with the same bits
         console.warn(
@@ -244,8 +213,9 @@ export class ModelRunner {
     const B = inp.ids.length;
     const T = inp.ids[0].length;
     // a pass over fresh prompts has nothing cached: its rows are group 0's, with no slots (on the
-    // device, which takes no empty tensor, a block of SLOT_ALIGN masked zero slots kept there)
-    const all = inp.groups.length ? inp.groups : [await this.noPast(B)];
+    // device, which takes no empty tensor, the KV manager's block of masked zero slots: kv/manager.ts)
+    if (!inp.groups.length && device) throw new Error('a device pass needs its cache groups (KvManager.empty)');
+    const all: KvPast[] = inp.groups.length ? inp.groups : [{ k: [], v: [], P: 0, rows: B }];
     const reads = inp.read ?? [];
     // the lean graph (one cache group, no hook points) when no row steers or reads and the rows sit
     // in one group: that group is fed as the lean graph's only one
@@ -254,23 +224,21 @@ export class ModelRunner {
       this.lean !== undefined && used.length <= 1 && !inp.steer.add.size && !inp.steer.proj.size && !reads.length;
     const groups = lean ? [used[0] ?? all[0]] : all;
     const G = lean ? 1 : this.groups;
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: i64(inp.ids),
-      position_ids: i64(inp.pos),
-      new_len: i64v(inp.newLen),
-      past_len: i64v(inp.pastLen),
-      group_rows: i64v(Array.from({ length: G }, (_, g) => groups[g]?.rows ?? 0)),
+    const rt = this.rt;
+    const feeds: Record<string, Tensor> = {
+      input_ids: i64(rt, inp.ids),
+      position_ids: i64(rt, inp.pos),
+      new_len: rt.int64(inp.newLen),
+      past_len: rt.int64(inp.pastLen),
+      group_rows: rt.int64(Array.from({ length: G }, (_, g) => groups[g]?.rows ?? 0)),
       logits_all: inp.logitsAll ? this.allPositions : this.lastOnly,
-      lens_in: inp.lens
-        ? new ort.Tensor('float32', inp.lens, [inp.lens.length / this.info.n_embd, this.info.n_embd])
-        : this.noLens,
+      lens_in: inp.lens ? rt.float32(inp.lens, [inp.lens.length / this.info.n_embd, this.info.n_embd]) : this.noLens,
     };
     for (let g = 0; g < G; g++) {
       const grp = groups[g];
       const dims = [grp?.rows ?? 0, nHead, grp?.P ?? 0, headDim];
       const has = grp && grp.rows > 0 && grp.P > 0;
-      const feed = (b: KvBlock | undefined) =>
-        b && !isHost(b) ? (b as unknown as ort.Tensor) : new ort.Tensor('float32', has && b ? b : EMPTY, dims);
+      const feed = (b: KvBlock | undefined): Tensor => (b && !isHost(b) ? b : rt.float32(has && b ? b : EMPTY, dims));
       for (let l = 0; l < nLayer; l++) {
         feeds[`past.${l}.${g}.key`] = feed(grp?.k[l]);
         feeds[`past.${l}.${g}.value`] = feed(grp?.v[l]);
@@ -280,25 +248,25 @@ export class ModelRunner {
     for (const { site, layer } of lean ? [] : this.hooks) {
       const name = steerName(site, layer);
       const add = inp.steer.add.get(name);
-      feeds[name] = add ? new ort.Tensor('float32', add, [B, T, H]) : this.zero;
+      feeds[name] = add ? rt.float32(add, [B, T, H]) : this.zero;
       const p = inp.steer.proj.get(name);
-      feeds[projName(site, layer, 'u')] = p ? new ort.Tensor('float32', p.u, [B, p.K, H]) : this.noProj;
-      feeds[projName(site, layer, 'z')] = p ? new ort.Tensor('float32', p.z, [B, p.K, H]) : this.noProj;
+      feeds[projName(site, layer, 'u')] = p ? rt.float32(p.u, [B, p.K, H]) : this.noProj;
+      feeds[projName(site, layer, 'z')] = p ? rt.float32(p.z, [B, p.K, H]) : this.noProj;
     }
     let fetch: string[];
     if (device) {
       // every output, in order (see open()); the hook points asked come back through `reads` (at
       // least one: the first hook point stands in for none)
       const idx = reads.map((r) => this.points.indexOf(r));
-      feeds.read_idx = i64v(idx.length ? idx : [0]);
+      feeds.read_idx = rt.int64(idx.length ? idx : [0]);
       feeds.lens_all = inp.lens ? this.allPositions : this.lastOnly;
       fetch = this.allOutputs;
     } else
       fetch = [...this.fetches, ...reads, ...(inp.logitsAll ? ['logits'] : []), ...(inp.lens ? ['lens_logits'] : [])];
     const out = await (lean ? this.lean! : this.session).run(feeds, fetch);
     this.hostBytes.runs++;
-    for (const t of Object.values(feeds)) this.hostBytes.input += bytesOf(t);
-    for (const t of Object.values(out)) this.hostBytes.output += bytesOf(t);
+    for (const t of Object.values(feeds)) this.hostBytes.input += hostBytesOf(t);
+    for (const t of Object.values(out)) this.hostBytes.output += hostBytesOf(t);
     const fresh = { k: [] as KvBlock[], v: [] as KvBlock[], T };
     for (let l = 0; l < nLayer; l++) {
       for (const [kind, list] of [
@@ -306,30 +274,23 @@ export class ModelRunner {
         ['value', fresh.v],
       ] as const) {
         const t = out[`new.${l}.${kind}`];
-        list.push(t.location === 'cpu' ? (t.data as Float32Array) : (t as unknown as KvBlock));
+        list.push(t.location === 'cpu' ? f32(t) : t);
       }
     }
     if (device) this.produced.push(fresh as DeviceKv);
     const read = new Map<string, Float32Array>();
     if (device) {
-      const all = out.reads.data as Float32Array; // [R, B, T, H]
+      const all = f32(out.reads); // [R, B, T, H]
       for (const [i, name] of reads.entries()) read.set(name, all.subarray(i * B * T * H, (i + 1) * B * T * H));
-    } else for (const name of reads) read.set(name, out[name].data as Float32Array);
+    } else for (const name of reads) read.set(name, f32(out[name]));
     return {
-      lastLogits: out.last_logits.data as Float32Array,
-      lastLse: out.last_lse.data as Float32Array,
+      lastLogits: f32(out.last_logits),
+      lastLse: f32(out.last_lse),
       fresh,
       read,
-      ...(inp.logitsAll && { logits: out.logits.data as Float32Array }),
-      ...(inp.lens && { lens: out.lens_logits.data as Float32Array }),
+      ...(inp.logitsAll && { logits: f32(out.logits) }),
+      ...(inp.lens && { lens: f32(out.lens_logits) }),
     };
-  }
-
-  /** A store for the KV cache where this provider keeps it (kv.ts, device-kv.ts). */
-  newStore(capacity: number, maxSlots: number): KvCache {
-    return this.updater
-      ? new DeviceKvStore(this.kv, this.updater, capacity, maxSlots)
-      : new KvStore(this.kv, capacity, maxSlots);
   }
 
   /**
@@ -337,29 +298,12 @@ export class ModelRunner {
    * values: the stores have copied what they keep). The scheduler calls it once its step is over.
    */
   endStep(): void {
-    for (const t of this.produced) disposeKv(t);
+    for (const t of this.produced) for (const x of [...t.k, ...t.v]) x.dispose();
     this.produced = [];
-  }
-
-  /** The cache of rows that have none. */
-  private async noPast(rows: number): Promise<PastGroup> {
-    const P = SLOT_ALIGN;
-    if (this.kvSession) {
-      let z = this.zeroCaches.get(rows);
-      if (!z) {
-        const empty = { row: 0, keep: 0, src: 0, from: 0, count: 0 };
-        z = await this.updater!.update(null, null, new Array(rows).fill(empty), P);
-        this.zeroCaches.set(rows, z);
-      }
-      return { k: z.k, v: z.v, P, rows };
-    }
-    return { k: [], v: [], P: 0, rows };
   }
 
   async close(): Promise<void> {
     this.endStep();
-    for (const z of this.zeroCaches.values()) disposeKv(z);
-    this.zeroCaches.clear();
     await this.kvSession?.release();
     await this.lean?.release();
     await this.session.release();

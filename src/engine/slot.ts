@@ -2,11 +2,11 @@ import type { Tokenizer } from '../model/tokenizer.js';
 import { seed32 } from '../util/rng.js';
 import { SAMPLING_DEFAULTS as D, drawSeed } from './defaults.js';
 import { TextStream } from './detok.js';
-import type { KvCache, KvSource } from './kv.js';
+import type { KvLease } from './kv/lease.js';
 import { Sampler } from './sampler.js';
 import type { RowSteering } from './steer.js';
 import { TelemetryTotals, unitVectors } from './telemetry.js';
-import type { FinishReason, GenerateRequest, PromptLogprob } from './types.js';
+import type { DoneEvent, FinishReason, GenerateRequest, PromptLogprob } from './types.js';
 
 export type State = 'waiting' | 'prefill' | 'decoding' | 'done';
 
@@ -20,15 +20,10 @@ export interface Slot {
   text: TextStream;
   seed: number;
   maxNew: number;
-  /** Size class (index into the scheduler's classes) and the tokens this row reserves once admitted. */
-  kvClass: number;
-  reserved: number;
+  /** Its hold on the KV cache, for its rows (itself, then its twin): the KV manager's (kv/manager.ts). */
+  lease?: KvLease<Slot>;
   /** Prompt tokens already in the cache (chunked prefill). */
   prefilled: number;
-  /** A long prompt's cache while it is prefilled chunk by chunk (row 0; its twin's: row 1). */
-  staging?: KvCache;
-  /** The prompt's cache, ready to join the running batch. */
-  source?: KvSource;
   /** Generated tokens (EOS excluded). */
   generated: number[];
   /** The token to feed at the next decode step. */
@@ -76,8 +71,6 @@ export function newSlot(id: number, req: GenerateRequest, tokenizer: Tokenizer, 
     text: new TextStream(tokenizer, req.stop ?? []),
     seed,
     maxNew: req.max_new_tokens ?? D.max_new_tokens,
-    kvClass: 0,
-    reserved: 0,
     prefilled: 0,
     generated: [],
     cancelled: false,
@@ -99,3 +92,23 @@ export function newSlot(id: number, req: GenerateRequest, tokenizer: Tokenizer, 
 
 /** A slot's rows in a pass: itself, then its twin. */
 export const rowsOf = (s: Slot): Slot[] => (s.twin ? [s, s.twin] : [s]);
+
+/** The slot's last event: why it finished, its text, usage, telemetry totals, prompt scores and timings. */
+export function doneEvent(s: Slot, reason: FinishReason, eos?: DoneEvent['eos']): DoneEvent {
+  const end = now();
+  return {
+    type: 'done',
+    finish_reason: reason,
+    text: s.text.text,
+    seed: s.seed,
+    usage: { prompt_tokens: s.req.prompt.length, completion_tokens: s.generated.length },
+    ...(s.totals && { telemetry: s.totals.summary() }),
+    ...(s.promptLogprobs && { prompt_logprobs: s.promptLogprobs }),
+    ...(eos && { eos }),
+    timings: {
+      queue_ms: (s.started ?? end) - s.submitted,
+      first_token_ms: (s.firstToken ?? end) - s.submitted,
+      total_ms: end - s.submitted,
+    },
+  };
+}

@@ -1,4 +1,6 @@
 import { l2norm } from '../util/vec.js';
+import { readName } from '../model/hooks.js';
+import { siteOf } from './steer.js';
 import type { Intervention, TelemetrySummary, TokenTelemetry } from './types.js';
 
 /** KL(p‖q) in nats of two rows of logits given their log-sum-exps, accumulated in float64. */
@@ -59,4 +61,32 @@ export class TelemetryTotals {
       logprob_delta: this.delta,
     };
   }
+}
+
+/**
+ * A sampled token's telemetry (docs/architecture.md §4 Steering semantics): the steered row's
+ * logits (`logits`, `lse`) against its unsteered twin's (`base`, `baseLse`), and each
+ * intervention's hook-point output, read at offset `at` of the pass's reads, projected on its unit
+ * vector (null: a sequence).
+ */
+export function tokenTelemetry(
+  id: number,
+  logits: Float32Array,
+  lse: number,
+  base: Float32Array,
+  baseLse: number,
+  interventions: readonly Intervention[],
+  units: readonly (Float32Array | null)[],
+  read: ReadonlyMap<string, Float32Array>,
+  at: number,
+): TokenTelemetry {
+  return {
+    baseline_logprob: base[id] - baseLse,
+    kl: klDivergence(logits, lse, base, baseLse),
+    top1_flip: argmax(logits) !== argmax(base),
+    projections: units.map((u, i) => {
+      const iv = interventions[i];
+      return u ? dot(read.get(readName(siteOf(iv), iv.layer))!, at, u) : null;
+    }),
+  };
 }

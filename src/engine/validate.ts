@@ -1,7 +1,7 @@
 import { BadRequestError, UnprocessableError } from '../errors.js';
 import { isSite, maxLayer, SITES, type Site } from '../model/hooks.js';
 import { SAMPLING_DEFAULTS as D } from './defaults.js';
-import { classOf } from './kv-budget.js';
+import { classOf } from './kv/budget.js';
 import type { ActivationsRequest, GenerateRequest, Intervention, ModelInfo } from './types.js';
 
 /**

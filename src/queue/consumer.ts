@@ -3,7 +3,7 @@ import { type Job, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { SAMPLING_DEFAULTS } from '../engine/defaults.js';
 import type { Engine } from '../engine/engine.js';
-import { classOf } from '../engine/kv-budget.js';
+import { reservedTokens } from '../engine/kv/budget.js';
 import type { DoneEvent } from '../engine/types.js';
 import { SteerdError } from '../errors.js';
 import {
@@ -55,7 +55,7 @@ export async function startQueueConsumer(engine: Engine, o: QueueConsumerOptions
   const vectors = new VectorCache(data, prefix, engine.info.n_embd);
 
   // Take no more jobs than the engine can admit: the KV cache the jobs taken reserve (their size
-  // classes, kv-budget.ts) is counted, and another job is taken only while what is left holds the
+  // classes, kv/budget.ts) is counted, and another job is taken only while what is left holds the
   // smallest class. A job larger than what is left waits in this worker's engine, in order.
   const kv = engine.info.kv_cache!;
   const reserved = new Map<string, number>();
@@ -65,8 +65,7 @@ export async function startQueueConsumer(engine: Engine, o: QueueConsumerOptions
   };
   const reserve = (d: JobData) => {
     if (d.kind !== 'generate') return 0; // a prompt pass holds no cache
-    const n = d.req.prompt.length + (d.req.max_new_tokens ?? SAMPLING_DEFAULTS.max_new_tokens);
-    return kv.classes[classOf(kv.classes, n)] ?? n;
+    return reservedTokens(kv.classes, d.req.prompt.length + (d.req.max_new_tokens ?? SAMPLING_DEFAULTS.max_new_tokens));
   };
   const reportKv = () =>
     data

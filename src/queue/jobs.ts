@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import type { KvReport } from '../engine/scheduler.js';
+import type { KvReport } from '../engine/kv/manager.js';
 import type {
   ActivationsRequest,
   ActivationsResult,

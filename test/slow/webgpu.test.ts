@@ -12,7 +12,7 @@ import { loadReference, logSoftmax, promptAccuracy, referenceForward } from '../
 
 // The engine on ONNX Runtime's WebGPU provider (a software Vulkan device where there is no GPU: the
 // README's GPU notes). A pass there is slow on two cores, so this suite is the passes that cover what
-// differs from the CPU path: the KV cache kept on the device (device-kv.ts; device-kv.test.ts checks
+// differs from the CPU path: the KV cache kept on the device (kv/device-store.ts; device-kv.test.ts checks
 // its edits against the host store), the device variant of the serving graph (no empty tensors: the
 // provider crashed on them; hook points read through one output), rows joining and leaving, and the
 // host bytes per decoded token, which must not grow with the context.

@@ -2,13 +2,13 @@ import {
   checkNewRow,
   type DeviceTensor,
   type KvBlock,
-  type KvCache,
   type KvPast,
   type KvShape,
   type KvSource,
+  type KvStore,
   slotsFor,
   slotsToReserve,
-} from './kv.js';
+} from './store.js';
 
 /** Keys and values of every layer, on the device. */
 export interface DeviceKv {
@@ -16,7 +16,7 @@ export interface DeviceKv {
   v: DeviceTensor[];
 }
 
-/** One row of a cache update (kv-graph.ts): which old row it continues, how much it keeps, what is written after. */
+/** One row of a cache update (src/model/kv-graph.ts): which old row it continues, how much it keeps, what is written after. */
 export interface KvPlanRow {
   row: number;
   keep: number;
@@ -25,7 +25,7 @@ export interface KvPlanRow {
   count: number;
 }
 
-/** What a device store needs of the runner: one run of the cache update graph. */
+/** What a device store needs of the runtime: one run of the cache update graph (updater.ts). */
 export interface KvUpdater {
   /**
    * A new cache of `plan.length` rows and `slots` slots from `s` (null: no rows yet) and the tokens
@@ -52,13 +52,14 @@ export const disposeKv = (t: DeviceKv | null | undefined) => {
 };
 
 /**
- * The KV cache kept on the accelerator (DESIGN.md §3, "Location"): the same rows, slots and
- * semantics as the host store (kv.ts), but nothing is copied through host memory. Edits are planned
+ * The KV cache kept on the accelerator (docs/architecture.md §6 The KV cache, and §7 Runtimes):
+ * the same rows, slots and semantics as the host store (host-store.ts), but nothing is copied
+ * through host memory. Edits are planned
  * on the host (a few numbers per row) and `flush()` makes them one run of the cache update graph
  * per source of new tokens (kv-graph.ts), which writes a new cache of exactly the rows held: no
  * slack to compact, and the old buffers are given back at once.
  */
-export class DeviceKvStore implements KvCache {
+export class DeviceKvStore implements KvStore {
   private t: DeviceKv | null = null;
   /** Slot count of `t`. */
   private tP = 0;

@@ -1,22 +1,21 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { SteerdError } from '../errors.js';
-import { bytesPerToken, type KvBudgetOptions, kvBudget } from './kv-budget.js';
-import type { FromWorker, ToWorker, WireError } from './protocol.js';
 import { ModelRunner, type RunnerOptions } from './runner.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
+import type { FromThread, ToThread, WireError } from './thread-messages.js';
 
 /**
  * The engine thread: the one owner of the ONNX Runtime session. `session.run` blocks the thread it
  * is called on, so it runs here and never on the HTTP event loop.
  */
 const port = parentPort!;
-const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
+const post = (m: FromThread, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
 const wire = (e: unknown): WireError =>
   e instanceof SteerdError
     ? { message: e.message, status: e.status, code: e.code }
     : { message: (e as Error)?.message ?? String(e), status: 500, code: 'engine_error' };
 
-const opts = workerData as RunnerOptions & SchedulerOptions & KvBudgetOptions;
+const opts = workerData as RunnerOptions & SchedulerOptions;
 let runner: ModelRunner;
 try {
   runner = await ModelRunner.open(opts);
@@ -25,9 +24,8 @@ try {
   process.exit(0);
 }
 
-// the budget is measured after the weights are loaded: what is left is what the cache can have
-const kvCacheTokens = kvBudget(opts, runner.kv, (opts.batchCapacity ?? 32) * runner.info.n_positions);
-
+// the scheduler's KV manager measures the budget now, after the weights are loaded: what is left
+// is what the cache can have (kv/budget.ts)
 const inFlight = new Set<number>();
 const scheduler = new Scheduler(
   runner,
@@ -50,23 +48,14 @@ const scheduler = new Scheduler(
       post({ type: 'error', id, error: wire(e) });
     },
   },
-  { ...opts, kvCacheTokens },
+  opts,
 );
-const info = {
-  ...runner.info,
-  kv_cache: {
-    tokens: scheduler.kvTokens,
-    bytes_per_token: bytesPerToken(runner.kv),
-    location: runner.location,
-    classes: scheduler.classes,
-    max_rows: opts.batchCapacity ?? 32,
-  },
-};
+const info = { ...runner.info, kv_cache: scheduler.kvCache };
 let reported = -1;
 
 let closing = false;
 let wake: (() => void) | undefined;
-port.on('message', (m: ToWorker) => {
+port.on('message', (m: ToThread) => {
   if (m.type === 'generate') {
     inFlight.add(m.id);
     scheduler.submit(m.id, m.req);
@@ -84,7 +73,7 @@ for (;;) {
   try {
     worked = await scheduler.step();
     // after every pass (the host byte counters) and whenever the reservation changes
-    const kv = scheduler.kv;
+    const kv = scheduler.kvUsage;
     if (worked || kv.used !== reported) {
       reported = kv.used;
       post({ type: 'kv', usage: kv });
@@ -104,6 +93,7 @@ for (;;) {
     await new Promise((r) => setImmediate(r)); // let cancellations and new requests in
   }
 }
+scheduler.close();
 await runner.close();
 post({ type: 'closed' });
 port.close();

@@ -1,8 +1,8 @@
-import type { KvUsage } from './scheduler.js';
+import type { KvUsage } from './kv/manager.js';
 import type { ActivationsRequest, ActivationsResult, GenerateEvent, GenerateRequest, ModelInfo } from './types.js';
 
-/** Messages from the main thread to the engine worker. */
-export type ToWorker =
+/** Messages from the main thread to the engine thread (thread.ts). */
+export type ToThread =
   | { type: 'generate'; id: number; req: GenerateRequest }
   | { type: 'activations'; id: number; req: ActivationsRequest }
   | { type: 'cancel'; id: number }
@@ -15,8 +15,8 @@ export interface WireError {
   code: string;
 }
 
-/** Messages from the engine worker to the main thread. */
-export type FromWorker =
+/** Messages from the engine thread to the main thread. */
+export type FromThread =
   | { type: 'ready'; info: ModelInfo }
   | { type: 'start-error'; error: WireError }
   | { type: 'event'; id: number; event: GenerateEvent }

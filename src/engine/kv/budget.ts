@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { freemem } from 'node:os';
-import type { KvShape } from './kv.js';
+import type { KvShape } from './store.js';
 
 /**
  * The KV cache budget: how many tokens of keys and values the engine holds at once, all rows
- * together (DESIGN.md §3), and the size classes rows are held in.
+ * together (docs/architecture.md §6 The KV cache), and the size classes rows are held in.
  *
  * A request reserves its size class when it is admitted: prompt + max_new_tokens rounded up to a
  * power of two (at least 64; the largest class is the context, or the budget when that is
@@ -28,6 +28,14 @@ export function sizeClasses(top: number): number[] {
 /** Index of the smallest class holding `tokens`, or -1 when none does. */
 export function classOf(classes: readonly number[], tokens: number): number {
   return classes.findIndex((c) => c >= tokens);
+}
+
+/**
+ * Tokens a request of `tokens` (prompt + max_new_tokens) reserves once admitted: its class's size,
+ * or the tokens themselves beyond the largest class (such a request is refused before it waits).
+ */
+export function reservedTokens(classes: readonly number[], tokens: number): number {
+  return classes[classOf(classes, tokens)] ?? tokens;
 }
 
 /** Bytes of keys and values per token, all layers. */
