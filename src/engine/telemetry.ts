@@ -1,5 +1,5 @@
-import { l2norm } from '../util/vec.js';
 import { readName } from '../model/hooks.js';
+import { l2norm } from '../util/vec.js';
 import { siteOf } from './steer.js';
 import type { Intervention, TelemetrySummary, TokenTelemetry } from './types.js';
 
