@@ -1,5 +1,5 @@
 /**
- * Batch invariance, bit for bit (DESIGN.md §4): a request's tokens and logprobs do not depend on
+ * Batch invariance, bit for bit (docs/architecture.md §3): a request's tokens and logprobs do not depend on
  * what shares its batch — neighbours of other lengths and size classes, another row count, its
  * prompt prefilled alone or grouped, rows joining and leaving around it — for greedy and sampled
  * requests. At the graph's level: a row's logits are the same bits alone and in any composition.

@@ -1,5 +1,5 @@
 /**
- * Per-token telemetry (DESIGN.md §4) against the float64 reference: each generated token's logprob
+ * Per-token telemetry (docs/architecture.md §4) against the float64 reference: each generated token's logprob
  * under the unsteered model on the same prefix, KL(steered ‖ unsteered) there, whether the argmaxes
  * differ, and each intervention's projection of the steered stream at its hook.
  */

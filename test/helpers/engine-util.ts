@@ -37,7 +37,7 @@ export const run = (engine: Engine, req: GenerateRequest, signal?: AbortSignal) 
   collect(engine.generate(req, { signal }));
 
 /**
- * The steering a list of interventions means, written from DESIGN.md §4 independently of the
+ * The steering a list of interventions means, written from docs/architecture.md §4 independently of the
  * engine: all / prompt / generated / front (a sequence row i on prompt position i).
  */
 export function refSteer(ivs: Intervention[], promptLength: number, H: number): RefSteer {
@@ -61,7 +61,7 @@ export function refSteer(ivs: Intervention[], promptLength: number, H: number): 
 }
 
 /**
- * Every intervention as a reference hook, written from DESIGN.md §4 independently of the engine: at
+ * Every intervention as a reference hook, written from docs/architecture.md §4 independently of the engine: at
  * each (site, layer) and position, the adds that apply are summed into the stream, then each
  * ablation (x − (x·u)u) and clamp (x + (c − x·u)u), u the unit direction, in request order.
  */

@@ -1,4 +1,4 @@
-/** Test harness: feeds the steerable graph by its contract names (DESIGN.md §3). */
+/** Test harness: feeds the steerable graph by its contract names (docs/architecture.md §3). */
 import ort from 'onnxruntime-node';
 import type { RefSteer } from './reference.ts';
 
