@@ -28,6 +28,15 @@ module.exports = {
       },
     },
     {
+      name: 'one-runtime-seam',
+      comment:
+        'Only the runtime seam (src/engine/runtime/) binds ONNX Runtime: the scheduler, the KV cache and ' +
+        'the graph builders run on whatever binding it names (docs/architecture.md §7).',
+      severity: 'error',
+      from: { path: '^(src|routes)/', pathNot: '^src/engine/runtime/' },
+      to: { path: '(^|/)node_modules/onnxruntime-[^/]+/' },
+    },
+    {
       name: 'model-below-the-engine',
       comment: 'A model (graph, weights, tokenizer) is built and loaded without the engine that runs it.',
       severity: 'error',

@@ -447,12 +447,12 @@ t.test('close drains: requests in flight finish, new ones are refused', async (t
   t.equal(eng.inFlight, 0);
 });
 
-t.test('after the worker dies, requests fail at once and close resolves', async (t) => {
+t.test('after the engine thread dies, requests fail at once and close resolves', async (t) => {
   const eng = await startEngine({ model: dir });
   t.teardown(() => eng.close());
   // Terminated while idle: terminating a thread inside an ONNX Runtime run aborts the process,
-  // which is why close() waits for the worker to release its session first.
-  await (eng as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+  // which is why close() waits for the thread to release its session first.
+  await (eng as unknown as { thread: { terminate(): Promise<number> } }).thread.terminate();
   await new Promise((r) => setTimeout(r, 20));
   t.throws(() => eng.generate({ prompt: ids(2), max_new_tokens: 2 }), { status: 503, message: /stopped/ });
   await t.rejects(eng.activations({ prompt: ids(2), layers: [0] }), { status: 503, message: /stopped/ });

@@ -1,4 +1,5 @@
 import { type Static, Type } from 'typebox';
+import { SAMPLING_DEFAULTS as D } from '../engine/defaults.js';
 import type { FinishReason, PromptLogprob, TokenEvent, TokenLogprob } from '../engine/types.js';
 import { BadRequestError } from '../errors.js';
 import type { Tokenizer } from '../model/tokenizer.js';
@@ -36,8 +37,8 @@ export const completionsBodySchema = Type.Object({
         '0: nothing is generated; with `echo` and `logprobs` the prompt is only scored (one pass per prompt, no sampling)',
     }),
   ),
-  temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: 1 })),
-  top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
+  temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: D.temperature })),
+  top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: D.top_p })),
   n: Type.Optional(
     Nullable(
       Type.Integer({
@@ -68,8 +69,8 @@ export const completionsBodySchema = Type.Object({
   stop: Type.Optional(OneOf([Type.String(), Type.Array(Type.String({ minLength: 1 }), { maxItems: 4 }), Type.Null()])),
   seed: Type.Optional(Type.Integer()),
   stream: Type.Optional(Type.Boolean({ default: false })),
-  frequency_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
-  presence_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0 })),
+  frequency_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: D.frequency_penalty })),
+  presence_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: D.presence_penalty })),
   interventions: Type.Optional(interventionsSchema),
 });
 
@@ -110,7 +111,7 @@ export interface Logprobs {
   text_offset: number[];
 }
 
-export const noLogprobs = (): Logprobs => ({ tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] });
+const noLogprobs = (): Logprobs => ({ tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] });
 
 export function append(a: Logprobs, b: Logprobs): Logprobs {
   return {

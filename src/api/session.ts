@@ -15,7 +15,7 @@ export interface Collected {
   done: DoneEvent;
 }
 
-export const timeoutError = (svc: Service) =>
+const timeoutError = (svc: Service) =>
   new SteerdError(`the request ran past its time limit (${svc.config.limits.requestTimeoutMs} ms)`, 504, 'timeout');
 
 /**

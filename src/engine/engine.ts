@@ -36,14 +36,14 @@ export class Engine {
 
   private constructor(
     /** The engine thread (tests reach it by this name). */
-    private readonly worker: Worker,
+    private readonly thread: Worker,
     readonly info: ModelInfo,
     readonly tokenizer: Tokenizer,
     readonly maxContext: number,
   ) {
-    worker.on('message', (m: FromThread) => this.onMessage(m));
-    worker.on('error', (e) => this.failAll(e));
-    worker.on('exit', () => {
+    thread.on('message', (m: FromThread) => this.onMessage(m));
+    thread.on('error', (e) => this.failAll(e));
+    thread.on('exit', () => {
       this.stopped = true;
       this.failAll(new UnavailableError('the engine stopped'));
     });
@@ -136,7 +136,7 @@ export class Engine {
   }
 
   private post(m: ToThread): void {
-    this.worker.postMessage(m);
+    this.thread.postMessage(m);
   }
 
   private onMessage(m: FromThread): void {
@@ -169,7 +169,7 @@ export class Engine {
         this.onKvUsage?.();
         break;
       case 'closed':
-        void this.worker.terminate().then(() => this.closed?.());
+        void this.thread.terminate().then(() => this.closed?.());
         break;
     }
   }

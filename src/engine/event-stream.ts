@@ -1,5 +1,5 @@
 /**
- * A stream of generation events fed by callbacks (worker messages, queue events) and read as an
+ * A stream of generation events fed by callbacks (the engine thread's messages, queue events) and read as an
  * async iterable: `drain()` yields until the `done` event, or throws the failure.
  */
 export class EventStream<T extends { type: string }> {

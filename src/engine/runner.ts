@@ -12,15 +12,15 @@ import type { KvBlock, KvPast, KvShape } from './kv/store.js';
 import { kvUpdater } from './kv/updater.js';
 import { modelInfo, serveShape } from './model-info.js';
 import type { ForwardInput, ForwardOutput, Pass } from './pass.js';
-import { ortNode } from './runtime/ort-node.js';
+import { type RuntimeName, runtimeNamed } from './runtime/bindings.js';
 import {
   f32,
+  type GraphSession,
+  type GraphSessionOptions,
   type HostBytes,
   type HostTensor,
   hostBytesOf,
   type Runtime,
-  type Session,
-  type SessionOptions,
   type Tensor,
 } from './runtime/runtime.js';
 import type { ModelInfo } from './types.js';
@@ -58,8 +58,8 @@ export interface RunnerOptions {
    * Default false (config.ts: STEERD_LEAN_GRAPH).
    */
   lean?: boolean;
-  /** The binding of ONNX Runtime that runs the graphs (runtime/). Default onnxruntime-node. */
-  runtime?: Runtime;
+  /** The binding of ONNX Runtime that runs the graphs, by name (runtime/bindings.ts). Default `onnxruntime-node`. */
+  runtime?: RuntimeName;
 }
 
 /** The serving variant of the graph, beside model.safetensors (see graph.ts); its device variant. */
@@ -107,19 +107,21 @@ export class ModelRunner implements Pass {
   readonly updater?: KvUpdater;
 
   private constructor(
-    private readonly session: Session,
+    private readonly session: GraphSession,
     readonly info: ModelInfo,
     readonly tokenizer: Tokenizer,
     /** Cache groups of the serving graph. */
     readonly groups: number,
+    /** The KV cache's shape per layer: the family's key/value heads, not its query heads. */
+    kv: KvShape,
     /** The cache update graph's session when the cache is on the device (kv-graph.ts). */
-    private readonly kvSession?: Session,
+    private readonly kvSession?: GraphSession,
     /** The serving graph with one group and no hook points (RunnerOptions.lean). */
-    private readonly lean?: Session,
+    private readonly lean?: GraphSession,
   ) {
     const rt = session.runtime;
     this.rt = rt;
-    this.kv = { nLayer: info.n_layer, nHead: info.n_head, headDim: info.n_embd / info.n_head };
+    this.kv = kv;
     this.location = kvSession ? 'device' : 'host';
     this.updater = kvSession && kvUpdater(kvSession, this.kv, (t) => (this.hostBytes.input += hostBytesOf(t)));
     this.zero = rt.float32(new Float32Array(1), [1, 1, 1]);
@@ -146,7 +148,7 @@ export class ModelRunner implements Pass {
     const fileName = (shape.device ? SERVE_GRAPH_DEVICE : SERVE_GRAPH).replace(/\.onnx$/, half ? '.f16.onnx' : '.onnx');
     if (half) ensureHalfWeights(ck);
     buildGraph(opts.model, { serving: { ...shape, sites, half }, fileName });
-    const rt = opts.runtime ?? ortNode;
+    const rt = runtimeNamed(opts.runtime ?? 'onnxruntime-node');
     const known = rt.providers();
     if (!known.includes(provider)) {
       throw new SteerdError(
@@ -155,9 +157,9 @@ export class ModelRunner implements Pass {
         'provider_unavailable',
       );
     }
-    let session: Session;
-    let kvSession: Session | undefined;
-    const base: SessionOptions = { provider, threads: opts.threads ?? 0, spinning: opts.spinning ?? false };
+    let session: GraphSession;
+    let kvSession: GraphSession | undefined;
+    const base: GraphSessionOptions = { provider, threads: opts.threads ?? 0, spinning: opts.spinning ?? false };
     try {
       // on the device, the new keys and values stay there and everything else comes back (an output
       // stays where the runtime is told only when every output is fetched: forward() does)
@@ -190,7 +192,7 @@ export class ModelRunner implements Pass {
       );
     }
     // the lean graph: the same body without hook points (see RunnerOptions.lean)
-    let lean: Session | undefined;
+    let lean: GraphSession | undefined;
     if (opts.lean && provider === 'cpu' && (sites.length > 0 || shape.groups > 1)) {
       const leanName = fileName.replace(/\.onnx$/, '.lean.onnx');
       try {
@@ -204,7 +206,8 @@ export class ModelRunner implements Pass {
       }
     }
     const info = modelInfo(ck, provider, sites, opts.dtype);
-    return new ModelRunner(session, info, tokenizer, shape.groups, kvSession, lean);
+    const kv: KvShape = { nLayer: ck.shape.layers, nHead: ck.shape.kvHeads, headDim: ck.shape.headDim };
+    return new ModelRunner(session, info, tokenizer, shape.groups, kv, kvSession, lean);
   }
 
   async forward(inp: ForwardInput): Promise<ForwardOutput> {

@@ -1,5 +1,5 @@
 import { type Site, steerName } from '../model/hooks.js';
-import { l2norm } from '../util/vec.js';
+import { dot, l2norm } from '../util/vec.js';
 import type { Intervention } from './types.js';
 
 /** A row's interventions and the boundary between its prompt and its generated tokens. */
@@ -53,16 +53,14 @@ export function foldProjections(ops: { u: Float64Array; c: number }[], H: number
   for (let k = 0; k < K; k++) {
     const u = ops[k].u;
     // g_j = u_k · u_j for the earlier ops; row k of W = −g·W (columns < k), and 1 on the diagonal
-    const g = new Float64Array(k);
-    for (let j = 0; j < k; j++) for (let i = 0; i < H; i++) g[j] += u[i] * ops[j].u[i];
+    const g = Float64Array.from({ length: k }, (_, j) => dot(u, ops[j].u));
     for (let col = 0; col < k; col++) {
       let s = 0;
       for (let j = col; j < k; j++) s += g[j] * W[j][col];
       W[k][col] = -s;
     }
     W[k][k] = 1;
-    let ub = 0;
-    for (let i = 0; i < H; i++) ub += u[i] * b[i];
+    const ub = dot(u, b);
     for (let i = 0; i < H; i++) b[i] += (ops[k].c - ub) * u[i];
   }
   // Z = Wᵀ·U: row i = Σ_j W[j][i] u_j

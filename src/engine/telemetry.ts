@@ -4,7 +4,7 @@ import { siteOf } from './steer.js';
 import type { Intervention, TelemetrySummary, TokenTelemetry } from './types.js';
 
 /** KL(p‖q) in nats of two rows of logits given their log-sum-exps, accumulated in float64. */
-export function klDivergence(p: Float32Array, lseP: number, q: Float32Array, lseQ: number): number {
+function klDivergence(p: Float32Array, lseP: number, q: Float32Array, lseQ: number): number {
   let kl = 0;
   for (let i = 0; i < p.length; i++) {
     const lp = p[i] - lseP;
@@ -30,8 +30,8 @@ export function unitVectors(interventions: readonly Intervention[]): (Float32Arr
   });
 }
 
-/** `x[from .. from+H) · u`, in float64. */
-export function dot(x: Float32Array, from: number, u: Float32Array): number {
+/** The projection of the row at `from` on u: `x[from .. from+H) · u`, in float64. */
+function projectionAt(x: Float32Array, from: number, u: Float32Array): number {
   let s = 0;
   for (let i = 0; i < u.length; i++) s += x[from + i] * u[i];
   return s;
@@ -86,7 +86,7 @@ export function tokenTelemetry(
     top1_flip: argmax(logits) !== argmax(base),
     projections: units.map((u, i) => {
       const iv = interventions[i];
-      return u ? dot(read.get(readName(siteOf(iv), iv.layer))!, at, u) : null;
+      return u ? projectionAt(read.get(readName(siteOf(iv), iv.layer))!, at, u) : null;
     }),
   };
 }

@@ -88,7 +88,20 @@ export function checkInterventions(list: Intervention[] | undefined, promptLengt
   }
 }
 
+/**
+ * Requests already checked, by object: a request session checks every run of a request before it
+ * posts any (docs/architecture.md §2.1), and the engine it posts them to does not check them again.
+ */
+const checked = new WeakSet<GenerateRequest>();
+
+/** The engine's rules for a generation request, once per request object. */
 export function validateGenerate(req: GenerateRequest, info: ModelInfo, maxContext = info.n_positions): void {
+  if (checked.has(req)) return;
+  checkGenerate(req, info, maxContext);
+  checked.add(req);
+}
+
+function checkGenerate(req: GenerateRequest, info: ModelInfo, maxContext: number): void {
   const prompt = checkPrompt(req.prompt, info);
   const n = req.max_new_tokens ?? D.max_new_tokens;
   if (!isInt(n) || n < 0) throw new BadRequestError(`max_new_tokens must be an integer >= 0 (got ${n})`);

@@ -1,4 +1,4 @@
-import type { Session, Tensor } from '../runtime/runtime.js';
+import type { GraphSession, Tensor } from '../runtime/runtime.js';
 import type { DeviceKv, KvPlanRow, KvUpdater } from './device-store.js';
 import type { KvShape } from './store.js';
 
@@ -8,7 +8,7 @@ import type { KvShape } from './store.js';
  * to write, the other input stands in (its rows are never taken), or with neither, one zero row of
  * one slot (host, a few hundred bytes). `fed` sees every input tensor (the host byte counters).
  */
-export function kvUpdater(session: Session, s: KvShape, fed: (t: Tensor) => void): KvUpdater {
+export function kvUpdater(session: GraphSession, s: KvShape, fed: (t: Tensor) => void): KvUpdater {
   const rt = session.runtime;
   const seed = rt.float32(new Float32Array(s.nHead * s.headDim), [1, s.nHead, 1, s.headDim]);
   const tensor = (t: DeviceKv | null, kind: 'k' | 'v', l: number): Tensor => (t ? t[kind][l] : seed);

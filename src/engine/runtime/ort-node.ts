@@ -1,5 +1,5 @@
 import ort from 'onnxruntime-node';
-import type { HostTensor, Runtime, Session, SessionOptions, Tensor } from './runtime.js';
+import type { GraphSession, GraphSessionOptions, HostTensor, Runtime, Tensor } from './runtime.js';
 
 /**
  * The onnxruntime-node binding (docs/architecture.md §7 Runtimes). Host tensors are its own
@@ -8,7 +8,7 @@ import type { HostTensor, Runtime, Session, SessionOptions, Tensor } from './run
  */
 
 /** A session of this binding: the runtime's, plus what only this binding has. */
-export interface OrtNodeSession extends Session {
+export interface OrtNodeSession extends GraphSession {
   /** Ends a profile started with the session option `enableProfiling` (scripts/profile-step.ts). */
   endProfiling(): void;
 }
@@ -34,7 +34,7 @@ export const ortNode: Runtime = {
   name: 'onnxruntime-node',
   providers: () => ort.listSupportedBackends().map((b) => b.name),
 
-  async open(model: string | Uint8Array, o: SessionOptions): Promise<Session> {
+  async open(model: string | Uint8Array, o: GraphSessionOptions): Promise<GraphSession> {
     const preferredOutputLocation: ort.InferenceSession.SessionOptions['preferredOutputLocation'] | undefined =
       o.deviceOutputs === 'all'
         ? 'gpu-buffer'

@@ -1,7 +1,7 @@
 /**
  * The runtime seam (docs/architecture.md §7 Runtimes): the one place that knows where a tensor
  * lives and how a session runs a pass. The engine builds host tensors through a `Runtime`, feeds
- * them and the device tensors a session returned to `Session.run`, and reads back only host
+ * them and the device tensors a session returned to `GraphSession.run`, and reads back only host
  * tensors. A binding of ONNX Runtime (ort-node.ts: onnxruntime-node) implements these interfaces;
  * another binding (one with device tensors of its own) goes beside it, and nothing above this
  * folder changes. Nothing here imports the rest of the engine.
@@ -51,7 +51,7 @@ export interface HostBytes {
 }
 
 /** How a session is opened. */
-export interface SessionOptions {
+export interface GraphSessionOptions {
   /** Execution provider: `cpu`, `cuda`, `webgpu`, ... */
   provider: string;
   /** Intra-op threads; 0 lets the runtime choose (one per core). */
@@ -65,7 +65,7 @@ export interface SessionOptions {
 }
 
 /** An open graph. */
-export interface Session {
+export interface GraphSession {
   /** The runtime that opened it (the one that makes its feeds). */
   readonly runtime: Runtime;
   /** Every output of the graph, in order. */
@@ -82,7 +82,7 @@ export interface Runtime {
   /** Execution providers this build has. */
   providers(): string[];
   /** Opens a graph from a file path or its bytes. */
-  open(model: string | Uint8Array, opts: SessionOptions): Promise<Session>;
+  open(model: string | Uint8Array, opts: GraphSessionOptions): Promise<GraphSession>;
   float32(data: Float32Array, dims: readonly number[]): HostTensor;
   /** int64 of `values` (default dims: [values.length]). */
   int64(values: readonly number[] | BigInt64Array, dims?: readonly number[]): HostTensor;
