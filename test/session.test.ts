@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import t, { type Test } from 'tap';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { type Harness, harness, post, queueMode } from './helpers/api.ts';
@@ -193,3 +194,79 @@ t.test(
     await idle(t, h, 'cancelled and never read');
   },
 );
+
+t.test('fuzzed receipts and multi-run bodies: never a 5xx, and nothing left running', async (t) => {
+  const h = await harness(model);
+  t.teardown(() => h.close());
+  const vector = { values: Array.from({ length: H }, (_, i) => Math.sin(i)) };
+  const made = await post(h.app, '/v1/generate', {
+    prompt: 'Once upon a time',
+    max_new_tokens: 4,
+    temperature: 0,
+    interventions: [{ vector, layer: 1, coeff: 2 }],
+    compare: ['baseline', 'negated'],
+  });
+  t.equal(made.statusCode, 200, made.body.slice(0, 200));
+  const receipt = made.json().receipt;
+  const bodies: Record<string, Record<string, unknown>> = {
+    '/v1/generate': {
+      prompt: 'One',
+      max_new_tokens: 3,
+      interventions: [{ vector, layer: 1, coeff: 1 }],
+      telemetry: true,
+      compare: ['baseline', 'negated', 'random'],
+    },
+    '/v1/completions': { prompt: ['One', 'Two'], n: 2, max_tokens: 3, logprobs: 1, echo: true },
+    '/v1/sweep': { prompt: 'One', vector, layers: [1, 2], coeffs: [1, -1], max_new_tokens: 3 },
+  };
+  const value = fc.oneof(
+    fc.jsonValue(),
+    fc.constantFrom(-1, 0, 1, 2 ** 31, 2 ** 53, 1e308, -1e308, 0.5, '', 'x'.repeat(300), [], [[]], [99999], null),
+    fc.array(fc.double({ noNaN: true }), { maxLength: 70 }),
+    fc.array(fc.integer({ min: -2, max: 60000 }), { maxLength: 8 }),
+  );
+  const statuses = new Map<number, number>();
+  const seen = (s: number) => statuses.set(s, (statuses.get(s) ?? 0) + 1);
+  const runKeys = Object.keys(receipt.runs[0]);
+  // a receipt with one field of one run (or of the receipt) replaced, runs dropped or repeated
+  const receipts = fc.record({
+    run: fc.nat({ max: receipt.runs.length - 1 }),
+    key: fc.oneof(fc.constantFrom(...runKeys), fc.constantFrom('interventions.0.coeff', 'interventions.0.layer')),
+    value,
+    copies: fc.constantFrom(1, 2, 5),
+    top: fc.option(fc.record({ key: fc.constantFrom(...Object.keys(receipt)), value }), { nil: undefined }),
+  });
+  await fc.assert(
+    fc.asyncProperty(receipts, async ({ run, key, value, copies, top }) => {
+      const runs = structuredClone(receipt.runs) as Record<string, unknown>[];
+      const [k, i, field] = key.split('.');
+      const target = field ? (runs[run][k] as Record<string, unknown>[] | undefined)?.[+i] : runs[run];
+      if (target) target[field ?? k] = value;
+      const body = { ...receipt, runs: Array(copies).fill(runs).flat(), ...(top && { [top.key]: top.value }) };
+      const res = await post(h.app, '/v1/replay', { receipt: body });
+      seen(res.statusCode);
+      return res.statusCode < 500;
+    }),
+    { numRuns: 60, seed: 21 },
+  );
+  await idle(t, h, 'after the fuzzed receipts');
+  const mutations = fc.record({
+    url: fc.constantFrom(...Object.keys(bodies)),
+    key: fc.constantFrom('prompt', 'n', 'max_tokens', 'max_new_tokens', 'compare', 'telemetry', 'layers', 'coeffs'),
+    value,
+  });
+  await fc.assert(
+    fc.asyncProperty(mutations, async ({ url, key, value }) => {
+      const res = await post(h.app, url, { ...bodies[url], [key]: value });
+      seen(res.statusCode);
+      return res.statusCode < 500;
+    }),
+    { numRuns: 60, seed: 21 },
+  );
+  await idle(t, h, 'after the fuzzed bodies');
+  t.ok(statuses.get(200), 'some fuzzed requests were served');
+  t.ok(
+    [...statuses.keys()].some((s) => s >= 400),
+    'some were refused',
+  );
+});
