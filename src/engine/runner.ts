@@ -4,7 +4,7 @@ import { SteerdError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
 import { buildGraph } from '../model/graph.js';
 import { type Dtype, ensureHalfWeights } from '../model/half-weights.js';
-import { hookPoints, projName, readName, SITES, type Site, steerName } from '../model/hooks.js';
+import { hookPoints, projName, readName, type Site, steerName } from '../model/hooks.js';
 import { buildKvGraphBytes } from '../model/kv-graph.js';
 import type { Tokenizer } from '../model/tokenizer.js';
 import type { DeviceKv, KvUpdater } from './kv/device-store.js';
@@ -143,7 +143,7 @@ export class ModelRunner implements Pass {
     const tokenizer = ck.family.tokenizer(opts.model);
     const provider = opts.provider ?? 'cpu';
     const shape = serveShape(provider, ck.shape.ctx);
-    const sites = opts.hookSites ?? [...SITES];
+    const sites = opts.hookSites ?? [...ck.family.sites];
     const half = opts.dtype === 'float16';
     const fileName = (shape.device ? SERVE_GRAPH_DEVICE : SERVE_GRAPH).replace(/\.onnx$/, half ? '.f16.onnx' : '.onnx');
     if (half) ensureHalfWeights(ck);
