@@ -322,8 +322,11 @@ if [ "$ok" = 1 ]; then
     [ "$r" = 503 ] || [ "$r" = 000 ] || fail "/readyz during the drain: $r"
     wait "$stopping" || fail "the container did not stop cleanly"
     wait "$streaming" "$plain" || true
-    docker logs "$embedded" 2>&1 | grep -q '"inFlight":[1-9].*"msg":"draining"' ||
-      fail "the log has no drain with requests in flight: $(docker logs "$embedded" 2>&1 | grep draining)"
+    # the log read whole first: with pipefail, grep -q leaving early fails the pipe (docker logs gets SIGPIPE)
+    local log
+    log=$(docker logs "$embedded" 2>&1)
+    grep -q '"inFlight":[1-9].*"msg":"draining"' <<<"$log" ||
+      fail "the log has no drain with requests in flight: $(grep draining <<<"$log")"
     [ "$(cat "$work/stream.code")" = 200 ] && [ "$(cat "$work/plain.code")" = 200 ] ||
       fail "requests in flight: $(cat "$work/stream.code") (streamed), $(cat "$work/plain.code")"
     local streamed done_tokens
@@ -373,7 +376,7 @@ pair() {
   wait_ready "$api" "$api_url" 180
   worker=$(run worker "${env[@]}" -v "$(volume worker-data):/data" "$IMAGE" worker)
   local deadline=$((SECONDS + 180))
-  until docker logs "$worker" 2>&1 | grep -q 'steerd worker: serving'; do
+  until docker logs "$worker" 2>&1 | grep 'steerd worker: serving' >/dev/null; do
     running "$worker" || { logs "$worker"; fail "the worker exited"; }
     [ "$SECONDS" -lt "$deadline" ] || { logs "$worker"; fail "the worker is not serving after 180 s"; }
     sleep 0.2
