@@ -20,7 +20,9 @@ import { SITES, type Site } from '../src/model/hooks.ts';
 import { LLAMA } from '../src/model/llama/family.ts';
 import { type TinyLlamaOptions, writeTinyLlamaCheckpoint } from '../src/model/llama/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
+import { collect } from './helpers/engine-util.ts';
 import { fillHooks } from './helpers/graph-run.ts';
+import { startEngine } from './helpers/provider.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-llama-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
@@ -403,6 +405,45 @@ t.test('the serving graph: a prefill and a decode step over a kvHeads-wide cache
   };
   const step = await run([ids[6]], 6, (l, kv) => withSlots(first[`new.${l}.${kv}`]));
   expectClose(t, 'decode step logits', step.last_logits, [want[6]]);
+});
+
+t.test('the engine end to end: greedy tokens and logprobs equal the reference, steered and not', async (t) => {
+  const dir = join(root, 'engine');
+  writeTinyLlamaCheckpoint(dir, { layers: 2, embd: 32, heads: 4, kvHeads: 2, ctx: 64, seed: 11, ropeScaling: LLAMA3 });
+  const m = loadRef(dir);
+  const engine = await startEngine({ model: dir, tokenBudget: 16 });
+  t.teardown(() => engine.close());
+  const prompt = randomIds(20); // two prefill chunks of 16, then decode steps
+  const direction = randomVec(m.H, 1);
+  const tokens: number[][] = [];
+  for (const [what, edits] of [
+    ['unsteered', {}],
+    ['steered at resid_pre 1', { 'resid_pre.1': { steer: direction.map((v) => 3 * v) } }],
+  ] as const) {
+    const ids = [...prompt];
+    const want: number[] = [];
+    const logprobs: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const logits = forward(m, ids, edits).logits.at(-1)!;
+      let best = 0;
+      for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+      let z = 0;
+      for (const v of logits) z += Math.exp(v - logits[best]);
+      want.push(best);
+      logprobs.push(-Math.log(z));
+      ids.push(best);
+    }
+    const interventions =
+      what === 'unsteered' ? [] : [{ layer: 1, coeff: 3, values: Float32Array.from(direction), rows: 1 }];
+    const got = await collect(
+      engine.generate({ prompt, max_new_tokens: 6, temperature: 0, stop_at_eos: false, interventions }),
+    );
+    t.same(got.ids, want, `${what}: greedy tokens`);
+    tokens.push(got.ids);
+    const err = Math.max(...got.logprobs.map((x, i) => Math.abs(x - logprobs[i])));
+    t.ok(err < 1e-4, `${what}: logprobs within 1e-4 (${err.toExponential(2)})`);
+  }
+  t.notSame(tokens[1], tokens[0], 'the steering changes the tokens');
 });
 
 // ---------------------------------------------------------------------------------------------
