@@ -446,6 +446,34 @@ t.test('the engine end to end: greedy tokens and logprobs equal the reference, s
   t.notSame(tokens[1], tokens[0], 'the steering changes the tokens');
 });
 
+t.test('the engine with float16 weights: the linear maps transposed from the copy', async (t) => {
+  const dir = join(root, 'engine');
+  const m = loadRef(dir);
+  const prompt = randomIds(12);
+  const logits = forward(m, prompt).logits.at(-1)!;
+  let best = 0;
+  for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+  let z = 0;
+  for (const v of logits) z += Math.exp(v - logits[best]);
+  const errors: number[] = [];
+  for (const dtype of ['float32', 'float16'] as const) {
+    const engine = await startEngine({ model: dir, dtype, provider: 'cpu' });
+    try {
+      t.equal(engine.info.dtype, dtype);
+      const got = await collect(engine.generate({ prompt, max_new_tokens: 1, temperature: 0, stop_at_eos: false }));
+      t.same(got.ids, [best], `${dtype}: the reference's most likely token`);
+      errors.push(Math.abs(got.logprobs[0] + Math.log(z)));
+    } finally {
+      await engine.close();
+    }
+  }
+  t.ok(errors[1] < 2e-2, `float16: logprob within 2e-2 (${errors[1].toExponential(2)})`);
+  t.ok(
+    errors[1] > 10 * errors[0],
+    `and the float16 graph is the one that ran (float32: ${errors[0].toExponential(2)})`,
+  );
+});
+
 // ---------------------------------------------------------------------------------------------
 // The registry, and what the family refuses.
 

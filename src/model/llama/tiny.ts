@@ -22,7 +22,7 @@ export interface TinyLlamaOptions {
   ctx?: number;
   /** PRNG seed: the same options give the same bytes. Default 0. */
   seed?: number;
-  /** q, k, v biases: `attention_bias` for llama (o_proj gets one too), always for qwen2. Default false. */
+  /** Llama's `attention_bias` (q, k, v and o biases). Default false. Qwen2 always has q, k, v biases, Mistral none. */
   bias?: boolean;
   /** `tie_word_embeddings`: no lm_head.weight in the file. Default false. */
   tied?: boolean;
@@ -66,9 +66,6 @@ export function writeTinyLlamaCheckpoint(dir: string, opts: TinyLlamaOptions = {
     steerd_random_weights: { seed },
   };
   const config = parseConfig(rawConfig); // refuses impossible shapes before anything is written
-  if (modelType !== 'llama' && opts.bias === false && config.qkv_bias) {
-    throw new Error(`${modelType} always has q, k, v biases`);
-  }
   mkdirSync(dir, { recursive: true });
 
   // Not a trained model's scale: linear maps get sd 1/√in and embeddings sd 1, so that activations
