@@ -35,7 +35,7 @@ export function llamaBody(
   const two = g.constF('c.two', [2], []);
 
   // RMSNorm: x / sqrt(mean(x²) + eps) · w, written as Hugging Face's export writes it (Pow, ReduceMean,
-  // Add, Sqrt, Div, Mul), the pattern ONNX Runtime fuses into one kernel.
+  // Add, Sqrt, Div, Mul), the pattern ONNX Runtime fuses into one kernel (SimplifiedLayerNormalization).
   const rms = (input: string, weight: string) => {
     const ms = g.op1('ReduceMean', [g.op1('Pow', [input, two]), lastAxis], [int('keepdims', 1)]); // [.., 1]
     const normed = g.op1('Div', [input, g.op1('Sqrt', [g.op1('Add', [ms, eps])])]); // [.., H]
