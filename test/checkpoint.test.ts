@@ -106,9 +106,9 @@ t.test('bad checkpoints name the file and the problem', async (t) => {
   );
   refuses(
     t,
-    variant((d) => editConfig(d, { model_type: 'llama', architectures: ['LlamaForCausalLM'] })),
+    variant((d) => editConfig(d, { model_type: 'falcon', architectures: ['FalconForCausalLM'] })),
     'config.json',
-    /model_type is "llama" \(LlamaForCausalLM\).*GPT-2/,
+    /model_type is "falcon" \(FalconForCausalLM\).*GPT-2/,
     'other architecture',
   );
   refuses(

@@ -2,13 +2,14 @@ import { CheckpointError } from '../errors.js';
 import { readConfigJson } from './config.js';
 import type { ModelFamily } from './family.js';
 import { GPT2 } from './gpt2/family.js';
+import { LLAMA } from './llama/family.js';
 import type { Tokenizer } from './tokenizer.js';
 
 /**
  * The model families steerd serves (docs/architecture.md §8). A checkpoint's config.json names its
  * architecture in `model_type`, as Hugging Face writes it; that alone picks the family.
  */
-export const FAMILIES: readonly ModelFamily[] = [GPT2];
+export const FAMILIES: readonly ModelFamily[] = [GPT2, LLAMA];
 
 /** The family of a parsed config.json (`file` names it in errors); refuses a `model_type` no family reads. */
 export function familyOf(raw: Record<string, unknown>, file: string): ModelFamily {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { keysT, MASKED } from './attention.js';
+import { keysT, MASKED, repeatKv } from './attention.js';
 import { openCheckpoint } from './checkpoint.js';
 import type { Checkpoint } from './family.js';
 import { BUILDER_VERSION, IR_VERSION, OPSET } from './graph-format.js';
@@ -62,11 +62,13 @@ export function buildGraphBytes(ck: Checkpoint): Uint8Array {
   const allowed = g.op1('And', [keep4, causal]); // [B, 1, T, S]
   const bias = g.op1('Where', [allowed, g.constF('c.zero_f', [0], []), g.constF('c.masked_f', [MASKED], [])]); // [B, 1, T, S]
 
+  const rep = repeatKv(g, model.heads, nkv);
   const body = ck.family.body(g, ck, ({ layer: l, q, k, v }) => {
-    const kAll = g.op1('Concat', [`past.${l}.key`, k], [int('axis', 2)], `present.${l}.key`); // [B, nh, S, hd]
-    const vAll = g.op1('Concat', [`past.${l}.value`, v], [int('axis', 2)], `present.${l}.value`); // [B, nh, S, hd]
-    const probs = g.op1('Softmax', [g.op1('Add', [g.op1('MatMul', [q, keysT(g, kAll)]), bias])], [int('axis', -1)]); // [B, nh, T, S]
-    return g.op1('MatMul', [probs, vAll]); // [B, nh, T, hd]
+    const kAll = g.op1('Concat', [`past.${l}.key`, k], [int('axis', 2)], `present.${l}.key`); // [B, nkv, S, hd]
+    const vAll = g.op1('Concat', [`past.${l}.value`, v], [int('axis', 2)], `present.${l}.value`); // [B, nkv, S, hd]
+    const scores = g.op1('MatMul', [q, keysT(g, rep(kAll))]); // [B, nh, T, S]
+    const probs = g.op1('Softmax', [g.op1('Add', [scores, bias])], [int('axis', -1)]); // [B, nh, T, S]
+    return g.op1('MatMul', [probs, rep(vAll)]); // [B, nh, T, hd]
   });
 
   // ONNX Runtime runs every node whatever the caller fetches: `last_logits` is a slice of `logits`.

@@ -1,5 +1,5 @@
 import { SteerdError } from '../errors.js';
-import { keysT, MASKED } from './attention.js';
+import { keysT, MASKED, repeatKv } from './attention.js';
 import type { Checkpoint } from './family.js';
 import { BUILDER_VERSION, IR_VERSION, OPSET } from './graph-format.js';
 import { HALF_WEIGHTS_FILE, halfLayout } from './half-weights.js';
@@ -129,16 +129,17 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   }
 
   const kvName = (l: number, kind: 'key' | 'value') => `new.${l}.${kind}`;
+  const rep = repeatKv(g, model.heads, nkv);
   const body = ck.family.body(
     g,
     ck,
     ({ layer: l, q, k, v }) => {
       const qs = split(q);
-      const ks = split(k);
-      const vs = split(v);
+      const ks = split(rep(k)); // [B_g, nh, T, hd] each
+      const vs = split(rep(v));
       const ctx = qs.map((qg, x) => {
         const sNew = g.op1('MatMul', [qg, keysT(g, ks[x])]); // [B_g, nh, T, T]
-        const sPast = g.op1('MatMul', [qg, keysT(g, `past.${l}.${x}.key`)]); // [B_g, nh, T, P_g]
+        const sPast = g.op1('MatMul', [qg, keysT(g, rep(`past.${l}.${x}.key`))]); // [B_g, nh, T, P_g]
         const scores = g.op1('Add', [g.op1('Concat', [sNew, sPast], [int('axis', 3)]), bias[x]]); // [B_g, nh, T, T+P_g]
         const probs = g.op1('Softmax', [scores], [int('axis', -1)]);
         const [pNew, pPast] = g.op(
@@ -147,7 +148,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
           [int('axis', 3)],
           2,
         );
-        return g.op1('Add', [g.op1('MatMul', [pNew, vs[x]]), g.op1('MatMul', [pPast, `past.${l}.${x}.value`])]); // [B_g, nh, T, hd]
+        return g.op1('Add', [g.op1('MatMul', [pNew, vs[x]]), g.op1('MatMul', [pPast, rep(`past.${l}.${x}.value`)])]); // [B_g, nh, T, hd]
       });
       return unsplit ? ctx[0] : g.op1('Concat', ctx, [int('axis', 0)]); // [B, nh, T, hd]
     },

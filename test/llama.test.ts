@@ -1,0 +1,588 @@
+/**
+ * The Llama family (docs/architecture.md §8) against an independent float64 reference written
+ * here from the model's definitions (RMSNorm, rotate-half RoPE with the config's frequencies,
+ * causal softmax attention with grouped-query heads, SwiGLU), not from the graph code: logits and
+ * every hook point through the contract graph, steered and ablated, grouped-query ratios 1, 2 and
+ * 4, biases, tied and untied heads, every RoPE scaling; incremental decoding through the cache; the
+ * serving graph; the registry and what it refuses.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import ort from 'onnxruntime-node';
+import t, { type Test } from 'tap';
+import { CheckpointError } from '../src/errors.ts';
+import { openCheckpoint } from '../src/model/checkpoint.ts';
+import { familyOf, loadTokenizer } from '../src/model/families.ts';
+import { Gpt2Tokenizer } from '../src/model/gpt2/tokenizer.ts';
+import { buildGraph } from '../src/model/graph.ts';
+import { SITES, type Site } from '../src/model/hooks.ts';
+import { LLAMA } from '../src/model/llama/family.ts';
+import { type TinyLlamaOptions, writeTinyLlamaCheckpoint } from '../src/model/llama/tiny.ts';
+import { Rng } from '../src/util/rng.ts';
+import { collect } from './helpers/engine-util.ts';
+import { fillHooks } from './helpers/graph-run.ts';
+import { startEngine } from './helpers/provider.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'steerd-llama-'));
+t.teardown(() => rmSync(root, { recursive: true, force: true }));
+
+// ---------------------------------------------------------------------------------------------
+// The reference: plain float64 loops over the checkpoint files, read here.
+
+interface Ref {
+  L: number;
+  H: number;
+  nh: number;
+  nkv: number;
+  hd: number;
+  V: number;
+  eps: number;
+  invFreq: number[];
+  w: Map<string, Float64Array>;
+}
+
+/** RoPE frequencies from the definitions: θ^(−2i/d), then the scaling the config names. */
+function refInvFreq(cfg: Record<string, unknown>, d: number): number[] {
+  const theta = (cfg.rope_theta as number) ?? 10000;
+  const s = cfg.rope_scaling as Record<string, number | string> | null;
+  const out: number[] = [];
+  for (let i = 0; i < d; i += 2) {
+    const f = theta ** (-i / d);
+    const type = s?.rope_type ?? s?.type;
+    if (!s || type === undefined) out.push(f);
+    else if (type === 'linear') out.push(f / (s.factor as number));
+    else {
+      // Llama 3.1: by wavelength against the original context
+      const [factor, lo, hi, old] = [
+        s.factor,
+        s.low_freq_factor,
+        s.high_freq_factor,
+        s.original_max_position_embeddings,
+      ] as number[];
+      const wavelen = (2 * Math.PI) / f;
+      if (wavelen > old / lo) out.push(f / factor);
+      else if (wavelen < old / hi) out.push(f);
+      else {
+        const a = (old / wavelen - lo) / (hi - lo);
+        out.push(a * f + ((1 - a) * f) / factor);
+      }
+    }
+  }
+  return out;
+}
+
+function loadRef(dir: string): Ref {
+  const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+  const buf = readFileSync(join(dir, 'model.safetensors'));
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  const w = new Map<string, Float64Array>();
+  for (const [key, v] of Object.entries(header)) {
+    if (key === '__metadata__') continue;
+    const [a, b] = (v as { data_offsets: [number, number] }).data_offsets;
+    const bytes = buf.subarray(8 + n + a, 8 + n + b);
+    w.set(
+      key,
+      Float64Array.from(new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength))),
+    );
+  }
+  const nh = cfg.num_attention_heads;
+  const hd = cfg.head_dim ?? cfg.hidden_size / nh;
+  return {
+    L: cfg.num_hidden_layers,
+    H: cfg.hidden_size,
+    nh,
+    nkv: cfg.num_key_value_heads ?? nh,
+    hd,
+    V: cfg.vocab_size,
+    eps: cfg.rms_norm_eps,
+    invFreq: refInvFreq(cfg, hd),
+    w,
+  };
+}
+
+/** y = x Wᵀ + b for W [out, in] (Hugging Face's nn.Linear layout); b absent when the file has none. */
+function lin(x: Float64Array, W: Float64Array, b: Float64Array | undefined, out: number): Float64Array {
+  const inn = x.length;
+  const y = new Float64Array(out);
+  for (let o = 0; o < out; o++) {
+    let s = b ? b[o] : 0;
+    for (let i = 0; i < inn; i++) s += x[i] * W[o * inn + i];
+    y[o] = s;
+  }
+  return y;
+}
+
+function rmsNorm(x: Float64Array, g: Float64Array, eps: number): Float64Array {
+  let ms = 0;
+  for (const v of x) ms += v * v;
+  const r = 1 / Math.sqrt(ms / x.length + eps);
+  return Float64Array.from(x, (v, i) => v * r * g[i]);
+}
+
+/** Rotates one head's vector (offset o, width d) in place: x·cos + rotate_half(x)·sin. */
+function rotate(x: Float64Array, o: number, d: number, pos: number, invFreq: number[]) {
+  const half = d / 2;
+  for (let i = 0; i < half; i++) {
+    const a = pos * invFreq[i];
+    const [x1, x2] = [x[o + i], x[o + i + half]];
+    x[o + i] = x1 * Math.cos(a) - x2 * Math.sin(a);
+    x[o + i + half] = x2 * Math.cos(a) + x1 * Math.sin(a);
+  }
+}
+
+/** The hook points' edits: s added, then the rank-1 map x − (x·u)z of the projection inputs. */
+interface RefEdit {
+  steer?: Float64Array;
+  u?: Float64Array;
+  z?: Float64Array;
+}
+
+/** Full forward pass of one sequence at positions 0..T-1: logits [T][V] and every hook point [T][H]. */
+function forward(m: Ref, ids: number[], edits: Partial<Record<string, RefEdit>> = {}) {
+  const { L, H, nh, nkv, hd, V, eps } = m;
+  const W = (name: string) => m.w.get(name)!;
+  const T = ids.length;
+  const hooks = new Map<string, Float64Array[]>();
+  const hook = (site: Site, l: number, xs: Float64Array[]) => {
+    const e = edits[`${site}.${l}`];
+    const ys = xs.map((x) => {
+      let y = Float64Array.from(x);
+      if (e?.u && e.z) {
+        let p = 0;
+        for (let i = 0; i < H; i++) p += x[i] * e.u[i];
+        y = Float64Array.from(y, (v, i) => v - p * e.z![i]);
+      }
+      if (e?.steer) y = Float64Array.from(y, (v, i) => v + e.steer![i]);
+      return y;
+    });
+    hooks.set(`${site}.${l}`, ys);
+    return ys;
+  };
+  const E = W('model.embed_tokens.weight');
+  let x = ids.map((id) => E.slice(id * H, (id + 1) * H));
+  const group = nh / nkv;
+  for (let l = 0; l < L; l++) {
+    const p = `model.layers.${l}.`;
+    x = hook('resid_pre', l, x);
+    const a = hook(
+      'ln1',
+      l,
+      x.map((v) => rmsNorm(v, W(`${p}input_layernorm.weight`), eps)),
+    );
+    const proj = (name: string, out: number) =>
+      a.map((v) => lin(v, W(`${p}self_attn.${name}_proj.weight`), m.w.get(`${p}self_attn.${name}_proj.bias`), out));
+    const q = proj('q', nh * hd);
+    const k = proj('k', nkv * hd);
+    const v = proj('v', nkv * hd);
+    for (let t = 0; t < T; t++) {
+      for (let h = 0; h < nh; h++) rotate(q[t], h * hd, hd, t, m.invFreq);
+      for (let h = 0; h < nkv; h++) rotate(k[t], h * hd, hd, t, m.invFreq);
+    }
+    const ctx = Array.from({ length: T }, () => new Float64Array(nh * hd));
+    for (let h = 0; h < nh; h++) {
+      const kh = Math.floor(h / group); // the key/value head this query head reads
+      for (let t = 0; t < T; t++) {
+        const s: number[] = [];
+        for (let u = 0; u <= t; u++) {
+          let d = 0;
+          for (let i = 0; i < hd; i++) d += q[t][h * hd + i] * k[u][kh * hd + i];
+          s.push(d / Math.sqrt(hd));
+        }
+        const mx = Math.max(...s);
+        const e = s.map((z) => Math.exp(z - mx));
+        const z = e.reduce((A, B) => A + B, 0);
+        for (let u = 0; u <= t; u++) for (let i = 0; i < hd; i++) ctx[t][h * hd + i] += (e[u] / z) * v[u][kh * hd + i];
+      }
+    }
+    const o = hook(
+      'attn_out',
+      l,
+      ctx.map((c) => lin(c, W(`${p}self_attn.o_proj.weight`), m.w.get(`${p}self_attn.o_proj.bias`), H)),
+    );
+    x = hook(
+      'resid_mid',
+      l,
+      x.map((r, t) => r.map((val, i) => val + o[t][i])),
+    );
+    const mm = hook(
+      'ln2',
+      l,
+      x.map((r) => rmsNorm(r, W(`${p}post_attention_layernorm.weight`), eps)),
+    );
+    const inner = W(`${p}mlp.up_proj.weight`).length / H;
+    const down = hook(
+      'mlp_out',
+      l,
+      mm.map((r) => {
+        const gate = lin(r, W(`${p}mlp.gate_proj.weight`), undefined, inner);
+        const up = lin(r, W(`${p}mlp.up_proj.weight`), undefined, inner);
+        const hidden = gate.map((g, i) => (g / (1 + Math.exp(-g))) * up[i]);
+        return lin(hidden, W(`${p}mlp.down_proj.weight`), undefined, H);
+      }),
+    );
+    x = x.map((r, t) => r.map((val, i) => val + down[t][i]));
+  }
+  x = hook('resid_pre', L, x);
+  const head = m.w.get('lm_head.weight') ?? E;
+  const logits = x.map((r) => lin(rmsNorm(r, W('model.norm.weight'), eps), head, undefined, V));
+  return { logits, hooks };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract graph, fed by its names (docs/architecture.md §3), with kvHeads-wide caches.
+
+const f32 = (a: ArrayLike<number>, dims: number[]) => new ort.Tensor('float32', Float32Array.from(a), dims);
+const i64 = (a: number[]) => new ort.Tensor('int64', BigInt64Array.from(a.map(BigInt)), [1, a.length]);
+
+async function runContract(
+  s: ort.InferenceSession,
+  m: Ref,
+  ids: number[],
+  from = 0,
+  past?: Record<string, ort.Tensor>,
+  edits: Partial<Record<string, RefEdit>> = {},
+) {
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: i64(ids),
+    attention_mask: i64(Array(from + ids.length).fill(1)),
+    position_ids: i64(ids.map((_, i) => from + i)),
+  };
+  for (let l = 0; l < m.L; l++)
+    for (const kv of ['key', 'value'])
+      feeds[`past.${l}.${kv}`] = past?.[`present.${l}.${kv}`] ?? f32([], [1, m.nkv, 0, m.hd]);
+  for (const [name, e] of Object.entries(edits)) {
+    const [site, l] = name.split('.') as [Site, string];
+    const base = site === 'resid_pre' ? `${l}` : `${site}.${l}`;
+    if (e?.steer) feeds[`steer.${base}`] = f32(e.steer, [1, 1, m.H]);
+    if (e?.u && e.z) {
+      feeds[`proj.${site}.${l}.u`] = f32(e.u, [1, 1, m.H]);
+      feeds[`proj.${site}.${l}.z`] = f32(e.z, [1, 1, m.H]);
+    }
+  }
+  return s.run(fillHooks(s, feeds, m.H));
+}
+
+/** Largest |a − b| over all entries, divided by the range of b (the reference). */
+function relErr(got: Float32Array, want: Float64Array[]): number {
+  let err = 0;
+  let lo = Infinity;
+  let hi = -Infinity;
+  const N = want[0].length;
+  for (const [t, row] of want.entries()) {
+    for (const [i, v] of row.entries()) {
+      err = Math.max(err, Math.abs(got[t * N + i] - v));
+      lo = Math.min(lo, v);
+      hi = Math.max(hi, v);
+    }
+  }
+  return err / (hi - lo);
+}
+
+const TOL = 1e-4;
+let worst = 0;
+t.teardown(() =>
+  console.log(`# llama: largest error relative to the range, over every comparison: ${worst.toExponential(2)}`),
+);
+
+function expectClose(t: Test, what: string, got: ort.Tensor, want: Float64Array[], offset = 0) {
+  const N = want[0].length;
+  const err = relErr((got.data as Float32Array).subarray(offset * N), want);
+  worst = Math.max(worst, err);
+  t.ok(err <= TOL, `${what}: ${err.toExponential(2)} of the range`);
+}
+
+const rng = new Rng(7);
+const randomIds = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * 50257));
+const randomVec = (H: number, scale: number) => Float64Array.from({ length: H }, () => scale * rng.normal());
+const unit = (v: Float64Array) => {
+  const n = Math.sqrt(v.reduce((a, b) => a + b * b, 0));
+  return v.map((x) => x / n);
+};
+
+const LLAMA3 = {
+  rope_type: 'llama3',
+  factor: 8,
+  low_freq_factor: 1,
+  high_freq_factor: 4,
+  original_max_position_embeddings: 64,
+};
+const VARIANTS: [string, TinyLlamaOptions][] = [
+  ['llama, 4 kv heads of 4 (no grouping), untied, no scaling', { heads: 4, kvHeads: 4, seed: 1 }],
+  [
+    'llama, 2 kv heads of 4, attention_bias, tied, linear scaling',
+    { heads: 4, kvHeads: 2, seed: 2, bias: true, tied: true, ropeScaling: { type: 'linear', factor: 4 } },
+  ],
+  [
+    'qwen2, 1 kv head of 4 (q/k/v bias), untied, llama3 scaling',
+    { heads: 4, kvHeads: 1, seed: 3, modelType: 'qwen2', ropeScaling: LLAMA3 },
+  ],
+  [
+    'mistral, 2 kv heads of 8, tied, llama3 scaling',
+    { heads: 8, kvHeads: 2, seed: 4, modelType: 'mistral', tied: true, ropeScaling: LLAMA3 },
+  ],
+];
+
+for (const [i, [name, opts]] of VARIANTS.entries()) {
+  t.test(name, async (t) => {
+    const dir = join(root, `v${i}`);
+    writeTinyLlamaCheckpoint(dir, { layers: 2, embd: 64, ctx: 64, ...opts });
+    const m = loadRef(dir);
+    const { file, checkpoint } = buildGraph(dir);
+    t.equal(checkpoint.family, LLAMA);
+    t.equal(checkpoint.tiedLmHead, opts.tied ?? false, 'tied exactly when the file has no lm_head');
+    const s = await ort.InferenceSession.create(file);
+    const ids = randomIds(12); // positions up to 11: RoPE's slow and fast frequencies both turn
+
+    const plain = forward(m, ids);
+    let out = await runContract(s, m, ids);
+    expectClose(t, 'logits', out.logits, plain.logits);
+    for (const [point, want] of plain.hooks)
+      expectClose(t, point, out[point.startsWith('resid_pre') ? `resid.${point.split('.')[1]}` : point], want);
+
+    // steering at resid_pre 1 and mlp_out 0, an ablation at ln2 1
+    const edits: Record<string, RefEdit> = {
+      'resid_pre.1': { steer: randomVec(m.H, 2) },
+      'mlp_out.0': { steer: randomVec(m.H, 1) },
+      'ln2.1': (() => {
+        const u = unit(randomVec(m.H, 1));
+        return { u, z: u };
+      })(),
+    };
+    const steered = forward(m, ids, edits);
+    out = await runContract(s, m, ids, 0, undefined, edits);
+    expectClose(t, 'steered logits', out.logits, steered.logits);
+    for (const [point, want] of steered.hooks)
+      expectClose(
+        t,
+        `steered ${point}`,
+        out[point.startsWith('resid_pre') ? `resid.${point.split('.')[1]}` : point],
+        want,
+      );
+    t.ok(relErr(out.logits.data as Float32Array, plain.logits) > 1e-2, 'the steering changes the logits');
+
+    // incremental decoding: a prompt of 8, then one token at a time through present → past
+    let cache = await runContract(s, m, ids.slice(0, 8));
+    t.same(cache['present.0.key'].dims, [1, m.nkv, 8, m.hd], 'the cache holds the key/value heads');
+    for (let p = 8; p < ids.length; p++) {
+      cache = await runContract(s, m, [ids[p]], p, cache);
+      expectClose(t, `decoded token ${p}`, cache.logits, [plain.logits[p]]);
+    }
+    t.same(cache['present.1.value'].dims, [1, m.nkv, ids.length, m.hd]);
+  });
+}
+
+t.test('the serving graph: a prefill and a decode step over a kvHeads-wide cache', async (t) => {
+  const dir = join(root, 'serve');
+  writeTinyLlamaCheckpoint(dir, { heads: 4, kvHeads: 2, embd: 32, ctx: 32, seed: 9, bias: true });
+  const m = loadRef(dir);
+  const { file } = buildGraph(dir, { serving: { groups: 1 }, fileName: 'serve.onnx' });
+  const s = await ort.InferenceSession.create(file);
+  const ids = randomIds(7);
+  const want = forward(m, ids).logits;
+  const run = async (tokens: number[], from: number, past: (l: number, kv: string) => ort.Tensor) => {
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: i64(tokens),
+      position_ids: i64(tokens.map((_, i) => from + i)),
+      new_len: new ort.Tensor('int64', BigInt64Array.of(BigInt(tokens.length)), [1]),
+      past_len: new ort.Tensor('int64', BigInt64Array.of(BigInt(from)), [1]),
+      group_rows: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
+      logits_all: new ort.Tensor('bool', Uint8Array.of(1), []),
+    };
+    for (let l = 0; l < m.L; l++) for (const kv of ['key', 'value']) feeds[`past.${l}.0.${kv}`] = past(l, kv);
+    return s.run(fillHooks(s, feeds, m.H));
+  };
+  const first = await run(ids.slice(0, 6), 0, () => f32([], [1, m.nkv, 0, m.hd]));
+  t.same(first['new.0.key'].dims, [1, m.nkv, 6, m.hd], 'new keys have the key/value heads');
+  expectClose(t, 'prefill logits', first.logits, want.slice(0, 6));
+  // the cache with two unused slots at the end, which the step must not attend
+  const withSlots = (x: ort.Tensor) => {
+    const d = x.data as Float32Array;
+    const out = new Float32Array(m.nkv * 8 * m.hd);
+    for (let h = 0; h < m.nkv; h++) out.set(d.subarray(h * 6 * m.hd, (h + 1) * 6 * m.hd), h * 8 * m.hd);
+    return new ort.Tensor('float32', out, [1, m.nkv, 8, m.hd]);
+  };
+  const step = await run([ids[6]], 6, (l, kv) => withSlots(first[`new.${l}.${kv}`]));
+  expectClose(t, 'decode step logits', step.last_logits, [want[6]]);
+});
+
+t.test('the engine end to end: greedy tokens and logprobs equal the reference, steered and not', async (t) => {
+  const dir = join(root, 'engine');
+  writeTinyLlamaCheckpoint(dir, { layers: 2, embd: 32, heads: 4, kvHeads: 2, ctx: 64, seed: 11, ropeScaling: LLAMA3 });
+  const m = loadRef(dir);
+  const engine = await startEngine({ model: dir, tokenBudget: 16 });
+  t.teardown(() => engine.close());
+  const prompt = randomIds(20); // two prefill chunks of 16, then decode steps
+  const direction = randomVec(m.H, 1);
+  const tokens: number[][] = [];
+  for (const [what, edits] of [
+    ['unsteered', {}],
+    ['steered at resid_pre 1', { 'resid_pre.1': { steer: direction.map((v) => 3 * v) } }],
+  ] as const) {
+    const ids = [...prompt];
+    const want: number[] = [];
+    const logprobs: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const logits = forward(m, ids, edits).logits.at(-1)!;
+      let best = 0;
+      for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+      let z = 0;
+      for (const v of logits) z += Math.exp(v - logits[best]);
+      want.push(best);
+      logprobs.push(-Math.log(z));
+      ids.push(best);
+    }
+    const interventions =
+      what === 'unsteered' ? [] : [{ layer: 1, coeff: 3, values: Float32Array.from(direction), rows: 1 }];
+    const got = await collect(
+      engine.generate({ prompt, max_new_tokens: 6, temperature: 0, stop_at_eos: false, interventions }),
+    );
+    t.same(got.ids, want, `${what}: greedy tokens`);
+    tokens.push(got.ids);
+    const err = Math.max(...got.logprobs.map((x, i) => Math.abs(x - logprobs[i])));
+    t.ok(err < 1e-4, `${what}: logprobs within 1e-4 (${err.toExponential(2)})`);
+  }
+  t.notSame(tokens[1], tokens[0], 'the steering changes the tokens');
+});
+
+t.test('the engine with float16 weights: the linear maps transposed from the copy', async (t) => {
+  const dir = join(root, 'engine');
+  const m = loadRef(dir);
+  const prompt = randomIds(12);
+  const logits = forward(m, prompt).logits.at(-1)!;
+  let best = 0;
+  for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+  let z = 0;
+  for (const v of logits) z += Math.exp(v - logits[best]);
+  const errors: number[] = [];
+  for (const dtype of ['float32', 'float16'] as const) {
+    const engine = await startEngine({ model: dir, dtype, provider: 'cpu' });
+    try {
+      t.equal(engine.info.dtype, dtype);
+      const got = await collect(engine.generate({ prompt, max_new_tokens: 1, temperature: 0, stop_at_eos: false }));
+      t.same(got.ids, [best], `${dtype}: the reference's most likely token`);
+      errors.push(Math.abs(got.logprobs[0] + Math.log(z)));
+    } finally {
+      await engine.close();
+    }
+  }
+  t.ok(errors[1] < 2e-2, `float16: logprob within 2e-2 (${errors[1].toExponential(2)})`);
+  t.ok(
+    errors[1] > 10 * errors[0],
+    `and the float16 graph is the one that ran (float32: ${errors[0].toExponential(2)})`,
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+// The registry, and what the family refuses.
+
+const base = join(root, 'base');
+writeTinyLlamaCheckpoint(base, { layers: 1, embd: 32, heads: 4, kvHeads: 2, ctx: 16 });
+const config = () => JSON.parse(readFileSync(join(base, 'config.json'), 'utf8'));
+
+t.test('the registry picks the Llama family for llama, qwen2 and mistral', async (t) => {
+  for (const type of ['llama', 'qwen2', 'mistral'])
+    t.equal(familyOf({ ...config(), model_type: type }, 'config.json'), LLAMA, type);
+  const ck = openCheckpoint(base);
+  t.equal(ck.family, LLAMA);
+  t.same(ck.shape, { layers: 1, embd: 32, heads: 4, kvHeads: 2, headDim: 8, vocab: 50257, ctx: 16, eos: 50256 });
+  t.type(loadTokenizer(base), Gpt2Tokenizer, 'GPT-2 vocabulary files: the byte-level BPE reader');
+  t.same(LLAMA.sites, SITES, 'every hook site');
+  t.equal(
+    LLAMA.parseConfig({ ...config(), eos_token_id: [7, 8] }, 'c').eos_token_id,
+    7,
+    'the first of several end tokens',
+  );
+  t.equal(
+    LLAMA.parseConfig({ ...config(), num_key_value_heads: undefined }, 'c').num_key_value_heads,
+    4,
+    'kv heads default to the heads',
+  );
+  t.equal(
+    LLAMA.parseConfig({ ...config(), model_type: 'qwen2', sliding_window: 4, use_sliding_window: false }, 'c').qkv_bias,
+    true,
+    'Qwen2: q/k/v biases; a window it does not use is no obstacle',
+  );
+});
+
+function refused(t: Test, what: string, raw: Record<string, unknown>, field: string, message: RegExp) {
+  try {
+    LLAMA.parseConfig(raw, 'config.json');
+    t.fail(`${what}: expected an error`);
+  } catch (e) {
+    t.type(e, CheckpointError, `${what}: a CheckpointError`);
+    t.equal((e as CheckpointError).field, field, `${what}: names ${field}`);
+    t.equal((e as CheckpointError).status, 422);
+    t.match((e as Error).message, message, what);
+  }
+}
+
+t.test('what the family cannot compute is refused, naming the field', async (t) => {
+  const c = config();
+  refused(
+    t,
+    'yarn',
+    { ...c, rope_scaling: { rope_type: 'yarn', factor: 4 } },
+    'rope_scaling',
+    /"yarn" is not supported/,
+  );
+  refused(
+    t,
+    'dynamic (old spelling)',
+    { ...c, rope_scaling: { type: 'dynamic', factor: 2 } },
+    'rope_scaling',
+    /"dynamic"/,
+  );
+  refused(
+    t,
+    'llama3 without its factors',
+    { ...c, rope_scaling: { rope_type: 'llama3', factor: 8 } },
+    'rope_scaling',
+    /low_freq_factor/,
+  );
+  refused(
+    t,
+    'Mixtral',
+    { ...c, model_type: 'mistral', num_local_experts: 8 },
+    'num_local_experts',
+    /mixture-of-experts/,
+  );
+  refused(t, 'MoE', { ...c, num_experts: 60 }, 'num_experts', /mixture-of-experts/);
+  refused(t, 'Mistral window', { ...c, model_type: 'mistral', sliding_window: 8 }, 'sliding_window', /sliding-window/);
+  refused(
+    t,
+    'Qwen2 window',
+    { ...c, model_type: 'qwen2', use_sliding_window: true, sliding_window: 8 },
+    'sliding_window',
+    /sliding-window/,
+  );
+  refused(t, 'kv heads', { ...c, num_key_value_heads: 3 }, 'num_key_value_heads', /not a multiple/);
+  refused(t, 'activation', { ...c, hidden_act: 'gelu' }, 'hidden_act', /"gelu" is not supported/);
+  refused(t, 'MLP bias', { ...c, mlp_bias: true }, 'mlp_bias', /mlp_bias/);
+  t.equal(
+    LLAMA.parseConfig({ ...c, model_type: 'mistral', sliding_window: 16 }, 'c').max_position_embeddings,
+    16,
+    'a window as long as the context is plain attention',
+  );
+});
+
+t.test('tokenizers the byte-level BPE reader would misread are refused', async (t) => {
+  const dir = join(root, 'tok');
+  writeTinyLlamaCheckpoint(dir, { layers: 1, embd: 16, heads: 2, ctx: 8 });
+  const tokJson = (model: object, pre: object | null) =>
+    writeFileSync(
+      join(dir, 'tokenizer.json'),
+      JSON.stringify({ model: { type: 'BPE', vocab: {}, merges: [], ...model }, pre_tokenizer: pre }),
+    );
+  tokJson({ byte_fallback: true }, null);
+  t.throws(() => loadTokenizer(dir), { message: /byte_fallback/ });
+  tokJson({}, { type: 'Sequence', pretokenizers: [{ type: 'Split' }, { type: 'ByteLevel' }] });
+  t.throws(() => loadTokenizer(dir), { message: /pre-tokenizer is "Sequence"/ });
+  tokJson({}, { type: 'ByteLevel', use_regex: true });
+  t.type(loadTokenizer(dir), Gpt2Tokenizer, "GPT-2's byte-level BPE is read");
+  rmSync(join(dir, 'tokenizer.json'));
+  rmSync(join(dir, 'vocab.json'));
+  writeFileSync(join(dir, 'tokenizer.model'), '');
+  t.throws(() => loadTokenizer(dir), { message: /SentencePiece tokenizers are not supported yet/ });
+});
