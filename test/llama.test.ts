@@ -23,6 +23,7 @@ import { Rng } from '../src/util/rng.ts';
 import { collect } from './helpers/engine-util.ts';
 import { fillHooks } from './helpers/graph-run.ts';
 import { startEngine } from './helpers/provider.ts';
+import { readCheckpoint64 } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-llama-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
@@ -73,20 +74,7 @@ function refInvFreq(cfg: Record<string, unknown>, d: number): number[] {
 }
 
 function loadRef(dir: string): Ref {
-  const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
-  const buf = readFileSync(join(dir, 'model.safetensors'));
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
-  const w = new Map<string, Float64Array>();
-  for (const [key, v] of Object.entries(header)) {
-    if (key === '__metadata__') continue;
-    const [a, b] = (v as { data_offsets: [number, number] }).data_offsets;
-    const bytes = buf.subarray(8 + n + a, 8 + n + b);
-    w.set(
-      key,
-      Float64Array.from(new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength))),
-    );
-  }
+  const { cfg, w } = readCheckpoint64(dir);
   const nh = cfg.num_attention_heads;
   const hd = cfg.head_dim ?? cfg.hidden_size / nh;
   return {

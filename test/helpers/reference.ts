@@ -19,7 +19,8 @@ export interface RefModel {
   w: Map<string, Float64Array>;
 }
 
-export function loadReference(dir: string): RefModel {
+/** A checkpoint's config.json and its float32 weights in float64, by name as stored (read here, not by steerd). */
+export function readCheckpoint64(dir: string): { cfg: ReturnType<typeof JSON.parse>; w: Map<string, Float64Array> } {
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
   const buf = readFileSync(join(dir, 'model.safetensors'));
   const n = Number(buf.readBigUInt64LE(0));
@@ -31,8 +32,14 @@ export function loadReference(dir: string): RefModel {
     if (dtype !== 'F32') throw new Error(`reference reads F32 only (${key} is ${dtype})`);
     const bytes = buf.subarray(8 + n + data_offsets[0], 8 + n + data_offsets[1]);
     const f32 = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
-    w.set(key.replace(/^transformer\./, ''), Float64Array.from(f32));
+    w.set(key, Float64Array.from(f32));
   }
+  return { cfg, w };
+}
+
+export function loadReference(dir: string): RefModel {
+  const { cfg, w: stored } = readCheckpoint64(dir);
+  const w = new Map([...stored].map(([key, v]) => [key.replace(/^transformer\./, ''), v]));
   return {
     nLayer: cfg.n_layer,
     nEmbd: cfg.n_embd,

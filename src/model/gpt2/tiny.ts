@@ -120,7 +120,15 @@ export function writeTinyCheckpoint(dir: string, opts: TinyOptions = {}): void {
     const source = opts.lmHead === 'copy' ? 'wte.weight' : 'lm_head.weight';
     specs.push({ name: 'lm_head.weight', shape: [50257, embd], data: random(source, [50257, embd]) });
   }
-  // Keys in sorted order, as Hugging Face writes them.
+  writeTinyFiles(dir, specs, rawConfig);
+}
+
+/**
+ * A random checkpoint's files as Hugging Face lays them out: `model.safetensors` (keys in sorted
+ * order), `config.json`, and GPT-2's byte-level BPE vocabulary (which every family's random
+ * checkpoints use: bundledVocabDir).
+ */
+export function writeTinyFiles(dir: string, specs: TensorSpec[], rawConfig: object): void {
   specs.sort((a, b) => (a.name < b.name ? -1 : 1));
   writeSafetensors(join(dir, 'model.safetensors'), specs, { format: 'pt' });
   writeFileSync(join(dir, 'config.json'), `${JSON.stringify(rawConfig, null, 2)}\n`);

@@ -1,8 +1,7 @@
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
 import { Rng } from '../../util/rng.js';
-import { bundledVocabDir } from '../gpt2/tiny.js';
-import { type TensorSpec, writeSafetensors } from '../safetensors-write.js';
+import { writeTinyFiles } from '../gpt2/tiny.js';
+import type { TensorSpec } from '../safetensors-write.js';
 import { type LLAMA_MODEL_TYPES, parseConfig } from './config.js';
 import { expectedShapes } from './params.js';
 
@@ -87,11 +86,5 @@ export function writeTinyLlamaCheckpoint(dir: string, opts: TinyLlamaOptions = {
     for (let i = 0; i < n; i++) a[i] = mean + sd * rng.normal();
     return { name, shape, data: () => new Uint8Array(a.buffer) };
   });
-  // Keys in sorted order, as Hugging Face writes them.
-  specs.sort((a, b) => (a.name < b.name ? -1 : 1));
-  writeSafetensors(join(dir, 'model.safetensors'), specs, { format: 'pt' });
-  writeFileSync(join(dir, 'config.json'), `${JSON.stringify(rawConfig, null, 2)}\n`);
-  const vocab = bundledVocabDir();
-  copyFileSync(join(vocab, 'encoder.json'), join(dir, 'vocab.json'));
-  copyFileSync(join(vocab, 'vocab.bpe'), join(dir, 'merges.txt'));
+  writeTinyFiles(dir, specs, rawConfig);
 }
