@@ -377,6 +377,8 @@ t.test('in Chromium: model card, recipe, generate with telemetry, receipt, sweep
       .nth(3)
       .waitFor();
     t.equal(await page.locator(`${id('steered-output')} .tok`).count(), 4);
+    // the tokens show before the stream ends; a press while the button is busy does nothing
+    await page.locator(`${id('generate')}:not([aria-busy])`).waitFor();
   }
 
   // an API error, shown as the API wrote it
