@@ -7,12 +7,14 @@ import {
   Dictionary,
   errorResponses,
   interventionsSchema,
+  PREPEND_BOS,
   type Same,
   StringEnum,
   siteSchema,
 } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
 import type { Reduce } from '../src/engine/types.js';
+import { encodeText } from '../src/model/tokenizer.js';
 
 const reduceSchema = StringEnum(['none', 'last', 'mean'], { default: 'none' });
 type _Reduce = Agrees<Same<Static<typeof reduceSchema>, Reduce>>;
@@ -34,7 +36,7 @@ const activationRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
             reduce: Type.Optional(reduceSchema),
             interventions: Type.Optional(interventionsSchema),
             encoding: Type.Optional(StringEnum(['json', 'base64'], { default: 'json' })),
-            prepend_bos: Type.Optional(Type.Boolean({ default: false })),
+            prepend_bos: Type.Optional(Type.Boolean({ description: PREPEND_BOS })),
           },
           { additionalProperties: false },
         ),
@@ -54,7 +56,7 @@ const activationRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
     async (request, _reply) => {
       const b = request.body;
       const tok = svc.engine.tokenizer;
-      const prompt = [...(b.prepend_bos ? [tok.eosId] : []), ...tok.encode(b.prompt)];
+      const prompt = encodeText(tok, b.prompt, b.prepend_bos);
       const { engine: interventions } = await resolveInterventions(svc, b.interventions);
       const release = admit(svc);
       try {

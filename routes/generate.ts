@@ -15,6 +15,7 @@ import {
   interventionsSchema,
   modelField,
   OneOf,
+  PREPEND_BOS,
   Ref,
   StringEnum,
   samplingProperties,
@@ -42,7 +43,7 @@ const schema = {
         }),
       ),
       stream: Type.Optional(Type.Boolean({ default: false })),
-      prepend_bos: Type.Optional(Type.Boolean({ default: false })),
+      prepend_bos: Type.Optional(Type.Boolean({ description: PREPEND_BOS })),
       top_logprobs: Type.Optional(
         Type.Integer({
           minimum: 0,

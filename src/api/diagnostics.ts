@@ -56,7 +56,7 @@ export async function diagnostics(svc: Service, v: StoredVector) {
   const total = new Float32Array(H);
   for (let i = 0; i < v.values.length; i++) total[i % H] += v.values[i];
   const lens = (
-    await engine.activations({ prompt: [engine.tokenizer.eosId], layers: [0], reduce: 'last', lens: total })
+    await engine.activations({ prompt: [engine.tokenizer.bosId], layers: [0], reduce: 'last', lens: total })
   ).lens!;
   const order = [...lens.keys()].sort((a, b) => lens[b] - lens[a] || a - b);
   const token = (id: number) => ({ id, text: engine.tokenizer.decode([id]), score: lens[id] });

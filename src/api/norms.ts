@@ -1,4 +1,5 @@
 import { maxLayer, type Site } from '../model/hooks.js';
+import { encodeText } from '../model/tokenizer.js';
 import { l2norm } from '../util/vec.js';
 import type { EngineLike, Service } from './service.js';
 
@@ -57,7 +58,7 @@ export async function residNormsWithin(
 }
 
 async function measure(engine: EngineLike, site: Site): Promise<NormStat[]> {
-  const prompt = engine.tokenizer.encode(NORM_TEXT).slice(0, engine.maxContext);
+  const prompt = encodeText(engine.tokenizer, NORM_TEXT).slice(0, engine.maxContext);
   const layers = Array.from({ length: maxLayer(site, engine.info.n_layer) + 1 }, (_, l) => l);
   const r = await engine.activations({ prompt, layers, site, reduce: 'none' });
   const H = engine.info.n_embd;

@@ -2,7 +2,7 @@ import { type Static, Type } from 'typebox';
 import { SAMPLING_DEFAULTS as D } from '../engine/defaults.js';
 import type { FinishReason, PromptLogprob, TokenEvent, TokenLogprob } from '../engine/types.js';
 import { BadRequestError } from '../errors.js';
-import type { Tokenizer } from '../model/tokenizer.js';
+import { encodeText, type Tokenizer } from '../model/tokenizer.js';
 import { interventionsSchema, modelField, Nullable, OneOf } from './schemas.js';
 
 /**
@@ -217,10 +217,10 @@ export function promptsOf(
   vocabSize: number,
   prompt: string | string[] | number[] | number[][],
 ): { prompts: number[][]; texts: string[] } {
-  if (typeof prompt === 'string') return { prompts: [tokenizer.encode(prompt)], texts: [prompt] };
+  if (typeof prompt === 'string') return { prompts: [encodeText(tokenizer, prompt)], texts: [prompt] };
   if (typeof prompt[0] === 'string') {
     const texts = prompt as string[];
-    return { prompts: texts.map((x) => tokenizer.encode(x)), texts };
+    return { prompts: texts.map((x) => encodeText(tokenizer, x)), texts };
   }
   const nested = typeof prompt[0] !== 'number';
   const lists = nested ? (prompt as number[][]) : [prompt as number[]];

@@ -223,3 +223,7 @@ export const appliedInterventionSchema = Type.Partial(
     preset: Type.String({ description: 'the preset it came from (its interventions come first)' }),
   }),
 );
+
+/** `prepend_bos`'s description: its default is the checkpoint's tokenizer's (Tokenizer.addBos). */
+export const PREPEND_BOS =
+  "Put the tokenizer's BOS token before the prompt. Default: as the checkpoint's tokenizer does (`/v1/model` `tokenizer.add_bos`): GPT-2 no, Llama 2 and 3 yes, Qwen2 no.";

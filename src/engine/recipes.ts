@@ -1,5 +1,6 @@
 import { BadRequestError } from '../errors.js';
 import type { Site } from '../model/hooks.js';
+import { encodeText, type Tokenizer } from '../model/tokenizer.js';
 import { dot, l2norm } from '../util/vec.js';
 import type { ActivationsRequest, ActivationsResult } from './types.js';
 
@@ -169,7 +170,7 @@ export function actaddVector(pos: Float32Array, neg: Float32Array, H: number, no
 
 /** What `deriveVector` needs of an engine. */
 export interface ActivationSource {
-  tokenizer: { encode(text: string): number[]; eosId: number };
+  tokenizer: Pick<Tokenizer, 'encode' | 'bosId' | 'addBos'>;
   activations(req: ActivationsRequest): Promise<ActivationsResult>;
 }
 
@@ -184,7 +185,7 @@ export async function deriveVector(src: ActivationSource, recipe: Recipe): Promi
   const last = async (text: string) =>
     (
       await src.activations({
-        prompt: src.tokenizer.encode(text),
+        prompt: encodeText(src.tokenizer, text),
         layers: [recipe.layer],
         site,
         reduce: 'last',
@@ -225,7 +226,7 @@ export async function deriveVector(src: ActivationSource, recipe: Recipe): Promi
       const [a, b] = actaddTokens(
         src.tokenizer.encode(nonEmpty(recipe.positive, 'positive')),
         src.tokenizer.encode(nonEmpty(recipe.negative, 'negative')),
-        src.tokenizer.eosId,
+        src.tokenizer.bosId,
         space[0],
       );
       const all = (prompt: number[]) => src.activations({ prompt, layers: [recipe.layer], site, reduce: 'none' });

@@ -9,6 +9,14 @@ export interface Tokenizer {
   readonly vocabSize: number;
   /** Id of the token that ends a generation. */
   readonly eosId: number;
+  /** Id of the token a sequence begins with where one is prepended (GPT-2: `<|endoftext|>`, Llama: `<s>`). */
+  readonly bosId: number;
+  /**
+   * Whether the checkpoint's tokenizer prepends `bosId` to a text (Hugging Face's `add_special_tokens`
+   * default): GPT-2 no, Llama 2 and 3 yes, Qwen2 no. `encode` never does; a prompt's `prepend_bos`
+   * defaults to it.
+   */
+  readonly addBos: boolean;
   /** Encodes text to token ids. */
   encode(text: string, opts?: EncodeOptions): number[];
   /** Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD. */
@@ -17,4 +25,17 @@ export interface Tokenizer {
   bytes(ids: readonly number[]): Uint8Array;
   /** The token's string form in the vocabulary (GPT-2: `Ġworld`). */
   token(id: number): string | undefined;
+}
+
+/**
+ * A text's token ids as the checkpoint's tokenizer makes them by default: BOS first where
+ * `prependBos` says so, else where the tokenizer adds one (`addBos`).
+ */
+export function encodeText(
+  tokenizer: Pick<Tokenizer, 'encode' | 'bosId' | 'addBos'>,
+  text: string,
+  prependBos = tokenizer.addBos,
+): number[] {
+  const ids = tokenizer.encode(text);
+  return prependBos ? [tokenizer.bosId, ...ids] : ids;
 }

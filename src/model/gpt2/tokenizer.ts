@@ -39,6 +39,10 @@ export class Gpt2Tokenizer implements Tokenizer {
   readonly vocabSize: number;
   /** Id of `<|endoftext|>`, GPT-2's BOS and EOS. */
   readonly eosId: number;
+  /** GPT-2 has one special token: BOS is `<|endoftext|>` too. */
+  readonly bosId: number;
+  /** Hugging Face's GPT-2 tokenizer adds no BOS. */
+  readonly addBos = false;
   private readonly idToToken: string[];
   private readonly ranks: Map<string, number>;
   private readonly special: Map<string, number>;
@@ -58,6 +62,7 @@ export class Gpt2Tokenizer implements Tokenizer {
     const eos = special.get(ENDOFTEXT) ?? vocab.get(ENDOFTEXT);
     if (eos === undefined) throw new Error(`vocabulary has no ${ENDOFTEXT}`);
     this.eosId = eos;
+    this.bosId = eos;
     const escaped = [...special.keys()].map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
     this.specialPattern = escaped.length ? new RegExp(`(${escaped.join('|')})`) : undefined;
   }
