@@ -15,7 +15,6 @@ import { CheckpointError } from '../src/errors.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 import { GPT2 } from '../src/model/gpt2/family.ts';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
-import { writeSafetensors } from '../src/model/safetensors-write.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-ckpt-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
@@ -213,21 +212,17 @@ t.test('bad checkpoints name the file and the problem', async (t) => {
   );
 });
 
-t.test('half-precision weights are refused with the reason', async (t) => {
+t.test('weights of a dtype steerd does not convert are refused with the reason', async (t) => {
+  // the first tensor's dtype rewritten in the header, F32 to I32: the same width, so the same offsets
   const dir = variant((d) => {
-    const shapes: [string, number[]][] = [
-      ['wte.weight', [50257, 32]],
-      ['wpe.weight', [16, 32]],
-    ];
-    writeSafetensors(
-      join(d, 'model.safetensors'),
-      shapes.map(([name, shape]) => ({
-        name,
-        shape,
-        dtype: 'F16' as const,
-        data: () => new Uint8Array(shape[0] * shape[1] * 2),
-      })),
-    );
+    const file = join(d, 'model.safetensors');
+    const buf = readFileSync(file);
+    const n = Number(buf.readBigUInt64LE(0));
+    const header = buf
+      .subarray(8, 8 + n)
+      .toString('utf8')
+      .replace('"dtype":"F32"', '"dtype":"I32"');
+    writeFileSync(file, Buffer.concat([buf.subarray(0, 8), Buffer.from(header), buf.subarray(8 + n)]));
   });
-  refuses(t, dir, 'model.safetensors', /is F16; .*float32/, 'F16');
+  refuses(t, dir, 'model.safetensors', /is I32; steerd reads float32, bfloat16 and float16 weights/, 'I32');
 });

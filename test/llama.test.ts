@@ -14,6 +14,7 @@ import t, { type Test } from 'tap';
 import { CheckpointError } from '../src/errors.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 import { familyOf, loadTokenizer } from '../src/model/families.ts';
+import { ensureFloat32Weights } from '../src/model/float32-weights.ts';
 import { Gpt2Tokenizer } from '../src/model/gpt2/tokenizer.ts';
 import { buildGraph } from '../src/model/graph.ts';
 import { SITES, type Site } from '../src/model/hooks.ts';
@@ -461,6 +462,65 @@ t.test('the engine with float16 weights: the linear maps transposed from the cop
     `and the float16 graph is the one that ran (float32: ${errors[0].toExponential(2)})`,
   );
 });
+
+t.test(
+  'bfloat16 and float16 checkpoints, one file or shards: served as the reference computes the stored values',
+  async (t) => {
+    const opts = { layers: 2, embd: 32, heads: 4, kvHeads: 2, ctx: 64, seed: 11 } as const;
+    const f32 = loadRef(join(root, 'engine')); // the same draw in float32
+    for (const [name, storage] of [
+      ['bfloat16, 3 shards', { dtype: 'bfloat16', shards: 3 }],
+      ['float16, one file', { dtype: 'float16', shards: 1 }],
+      ['float32, 2 shards', { dtype: 'float32', shards: 2 }],
+    ] as const) {
+      const dir = join(root, `stored-${storage.dtype}-${storage.shards}`);
+      writeTinyLlamaCheckpoint(dir, { ...opts, ...storage });
+      const m = loadRef(dir);
+      const rounded = [...m.w].some(([k, v]) => v.some((x, i) => x !== f32.w.get(k)![i]));
+      t.equal(rounded, storage.dtype !== 'float32', `${name}: the stored values are ${storage.dtype}'s`);
+      const prompt = randomIds(10);
+      const ids = [...prompt];
+      const want: number[] = [];
+      const logprobs: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        const logits = forward(m, ids).logits.at(-1)!;
+        let best = 0;
+        for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+        let z = 0;
+        for (const v of logits) z += Math.exp(v - logits[best]);
+        want.push(best);
+        logprobs.push(-Math.log(z));
+        ids.push(best);
+      }
+      const engine = await startEngine({ model: dir, provider: 'cpu' });
+      try {
+        const got = await collect(engine.generate({ prompt, max_new_tokens: 4, temperature: 0, stop_at_eos: false }));
+        t.same(got.ids, want, `${name}: greedy tokens`);
+        const err = Math.max(...got.logprobs.map((x, i) => Math.abs(x - logprobs[i])));
+        t.ok(err < 1e-4, `${name}: logprobs within 1e-4 (${err.toExponential(2)})`);
+      } finally {
+        await engine.close();
+      }
+      const ck = openCheckpoint(dir);
+      t.equal(ck.weightsFile, join(dir, 'model.f32.safetensors'), `${name}: served from the float32 copy`);
+      t.notOk(ensureFloat32Weights(ck), `${name}: made once`);
+    }
+    // weights rewritten in place (same layout): the copy is made again
+    const dir = join(root, 'stored-bfloat16-3');
+    writeTinyLlamaCheckpoint(dir, { ...opts, seed: 12, dtype: 'bfloat16', shards: 3 });
+    t.ok(ensureFloat32Weights(openCheckpoint(dir)), 'a rewritten shard: the copy is made again');
+    // a shard the index names but the folder lacks, and a tensor not where the index says
+    rmSync(join(dir, 'model-00002-of-00003.safetensors'));
+    t.throws(
+      () => openCheckpoint(dir),
+      /model-00002-of-00003\.safetensors: missing \(model\.safetensors\.index\.json names it/,
+    );
+    const index = JSON.parse(readFileSync(join(dir, 'model.safetensors.index.json'), 'utf8'));
+    index.weight_map['model.norm.weight'] = '../elsewhere.safetensors';
+    writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify(index));
+    t.throws(() => openCheckpoint(dir), /weight_map\["model\.norm\.weight"\] is "\.\.\/elsewhere\.safetensors"/);
+  },
+);
 
 // ---------------------------------------------------------------------------------------------
 // The registry, and what the family refuses.

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { SteerdError } from '../errors.js';
 // the model family: checkpoint, graph builders, hook sites, tokenizer (src/model)
 import { openCheckpoint } from '../model/checkpoint.js';
+import { ensureFloat32Weights } from '../model/float32-weights.js';
 import { buildGraph } from '../model/graph.js';
 import { type Dtype, ensureHalfWeights } from '../model/half-weights.js';
 import { hookPoints, projName, readName, type Site, steerName } from '../model/hooks.js';
@@ -146,6 +147,7 @@ export class ModelRunner implements Pass {
     const sites = opts.hookSites ?? [...ck.family.sites];
     const half = opts.dtype === 'float16';
     const fileName = (shape.device ? SERVE_GRAPH_DEVICE : SERVE_GRAPH).replace(/\.onnx$/, half ? '.f16.onnx' : '.onnx');
+    ensureFloat32Weights(ck); // made from a bfloat16, float16 or sharded checkpoint once; the float16 copy reads it
     if (half) ensureHalfWeights(ck);
     buildGraph(opts.model, { serving: { ...shape, sites, half }, fileName });
     const rt = runtimeNamed(opts.runtime ?? 'onnxruntime-node');

@@ -1,13 +1,13 @@
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../errors.js';
 import { readConfigJson } from './config.js';
 import { familyOf } from './families.js';
 import type { Checkpoint, ModelFamily } from './family.js';
-import { readSafetensorsHeader, type TensorEntry } from './safetensors.js';
-
-export const WEIGHTS_FILE = 'model.safetensors';
+import { CONVERTIBLE, FLOAT32_WEIGHTS_FILE, float32Layout } from './float32-weights.js';
+import type { TensorEntry } from './safetensors.js';
+import { readWeightFiles, type StoredTensor } from './weight-files.js';
 
 /**
  * Opens and validates a Hugging Face checkpoint directory of any family steerd serves (config.json's
@@ -22,57 +22,63 @@ export function openCheckpoint(dir: string, want?: ModelFamily): Checkpoint {
     throw new CheckpointError(file, `is a ${family.name} checkpoint, expected ${want.name}`, 'model_type');
   }
   const config = family.parseConfig(raw, file);
-  const weightsFile = join(dir, WEIGHTS_FILE);
-  if (!existsSync(weightsFile)) {
-    const alt = ['pytorch_model.bin', 'model.safetensors.index.json'].find((f) => existsSync(join(dir, f)));
-    throw new CheckpointError(
-      weightsFile,
-      alt ? `missing (found ${alt}; steerd reads a single model.safetensors file)` : 'missing',
-    );
-  }
-  const header = readSafetensorsHeader(weightsFile);
+  const stored = readWeightFiles(dir);
   const expected = family.parameters(config);
   const head = family.head(config);
-  const params = new Map<string, TensorEntry>();
-  for (const [key, entry] of header.tensors) {
+  const found = new Map<string, StoredTensor>();
+  for (const [key, entry] of stored.tensors) {
     const name = family.canonicalKey(key);
     if (name === undefined) continue;
     if (!expected.has(name) && name !== head.name) {
-      throw new CheckpointError(weightsFile, `unexpected tensor "${key}" (not a ${family.name} parameter)`);
+      throw new CheckpointError(entry.file, `unexpected tensor "${key}" (not a ${family.name} parameter)`);
     }
-    if (params.has(name)) throw new CheckpointError(weightsFile, `tensor "${name}" is stored twice`);
-    if (entry.dtype !== 'F32') {
+    if (found.has(name)) throw new CheckpointError(entry.file, `tensor "${name}" is stored twice`);
+    if (!(CONVERTIBLE as readonly string[]).includes(entry.dtype)) {
       throw new CheckpointError(
-        weightsFile,
-        `tensor "${key}" is ${entry.dtype}; steerd maps weights in place and needs float32 (F32) tensors — convert the checkpoint to float32`,
+        entry.file,
+        `tensor "${key}" is ${entry.dtype}; steerd reads float32, bfloat16 and float16 weights (F32, BF16, F16)`,
       );
     }
-    params.set(name, entry);
+    found.set(name, entry);
   }
   for (const [name, shape] of expected) {
-    const entry = params.get(name);
-    if (!entry) throw new CheckpointError(weightsFile, `missing tensor "${name}"`);
+    const entry = found.get(name);
+    if (!entry) throw new CheckpointError(stored.file, `missing tensor "${name}"`);
     if (entry.shape.join() !== shape.join()) {
       throw new CheckpointError(
-        weightsFile,
+        entry.file,
         `tensor "${name}" has shape [${entry.shape.join(', ')}], expected [${shape.join(', ')}] from config.json`,
       );
     }
   }
-  const lm = params.get(head.name);
+  const lm = found.get(head.name);
   if (lm && lm.shape.join() !== head.shape.join()) {
     throw new CheckpointError(
-      weightsFile,
+      lm.file,
       `tensor "${head.name}" has shape [${lm.shape.join(', ')}], expected [${head.shape.join(', ')}]`,
     );
   }
-  const fingerprint = createHash('sha256')
-    .update(readFileSync(file))
-    .update(header.headerBytes)
-    .update(String(header.size))
-    .digest('hex');
+  // config.json and every weights file's header and size (one file: the same hash as before shards were read)
+  const hash = createHash('sha256').update(readFileSync(file));
+  for (const h of stored.headers) hash.update(h.headerBytes).update(String(h.size));
+  const fingerprint = hash.digest('hex');
+  // one float32 file is mapped as it is; anything else through a float32 copy (float32-weights.ts)
+  const direct = stored.headers.length === 1 && [...found.values()].every((e) => e.dtype === 'F32');
+  const weightsFile = direct ? stored.headers[0].file : join(dir, FLOAT32_WEIGHTS_FILE);
+  const params: Map<string, TensorEntry> = direct ? found : float32Layout(found, fingerprint).entries;
   let paramBytes = 0;
   for (const e of params.values()) paramBytes += e.length;
   const shape = family.shape(config);
-  return { dir, family, config, shape, weightsFile, params, tiedLmHead: !lm, fingerprint, paramBytes };
+  return {
+    dir,
+    family,
+    config,
+    shape,
+    weightsFile,
+    params,
+    ...(!direct && { sources: found }),
+    tiedLmHead: !lm,
+    fingerprint,
+    paramBytes,
+  };
 }

@@ -2,6 +2,7 @@ import type { Site } from './hooks.js';
 import type { GraphWriter } from './onnx-writer.js';
 import type { TensorEntry } from './safetensors.js';
 import type { Tokenizer } from './tokenizer.js';
+import type { StoredTensor } from './weight-files.js';
 
 /**
  * The model-family seam (docs/architecture.md §8): what differs between architectures — how
@@ -39,12 +40,18 @@ export interface Checkpoint<C = unknown> {
   /** config.json as the family reads it; recorded in the graphs' metadata. */
   config: C;
   shape: ModelShape;
+  /** The float32 file the graphs map: `model.safetensors`, or the float32 copy (`sources`). */
   weightsFile: string;
-  /** Parameters by the family's canonical name (GPT-2: `wte.weight`, `h.3.attn.c_attn.weight`, ...). */
+  /** Parameters by the family's canonical name (GPT-2: `wte.weight`, `h.3.attn.c_attn.weight`, ...), in `weightsFile`. */
   params: Map<string, TensorEntry>;
+  /**
+   * Where the parameters are stored, by canonical name, when that is not one float32 file (bfloat16,
+   * float16, shards): `weightsFile` is then the float32 copy that ensureFloat32Weights writes.
+   */
+  sources?: Map<string, StoredTensor>;
   /** True when the file has no output projection of its own and the unembedding reuses the token embedding. */
   tiedLmHead: boolean;
-  /** Hash of config.json and the safetensors header: identifies the layout a graph depends on. */
+  /** Hash of config.json and the weights files' headers: identifies the layout a graph depends on. */
   fingerprint: string;
   /** Total bytes of the parameters. */
   paramBytes: number;

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { keysT, MASKED, repeatKv } from './attention.js';
 import { openCheckpoint } from './checkpoint.js';
 import type { Checkpoint } from './family.js';
+import { ensureFloat32Weights } from './float32-weights.js';
 import { BUILDER_VERSION, IR_VERSION, OPSET } from './graph-format.js';
 import { DataType } from './onnx-proto.js';
 import { encodeModel, GraphWriter, int } from './onnx-writer.js';
@@ -125,6 +126,8 @@ export function buildGraph(
   } = {},
 ): BuildResult {
   const ck = openCheckpoint(dir);
+  // a checkpoint in bfloat16, float16 or shards: the float32 copy the graph maps, made once
+  ensureFloat32Weights(ck);
   const file = join(dir, opts.fileName ?? GRAPH_FILE);
   // Building the graph is cheap (no weights are touched): build it and compare bytes, so that any
   // change of checkpoint layout or of this builder shows, without a version to remember to bump.

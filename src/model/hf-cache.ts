@@ -14,6 +14,7 @@ import {
 } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, dirname, join, sep } from 'node:path';
+import { INDEX_FILE, shardNames, WEIGHTS_FILE } from './weight-files.js';
 
 /**
  * The Hugging Face hub cache, the one Python's huggingface_hub and transformers use, so that they
@@ -57,11 +58,23 @@ const ALL = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt'];
 
 /**
  * The files steerd needs of a checkpoint directory that are not there (a dangling symlink counts as
- * missing): config.json, model.safetensors, and vocab.json + merges.txt unless tokenizer.json is.
+ * missing): config.json, model.safetensors (or the index and every shard it names), and vocab.json +
+ * merges.txt unless tokenizer.json is.
  */
 export function missingFiles(dir: string): string[] {
   const has = (f: string) => existsSync(join(dir, f));
-  const missing = ['config.json', 'model.safetensors'].filter((f) => !has(f));
+  const missing = has('config.json') ? [] : ['config.json'];
+  if (!has(WEIGHTS_FILE)) {
+    // a sharded checkpoint: the index and every shard it names
+    let shards: string[] | undefined;
+    try {
+      shards = shardNames(dir);
+    } catch {
+      shards = undefined;
+    }
+    if (shards) missing.push(...shards.filter((f) => !has(f)));
+    else missing.push(WEIGHTS_FILE);
+  }
   if (!has('tokenizer.json')) missing.push(...['vocab.json', 'merges.txt'].filter((f) => !has(f)));
   return missing;
 }
@@ -131,7 +144,21 @@ export function findInHubCache(
  * The files of a checkpoint directory that the graph and the engine read.
  * Weights are read by ONNX Runtime, the rest by steerd itself.
  */
-const SERVED = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt', 'tokenizer.json'];
+const SERVED = [
+  'config.json',
+  'generation_config.json',
+  WEIGHTS_FILE,
+  INDEX_FILE,
+  'vocab.json',
+  'merges.txt',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+  'chat_template.jinja',
+];
+
+/** SERVED and the shards a sharded checkpoint's index names. */
+const servedFiles = (dir: string) => [...SERVED, ...(shardNames(dir) ?? [])];
 
 /**
  * The directory steerd serves a checkpoint from, where the engine writes its graphs
@@ -167,12 +194,12 @@ export function servingDir(dir: string, steerdCache: string, log: (m: string) =>
     target = join(steerdCache, 'hub', folder, commit);
     pruneServed(join(steerdCache, 'hub', folder), join(hubCache, folder), commit);
   } else {
-    const weights = join(real, 'model.safetensors');
-    if (!existsSync(weights) || dirname(realpathSync(weights)) === real) return dir;
+    const weights = [WEIGHTS_FILE, ...(shardNames(real) ?? [])].map((f) => join(real, f)).filter((f) => existsSync(f));
+    if (!weights.length || weights.every((w) => dirname(realpathSync(w)) === real)) return dir;
     target = join(steerdCache, 'linked', createHash('sha256').update(real).digest('hex').slice(0, 16));
   }
   mkdirSync(target, { recursive: true });
-  for (const f of SERVED) {
+  for (const f of servedFiles(real)) {
     const from = join(real, f);
     if (existsSync(from)) linkOrCopy(realpathSync(from), join(target, f), !!snapshot, log);
     else rmSync(join(target, f), { force: true });

@@ -20,6 +20,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DownloadError } from '../errors.js';
 import { describeMissing, findInHubCache, hubCacheDir, hubOffline, missingFiles, repoFolder } from './hf-cache.js';
+import { INDEX_FILE, shardNames, WEIGHTS_FILE } from './weight-files.js';
 
 const COMMIT = /^[0-9a-f]{40}$/;
 
@@ -37,9 +38,15 @@ export const HUB_ALIASES: Record<string, string> = {
   'gpt2-xl': 'openai-community/gpt2-xl',
 };
 
-const REQUIRED = ['config.json', 'model.safetensors'];
 const TOKENIZER = ['vocab.json', 'merges.txt'];
-const OPTIONAL = ['tokenizer.json'];
+/** Fetched where the repository has them: the tokenizer and its settings, the chat template, generation's settings. */
+const OPTIONAL = [
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+  'chat_template.jinja',
+  'generation_config.json',
+];
 
 export interface PullOptions {
   /** Branch, tag or commit. Default `main`. */
@@ -232,11 +239,14 @@ export async function pullModel(name: string, opts: PullOptions = {}): Promise<P
     info ??= (await fetchJson(infoUrl, headers)) as { sha?: string; siblings?: Sibling[] };
     const commit = info.sha ?? revision;
     const siblings = new Map((info.siblings ?? []).map((s) => [s.rfilename, s]));
-    const lacks = REQUIRED.filter((f) => !siblings.has(f));
+    // one weights file, else an index and the shards it names (fetched once the index is)
+    const weights = [WEIGHTS_FILE, INDEX_FILE].find((f) => siblings.has(f));
+    const lacks = siblings.has('config.json') ? [] : ['config.json'];
+    if (!weights) lacks.push(`${WEIGHTS_FILE} (or ${INDEX_FILE})`);
     if (!siblings.has('tokenizer.json')) lacks.push(...TOKENIZER.filter((f) => !siblings.has(f)));
     if (lacks.length) {
       throw new DownloadError(
-        `${repo}@${revision} lacks ${lacks.join(', ')} (steerd needs a safetensors GPT-2 checkpoint: config.json, model.safetensors, vocab.json + merges.txt or tokenizer.json)`,
+        `${repo}@${revision} lacks ${lacks.join(', ')} (steerd needs a safetensors checkpoint: config.json, model.safetensors or its shards, vocab.json + merges.txt or tokenizer.json)`,
       );
     }
     if (!COMMIT.test(commit)) throw new DownloadError(`${infoUrl} gave no commit for ${repo}@${revision}`);
@@ -257,25 +267,32 @@ export async function pullModel(name: string, opts: PullOptions = {}): Promise<P
     // new snapshot is complete (until then the cached one is the branch's)
     if (!cached.hit) moveRef();
     log(`pulling ${repo}@${commit} into ${snapshot}`);
-    for (const file of [...REQUIRED, ...TOKENIZER, ...OPTIONAL].filter((f) => siblings.has(f))) {
+    // the files in order; the shards an index names join the list once the index is in the snapshot
+    const files = ['config.json', weights!, ...TOKENIZER, ...OPTIONAL].filter((f) => siblings.has(f));
+    for (let i = 0; i < files.length; i++) {
+      const file = files[i];
+      const s = siblings.get(file);
+      if (!s) throw new DownloadError(`${repo}@${revision} lacks ${file} (${INDEX_FILE} names it)`, { file });
       const pointer = join(snapshot, file);
-      if (existsSync(pointer)) continue; // the snapshot has it (a symlink to a complete blob)
-      const s = siblings.get(file)!;
-      const etag = s.lfs?.sha256 ?? s.blobId;
-      if (!etag || !/^[0-9a-f]{40,64}$/.test(etag))
-        throw new DownloadError(`${file}: the hub gave no checksum for it (${infoUrl})`, { file });
-      const blob = join(repoDir, 'blobs', etag);
-      // only verified files are ever renamed into blobs/
-      if (!existsSync(blob))
-        await downloadVerified(
-          `${endpoint}/${repo}/resolve/${commit}/${file}`,
-          blob,
-          s,
-          headers,
-          opts.attempts ?? 5,
-          opts.progress,
-        );
-      linkIntoSnapshot(blob, pointer);
+      // a snapshot file is a symlink to a complete blob: there already, nothing to fetch
+      if (!existsSync(pointer)) {
+        const etag = s.lfs?.sha256 ?? s.blobId;
+        if (!etag || !/^[0-9a-f]{40,64}$/.test(etag))
+          throw new DownloadError(`${file}: the hub gave no checksum for it (${infoUrl})`, { file });
+        const blob = join(repoDir, 'blobs', etag);
+        // only verified files are ever renamed into blobs/
+        if (!existsSync(blob))
+          await downloadVerified(
+            `${endpoint}/${repo}/resolve/${commit}/${file}`,
+            blob,
+            s,
+            headers,
+            opts.attempts ?? 5,
+            opts.progress,
+          );
+        linkIntoSnapshot(blob, pointer);
+      }
+      if (file === INDEX_FILE) files.push(...(shardNames(snapshot) ?? []).filter((f) => !files.includes(f)));
     }
     if (cached.hit) moveRef();
     return { dir: snapshot, cache: 'hub' };

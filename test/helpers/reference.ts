@@ -7,7 +7,7 @@
  *   x_l+1 = x_l + attn(LN_1(x_l)) ; x_l+1 += mlp(LN_2(x_l+1))
  *   logits = LN_f(x_L) · wte^T   (or lm_head^T when the checkpoint has one)
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export interface RefModel {
@@ -19,22 +19,64 @@ export interface RefModel {
   w: Map<string, Float64Array>;
 }
 
-/** A checkpoint's config.json and its float32 weights in float64, by name as stored (read here, not by steerd). */
+/**
+ * A checkpoint's config.json and its weights in float64, by name as stored (read here, not by
+ * steerd): `model.safetensors`, or the shards `model.safetensors.index.json` names; F32, BF16 (the
+ * upper 16 bits of a float32) or F16 (IEEE binary16), decoded from the formats' definitions.
+ */
 export function readCheckpoint64(dir: string): { cfg: ReturnType<typeof JSON.parse>; w: Map<string, Float64Array> } {
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
-  const buf = readFileSync(join(dir, 'model.safetensors'));
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  const files = existsSync(join(dir, 'model.safetensors'))
+    ? ['model.safetensors']
+    : [
+        ...new Set(
+          Object.values(
+            JSON.parse(readFileSync(join(dir, 'model.safetensors.index.json'), 'utf8')).weight_map as Record<
+              string,
+              string
+            >,
+          ),
+        ),
+      ];
   const w = new Map<string, Float64Array>();
-  for (const [key, v] of Object.entries(header)) {
-    if (key === '__metadata__') continue;
-    const { dtype, data_offsets } = v as { dtype: string; data_offsets: [number, number] };
-    if (dtype !== 'F32') throw new Error(`reference reads F32 only (${key} is ${dtype})`);
-    const bytes = buf.subarray(8 + n + data_offsets[0], 8 + n + data_offsets[1]);
-    const f32 = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
-    w.set(key, Float64Array.from(f32));
+  for (const f of files) {
+    const buf = readFileSync(join(dir, f));
+    const n = Number(buf.readBigUInt64LE(0));
+    const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+    for (const [key, v] of Object.entries(header)) {
+      if (key === '__metadata__') continue;
+      const { dtype, data_offsets } = v as { dtype: string; data_offsets: [number, number] };
+      const at = 8 + n + data_offsets[0];
+      const count = (data_offsets[1] - data_offsets[0]) / (dtype === 'F32' ? 4 : 2);
+      const out = new Float64Array(count);
+      for (let i = 0; i < count; i++) {
+        if (dtype === 'F32') out[i] = buf.readFloatLE(at + 4 * i);
+        else if (dtype === 'BF16') out[i] = bf16(buf.readUInt16LE(at + 2 * i));
+        else if (dtype === 'F16') out[i] = f16(buf.readUInt16LE(at + 2 * i));
+        else throw new Error(`reference reads F32, BF16 and F16 only (${key} is ${dtype})`);
+      }
+      w.set(key, out);
+    }
   }
   return { cfg, w };
+}
+
+/** bfloat16: sign, 8 exponent bits (bias 127), 7 mantissa bits. */
+function bf16(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >>> 7) & 0xff;
+  const man = h & 0x7f;
+  if (exp === 0xff) return man ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+  return exp === 0 ? sign * man * 2 ** -133 : sign * (1 + man / 128) * 2 ** (exp - 127);
+}
+
+/** binary16: sign, 5 exponent bits (bias 15), 10 mantissa bits. */
+function f16(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >>> 10) & 0x1f;
+  const man = h & 0x3ff;
+  if (exp === 0x1f) return man ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+  return exp === 0 ? sign * man * 2 ** -24 : sign * (1 + man / 1024) * 2 ** (exp - 15);
 }
 
 export function loadReference(dir: string): RefModel {

@@ -2,7 +2,8 @@ import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { Rng } from '../../util/rng.js';
-import { type TensorSpec, writeSafetensors } from '../safetensors-write.js';
+import type { TensorSpec } from '../safetensors-write.js';
+import { type StorageOptions, writeWeights } from '../tiny-weights.js';
 import { parseConfig } from './config.js';
 import { expectedShapes } from './params.js';
 
@@ -124,13 +125,13 @@ export function writeTinyCheckpoint(dir: string, opts: TinyOptions = {}): void {
 }
 
 /**
- * A random checkpoint's files as Hugging Face lays them out: `model.safetensors` (keys in sorted
- * order), `config.json`, and GPT-2's byte-level BPE vocabulary (which every family's random
+ * A random checkpoint's files as Hugging Face lays them out: `model.safetensors` or its shards (keys
+ * in sorted order; float32 unless `storage` says otherwise), `config.json`, and GPT-2's byte-level BPE vocabulary (which every family's random
  * checkpoints use: bundledVocabDir).
  */
-export function writeTinyFiles(dir: string, specs: TensorSpec[], rawConfig: object): void {
+export function writeTinyFiles(dir: string, specs: TensorSpec[], rawConfig: object, storage?: StorageOptions): void {
   specs.sort((a, b) => (a.name < b.name ? -1 : 1));
-  writeSafetensors(join(dir, 'model.safetensors'), specs, { format: 'pt' });
+  writeWeights(dir, specs, storage);
   writeFileSync(join(dir, 'config.json'), `${JSON.stringify(rawConfig, null, 2)}\n`);
   const vocab = bundledVocabDir();
   copyFileSync(join(vocab, 'encoder.json'), join(dir, 'vocab.json'));

@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { Rng } from '../../util/rng.js';
 import { writeTinyFiles } from '../gpt2/tiny.js';
 import type { TensorSpec } from '../safetensors-write.js';
+import type { StorageOptions } from '../tiny-weights.js';
 import { type LLAMA_MODEL_TYPES, parseConfig } from './config.js';
 import { expectedShapes } from './params.js';
 
@@ -29,6 +30,10 @@ export interface TinyLlamaOptions {
   ropeScaling?: Record<string, unknown>;
   /** config.json's `model_type`. Default 'llama'. */
   modelType?: (typeof LLAMA_MODEL_TYPES)[number];
+  /** The weights' dtype in the files (`torch_dtype`). Default float32. */
+  dtype?: StorageOptions['dtype'];
+  /** Weights files (more than 1: shards and their index). Default 1. */
+  shards?: number;
 }
 
 const ARCHITECTURES = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', mistral: 'MistralForCausalLM' };
@@ -60,7 +65,7 @@ export function writeTinyLlamaCheckpoint(dir: string, opts: TinyLlamaOptions = {
     rope_scaling: opts.ropeScaling ?? null,
     rope_theta: 10000,
     tie_word_embeddings: opts.tied ?? false,
-    torch_dtype: 'float32',
+    torch_dtype: opts.dtype ?? 'float32',
     vocab_size: 50257,
     steerd_random_weights: { seed },
   };
@@ -86,5 +91,5 @@ export function writeTinyLlamaCheckpoint(dir: string, opts: TinyLlamaOptions = {
     for (let i = 0; i < n; i++) a[i] = mean + sd * rng.normal();
     return { name, shape, data: () => new Uint8Array(a.buffer) };
   });
-  writeTinyFiles(dir, specs, rawConfig);
+  writeTinyFiles(dir, specs, rawConfig, { dtype: opts.dtype, shards: opts.shards });
 }
