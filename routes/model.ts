@@ -23,13 +23,26 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
             Type.Object({
               id: Type.String(),
               name: Type.String(),
-              architecture: Type.String(),
+              architecture: Type.String({ description: 'the model family: `gpt2` or `llama` (Llama, Qwen2, Mistral)' }),
+              model_type: Type.String({ description: "config.json's `model_type`" }),
               random_weights: Type.Boolean({ description: 'a generated checkpoint: its text is nonsense' }),
               n_layer: Type.Integer(),
               n_embd: Type.Integer(),
               n_head: Type.Integer(),
+              n_kv_head: Type.Integer({
+                description: 'key/value heads: fewer than n_head with grouped-query attention',
+              }),
               n_positions: Type.Integer(),
               vocab_size: Type.Integer(),
+              tokenizer: Type.Object({
+                bos_token_id: Type.Integer(),
+                eos_token_ids: Type.Array(Type.Integer(), {
+                  description: 'the tokens that end a generation (config.json and generation_config.json)',
+                }),
+                add_bos: Type.Boolean({
+                  description: "whether a prompt gets BOS first by default (`prepend_bos`'s default)",
+                }),
+              }),
               hook_points: Type.Array(Type.Integer()),
               provider: Type.String(),
               dtype: Type.Union([Type.Literal('float32'), Type.Literal('float16')], {
@@ -88,13 +101,20 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
       return {
         id: svc.model.id,
         name: svc.model.name,
-        architecture: 'gpt2',
+        architecture: i.architecture,
+        model_type: i.model_type,
         random_weights: svc.model.random_weights,
         n_layer: i.n_layer,
         n_embd: i.n_embd,
         n_head: i.n_head,
+        n_kv_head: i.n_kv_head,
         n_positions: i.n_positions,
         vocab_size: i.vocab_size,
+        tokenizer: {
+          bos_token_id: svc.engine.tokenizer.bosId,
+          eos_token_ids: i.eos_token_ids,
+          add_bos: svc.engine.tokenizer.addBos,
+        },
         hook_points: Array.from({ length: i.n_layer + 1 }, (_, l) => l),
         provider: i.provider,
         dtype: i.dtype,

@@ -102,7 +102,7 @@ const vectorRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { 
 
   /** A registration's answer: the vector, and what would make it steer poorly. */
   const withWarnings = (v: StoredVector) => {
-    const warnings = registrationWarnings(v.values, svc.engine.info.n_embd);
+    const warnings = registrationWarnings(v.values, svc.engine.info);
     return { ...meta(v), ...(warnings.length && { warnings }) };
   };
 
@@ -113,7 +113,7 @@ const vectorRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { 
         tags: ['vectors'],
         summary: 'What a vector is likely to do: LayerNorm-erased share, logit lens, similar vectors, pair consistency',
         description:
-          "`ln_erased_fraction` = H·mean(v)²/‖v‖², the share along the all-ones direction that every LayerNorm removes; `logit_lens` ranks tokens by W_U · ln_f(v) (ln_f with its weight and bias applied to v alone, then the unembedding); `similar`: up to 5 registered vectors of the same model and shape by |cosine|; `pair_consistency` (pair recipes): the mean cosine between each pair's difference and the mean difference. A sequence is reported as a whole: norm and erased share over all rows, the logit lens of the sum of its rows.",
+          "`ln_erased_fraction` = H·mean(v)²/‖v‖², the share along the all-ones direction that every LayerNorm removes (null for RMSNorm models, Llama's family, which remove nothing); `logit_lens` ranks tokens by W_U · ln_f(v) (ln_f with its weight and bias applied to v alone, then the unembedding); `similar`: up to 5 registered vectors of the same model and shape by |cosine|; `pair_consistency` (pair recipes): the mean cosine between each pair's difference and the mean difference. A sequence is reported as a whole: norm and erased share over all rows, the logit lens of the sum of its rows.",
         params: nameParam,
         response: {
           200: Type.Object({
@@ -121,7 +121,7 @@ const vectorRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { 
             hash: Type.String(),
             shape: Type.Array(Type.Integer()),
             norm: Type.Number(),
-            ln_erased_fraction: Type.Number(),
+            ln_erased_fraction: Nullable(Type.Number()),
             logit_lens: Type.Object({ top: lensTokens, bottom: lensTokens }),
             similar: Type.Array(Type.Object({ name: Type.String(), cosine: Type.Number() })),
             pair_consistency: Type.Optional(Type.Number()),

@@ -20,7 +20,17 @@ t.test('the registry picks GPT-2 for a generated checkpoint', async (t) => {
   t.equal(familyOf(config(), 'config.json'), GPT2);
   const ck = openCheckpoint(dir);
   t.equal(ck.family, GPT2);
-  t.same(ck.shape, { layers: 2, embd: 32, heads: 2, kvHeads: 2, headDim: 16, vocab: 50257, ctx: 16, eos: 50256 });
+  t.same(ck.shape, {
+    layers: 2,
+    embd: 32,
+    heads: 2,
+    kvHeads: 2,
+    headDim: 16,
+    vocab: 50257,
+    ctx: 16,
+    eos: 50256,
+    eosIds: [50256],
+  });
   t.type(loadTokenizer(dir), Gpt2Tokenizer, "the family's tokenizer");
   t.same(GPT2.sites, ['resid_pre', 'ln1', 'attn_out', 'resid_mid', 'ln2', 'mlp_out'], 'GPT-2 wires every hook site');
   t.same(

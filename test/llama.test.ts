@@ -21,6 +21,7 @@ import { SITES, type Site } from '../src/model/hooks.ts';
 import { LLAMA } from '../src/model/llama/family.ts';
 import { type TinyLlamaOptions, writeTinyLlamaCheckpoint } from '../src/model/llama/tiny.ts';
 import { Rng } from '../src/util/rng.ts';
+import { harness, post } from './helpers/api.ts';
 import { collect } from './helpers/engine-util.ts';
 import { fillHooks } from './helpers/graph-run.ts';
 import { startEngine } from './helpers/provider.ts';
@@ -522,6 +523,55 @@ t.test(
   },
 );
 
+t.test('through the API: what /v1/model says, the end-of-turn tokens, diagnostics without LayerNorm', async (t) => {
+  const dir = join(root, 'api');
+  writeTinyLlamaCheckpoint(dir, { layers: 2, embd: 32, heads: 4, kvHeads: 2, ctx: 64, seed: 5 });
+  const m = loadRef(dir);
+  const text = ' the quick brown fox';
+  const ids = new Gpt2Tokenizer(
+    new Map(Object.entries(JSON.parse(readFileSync(join(dir, 'vocab.json'), 'utf8')))),
+    readFileSync(join(dir, 'merges.txt'), 'utf8')
+      .split('\n')
+      .filter((l) => l && !l.startsWith('#version'))
+      .map((l) => l.split(' ') as [string, string]),
+    new Map(),
+  ).encode(text);
+  const logits = forward(m, ids).logits.at(-1)!;
+  let best = 0;
+  for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+  const body = { prompt: text, max_new_tokens: 4, temperature: 0 };
+
+  const plain = await harness(dir);
+  try {
+    const info = (await plain.app.inject('/v1/model')).json();
+    t.match(info, { architecture: 'llama', model_type: 'llama', n_head: 4, n_kv_head: 2 }, '/v1/model: the family');
+    t.same(info.tokenizer, { bos_token_id: 50256, eos_token_ids: [50256], add_bos: false }, '/v1/model: the tokenizer');
+    const g = (await post(plain.app, '/v1/generate', body)).json();
+    t.equal(g.tokens[0].id, best, 'the reference greedy first token');
+    t.equal(g.finish_reason, 'length', 'which ends nothing');
+    t.match(g.receipt.model, { architecture: 'llama', model_type: 'llama' }, 'the receipt names the architecture');
+    // RMSNorm subtracts no mean: a constant vector is not "erased", and nothing warns
+    const made = await post(plain.app, '/v1/vectors', { name: 'constant', values: new Array(32).fill(0.5) });
+    t.equal(made.statusCode, 201);
+    t.notOk('warnings' in made.json(), 'no LayerNorm warning');
+    const d = (await plain.app.inject('/v1/vectors/constant/diagnostics')).json();
+    t.equal(d.ln_erased_fraction, null, 'ln_erased_fraction: null under RMSNorm');
+    t.equal(d.logit_lens.top.length, 10, 'the logit lens through the final RMSNorm');
+  } finally {
+    await plain.close();
+  }
+  // an instruct model's end of turn, in generation_config.json: that token ends the generation
+  writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ eos_token_id: [50256, best] }));
+  const turn = await harness(dir);
+  try {
+    t.same((await turn.app.inject('/v1/model')).json().tokenizer.eos_token_ids, [50256, best]);
+    const g = (await post(turn.app, '/v1/generate', body)).json();
+    t.equal(g.finish_reason, 'eos', "generation_config.json's end of turn ends it");
+  } finally {
+    await turn.close();
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // The registry, and what the family refuses.
 
@@ -534,7 +584,17 @@ t.test('the registry picks the Llama family for llama, qwen2 and mistral', async
     t.equal(familyOf({ ...config(), model_type: type }, 'config.json'), LLAMA, type);
   const ck = openCheckpoint(base);
   t.equal(ck.family, LLAMA);
-  t.same(ck.shape, { layers: 1, embd: 32, heads: 4, kvHeads: 2, headDim: 8, vocab: 50257, ctx: 16, eos: 50256 });
+  t.same(ck.shape, {
+    layers: 1,
+    embd: 32,
+    heads: 4,
+    kvHeads: 2,
+    headDim: 8,
+    vocab: 50257,
+    ctx: 16,
+    eos: 50256,
+    eosIds: [50256],
+  });
   t.type(loadTokenizer(base), Gpt2Tokenizer, 'GPT-2 vocabulary files: the byte-level BPE reader');
   t.same(LLAMA.sites, SITES, 'every hook site');
   t.equal(

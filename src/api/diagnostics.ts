@@ -1,3 +1,4 @@
+import type { ModelInfo } from '../engine/types.js';
 import type { StoredVector } from '../store/types.js';
 import { dot, sumSquares } from '../util/vec.js';
 import type { Service } from './service.js';
@@ -6,7 +7,8 @@ import type { Service } from './service.js';
  * What a steering vector is likely to do, before it is used (docs/architecture.md §9):
  *
  * - `ln_erased_fraction` = H·mean(v)² / ‖v‖²: the share of the vector along the all-ones direction,
- *   which every LayerNorm subtracts (a constant vector does nothing to the next block's input);
+ *   which every LayerNorm subtracts (a constant vector does nothing to the next block's input); null
+ *   for a model whose norm is RMSNorm (Llama), which subtracts nothing;
  * - `logit_lens`: the tokens the vector promotes and suppresses, W_U · ln_f(v) (ln_f with its weight
  *   and bias, applied to v alone, then the unembedding);
  * - `similar`: the registered vectors of the same model and shape closest by |cosine|;
@@ -35,8 +37,9 @@ export function lnErasedFraction(values: Float32Array, H: number): number {
 /** A vector's share erased by LayerNorm beyond which registering it warns. */
 export const ERASED_WARNING = 0.5;
 
-export function registrationWarnings(values: Float32Array, H: number): string[] {
-  const f = lnErasedFraction(values, H);
+export function registrationWarnings(values: Float32Array, info: ModelInfo): string[] {
+  if (info.norm !== 'layernorm') return [];
+  const f = lnErasedFraction(values, info.n_embd);
   return f > ERASED_WARNING
     ? [
         `${(100 * f).toFixed(0)} % of this vector lies along the all-ones direction, which every LayerNorm subtracts: that part steers nothing (ln_erased_fraction ${f.toFixed(3)})`,
@@ -71,7 +74,7 @@ export async function diagnostics(svc: Service, v: StoredVector) {
     hash: v.hash,
     shape: v.shape,
     norm: v.norm,
-    ln_erased_fraction: lnErasedFraction(v.values, H),
+    ln_erased_fraction: engine.info.norm === 'layernorm' ? lnErasedFraction(v.values, H) : null,
     logit_lens: { top: order.slice(0, 10).map(token), bottom: order.slice(-10).reverse().map(token) },
     similar: similar.slice(0, 5),
     ...(v.pair_consistency !== undefined && v.pair_consistency !== null && { pair_consistency: v.pair_consistency }),

@@ -62,7 +62,9 @@ export const receiptSchema = Type.Object(
     model: Type.Object(
       {
         id: Type.String(),
-        fingerprint: Type.String(),
+        architecture: Type.Optional(Type.String({ description: 'the model family (`gpt2`, `llama`)' })),
+        model_type: Type.Optional(Type.String({ description: "config.json's `model_type`" })),
+        fingerprint: Type.String({ description: "the checkpoint's: config.json and its weights files' headers" }),
         graph_hash: hashSchema,
       },
       { additionalProperties: false },
@@ -118,7 +120,13 @@ export function receipt(svc: Service, runs: RunRecord[], preset?: string): Recei
   const info = svc.engine.info;
   return {
     steerd: pkg.version,
-    model: { id: svc.model.id, fingerprint: info.fingerprint, graph_hash: info.graph_hash },
+    model: {
+      id: svc.model.id,
+      architecture: info.architecture,
+      model_type: info.model_type,
+      fingerprint: info.fingerprint,
+      graph_hash: info.graph_hash,
+    },
     ...(preset !== undefined && { preset }),
     runs,
   };

@@ -25,12 +25,17 @@ export function modelInfo(
 ): ModelInfo {
   const s = ck.shape;
   return {
+    architecture: ck.family.id,
+    model_type: ck.modelType,
+    norm: ck.family.norm,
     n_layer: s.layers,
     n_embd: s.embd,
     n_head: s.heads,
+    n_kv_head: s.kvHeads,
     n_positions: s.ctx,
     vocab_size: s.vocab,
     eos_token_id: s.eos,
+    eos_token_ids: s.eosIds,
     fingerprint: ck.fingerprint,
     // the serving graph is a function of the checkpoint's layout and of this builder: its hash
     // names the computation a receipt ran (building it is cheap: no weight is read)

@@ -293,7 +293,7 @@ export class Scheduler {
       s.twin.next = id; // the twin is fed the steered row's tokens
     }
     const top = s.req.top_logprobs ? topLogprobs(logits, lse, s.req.top_logprobs) : undefined;
-    if (id === this.pass.info.eos_token_id && s.req.stop_at_eos !== false) {
+    if (this.pass.info.eos_token_ids.includes(id) && s.req.stop_at_eos !== false) {
       this.finish(s, 'eos', { id, logprob, ...(top && { top_logprobs: top }) });
       return;
     }

@@ -170,12 +170,22 @@ export interface ActivationsResult {
 }
 
 export interface ModelInfo {
+  /** The model family (`gpt2`, `llama`: src/model/families.ts) and config.json's `model_type`. */
+  architecture: string;
+  model_type: string;
+  /** The family's normalisation (ModelFamily.norm). */
+  norm: 'layernorm' | 'rmsnorm';
   n_layer: number;
   n_embd: number;
   n_head: number;
+  /** Key/value heads (fewer than n_head with grouped-query attention). */
+  n_kv_head: number;
   n_positions: number;
   vocab_size: number;
+  /** The first of `eos_token_ids`. */
   eos_token_id: number;
+  /** Every token that ends a generation (unless `stop_at_eos: false`). */
+  eos_token_ids: number[];
   /** The checkpoint's layout fingerprint (config + safetensors header). */
   fingerprint: string;
   /** sha256 of the serving graph (model.serve.onnx): what a receipt ran. */

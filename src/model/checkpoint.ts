@@ -2,9 +2,9 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../errors.js';
-import { readConfigJson } from './config.js';
+import { eosTokenIds, readConfigJson } from './config.js';
 import { familyOf } from './families.js';
-import type { Checkpoint, ModelFamily } from './family.js';
+import type { Checkpoint, ModelFamily, ModelShape } from './family.js';
 import { CONVERTIBLE, FLOAT32_WEIGHTS_FILE, float32Layout } from './float32-weights.js';
 import type { TensorEntry } from './safetensors.js';
 import { readWeightFiles, type StoredTensor } from './weight-files.js';
@@ -68,10 +68,12 @@ export function openCheckpoint(dir: string, want?: ModelFamily): Checkpoint {
   const params: Map<string, TensorEntry> = direct ? found : float32Layout(found, fingerprint).entries;
   let paramBytes = 0;
   for (const e of params.values()) paramBytes += e.length;
-  const shape = family.shape(config);
+  const own = family.shape(config);
+  const shape: ModelShape = { ...own, eosIds: eosTokenIds(dir, raw, own.eos) };
   return {
     dir,
     family,
+    modelType: String(raw.model_type),
     config,
     shape,
     weightsFile,

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../errors.js';
 
@@ -42,4 +42,26 @@ export function positiveInt(file: string, raw: Record<string, unknown>, key: str
     throw new CheckpointError(file, `"${key}" must be a positive integer (got ${JSON.stringify(v)})`, key);
   }
   return v;
+}
+
+/**
+ * Every token id that ends a generation: `eos` (the family's, first), the rest of config.json's
+ * `eos_token_id` where it is a list, and generation_config.json's `eos_token_id` (one or a list)
+ * where the file is there: transformers' `generate` stops at any of them. Ids that are not
+ * integers are ignored here (the family refused a bad first one).
+ */
+export function eosTokenIds(dir: string, raw: Record<string, unknown>, eos: number): number[] {
+  const ids = (v: unknown) => (Array.isArray(v) ? v : [v]).filter((x): x is number => Number.isInteger(x) && x >= 0);
+  const out = new Set([eos, ...ids(raw.eos_token_id)]);
+  const gen = join(dir, 'generation_config.json');
+  if (existsSync(gen)) {
+    let g: unknown;
+    try {
+      g = JSON.parse(readFileSync(gen, 'utf8'));
+    } catch (e) {
+      throw new CheckpointError(gen, `not valid JSON (${(e as Error).message})`);
+    }
+    for (const id of ids((g as { eos_token_id?: unknown } | null)?.eos_token_id)) out.add(id);
+  }
+  return [...out];
 }

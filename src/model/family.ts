@@ -28,8 +28,13 @@ export interface ModelShape {
   vocab: number;
   /** Context length: the longest sequence the positions cover. */
   ctx: number;
-  /** Token id that ends a generation. */
+  /** Token id that ends a generation (the first of `eosIds`). */
   eos: number;
+  /**
+   * Every token id that ends a generation: config.json's `eos_token_id` (one, or a list as Llama 3
+   * writes) and generation_config.json's (where an instruct model adds its end of turn).
+   */
+  eosIds: number[];
 }
 
 /** A checkpoint directory whose layout has been validated; no weight has been read. */
@@ -37,6 +42,8 @@ export interface Checkpoint<C = unknown> {
   dir: string;
   /** The family its config.json names. */
   family: ModelFamily<C>;
+  /** config.json's `model_type` (one of the family's `modelTypes`). */
+  modelType: string;
   /** config.json as the family reads it; recorded in the graphs' metadata. */
   config: C;
   shape: ModelShape;
@@ -97,13 +104,18 @@ export interface ModelFamily<C = unknown> {
   readonly id: string;
   /** Name in messages ("GPT-2"). */
   readonly name: string;
+  /**
+   * The normalisation before each block and the unembedding: `layernorm` subtracts each vector's
+   * mean (what a steering vector has along the all-ones direction does nothing), `rmsnorm` does not.
+   */
+  readonly norm: 'layernorm' | 'rmsnorm';
   /** The config.json `model_type` values (Hugging Face's) that mark this family's checkpoints. */
   readonly modelTypes: readonly string[];
   /** The hook sites its forward pass wires (hooks.ts). */
   readonly sites: readonly Site[];
   /** Validates config.json, already parsed to an object; errors are CheckpointErrors naming `file`. */
   parseConfig(raw: Record<string, unknown>, file: string): C;
-  shape(config: C): ModelShape;
+  shape(config: C): Omit<ModelShape, 'eosIds'>;
   /** Every parameter the checkpoint must hold, with its shape, by canonical name. */
   parameters(config: C): Map<string, number[]>;
   /** The output projection: optional in a checkpoint (absent, the unembedding is the token embedding). */

@@ -39,12 +39,17 @@ export interface PassLog {
 
 export class FakePass implements Pass {
   readonly info: ModelInfo = {
+    architecture: 'fake',
+    model_type: 'fake',
+    norm: 'layernorm',
     n_layer: 1,
     n_embd: H,
     n_head: 1,
+    n_kv_head: 1,
     n_positions: 128,
     vocab_size: VOCAB,
     eos_token_id: EOS,
+    eos_token_ids: [EOS],
     fingerprint: 'fake',
     graph_hash: 'fake',
     hook_sites: ['resid_pre'],

@@ -9,6 +9,7 @@ import { Gpt2Tokenizer } from './tokenizer.js';
 export const GPT2: ModelFamily<Gpt2Config> = {
   id: 'gpt2',
   name: 'GPT-2',
+  norm: 'layernorm',
   modelTypes: ['gpt2'],
   sites: SITES,
   parseConfig,

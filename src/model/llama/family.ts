@@ -12,6 +12,7 @@ import { llamaTokenizer } from './tokenizer.js';
 export const LLAMA: ModelFamily<LlamaConfig> = {
   id: 'llama',
   name: 'Llama',
+  norm: 'rmsnorm',
   modelTypes: LLAMA_MODEL_TYPES,
   sites: SITES,
   parseConfig,
