@@ -16,6 +16,8 @@
  *   before and after steerd's own measurements (the best of the two kept, as for the ceiling), and
  *   steerd's ratios to its libllama-direct line (`--peer-args` passes more options, e.g. `--q8`).
  *
+ * - `--arch llama`: the Llama family beside GPT-2, bench/families.ts.
+ *
  *   npm run bench [-- --shape small|xl --dir DIR --concurrency 1,8,32 --prompt 32 --new 64 --out FILE
  *                     --peer llamacpp --peer-dir DIR --peer-args "--kv f32"]
  */
@@ -34,6 +36,7 @@ import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { DataType } from '../src/model/onnx-proto.ts';
 import { encodeModel, GraphWriter, ints } from '../src/model/onnx-writer.ts';
 import { Rng } from '../src/util/rng.ts';
+import { measure } from './measure.ts';
 
 const SHAPES = {
   small: { layers: 12, embd: 768, heads: 12, ctx: 1024, concurrency: '1,8,32', new: '64' },
@@ -52,8 +55,14 @@ const { values: o } = parseArgs({
     peer: { type: 'string' },
     'peer-dir': { type: 'string', default: process.env.LLAMACPP_PEER },
     'peer-args': { type: 'string', default: '' },
+    arch: { type: 'string', default: 'gpt2' },
   },
 });
+if (o.arch !== 'gpt2') {
+  // another family (bench/families.ts): its own shapes, beside GPT-2's in the same run
+  await import('./families.ts');
+  process.exit(0);
+}
 if (o.peer !== undefined && o.peer !== 'llamacpp') throw new Error(`--peer llamacpp (got ${o.peer})`);
 const shapeName = o.shape as keyof typeof SHAPES;
 const shape = SHAPES[shapeName];
@@ -77,10 +86,6 @@ function rss(): { now: number; peak: number } {
   const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? 0) * 1024;
   return { now: kb('VmRSS'), peak: kb('VmHWM') };
 }
-const quantile = (xs: number[], q: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
-};
 
 /** A graph of the model's matmuls only (same weights, in place): the compute a token cannot avoid. */
 async function matmulCeiling(rows: number) {
@@ -163,38 +168,6 @@ function requests(concurrency: number, steered: boolean, rng: Rng, prompts: numb
       interventions,
     };
   });
-}
-
-/** Runs requests at once: tokens/s over the run, time to first token, and the steady decoding rate. */
-async function measure(engine: Engine, reqs: GenerateRequest[]) {
-  const t0 = performance.now();
-  const done = await Promise.all(
-    reqs.map(async (r) => {
-      const times: number[] = [];
-      let first = 0;
-      for await (const e of engine.generate(r)) {
-        if (e.type === 'token') times.push(performance.now());
-        else first = e.timings.first_token_ms;
-      }
-      return { times, first, end: performance.now() };
-    }),
-  );
-  const sec = (performance.now() - t0) / 1000;
-  const tokens = done.reduce((s, d) => s + d.times.length, 0);
-  const ttft = done.map((d) => d.first);
-  // steady decoding: from the last first token to the first end, every row is decoding
-  const from = Math.max(...done.map((d) => d.times[0]));
-  const to = Math.min(...done.map((d) => d.end));
-  const steady = done.reduce((s, d) => s + d.times.filter((x) => x > from && x <= to).length, 0);
-  return {
-    concurrency: reqs.length,
-    tokens,
-    seconds: sec,
-    tokens_per_s: tokens / sec,
-    decode_tokens_per_s: to > from ? steady / ((to - from) / 1000) : Number.NaN,
-    ttft_p50_ms: quantile(ttft, 0.5),
-    ttft_p99_ms: quantile(ttft, 0.99),
-  };
 }
 
 const load = async (engine: Engine, concurrency: number, steered: boolean, rng: Rng) => ({

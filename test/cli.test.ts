@@ -53,6 +53,33 @@ t.test('the same options give the same checkpoint bytes', async (t) => {
   t.ok(readFileSync(join(a, 'model.safetensors')).equals(readFileSync(join(b, 'model.safetensors'))));
 });
 
+t.test('model tiny --arch: a Llama-family checkpoint in bfloat16 shards, then model build', async (t) => {
+  const dir = join(root, 'qwen2');
+  const made = steerd(
+    'model',
+    'tiny',
+    dir,
+    ...['--arch', 'qwen2', '--layers', '1', '--embd', '16', '--heads', '4', '--kv-heads', '2', '--ctx', '8'],
+    ...['--weights-dtype', 'bfloat16', '--shards', '2'],
+  );
+  t.equal(made.status, 0, made.stderr);
+  t.match(made.stdout, /random qwen2 checkpoint .*2 key\/value heads, bfloat16, 2 shards/);
+  const { readFileSync } = await import('node:fs');
+  const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+  t.match(config, { model_type: 'qwen2', num_key_value_heads: 2, torch_dtype: 'bfloat16' });
+  const index = JSON.parse(readFileSync(join(dir, 'model.safetensors.index.json'), 'utf8'));
+  t.same(new Set(Object.values(index.weight_map)).size, 2, 'two shards');
+  const built = steerd('model', 'build', dir);
+  t.equal(built.status, 0, built.stderr);
+  t.ok(statSync(join(dir, 'model.f32.safetensors')).size > 0, 'the float32 copy beside it');
+  const gpt2 = steerd('model', 'tiny', join(root, 'g'), '--shards', '2');
+  t.equal(gpt2.status, 1);
+  t.match(gpt2.stderr, /^steerd: .*--shards .*Llama family/);
+  const arch = steerd('model', 'tiny', join(root, 'h'), '--arch', 'bert');
+  t.not(arch.status, 0);
+  t.match(arch.stderr, /--arch.*bert.*gpt2, llama, qwen2, mistral/s);
+});
+
 t.test('errors exit non-zero with one clear line', async (t) => {
   const r = steerd('model', 'build', join(root, 'nowhere'));
   t.equal(r.status, 1);

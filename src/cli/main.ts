@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { loadConfig, parseDtype, parseSites } from '../config.js';
 import { SteerdError } from '../errors.js';
 import { consoleProgress } from './progress.js';
@@ -109,18 +109,60 @@ export function program(): Command {
 
   model
     .command('tiny')
-    .description('write a small deterministic random GPT-2 checkpoint (real vocabulary, nonsense output)')
+    .description(
+      'write a small deterministic random checkpoint: GPT-2 or a Llama-family one (real vocabulary, nonsense output)',
+    )
     .argument('<dir>', 'output directory')
+    .addOption(new Option('--arch <arch>', 'model_type').choices(['gpt2', 'llama', 'qwen2', 'mistral']).default('gpt2'))
     .option('--layers <n>', 'transformer blocks', positiveInt, 2)
     .option('--embd <n>', 'hidden size', positiveInt, 64)
     .option('--heads <n>', 'attention heads', positiveInt, 4)
+    .option('--kv-heads <n>', 'key/value heads, a divisor of --heads (Llama family; default --heads)', positiveInt)
+    .option('--inner <n>', 'MLP width (Llama family; default 3 × --embd)', positiveInt)
     .option('--ctx <n>', 'context length', positiveInt, 128)
     .option('--seed <n>', 'random seed', nonNegativeInt, 0)
-    .action(async (dir: string, o: { layers: number; embd: number; heads: number; ctx: number; seed: number }) => {
-      const { writeTinyCheckpoint } = await import('../model/gpt2/tiny.js');
-      writeTinyCheckpoint(dir, o);
-      console.log(`wrote a random GPT-2 checkpoint (${o.layers} layers, ${o.embd} wide, ${o.heads} heads) to ${dir}`);
-    });
+    .addOption(
+      new Option('--weights-dtype <dtype>', 'the dtype the weights are stored in (Llama family)')
+        .choices(['float32', 'bfloat16', 'float16'])
+        .default('float32'),
+    )
+    .option('--shards <n>', 'weights files: more than 1 writes shards and their index (Llama family)', positiveInt, 1)
+    .action(
+      async (
+        dir: string,
+        o: {
+          arch: 'gpt2' | 'llama' | 'qwen2' | 'mistral';
+          layers: number;
+          embd: number;
+          heads: number;
+          kvHeads?: number;
+          inner?: number;
+          ctx: number;
+          seed: number;
+          weightsDtype: 'float32' | 'bfloat16' | 'float16';
+          shards: number;
+        },
+      ) => {
+        const what = `${o.layers} layers, ${o.embd} wide, ${o.heads} heads`;
+        if (o.arch === 'gpt2') {
+          if (o.kvHeads || o.inner || o.weightsDtype !== 'float32' || o.shards !== 1)
+            throw new SteerdError(
+              '--kv-heads, --inner, --weights-dtype and --shards are for the Llama family (--arch llama, qwen2 or mistral)',
+              400,
+              'bad_option',
+            );
+          const { writeTinyCheckpoint } = await import('../model/gpt2/tiny.js');
+          writeTinyCheckpoint(dir, o);
+          console.log(`wrote a random GPT-2 checkpoint (${what}) to ${dir}`);
+          return;
+        }
+        const { writeTinyLlamaCheckpoint } = await import('../model/llama/tiny.js');
+        writeTinyLlamaCheckpoint(dir, { ...o, modelType: o.arch, dtype: o.weightsDtype });
+        console.log(
+          `wrote a random ${o.arch} checkpoint (${what}, ${o.kvHeads ?? o.heads} key/value heads, ${o.weightsDtype}${o.shards > 1 ? `, ${o.shards} shards` : ''}) to ${dir}`,
+        );
+      },
+    );
 
   model
     .command('build')
