@@ -131,7 +131,15 @@ export function findInHubCache(
  * The files of a checkpoint directory that the graph and the engine read.
  * Weights are read by ONNX Runtime, the rest by steerd itself.
  */
-const SERVED = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt', 'tokenizer.json'];
+const SERVED = [
+  'config.json',
+  'model.safetensors',
+  'vocab.json',
+  'merges.txt',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'chat_template.jinja',
+];
 
 /**
  * The directory steerd serves a checkpoint from, where the engine writes its graphs

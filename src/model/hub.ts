@@ -39,7 +39,8 @@ export const HUB_ALIASES: Record<string, string> = {
 
 const REQUIRED = ['config.json', 'model.safetensors'];
 const TOKENIZER = ['vocab.json', 'merges.txt'];
-const OPTIONAL = ['tokenizer.json'];
+/** Fetched where the repository has them: the tokenizer's one file, and its settings with the chat template. */
+const OPTIONAL = ['tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja'];
 
 export interface PullOptions {
   /** Branch, tag or commit. Default `main`. */
