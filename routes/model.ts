@@ -25,6 +25,9 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
               name: Type.String(),
               architecture: Type.String(),
               random_weights: Type.Boolean({ description: 'a generated checkpoint: its text is nonsense' }),
+              chat_template: Type.Boolean({
+                description: 'the checkpoint has a chat template: `/v1/chat/completions` and `messages` serve it',
+              }),
               n_layer: Type.Integer(),
               n_embd: Type.Integer(),
               n_head: Type.Integer(),
@@ -90,6 +93,7 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
         name: svc.model.name,
         architecture: 'gpt2',
         random_weights: svc.model.random_weights,
+        chat_template: svc.chatTemplate !== undefined,
         n_layer: i.n_layer,
         n_embd: i.n_embd,
         n_head: i.n_head,
