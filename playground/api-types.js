@@ -17,6 +17,7 @@
  * @property {string} [id]
  * @property {string} [name]
  * @property {boolean} [random_weights] a generated checkpoint: its text is nonsense
+ * @property {boolean} [chat_template] the checkpoint has a chat template: the chat box serves it
  * @property {number} n_layer hook points run 0..n_layer
  * @property {number} [n_embd]
  * @property {number} [n_head]
@@ -116,6 +117,24 @@
  * The server-sent events of a streamed /v1/generate: a `token` as each is chosen, `text` held back
  * (part of a character) released at the end, then `done`. An `error` event ends a failed stream.
  * @typedef {{ event: 'token', data: Token } | { event: 'text', data: { text: string } } | { event: 'done', data: GenerateResponse }} GenerateEvent
+ */
+
+/** @typedef {{ role: 'system' | 'user' | 'assistant', content: string }} ChatMessage */
+
+/**
+ * POST /v1/chat/completions, as the chat box sends it (streamed).
+ * @typedef {object} ChatRequest
+ * @property {ChatMessage[]} messages
+ * @property {number} [max_tokens]
+ * @property {number} [temperature]
+ * @property {number} [top_p]
+ * @property {number} [seed]
+ * @property {Intervention[]} interventions
+ */
+
+/**
+ * A chunk of a streamed chat completion.
+ * @typedef {{ choices: { index: number, delta: { role?: string, content?: string }, finish_reason: string | null }[] }} ChatChunk
  */
 
 /**

@@ -2,6 +2,8 @@
 // The playground's client of the API on the same origin: JSON calls, the server-sent events of a
 // streamed generation, and the API key (kept in this tab only).
 
+/** @typedef {import('./api-types.js').ChatChunk} ChatChunk */
+/** @typedef {import('./api-types.js').ChatRequest} ChatRequest */
 /** @typedef {import('./api-types.js').ErrorBody} ErrorBody */
 /** @typedef {import('./api-types.js').GenerateEvent} GenerateEvent */
 /** @typedef {import('./api-types.js').GenerateRequest} GenerateRequest */
@@ -106,10 +108,12 @@ async function call(method, path, body) {
 
 /**
  * A POST answered with server-sent events (the body gets `stream: true`): `onEvent` for each event
- * as it comes; an `error` event, or an error status before the stream, throws as call() does.
+ * as it comes (OpenAI's closing `data: [DONE]` is no event); an `error` event, or an error status
+ * before the stream, throws as call() does.
+ * @template {{ event: string, data: unknown }} E the route's events
  * @param {string} path
  * @param {object} body
- * @param {(e: GenerateEvent) => void} onEvent
+ * @param {(e: E) => void} onEvent
  */
 async function streamed(path, body, onEvent) {
   const headers = withKey({ 'content-type': 'application/json', accept: 'text/event-stream' });
@@ -135,10 +139,10 @@ async function streamed(path, body, onEvent) {
         if (line.startsWith('event:')) event = line.slice(6).trim();
         else if (line.startsWith('data:')) data += line.slice(5).trimStart();
       }
-      if (!data) continue; // a keep-alive comment
+      if (!data || data === '[DONE]') continue; // a keep-alive comment, or the end of OpenAI's stream
       const payload = JSON.parse(data);
       if (event === 'error') throw new ApiError(0, payload.error?.code ?? 'error', payload.error?.message ?? data);
-      onEvent(/** @type {GenerateEvent} */ ({ event, data: payload }));
+      onEvent(/** @type {E} */ ({ event, data: payload }));
     }
   }
 }
@@ -161,6 +165,14 @@ export const registerVector = (body) => call('POST', '/v1/vectors', body);
  * @param {(e: GenerateEvent) => void} onEvent
  */
 export const generateStream = (body, onEvent) => streamed('/v1/generate', body, onEvent);
+
+/**
+ * A chat completion, streamed: each chunk as it comes.
+ * @param {ChatRequest} body
+ * @param {(chunk: ChatChunk) => void} onChunk
+ */
+export const chatStream = (body, onChunk) =>
+  streamed('/v1/chat/completions', body, (/** @type {{ event: string, data: ChatChunk }} */ e) => onChunk(e.data));
 
 /**
  * @param {SweepRequest} body

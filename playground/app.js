@@ -3,6 +3,7 @@
 // sweeps. This module wires the page's controls to the parts that do the work.
 
 import { useKey } from './api.js';
+import { clearChat, sendChat } from './chat.js';
 import { generate, registerRecipe, renderGeneration, replay } from './generate.js';
 import { layerTouched, loadModel, loadOptional, loadVectors, updateHint, vectorChosen } from './model.js';
 import { $, busy, field } from './page.js';
@@ -37,6 +38,17 @@ function wire() {
       controls.requestSubmit();
     }
   });
+  $('chat-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    busy($('chat-send'), sendChat);
+  });
+  $('chat-input').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey) {
+      e.preventDefault();
+      busy($('chat-send'), sendChat);
+    }
+  });
+  $('chat-clear').addEventListener('click', clearChat);
   onEnter(['recipe-name', 'recipe-positive', 'recipe-negative'], 'recipe-register', registerRecipe);
   onEnter(['sweep-layers', 'sweep-coeffs'], 'sweep', sweep);
   $('recipe-register').addEventListener('click', () => busy($('recipe-register'), registerRecipe));

@@ -64,6 +64,7 @@ export async function loadModel() {
     card.append(pair);
   }
   $('random-warning').hidden = !m.random_weights;
+  $('chat-panel').hidden = !m.chat_template;
   const layer = $('layer', HTMLInputElement);
   layer.max = String(m.n_layer);
   if (!layer.dataset.touched) layer.value = String(Math.floor(m.n_layer / 2));

@@ -1,12 +1,20 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
+import { chat, chatBodySchema } from '../src/api/chat.js';
 import { complete } from '../src/api/completions.js';
 import { type SchemaRequest, streamErrors } from '../src/api/generation.js';
-import { completionsBodySchema, logprobsSchema, TokenStrings } from '../src/api/openai-wire.js';
+import { chatLogprobSchema, completionsBodySchema, logprobsSchema, TokenStrings } from '../src/api/openai-wire.js';
 import { receiptSchema } from '../src/api/receipt.js';
 import { errorResponses, Nullable, Ref } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
-import { SteerdError } from '../src/errors.js';
+
+const usageSchema = Type.Partial(
+  Type.Object({
+    prompt_tokens: Type.Integer(),
+    completion_tokens: Type.Integer(),
+    total_tokens: Type.Integer(),
+  }),
+);
 
 const completionsSchema = {
   tags: ['openai'],
@@ -31,13 +39,7 @@ const completionsSchema = {
             }),
           ),
         ),
-        usage: Type.Partial(
-          Type.Object({
-            prompt_tokens: Type.Integer(),
-            completion_tokens: Type.Integer(),
-            total_tokens: Type.Integer(),
-          }),
-        ),
+        usage: usageSchema,
         receipt: Ref(receiptSchema),
       }),
     ),
@@ -47,9 +49,35 @@ const completionsSchema = {
 
 const chatSchema = {
   tags: ['openai'],
-  summary: 'Not supported: GPT-2 has no chat template',
-  description: 'Always 400 (`unsupported`): GPT-2 is a base model without a chat template; use `/v1/completions`.',
-  response: errorResponses,
+  summary: "OpenAI-compatible chat completions, by the model's chat template (with an extra `interventions` field)",
+  description:
+    "OpenAI's chat completions: the `messages` rendered by the checkpoint's chat template (tokenizer_config.json `chat_template`, or chat_template.jinja) with the generation prompt, then generated as `/v1/completions` generates a prompt: `n` choices (choice i samples with seed + i, the seed drawn once when absent), all admitted together, the receipt with one run per choice. A model without a chat template (GPT-2) answers 400 `unsupported`: use `/v1/completions`. A choice ends at EOS, at the text that closes the template's assistant turn (`<|im_end|>`, `<|eot_id|>`: added to `stop`, so the receipt shows it) or at a `stop` string (`finish_reason` `stop`), or after `max_completion_tokens` (`length`; default 64). `logprobs: true` gives each generated token (not the EOS that ended the choice) with `top_logprobs` (0–20) alternatives. Fields OpenAI defines and steerd does not use (tools, response_format, ...) are accepted and ignored. Streaming sends `chat.completion.chunk` events: per choice first a `delta` with `role: \"assistant\"`, then its text, then one with its `finish_reason` (the last of all also carries the `receipt`); with `stream_options.include_usage` a chunk with no choices and the `usage`; then `data: [DONE]`.",
+  body: chatBodySchema,
+  response: {
+    200: Type.Partial(
+      Type.Object({
+        id: Type.String(),
+        object: Type.String(),
+        created: Type.Integer(),
+        model: Type.String(),
+        choices: Type.Array(
+          Type.Partial(
+            Type.Object({
+              index: Type.Integer(),
+              message: Type.Partial(Type.Object({ role: Type.String(), content: Type.String() })),
+              logprobs: Nullable(
+                Type.Object({ content: Type.Array(chatLogprobSchema) }, { description: 'with `logprobs: true`' }),
+              ),
+              finish_reason: Type.String(),
+            }),
+          ),
+        ),
+        usage: usageSchema,
+        receipt: Ref(receiptSchema),
+      }),
+    ),
+    ...errorResponses,
+  },
 };
 
 /** OpenAI's completions API, so that any OpenAI client can call steerd; steering is the extra `interventions` field. */
@@ -111,13 +139,13 @@ const completionRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app
     },
   );
 
-  app.post('/v1/chat/completions', { schema: chatSchema }, async () => {
-    throw new SteerdError(
-      `GPT-2 has no chat template: ${svc.model.name} is a base model that continues text; use /v1/completions with a prompt`,
-      400,
-      'unsupported',
-    );
-  });
+  app.post(
+    '/v1/chat/completions',
+    { sse: 'manual', schema: chatSchema },
+    streamErrors(async (request: SchemaRequest<typeof chatSchema>, reply) =>
+      chat(svc, request, reply, request.body, strings()),
+    ),
+  );
 
   app.post(
     '/v1/completions',

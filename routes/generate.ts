@@ -2,11 +2,11 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply } from 'fastify';
 import { Type } from 'typebox';
+import { generatePrompt, messagesSchema } from '../src/api/chat.js';
 import { type ApiToken, completionOf, completionProperties } from '../src/api/completion.js';
 import { ARMS, type Arm, controlArm } from '../src/api/controls.js';
 import { checkLimits, type SchemaRequest, streamErrors } from '../src/api/generation.js';
 import { presetOf } from '../src/api/presets.js';
-import { promptIds, stopList } from '../src/api/prompt.js';
 import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
 import {
@@ -29,11 +29,11 @@ const schema = {
   tags: ['generation'],
   summary: 'Generate text with steering interventions',
   description:
-    'Tokenizes the prompt as Hugging Face does for GPT-2 (no BOS unless `prepend_bos`), generates with the given sampling parameters and interventions, and reports what was applied. `stream: true` answers with server-sent events: one `token` event per token, then a `done` event with the rest of the response. `telemetry: true` runs an unsteered twin in the same batch, fed the steered tokens: each token gains its baseline logprob, the KL between the two distributions and the projections of the steered stream, the response a summary. `compare` adds control arms in the same batch, with the same seed: `true` (the unsteered baseline) or a list of `baseline`, `negated` (coefficients × −1), `random` (vectors replaced by random ones of the same norms). The `receipt` is what `POST /v1/replay` runs again.',
+    "Tokenizes the prompt as Hugging Face does (BOS first where `prepend_bos` says, by default as the checkpoint's tokenizer does), or, instead of a prompt, renders `messages` by the model's chat template as `/v1/chat/completions` does (its end of turn added to `stop`; a model without a template: 400), then generates with the given sampling parameters and interventions, and reports what was applied. `stream: true` answers with server-sent events: one `token` event per token, then a `done` event with the rest of the response. `telemetry: true` runs an unsteered twin in the same batch, fed the steered tokens: each token gains its baseline logprob, the KL between the two distributions and the projections of the steered stream, the response a summary. `compare` adds control arms in the same batch, with the same seed: `true` (the unsteered baseline) or a list of `baseline`, `negated` (coefficients × −1), `random` (vectors replaced by random ones of the same norms). The `receipt` is what `POST /v1/replay` runs again.",
   body: Type.Object(
     {
       model: modelField,
-      prompt: Type.String({ minLength: 1 }),
+      prompt: Type.Optional(Type.String({ minLength: 1, description: 'the text to continue (or `messages`)' })),
       ...samplingProperties,
       interventions: Type.Optional(interventionsSchema),
       telemetry: Type.Optional(Type.Boolean({ default: false })),
@@ -51,6 +51,7 @@ const schema = {
           description: 'each token then carries this many of the most likely tokens at its position, with logprobs',
         }),
       ),
+      messages: Type.Optional(messagesSchema),
     },
     { additionalProperties: false },
   ),
@@ -92,8 +93,18 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
 
   async function handle(request: SchemaRequest<typeof schema>, reply: FastifyReply) {
     const b = request.body;
-    const { stream: _s, compare, prepend_bos, interventions: _i, prompt, model, telemetry, ...sampling } = b;
-    const base = withDefaults({ ...sampling, prompt: promptIds(svc, prompt, prepend_bos), stop: stopList(b.stop) });
+    const {
+      stream: _s,
+      compare,
+      prepend_bos: _b,
+      interventions: _i,
+      prompt: _p,
+      messages: _m,
+      model,
+      telemetry,
+      ...sampling
+    } = b;
+    const base = withDefaults({ ...sampling, ...generatePrompt(svc, b) });
     checkLimits(svc, base.max_new_tokens);
     const preset = await presetOf(svc, model);
     const { engine: interventions, applied } = await resolveInterventions(svc, b.interventions, preset);

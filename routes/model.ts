@@ -26,6 +26,9 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
               architecture: Type.String({ description: 'the model family: `gpt2` or `llama` (Llama, Qwen2, Mistral)' }),
               model_type: Type.String({ description: "config.json's `model_type`" }),
               random_weights: Type.Boolean({ description: 'a generated checkpoint: its text is nonsense' }),
+              chat_template: Type.Boolean({
+                description: 'the checkpoint has a chat template: `/v1/chat/completions` and `messages` serve it',
+              }),
               n_layer: Type.Integer(),
               n_embd: Type.Integer(),
               n_head: Type.Integer(),
@@ -104,6 +107,7 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
         architecture: i.architecture,
         model_type: i.model_type,
         random_weights: svc.model.random_weights,
+        chat_template: svc.chatTemplate !== undefined,
         n_layer: i.n_layer,
         n_embd: i.n_embd,
         n_head: i.n_head,

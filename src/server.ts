@@ -7,6 +7,7 @@ import { buildApp } from './app.js';
 import type { Config } from './config.js';
 import { Engine } from './engine/engine.js';
 import { DownloadError, SteerdError } from './errors.js';
+import { loadChatTemplate } from './model/chat-template.js';
 import { writeTinyCheckpoint } from './model/gpt2/tiny.js';
 import { servingDir } from './model/hf-cache.js';
 import { defaultCacheDir, type ProgressReporter, pullModel } from './model/hub.js';
@@ -104,6 +105,8 @@ export async function startWorker(config: Config, dir: string) {
  */
 export async function createService(config: Config, progress?: ProgressReporter): Promise<Service> {
   const m = await resolveModel(config, progress);
+  // read before the engine starts: a template that does not parse stops the start, naming its file
+  const chatTemplate = loadChatTemplate(m.dir);
   const closers: (() => Promise<void>)[] = [];
   let engine: EngineLike;
   if (config.redisUrl) {
@@ -143,6 +146,7 @@ export async function createService(config: Config, progress?: ProgressReporter)
       name: m.name,
       random_weights: m.randomWeights,
     },
+    chatTemplate,
     metrics,
     inFlight: 0,
     draining: false,

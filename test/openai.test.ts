@@ -701,7 +701,10 @@ t.test('model names, chat', async (t) => {
   t.ok(chat instanceof BadRequestError, 'BadRequestError');
   t.equal(chat.status, 400);
   t.equal(chat.code, 'unsupported');
-  t.match(chat.message, /no chat template.*\/v1\/completions/);
+  t.match(chat.message, /gpt2 has no chat template.*\/v1\/completions/);
+  const generate = await postJson('/v1/generate', { messages: [{ role: 'user', content: 'hi' }], max_new_tokens: 1 });
+  t.equal(generate.status, 400, '/v1/generate with messages: 400');
+  t.match(generate.body.error, { code: 'unsupported', message: /^messages: gpt2 has no chat template/ });
 });
 
 t.test('bad values: 400 or 422, naming the limit', async (t) => {

@@ -22,6 +22,17 @@ import { resolveInterventions } from './resolve.js';
 import type { Service } from './service.js';
 import { Session } from './session.js';
 
+/** `n`, a request's choices of each prompt, refused beyond the server's limit (422). */
+export function checkN(svc: Service, n: number): number {
+  const maxN = svc.config.limits.maxN;
+  if (n > maxN)
+    throw new UnprocessableError(`n (${n}) exceeds this server's limit (${maxN}, STEERD_MAX_N)`, {
+      n,
+      max_n: maxN,
+    });
+  return n;
+}
+
 /**
  * OpenAI's completions over the engine: `n` runs of each prompt (choice p × n + i samples with
  * seed + i), or with `max_tokens` 0 one prompt pass each; all admitted together in one session,
@@ -40,13 +51,7 @@ export async function complete(
     throw new BadRequestError(
       `best_of is not supported (got ${b.best_of}): it must be 1; use n for several completions`,
     );
-  const n = b.n ?? 1;
-  const maxN = svc.config.limits.maxN;
-  if (n > maxN)
-    throw new UnprocessableError(`n (${n}) exceeds this server's limit (${maxN}, STEERD_MAX_N)`, {
-      n,
-      max_n: maxN,
-    });
+  const n = checkN(svc, b.n ?? 1);
   const maxNew = b.max_tokens ?? OPENAI_MAX_TOKENS;
   // max_tokens 0 scores the prompt: its pass alone, which needs the prompt's positions only
   const scoreOnly = maxNew === 0;

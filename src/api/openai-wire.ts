@@ -111,6 +111,22 @@ export interface Logprobs {
   text_offset: number[];
 }
 
+/** A token of a chat choice's `logprobs.content`. */
+const chatTokenProperties = {
+  token: Type.String({ description: 'its text (a token that holds part of a UTF-8 character: U+FFFD for it)' }),
+  logprob: Type.Number({ description: 'log p(token) given the tokens before it' }),
+  bytes: Type.Array(Type.Integer(), { description: "the token's UTF-8 bytes" }),
+};
+
+export const chatLogprobSchema = Type.Object({
+  ...chatTokenProperties,
+  top_logprobs: Type.Array(Type.Object(chatTokenProperties), {
+    description: 'the `top_logprobs` most likely tokens at its position, most likely first',
+  }),
+});
+
+export type ChatLogprob = Static<typeof chatLogprobSchema>;
+
 const noLogprobs = (): Logprobs => ({ tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] });
 
 export function append(a: Logprobs, b: Logprobs): Logprobs {
@@ -180,6 +196,18 @@ export class TokenStrings {
       this.strings.set(id, s);
     }
     return s;
+  }
+
+  /** A token in the chat shape: its text (part of a character: U+FFFD), its bytes, and its most likely alternatives. */
+  chat(e: { id: number; logprob: number; top_logprobs?: TokenLogprob[] }): ChatLogprob {
+    return {
+      ...this.chatToken(e.id, e.logprob),
+      top_logprobs: (e.top_logprobs ?? []).map((x) => this.chatToken(x.id, x.logprob)),
+    };
+  }
+
+  private chatToken(id: number, logprob: number) {
+    return { token: this.tokenizer.decode([id]), logprob, bytes: Array.from(this.tokenizer.bytes([id])) };
   }
 
   private top(top: TokenLogprob[] | undefined): Record<string, number> {

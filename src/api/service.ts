@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { Engine } from '../engine/engine.js';
+import type { ChatTemplate } from '../model/chat-template.js';
 import type { VectorModel, VectorStore } from '../store/types.js';
 import type { Metrics } from './metrics.js';
 
@@ -18,6 +19,11 @@ export interface Service {
   store: VectorStore;
   /** The serving model's identity; vectors made for another are refused. */
   model: VectorModel & { name: string; random_weights: boolean };
+  /**
+   * The checkpoint's chat template (chat-template.ts), read once with the model, in every API
+   * process (the workers take token ids); absent for a base model without one (GPT-2).
+   */
+  chatTemplate?: ChatTemplate;
   metrics: Metrics;
   /** Requests admitted and not finished (generation and activations). */
   inFlight: number;

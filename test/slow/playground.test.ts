@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BrowserContext, ConsoleMessage, Page } from 'playwright-core';
 import t, { type Test } from 'tap';
+import { writeChatTemplate } from '../../src/model/chat-templates.ts';
 import { writeTinyCheckpoint } from '../../src/model/gpt2/tiny.ts';
+import { writeTinyLlamaCheckpoint } from '../../src/model/llama/tiny.ts';
 import { type Harness, harness } from '../helpers/api.ts';
 import { browserSkip, launchChromium } from '../helpers/browser.ts';
 
@@ -181,6 +183,7 @@ t.test('in Chromium: model card, recipe, generate with telemetry, receipt, sweep
   t.equal(await card.locator('dd[data-field="hidden size"]').textContent(), '64', 'hidden size');
   t.match(await card.locator('dd[data-field="layers"]').textContent(), /^4 /, 'layers');
   t.ok(await page.locator(id('random-weights')).isVisible(), 'the random-weights warning');
+  t.ok(await page.locator(id('chat-panel')).isHidden(), 'GPT-2 has no chat template: no chat box');
   // site and op: offered as the API's own document lists them, or not at all
   const spec = (await (await fetch(`${url}/openapi.json`)).json()) as {
     components: { schemas: { Intervention: { properties: Record<string, { enum?: string[] }> } } };
@@ -527,6 +530,103 @@ t.test('in Chromium, with STEERD_API_KEYS: the page asks for a key and sends it'
     errors.every((e) => /status of 401/.test(e)),
     'the only console errors are the two refused requests',
   );
+  t.same(
+    requests.filter((r) => new URL(r.url).origin !== url),
+    [],
+    'no request left the server',
+  );
+});
+
+t.test('in Chromium, a model with a chat template: the chat box, steered, turn after turn', { skip }, async (t) => {
+  const dir = join(root, 'chat-model');
+  writeTinyLlamaCheckpoint(dir, { modelType: 'qwen2', layers: 2, embd: 64, heads: 4, ctx: 256, seed: 2 });
+  writeChatTemplate(dir, 'chatml', { eos_token: '<|endoftext|>' });
+  const h = await harness(dir);
+  t.teardown(() => h.close());
+  await h.app.listen({ host: '127.0.0.1', port: 0 });
+  const url = `http://127.0.0.1:${(h.app.server.address() as { port: number }).port}`;
+  const browser = await launchChromium();
+  t.teardown(() => browser.close());
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const requests = await sealed(context, url);
+  const page = await context.newPage();
+  const errors = watch(page);
+  await page.goto(url);
+  await page.locator(`${id('model-card')} dd[data-field="id"]`).waitFor();
+  t.ok(await page.locator(id('chat-panel')).isVisible(), 'the chat box');
+
+  await page.fill('#max-new-tokens', '6');
+  await page.fill('#seed', '5');
+  await page.fill(id('chat-system'), 'Be brief.');
+  // one turn through the page: the body it sent, and the answer it shows
+  const turn = async (text: string, n: number) => {
+    await page.fill(id('chat-input'), text);
+    const sent = page.waitForRequest((r) => r.url() === `${url}/v1/chat/completions`);
+    await page.click(id('chat-send'));
+    const body = (await sent).postDataJSON() as { messages: { role: string; content: string }[] };
+    // the turn is over when its answer is kept: the message box is then emptied
+    await page.waitForFunction(
+      ([sel, k]) =>
+        document.querySelectorAll(sel).length === k &&
+        (document.querySelector('#chat-input') as HTMLTextAreaElement).value === '',
+      [`${id('chat-log')} li[data-role="assistant"]`, n] as const,
+    );
+    return {
+      body,
+      shown:
+        (await page
+          .locator(`${id('chat-log')} li[data-role="assistant"]`)
+          .nth(n - 1)
+          .textContent()) ?? '',
+    };
+  };
+  const api = async (messages: { role: string; content: string }[]) => {
+    const res = await fetch(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages, max_tokens: 6, temperature: 1, top_p: 1, seed: 5, interventions: [] }),
+    });
+    return ((await res.json()) as { choices: { message: { content: string } }[] }).choices[0].message.content;
+  };
+
+  const first = await turn('Hello', 1);
+  t.same(first.body.messages, [
+    { role: 'system', content: 'Be brief.' },
+    { role: 'user', content: 'Hello' },
+  ]);
+  t.equal(first.shown, await api(first.body.messages), "the answer shown is the API's for the same request");
+  const second = await turn('And then?', 2);
+  t.same(
+    second.body.messages,
+    [...first.body.messages, { role: 'assistant', content: first.shown }, { role: 'user', content: 'And then?' }],
+    'the second turn carries the conversation',
+  );
+  t.equal(second.shown, await api(second.body.messages));
+  t.same(
+    await page.locator(`${id('chat-log')} li`).evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.role)),
+    ['user', 'assistant', 'user', 'assistant'],
+  );
+
+  // steered by the form's vector: another answer to the same conversation
+  const H = h.svc.engine.info.n_embd;
+  const made = await fetch(`${url}/v1/vectors`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'wave', values: Array.from({ length: H }, (_, i) => Math.sin(i)) }),
+  });
+  t.equal(made.status, 201);
+  await page.click('#vectors-refresh');
+  await page.locator(`${id('vector')} option[value="wave"]`).waitFor({ state: 'attached' });
+  await page.selectOption(id('vector'), 'wave');
+  await page.fill(id('layer'), '1');
+  await page.fill(id('coeff'), '30');
+  await page.click(id('chat-clear'));
+  t.equal(await page.locator(`${id('chat-log')} li`).count(), 0, 'cleared');
+  const steered = await turn('Hello', 1);
+  t.match(steered.body, { interventions: [{ vector: 'wave', layer: 1, coeff: 30 }] });
+  t.not(steered.shown, first.shown, 'steering changes the answer');
+
+  t.same(errors, [], 'no console errors');
   t.same(
     requests.filter((r) => new URL(r.url).origin !== url),
     [],
