@@ -118,7 +118,8 @@ export function chatPrompt(svc: Service, messages: MessagesBody) {
   const conversation: ChatMessage[] = messages.map((m) => ({ role: m.role, content: contentText(m.content) }));
   const text = template.render(conversation);
   const { tokenizer } = svc.engine;
-  // the end of a turn stops a generation as EOS does (a stop string: the engine stops at one token id only)
+  // the end of a turn stops a generation as EOS does: a stop string, for a checkpoint whose EOS ids
+  // (config.json, generation_config.json) do not name it
   const eot = template.endOfTurn;
   const endOfTurn = eot === undefined || eot === tokenizer.decode([tokenizer.eosId]) ? undefined : eot;
   return { ids: encodeText(tokenizer, text, false), endOfTurn };
