@@ -60,7 +60,7 @@ dirs.metaspace = variant(dirs.sentencepiece, 'metaspace', (j) => {
   const vocab = readJson(join(bundledVocabDir(), 'encoder.json'));
   const merges = readFileSync(join(bundledVocabDir(), 'vocab.bpe'), 'utf8')
     .split('\n')
-    .filter((l) => l && !l.startsWith('#'));
+    .filter((l) => l && !l.startsWith('#version'));
   const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
   writeJson(join(dir, 'tokenizer.json'), {
     version: '1.0',
