@@ -126,13 +126,21 @@ export function writeTinyCheckpoint(dir: string, opts: TinyOptions = {}): void {
 
 /**
  * A random checkpoint's files as Hugging Face lays them out: `model.safetensors` or its shards (keys
- * in sorted order; float32 unless `storage` says otherwise), `config.json`, and GPT-2's byte-level BPE vocabulary (which every family's random
- * checkpoints use: bundledVocabDir).
+ * in sorted order; float32 unless `storage` says otherwise), `config.json`, and, where `gpt2Vocab`
+ * (default true), GPT-2's byte-level BPE vocabulary as vocab.json + merges.txt (bundledVocabDir; a
+ * random Llama checkpoint may have a tokenizer.json of its own instead).
  */
-export function writeTinyFiles(dir: string, specs: TensorSpec[], rawConfig: object, storage?: StorageOptions): void {
+export function writeTinyFiles(
+  dir: string,
+  specs: TensorSpec[],
+  rawConfig: object,
+  gpt2Vocab = true,
+  storage?: StorageOptions,
+): void {
   specs.sort((a, b) => (a.name < b.name ? -1 : 1));
   writeWeights(dir, specs, storage);
   writeFileSync(join(dir, 'config.json'), `${JSON.stringify(rawConfig, null, 2)}\n`);
+  if (!gpt2Vocab) return;
   const vocab = bundledVocabDir();
   copyFileSync(join(vocab, 'encoder.json'), join(dir, 'vocab.json'));
   copyFileSync(join(vocab, 'vocab.bpe'), join(dir, 'merges.txt'));

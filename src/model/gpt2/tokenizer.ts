@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../../errors.js';
+import { BYTE_TO_CHAR, CHAR_TO_BYTE } from '../byte-level.js';
 import type { EncodeOptions, Tokenizer } from '../tokenizer.js';
 
 /**
@@ -16,21 +17,6 @@ export const ENDOFTEXT = '<|endoftext|>';
 const PATTERN =
   /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\p{White_Space}\p{L}\p{N}]+|\p{White_Space}+(?!\P{White_Space})|\p{White_Space}+/gu;
 
-/** GPT-2's reversible byte → printable character map (so that no token contains spaces or controls). */
-function byteToChar(): string[] {
-  const printable: number[] = [];
-  for (let b = 0x21; b <= 0x7e; b++) printable.push(b);
-  for (let b = 0xa1; b <= 0xac; b++) printable.push(b);
-  for (let b = 0xae; b <= 0xff; b++) printable.push(b);
-  const map: string[] = new Array(256);
-  for (const b of printable) map[b] = String.fromCharCode(b);
-  let n = 0;
-  for (let b = 0; b < 256; b++) if (map[b] === undefined) map[b] = String.fromCharCode(256 + n++);
-  return map;
-}
-
-const BYTE_TO_CHAR = byteToChar();
-const CHAR_TO_BYTE = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
 const utf8 = new TextEncoder();
 // Invalid sequences become U+FFFD (as HF's errors="replace"); a leading U+FEFF is text, not a BOM.
 const utf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });

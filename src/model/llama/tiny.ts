@@ -5,6 +5,7 @@ import type { TensorSpec } from '../safetensors-write.js';
 import type { StorageOptions } from '../tiny-weights.js';
 import { type LLAMA_MODEL_TYPES, parseConfig } from './config.js';
 import { expectedShapes } from './params.js';
+import { type TinyTokenizerKind, tinyTokenizer } from './tiny-tokenizer.js';
 
 /** Options of a random Llama-family checkpoint; every default gives one small enough for unit tests. */
 export interface TinyLlamaOptions {
@@ -34,25 +35,34 @@ export interface TinyLlamaOptions {
   dtype?: StorageOptions['dtype'];
   /** Weights files (more than 1: shards and their index). Default 1. */
   shards?: number;
+  /**
+   * The tokenizer written: 'gpt2' (GPT-2's vocab.json + merges.txt, default), or a tokenizer.json of
+   * the kind tiny-tokenizer.ts writes ('llama3', 'qwen2', 'sentencepiece'); the vocabulary size,
+   * BOS and EOS in config.json follow it.
+   */
+  tokenizer?: 'gpt2' | TinyTokenizerKind;
 }
 
 const ARCHITECTURES = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', mistral: 'MistralForCausalLM' };
 
 /**
  * Writes a deterministic random Llama-family checkpoint in the Hugging Face layout (config.json,
- * float32 model.safetensors, and GPT-2's vocabulary as vocab.json + merges.txt, which the family's
- * tokenizer reads). Random weights generate nonsense text; the config says so in `steerd_random_weights`.
+ * float32 model.safetensors, and the tokenizer `opts.tokenizer` names). Random weights generate
+ * nonsense text; the config says so in `steerd_random_weights`.
  */
 export function writeTinyLlamaCheckpoint(dir: string, opts: TinyLlamaOptions = {}): void {
   const embd = opts.embd ?? 64;
   const heads = opts.heads ?? 4;
   const modelType = opts.modelType ?? 'llama';
   const seed = opts.seed ?? 0;
+  const kind = opts.tokenizer ?? 'gpt2';
+  const tokenizer = kind === 'gpt2' ? undefined : tinyTokenizer(kind);
+  const vocab = tokenizer?.info ?? { vocabSize: 50257, bosId: 50256, eosId: 50256 };
   const rawConfig: Record<string, unknown> = {
     architectures: [ARCHITECTURES[modelType]],
     ...(modelType === 'llama' && { attention_bias: opts.bias ?? false }),
-    bos_token_id: 50256,
-    eos_token_id: 50256,
+    bos_token_id: vocab.bosId,
+    eos_token_id: vocab.eosId,
     hidden_act: 'silu',
     hidden_size: embd,
     intermediate_size: opts.inner ?? 3 * embd,
@@ -66,11 +76,12 @@ export function writeTinyLlamaCheckpoint(dir: string, opts: TinyLlamaOptions = {
     rope_theta: 10000,
     tie_word_embeddings: opts.tied ?? false,
     torch_dtype: opts.dtype ?? 'float32',
-    vocab_size: 50257,
+    vocab_size: vocab.vocabSize,
     steerd_random_weights: { seed },
   };
   const config = parseConfig(rawConfig); // refuses impossible shapes before anything is written
   mkdirSync(dir, { recursive: true });
+  tokenizer?.write(dir);
 
   // Not a trained model's scale: linear maps get sd 1/√in and embeddings sd 1, so that activations
   // are of order one and softmax, SiLU and RoPE's rotations act in their curved range (at the usual
@@ -91,5 +102,5 @@ export function writeTinyLlamaCheckpoint(dir: string, opts: TinyLlamaOptions = {
     for (let i = 0; i < n; i++) a[i] = mean + sd * rng.normal();
     return { name, shape, data: () => new Uint8Array(a.buffer) };
   });
-  writeTinyFiles(dir, specs, rawConfig, { dtype: opts.dtype, shards: opts.shards });
+  writeTinyFiles(dir, specs, rawConfig, kind === 'gpt2', { dtype: opts.dtype, shards: opts.shards });
 }

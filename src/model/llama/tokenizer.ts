@@ -1,22 +1,22 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../../errors.js';
 import { Gpt2Tokenizer } from '../gpt2/tokenizer.js';
+import { HfTokenizer } from '../hf-tokenizer.js';
 import type { Tokenizer } from '../tokenizer.js';
 
 /**
- * The Llama family's tokenizer, where it is GPT-2's byte-level BPE with GPT-2's pre-tokenizer
- * (gpt2/tokenizer.ts reads it). The SentencePiece-style tokenizers most Llama checkpoints ship (byte
- * fallback, Metaspace, or a pre-tokenizer pattern of their own as in Llama 3 and Qwen2) would be
- * read wrongly by it: they are refused, naming the file and what it has.
+ * The Llama family's tokenizer: the checkpoint's `tokenizer.json` where it has one (Llama 2 and 3,
+ * Mistral, Qwen2: hf-tokenizer.ts, which refuses what it cannot tokenize as Hugging Face does);
+ * else GPT-2's byte-level BPE from `vocab.json` + `merges.txt`. A SentencePiece `tokenizer.model`
+ * alone is refused: steerd reads the tokenizer.json that Hugging Face converts it to.
  */
 export function llamaTokenizer(dir: string): Tokenizer {
-  const tokFile = join(dir, 'tokenizer.json');
-  if (existsSync(tokFile)) refuseUnreadable(tokFile);
-  else if (!existsSync(join(dir, 'vocab.json')) && existsSync(join(dir, 'tokenizer.model'))) {
+  if (existsSync(join(dir, 'tokenizer.json'))) return HfTokenizer.fromDir(dir);
+  if (!existsSync(join(dir, 'vocab.json')) && existsSync(join(dir, 'tokenizer.model'))) {
     throw new CheckpointError(
       join(dir, 'tokenizer.model'),
-      'SentencePiece tokenizers are not supported yet (steerd reads byte-level BPE: vocab.json + merges.txt, or tokenizer.json)',
+      "is a SentencePiece model, which steerd does not read: it needs the checkpoint's tokenizer.json (transformers writes one: AutoTokenizer.from_pretrained(dir).save_pretrained(dir))",
     );
   }
   try {
@@ -25,26 +25,5 @@ export function llamaTokenizer(dir: string): Tokenizer {
     if (e instanceof CheckpointError) throw e;
     // e.g. a vocabulary without <|endoftext|>, which the byte-level BPE reader needs
     throw new CheckpointError(join(dir, 'vocab.json'), `cannot read the tokenizer: ${(e as Error).message}`);
-  }
-}
-
-/** Refuses a tokenizer.json that is not GPT-2's byte-level BPE. */
-function refuseUnreadable(file: string): void {
-  let j: {
-    model?: { type?: string; byte_fallback?: boolean };
-    pre_tokenizer?: { type?: string; use_regex?: boolean; pretokenizers?: unknown[] } | null;
-  };
-  try {
-    j = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new CheckpointError(file, `cannot read as JSON (${(e as Error).message})`);
-  }
-  const unsupported = (what: string) =>
-    new CheckpointError(file, `${what}: not supported yet (steerd reads GPT-2-style byte-level BPE tokenizers)`);
-  if (j.model?.type !== 'BPE') throw unsupported(`the tokenizer model is ${JSON.stringify(j.model?.type)}`);
-  if (j.model.byte_fallback) throw unsupported('the BPE model has byte_fallback (a SentencePiece-style tokenizer)');
-  const pre = j.pre_tokenizer;
-  if (pre?.type !== 'ByteLevel' || pre.use_regex === false) {
-    throw unsupported(`the pre-tokenizer is ${JSON.stringify(pre?.type ?? null)}, not GPT-2's ByteLevel`);
   }
 }
