@@ -6,7 +6,7 @@
  * decoding, the bytes of one token at a time, BOS/EOS/addBos and their precedence, what is
  * refused, and a random checkpoint of each kind through the engine.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -274,6 +274,16 @@ for (const kind of KINDS) {
       'the corpus has tokens that hold part of a character',
     );
     t.throws(() => tok.bytes([tok.vocabSize]), RangeError, 'ids outside the vocabulary are refused');
+    // a model with more embedding rows than tokens: the rows between are padding, decoded as nothing
+    const padded = join(root, `${kind}-padded`);
+    cpSync(dirs[kind], padded, { recursive: true });
+    const file = join(padded, 'config.json');
+    const config = existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : {};
+    writeFileSync(file, JSON.stringify({ ...config, vocab_size: tok.vocabSize + 7 }));
+    const p = HfTokenizer.fromDir(padded);
+    t.equal(p.bytes([1, tok.vocabSize + 6, 2]).length, tok.bytes([1, 2]).length, 'a padding row: no bytes');
+    t.equal(p.decode([tok.vocabSize]), '');
+    t.throws(() => p.bytes([tok.vocabSize + 7]), RangeError, 'beyond the rows: refused');
   });
 
   t.test(`${kind}: decode(encode(x)) gives x back`, async (t) => {

@@ -127,6 +127,14 @@ export function program(): Command {
         .default('float32'),
     )
     .option('--shards <n>', 'weights files: more than 1 writes shards and their index (Llama family)', positiveInt, 1)
+    .addOption(
+      new Option(
+        '--tokenizer <kind>',
+        "the tokenizer (Llama family): GPT-2's vocab.json + merges.txt, or a tokenizer.json in Llama 3's, Qwen2's or SentencePiece's layout",
+      )
+        .choices(['gpt2', 'llama3', 'qwen2', 'sentencepiece'])
+        .default('gpt2'),
+    )
     .action(
       async (
         dir: string,
@@ -141,13 +149,14 @@ export function program(): Command {
           seed: number;
           weightsDtype: 'float32' | 'bfloat16' | 'float16';
           shards: number;
+          tokenizer: 'gpt2' | 'llama3' | 'qwen2' | 'sentencepiece';
         },
       ) => {
         const what = `${o.layers} layers, ${o.embd} wide, ${o.heads} heads`;
         if (o.arch === 'gpt2') {
-          if (o.kvHeads || o.inner || o.weightsDtype !== 'float32' || o.shards !== 1)
+          if (o.kvHeads || o.inner || o.weightsDtype !== 'float32' || o.shards !== 1 || o.tokenizer !== 'gpt2')
             throw new SteerdError(
-              '--kv-heads, --inner, --weights-dtype and --shards are for the Llama family (--arch llama, qwen2 or mistral)',
+              '--kv-heads, --inner, --weights-dtype, --shards and --tokenizer are for the Llama family (--arch llama, qwen2 or mistral)',
               400,
               'bad_option',
             );
@@ -159,7 +168,7 @@ export function program(): Command {
         const { writeTinyLlamaCheckpoint } = await import('../model/llama/tiny.js');
         writeTinyLlamaCheckpoint(dir, { ...o, modelType: o.arch, dtype: o.weightsDtype });
         console.log(
-          `wrote a random ${o.arch} checkpoint (${what}, ${o.kvHeads ?? o.heads} key/value heads, ${o.weightsDtype}${o.shards > 1 ? `, ${o.shards} shards` : ''}) to ${dir}`,
+          `wrote a random ${o.arch} checkpoint (${what}, ${o.kvHeads ?? o.heads} key/value heads, ${o.weightsDtype}${o.shards > 1 ? `, ${o.shards} shards` : ''}, ${o.tokenizer} tokenizer) to ${dir}`,
         );
       },
     );

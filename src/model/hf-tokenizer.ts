@@ -28,6 +28,12 @@ export class HfTokenizer implements Tokenizer {
   readonly eosId: number;
   readonly bosId: number;
   readonly addBos: boolean;
+  /**
+   * The model's rows of embedding (config.json's `vocab_size`) where it has more than the tokenizer
+   * has tokens (Qwen2: 151936 for 151665): the ids between are padding, and decode to nothing, as
+   * transformers decodes them, should a random or steered model sample one.
+   */
+  private readonly rows: number;
   private readonly idToToken: string[] = [];
   private readonly tokenBytes: (Uint8Array | undefined)[] = [];
   private readonly library: Library;
@@ -43,6 +49,7 @@ export class HfTokenizer implements Tokenizer {
     for (const [tok, id] of Object.entries(json.model.vocab)) this.idToToken[id] = tok;
     for (const t of json.added_tokens) this.idToToken[t.id] = t.content;
     this.vocabSize = this.idToToken.length;
+    this.rows = Math.max(this.vocabSize, modelRows(dir));
     this.library = build(file, json);
     const ids = new Map<string, number>();
     for (const [id, tok] of this.idToToken.entries()) if (tok !== undefined) ids.set(tok, id);
@@ -103,8 +110,9 @@ export class HfTokenizer implements Tokenizer {
     const cached = this.tokenBytes[id];
     if (cached) return cached;
     const tok = this.idToToken[id];
-    if (tok === undefined || !Number.isInteger(id))
-      throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`);
+    if (!Number.isInteger(id) || id < 0 || id >= this.rows)
+      throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.rows - 1})`);
+    if (tok === undefined) return NOTHING; // a padding row
     const b = spell(tok, this.spelling);
     this.tokenBytes[id] = b;
     return b;
@@ -145,4 +153,16 @@ function spell(tok: string, spelling: TokenSpelling): Uint8Array {
   const byte = spelling.byteFallback ? /^<0x([0-9A-Fa-f]{2})>$/.exec(tok) : null;
   if (byte) return Uint8Array.of(Number.parseInt(byte[1], 16));
   return utf8.encode(tok.replaceAll(spelling.replacement, ' '));
+}
+
+const NOTHING = new Uint8Array(0);
+
+/** config.json's `vocab_size` in `dir`, or 0 where there is none to read. */
+function modelRows(dir: string): number {
+  try {
+    const v = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')).vocab_size;
+    return Number.isInteger(v) && v > 0 ? v : 0;
+  } catch {
+    return 0;
+  }
 }
