@@ -60,7 +60,7 @@ t.test('model tiny --arch: a Llama-family checkpoint in bfloat16 shards, then mo
     'tiny',
     dir,
     ...['--arch', 'qwen2', '--layers', '1', '--embd', '16', '--heads', '4', '--kv-heads', '2', '--ctx', '8'],
-    ...['--weights-dtype', 'bfloat16', '--shards', '2', '--tokenizer', 'qwen2'],
+    ...['--weights-dtype', 'bfloat16', '--shards', '2', '--tokenizer', 'qwen2', '--chat-template', 'chatml'],
   );
   t.equal(made.status, 0, made.stderr);
   t.match(made.stdout, /random qwen2 checkpoint .*2 key\/value heads, bfloat16, 2 shards, qwen2 tokenizer/);
@@ -68,6 +68,8 @@ t.test('model tiny --arch: a Llama-family checkpoint in bfloat16 shards, then mo
   const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
   t.match(config, { model_type: 'qwen2', num_key_value_heads: 2, torch_dtype: 'bfloat16' });
   t.ok(statSync(join(dir, 'tokenizer.json')).size > 0, "Qwen2's tokenizer.json");
+  const tokConfig = JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8'));
+  t.match(tokConfig.chat_template, /<\|im_start\|>/, 'and a ChatML template');
   const index = JSON.parse(readFileSync(join(dir, 'model.safetensors.index.json'), 'utf8'));
   t.same(new Set(Object.values(index.weight_map)).size, 2, 'two shards');
   const built = steerd('model', 'build', dir);

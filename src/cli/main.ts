@@ -135,6 +135,13 @@ export function program(): Command {
         .choices(['gpt2', 'llama3', 'qwen2', 'sentencepiece'])
         .default('gpt2'),
     )
+    .addOption(
+      new Option('--chat-template <format>', 'a chat template in tokenizer_config.json (any family)').choices([
+        'chatml',
+        'llama3',
+        'llama2',
+      ]),
+    )
     .action(
       async (
         dir: string,
@@ -150,6 +157,7 @@ export function program(): Command {
           weightsDtype: 'float32' | 'bfloat16' | 'float16';
           shards: number;
           tokenizer: 'gpt2' | 'llama3' | 'qwen2' | 'sentencepiece';
+          chatTemplate?: 'chatml' | 'llama3' | 'llama2';
         },
       ) => {
         const what = `${o.layers} layers, ${o.embd} wide, ${o.heads} heads`;
@@ -162,11 +170,13 @@ export function program(): Command {
             );
           const { writeTinyCheckpoint } = await import('../model/gpt2/tiny.js');
           writeTinyCheckpoint(dir, o);
+          if (o.chatTemplate) (await import('../model/chat-templates.js')).writeChatTemplate(dir, o.chatTemplate);
           console.log(`wrote a random GPT-2 checkpoint (${what}) to ${dir}`);
           return;
         }
         const { writeTinyLlamaCheckpoint } = await import('../model/llama/tiny.js');
         writeTinyLlamaCheckpoint(dir, { ...o, modelType: o.arch, dtype: o.weightsDtype });
+        if (o.chatTemplate) (await import('../model/chat-templates.js')).writeChatTemplate(dir, o.chatTemplate);
         console.log(
           `wrote a random ${o.arch} checkpoint (${what}, ${o.kvHeads ?? o.heads} key/value heads, ${o.weightsDtype}${o.shards > 1 ? `, ${o.shards} shards` : ''}, ${o.tokenizer} tokenizer) to ${dir}`,
         );
