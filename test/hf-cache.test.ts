@@ -15,9 +15,13 @@ import { join } from 'node:path';
 import t from 'tap';
 import { loadConfig } from '../src/config.ts';
 import { DownloadError, SteerdError } from '../src/errors.ts';
+import { writeChatTemplate } from '../src/model/chat-templates.ts';
+import { openCheckpoint } from '../src/model/checkpoint.ts';
+import { ensureFloat32Weights } from '../src/model/float32-weights.ts';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { hubCacheDir, hubOffline, servingDir } from '../src/model/hf-cache.ts';
 import { cachePath, pullModel } from '../src/model/hub.ts';
+import { writeTinyLlamaCheckpoint } from '../src/model/llama/tiny.ts';
 import { resolveModel } from '../src/server.ts';
 import {
   closedEndpoint,
@@ -318,4 +322,46 @@ t.test('where the hub cache is, and what HF_HUB_OFFLINE means', async (t) => {
   for (const v of ['', '0', 'false', 'no']) t.notOk(hubOffline({ HF_HUB_OFFLINE: v }), JSON.stringify(v));
   const c = loadConfig({ HF_HOME: '/b', HF_HUB_OFFLINE: '1' });
   t.same([c.hubCacheDir, c.hubOffline], [join('/b', 'hub'), true], 'loadConfig reads them');
+});
+
+t.test('a sharded bfloat16 repository: the index, then its shards, with the tokenizer and its template', async (t) => {
+  const repo = 'someone/tiny-qwen';
+  const commit = commitOf('tiny-qwen');
+  const qsrc = fresh('qwen-src');
+  writeTinyLlamaCheckpoint(qsrc, {
+    modelType: 'qwen2',
+    layers: 1,
+    embd: 16,
+    heads: 4,
+    kvHeads: 2,
+    ctx: 16,
+    dtype: 'bfloat16',
+    shards: 2,
+    tokenizer: 'qwen2',
+  });
+  writeChatTemplate(qsrc, 'chatml');
+  writeFileSync(join(qsrc, 'README.md'), 'not needed');
+  const hub = await startFakeHub(repo, commit, qsrc);
+  t.teardown(() => hub.close());
+  process.env.HF_ENDPOINT = hub.endpoint;
+  t.teardown(() => {
+    delete process.env.HF_ENDPOINT;
+  });
+  const hubCache = fresh('qwen-hub');
+  const steerdCache = fresh('qwen-steerd');
+  const m = await resolveModel({ ...loadConfig({}), model: repo, hubCacheDir: hubCache, cacheDir: steerdCache });
+  const shards = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
+  const fetched = hub.requests.filter((q) => q.includes('/resolve/')).map((q) => q.split('/').at(-1));
+  t.same(
+    fetched,
+    ['config.json', 'model.safetensors.index.json', 'tokenizer.json', 'tokenizer_config.json', ...shards],
+    'the index, the tokenizer and its settings, then the shards the index names; nothing else',
+  );
+  const snapshot = join(hubCache, 'models--someone--tiny-qwen', 'snapshots', commit);
+  for (const f of [...shards, 'model.safetensors.index.json', 'tokenizer_config.json'])
+    t.ok(readFileSync(join(m.dir, f)).equals(readFileSync(join(qsrc, f))), `${f} served as is`);
+  const ck = openCheckpoint(m.dir);
+  t.ok(ensureFloat32Weights(ck), 'the float32 copy is made...');
+  t.equal(ck.weightsFile, join(m.dir, 'model.f32.safetensors'), "...in steerd's serving folder");
+  t.notOk(existsSync(join(snapshot, 'model.f32.safetensors')), 'never in the hub cache');
 });
