@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import t, { type Test } from 'tap';
+import { Tokenizer as RustTokenizer } from 'tokenizers';
 import { CheckpointError } from '../src/errors.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 import { familyOf, loadTokenizer } from '../src/model/families.ts';
@@ -571,6 +572,107 @@ t.test('through the API: what /v1/model says, the end-of-turn tokens, diagnostic
     await turn.close();
   }
 });
+
+t.test(
+  'every instrument on a Llama checkpoint with a SentencePiece tokenizer (BOS added), against the reference',
+  async (t) => {
+    const dir = join(root, 'sp');
+    writeTinyLlamaCheckpoint(dir, {
+      layers: 2,
+      embd: 32,
+      heads: 4,
+      kvHeads: 1,
+      ctx: 64,
+      seed: 21,
+      tokenizer: 'sentencepiece',
+    });
+    const m = loadRef(dir);
+    const text = 'Steering a model, one vector at a time.';
+    // tokenized by the Rust library (not steerd), with its special tokens: BOS first
+    const rust = await RustTokenizer.fromFile(join(dir, 'tokenizer.json'));
+    const ids = (await rust.encode(text, undefined, { addSpecialTokens: true })).getIds();
+    const bos = (await rust.encode('', undefined, { addSpecialTokens: true })).getIds();
+    t.equal(bos.length, 1, 'the tokenizer adds one BOS');
+    t.equal(ids[0], bos[0]);
+    const h = await harness(dir);
+    t.teardown(() => h.close());
+    const { app } = h;
+
+    // activations: the text as Hugging Face tokenizes it (BOS by default), each hook point as the reference's
+    const acts = (await post(app, '/v1/activations', { prompt: text, layers: [1], site: 'ln2' })).json();
+    t.same(
+      acts.tokens.map((x: { id: number }) => x.id),
+      ids,
+      'BOS by default, then the tokens the Rust library makes',
+    );
+    const want = forward(m, ids).hooks.get('ln2.1')!;
+    const err = Math.max(
+      ...want.flatMap((row, i) => [...row].map((v, j) => Math.abs(v - acts.activations['1'][i][j]))),
+    );
+    t.ok(err < 1e-4, `ln2 of block 1 within 1e-4 of the reference (${err.toExponential(2)})`);
+    const noBos = (await post(app, '/v1/activations', { prompt: text, layers: [0], prepend_bos: false })).json();
+    t.same(
+      noBos.tokens.map((x: { id: number }) => x.id),
+      ids.slice(1),
+      'prepend_bos: false leaves it out',
+    );
+
+    // a generation steered at ln1 of block 0 with an inline vector, greedy, with telemetry and control arms
+    const v = Array.from(Float32Array.from(randomVec(32, 2))); // as the API carries it
+    const greedy = (edits: Partial<Record<string, RefEdit>>) => {
+      const seq = [...ids];
+      for (let i = 0; i < 5; i++) {
+        const logits = forward(m, seq, edits).logits.at(-1)!;
+        let best = 0;
+        for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+        seq.push(best);
+      }
+      return seq.slice(ids.length);
+    };
+    const body = {
+      prompt: text,
+      max_new_tokens: 5,
+      temperature: 0,
+      telemetry: true,
+      compare: ['baseline', 'negated'],
+      interventions: [{ vector: { values: v }, layer: 0, site: 'ln1', coeff: 3 }],
+    };
+    const g = await post(app, '/v1/generate', body);
+    t.equal(g.statusCode, 200, g.body);
+    const r = g.json();
+    const tokens = (x: { tokens: { id: number }[] }) => x.tokens.map((y) => y.id);
+    t.same(tokens(r), greedy({ 'ln1.0': { steer: Float64Array.from(v, (x) => 3 * x) } }), 'steered: the reference');
+    t.same(tokens(r.baseline), greedy({}), 'the baseline arm: the unsteered reference');
+    t.same(
+      tokens(r.controls.negated),
+      greedy({ 'ln1.0': { steer: Float64Array.from(v, (x) => -3 * x) } }),
+      'the negated arm: coeff × −1',
+    );
+    t.ok(r.telemetry.mean_kl > 0, 'telemetry: the steering moved the distribution');
+
+    // a sweep's cells equal single runs; its receipt replays
+    const sweep = (
+      await post(app, '/v1/sweep', {
+        prompt: text,
+        vector: { values: v },
+        layers: [0, 1],
+        coeffs: [0, 3],
+        max_new_tokens: 4,
+        temperature: 0,
+      })
+    ).json();
+    t.equal(sweep.cells.length, 4);
+    const cell = sweep.cells.find((c: { layer: number; coeff: number }) => c.layer === 1 && c.coeff === 3);
+    t.same(
+      tokens(cell),
+      greedy({ 'resid_pre.1': { steer: Float64Array.from(v, (x) => 3 * x) } }).slice(0, 4),
+      'a sweep cell: the reference steered at resid_pre 1',
+    );
+    const replay = (await post(app, '/v1/replay', { receipt: sweep.receipt })).json();
+    t.equal(replay.identical, true, 'the sweep replays');
+    t.match(sweep.receipt.model, { architecture: 'llama', model_type: 'llama' });
+  },
+);
 
 // ---------------------------------------------------------------------------------------------
 // The registry, and what the family refuses.
