@@ -285,6 +285,22 @@ function expectClose(t: Test, what: string, got: ort.Tensor, want: Float64Array[
 }
 
 const rng = new Rng(7);
+/** The reference's greedy continuation of `ids`: each new token (the logits' argmax) and its logprob. */
+function refGreedy(m: Ref, ids: number[], n: number, edits: Partial<Record<string, RefEdit>> = {}) {
+  const seq = [...ids];
+  const logprobs: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const logits = forward(m, seq, edits).logits.at(-1)!;
+    let best = 0;
+    for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+    let z = 0;
+    for (const v of logits) z += Math.exp(v - logits[best]);
+    logprobs.push(-Math.log(z));
+    seq.push(best);
+  }
+  return { ids: seq.slice(ids.length), logprobs };
+}
+
 const randomIds = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * 50257));
 const randomVec = (H: number, scale: number) => Float64Array.from({ length: H }, () => scale * rng.normal());
 const unit = (v: Float64Array) => {
@@ -411,19 +427,7 @@ t.test('the engine end to end: greedy tokens and logprobs equal the reference, s
     ['unsteered', {}],
     ['steered at resid_pre 1', { 'resid_pre.1': { steer: direction.map((v) => 3 * v) } }],
   ] as const) {
-    const ids = [...prompt];
-    const want: number[] = [];
-    const logprobs: number[] = [];
-    for (let i = 0; i < 6; i++) {
-      const logits = forward(m, ids, edits).logits.at(-1)!;
-      let best = 0;
-      for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
-      let z = 0;
-      for (const v of logits) z += Math.exp(v - logits[best]);
-      want.push(best);
-      logprobs.push(-Math.log(z));
-      ids.push(best);
-    }
+    const { ids: want, logprobs } = refGreedy(m, prompt, 6, edits);
     const interventions =
       what === 'unsteered' ? [] : [{ layer: 1, coeff: 3, values: Float32Array.from(direction), rows: 1 }];
     const got = await collect(
@@ -441,11 +445,10 @@ t.test('the engine with float16 weights: the linear maps transposed from the cop
   const dir = join(root, 'engine');
   const m = loadRef(dir);
   const prompt = randomIds(12);
-  const logits = forward(m, prompt).logits.at(-1)!;
-  let best = 0;
-  for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
-  let z = 0;
-  for (const v of logits) z += Math.exp(v - logits[best]);
+  const {
+    ids: [best],
+    logprobs: [logprob],
+  } = refGreedy(m, prompt, 1);
   const errors: number[] = [];
   for (const dtype of ['float32', 'float16'] as const) {
     const engine = await startEngine({ model: dir, dtype, provider: 'cpu' });
@@ -453,7 +456,7 @@ t.test('the engine with float16 weights: the linear maps transposed from the cop
       t.equal(engine.info.dtype, dtype);
       const got = await collect(engine.generate({ prompt, max_new_tokens: 1, temperature: 0, stop_at_eos: false }));
       t.same(got.ids, [best], `${dtype}: the reference's most likely token`);
-      errors.push(Math.abs(got.logprobs[0] + Math.log(z)));
+      errors.push(Math.abs(got.logprobs[0] - logprob));
     } finally {
       await engine.close();
     }
@@ -481,19 +484,7 @@ t.test(
       const rounded = [...m.w].some(([k, v]) => v.some((x, i) => x !== f32.w.get(k)![i]));
       t.equal(rounded, storage.dtype !== 'float32', `${name}: the stored values are ${storage.dtype}'s`);
       const prompt = randomIds(10);
-      const ids = [...prompt];
-      const want: number[] = [];
-      const logprobs: number[] = [];
-      for (let i = 0; i < 4; i++) {
-        const logits = forward(m, ids).logits.at(-1)!;
-        let best = 0;
-        for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
-        let z = 0;
-        for (const v of logits) z += Math.exp(v - logits[best]);
-        want.push(best);
-        logprobs.push(-Math.log(z));
-        ids.push(best);
-      }
+      const { ids: want, logprobs } = refGreedy(m, prompt, 4);
       const engine = await startEngine({ model: dir, provider: 'cpu' });
       try {
         const got = await collect(engine.generate({ prompt, max_new_tokens: 4, temperature: 0, stop_at_eos: false }));
@@ -537,9 +528,7 @@ t.test('through the API: what /v1/model says, the end-of-turn tokens, diagnostic
       .map((l) => l.split(' ') as [string, string]),
     new Map(),
   ).encode(text);
-  const logits = forward(m, ids).logits.at(-1)!;
-  let best = 0;
-  for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+  const [best] = refGreedy(m, ids, 1).ids;
   const body = { prompt: text, max_new_tokens: 4, temperature: 0 };
 
   const plain = await harness(dir);
@@ -619,16 +608,7 @@ t.test(
 
     // a generation steered at ln1 of block 0 with an inline vector, greedy, with telemetry and control arms
     const v = Array.from(Float32Array.from(randomVec(32, 2))); // as the API carries it
-    const greedy = (edits: Partial<Record<string, RefEdit>>) => {
-      const seq = [...ids];
-      for (let i = 0; i < 5; i++) {
-        const logits = forward(m, seq, edits).logits.at(-1)!;
-        let best = 0;
-        for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
-        seq.push(best);
-      }
-      return seq.slice(ids.length);
-    };
+    const greedy = (edits: Partial<Record<string, RefEdit>>) => refGreedy(m, ids, 5, edits).ids;
     const body = {
       prompt: text,
       max_new_tokens: 5,
