@@ -650,6 +650,26 @@ t.test(
     );
     const replay = (await post(app, '/v1/replay', { receipt: sweep.receipt })).json();
     t.equal(replay.identical, true, 'the sweep replays');
+
+    // ActAdd: both prompts after BOS, the shorter padded with the space token (`▁`), the difference per position
+    const made = await post(app, '/v1/vectors', {
+      name: 'actadd',
+      recipe: { kind: 'actadd', layer: 1, positive: 'Love', negative: 'Hate it all' },
+    });
+    t.equal(made.statusCode, 201, made.body);
+    const space = await rust.tokenToId('\u2581');
+    const enc = async (x: string) => (await rust.encode(x, undefined, { addSpecialTokens: false })).getIds();
+    const [pos, neg] = [
+      [bos[0], ...(await enc('Love'))],
+      [bos[0], ...(await enc('Hate it all'))],
+    ];
+    while (pos.length < neg.length) pos.push(space!);
+    while (neg.length < pos.length) neg.push(space!);
+    const [a, b] = [forward(m, pos).hooks.get('resid_pre.1')!, forward(m, neg).hooks.get('resid_pre.1')!];
+    const got = (await app.inject('/v1/vectors/actadd?values=true')).json();
+    t.same(got.shape, [pos.length, 32], 'one row per position of the padded prompts');
+    const aerr = Math.max(...a.flatMap((row, i) => [...row].map((x, j) => Math.abs(x - b[i][j] - got.values[i][j]))));
+    t.ok(aerr < 1e-4, `the reference's per-position difference, within 1e-4 (${aerr.toExponential(2)})`);
     t.match(sweep.receipt.model, { architecture: 'llama', model_type: 'llama' });
   },
 );

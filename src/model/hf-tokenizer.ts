@@ -29,6 +29,8 @@ export class HfTokenizer implements Tokenizer {
   readonly eosId: number;
   readonly bosId: number;
   readonly addBos: boolean;
+  /** `Ġ` (byte-level) or the replacement character `▁` (SentencePiece-style), where the vocabulary has it. */
+  readonly spaceId: number | undefined;
   /**
    * The model's rows of embedding (config.json's `vocab_size`) where it has more than the tokenizer
    * has tokens (Qwen2: 151936 for 151665): the ids between are padding, and decode to nothing, as
@@ -62,6 +64,7 @@ export class HfTokenizer implements Tokenizer {
     this.bosId = special.bosId;
     this.eosId = special.eosId;
     this.addBos = special.addBos;
+    this.spaceId = ids.get(spelling.kind === 'byte-level' ? '\u0120' : spelling.replacement);
   }
 
   /** Loads `tokenizer.json` (and tokenizer_config.json and config.json where present) from a checkpoint directory. */
