@@ -651,6 +651,15 @@ t.test(
     const replay = (await post(app, '/v1/replay', { receipt: sweep.receipt })).json();
     t.equal(replay.identical, true, 'the sweep replays');
 
+    // /v1/completions with echo: the prompt's tokens (BOS first) and the choice's, each offset
+    // indexing the returned text
+    const c = (
+      await post(app, '/v1/completions', { prompt: text, echo: true, logprobs: 1, max_tokens: 2, temperature: 0 })
+    ).json();
+    const lp = c.choices[0].logprobs;
+    t.equal(lp.tokens.length, ids.length + 2, 'every prompt token, BOS included, then the two generated');
+    const pieces = lp.text_offset.map((o: number, i: number) => c.choices[0].text.slice(o, lp.text_offset[i + 1]));
+    t.same(pieces, lp.tokens, 'each token is the text at its offset');
     // ActAdd: both prompts after BOS, the shorter padded with the space token (`▁`), the difference per position
     const made = await post(app, '/v1/vectors', {
       name: 'actadd',
