@@ -381,6 +381,21 @@ t.test('precedence: config.json, tokenizer_config.json and the post-processor', 
   t.throws(() => HfTokenizer.fromDir(dir), { message: /config\.json: eos_token_id 1000000 is not a token/ });
   dir = variant(l3, 'p-no-eos', same, {});
   t.throws(() => HfTokenizer.fromDir(dir), { message: /names no eos_token_id/ });
+  // special_tokens_map.json (older checkpoints) stands in for what tokenizer_config.json leaves out
+  const { bos_token: _b, eos_token: _e, ...bare } = noFlag;
+  dir = variant(l3, 'p-map', same, bare);
+  writeJson(join(dir, 'special_tokens_map.json'), { eos_token: '<|eot_id|>', bos_token: '<|end_of_text|>' });
+  const mapped = HfTokenizer.fromDir(dir);
+  t.same(
+    [mapped.eosId, mapped.bosId],
+    [id('<|eot_id|>'), id('<|begin_of_text|>')],
+    'EOS from the map; BOS the template adds',
+  );
+  writeJson(join(dir, 'tokenizer_config.json'), { ...bare, eos_token: '<|end_of_text|>' });
+  t.equal(HfTokenizer.fromDir(dir).eosId, id('<|end_of_text|>'), 'tokenizer_config.json wins over the map');
+  writeJson(join(dir, 'special_tokens_map.json'), { eos_token: '<|nope|>' });
+  writeJson(join(dir, 'tokenizer_config.json'), bare);
+  t.throws(() => HfTokenizer.fromDir(dir), { message: /special_tokens_map\.json: eos_token "<\|nope\|>"/ });
 });
 
 t.test('refused: what cannot be tokenized as Hugging Face does, naming the file', async (t) => {

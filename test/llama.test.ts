@@ -531,6 +531,8 @@ t.test('through the API: what /v1/model says, the end-of-turn tokens, diagnostic
   const [best] = refGreedy(m, ids, 1).ids;
   const body = { prompt: text, max_new_tokens: 4, temperature: 0 };
 
+  let plainFingerprint = '';
+  let plainReceipt: unknown;
   const plain = await harness(dir);
   try {
     const info = (await plain.app.inject('/v1/model')).json();
@@ -540,6 +542,8 @@ t.test('through the API: what /v1/model says, the end-of-turn tokens, diagnostic
     t.equal(g.tokens[0].id, best, 'the reference greedy first token');
     t.equal(g.finish_reason, 'length', 'which ends nothing');
     t.match(g.receipt.model, { architecture: 'llama', model_type: 'llama' }, 'the receipt names the architecture');
+    plainFingerprint = g.receipt.model.fingerprint;
+    plainReceipt = g.receipt;
     // RMSNorm subtracts no mean: a constant vector is not "erased", and nothing warns
     const made = await post(plain.app, '/v1/vectors', { name: 'constant', values: new Array(32).fill(0.5) });
     t.equal(made.statusCode, 201);
@@ -557,6 +561,9 @@ t.test('through the API: what /v1/model says, the end-of-turn tokens, diagnostic
     t.same((await turn.app.inject('/v1/model')).json().tokenizer.eos_token_ids, [50256, best]);
     const g = (await post(turn.app, '/v1/generate', body)).json();
     t.equal(g.finish_reason, 'eos', "generation_config.json's end of turn ends it");
+    t.not(g.receipt.model.fingerprint, plainFingerprint, 'and the fingerprint says the model stops elsewhere');
+    const old = await post(turn.app, '/v1/replay', { receipt: plainReceipt });
+    t.equal(old.statusCode, 422, "a receipt of the model without it is another model's");
   } finally {
     await turn.close();
   }

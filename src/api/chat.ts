@@ -121,8 +121,11 @@ export function chatPrompt(svc: Service, messages: MessagesBody) {
   // the end of a turn stops a generation as EOS does: a stop string, for a checkpoint whose EOS ids
   // (config.json, generation_config.json) do not name it
   const eot = template.endOfTurn;
-  const endOfTurn = eot === undefined || eot === tokenizer.decode([tokenizer.eosId]) ? undefined : eot;
-  return { ids: encodeText(tokenizer, text, false), endOfTurn };
+  const named = svc.engine.info.eos_token_ids.some((id) => tokenizer.decode([id]) === eot);
+  const endOfTurn = eot === undefined || named ? undefined : eot;
+  const ids = encodeText(tokenizer, text, false);
+  if (ids.length === 0) throw new BadRequestError('messages: the chat template renders this conversation as no text');
+  return { ids, endOfTurn };
 }
 
 /** `stop` with the end of a turn added (once). */

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { type Static, Type } from 'typebox';
 import type { ResolvedRequest } from '../engine/defaults.js';
 import type { GenerateRequest, Intervention } from '../engine/types.js';
+import { MAX_STOP } from '../engine/validate.js';
 import { GoneError, UnprocessableError } from '../errors.js';
 import { checkAdmissible } from './generation.js';
 import type { AppliedIntervention } from './resolve.js';
@@ -32,7 +33,7 @@ export const runRecordSchema = Type.Object(
     frequency_penalty: Type.Number({ minimum: -2, maximum: 2 }),
     presence_penalty: Type.Number({ minimum: -2, maximum: 2 }),
     seed: int({ minimum: 0 }),
-    stop: Type.Array(Type.String({ minLength: 1 }), { maxItems: 16 }),
+    stop: Type.Array(Type.String({ minLength: 1 }), { maxItems: MAX_STOP + 1 }),
     stop_at_eos: Type.Boolean(),
     telemetry: Type.Boolean(),
     interventions: Type.Array(

@@ -10,6 +10,7 @@ import {
 import { NAME_PATTERN } from '../config.js';
 import { SAMPLING_DEFAULTS as D } from '../engine/defaults.js';
 import type { FinishReason, Op, Positions, SamplingParams } from '../engine/types.js';
+import { MAX_STOP } from '../engine/validate.js';
 import { SITES, type Site } from '../model/hooks.js';
 
 /**
@@ -157,7 +158,7 @@ export const samplingProperties = {
     Type.Integer({ description: 'the same seed gives the same tokens; drawn at random (and reported) when absent' }),
   ),
   stop: Type.Optional(
-    OneOf([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: 16 })], {
+    OneOf([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: MAX_STOP })], {
       description: 'stop before the first of these strings',
     }),
   ),

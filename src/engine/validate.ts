@@ -5,6 +5,12 @@ import { classOf } from './kv/budget.js';
 import type { ActivationsRequest, GenerateRequest, Intervention, ModelInfo } from './types.js';
 
 /**
+ * Stop strings a request may give (the API's schemas say the same). The engine takes one more: the
+ * end of a chat turn that a `messages` request adds to its own (src/api/chat.ts).
+ */
+export const MAX_STOP = 16;
+
+/**
  * Checks a request against its documented ranges (400) and against the model (422) before it can
  * reach a batch. Every message names the limit it hit.
  */
@@ -154,10 +160,10 @@ function checkGenerate(req: GenerateRequest, info: ModelInfo, maxContext: number
   if (req.stop !== undefined) {
     if (
       !Array.isArray(req.stop) ||
-      req.stop.length > 16 ||
+      req.stop.length > MAX_STOP + 1 ||
       req.stop.some((s) => typeof s !== 'string' || s.length === 0)
     ) {
-      throw new BadRequestError('stop must be a list of at most 16 non-empty strings');
+      throw new BadRequestError(`stop must be a list of at most ${MAX_STOP} non-empty strings`);
     }
   }
   checkInterventions(req.interventions, prompt.length, info);

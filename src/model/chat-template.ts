@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { BadRequestError, CheckpointError } from '../errors.js';
+import { tokenizerSettings } from './json-file.js';
 
 /** The roles a chat message may have. */
 export const CHAT_ROLES = ['system', 'user', 'assistant'] as const;
@@ -114,20 +115,6 @@ function tokenText(v: unknown): string | undefined {
   return undefined;
 }
 
-/** tokenizer_config.json as an object, or undefined where there is none. */
-function readTokenizerConfig(file: string): Record<string, unknown> | undefined {
-  if (!existsSync(file)) return undefined;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new CheckpointError(file, `not valid JSON (${(e as Error).message})`);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
-    throw new CheckpointError(file, 'expected a JSON object');
-  return raw as Record<string, unknown>;
-}
-
 /** tokenizer_config.json's `chat_template`: a string, or a list of `{name, template}` whose `default` is used. */
 function configTemplate(raw: unknown, file: string): string | undefined {
   if (raw == null) return undefined;
@@ -152,7 +139,7 @@ function configTemplate(raw: unknown, file: string): string | undefined {
  */
 export function loadChatTemplate(dir: string): ChatTemplate | undefined {
   const configFile = join(dir, 'tokenizer_config.json');
-  const config = readTokenizerConfig(configFile) ?? {};
+  const { settings: config } = tokenizerSettings(dir);
   const tokens: TemplateTokens = {};
   for (const name of TOKEN_NAMES) {
     const text = tokenText(config[name]);

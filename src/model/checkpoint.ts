@@ -58,9 +58,14 @@ export function openCheckpoint(dir: string, want?: ModelFamily): Checkpoint {
       `tensor "${head.name}" has shape [${lm.shape.join(', ')}], expected [${head.shape.join(', ')}]`,
     );
   }
+  const own = family.shape(config);
+  const shape: ModelShape = { ...own, eosIds: eosTokenIds(dir, raw, own.eos) };
   // config.json and every weights file's header and size (one file: the same hash as before shards were read)
   const hash = createHash('sha256').update(readFileSync(file));
   for (const h of stored.headers) hash.update(h.headerBytes).update(String(h.size));
+  // where generation stops, when more than config.json's first EOS (generation_config.json may add
+  // an end of turn): a receipt made with other stops is another model's
+  if (shape.eosIds.length > 1) hash.update(`eos:${shape.eosIds.join(',')}`);
   const fingerprint = hash.digest('hex');
   // one float32 file is mapped as it is; anything else through a float32 copy (float32-weights.ts)
   const direct = stored.headers.length === 1 && [...found.values()].every((e) => e.dtype === 'F32');
@@ -68,8 +73,6 @@ export function openCheckpoint(dir: string, want?: ModelFamily): Checkpoint {
   const params: Map<string, TensorEntry> = direct ? found : float32Layout(found, fingerprint).entries;
   let paramBytes = 0;
   for (const e of params.values()) paramBytes += e.length;
-  const own = family.shape(config);
-  const shape: ModelShape = { ...own, eosIds: eosTokenIds(dir, raw, own.eos) };
   return {
     dir,
     family,

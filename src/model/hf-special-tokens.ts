@@ -1,7 +1,7 @@
-import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../errors.js';
 import type { TokenizerJson } from './hf-tokenizer-format.js';
+import { readJsonObject, tokenizerSettings } from './json-file.js';
 
 /** A checkpoint's BOS and EOS, and whether its tokenizer prepends BOS to a text. */
 export interface SpecialTokens {
@@ -36,9 +36,8 @@ export function specialTokens(
   vocabSize: number,
 ): SpecialTokens {
   const configFile = join(dir, 'config.json');
-  const tokConfigFile = join(dir, 'tokenizer_config.json');
-  const config = readOptional(configFile);
-  const tokConfig = readOptional(tokConfigFile);
+  const config = readJsonObject(configFile) ?? {};
+  const { settings: tokConfig, file: tokFile } = tokenizerSettings(dir);
 
   const named = (key: 'bos_token' | 'eos_token'): number | undefined => {
     const v = tokConfig[key];
@@ -46,7 +45,7 @@ export function specialTokens(
     if (content === undefined) return undefined;
     const id = idOf(content);
     if (id === undefined)
-      throw new CheckpointError(tokConfigFile, `${key} ${JSON.stringify(content)} is not in tokenizer.json`, key);
+      throw new CheckpointError(tokFile(key), `${key} ${JSON.stringify(content)} is not in tokenizer.json`, key);
     return id;
   };
   const configId = (key: 'bos_token_id' | 'eos_token_id'): number | undefined => {
@@ -78,18 +77,6 @@ export function specialTokens(
 }
 
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
-
-function readOptional(file: string): Json {
-  if (!existsSync(file)) return {};
-  let v: unknown;
-  try {
-    v = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new CheckpointError(file, `cannot read as JSON (${(e as Error).message})`);
-  }
-  if (!isObject(v)) throw new CheckpointError(file, 'expected a JSON object');
-  return v;
-}
 
 /** The id of the special token a TemplateProcessing's `single` begins with, if it does (in a Sequence too). */
 function templateBos(post: Json | null, idOf: (token: string) => number | undefined): number | undefined {

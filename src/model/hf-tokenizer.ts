@@ -5,6 +5,7 @@ import { CheckpointError } from '../errors.js';
 import { CHAR_TO_BYTE } from './byte-level.js';
 import { specialTokens } from './hf-special-tokens.js';
 import { checkTokenizerJson, type TokenizerJson, type TokenSpelling } from './hf-tokenizer-format.js';
+import { readJsonObject } from './json-file.js';
 import type { EncodeOptions, Tokenizer } from './tokenizer.js';
 import { wordSplitter } from './word-split.js';
 
@@ -168,12 +169,8 @@ function spell(tok: string, spelling: TokenSpelling): Uint8Array {
 
 const NOTHING = new Uint8Array(0);
 
-/** config.json's `vocab_size` in `dir`, or 0 where there is none to read. */
+/** config.json's `vocab_size` in `dir`, or 0 where it names none. */
 function modelRows(dir: string): number {
-  try {
-    const v = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')).vocab_size;
-    return Number.isInteger(v) && v > 0 ? v : 0;
-  } catch {
-    return 0;
-  }
+  const v = readJsonObject(join(dir, 'config.json'))?.vocab_size;
+  return Number.isInteger(v) && (v as number) > 0 ? (v as number) : 0;
 }
