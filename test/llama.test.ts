@@ -13,6 +13,7 @@ import ort from 'onnxruntime-node';
 import t, { type Test } from 'tap';
 import { Tokenizer as RustTokenizer } from 'tokenizers';
 import { CheckpointError } from '../src/errors.ts';
+import { writeChatTemplate } from '../src/model/chat-templates.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 import { familyOf, loadTokenizer } from '../src/model/families.ts';
 import { ensureFloat32Weights } from '../src/model/float32-weights.ts';
@@ -687,6 +688,47 @@ t.test(
     const aerr = Math.max(...a.flatMap((row, i) => [...row].map((x, j) => Math.abs(x - b[i][j] - got.values[i][j]))));
     t.ok(aerr < 1e-4, `the reference's per-position difference, within 1e-4 (${aerr.toExponential(2)})`);
     t.match(sweep.receipt.model, { architecture: 'llama', model_type: 'llama' });
+  },
+);
+
+t.test(
+  'chat on tokenizers that add a BOS: the template writes the one BOS, its markers are special tokens',
+  async (t) => {
+    for (const [kind, format, expected] of [
+      [
+        'llama3',
+        'llama3',
+        '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n',
+      ],
+      ['sentencepiece', 'llama2', '<s>[INST] Hi there [/INST]'],
+    ] as const) {
+      const dir = join(root, `chat-${kind}`);
+      writeTinyLlamaCheckpoint(dir, { layers: 1, embd: 32, heads: 4, kvHeads: 2, ctx: 64, seed: 4, tokenizer: kind });
+      writeChatTemplate(dir, format);
+      const rust = await RustTokenizer.fromFile(join(dir, 'tokenizer.json'));
+      // the format written out by hand, tokenized by the Rust library with no special tokens added
+      const want = (await rust.encode(expected, undefined, { addSpecialTokens: false })).getIds();
+      const bos = (await rust.encode('', undefined, { addSpecialTokens: true })).getIds()[0];
+      const h = await harness(dir);
+      try {
+        const r = await post(h.app, '/v1/chat/completions', {
+          messages: [{ role: 'user', content: 'Hi there' }],
+          max_tokens: 2,
+          temperature: 0,
+        });
+        t.equal(r.statusCode, 200, r.body);
+        const prompt: number[] = r.json().receipt.runs[0].prompt;
+        t.same(prompt, want, `${kind}: the rendered conversation's ids, as the Rust library makes them`);
+        t.equal(prompt.filter((id) => id === bos).length, 1, `${kind}: one BOS`);
+        t.equal(prompt[0], bos, `${kind}: first`);
+      } finally {
+        await h.close();
+      }
+    }
+    const eot = await (await RustTokenizer.fromFile(join(root, 'chat-llama3', 'tokenizer.json'))).tokenToId(
+      '<|eot_id|>',
+    );
+    t.ok(eot !== null && eot !== undefined, 'the end of turn is one special token');
   },
 );
 
