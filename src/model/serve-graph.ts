@@ -54,6 +54,14 @@ export interface ServeGraphOptions {
    * unused). Default false.
    */
   device?: boolean;
+  /**
+   * With `device`: the host variant's arithmetic kept (its Split and Concat around the attention with
+   * one group, and `last_lse` from maxima), so that on the CPU provider a row's bits are the host
+   * graph's (the capi binding's device cache, whose CPU path is checked bit for bit against
+   * onnxruntime-node's host path). Without it the device variant does what WebGPU measured faster.
+   * Default false.
+   */
+  exact?: boolean;
   /** The blocks' linear maps in float16, from the copy beside the weights (half-weights.ts). Default false. */
   half?: boolean;
 }
@@ -112,7 +120,8 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   // on the host even one group goes through Split and Concat: the graph then has the same nodes
   // around the attention as with several groups, which ONNX Runtime fuses the same way (without
   // them, one group's logits differed in the last bits from the same row's in a graph of several)
-  const unsplit = G === 1 && device;
+  const exact = opts.exact ?? false;
+  const unsplit = G === 1 && device && !exact;
   const split = (t: string) => (unsplit ? [t] : g.op('Split', [t, 'group_rows'], [int('axis', 0)], G));
   const seesNewG = split(seesNew);
   const pastLenG = split(g.op1('Unsqueeze', ['past_len', g.constI('c.axes123', [1, 2, 3])])); // [B_g, 1, 1, 1]
@@ -172,8 +181,8 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   // per row) and both reductions are maxima, exact in any order, so a row's bits do not depend on
   // the other rows (a ReduceSum of exponentials did: the invariance test caught it). 3-6x faster than
   // ReduceLogSumExp at 8 and 32 rows; the two agree within 2e-6 relative.
-  // ReduceLogSumExp on the device, as measured there.
-  if (device)
+  // ReduceLogSumExp on the device, as measured there (WebGPU), unless the host's bits are asked.
+  if (device && !exact)
     g.op1('ReduceLogSumExp', ['last_logits', one], [int('keepdims', 0)], 'last_lse'); // [B]
   else {
     const maxLogit = g.op1('ReduceMax', ['last_logits', one], [int('keepdims', 0)]); // [B]
@@ -226,6 +235,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
       'steerd.config': JSON.stringify(ck.config),
       'steerd.groups': String(G),
       'steerd.device': String(device),
+      ...(exact && { 'steerd.exact': 'true' }),
       'steerd.dtype': opts.half ? 'float16' : 'float32',
       'steerd.sites': sites.join(','),
     },

@@ -268,6 +268,18 @@ export class KvManager<R> {
 
   /** After a step: the staging stores whose rows joined their class's (or were given back) go. */
   endStep(): void {
+    this.disposeRetired();
+    // on the device, an idle manager holds nothing: the rows left (they would leave at the next
+    // join) and the zero caches are given back, so that device memory and the binding's live values
+    // (capi.ts) return to zero between bursts of requests
+    if (this.memory.updater && this.live.size === 0) {
+      this.reset();
+      for (const z of this.zeroCaches.values()) disposeKv(z);
+      this.zeroCaches.clear();
+    }
+  }
+
+  private disposeRetired(): void {
     for (const st of this.retired) st.dispose();
     this.retired = [];
   }
@@ -280,7 +292,7 @@ export class KvManager<R> {
     this.used = 0;
     this.rowsUsed = 0;
     for (const c of this.byClass) c.store.dispose();
-    this.endStep();
+    this.disposeRetired();
     this.byClass = this.emptyClasses();
   }
 
