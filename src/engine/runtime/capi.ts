@@ -195,13 +195,19 @@ class CapiSession implements GraphSession {
       outs = takePointers(this.o, p[0], Number(n[0]));
       live += outs.length;
       const result: Record<string, Tensor> = {};
-      // outputs come back in the order they were bound
-      for (const [i, name] of names.entries()) {
-        const v = outs[i];
-        if (this.device.has(name)) {
-          result[name] = new OrtValueTensor(v, shapeOf(this.o, v).dims);
-          outs[i] = null; // kept: the tensor owns it now
-        } else result[name] = toHost(this.o, v);
+      try {
+        // outputs come back in the order they were bound
+        for (const [i, name] of names.entries()) {
+          const v = outs[i];
+          if (this.device.has(name)) {
+            result[name] = new OrtValueTensor(v, shapeOf(this.o, v).dims);
+            outs[i] = null; // kept: the tensor owns it now
+          } else result[name] = toHost(this.o, v);
+        }
+      } catch (e) {
+        // the outputs kept so far go with the failed run (the rest are released below)
+        for (const x of Object.values(result)) if (x instanceof OrtValueTensor) x.dispose();
+        throw e;
       }
       return result;
     } finally {
