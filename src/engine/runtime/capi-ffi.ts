@@ -83,6 +83,7 @@ const DECLS = {
   ],
   ClearBoundInputs: [141, 'void ClearBoundInputs(void *binding)'],
   ClearBoundOutputs: [142, 'void ClearBoundOutputs(void *binding)'],
+  GetTensorMemoryInfo: [194, 'void *GetTensorMemoryInfo(void *value, _Out_ void **out)'],
   // the CUDA provider (unexercised without a GPU: npm run gpu-check calls them first)
   SessionOptionsAppendExecutionProvider_CUDA_V2: [
     204,

@@ -147,6 +147,27 @@ export class OrtValueTensor implements DeviceTensor {
   }
 }
 
+/** A host tensor copied into a device tensor of this binding (an OrtValue in host memory: what the CPU provider's outputs are). */
+export function deviceCopy(t: HostTensor): OrtValueTensor {
+  const o = ort();
+  return new OrtValueTensor(hostValue(o, t), t.dims);
+}
+
+/**
+ * A device tensor's data copied back into a host tensor, where its memory is host memory (the CPU
+ * provider's: tests compare the device path's caches with this); a CUDA tensor is an error.
+ */
+export function hostCopy(t: OrtValueTensor): HostTensor {
+  const o = ort();
+  const info: Handle[] = [null];
+  check(o.api, o.api.GetTensorMemoryInfo(t.handle, info), 'GetTensorMemoryInfo');
+  const name: Handle[] = [null];
+  check(o.api, o.api.MemoryInfoGetName(info[0], name), 'MemoryInfoGetName');
+  if (name[0] !== 'Cpu')
+    throw new OrtError('hostCopy', -1, `a tensor in ${String(name[0])} memory cannot be read here`);
+  return toHost(o, t.handle);
+}
+
 class CapiSession implements GraphSession {
   readonly runtime: Runtime = capi;
   private binding: Handle;
