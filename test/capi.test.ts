@@ -14,6 +14,7 @@ import { Engine, type EngineOptions } from '../src/engine/engine.ts';
 import type { ForwardInput } from '../src/engine/pass.ts';
 import { ModelRunner } from '../src/engine/runner.ts';
 import { capi, liveValues } from '../src/engine/runtime/capi.ts';
+import { check, cudaMemory, loadOrt } from '../src/engine/runtime/capi-ffi.ts';
 import type { Tensor } from '../src/engine/runtime/runtime.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { OrtError, SteerdError } from '../src/errors.ts';
@@ -222,6 +223,16 @@ t.test('ORT errors are typed errors, and the binding runs on after them', async 
   t.equal(after['o.0.key'].dims[0], 2, 'the binding still runs passes after every error');
   for (const x of Object.values(after)) if (x.location !== 'cpu') x.dispose();
   t.equal(liveValues(), before, 'every value given back');
+});
+
+t.test("the CUDA memory info is made without a GPU: CreateMemoryInfo's index checked here", async (t) => {
+  const ort = loadOrt();
+  t.match(ort.version, /^1\.\d+\.\d+/, `ONNX Runtime ${ort.version}`);
+  const info = cudaMemory(ort, 0);
+  const name: unknown[] = [null];
+  check(ort.api, ort.api.MemoryInfoGetName(info, name), 'MemoryInfoGetName');
+  t.equal(name[0], 'Cuda', 'BindOutputToDevice would bind to CUDA memory');
+  ort.api.ReleaseMemoryInfo(info);
 });
 
 t.test('an engine whose provider cannot load fails at start with a clear message; the process lives', async (t) => {
