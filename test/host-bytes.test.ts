@@ -57,7 +57,10 @@ async function perTokenBytes(t: Test, binding: RuntimeName, location: 'host' | '
     t.ok(one.input > 0 && one.output > 0, `a prompt of ${promptLength}: counted (${one.input} B in)`);
     return { input: (many.input - one.input) / 16, output: (many.output - one.output) / 16 };
   };
-  return { short: await perToken(8), long: await perToken(160) };
+  const [short, long] = [await perToken(8), await perToken(160)];
+  await settled();
+  const live = counter((await h.app.inject('/metrics')).body, 'steerd:ort_values_live');
+  return { short, long, live };
 }
 
 t.test('input bytes per decoded token follow the context on the host path', async (t) => {
@@ -80,7 +83,8 @@ t.test(
   async (t) => {
     // the device path on the CPU provider: the cache is OrtValues the binding keeps (capi.ts), fed
     // to every pass without crossing into JS; only ids, positions, steering and the plan cross
-    const { short, long } = await perTokenBytes(t, 'capi', 'device');
+    const { short, long, live } = await perTokenBytes(t, 'capi', 'device');
+    t.equal(live, 0, 'steerd:ort_values_live: every OrtValue given back once the requests are done');
     t.equal(long.output, short.output, 'output bytes per token do not depend on the context');
     t.ok(long.input > 0, `input bytes per token counted (${long.input})`);
     t.ok(long.input / short.input <= 1.5, `long/short ${(long.input / short.input).toFixed(2)} ≤ 1.5 through capi`);
