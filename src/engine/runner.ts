@@ -125,6 +125,8 @@ export class ModelRunner implements Pass {
     private readonly kvSession?: GraphSession,
     /** The serving graph with one group and no hook points (RunnerOptions.lean). */
     private readonly lean?: GraphSession,
+    /** The device variant keeps the host's outputs, which may be empty (serve-graph.ts `exact`). */
+    exact = false,
   ) {
     const rt = session.runtime;
     this.rt = rt;
@@ -134,8 +136,9 @@ export class ModelRunner implements Pass {
     this.zero = rt.float32(new Float32Array(1), [1, 1, 1]);
     this.lastOnly = rt.bool(false);
     this.allPositions = rt.bool(true);
-    // the device graph takes no empty tensor (serve-graph.ts): one zero row stands in
-    const n = kvSession ? 1 : 0;
+    // the device graph takes no empty tensor (serve-graph.ts): one zero row stands in (its exact form
+    // takes empty ones, as the host's: a lens row would cost an unembedding per pass)
+    const n = kvSession && !exact ? 1 : 0;
     this.noProj = rt.float32(new Float32Array(n * info.n_embd), [1, n, info.n_embd]);
     this.noLens = rt.float32(new Float32Array(n * info.n_embd), [n, info.n_embd]);
     this.hooks = hookPoints(info.n_layer, info.hook_sites);
@@ -227,7 +230,7 @@ export class ModelRunner implements Pass {
     }
     const info = modelInfo(ck, provider, sites, opts.dtype, binding);
     const kv: KvShape = { nLayer: ck.shape.layers, nHead: ck.shape.kvHeads, headDim: ck.shape.headDim };
-    return new ModelRunner(session, info, tokenizer, shape.groups, kv, kvSession, lean);
+    return new ModelRunner(session, info, tokenizer, shape.groups, kv, kvSession, lean, shape.exact);
   }
 
   async forward(inp: ForwardInput): Promise<ForwardOutput> {
