@@ -16,9 +16,11 @@ import { ModelRunner } from '../src/engine/runner.ts';
 import { capi, deviceCopy, hostCopy, liveValues, type OrtValueTensor } from '../src/engine/runtime/capi.ts';
 import { check, cudaMemory, loadOrt } from '../src/engine/runtime/capi-ffi.ts';
 import type { Tensor } from '../src/engine/runtime/runtime.ts';
+import { Scheduler } from '../src/engine/scheduler.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { OrtError, SteerdError } from '../src/errors.ts';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
+import { steerName } from '../src/model/hooks.ts';
 import { buildKvGraphBytes } from '../src/model/kv-graph.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collect, run } from './helpers/engine-util.ts';
@@ -274,29 +276,48 @@ t.test('an engine whose provider cannot load fails at start with a clear message
   t.equal((await run(dev, { prompt: ids(4), max_new_tokens: 3, temperature: 0 })).ids.length > 0, true, 'serving on');
 });
 
-t.test('a failed pass gives back every OrtValue it made', async (t) => {
+t.test('a failed pass gives back every OrtValue it made (the scheduler on the capi runner)', async (t) => {
   const runner = await ModelRunner.open({ model: dir, provider: 'cpu', threads: 1, runtime: 'capi' });
   t.teardown(() => runner.close());
   const before = liveValues();
-  const empty = { add: new Map(), proj: new Map() };
-  // the runner's cache of one masked zero slot is the manager's: a pass needs one (KvManager.empty)
-  const zero = await runner.updater!.update(null, null, [{ row: 0, keep: 0, src: 0, from: 0, count: 0 }], 16);
-  const groups = [{ k: zero.k, v: zero.v, P: 16, rows: 1 }];
-  const bad = await runner
-    .forward({ ids: [[1, 2, 3]], pos: [[0, 1]], newLen: [3], pastLen: [0], groups, steer: empty } as ForwardInput)
-    .catch((e) => e);
-  t.ok(bad instanceof OrtError, `a malformed pass: an OrtError (${String(bad?.message).split('\n')[0]})`);
-  t.equal(liveValues(), before + 2 * L, 'only the zero cache is held after the failed pass');
-  const ok = await runner.forward({
-    ids: [[1, 2, 3]],
-    pos: [[0, 1, 2]],
-    newLen: [3],
-    pastLen: [0],
-    groups,
-    steer: empty,
-  } as ForwardInput);
-  t.equal(ok.lastLogits.length, runner.info.vocab_size, 'the next pass runs');
-  runner.endStep();
-  for (const x of [...zero.k, ...zero.v]) x.dispose();
-  t.equal(liveValues(), before, 'everything given back');
+  // the runner as the scheduler's pass; `fail` makes its next pass carry a steering input whose
+  // data does not fill its dims: refused by the binding after the pass's first inputs were made
+  let fail = false;
+  const { site, layer } = runner.hooks[0];
+  const forward = runner.forward.bind(runner);
+  runner.forward = (inp: ForwardInput) =>
+    forward(
+      fail
+        ? { ...inp, steer: { add: new Map([[steerName(site, layer), new Float32Array(3)]]), proj: new Map() } }
+        : inp,
+    );
+  const tokens = new Map<number, number[]>();
+  const errors: unknown[] = [];
+  const scheduler = new Scheduler(
+    runner,
+    {
+      event: (id, e) => {
+        if (e.type === 'token') tokens.set(id, [...(tokens.get(id) ?? []), e.id]);
+      },
+      activations: () => undefined,
+      error: (_, e) => errors.push(e),
+    },
+    { batchCapacity: 4, tokenBudget: 16 },
+  );
+  const r = (n: number) => ({ prompt: ids(n), max_new_tokens: 8, temperature: 0, stop_at_eos: false });
+  scheduler.submit(1, r(20));
+  scheduler.submit(2, r(5));
+  for (let i = 0; i < 4; i++) await scheduler.step();
+  t.ok(liveValues() > before, `the cache on the device mid-generation (${liveValues() - before} OrtValues)`);
+  fail = true;
+  const failed = await scheduler.step().catch((e) => e);
+  t.ok(failed instanceof OrtError, `the step failed with an OrtError (${String(failed?.message)})`);
+  fail = false;
+  scheduler.reset();
+  t.equal(liveValues(), before, 'after the reset every OrtValue is given back');
+  scheduler.submit(3, r(7));
+  while (await scheduler.step());
+  t.equal(tokens.get(3)?.length, 8, 'the next request runs');
+  t.equal(liveValues(), before, 'and gives back its own');
+  scheduler.close();
 });

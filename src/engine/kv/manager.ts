@@ -272,11 +272,7 @@ export class KvManager<R> {
     // on the device, an idle manager holds nothing: the rows left (they would leave at the next
     // join) and the zero caches are given back, so that device memory and the binding's live values
     // (capi.ts) return to zero between bursts of requests
-    if (this.memory.updater && this.live.size === 0) {
-      this.reset();
-      for (const z of this.zeroCaches.values()) disposeKv(z);
-      this.zeroCaches.clear();
-    }
+    if (this.memory.updater && this.live.size === 0) this.reset();
   }
 
   private disposeRetired(): void {
@@ -284,7 +280,7 @@ export class KvManager<R> {
     this.retired = [];
   }
 
-  /** Forgets every lease and empties every store (after a failed pass). */
+  /** Forgets every lease and empties every store and zero cache (after a failed pass; when idle on the device). */
   reset(): void {
     for (const lease of this.live) lease.staging?.dispose();
     this.live.clear();
@@ -294,12 +290,12 @@ export class KvManager<R> {
     for (const c of this.byClass) c.store.dispose();
     this.disposeRetired();
     this.byClass = this.emptyClasses();
-  }
-
-  /** Gives back everything the manager holds (the zero caches included). */
-  close(): void {
-    this.reset();
     for (const z of this.zeroCaches.values()) disposeKv(z);
     this.zeroCaches.clear();
+  }
+
+  /** Gives back everything the manager holds. */
+  close(): void {
+    this.reset();
   }
 }

@@ -79,8 +79,13 @@ function dataPointer(o: Ort, v: Handle): Handle {
   return p[0];
 }
 
-/** A host tensor's data in a new OrtValue (one copy). */
+/** A host tensor's data in a new OrtValue (one copy; data that does not fill its dims exactly is refused before anything is made). */
 function hostValue(o: Ort, t: HostTensor): Handle {
+  const n = t.dims.reduce((a, b) => a * b, 1);
+  if (t.data.byteLength !== n * BYTES[t.type]) {
+    const got = t.data.byteLength / BYTES[t.type];
+    throw new OrtError('CreateTensorAsOrtValue', -1, `${got} ${t.type} values for dims [${t.dims.join(', ')}] (${n})`);
+  }
   const v = newValue(o, t.type, t.dims);
   try {
     copyIn(dataPointer(o, v), t.data);
