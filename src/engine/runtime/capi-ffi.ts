@@ -19,7 +19,7 @@ import { OrtError } from '../../errors.js';
 export const ORT_API_VERSION = 30;
 
 /** ONNXTensorElementDataType. */
-export const ELEMENT = { float32: 1, int64: 7, bool: 9, float16: 10 } as const;
+export const ELEMENT = { float32: 1, int64: 7, bool: 9 } as const;
 /** OrtAllocatorType: an arena. */
 const ARENA_ALLOCATOR = 1;
 /** OrtMemType: the provider's default memory. */
