@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import koffi from 'koffi';
+import type Koffi from 'koffi';
 import { OrtError } from '../../errors.js';
 
 /**
@@ -120,6 +120,11 @@ export function libraryPath(): string {
 }
 
 let loaded: Ort | undefined;
+/**
+ * koffi, required when the binding is first used: an engine on onnxruntime-node never loads it, and
+ * a platform without its prebuilt binary fails here, naming it, not when the bindings are imported.
+ */
+let koffi: typeof Koffi;
 
 /**
  * Throws the `OrtError` a status carries (and releases it); a null status is success. `call` names
@@ -136,8 +141,9 @@ export function check(api: OrtApi, status: unknown, call: string): void {
 /** The library, loaded and checked once per thread (koffi's handles do not cross worker threads). */
 export function loadOrt(path = libraryPath()): Ort {
   if (loaded) return loaded;
-  let lib: ReturnType<typeof koffi.load>;
+  let lib: ReturnType<typeof Koffi.load>;
   try {
+    koffi ??= createRequire(import.meta.url)('koffi') as typeof Koffi;
     lib = koffi.load(path);
   } catch (e) {
     throw new OrtError('load', -1, `cannot load ${path}: ${(e as Error).message}`);
