@@ -214,6 +214,22 @@ for (const kind of KINDS) {
     t.same(differ, [], 'no string encodes differently');
   });
 
+  t.test(
+    `${kind}: a long text (the corpus joined, ${'>'}100k characters) encodes as the Rust tokenizers do`,
+    async (t) => {
+      const tok = HfTokenizer.fromDir(dirs[kind]);
+      const long = corpus
+        .filter((s) => !hasSpecial(s))
+        .join(' ')
+        .repeat(24);
+      t.ok(long.length > 100_000, `${long.length} characters`);
+      const [want] = await referenceIds(reference(dirs[kind]), [long]);
+      const got = tok.encode(long);
+      t.equal(got.length, want.length, `${want.length} tokens`);
+      t.ok(JSON.stringify(got) === JSON.stringify(want), 'the same ids');
+    },
+  );
+
   t.test(`${kind}: special tokens spelled out (allowSpecial false)`, async (t) => {
     const tok = HfTokenizer.fromDir(dirs[kind]);
     // the reference: the same tokenizer.json with its special tokens taken out

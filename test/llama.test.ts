@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import t, { type Test } from 'tap';
+import { Tokenizer as RustTokenizer } from 'tokenizers';
 import { CheckpointError } from '../src/errors.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 import { familyOf, loadTokenizer } from '../src/model/families.ts';
@@ -284,6 +285,22 @@ function expectClose(t: Test, what: string, got: ort.Tensor, want: Float64Array[
 }
 
 const rng = new Rng(7);
+/** The reference's greedy continuation of `ids`: each new token (the logits' argmax) and its logprob. */
+function refGreedy(m: Ref, ids: number[], n: number, edits: Partial<Record<string, RefEdit>> = {}) {
+  const seq = [...ids];
+  const logprobs: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const logits = forward(m, seq, edits).logits.at(-1)!;
+    let best = 0;
+    for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+    let z = 0;
+    for (const v of logits) z += Math.exp(v - logits[best]);
+    logprobs.push(-Math.log(z));
+    seq.push(best);
+  }
+  return { ids: seq.slice(ids.length), logprobs };
+}
+
 const randomIds = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * 50257));
 const randomVec = (H: number, scale: number) => Float64Array.from({ length: H }, () => scale * rng.normal());
 const unit = (v: Float64Array) => {
@@ -410,19 +427,7 @@ t.test('the engine end to end: greedy tokens and logprobs equal the reference, s
     ['unsteered', {}],
     ['steered at resid_pre 1', { 'resid_pre.1': { steer: direction.map((v) => 3 * v) } }],
   ] as const) {
-    const ids = [...prompt];
-    const want: number[] = [];
-    const logprobs: number[] = [];
-    for (let i = 0; i < 6; i++) {
-      const logits = forward(m, ids, edits).logits.at(-1)!;
-      let best = 0;
-      for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
-      let z = 0;
-      for (const v of logits) z += Math.exp(v - logits[best]);
-      want.push(best);
-      logprobs.push(-Math.log(z));
-      ids.push(best);
-    }
+    const { ids: want, logprobs } = refGreedy(m, prompt, 6, edits);
     const interventions =
       what === 'unsteered' ? [] : [{ layer: 1, coeff: 3, values: Float32Array.from(direction), rows: 1 }];
     const got = await collect(
@@ -440,11 +445,10 @@ t.test('the engine with float16 weights: the linear maps transposed from the cop
   const dir = join(root, 'engine');
   const m = loadRef(dir);
   const prompt = randomIds(12);
-  const logits = forward(m, prompt).logits.at(-1)!;
-  let best = 0;
-  for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
-  let z = 0;
-  for (const v of logits) z += Math.exp(v - logits[best]);
+  const {
+    ids: [best],
+    logprobs: [logprob],
+  } = refGreedy(m, prompt, 1);
   const errors: number[] = [];
   for (const dtype of ['float32', 'float16'] as const) {
     const engine = await startEngine({ model: dir, dtype, provider: 'cpu' });
@@ -452,7 +456,7 @@ t.test('the engine with float16 weights: the linear maps transposed from the cop
       t.equal(engine.info.dtype, dtype);
       const got = await collect(engine.generate({ prompt, max_new_tokens: 1, temperature: 0, stop_at_eos: false }));
       t.same(got.ids, [best], `${dtype}: the reference's most likely token`);
-      errors.push(Math.abs(got.logprobs[0] + Math.log(z)));
+      errors.push(Math.abs(got.logprobs[0] - logprob));
     } finally {
       await engine.close();
     }
@@ -480,19 +484,7 @@ t.test(
       const rounded = [...m.w].some(([k, v]) => v.some((x, i) => x !== f32.w.get(k)![i]));
       t.equal(rounded, storage.dtype !== 'float32', `${name}: the stored values are ${storage.dtype}'s`);
       const prompt = randomIds(10);
-      const ids = [...prompt];
-      const want: number[] = [];
-      const logprobs: number[] = [];
-      for (let i = 0; i < 4; i++) {
-        const logits = forward(m, ids).logits.at(-1)!;
-        let best = 0;
-        for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
-        let z = 0;
-        for (const v of logits) z += Math.exp(v - logits[best]);
-        want.push(best);
-        logprobs.push(-Math.log(z));
-        ids.push(best);
-      }
+      const { ids: want, logprobs } = refGreedy(m, prompt, 4);
       const engine = await startEngine({ model: dir, provider: 'cpu' });
       try {
         const got = await collect(engine.generate({ prompt, max_new_tokens: 4, temperature: 0, stop_at_eos: false }));
@@ -536,9 +528,7 @@ t.test('through the API: what /v1/model says, the end-of-turn tokens, diagnostic
       .map((l) => l.split(' ') as [string, string]),
     new Map(),
   ).encode(text);
-  const logits = forward(m, ids).logits.at(-1)!;
-  let best = 0;
-  for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+  const [best] = refGreedy(m, ids, 1).ids;
   const body = { prompt: text, max_new_tokens: 4, temperature: 0 };
 
   const plain = await harness(dir);
@@ -571,6 +561,127 @@ t.test('through the API: what /v1/model says, the end-of-turn tokens, diagnostic
     await turn.close();
   }
 });
+
+t.test(
+  'every instrument on a Llama checkpoint with a SentencePiece tokenizer (BOS added), against the reference',
+  async (t) => {
+    const dir = join(root, 'sp');
+    writeTinyLlamaCheckpoint(dir, {
+      layers: 2,
+      embd: 32,
+      heads: 4,
+      kvHeads: 1,
+      ctx: 64,
+      seed: 21,
+      tokenizer: 'sentencepiece',
+    });
+    const m = loadRef(dir);
+    const text = 'Steering a model, one vector at a time.';
+    // tokenized by the Rust library (not steerd), with its special tokens: BOS first
+    const rust = await RustTokenizer.fromFile(join(dir, 'tokenizer.json'));
+    const ids = (await rust.encode(text, undefined, { addSpecialTokens: true })).getIds();
+    const bos = (await rust.encode('', undefined, { addSpecialTokens: true })).getIds();
+    t.equal(bos.length, 1, 'the tokenizer adds one BOS');
+    t.equal(ids[0], bos[0]);
+    const h = await harness(dir);
+    t.teardown(() => h.close());
+    const { app } = h;
+
+    // activations: the text as Hugging Face tokenizes it (BOS by default), each hook point as the reference's
+    const acts = (await post(app, '/v1/activations', { prompt: text, layers: [1], site: 'ln2' })).json();
+    t.same(
+      acts.tokens.map((x: { id: number }) => x.id),
+      ids,
+      'BOS by default, then the tokens the Rust library makes',
+    );
+    const want = forward(m, ids).hooks.get('ln2.1')!;
+    const err = Math.max(
+      ...want.flatMap((row, i) => [...row].map((v, j) => Math.abs(v - acts.activations['1'][i][j]))),
+    );
+    t.ok(err < 1e-4, `ln2 of block 1 within 1e-4 of the reference (${err.toExponential(2)})`);
+    const noBos = (await post(app, '/v1/activations', { prompt: text, layers: [0], prepend_bos: false })).json();
+    t.same(
+      noBos.tokens.map((x: { id: number }) => x.id),
+      ids.slice(1),
+      'prepend_bos: false leaves it out',
+    );
+
+    // a generation steered at ln1 of block 0 with an inline vector, greedy, with telemetry and control arms
+    const v = Array.from(Float32Array.from(randomVec(32, 2))); // as the API carries it
+    const greedy = (edits: Partial<Record<string, RefEdit>>) => refGreedy(m, ids, 5, edits).ids;
+    const body = {
+      prompt: text,
+      max_new_tokens: 5,
+      temperature: 0,
+      telemetry: true,
+      compare: ['baseline', 'negated'],
+      interventions: [{ vector: { values: v }, layer: 0, site: 'ln1', coeff: 3 }],
+    };
+    const g = await post(app, '/v1/generate', body);
+    t.equal(g.statusCode, 200, g.body);
+    const r = g.json();
+    const tokens = (x: { tokens: { id: number }[] }) => x.tokens.map((y) => y.id);
+    t.same(tokens(r), greedy({ 'ln1.0': { steer: Float64Array.from(v, (x) => 3 * x) } }), 'steered: the reference');
+    t.same(tokens(r.baseline), greedy({}), 'the baseline arm: the unsteered reference');
+    t.same(
+      tokens(r.controls.negated),
+      greedy({ 'ln1.0': { steer: Float64Array.from(v, (x) => -3 * x) } }),
+      'the negated arm: coeff × −1',
+    );
+    t.ok(r.telemetry.mean_kl > 0, 'telemetry: the steering moved the distribution');
+
+    // a sweep's cells equal single runs; its receipt replays
+    const sweep = (
+      await post(app, '/v1/sweep', {
+        prompt: text,
+        vector: { values: v },
+        layers: [0, 1],
+        coeffs: [0, 3],
+        max_new_tokens: 4,
+        temperature: 0,
+      })
+    ).json();
+    t.equal(sweep.cells.length, 4);
+    const cell = sweep.cells.find((c: { layer: number; coeff: number }) => c.layer === 1 && c.coeff === 3);
+    t.same(
+      tokens(cell),
+      greedy({ 'resid_pre.1': { steer: Float64Array.from(v, (x) => 3 * x) } }).slice(0, 4),
+      'a sweep cell: the reference steered at resid_pre 1',
+    );
+    const replay = (await post(app, '/v1/replay', { receipt: sweep.receipt })).json();
+    t.equal(replay.identical, true, 'the sweep replays');
+
+    // /v1/completions with echo: the prompt's tokens (BOS first) and the choice's, each offset
+    // indexing the returned text
+    const c = (
+      await post(app, '/v1/completions', { prompt: text, echo: true, logprobs: 1, max_tokens: 2, temperature: 0 })
+    ).json();
+    const lp = c.choices[0].logprobs;
+    t.equal(lp.tokens.length, ids.length + 2, 'every prompt token, BOS included, then the two generated');
+    const pieces = lp.text_offset.map((o: number, i: number) => c.choices[0].text.slice(o, lp.text_offset[i + 1]));
+    t.same(pieces, lp.tokens, 'each token is the text at its offset');
+    // ActAdd: both prompts after BOS, the shorter padded with the space token (`▁`), the difference per position
+    const made = await post(app, '/v1/vectors', {
+      name: 'actadd',
+      recipe: { kind: 'actadd', layer: 1, positive: 'Love', negative: 'Hate it all' },
+    });
+    t.equal(made.statusCode, 201, made.body);
+    const space = await rust.tokenToId('\u2581');
+    const enc = async (x: string) => (await rust.encode(x, undefined, { addSpecialTokens: false })).getIds();
+    const [pos, neg] = [
+      [bos[0], ...(await enc('Love'))],
+      [bos[0], ...(await enc('Hate it all'))],
+    ];
+    while (pos.length < neg.length) pos.push(space!);
+    while (neg.length < pos.length) neg.push(space!);
+    const [a, b] = [forward(m, pos).hooks.get('resid_pre.1')!, forward(m, neg).hooks.get('resid_pre.1')!];
+    const got = (await app.inject('/v1/vectors/actadd?values=true')).json();
+    t.same(got.shape, [pos.length, 32], 'one row per position of the padded prompts');
+    const aerr = Math.max(...a.flatMap((row, i) => [...row].map((x, j) => Math.abs(x - b[i][j] - got.values[i][j]))));
+    t.ok(aerr < 1e-4, `the reference's per-position difference, within 1e-4 (${aerr.toExponential(2)})`);
+    t.match(sweep.receipt.model, { architecture: 'llama', model_type: 'llama' });
+  },
+);
 
 // ---------------------------------------------------------------------------------------------
 // The registry, and what the family refuses.

@@ -26,7 +26,7 @@ export const completionsBodySchema = Type.Object({
     ],
     {
       description:
-        "a text, a list of texts, a list of token ids (one prompt, GPT-2's ids: 0..vocab_size − 1), or a list of token-id lists (lm-evaluation-harness's `tokenized_requests`)",
+        "a text, a list of texts, a list of token ids (one prompt, the model's ids: 0..vocab_size − 1, taken as they are: no BOS added), or a list of token-id lists (lm-evaluation-harness's `tokenized_requests`). A text gets the tokenizer's BOS first where it adds one (`/v1/model` `tokenizer.add_bos`: Llama 2 and 3), and `echo` then shows its tokens' text, BOS included.",
     },
   ),
   max_tokens: Type.Optional(
@@ -237,18 +237,20 @@ export class TokenStrings {
 }
 
 /**
- * A request's prompts as token ids, and their texts (what `echo` puts first): texts are encoded,
- * token ids checked against the vocabulary (400 naming the bad one) and decoded.
+ * A request's prompts as token ids, and their texts (what `echo` puts first): texts are encoded (a
+ * BOS first where the tokenizer adds one) and the echo is their tokens' text; token ids are checked
+ * against the vocabulary (400 naming the bad one) and decoded.
  */
 export function promptsOf(
   tokenizer: Tokenizer,
   vocabSize: number,
   prompt: string | string[] | number[] | number[][],
 ): { prompts: number[][]; texts: string[] } {
-  if (typeof prompt === 'string') return { prompts: [encodeText(tokenizer, prompt)], texts: [prompt] };
-  if (typeof prompt[0] === 'string') {
-    const texts = prompt as string[];
-    return { prompts: texts.map((x) => encodeText(tokenizer, x)), texts };
+  if (typeof prompt === 'string' || typeof prompt[0] === 'string') {
+    // a text's ids as its tokenizer makes them (BOS first where it adds one); what `echo` shows is
+    // those tokens' text, which their offsets count (GPT-2: the text itself)
+    const prompts = (typeof prompt === 'string' ? [prompt] : (prompt as string[])).map((x) => encodeText(tokenizer, x));
+    return { prompts, texts: prompts.map((ids) => tokenizer.decode(ids)) };
   }
   const nested = typeof prompt[0] !== 'number';
   const lists = nested ? (prompt as number[][]) : [prompt as number[]];

@@ -1,4 +1,4 @@
-import { BadRequestError } from '../errors.js';
+import { BadRequestError, UnprocessableError } from '../errors.js';
 import type { Site } from '../model/hooks.js';
 import { encodeText, type Tokenizer } from '../model/tokenizer.js';
 import { dot, l2norm } from '../util/vec.js';
@@ -170,7 +170,7 @@ export function actaddVector(pos: Float32Array, neg: Float32Array, H: number, no
 
 /** What `deriveVector` needs of an engine. */
 export interface ActivationSource {
-  tokenizer: Pick<Tokenizer, 'encode' | 'bosId' | 'addBos'>;
+  tokenizer: Pick<Tokenizer, 'encode' | 'bosId' | 'addBos' | 'spaceId'>;
   activations(req: ActivationsRequest): Promise<ActivationsResult>;
 }
 
@@ -221,13 +221,14 @@ export async function deriveVector(src: ActivationSource, recipe: Recipe): Promi
       return { values: pcaVector(acts, recipe.center), rows: 1, pair_consistency: pairConsistency(acts) };
     }
     case 'actadd': {
-      const space = src.tokenizer.encode(' ');
-      if (space.length !== 1) throw new Error('the vocabulary has no single space token');
+      const space = src.tokenizer.spaceId;
+      if (space === undefined)
+        throw new UnprocessableError('recipe kind actadd pads with a space token, and this vocabulary has none');
       const [a, b] = actaddTokens(
         src.tokenizer.encode(nonEmpty(recipe.positive, 'positive')),
         src.tokenizer.encode(nonEmpty(recipe.negative, 'negative')),
         src.tokenizer.bosId,
-        space[0],
+        space,
       );
       const all = (prompt: number[]) => src.activations({ prompt, layers: [recipe.layer], site, reduce: 'none' });
       const [p, n] = await Promise.all([all(a), all(b)]);

@@ -6,6 +6,7 @@ import { CHAR_TO_BYTE } from './byte-level.js';
 import { specialTokens } from './hf-special-tokens.js';
 import { checkTokenizerJson, type TokenizerJson, type TokenSpelling } from './hf-tokenizer-format.js';
 import type { EncodeOptions, Tokenizer } from './tokenizer.js';
+import { wordSplitter } from './word-split.js';
 
 const utf8 = new TextEncoder();
 // Invalid sequences become U+FFFD; a leading U+FEFF is text, not a BOM.
@@ -28,6 +29,8 @@ export class HfTokenizer implements Tokenizer {
   readonly eosId: number;
   readonly bosId: number;
   readonly addBos: boolean;
+  /** `Ġ` (byte-level) or the replacement character `▁` (SentencePiece-style), where the vocabulary has it. */
+  readonly spaceId: number | undefined;
   /**
    * The model's rows of embedding (config.json's `vocab_size`) where it has more than the tokenizer
    * has tokens (Qwen2: 151936 for 151665): the ids between are padding, and decode to nothing, as
@@ -37,6 +40,8 @@ export class HfTokenizer implements Tokenizer {
   private readonly idToToken: string[] = [];
   private readonly tokenBytes: (Uint8Array | undefined)[] = [];
   private readonly library: Library;
+  /** A SentencePiece-style text cut where no merge can cross, each piece encoded alone (word-split.ts). */
+  private readonly split: ((text: string) => string[]) | undefined;
   /** The same with the special tokens left out, for text that spells them; built when first needed. */
   private plainLibrary: Library | undefined;
 
@@ -51,6 +56,7 @@ export class HfTokenizer implements Tokenizer {
     this.vocabSize = this.idToToken.length;
     this.rows = Math.max(this.vocabSize, modelRows(dir));
     this.library = build(file, json);
+    this.split = wordSplitter(json);
     const ids = new Map<string, number>();
     for (const [id, tok] of this.idToToken.entries()) if (tok !== undefined) ids.set(tok, id);
     for (const t of json.added_tokens) ids.set(t.content, t.id);
@@ -58,6 +64,7 @@ export class HfTokenizer implements Tokenizer {
     this.bosId = special.bosId;
     this.eosId = special.eosId;
     this.addBos = special.addBos;
+    this.spaceId = ids.get(spelling.kind === 'byte-level' ? '\u0120' : spelling.replacement);
   }
 
   /** Loads `tokenizer.json` (and tokenizer_config.json and config.json where present) from a checkpoint directory. */
@@ -76,12 +83,16 @@ export class HfTokenizer implements Tokenizer {
   /** Encodes text to token ids; never adds BOS or EOS (Hugging Face's `add_special_tokens=False`). */
   encode(text: string, opts: EncodeOptions = {}): number[] {
     const library = opts.allowSpecial === false ? this.plain() : this.library;
-    const { ids, tokens } = library.encode(text, { add_special_tokens: false });
-    for (const [i, id] of ids.entries()) {
-      if (typeof id !== 'number')
-        throw new Error(`the tokenizer produced ${JSON.stringify(tokens[i])}, which has no id`);
+    const out: number[] = [];
+    for (const piece of this.split?.(text) ?? [text]) {
+      const { ids, tokens } = library.encode(piece, { add_special_tokens: false });
+      for (const [i, id] of ids.entries()) {
+        if (typeof id !== 'number')
+          throw new Error(`the tokenizer produced ${JSON.stringify(tokens[i])}, which has no id`);
+        out.push(id);
+      }
     }
-    return ids;
+    return out;
   }
 
   /** Decodes ids to text: their bytes as UTF-8, where invalid sequences become U+FFFD. */

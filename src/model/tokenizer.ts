@@ -17,6 +17,11 @@ export interface Tokenizer {
    * defaults to it.
    */
   readonly addBos: boolean;
+  /**
+   * The token of one space inside a text, what ActAdd pads a prompt with (GPT-2: `Ġ`, 220;
+   * SentencePiece: `▁`): undefined where the vocabulary has none.
+   */
+  readonly spaceId: number | undefined;
   /** Encodes text to token ids. */
   encode(text: string, opts?: EncodeOptions): number[];
   /** Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD. */

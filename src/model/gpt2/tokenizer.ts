@@ -29,6 +29,8 @@ export class Gpt2Tokenizer implements Tokenizer {
   readonly bosId: number;
   /** Hugging Face's GPT-2 tokenizer adds no BOS. */
   readonly addBos = false;
+  /** `Ġ`, a space in the byte-level alphabet. */
+  readonly spaceId: number | undefined;
   private readonly idToToken: string[];
   private readonly ranks: Map<string, number>;
   private readonly special: Map<string, number>;
@@ -49,6 +51,7 @@ export class Gpt2Tokenizer implements Tokenizer {
     if (eos === undefined) throw new Error(`vocabulary has no ${ENDOFTEXT}`);
     this.eosId = eos;
     this.bosId = eos;
+    this.spaceId = vocab.get('\u0120');
     const escaped = [...special.keys()].map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
     this.specialPattern = escaped.length ? new RegExp(`(${escaped.join('|')})`) : undefined;
   }
