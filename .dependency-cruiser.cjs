@@ -34,7 +34,16 @@ module.exports = {
         'the graph builders run on whatever binding it names (docs/architecture.md §7).',
       severity: 'error',
       from: { path: '^(src|routes)/', pathNot: '^src/engine/runtime/' },
-      to: { path: '(^|/)node_modules/onnxruntime-[^/]+/' },
+      to: { path: ['(^|/)node_modules/onnxruntime-[^/]+/', '(^|/)node_modules/koffi/'] },
+    },
+    {
+      name: 'one-ffi-module',
+      comment:
+        "The capi binding reaches ONNX Runtime's C API through one module (capi-ffi.ts): the declarations " +
+        'of the OrtApi table and the checks of its indices are in one place (docs/architecture.md §7).',
+      severity: 'error',
+      from: { path: '^(src|routes|scripts|bench)/', pathNot: '^src/engine/runtime/capi-ffi\\.ts$' },
+      to: { path: '(^|/)node_modules/koffi/' },
     },
     {
       name: 'model-below-the-engine',

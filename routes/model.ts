@@ -48,6 +48,10 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
               }),
               hook_points: Type.Array(Type.Integer()),
               provider: Type.String(),
+              binding: StringEnum(['node', 'capi', 'queue'], {
+                description:
+                  'the binding of ONNX Runtime that runs the graphs (STEERD_BINDING): node (onnxruntime-node) or capi (the C API, I/O binding, the KV cache on the device); queue in Redis mode, where the workers run them',
+              }),
               dtype: Type.Union([Type.Literal('float32'), Type.Literal('float16')], {
                 description:
                   "the blocks' weights (STEERD_DTYPE); LayerNorm, softmax and the logits are float32 either way",
@@ -121,6 +125,7 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
         },
         hook_points: Array.from({ length: i.n_layer + 1 }, (_, l) => l),
         provider: i.provider,
+        binding: i.binding,
         dtype: i.dtype,
         limits: {
           max_new_tokens: svc.config.limits.maxNewTokens,

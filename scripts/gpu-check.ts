@@ -1,7 +1,10 @@
 /**
  * One command for a machine with an accelerator: which execution providers this onnxruntime-node
  * has and which start here, then the same workload on each of them side by side, in one run, on a
- * GPT-2 XL-shaped checkpoint (random weights, written once) or `--model DIR`:
+ * GPT-2 XL-shaped checkpoint (random weights, written once) or `--model DIR`. A target is a provider
+ * through its default binding (docs/architecture.md §7), or `<provider>-host` through onnxruntime-node
+ * and `<provider>-capi` through the C API: `cuda` (capi, the cache on the GPU), `cuda-host`
+ * (onnxruntime-node, the cache fed from host memory every step), `webgpu`, `cpu`, `cpu-capi`:
  *
  * - tokens/s at 1, 8 and 32 concurrent requests (prompts of 32 tokens, 16 new tokens each, new
  *   requests started for `--seconds` per level), and each provider's ratio to `cpu`;
@@ -15,7 +18,10 @@
  *
  * `--dtypes float32,float16` measures each provider with the float16 weights too (README, GPU notes).
  *
- *   npm run gpu-check [-- --model DIR --providers webgpu,cuda,cpu --dtypes float32 --concurrency 1,8,32 --seconds 20 --out FILE]
+ * The device memory in use after each target's run is nvidia-smi's where it answers. The target
+ * with the most tokens/s at the highest concurrency is the one the table recommends as the default.
+ *
+ *   npm run gpu-check [-- --model DIR --providers cuda,cuda-host,webgpu,cpu --dtypes float32 --concurrency 1,8,32 --seconds 20 --out FILE]
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -25,6 +31,7 @@ import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { parseDtype } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
+import { defaultRuntime, type RuntimeName, runtimeNamed } from '../src/engine/runtime/bindings.ts';
 import type { HostBytes } from '../src/engine/runtime/runtime.ts';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import type { Dtype } from '../src/model/half-weights.ts';
@@ -33,7 +40,7 @@ import { Rng } from '../src/util/rng.ts';
 const { values: o } = parseArgs({
   options: {
     model: { type: 'string' },
-    providers: { type: 'string', default: 'webgpu,cuda,cpu' },
+    providers: { type: 'string', default: 'cuda,cuda-host,webgpu,cpu' },
     dtypes: { type: 'string', default: 'float32' },
     concurrency: { type: 'string', default: '1,8,32' },
     seconds: { type: 'string', default: '20' },
@@ -78,9 +85,29 @@ const levels = o.concurrency!.split(',').map(Number);
 const seconds = +o.seconds!;
 const [promptLen, newTokens, longLen] = [+o.prompt!, +o.new!, +o.long!];
 
+/** A target of the command line: a provider and the binding it runs through. */
+function target(name: string): { label: string; provider: string; runtime: RuntimeName } {
+  const [provider, via] = name.split('-');
+  const runtime = via === 'host' ? 'node' : via === 'capi' ? 'capi' : via ? undefined : defaultRuntime(provider);
+  if (!runtime) throw new Error(`--providers: "${name}" is <provider>, <provider>-host or <provider>-capi`);
+  return { label: name, provider, runtime };
+}
+
+/** MiB of device memory in use (nvidia-smi), where it answers. */
+function deviceMemory(): number | undefined {
+  const used = probe('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader,nounits']);
+  const n = Number(used.split('\n')[0]);
+  return Number.isFinite(n) ? n : undefined;
+}
+
 interface ProviderResult {
+  /** The target as named on the command line. */
+  target: string;
   provider: string;
+  binding: RuntimeName;
   dtype: Dtype;
+  /** MiB of device memory in use with the engine loaded, after its run (nvidia-smi). */
+  device_memory_mib?: number;
   error?: string;
   load_s?: number;
   /** Where the engine keeps the KV cache on this provider (`/v1/model` kv_cache.location). */
@@ -107,12 +134,13 @@ const counters = async (engine: Engine): Promise<HostBytes> => {
   return { ...engine.kvUsage.hostBytes };
 };
 
-async function measure(provider: string, dtype: Dtype): Promise<ProviderResult> {
-  const r: ProviderResult = { provider, dtype, tokens_per_s: {} };
+async function measure(t: ReturnType<typeof target>, dtype: Dtype): Promise<ProviderResult> {
+  const { provider, runtime } = t;
+  const r: ProviderResult = { target: t.label, provider, binding: runtime, dtype, tokens_per_s: {} };
   const t0 = performance.now();
   let engine: Engine;
   try {
-    engine = await Engine.start({ model, provider, dtype, batchCapacity: Math.max(...levels) });
+    engine = await Engine.start({ model, provider, runtime, dtype, batchCapacity: Math.max(...levels) });
   } catch (e) {
     return { ...r, error: (e as Error).message.slice(0, 300) };
   }
@@ -153,6 +181,7 @@ async function measure(provider: string, dtype: Dtype): Promise<ProviderResult> 
     const short = await perToken(promptLen);
     const long = await perToken(longLen);
     r.input_bytes_per_token = { short, long, long_over_short: long / short };
+    r.device_memory_mib = deviceMemory();
   } catch (e) {
     r.error = (e as Error).message.slice(0, 300);
   } finally {
@@ -162,18 +191,21 @@ async function measure(provider: string, dtype: Dtype): Promise<ProviderResult> 
 }
 
 const results: ProviderResult[] = [];
-for (const provider of o.providers!.split(','))
+for (const t of o.providers!.split(',').map(target))
   for (const dtype of o.dtypes!.split(',').map((d) => parseDtype(d, '--dtypes'))) {
-    if (!machine.backends.includes(provider)) {
-      results.push({ provider, dtype, error: 'not in this onnxruntime-node build', tokens_per_s: {} });
+    const has = t.runtime === 'node' ? machine.backends : runtimeNamed(t.runtime).providers();
+    if (!has.includes(t.provider)) {
+      const error = `not in this build of the ${t.runtime} binding`;
+      results.push({ target: t.label, provider: t.provider, binding: t.runtime, dtype, error, tokens_per_s: {} });
       continue;
     }
-    results.push(await measure(provider, dtype));
+    results.push(await measure(t, dtype));
   }
 const cpu = results.find((r) => r.provider === 'cpu' && r.dtype === 'float32' && !r.error);
 const mb = (b?: number) => (b === undefined ? '' : `${(b / 2 ** 20).toFixed(2)} MiB`);
 const table = results.map((r) => ({
-  provider: r.provider,
+  target: r.target,
+  binding: r.binding,
   dtype: r.dtype,
   'kv cache': r.kv_cache ?? '',
   ...Object.fromEntries(levels.map((c) => [`c${c} tok/s`, r.tokens_per_s[`c${c}`]?.toFixed(1) ?? ''])),
@@ -187,12 +219,22 @@ const table = results.map((r) => ({
   [`in/token ${promptLen}`]: mb(r.input_bytes_per_token?.short),
   [`in/token ${longLen}`]: mb(r.input_bytes_per_token?.long),
   'long/short': r.input_bytes_per_token?.long_over_short.toFixed(2) ?? '',
+  'device MiB': r.device_memory_mib ?? '',
   error: r.error?.slice(0, 60) ?? '', // whole in the JSON
 }));
 console.table(table);
-mkdirSync(dirname(o.out!), { recursive: true });
-writeFileSync(
-  o.out!,
-  `${JSON.stringify({ machine, model, levels, seconds, prompt: promptLen, new: newTokens, results }, null, 2)}\n`,
+const top = `c${levels.at(-1)}`;
+const best = results
+  .filter((r) => !r.error && r.tokens_per_s[top])
+  .sort((a, b) => b.tokens_per_s[top] - a.tokens_per_s[top])[0];
+const recommended = best && { target: best.target, provider: best.provider, binding: best.binding, dtype: best.dtype };
+console.log(
+  recommended
+    ? `recommended default: ${best.target} (${best.binding}, ${best.dtype}): the most tokens/s at ${top}`
+    : 'no target ran',
 );
+mkdirSync(dirname(o.out!), { recursive: true });
+const summary = { machine, model, levels, seconds, prompt: promptLen, new: newTokens, results, recommended };
+writeFileSync(o.out!, `${JSON.stringify(summary, null, 2)}\n`);
+console.log(JSON.stringify({ gpu_check: table, recommended }));
 console.log(`wrote ${o.out} in ${elapsed()}`);

@@ -1,3 +1,4 @@
+import { parseRuntime, type RuntimeName } from './engine/runtime/names.js';
 import { SteerdError } from './errors.js';
 import { DTYPES, type Dtype } from './model/half-weights.js';
 import { hubCacheDir, hubOffline } from './model/hf-cache.js';
@@ -96,6 +97,13 @@ export interface Config {
   hubOffline: boolean;
   /** ONNX Runtime execution provider. Env STEERD_PROVIDER. Default cpu. */
   provider: string;
+  /**
+   * The binding of ONNX Runtime that runs the graphs: `node` (onnxruntime-node) or `capi` (ONNX
+   * Runtime's C API through I/O binding: the KV cache stays on the device, CUDA memory on CUDA).
+   * Env STEERD_BINDING. Default (undefined here): `capi` on cuda, `node` elsewhere
+   * (engine/runtime/names.ts defaultRuntime).
+   */
+  binding?: RuntimeName;
   /**
    * The blocks' weights: `float32`, or `float16` (for GPU providers: a float16 copy written once
    * beside the checkpoint, multiplied in float16; LayerNorm, softmax and the logits stay float32).
@@ -291,6 +299,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     hubCacheDir: hubCacheDir(env),
     hubOffline: hubOffline(env),
     provider: env.STEERD_PROVIDER ?? 'cpu',
+    binding: env.STEERD_BINDING ? parseRuntime(env.STEERD_BINDING, 'STEERD_BINDING') : undefined,
     dtype: parseDtype(env.STEERD_DTYPE ?? 'float32', 'STEERD_DTYPE'),
     threads: int(env, 'STEERD_THREADS', 0, 0),
     threadSpinning: flag(env, 'STEERD_THREAD_SPINNING', false),

@@ -72,3 +72,20 @@ export class QueueFullError extends SteerdError {
     super(message, 429, 'queue_full', { queue_depth: depth });
   }
 }
+
+/**
+ * An error status of ONNX Runtime's C API (engine/runtime/capi-ffi.ts): the function that returned
+ * it, ORT's error code (OrtErrorCode; -1: steerd's own check of the library) and its message. The
+ * engine's, not the request's: 500.
+ */
+export class OrtError extends SteerdError {
+  constructor(
+    /** The C API function that failed. */
+    readonly call: string,
+    /** OrtErrorCode (2: invalid argument, ...), or -1. */
+    readonly ortCode: number,
+    message: string,
+  ) {
+    super(`ONNX Runtime ${call}: ${message}`, 500, 'ort_error', { call, ort_code: ortCode });
+  }
+}

@@ -68,6 +68,7 @@ export async function resolveModel(config: Config, progress?: ProgressReporter):
 const engineOptions = (config: Config, dir: string) => ({
   model: dir,
   provider: config.provider,
+  runtime: config.binding,
   dtype: config.dtype,
   threads: config.threads,
   spinning: config.threadSpinning,

@@ -131,6 +131,9 @@ t.test('configuration from the environment is checked', async (t) => {
   });
   t.throws(() => loadConfig({ STEERD_QUEUE_DEPTH: 'abc' }), { message: /STEERD_QUEUE_DEPTH/ });
   t.throws(() => loadConfig({ STEERD_TOKEN_BUDGET: '2.5' }), { message: /STEERD_TOKEN_BUDGET/ });
+  t.equal(loadConfig({}).binding, undefined, 'no binding set: the provider chooses (capi on cuda, node elsewhere)');
+  t.equal(loadConfig({ STEERD_BINDING: 'capi' }).binding, 'capi');
+  t.throws(() => loadConfig({ STEERD_BINDING: 'cuda' }), { message: /STEERD_BINDING must be one of node, capi/ });
   const r = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'bin', 'steerd.js'), 'serve'], {
     encoding: 'utf8',
     env: { ...process.env, STEERD_QUEUE_DEPTH: '-1' },

@@ -3,7 +3,9 @@
  * host store (kv/host-store.ts), the same edits on both: rows joining from several sources, growing token by
  * token, leaving, zeroed, the slot count doubling and halving. The update graph runs here on the CPU
  * provider, whose tensors can be read back (WebGPU's cannot be from Node: slow/webgpu.test.ts checks the
- * device path through the model's outputs).
+ * device path through the model's outputs): through onnxruntime-node, or with STEERD_TEST_BINDING=capi
+ * through the capi binding, whose device tensors are OrtValues it keeps (read back here through the
+ * C API, and counted: every one given back).
  */
 import ort from 'onnxruntime-node';
 import t, { type Test } from 'tap';
@@ -11,39 +13,52 @@ import { DeviceKvStore, type KvUpdater } from '../src/engine/kv/device-store.ts'
 import { HostKvStore } from '../src/engine/kv/host-store.ts';
 import type { DeviceTensor, KvShape } from '../src/engine/kv/store.ts';
 import { kvUpdater } from '../src/engine/kv/updater.ts';
+import { capi, deviceCopy, hostCopy, liveValues, OrtValueTensor } from '../src/engine/runtime/capi.ts';
 import { wrapSession } from '../src/engine/runtime/ort-node.ts';
+import type { GraphSession } from '../src/engine/runtime/runtime.ts';
 import { buildKvGraphBytes } from '../src/model/kv-graph.ts';
 import { Rng } from '../src/util/rng.ts';
+import { binding } from './helpers/provider.ts';
 
 const shape: KvShape = { nLayer: 2, nHead: 3, headDim: 4 };
 const { nLayer, nHead, headDim: hd } = shape;
-const session = await ort.InferenceSession.create(buildKvGraphBytes(nLayer, nHead, hd));
+const viaCapi = binding === 'capi';
+const graph = buildKvGraphBytes(nLayer, nHead, hd);
+const session: GraphSession = viaCapi
+  ? await capi.open(graph, { provider: 'cpu', threads: 1, spinning: false, deviceOutputs: 'all' })
+  : wrapSession(await ort.InferenceSession.create(graph));
 t.teardown(() => session.release());
+const liveBefore = liveValues();
 
 let runs = 0;
 let live = 0;
-/** A CPU tensor standing in for a device one (the store only feeds and disposes it); `live` counts those not given back. */
-const track = (x: ort.Tensor): DeviceTensor => {
+/** A tensor of the binding's standing in for a device one (the store only feeds and disposes it); `live` counts those not given back. */
+const track = (x: DeviceTensor): DeviceTensor => {
   live++;
   let gone = false;
-  x.dispose = () => {
+  // an OrtValue is released (onnxruntime-node's CPU tensors hold nothing to give back)
+  const give = x instanceof OrtValueTensor ? x.dispose.bind(x) : () => {};
+  const tracked = x as { dispose(): void };
+  tracked.dispose = () => {
     if (gone) throw new Error('disposed twice');
     gone = true;
     live--;
+    give();
   };
-  return x as unknown as DeviceTensor;
+  return x;
 };
-const dataOf = (x: DeviceTensor) => (x as unknown as ort.Tensor).data as Float32Array;
+const dataOf = (x: DeviceTensor) =>
+  (x instanceof OrtValueTensor ? hostCopy(x).data : (x as unknown as ort.Tensor).data) as Float32Array;
+/** A device tensor of the binding holding `data`. */
+const device = (data: Float32Array, dims: number[]): DeviceTensor =>
+  viaCapi ? deviceCopy(capi.float32(data, dims)) : (new ort.Tensor('float32', data, dims) as unknown as DeviceTensor);
 /** The runner's updater (kv/updater.ts) on the CPU provider, its outputs tracked. */
-const cpu = kvUpdater(wrapSession(session), shape, () => undefined);
+const inner = kvUpdater(session, shape, () => undefined);
 const updater: KvUpdater = {
   async update(s, f, plan, slots) {
     runs++;
-    const kv = await cpu.update(s, f, plan, slots);
-    return {
-      k: kv.k.map((x) => track(x as unknown as ort.Tensor)),
-      v: kv.v.map((x) => track(x as unknown as ort.Tensor)),
-    };
+    const kv = await inner.update(s, f, plan, slots);
+    return { k: kv.k.map(track), v: kv.v.map(track) };
   },
 };
 
@@ -51,7 +66,7 @@ const updater: KvUpdater = {
 function block(rng: Rng, B: number, S: number) {
   const k = Array.from({ length: nLayer }, () => Float32Array.from({ length: B * nHead * S * hd }, () => rng.normal()));
   const v = Array.from({ length: nLayer }, () => Float32Array.from({ length: B * nHead * S * hd }, () => rng.normal()));
-  const dev = (a: Float32Array[]) => a.map((x) => track(new ort.Tensor('float32', x, [B, nHead, S, hd])));
+  const dev = (a: Float32Array[]) => a.map((x) => track(device(x, [B, nHead, S, hd])));
   return { host: { k, v }, device: { k: dev(k), v: dev(v) }, B, S };
 }
 
@@ -157,6 +172,7 @@ t.test('the device store makes the host store’s cache, edit for edit', async (
   t.equal(dev.bytes, 0, 'no rows: no cache');
   for (const x of [...pre.device.k, ...pre.device.v]) x.dispose();
   t.equal(live, 0, 'every tensor given back');
+  t.equal(liveValues(), liveBefore, 'the binding holds no value more than before');
   t.rejects(dev.past(), /no rows/);
 });
 

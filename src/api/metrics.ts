@@ -107,6 +107,15 @@ export class Metrics {
     'Host bytes returned from model session runs (device tensors not counted; every engine together)',
     'output',
   );
+  readonly liveValues = new Gauge({
+    name: 'steerd:ort_values_live',
+    help: 'OrtValues the capi binding holds now: the device cache and the outputs of a pass in flight (every engine together; 0 through onnxruntime-node)',
+    registers: [this.registry],
+    collect: async () => {
+      const all = await this.reports();
+      this.liveValues.set(all.reduce((a, k) => a + (k.hostBytes?.live ?? 0), 0));
+    },
+  });
   readonly http = new Counter({
     name: 'steerd:http_requests_total',
     help: 'HTTP responses by route and status',

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { loadConfig, parseDtype, parseSites } from '../config.js';
+import { parseRuntime } from '../engine/runtime/names.js';
 import { SteerdError } from '../errors.js';
 import { consoleProgress } from './progress.js';
 
@@ -23,6 +24,9 @@ function nonNegativeInt(value: string): number {
 const SITES_OPTION = '--hook-sites <sites>';
 const SITES_HELP =
   'hook sites steerable and readable, comma-separated: resid_pre,ln1,attn_out,resid_mid,ln2,mlp_out (env STEERD_HOOK_SITES, default all)';
+const BINDING_OPTION = '--binding <name>';
+const BINDING_HELP =
+  'binding of ONNX Runtime: node (onnxruntime-node) or capi (its C API through I/O binding, the KV cache on the device) (env STEERD_BINDING, default capi on cuda, node elsewhere)';
 const DTYPE_OPTION = '--dtype <dtype>';
 const DTYPE_HELP =
   "the blocks' weights: float32, or float16 for GPU providers (a copy written once beside the checkpoint; env STEERD_DTYPE, default float32)";
@@ -43,6 +47,7 @@ export function program(): Command {
     .option('--port <port>', 'listen port, 0 for any free one (env PORT, default 8080)', nonNegativeInt)
     .option('--data <dir>', 'vector store directory (env STEERD_DATA, default ./data)')
     .option('--provider <name>', 'execution provider: cpu, cuda, webgpu (env STEERD_PROVIDER, default cpu)')
+    .option(BINDING_OPTION, BINDING_HELP)
     .option('--worker', 'with REDIS_URL: also run an engine on the queue in this process', false)
     .option(KV_OPTION, KV_HELP, positiveInt)
     .option(SITES_OPTION, SITES_HELP)
@@ -54,6 +59,7 @@ export function program(): Command {
         port?: number;
         data?: string;
         provider?: string;
+        binding?: string;
         worker: boolean;
         kvCacheTokens?: number;
         hookSites?: string;
@@ -69,6 +75,7 @@ export function program(): Command {
             port: o.port ?? config.port,
             dataDir: o.data ?? config.dataDir,
             provider: o.provider ?? config.provider,
+            binding: o.binding ? parseRuntime(o.binding, '--binding') : config.binding,
             worker: o.worker,
             kvCacheTokens: o.kvCacheTokens ?? config.kvCacheTokens,
             hookSites: o.hookSites ? parseSites(o.hookSites, '--hook-sites') : config.hookSites,
@@ -84,11 +91,19 @@ export function program(): Command {
     .description('run the engine on the Redis queue (REDIS_URL): one per GPU, on any machine with the model')
     .option('--model <model>', 'checkpoint directory, hub name or "tiny" (env STEERD_MODEL, default gpt2-xl)')
     .option('--provider <name>', 'execution provider (env STEERD_PROVIDER, default cpu)')
+    .option(BINDING_OPTION, BINDING_HELP)
     .option(KV_OPTION, KV_HELP, positiveInt)
     .option(SITES_OPTION, SITES_HELP)
     .option(DTYPE_OPTION, DTYPE_HELP)
     .action(
-      async (o: { model?: string; provider?: string; kvCacheTokens?: number; hookSites?: string; dtype?: string }) => {
+      async (o: {
+        model?: string;
+        provider?: string;
+        binding?: string;
+        kvCacheTokens?: number;
+        hookSites?: string;
+        dtype?: string;
+      }) => {
         const config = loadConfig();
         const { runWorker } = await server();
         await runWorker(
@@ -96,6 +111,7 @@ export function program(): Command {
             ...config,
             model: o.model ?? config.model,
             provider: o.provider ?? config.provider,
+            binding: o.binding ? parseRuntime(o.binding, '--binding') : config.binding,
             kvCacheTokens: o.kvCacheTokens ?? config.kvCacheTokens,
             hookSites: o.hookSites ? parseSites(o.hookSites, '--hook-sites') : config.hookSites,
             dtype: o.dtype ? parseDtype(o.dtype, '--dtype') : config.dtype,

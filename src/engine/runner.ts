@@ -13,7 +13,7 @@ import type { KvBlock, KvPast, KvShape } from './kv/store.js';
 import { kvUpdater } from './kv/updater.js';
 import { modelInfo, serveShape } from './model-info.js';
 import type { ForwardInput, ForwardOutput, Pass } from './pass.js';
-import { type RuntimeName, runtimeNamed } from './runtime/bindings.js';
+import { defaultRuntime, type RuntimeName, runtimeNamed } from './runtime/bindings.js';
 import {
   f32,
   type GraphSession,
@@ -59,13 +59,19 @@ export interface RunnerOptions {
    * Default false (config.ts: STEERD_LEAN_GRAPH).
    */
   lean?: boolean;
-  /** The binding of ONNX Runtime that runs the graphs, by name (runtime/bindings.ts). Default `onnxruntime-node`. */
+  /**
+   * The binding of ONNX Runtime that runs the graphs, by name (runtime/bindings.ts): `node`
+   * (onnxruntime-node) or `capi` (the C API, whose KV cache stays on the device on every provider).
+   * Default `capi` on CUDA, `node` elsewhere (bindings.ts defaultRuntime; config.ts: STEERD_BINDING).
+   */
   runtime?: RuntimeName;
 }
 
 /** The serving variant of the graph, beside model.safetensors (see graph.ts); its device variant. */
 export const SERVE_GRAPH = 'model.serve.onnx';
 export const SERVE_GRAPH_DEVICE = 'model.serve.device.onnx';
+/** The device variant with the host's arithmetic (the capi binding's: serve-graph.ts `exact`). */
+export const SERVE_GRAPH_EXACT = 'model.serve.exact.onnx';
 
 /** int64 [B, T] of rows of numbers. */
 const i64 = (rt: Runtime, rows: number[][]) => {
@@ -99,8 +105,8 @@ export class ModelRunner implements Pass {
   private readonly allOutputs: string[];
   private readonly fetches: string[];
   /** Counted on every run (device tensors are not). */
-  readonly hostBytes: HostBytes = { input: 0, output: 0, runs: 0 };
-  /** Where the KV cache lives: `device` when the provider keeps tensors on the accelerator (WebGPU). */
+  private readonly bytes: HostBytes = { input: 0, output: 0, runs: 0 };
+  /** Where the KV cache lives: `device` when the binding keeps tensors on the accelerator (WebGPU; capi). */
   readonly location: 'host' | 'device';
   /** Device tensors the passes returned since the last endStep() (their new keys and values). */
   private produced: DeviceKv[] = [];
@@ -119,17 +125,20 @@ export class ModelRunner implements Pass {
     private readonly kvSession?: GraphSession,
     /** The serving graph with one group and no hook points (RunnerOptions.lean). */
     private readonly lean?: GraphSession,
+    /** The device variant keeps the host's outputs, which may be empty (serve-graph.ts `exact`). */
+    exact = false,
   ) {
     const rt = session.runtime;
     this.rt = rt;
     this.kv = kv;
     this.location = kvSession ? 'device' : 'host';
-    this.updater = kvSession && kvUpdater(kvSession, this.kv, (t) => (this.hostBytes.input += hostBytesOf(t)));
+    this.updater = kvSession && kvUpdater(kvSession, this.kv, (t) => (this.bytes.input += hostBytesOf(t)));
     this.zero = rt.float32(new Float32Array(1), [1, 1, 1]);
     this.lastOnly = rt.bool(false);
     this.allPositions = rt.bool(true);
-    // the device graph takes no empty tensor (serve-graph.ts): one zero row stands in
-    const n = kvSession ? 1 : 0;
+    // the device graph takes no empty tensor (serve-graph.ts): one zero row stands in (its exact form
+    // takes empty ones, as the host's: a lens row would cost an unembedding per pass)
+    const n = kvSession && !exact ? 1 : 0;
     this.noProj = rt.float32(new Float32Array(n * info.n_embd), [1, n, info.n_embd]);
     this.noLens = rt.float32(new Float32Array(n * info.n_embd), [n, info.n_embd]);
     this.hooks = hookPoints(info.n_layer, info.hook_sites);
@@ -139,18 +148,28 @@ export class ModelRunner implements Pass {
     for (let l = 0; l < info.n_layer; l++) this.fetches.push(`new.${l}.key`, `new.${l}.value`);
   }
 
+  /** The host byte counters, and the native values the binding holds now where it counts them (capi). */
+  get hostBytes(): HostBytes {
+    const live = this.rt.liveValues?.();
+    return live === undefined ? { ...this.bytes } : { ...this.bytes, live };
+  }
+
   static async open(opts: RunnerOptions): Promise<ModelRunner> {
     const ck = openCheckpoint(opts.model);
     const tokenizer = ck.family.tokenizer(opts.model);
     const provider = opts.provider ?? 'cpu';
-    const shape = serveShape(provider, ck.shape.ctx);
+    const binding = opts.runtime ?? defaultRuntime(provider);
+    const shape = serveShape(provider, ck.shape.ctx, binding);
     const sites = opts.hookSites ?? [...ck.family.sites];
     const half = opts.dtype === 'float16';
-    const fileName = (shape.device ? SERVE_GRAPH_DEVICE : SERVE_GRAPH).replace(/\.onnx$/, half ? '.f16.onnx' : '.onnx');
+    const fileName = (shape.exact ? SERVE_GRAPH_EXACT : shape.device ? SERVE_GRAPH_DEVICE : SERVE_GRAPH).replace(
+      /\.onnx$/,
+      half ? '.f16.onnx' : '.onnx',
+    );
     ensureFloat32Weights(ck); // made from a bfloat16, float16 or sharded checkpoint once; the float16 copy reads it
     if (half) ensureHalfWeights(ck);
     buildGraph(opts.model, { serving: { ...shape, sites, half }, fileName });
-    const rt = runtimeNamed(opts.runtime ?? 'onnxruntime-node');
+    const rt = runtimeNamed(binding);
     const known = rt.providers();
     if (!known.includes(provider)) {
       throw new SteerdError(
@@ -186,7 +205,9 @@ export class ModelRunner implements Pass {
           ? ''
           : provider === 'webgpu'
             ? ' (no WebGPU adapter: is a Vulkan driver installed? see README, GPU notes)'
-            : ` (is the ${provider} build of ${rt.name} installed? see README, GPU notes)`;
+            : provider === 'cuda' && binding === 'capi'
+              ? ' (are the CUDA provider libraries installed? npm run install:cuda; see README, GPU notes)'
+              : ` (is the ${provider} build of ${rt.name} installed? see README, GPU notes)`;
       throw new SteerdError(
         `cannot start the ${provider} execution provider: ${(e as Error).message}${hint}`,
         500,
@@ -195,7 +216,7 @@ export class ModelRunner implements Pass {
     }
     // the lean graph: the same body without hook points (see RunnerOptions.lean)
     let lean: GraphSession | undefined;
-    if (opts.lean && provider === 'cpu' && (sites.length > 0 || shape.groups > 1)) {
+    if (opts.lean && provider === 'cpu' && !shape.device && (sites.length > 0 || shape.groups > 1)) {
       const leanName = fileName.replace(/\.onnx$/, '.lean.onnx');
       try {
         buildGraph(opts.model, { serving: { groups: 1, device: false, sites: [], half }, fileName: leanName });
@@ -207,9 +228,9 @@ export class ModelRunner implements Pass {
         );
       }
     }
-    const info = modelInfo(ck, provider, sites, opts.dtype);
+    const info = modelInfo(ck, provider, sites, opts.dtype, binding);
     const kv: KvShape = { nLayer: ck.shape.layers, nHead: ck.shape.kvHeads, headDim: ck.shape.headDim };
-    return new ModelRunner(session, info, tokenizer, shape.groups, kv, kvSession, lean);
+    return new ModelRunner(session, info, tokenizer, shape.groups, kv, kvSession, lean, shape.exact);
   }
 
   async forward(inp: ForwardInput): Promise<ForwardOutput> {
@@ -269,9 +290,9 @@ export class ModelRunner implements Pass {
     } else
       fetch = [...this.fetches, ...reads, ...(inp.logitsAll ? ['logits'] : []), ...(inp.lens ? ['lens_logits'] : [])];
     const out = await (lean ? this.lean! : this.session).run(feeds, fetch);
-    this.hostBytes.runs++;
-    for (const t of Object.values(feeds)) this.hostBytes.input += hostBytesOf(t);
-    for (const t of Object.values(out)) this.hostBytes.output += hostBytesOf(t);
+    this.bytes.runs++;
+    for (const t of Object.values(feeds)) this.bytes.input += hostBytesOf(t);
+    for (const t of Object.values(out)) this.bytes.output += hostBytesOf(t);
     const fresh = { k: [] as KvBlock[], v: [] as KvBlock[], T };
     for (let l = 0; l < nLayer; l++) {
       for (const [kind, list] of [

@@ -194,6 +194,8 @@ export interface ModelInfo {
   hook_sites: Site[];
   /** Execution provider in use. */
   provider: string;
+  /** The binding of ONNX Runtime that runs the graphs (`queue`: the workers', in Redis mode). */
+  binding: 'node' | 'capi' | 'queue';
   /** The blocks' weights: float32, or float16 (multiplied in float16; the rest float32). */
   dtype: 'float32' | 'float16';
   /** The engine's KV cache (absent where no engine runs: an API process in Redis mode). */

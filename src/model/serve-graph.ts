@@ -54,6 +54,18 @@ export interface ServeGraphOptions {
    * unused). Default false.
    */
   device?: boolean;
+  /**
+   * With `device`: the host variant's arithmetic kept (its Split and Concat around the attention with
+   * one group, and `last_lse` from maxima), so that on the CPU provider a row's bits are the host
+   * graph's (the capi binding's device cache, whose CPU path is checked bit for bit against
+   * onnxruntime-node's host path), and the host variant's `logits` and `lens_logits`, which may be
+   * empty, as the projections and the lens vectors fed may be (only WebGPU could not take zero-size
+   * tensors; the one column the device variant keeps costs a whole unembedding per pass, and a zero
+   * projection row a product at every hook point). Without it the device variant does what WebGPU
+   * measured faster.
+   * Default false.
+   */
+  exact?: boolean;
   /** The blocks' linear maps in float16, from the copy beside the weights (half-weights.ts). Default false. */
   half?: boolean;
 }
@@ -112,7 +124,8 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   // on the host even one group goes through Split and Concat: the graph then has the same nodes
   // around the attention as with several groups, which ONNX Runtime fuses the same way (without
   // them, one group's logits differed in the last bits from the same row's in a graph of several)
-  const unsplit = G === 1 && device;
+  const exact = opts.exact ?? false;
+  const unsplit = G === 1 && device && !exact;
   const split = (t: string) => (unsplit ? [t] : g.op('Split', [t, 'group_rows'], [int('axis', 0)], G));
   const seesNewG = split(seesNew);
   const pastLenG = split(g.op1('Unsqueeze', ['past_len', g.constI('c.axes123', [1, 2, 3])])); // [B_g, 1, 1, 1]
@@ -172,8 +185,8 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   // per row) and both reductions are maxima, exact in any order, so a row's bits do not depend on
   // the other rows (a ReduceSum of exponentials did: the invariance test caught it). 3-6x faster than
   // ReduceLogSumExp at 8 and 32 rows; the two agree within 2e-6 relative.
-  // ReduceLogSumExp on the device, as measured there.
-  if (device)
+  // ReduceLogSumExp on the device, as measured there (WebGPU), unless the host's bits are asked.
+  if (device && !exact)
     g.op1('ReduceLogSumExp', ['last_logits', one], [int('keepdims', 0)], 'last_lse'); // [B]
   else {
     const maxLogit = g.op1('ReduceMax', ['last_logits', one], [int('keepdims', 0)]); // [B]
@@ -182,22 +195,24 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   }
   // Every position only when asked (prompt logprobs): otherwise the slice is empty and costs nothing
   // (or, on the device, holds the last position's first logit: one float crosses host memory).
-  const none = device ? g.op1('Sub', [T, one]) : T; // the empty slice, or just the last position
+  // (the exact variant: the host's, `slim` below)
+  const slim = device && !exact;
+  const none = slim ? g.op1('Sub', [T, one]) : T; // the empty slice, or just the last position
   const start = g.op1('Where', ['logits_all', zero, none]); // [1]
   const hAll = g.op1('Slice', [body.hf, start, g.constI('c.int_max', [2 ** 53 - 1]), one]); // [B, T', H]
   const flat = g.op1('MatMul', [g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, model.embd])]), headT]); // [B*T', V]
   const bt = g.op1('Shape', [hAll], [int('end', 2)]); // [2] = (B, T')
   const btv = g.op1('Concat', [bt, g.constI('c.vocab_dim', [V])], [int('axis', 0)]); // [3]
-  const logits = g.op1('Reshape', [flat, btv], [int('allowzero', 1)], device ? undefined : 'logits'); // [B, T', V] (T' may be 0: allowzero keeps it)
-  const vocab = device ? g.constI('c.vocab', [V]) : '';
+  const logits = g.op1('Reshape', [flat, btv], [int('allowzero', 1)], slim ? undefined : 'logits'); // [B, T', V] (T' may be 0: allowzero keeps it)
+  const vocab = slim ? g.constI('c.vocab', [V]) : '';
   const cols = (all: string) => g.op1('Where', [all, vocab, one]); // [1]: V or 1
-  if (device) g.op1('Slice', [logits, zero, cols('logits_all'), g.constI('c.axis2', [2])], [], 'logits'); // [B, T', V or 1]
+  if (slim) g.op1('Slice', [logits, zero, cols('logits_all'), g.constI('c.axis2', [2])], [], 'logits'); // [B, T', V or 1]
 
   // The logit lens (vector diagnostics): vectors [N, H] through the final norm alone, then the
   // unembedding. N = 0 in every generation pass: it costs nothing there.
   const lensLn = body.norm('lens_in'); // [N, H]
-  const lens = g.op1('MatMul', [lensLn, headT], [], device ? undefined : 'lens_logits'); // [N, V]
-  if (device) g.op1('Slice', [lens, zero, cols('lens_all'), one], [], 'lens_logits'); // [N, V or 1]
+  const lens = g.op1('MatMul', [lensLn, headT], [], slim ? undefined : 'lens_logits'); // [N, V]
+  if (slim) g.op1('Slice', [lens, zero, cols('lens_all'), one], [], 'lens_logits'); // [N, V or 1]
 
   // The hook points on the device: the ones asked, stacked (hooks.ts order).
   if (device) {
@@ -210,9 +225,9 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   }
 
   g.output('last_logits', DataType.FLOAT, ['batch', V]);
-  g.output('lens_logits', DataType.FLOAT, ['lens', device ? 'vocab_lens' : V]);
+  g.output('lens_logits', DataType.FLOAT, ['lens', slim ? 'vocab_lens' : V]);
   g.output('last_lse', DataType.FLOAT, ['batch']);
-  g.output('logits', DataType.FLOAT, ['batch', 'seq_out', device ? 'vocab_out' : V]);
+  g.output('logits', DataType.FLOAT, ['batch', 'seq_out', slim ? 'vocab_out' : V]);
   for (let l = 0; l < model.layers; l++) {
     g.output(kvName(l, 'key'), DataType.FLOAT, ['batch', nkv, 'seq', hd]);
     g.output(kvName(l, 'value'), DataType.FLOAT, ['batch', nkv, 'seq', hd]);
@@ -226,6 +241,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
       'steerd.config': JSON.stringify(ck.config),
       'steerd.groups': String(G),
       'steerd.device': String(device),
+      ...(exact && { 'steerd.exact': 'true' }),
       'steerd.dtype': opts.half ? 'float16' : 'float32',
       'steerd.sites': sites.join(','),
     },

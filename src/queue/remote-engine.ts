@@ -142,7 +142,7 @@ export class RemoteEngine {
     const qConn = new Redis(o.redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
     const eConn = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
     for (const c of [qConn, eConn]) c.on('error', () => undefined);
-    const info = modelInfo(ck, 'queue', o.hookSites, o.dtype);
+    const info = modelInfo(ck, 'queue', o.hookSites, o.dtype, 'queue');
     const queue = new Queue<JobData>(queueName(info.fingerprint), { connection: qConn, prefix: bullPrefix(prefix) });
     queue.on('error', () => undefined);
     const pub = new Redis(o.redisUrl, { maxRetriesPerRequest: 1 });

@@ -7,7 +7,7 @@ import type { Service } from '../../src/api/service.ts';
 import { buildApp } from '../../src/app.ts';
 import { type Config, loadConfig } from '../../src/config.ts';
 import { createService } from '../../src/server.ts';
-import { provider } from './provider.ts';
+import { binding, provider } from './provider.ts';
 import { spawnWorker, testRedis } from './redis.ts';
 
 export interface Harness {
@@ -32,7 +32,7 @@ export async function harness(
 ): Promise<Harness> {
   const own = dataDir === undefined;
   const data = dataDir ?? mkdtempSync(join(tmpdir(), 'steerd-data-'));
-  let config = change({ ...loadConfig({}), provider, model, dataDir: data, logLevel: 'silent' });
+  let config = change({ ...loadConfig({}), provider, binding, model, dataDir: data, logLevel: 'silent' });
   const redis = queueMode && !config.redisUrl ? await testRedis() : undefined;
   let worker: ReturnType<typeof spawnWorker> | undefined;
   if (redis) {

@@ -54,6 +54,7 @@ export class FakePass implements Pass {
     graph_hash: 'fake',
     hook_sites: ['resid_pre'],
     provider: 'fake',
+    binding: 'node',
     dtype: 'float32',
   };
   readonly tokenizer = {

@@ -2,6 +2,7 @@ import type { Test } from 'tap';
 import { loadConfig } from '../../src/config.ts';
 import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { serveShape } from '../../src/engine/model-info.ts';
+import { defaultRuntime, parseRuntime } from '../../src/engine/runtime/names.ts';
 
 /**
  * The execution provider the engine and API suites run on: `cpu` unless STEERD_TEST_PROVIDER says
@@ -10,13 +11,23 @@ import { serveShape } from '../../src/engine/model-info.ts';
 export const provider = process.env.STEERD_TEST_PROVIDER ?? 'cpu';
 
 /**
- * An engine on the suite's provider, with the intra-op threads the environment asks for as a served
+ * The binding of ONNX Runtime the engine suites run through: the provider's default unless
+ * STEERD_TEST_BINDING says otherwise (CI runs the engine suites again with `capi`, whose KV cache
+ * stays on the device: on the CPU provider, OrtValues in native memory).
+ */
+export const binding = process.env.STEERD_TEST_BINDING
+  ? parseRuntime(process.env.STEERD_TEST_BINDING, 'STEERD_TEST_BINDING')
+  : defaultRuntime(provider);
+
+/**
+ * An engine on the suite's provider and binding, with the intra-op threads the environment asks for as a served
  * engine would have (STEERD_THREADS: `npm test` runs each engine on one, three test files at a time).
  */
-export const startEngine = (o: EngineOptions) => Engine.start({ provider, threads: loadConfig().threads, ...o });
+export const startEngine = (o: EngineOptions) =>
+  Engine.start({ provider, runtime: binding, threads: loadConfig().threads, ...o });
 
-/** The provider's serving graph holds every row in one size class (WebGPU: model-info.ts). */
-export const oneClass = serveShape(provider, 1024).groups === 1;
+/** The provider's serving graph holds every row in one size class (WebGPU, capi: model-info.ts). */
+export const oneClass = serveShape(provider, 1024, binding).groups === 1;
 
 /** Every number of a and b within tol of each other, the rest equal. */
 function near(a: unknown, b: unknown, tol: number): boolean {

@@ -268,11 +268,19 @@ export class KvManager<R> {
 
   /** After a step: the staging stores whose rows joined their class's (or were given back) go. */
   endStep(): void {
+    this.disposeRetired();
+    // on the device, an idle manager holds nothing: the rows left (they would leave at the next
+    // join) and the zero caches are given back, so that device memory and the binding's live values
+    // (capi.ts) return to zero between bursts of requests
+    if (this.memory.updater && this.live.size === 0) this.reset();
+  }
+
+  private disposeRetired(): void {
     for (const st of this.retired) st.dispose();
     this.retired = [];
   }
 
-  /** Forgets every lease and empties every store (after a failed pass). */
+  /** Forgets every lease and empties every store and zero cache (after a failed pass; when idle on the device). */
   reset(): void {
     for (const lease of this.live) lease.staging?.dispose();
     this.live.clear();
@@ -280,14 +288,14 @@ export class KvManager<R> {
     this.used = 0;
     this.rowsUsed = 0;
     for (const c of this.byClass) c.store.dispose();
-    this.endStep();
+    this.disposeRetired();
     this.byClass = this.emptyClasses();
-  }
-
-  /** Gives back everything the manager holds (the zero caches included). */
-  close(): void {
-    this.reset();
     for (const z of this.zeroCaches.values()) disposeKv(z);
     this.zeroCaches.clear();
+  }
+
+  /** Gives back everything the manager holds. */
+  close(): void {
+    this.reset();
   }
 }

@@ -19,12 +19,13 @@ export interface HostTensor {
 }
 
 /**
- * A tensor held in memory the execution provider owns (WebGPU: a `gpu-buffer`): only fed to
- * sessions, never read, and given back with `dispose()`. A binding whose device memory has another
- * name adds it here.
+ * A tensor held in memory the execution provider owns: only fed to sessions, never read, and given
+ * back with `dispose()`. onnxruntime-node's are WebGPU `gpu-buffer`s; the capi binding's are
+ * `ort-value`s, OrtValues it keeps in native memory (CUDA memory on CUDA; on the CPU provider, host
+ * memory JS never sees).
  */
 export interface DeviceTensor {
-  readonly location: 'gpu-buffer';
+  readonly location: 'gpu-buffer' | 'ort-value';
   readonly dims: readonly number[];
   dispose(): void;
 }
@@ -48,6 +49,8 @@ export interface HostBytes {
   output: number;
   /** Session runs (forward passes). */
   runs: number;
+  /** Native values the binding holds now (capi: its OrtValues); absent where the binding does not count them. */
+  live?: number;
 }
 
 /** How a session is opened. */
@@ -88,4 +91,6 @@ export interface Runtime {
   int64(values: readonly number[] | BigInt64Array, dims?: readonly number[]): HostTensor;
   /** A bool scalar. */
   bool(value: boolean): HostTensor;
+  /** Native values the binding holds now, where it counts them (capi: its OrtValues). */
+  liveValues?(): number;
 }
