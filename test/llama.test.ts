@@ -19,6 +19,7 @@ import { familyOf, loadTokenizer } from '../src/model/families.ts';
 import { ensureFloat32Weights } from '../src/model/float32-weights.ts';
 import { Gpt2Tokenizer } from '../src/model/gpt2/tokenizer.ts';
 import { buildGraph } from '../src/model/graph.ts';
+import { ensureHalfWeights } from '../src/model/half-weights.ts';
 import { SITES, type Site } from '../src/model/hooks.ts';
 import { LLAMA } from '../src/model/llama/family.ts';
 import { type TinyLlamaOptions, writeTinyLlamaCheckpoint } from '../src/model/llama/tiny.ts';
@@ -501,8 +502,11 @@ t.test(
     }
     // weights rewritten in place (same layout): the copy is made again
     const dir = join(root, 'stored-bfloat16-3');
+    t.ok(ensureHalfWeights(openCheckpoint(dir)), 'the float16 copy, made from the float32 one');
+    t.notOk(ensureHalfWeights(openCheckpoint(dir)), 'once');
     writeTinyLlamaCheckpoint(dir, { ...opts, seed: 12, dtype: 'bfloat16', shards: 3 });
     t.ok(ensureFloat32Weights(openCheckpoint(dir)), 'a rewritten shard: the copy is made again');
+    t.ok(ensureHalfWeights(openCheckpoint(dir)), 'and the float16 copy after it');
     // a shard the index names but the folder lacks, and a tensor not where the index says
     rmSync(join(dir, 'model-00002-of-00003.safetensors'));
     t.throws(

@@ -1,11 +1,9 @@
-import { createHash } from 'node:crypto';
-import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Checkpoint } from './family.js';
 import { fromHalf } from './half.js';
 import type { TensorEntry } from './safetensors.js';
 import type { StoredTensor } from './weight-files.js';
-import { type CopiedTensor, copyLayout, ensureCopy, STAMP_WIDTH } from './weights-copy.js';
+import { type CopiedTensor, copyLayout, ensureCopy, sourceStamp } from './weights-copy.js';
 
 /**
  * The float32 copy of a checkpoint whose weights ONNX Runtime cannot map as they are: stored in
@@ -49,16 +47,6 @@ export function float32Layout(
   return copyLayout(float32Tensors(params), fingerprint, stamp);
 }
 
-/** Size, modification time and inode of every source file, hashed: weights rewritten in place show. */
-function sourceStamp(files: string[]): string {
-  const h = createHash('sha256');
-  for (const f of files) {
-    const st = statSync(f, { bigint: true });
-    h.update(`${f}:${st.size}:${st.mtimeNs}:${st.ino};`);
-  }
-  return h.digest('hex').slice(0, STAMP_WIDTH);
-}
-
 /** A stored tensor's bytes as float32 values. */
 function toFloat32(raw: Buffer, dtype: string): Float32Array {
   if (dtype === 'F32') return new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
@@ -78,6 +66,6 @@ function toFloat32(raw: Buffer, dtype: string): Float32Array {
  */
 export function ensureFloat32Weights(ck: Checkpoint): boolean {
   if (!ck.sources) return false;
-  const files = [...new Set([...ck.sources.values()].map((s) => s.file))].sort();
+  const files = [...ck.sources.values()].map((s) => s.file);
   return ensureCopy(join(ck.dir, FLOAT32_WEIGHTS_FILE), float32Tensors(ck.sources), ck.fingerprint, sourceStamp(files));
 }

@@ -1,9 +1,8 @@
-import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Checkpoint } from './family.js';
 import { halfBits } from './half.js';
 import type { TensorEntry } from './safetensors.js';
-import { type CopiedTensor, copyLayout, ensureCopy, STAMP_WIDTH } from './weights-copy.js';
+import { type CopiedTensor, copyLayout, ensureCopy, sourceStamp } from './weights-copy.js';
 
 /**
  * The float16 copy of a checkpoint's weights for GPU providers (`dtype: float16`), written once
@@ -17,15 +16,6 @@ export const HALF_WEIGHTS_FILE = 'model.f16.safetensors';
 /** The weights' dtypes a graph can be built for. */
 export const DTYPES = ['float32', 'float16'] as const;
 export type Dtype = (typeof DTYPES)[number];
-
-/**
- * What identifies the source weights file without reading it: size, modification time and inode
- * (the layout fingerprint alone would not see weights overwritten in place by others of the same shape).
- */
-function sourceStamp(ck: Checkpoint): string {
-  const st = statSync(ck.weightsFile, { bigint: true });
-  return `${st.size}:${st.mtimeNs}:${st.ino}`.padEnd(STAMP_WIDTH).slice(0, STAMP_WIDTH);
-}
 
 /** The copy's tensors: the family's linear maps, from the float32 weights file. */
 function halfTensors(ck: Checkpoint): CopiedTensor[] {
@@ -57,5 +47,5 @@ export function halfLayout(ck: Checkpoint, stamp?: string): { header: Buffer; en
  * never leaves a torn copy (weights-copy.ts). Returns true when it wrote.
  */
 export function ensureHalfWeights(ck: Checkpoint): boolean {
-  return ensureCopy(join(ck.dir, HALF_WEIGHTS_FILE), halfTensors(ck), ck.fingerprint, sourceStamp(ck));
+  return ensureCopy(join(ck.dir, HALF_WEIGHTS_FILE), halfTensors(ck), ck.fingerprint, sourceStamp([ck.weightsFile]));
 }

@@ -1,5 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, existsSync, openSync, readSync, renameSync, rmSync, statSync } from 'node:fs';
 import { readSafetensorsHeader, type TensorEntry } from './safetensors.js';
 import { safetensorsHeader, writeSafetensors } from './safetensors-write.js';
 
@@ -11,6 +11,20 @@ import { safetensorsHeader, writeSafetensors } from './safetensors-write.js';
  * another checkpoint, or before the weights were rewritten, never matches.
  */
 export const STAMP_WIDTH = 64;
+
+/**
+ * What identifies source files without reading them: each one's path, size, modification time and
+ * inode, hashed to the stamp's width (a fingerprint of the layout alone would not see weights
+ * rewritten in place by others of the same shape).
+ */
+export function sourceStamp(files: string[]): string {
+  const h = createHash('sha256');
+  for (const f of [...new Set(files)].sort()) {
+    const st = statSync(f, { bigint: true });
+    h.update(`${f}:${st.size}:${st.mtimeNs}:${st.ino};`);
+  }
+  return h.digest('hex').slice(0, STAMP_WIDTH);
+}
 
 /** A tensor of the copy, read from `file` at `offset` (`length` bytes) and converted by `convert`. */
 export interface CopiedTensor {
