@@ -136,7 +136,8 @@ export interface Config {
   kvCacheTokens?: number;
   /**
    * Memory for the KV cache when kvCacheTokens is unset: a fraction (0–1] of the memory available
-   * once the weights are loaded, or a size in bytes (units k, M, G, T, with or without `iB`/`B`).
+   * once the weights are loaded (the host's; the CUDA device's free memory, from nvidia-smi, where
+   * the cache is on it: the capi binding), or a size in bytes (units k, M, G, T, with or without `iB`/`B`).
    * Env STEERD_KV_CACHE_MEMORY. Default 0.5.
    */
   kvCacheMemory: number;

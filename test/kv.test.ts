@@ -2,6 +2,7 @@ import t from 'tap';
 import { bytesPerToken, classOf, kvBudget, sizeClasses } from '../src/engine/kv/budget.ts';
 import { HostKvStore } from '../src/engine/kv/host-store.ts';
 import { type KvSource, slotsFor } from '../src/engine/kv/store.ts';
+import { cudaFreeMemory, type RunCommand } from '../src/engine/runtime/device-memory.ts';
 
 const shape = { nLayer: 2, nHead: 3, headDim: 4 };
 /** A [1, nh, count, hd] source whose values encode (tag, layer, head, position, i). */
@@ -97,7 +98,45 @@ t.test('size classes and the budget', async (t) => {
   const per = bytesPerToken(shape);
   t.equal(per, 2 * 2 * 3 * 4 * 4, 'keys and values, every layer, float32');
   t.equal(kvBudget({ kvCacheTokens: 77 }, shape, 10_000), 77, 'tokens as given');
-  t.equal(kvBudget({ kvCacheMemory: 0.5 }, shape, 1e9, 1000 * per), 500, 'a share of the memory available');
-  t.equal(kvBudget({ kvCacheMemory: 300 * per }, shape, 1e9, 1e12), 300, 'a size in bytes');
-  t.equal(kvBudget({}, shape, 128, 1e12), 128, 'at most batch capacity × context');
+  t.equal(
+    kvBudget({ kvCacheMemory: 0.5 }, shape, 1e9, () => 1000 * per),
+    500,
+    'a share of the memory available',
+  );
+  t.equal(
+    kvBudget({ kvCacheMemory: 300 * per }, shape, 1e9, () => 1e12),
+    300,
+    'a size in bytes',
+  );
+  t.equal(
+    kvBudget({}, shape, 128, () => 1e12),
+    128,
+    'at most batch capacity × context',
+  );
+});
+
+t.test("the CUDA device's free memory, as nvidia-smi reports it, and a budget from it", async (t) => {
+  const asked: string[][] = [];
+  const answer =
+    (out: string | Error): RunCommand =>
+    (file, args) => {
+      asked.push([file, ...args]);
+      if (out instanceof Error) throw out;
+      return out;
+    };
+  t.equal(cudaFreeMemory(0, answer('40536\n')), 40536 * 2 ** 20, 'MiB of the device, in bytes');
+  t.same(asked[0], ['nvidia-smi', '--id=0', '--query-gpu=memory.free', '--format=csv,noheader,nounits']);
+  t.equal(cudaFreeMemory(1, answer('No devices were found\n')), undefined, 'an answer that is not a number');
+  t.equal(cudaFreeMemory(0, answer('')), undefined, 'no answer');
+  t.equal(cudaFreeMemory(0, answer(new Error('spawn nvidia-smi ENOENT'))), undefined, 'no nvidia-smi');
+  const shape = { nLayer: 48, nHead: 25, headDim: 64 };
+  const per = bytesPerToken(shape);
+  const device = () => cudaFreeMemory(0, answer('8192'))!;
+  t.equal(kvBudget({ kvCacheMemory: 0.5 }, shape, 1e9, device), Math.floor((4096 * 2 ** 20) / per), 'half of it');
+  let askedHost = false;
+  kvBudget({ kvCacheTokens: 10 }, shape, 1e9, () => {
+    askedHost = true;
+    return 0;
+  });
+  t.notOk(askedHost, 'a budget in tokens asks nothing');
 });

@@ -14,6 +14,7 @@ import { kvUpdater } from './kv/updater.js';
 import { modelInfo, serveShape } from './model-info.js';
 import type { ForwardInput, ForwardOutput, Pass } from './pass.js';
 import { defaultRuntime, type RuntimeName, runtimeNamed } from './runtime/bindings.js';
+import { CUDA_DEVICE_ID, cudaFreeMemory } from './runtime/device-memory.js';
 import {
   f32,
   type GraphSession,
@@ -112,6 +113,12 @@ export class ModelRunner implements Pass {
   private produced: DeviceKv[] = [];
   /** Runs the cache update graph where the cache is on the device (kv/updater.ts). */
   readonly updater?: KvUpdater;
+  /**
+   * What a fractional KV budget is a share of where the cache is on a CUDA device: the device's
+   * free memory once the weights are on it (device-memory.ts), never the host's. Unknown there: the
+   * budget must be given in tokens (STEERD_KV_CACHE_TOKENS) or bytes.
+   */
+  readonly available?: () => number;
 
   private constructor(
     private readonly session: GraphSession,
@@ -133,6 +140,7 @@ export class ModelRunner implements Pass {
     this.kv = kv;
     this.location = kvSession ? 'device' : 'host';
     this.updater = kvSession && kvUpdater(kvSession, this.kv, (t) => (this.bytes.input += hostBytesOf(t)));
+    if (info.provider === 'cuda' && kvSession) this.available = cudaKvMemory;
     this.zero = rt.float32(new Float32Array(1), [1, 1, 1]);
     this.lastOnly = rt.bool(false);
     this.allPositions = rt.bool(true);
@@ -334,4 +342,16 @@ export class ModelRunner implements Pass {
     await this.lean?.release();
     await this.session.release();
   }
+}
+
+/** The free memory of the CUDA device the cache lives on; a clear refusal where it cannot be known. */
+function cudaKvMemory(): number {
+  const free = cudaFreeMemory(CUDA_DEVICE_ID);
+  if (free === undefined)
+    throw new SteerdError(
+      'the KV cache is on the CUDA device, whose free memory nvidia-smi did not report: set its size with STEERD_KV_CACHE_TOKENS (tokens) or STEERD_KV_CACHE_MEMORY in bytes (> 1)',
+      500,
+      'kv_budget_unknown',
+    );
+  return free;
 }

@@ -62,15 +62,19 @@ export function availableMemory(): number {
   return freemem();
 }
 
-/** The budget in tokens: as given, or the memory share divided by the bytes per token, at most `ceiling`. */
+/**
+ * The budget in tokens: as given, or the memory share divided by the bytes per token, at most
+ * `ceiling`. `available` says what a fraction is of (asked only then): the host's memory, or the
+ * device's where the cache lives on a CUDA device (runner.ts).
+ */
 export function kvBudget(
   opts: KvBudgetOptions,
   shape: KvShape,
   ceiling: number,
-  available = availableMemory(),
+  available: () => number = availableMemory,
 ): number {
   if (opts.kvCacheTokens !== undefined) return opts.kvCacheTokens;
   const share = opts.kvCacheMemory ?? 0.5;
-  const bytes = share <= 1 ? share * available : share;
+  const bytes = share <= 1 ? share * available() : share;
   return Math.max(1, Math.min(ceiling, Math.floor(bytes / bytesPerToken(shape))));
 }

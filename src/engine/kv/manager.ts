@@ -11,6 +11,8 @@ export interface KvMemory {
   readonly kv: KvShape;
   /** Runs the cache update graph where the cache is on the device (updater.ts); none: host stores. */
   readonly updater?: KvUpdater;
+  /** The memory a fractional budget is a share of, in bytes (budget.ts kvBudget). Default: the host's. */
+  readonly available?: () => number;
 }
 
 export interface KvManagerOptions extends KvBudgetOptions {
@@ -79,7 +81,7 @@ export class KvManager<R> {
     private readonly memory: KvMemory,
     private readonly opts: KvManagerOptions,
   ) {
-    this.tokens = kvBudget(opts, memory.kv, opts.rows * opts.context);
+    this.tokens = kvBudget(opts, memory.kv, opts.rows * opts.context, memory.available);
     // one class per cache group of the graph (a graph with one group holds every row in one store)
     const top = Math.min(opts.context, this.tokens);
     this.classes = opts.groups === 1 ? [top] : sizeClasses(top);

@@ -14,6 +14,7 @@ import {
   takePointers,
   takeString,
 } from './capi-ffi.js';
+import { CUDA_DEVICE_ID } from './device-memory.js';
 import type {
   DeviceTensor,
   GraphSession,
@@ -34,9 +35,6 @@ import type {
  * are never copied into JS: the same code as on CUDA. Every OrtValue is counted while it lives
  * (`liveValues()`).
  */
-
-/** The CUDA device the binding runs on (the provider's default: one GPU per engine). */
-export const CUDA_DEVICE_ID = 0;
 
 /** steerd's provider names, and ONNX Runtime's. */
 const PROVIDERS: Record<string, string> = { cpu: 'CPUExecutionProvider', cuda: 'CUDAExecutionProvider' };
