@@ -217,6 +217,19 @@ t.test('ORT errors are typed errors, and the binding runs on after them', async 
   t.match(noInput.message, /f\.0\.value/, `it names the input: ${noInput.message.split('\n')[0]}`);
   t.equal(liveValues(), before, 'nothing held after it');
 
+  // an output asked for twice would be bound once and come back once: refused before anything runs
+  const twice = await session.run(feeds(block(2, 4)), ['o.0.key', 'o.0.key']).catch((e) => e);
+  t.ok(twice instanceof OrtError, 'an output asked for twice: an OrtError, not a crash');
+  t.match(twice.message, /asked for twice/);
+  const badDims = await session
+    .run({
+      ...feeds(block(2, 4)),
+      'f.0.value': { location: 'cpu', type: 'float32', data: new Float32Array(0), dims: [0.5] },
+    })
+    .catch((e) => e);
+  t.ok(badDims instanceof OrtError, 'dims that are not sizes: an OrtError');
+  t.equal(liveValues(), before, 'nothing held after them');
+
   const spent = await session.run(feeds(block(2, 4)));
   for (const x of Object.values(spent)) if (x.location !== 'cpu') x.dispose();
   const disposed = spent['o.0.key'];

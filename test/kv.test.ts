@@ -124,15 +124,31 @@ t.test("the CUDA device's free memory, as nvidia-smi reports it, and a budget fr
       if (out instanceof Error) throw out;
       return out;
     };
-  t.equal(cudaFreeMemory(0, answer('40536\n')), 40536 * 2 ** 20, 'MiB of the device, in bytes');
-  t.same(asked[0], ['nvidia-smi', '--id=0', '--query-gpu=memory.free', '--format=csv,noheader,nounits']);
-  t.equal(cudaFreeMemory(1, answer('No devices were found\n')), undefined, 'an answer that is not a number');
-  t.equal(cudaFreeMemory(0, answer('')), undefined, 'no answer');
-  t.equal(cudaFreeMemory(0, answer(new Error('spawn nvidia-smi ENOENT'))), undefined, 'no nvidia-smi');
+  const one = '0, GPU-aaaa, 40536\n';
+  const two = '0, GPU-aaaa, 1000\n1, GPU-bbbb, 2000\n';
+  const MiB = 2 ** 20;
+  t.equal(cudaFreeMemory(0, answer(one), {}), 40536 * MiB, 'one GPU: its free MiB, in bytes');
+  t.same(asked[0], ['nvidia-smi', '--query-gpu=index,uuid,memory.free', '--format=csv,noheader,nounits']);
+  t.equal(cudaFreeMemory(0, answer(two), {}), undefined, 'two GPUs CUDA may number fastest first: not known');
+  t.equal(
+    cudaFreeMemory(1, answer(two), { CUDA_DEVICE_ORDER: 'PCI_BUS_ID' }),
+    2000 * MiB,
+    'numbered as nvidia-smi does',
+  );
+  t.equal(cudaFreeMemory(0, answer(two), { CUDA_VISIBLE_DEVICES: '1' }), 2000 * MiB, 'CUDA_VISIBLE_DEVICES by index');
+  t.equal(cudaFreeMemory(0, answer(two), { CUDA_VISIBLE_DEVICES: 'GPU-aaaa,1' }), 1000 * MiB, 'by UUID');
+  t.equal(
+    cudaFreeMemory(0, answer(one), { CUDA_VISIBLE_DEVICES: 'MIG-cccc' }),
+    undefined,
+    'a MIG partition: not known',
+  );
+  t.equal(cudaFreeMemory(0, answer('No devices were found\n'), {}), undefined, 'an answer that is not numbers');
+  t.equal(cudaFreeMemory(0, answer(''), {}), undefined, 'no answer');
+  t.equal(cudaFreeMemory(0, answer(new Error('spawn nvidia-smi ENOENT')), {}), undefined, 'no nvidia-smi');
   const shape = { nLayer: 48, nHead: 25, headDim: 64 };
   const per = bytesPerToken(shape);
-  const device = () => cudaFreeMemory(0, answer('8192'))!;
-  t.equal(kvBudget({ kvCacheMemory: 0.5 }, shape, 1e9, device), Math.floor((4096 * 2 ** 20) / per), 'half of it');
+  const device = () => cudaFreeMemory(0, answer('0, GPU-aaaa, 8192'), {})!;
+  t.equal(kvBudget({ kvCacheMemory: 0.5 }, shape, 1e9, device), Math.floor((4096 * MiB) / per), 'half of it');
   let askedHost = false;
   kvBudget({ kvCacheTokens: 10 }, shape, 1e9, () => {
     askedHost = true;

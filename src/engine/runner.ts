@@ -107,6 +107,8 @@ export class ModelRunner implements Pass {
   private readonly fetches: string[];
   /** Counted on every run (device tensors are not). */
   private readonly bytes: HostBytes = { input: 0, output: 0, runs: 0 };
+  /** `read_idx` when no hook point is read: empty, or one stand-in where the graph takes no empty tensor. */
+  private readonly noReads: Tensor;
   /** Where the KV cache lives: `device` when the binding keeps tensors on the accelerator (WebGPU; capi). */
   readonly location: 'host' | 'device';
   /** Device tensors the passes returned since the last endStep() (their new keys and values). */
@@ -147,6 +149,7 @@ export class ModelRunner implements Pass {
     // the device graph takes no empty tensor (serve-graph.ts): one zero row stands in (its exact form
     // takes empty ones, as the host's: a lens row would cost an unembedding per pass)
     const n = kvSession && !exact ? 1 : 0;
+    this.noReads = n ? rt.int64([0]) : rt.int64([], [0]);
     this.noProj = rt.float32(new Float32Array(n * info.n_embd), [1, n, info.n_embd]);
     this.noLens = rt.float32(new Float32Array(n * info.n_embd), [n, info.n_embd]);
     this.hooks = hookPoints(info.n_layer, info.hook_sites);
@@ -289,10 +292,10 @@ export class ModelRunner implements Pass {
     }
     let fetch: string[];
     if (device) {
-      // every output, in order (see open()); the hook points asked come back through `reads` (at
-      // least one: the first hook point stands in for none)
+      // every output, in order (see open()); the hook points asked come back through `reads` (none
+      // in the exact form; WebGPU's takes no empty tensor: the first hook point stands in for none)
       const idx = reads.map((r) => this.points.indexOf(r));
-      feeds.read_idx = rt.int64(idx.length ? idx : [0]);
+      feeds.read_idx = idx.length ? rt.int64(idx) : this.noReads;
       feeds.lens_all = inp.lens ? this.allPositions : this.lastOnly;
       fetch = this.allOutputs;
     } else
@@ -344,7 +347,11 @@ export class ModelRunner implements Pass {
   }
 }
 
-/** The free memory of the CUDA device the cache lives on; a clear refusal where it cannot be known. */
+/**
+ * What a KV budget on the CUDA device may be a share of: half the device's free memory, for a
+ * device store rebuilds its cache beside the old one before giving the old one back
+ * (kv/device-store.ts), holding both for a moment; a clear refusal where it cannot be known.
+ */
 function cudaKvMemory(): number {
   const free = cudaFreeMemory(CUDA_DEVICE_ID);
   if (free === undefined)
@@ -353,5 +360,5 @@ function cudaKvMemory(): number {
       500,
       'kv_budget_unknown',
     );
-  return free;
+  return free / 2;
 }

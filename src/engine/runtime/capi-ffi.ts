@@ -220,7 +220,13 @@ export function appendCuda(ort: Ort, options: Handle, deviceId: number): void {
   try {
     check(
       api,
-      api.UpdateCUDAProviderOptions(cuda[0], ['device_id'], [String(deviceId)], 1),
+      // the arena grows by what is asked (its default doubles, holding up to twice the KV cache)
+      api.UpdateCUDAProviderOptions(
+        cuda[0],
+        ['device_id', 'arena_extend_strategy'],
+        [String(deviceId), 'kSameAsRequested'],
+        2,
+      ),
       'UpdateCUDAProviderOptions',
     );
     check(

@@ -79,6 +79,8 @@ function dataPointer(o: Ort, v: Handle): Handle {
 
 /** A host tensor's data in a new OrtValue (one copy; data that does not fill its dims exactly is refused before anything is made). */
 function hostValue(o: Ort, t: HostTensor): Handle {
+  if (!t.dims.every((d) => Number.isSafeInteger(d) && d >= 0))
+    throw new OrtError('CreateTensorAsOrtValue', -1, `dims [${t.dims.join(', ')}] are not sizes`);
   const n = t.dims.reduce((a, b) => a * b, 1);
   if (t.data.byteLength !== n * BYTES[t.type]) {
     const got = t.data.byteLength / BYTES[t.type];
@@ -196,6 +198,9 @@ class CapiSession implements GraphSession {
     if (this.released) throw new OrtError('RunWithBinding', -1, 'the session was released');
     const { api } = this.o;
     const names = fetches ?? this.outputNames;
+    // a name bound twice replaces its first binding: fewer values would come back than asked for
+    if (new Set(names).size !== names.length)
+      throw new OrtError('BindOutputToDevice', -1, `an output is asked for twice (${names.join(', ')})`);
     const temps: Handle[] = [];
     let outs: Handle[] = [];
     try {
@@ -218,6 +223,8 @@ class CapiSession implements GraphSession {
       check(api, api.GetBoundOutputValues(this.binding, this.o.allocator, p, n), 'GetBoundOutputValues');
       outs = takePointers(this.o, p[0], Number(n[0]));
       live += outs.length;
+      if (outs.length !== names.length)
+        throw new OrtError('GetBoundOutputValues', -1, `${outs.length} outputs for the ${names.length} bound`);
       const result: Record<string, Tensor> = {};
       try {
         // outputs come back in the order they were bound
@@ -319,13 +326,16 @@ export const capi: Runtime = {
       api.ReleaseSessionOptions(so);
     }
     const session = out[0];
+    let memory: Handle | undefined;
     try {
       const outputNames = outputNamesOf(r, session);
       const device = new Set(o.deviceOutputs === 'all' ? outputNames : (o.deviceOutputs ?? []));
       // device memory: the CUDA device's on cuda; on the CPU provider, host memory that stays native
       const cuda = o.provider === 'cuda';
-      return new CapiSession(r, session, outputNames, device, cuda ? cudaMemory(r, CUDA_DEVICE_ID) : r.cpuMemory, cuda);
+      if (cuda) memory = cudaMemory(r, CUDA_DEVICE_ID);
+      return new CapiSession(r, session, outputNames, device, memory ?? r.cpuMemory, cuda);
     } catch (e) {
+      if (memory) api.ReleaseMemoryInfo(memory);
       api.ReleaseSession(session);
       throw e;
     }
