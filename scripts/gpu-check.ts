@@ -21,7 +21,12 @@
  * The device memory in use after each target's run is nvidia-smi's where it answers. The target
  * with the most tokens/s at the highest concurrency is the one the table recommends as the default.
  *
- *   npm run gpu-check [-- --model DIR --providers cuda,cuda-host,webgpu,cpu --dtypes float32 --concurrency 1,8,32 --seconds 20 --out FILE]
+ * Every target also generates 24 greedy tokens from one fixed prompt: each is compared with the
+ * first float32 target that ran (same tokens, largest logprob difference), and a float32 target
+ * whose tokens differ makes the command exit 1. `--quick` runs `cuda,cuda-host` at 1 and 32
+ * concurrent for 5 s each (what the options do not set).
+ *
+ *   npm run gpu-check [-- --model DIR --providers cuda,cuda-host,webgpu,cpu --dtypes float32 --concurrency 1,8,32 --seconds 20 --quick --out FILE]
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -40,10 +45,11 @@ import { Rng } from '../src/util/rng.ts';
 const { values: o } = parseArgs({
   options: {
     model: { type: 'string' },
-    providers: { type: 'string', default: 'cuda,cuda-host,webgpu,cpu' },
+    quick: { type: 'boolean', default: false },
+    providers: { type: 'string' },
     dtypes: { type: 'string', default: 'float32' },
-    concurrency: { type: 'string', default: '1,8,32' },
-    seconds: { type: 'string', default: '20' },
+    concurrency: { type: 'string' },
+    seconds: { type: 'string' },
     prompt: { type: 'string', default: '32' },
     new: { type: 'string', default: '16' },
     long: { type: 'string', default: '480', description: 'the long context of the bytes-per-token measure' },
@@ -81,8 +87,10 @@ if (!existsSync(join(model, 'model.safetensors'))) {
   log(`writing a GPT-2 XL-shaped checkpoint to ${model} ...`);
   writeTinyCheckpoint(model, { layers: 48, embd: 1600, heads: 25, ctx: 1024 });
 }
-const levels = o.concurrency!.split(',').map(Number);
-const seconds = +o.seconds!;
+// --quick: the CUDA comparison alone, shorter (a first run on a GPU machine, well inside 10 minutes)
+const providers = o.providers ?? (o.quick ? 'cuda,cuda-host' : 'cuda,cuda-host,webgpu,cpu');
+const levels = (o.concurrency ?? (o.quick ? '1,32' : '1,8,32')).split(',').map(Number);
+const seconds = +(o.seconds ?? (o.quick ? 5 : 20));
 const [promptLen, newTokens, longLen] = [+o.prompt!, +o.new!, +o.long!];
 
 /** A target of the command line: a provider and the binding it runs through. */
@@ -118,9 +126,15 @@ interface ProviderResult {
   output_bytes_per_run?: number;
   /** Input bytes per decoded token, one request, short and long context. */
   input_bytes_per_token?: { short: number; long: number; long_over_short: number };
+  /** One greedy generation of a fixed prompt: what the targets are compared on. */
+  greedy?: { ids: number[]; logprobs: number[] };
+  /** Against the first float32 target that ran: the same greedy tokens, and the largest logprob difference. */
+  agrees?: { with: string; tokens: boolean; max_logprob_diff: number };
 }
 
 const rng = new Rng(12);
+/** The prompt every target generates from greedily, to be compared (the same ids on every target). */
+const FIXED = Array.from({ length: 40 }, (_, i) => (i * 7919 + 13) % 50000);
 const prompt = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * 50000));
 const generate = async (engine: Engine, p: number[], n: number) => {
   let tokens = 0;
@@ -149,6 +163,12 @@ async function measure(t: ReturnType<typeof target>, dtype: Dtype): Promise<Prov
     r.kv_cache = engine.info.kv_cache?.location;
     log(`${provider}: loaded in ${r.load_s.toFixed(1)} s; warming up`);
     await generate(engine, prompt(promptLen), 4);
+    r.greedy = { ids: [], logprobs: [] };
+    for await (const e of engine.generate({ prompt: FIXED, max_new_tokens: 24, temperature: 0, stop_at_eos: false }))
+      if (e.type === 'token') {
+        r.greedy.ids.push(e.id);
+        r.greedy.logprobs.push(e.logprob);
+      }
     const before = await counters(engine);
     for (const c of levels) {
       const t1 = performance.now();
@@ -191,7 +211,7 @@ async function measure(t: ReturnType<typeof target>, dtype: Dtype): Promise<Prov
 }
 
 const results: ProviderResult[] = [];
-for (const t of o.providers!.split(',').map(target))
+for (const t of providers.split(',').map(target))
   for (const dtype of o.dtypes!.split(',').map((d) => parseDtype(d, '--dtypes'))) {
     const has = t.runtime === 'node' ? machine.backends : runtimeNamed(t.runtime).providers();
     if (!has.includes(t.provider)) {
@@ -201,6 +221,18 @@ for (const t of o.providers!.split(',').map(target))
     }
     results.push(await measure(t, dtype));
   }
+// every target against the first float32 one that ran: the same greedy tokens (float32: required)
+const reference = results.find((r) => r.dtype === 'float32' && r.greedy);
+for (const r of results)
+  if (reference && r.greedy && r !== reference)
+    r.agrees = {
+      with: reference.target,
+      tokens: r.greedy.ids.join() === reference.greedy!.ids.join(),
+      max_logprob_diff: Math.max(
+        ...r.greedy.logprobs.map((x, i) => Math.abs(x - (reference.greedy!.logprobs[i] ?? Number.NaN))),
+      ),
+    };
+const disagree = results.filter((r) => r.dtype === 'float32' && r.agrees && !r.agrees.tokens);
 const cpu = results.find((r) => r.provider === 'cpu' && r.dtype === 'float32' && !r.error);
 const mb = (b?: number) => (b === undefined ? '' : `${(b / 2 ** 20).toFixed(2)} MiB`);
 const table = results.map((r) => ({
@@ -220,6 +252,9 @@ const table = results.map((r) => ({
   [`in/token ${longLen}`]: mb(r.input_bytes_per_token?.long),
   'long/short': r.input_bytes_per_token?.long_over_short.toFixed(2) ?? '',
   'device MiB': r.device_memory_mib ?? '',
+  'same tokens': r.agrees
+    ? `${r.agrees.tokens ? 'yes' : 'NO'} (Δlp ${r.agrees.max_logprob_diff.toExponential(1)})`
+    : '',
   error: r.error?.slice(0, 60) ?? '', // whole in the JSON
 }));
 console.table(table);
@@ -238,3 +273,9 @@ const summary = { machine, model, levels, seconds, prompt: promptLen, new: newTo
 writeFileSync(o.out!, `${JSON.stringify(summary, null, 2)}\n`);
 console.log(JSON.stringify({ gpu_check: table, recommended }));
 console.log(`wrote ${o.out} in ${elapsed()}`);
+if (disagree.length) {
+  console.error(
+    `gpu-check: ${disagree.map((r) => r.target).join(', ')} generated other greedy tokens than ${reference!.target} (float32)`,
+  );
+  process.exitCode = 1;
+}
