@@ -60,7 +60,7 @@ export async function makePreset(
   // a hub name is reserved even where it is not the base model: a client naming it means that checkpoint
   if (Object.hasOwn(HUB_ALIASES, name) || Object.values(HUB_ALIASES).includes(name))
     throw new SteerdError(
-      `"${name}" names a GPT-2 checkpoint on the hub; a preset needs a name of its own`,
+      `"${name}" names a checkpoint on the hub; a preset needs a name of its own`,
       409,
       'conflict',
       {

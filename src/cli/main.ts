@@ -35,7 +35,7 @@ const KV_HELP =
   'tokens of KV cache, all requests together (env STEERD_KV_CACHE_TOKENS; default: STEERD_KV_CACHE_MEMORY, half the memory left after the weights)';
 
 export function program(): Command {
-  const cli = new Command('steerd').description('Activation steering for GPT-2 models, over HTTP');
+  const cli = new Command('steerd').description('Activation steering for GPT-2 and Llama-family models, over HTTP');
   cli
     .command('serve')
     .description('serve the HTTP API (options also from the environment: see README, configuration)')
@@ -224,7 +224,7 @@ export function program(): Command {
   model
     .command('pull')
     .description(
-      'download a GPT-2 checkpoint from the Hugging Face hub into the hub cache, unless it is there already (HF_ENDPOINT overrides the URL; HF_HUB_OFFLINE=1 forbids downloading)',
+      'download a checkpoint (GPT-2 or Llama-family, one safetensors file or shards) from the Hugging Face hub into the hub cache, unless it is there already (HF_ENDPOINT overrides the URL; HF_HUB_OFFLINE=1 forbids downloading)',
     )
     .argument('<name>', 'gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a hub id owner/name')
     .option('--revision <rev>', 'branch, tag or commit', 'main')
