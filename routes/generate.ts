@@ -7,7 +7,7 @@ import { type ApiToken, completionOf, completionProperties } from '../src/api/co
 import { ARMS, type Arm, controlArm } from '../src/api/controls.js';
 import { checkLimits, type SchemaRequest, streamErrors } from '../src/api/generation.js';
 import { presetOf } from '../src/api/presets.js';
-import { keepValues, receipt, receiptSchema, runRecord } from '../src/api/receipt.js';
+import { receiptOf, receiptSchema } from '../src/api/receipt.js';
 import { resolveInterventions } from '../src/api/resolve.js';
 import {
   appliedInterventionSchema,
@@ -133,7 +133,13 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
         return { ...completionOf(await c.result), ...(c.run.vectors && { vectors: c.run.vectors }) };
       };
       const [baseline, negated, random] = await Promise.all([arm('baseline'), arm('negated'), arm('random')]);
-      await keepValues(svc, interventions, applied);
+      const rec = await receiptOf(
+        svc,
+        interventions,
+        applied,
+        [{ req, output: result.tokens.map((t) => t.id) }],
+        preset?.name,
+      );
       const body = {
         id: `gen-${randomUUID()}`,
         model: preset?.name ?? svc.model.name,
@@ -143,17 +149,7 @@ const generateRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, 
         interventions: applied,
         ...(baseline && { baseline }),
         ...((negated || random) && { controls: { ...(negated && { negated }), ...(random && { random }) } }),
-        receipt: receipt(
-          svc,
-          [
-            runRecord(
-              req,
-              applied,
-              result.tokens.map((t) => t.id),
-            ),
-          ],
-          preset?.name,
-        ),
+        receipt: rec,
       };
       if (stream) {
         const { tokens: _, ...rest } = body;

@@ -9,10 +9,10 @@ import { encodeText } from '../model/tokenizer.js';
 import type { ApiToken } from './completion.js';
 import { checkN } from './completions.js';
 import { checkLimits } from './generation.js';
-import { openaiReason, type TokenStrings } from './openai-wire.js';
+import { openaiReason, type TokenStrings, usageOf } from './openai-wire.js';
 import { presetOf } from './presets.js';
 import { promptIds, stopList } from './prompt.js';
-import { keepValues, receipt, runRecord } from './receipt.js';
+import { receiptOf } from './receipt.js';
 import { resolveInterventions } from './resolve.js';
 import { interventionsSchema, modelField, Nullable, OneOf, StringEnum } from './schemas.js';
 import type { Service } from './service.js';
@@ -250,24 +250,12 @@ export async function chat(
       return session.collect(req, stream ? onEvent : undefined, stream);
     });
     const results = await session.all(runs);
-    const completionTokens = results.reduce((s, r) => s + r.done.usage.completion_tokens, 0);
-    const usage = {
-      prompt_tokens: prompt.ids.length,
-      completion_tokens: completionTokens,
-      total_tokens: prompt.ids.length + completionTokens,
-    };
-    await keepValues(svc, interventions, applied);
-    const rec = receipt(
-      svc,
-      results.map((r, i) =>
-        runRecord(
-          reqs[i],
-          applied,
-          r.tokens.map((x) => x.id),
-        ),
-      ),
-      preset?.name,
+    const usage = usageOf(
+      prompt.ids.length,
+      results.reduce((s, r) => s + r.done.usage.completion_tokens, 0),
     );
+    const outputs = results.map((r, i) => ({ req: reqs[i], output: r.tokens.map((x) => x.id) }));
+    const rec = await receiptOf(svc, interventions, applied, outputs, preset?.name);
     if (stream) {
       const end = last ?? { i: 0, done: results[0].done };
       await send(chunk([delta(end.i, {}, null, finishOf(end.done))], { receipt: rec }));

@@ -14,10 +14,11 @@ import {
   openaiReason,
   promptsOf,
   type TokenStrings,
+  usageOf,
 } from './openai-wire.js';
 import { presetOf } from './presets.js';
 import { stopList } from './prompt.js';
-import { keepValues, receipt, runRecord } from './receipt.js';
+import { receiptOf } from './receipt.js';
 import { resolveInterventions } from './resolve.js';
 import type { Service } from './service.js';
 import { Session } from './session.js';
@@ -173,25 +174,12 @@ export async function complete(
       return { tokens, at, done: done!, end };
     };
     const results = await session.all(reqs.map((req, r) => session.run(req, read(r))));
-    const completionTokens = scoreOnly ? 0 : results.reduce((s, r) => s + r.done.usage.completion_tokens, 0);
-    const promptTokens = prompts.reduce((s, p) => s + p.length, 0);
-    const usage = {
-      prompt_tokens: promptTokens,
-      completion_tokens: completionTokens,
-      total_tokens: promptTokens + completionTokens,
-    };
-    await keepValues(svc, interventions, applied);
-    const rec = receipt(
-      svc,
-      results.map((r, j) =>
-        runRecord(
-          reqs[j],
-          applied,
-          r.tokens.map((e) => e.id),
-        ),
-      ),
-      preset?.name,
+    const usage = usageOf(
+      prompts.reduce((s, p) => s + p.length, 0),
+      scoreOnly ? 0 : results.reduce((s, r) => s + r.done.usage.completion_tokens, 0),
     );
+    const outputs = results.map((r, j) => ({ req: reqs[j], output: r.tokens.map((e) => e.id) }));
+    const rec = await receiptOf(svc, interventions, applied, outputs, preset?.name);
     // each prompt's scored tokens, from its scoring run or its first choice's run
     const promptPart = async (p: number) => {
       if (!scorePrompts) return null;

@@ -263,3 +263,10 @@ export function promptsOf(
         );
   return { prompts: lists, texts: lists.map((ids) => tokenizer.decode(ids)) };
 }
+
+/** OpenAI's `usage`: prompt and completion tokens, and their sum. */
+export const usageOf = (promptTokens: number, completionTokens: number) => ({
+  prompt_tokens: promptTokens,
+  completion_tokens: completionTokens,
+  total_tokens: promptTokens + completionTokens,
+});

@@ -117,6 +117,25 @@ export function runRecord(req: ResolvedRequest, applied: AppliedIntervention[], 
   };
 }
 
+/**
+ * The receipt of runs that share one list of interventions, their inline and preset values kept
+ * first (keepValues): what /v1/generate, /v1/completions and /v1/chat/completions answer with.
+ */
+export async function receiptOf(
+  svc: Service,
+  engine: Intervention[],
+  applied: AppliedIntervention[],
+  runs: { req: ResolvedRequest; output: number[] }[],
+  preset?: string,
+): Promise<Receipt> {
+  await keepValues(svc, engine, applied);
+  return receipt(
+    svc,
+    runs.map((r) => runRecord(r.req, applied, r.output)),
+    preset,
+  );
+}
+
 export function receipt(svc: Service, runs: RunRecord[], preset?: string): Receipt {
   const info = svc.engine.info;
   return {
