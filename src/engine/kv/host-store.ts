@@ -18,11 +18,12 @@ import {
  * per step. Rows join by copying their prompt's cache in and leave by moving the last row into
  * their place. Slot counts: store.ts.
  *
- * Buffers are allocated for every row the store may hold, but the operating system commits a page
- * only when it is first written: the memory a store costs is the rows it has held since it was
- * last allocated (`touched`), and it keeps them when rows leave, so that the next rows write to
- * pages already committed. `compact()` reallocates to the rows it holds now (the manager keeps the
- * stores' total within the KV budget).
+ * Buffers hold the rows the store has needed since it was last allocated (`allocated`, doubling
+ * up to `capacity` as rows join), and keep them when rows leave, so that the next rows write to
+ * pages already committed. Allocating every row the store may hold instead cost a zero-filled
+ * buffer per layer of that size at each growth of P: 40–800 ms pauses for one row of GPT-2 small
+ * at a capacity of 32 (measured). `compact()` reallocates to the rows it holds now (the manager
+ * keeps the stores' total within the KV budget).
  */
 export class HostKvStore implements KvStore {
   k: Float32Array[] = [];
@@ -31,8 +32,8 @@ export class HostKvStore implements KvStore {
   P = 0;
   /** Tokens held by each active row. */
   readonly len: number[] = [];
-  /** Rows written since the buffers were allocated (their pages are committed). */
-  private touched = 0;
+  /** Rows the buffers have room for. */
+  private allocated = 0;
 
   constructor(
     private readonly s: KvShape,
@@ -47,14 +48,14 @@ export class HostKvStore implements KvStore {
     return this.len.length;
   }
 
-  /** Host bytes the store commits: every row written since the last allocation, at the current P. */
+  /** Host bytes the store holds: the rows its buffers have room for, at the current P. */
   get bytes(): number {
-    return this.touched * this.rowBytes(this.P);
+    return this.allocated * this.rowBytes(this.P);
   }
 
   /** Bytes that compact() would give back. */
   get slack(): number {
-    return (this.touched - this.n) * this.rowBytes(this.P);
+    return (this.allocated - this.n) * this.rowBytes(this.P);
   }
 
   private rowBytes(P: number): number {
@@ -87,7 +88,7 @@ export class HostKvStore implements KvStore {
   /** Makes every row able to hold `slots` tokens: P doubles to fit, and halves while the rows need a quarter of it. */
   reserve(slots: number): void {
     const P = slotsToReserve(this.P, slots, this.maxSlots, this.len);
-    if (P !== this.P) this.realloc(P);
+    if (P !== this.P) this.realloc(P, this.allocated);
   }
 
   /** Gives back the pages of rows that left (reallocates to the rows held now; an empty store frees all). */
@@ -96,17 +97,18 @@ export class HostKvStore implements KvStore {
       this.k = [];
       this.v = [];
       this.P = 0;
-      this.touched = 0;
-    } else if (this.touched > this.n) this.realloc(this.P);
+      this.allocated = 0;
+    } else if (this.allocated > this.n) this.realloc(this.P, this.n);
   }
 
-  private realloc(P: number): void {
+  /** New buffers of `rows` rows of P slots, the active rows copied in. */
+  private realloc(P: number, rows: number): void {
     if (P < Math.max(0, ...this.len)) throw new Error(`KV cache cannot shrink below ${Math.max(...this.len)} tokens`);
     if (P > alignUp(this.maxSlots)) throw new Error(`KV cache cannot hold ${P} tokens (at most ${this.maxSlots})`);
     const { nLayer, nHead, headDim: hd } = this.s;
     const move = (old: Float32Array[]) =>
       Array.from({ length: nLayer }, (_, l) => {
-        const a = new Float32Array(this.capacity * nHead * P * hd);
+        const a = new Float32Array(rows * nHead * P * hd);
         for (let r = 0; r < this.n; r++) {
           for (let h = 0; h < nHead; h++) {
             const from = (r * nHead + h) * this.P * hd;
@@ -118,15 +120,16 @@ export class HostKvStore implements KvStore {
     this.k = move(this.k);
     this.v = move(this.v);
     this.P = P;
-    this.touched = this.n;
+    this.allocated = rows;
   }
 
   /** Adds an empty row able to hold `slots` tokens; returns its index. */
   pushEmpty(slots = 1): number {
     checkNewRow(this.n, this.capacity, slots, this.maxSlots);
-    if (slots > this.P || this.k.length === 0) this.realloc(Math.max(this.P, slotsFor(slots, this.maxSlots)));
+    const P = slots > this.P || this.k.length === 0 ? Math.max(this.P, slotsFor(slots, this.maxSlots)) : this.P;
+    const rows = this.n < this.allocated ? this.allocated : Math.min(this.capacity, Math.max(1, 2 * this.allocated));
+    if (P !== this.P || rows !== this.allocated) this.realloc(P, rows);
     this.len.push(0);
-    this.touched = Math.max(this.touched, this.n);
     return this.n - 1;
   }
 
