@@ -16,10 +16,13 @@
  *   before and after steerd's own measurements (the best of the two kept, as for the ceiling), and
  *   steerd's ratios to its libllama-direct line (`--peer-args` passes more options, e.g. `--q8`).
  *
+ * - `--dtype int8|int4|float16`: the engine with those weights (dtypes.ts; default float32); beside
+ *   the peer, int8 is compared with llama.cpp's Q8_0 line when `--peer-args --q8` asks for one.
+ * - `--lean`: the engine with the lean serving graph (STEERD_LEAN_GRAPH).
  * - `--arch llama`: the Llama family beside GPT-2, bench/families.ts.
  *
  *   npm run bench [-- --shape small|xl --dir DIR --concurrency 1,8,32 --prompt 32 --new 64 --out FILE
- *                     --peer llamacpp --peer-dir DIR --peer-args "--kv f32"]
+ *                     --dtype int8 --lean --peer llamacpp --peer-dir DIR --peer-args "--kv f32"]
  */
 
 import { execFileSync } from 'node:child_process';
@@ -28,13 +31,16 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
+import { parseDtype } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 import { GPT2 } from '../src/model/gpt2/family.ts';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { DataType } from '../src/model/onnx-proto.ts';
-import { encodeModel, GraphWriter, ints } from '../src/model/onnx-writer.ts';
+import { encodeModel, GraphWriter } from '../src/model/onnx-writer.ts';
+import { weights as graphWeights } from '../src/model/weights.ts';
+import { ensureWeightsCopy, weightsCopy } from '../src/model/weights-copies.ts';
 import { Rng } from '../src/util/rng.ts';
 import { measure } from './measure.ts';
 
@@ -56,8 +62,13 @@ const { values: o } = parseArgs({
     'peer-dir': { type: 'string', default: process.env.LLAMACPP_PEER },
     'peer-args': { type: 'string', default: '' },
     arch: { type: 'string', default: 'gpt2' },
+    dtype: { type: 'string', default: 'float32' },
+    lean: { type: 'boolean', default: false },
   },
 });
+const dtype = parseDtype(o.dtype!, '--dtype');
+/** Intra-op threads for steerd, its ceiling and the peer alike: 0 is one per CPU, as the runner takes it. */
+const threads = +o.threads! || availableParallelism();
 if (o.arch !== 'gpt2') {
   // another family (bench/families.ts): its own shapes, beside GPT-2's in the same run
   await import('./families.ts');
@@ -68,7 +79,9 @@ const shapeName = o.shape as keyof typeof SHAPES;
 const shape = SHAPES[shapeName];
 if (!shape) throw new Error(`--shape small or xl (got ${o.shape})`);
 const dir = o.dir ?? join(tmpdir(), `steerd-bench-gpt2-${shapeName}`);
-const out = o.out ?? `bench/results/engine${shapeName === 'small' ? '' : `-${shapeName}`}.json`;
+const out =
+  o.out ??
+  `bench/results/engine${shapeName === 'small' ? '' : `-${shapeName}`}${dtype === 'float32' ? '' : `-${dtype}`}.json`;
 const promptLen = +o.prompt!;
 const newTokens = +(o.new ?? shape.new);
 const levels = (o.concurrency ?? shape.concurrency).split(',').map(Number);
@@ -87,28 +100,29 @@ function rss(): { now: number; peak: number } {
   return { now: kb('VmRSS'), peak: kb('VmHWM') };
 }
 
-/** A graph of the model's matmuls only (same weights, in place): the compute a token cannot avoid. */
+/**
+ * A graph of the model's matmuls only (same weights, in place, in the engine's dtype): the compute a
+ * token cannot avoid.
+ */
 async function matmulCeiling(rows: number) {
   const g = new GraphWriter();
-  const W = (name: string) => {
-    const e = ck.params.get(name)!;
-    return g.external(name, e.shape, 'model.safetensors', e.offset, e.length);
-  };
+  ensureWeightsCopy(ck, dtype);
+  const w = graphWeights(g, ck, weightsCopy(ck, dtype));
   g.input('x', DataType.FLOAT, [rows, H]);
   g.input('xi', DataType.FLOAT, [rows, I]);
   const outs: string[] = [];
   for (let l = 0; l < L; l++) {
-    outs.push(g.op1('MatMul', ['x', W(`h.${l}.attn.c_attn.weight`)]));
-    outs.push(g.op1('MatMul', ['x', W(`h.${l}.attn.c_proj.weight`)]));
-    outs.push(g.op1('MatMul', ['x', W(`h.${l}.mlp.c_fc.weight`)]));
-    outs.push(g.op1('MatMul', ['xi', W(`h.${l}.mlp.c_proj.weight`)]));
+    outs.push(w.matmul('x', `h.${l}.attn.c_attn.weight`, 'in_out'));
+    outs.push(w.matmul('x', `h.${l}.attn.c_proj.weight`, 'in_out'));
+    outs.push(w.matmul('x', `h.${l}.mlp.c_fc.weight`, 'in_out'));
+    outs.push(w.matmul('xi', `h.${l}.mlp.c_proj.weight`, 'in_out'));
   }
-  // the vocabulary head as the serving graph runs it (the fastest way measured: serve-graph.ts)
-  outs.push(g.op1('MatMul', ['x', g.op1('Transpose', [W('wte.weight')], [ints('perm', [1, 0])])]));
+  // the vocabulary head as the serving graph runs it (weights.ts)
+  outs.push(w.unembedding('wte.weight')('x'));
   for (const name of outs) g.output(name, DataType.FLOAT);
   const file = join(dir, `bench-matmul-${rows}.onnx`);
   writeFileSync(file, encodeModel(g, 'matmuls', { opset: 21, irVersion: 10, producerVersion: 'bench' }));
-  const s = await ort.InferenceSession.create(file, { intraOpNumThreads: +o.threads!, logSeverityLevel: 3 });
+  const s = await ort.InferenceSession.create(file, { intraOpNumThreads: threads, logSeverityLevel: 3 });
   const feeds = {
     x: new ort.Tensor('float32', new Float32Array(rows * H).fill(0.01), [rows, H]),
     xi: new ort.Tensor('float32', new Float32Array(rows * I).fill(0.01), [rows, I]),
@@ -131,7 +145,6 @@ interface PeerRow {
 }
 /** The llama.cpp peer's bench on the same checkpoint and load: its libllama-direct rows (F32 weights, or each type asked). */
 function peerRun(): { rows: Record<string, PeerRow[]>; line: Record<string, unknown> } {
-  const threads = +o.threads! || availableParallelism();
   const args = ['--concurrency', levels.join(','), '--prompt', String(promptLen), '--new', String(newTokens)];
   args.push('--threads', String(threads), ...(shapeName === 'xl' ? ['--xl'] : []));
   args.push(...o['peer-args']!.split(/\s+/).filter(Boolean));
@@ -198,7 +211,7 @@ const peerRuns = o.peer ? [peerRun()] : [];
 const ceilings = shapeName === 'small' ? [await matmulCeiling(cmax)] : [];
 const before = rss();
 writeFileSync('/proc/self/clear_refs', '5'); // peak RSS from here
-const engine = await Engine.start({ model: dir, threads: +o.threads!, batchCapacity: cmax });
+const engine = await Engine.start({ model: dir, threads, batchCapacity: cmax, dtype, lean: o.lean });
 const loaded = rss();
 const rng = new Rng(1);
 await load(engine, 2, false, rng); // warm-up
@@ -263,7 +276,10 @@ if (shapeName === 'small') {
   ratios.mixed_over_uniform = mixed!.mixed.decode_tokens_per_s / mixed!.uniform.decode_tokens_per_s;
 }
 const peerTable: Record<string, Record<string, number>> = {};
-for (const [type, list] of Object.entries(peer))
+// the peer's weights beside steerd's: F32 for float32, Q8_0 for int8 (when asked), the rest as run
+const comparable = (type: string) =>
+  (({ float32: ['f32'], int8: ['q8_0'], float16: ['f16'] }) as Record<string, string[]>)[dtype]?.includes(type) ?? true;
+for (const [type, list] of Object.entries(peer).filter(([type]) => comparable(type)))
   for (const p of list) {
     const r = at(p.concurrency, false);
     if (!r) continue;
@@ -278,6 +294,9 @@ for (const [type, list] of Object.entries(peer))
   }
 const summary = {
   shape: shapeName,
+  threads,
+  dtype,
+  lean: o.lean,
   loadavg_at_end: loadavg(),
   model: { layers: L, embd: H, heads: ck.config.n_head, params_m: ck.paramBytes / 4 / 1e6 },
   prompt_tokens: promptLen,

@@ -5,7 +5,7 @@
  * Every variant's `last_logits` must be the same bits as the first one's (the graphs and session
  * settings compared here must not change the arithmetic).
  *
- *   npm run bench:step [-- --dir DIR --rows 1,8,32 --past 48 --steps 20 --rounds 3 --variants full,lean]
+ *   npm run bench:step [-- --dir DIR --rows 1,8,32 --past 48 --steps 20 --rounds 3 --variants full,lean,lean@int8]
  *
  * Variants: `full` (the runner before the lean graph: every hook point, intra-op threads spinning),
  * `fullnospin` (every hook point, threads sleeping), `leanspin` (the lean graph for passes that
@@ -17,6 +17,7 @@
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { parseDtype } from '../src/config.ts';
 import type { ForwardInput } from '../src/engine/pass.ts';
 import { ModelRunner, type RunnerOptions } from '../src/engine/runner.ts';
 
@@ -40,14 +41,20 @@ const VARIANTS: Record<string, Partial<RunnerOptions>> = {
   noarena: { sessionOptions: { enableCpuMemArena: false } },
   basic: { sessionOptions: { graphOptimizationLevel: 'basic' } },
 };
+// a variant may name a weights dtype after `@` (dtypes.ts): `lean@int8`
 const names = o.variants!.split(',');
-for (const n of names) if (!VARIANTS[n]) throw new Error(`unknown variant ${n}`);
+const variant = (n: string): Partial<RunnerOptions> => {
+  const [base, dtype] = n.split('@');
+  if (!VARIANTS[base]) throw new Error(`unknown variant ${base}`);
+  return { ...VARIANTS[base], ...(dtype && { dtype: parseDtype(dtype, `variant ${n}`) }) };
+};
+for (const n of names) variant(n);
 const levels = o.rows!.split(',').map(Number);
 const past = +o.past!;
 const steps = +o.steps!;
 
 const runners = new Map<string, ModelRunner>();
-for (const n of names) runners.set(n, await ModelRunner.open({ model: o.dir!, threads: +o.threads!, ...VARIANTS[n] }));
+for (const n of names) runners.set(n, await ModelRunner.open({ model: o.dir!, threads: +o.threads!, ...variant(n) }));
 const { nLayer, nHead, headDim } = runners.get(names[0])!.kv;
 const H = runners.get(names[0])!.info.n_embd;
 
@@ -74,15 +81,21 @@ const results: Record<string, Record<string, number>> = {};
 for (const B of levels) {
   const best = new Map<string, number>();
   const inputs = new Map(names.map((n) => [n, input(B, n === 'steered')]));
-  // the same bits: every variant's logits for the unsteered rows against the first variant's
-  const first = await runners.get(names[0])!.forward(inputs.get(names[0])!);
-  for (const n of names.slice(1)) {
+  // the same bits: every variant's logits for the unsteered rows against the first variant's of its dtype
+  const firsts = new Map<string, { name: string; logits: Float32Array }>();
+  for (const n of names) {
     const out = await runners.get(n)!.forward(inputs.get(n)!);
+    const dtype = variant(n).dtype ?? 'float32';
+    const first = firsts.get(dtype);
+    if (!first) {
+      firsts.set(dtype, { name: n, logits: out.lastLogits });
+      continue;
+    }
     const from = n === 'steered' ? 1 : 0; // row 0 is steered there
     const V = out.lastLogits.length / B;
     for (let i = from * V; i < out.lastLogits.length; i++)
-      if (!Object.is(out.lastLogits[i], first.lastLogits[i]))
-        throw new Error(`${n}: last_logits differ from ${names[0]}'s at ${B} rows, index ${i}`);
+      if (!Object.is(out.lastLogits[i], first.logits[i]))
+        throw new Error(`${n}: last_logits differ from ${first.name}'s at ${B} rows, index ${i}`);
   }
   for (let r = 0; r < +o.rounds!; r++) {
     for (const n of names) {

@@ -3,6 +3,7 @@ import { Type } from 'typebox';
 import { NORM_TEXT, NORMS_WAIT_MS, residNorms, residNormsWithin } from '../src/api/norms.js';
 import { Dictionary, errorSchema, Nullable, Ref, StringEnum, siteSchema } from '../src/api/schemas.js';
 import type { Service } from '../src/api/service.js';
+import { DTYPES } from '../src/model/dtypes.js';
 
 /** The stream's norms at each layer of one site, over the same text. */
 const layerNorms = Type.Array(
@@ -52,9 +53,9 @@ const modelRoutes: FastifyPluginAsyncTypebox<{ svc: Service }> = async (app, { s
                 description:
                   'the binding of ONNX Runtime that runs the graphs (STEERD_BINDING): node (onnxruntime-node) or capi (the C API, I/O binding, the KV cache on the device); queue in Redis mode, where the workers run them',
               }),
-              dtype: Type.Union([Type.Literal('float32'), Type.Literal('float16')], {
+              dtype: StringEnum([...DTYPES], {
                 description:
-                  "the blocks' weights (STEERD_DTYPE); LayerNorm, softmax and the logits are float32 either way",
+                  "the blocks' linear maps (STEERD_DTYPE): float32, float16, or int8/int4 (blocks of 32 integers with a float32 scale, the unembedding too); the embeddings, norms, softmax, the KV cache and the logits are float32 in every one",
               }),
               limits: Dictionary(Type.Integer()),
               hook_sites: Type.Array(siteSchema, { description: 'the sites this server steers and reads at' }),

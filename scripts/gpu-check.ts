@@ -38,8 +38,8 @@ import { parseDtype } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { defaultRuntime, type RuntimeName, runtimeNamed } from '../src/engine/runtime/bindings.ts';
 import type { HostBytes } from '../src/engine/runtime/runtime.ts';
+import type { Dtype } from '../src/model/dtypes.ts';
 import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
-import type { Dtype } from '../src/model/half-weights.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const { values: o } = parseArgs({

@@ -6,9 +6,10 @@
  * a greedy pick per row (the engine's sampler), and then the same decode through the engine (its
  * worker thread, the scheduler and the hop back to the caller) for the time per step it adds.
  *
- *   npm run profile:step [-- --dir DIR --rows 1,8,32 --past 48 --steps 40 --threads 0 --top 12 --skip-engine --full --spinning]
+ *   npm run profile:step [-- --dir DIR --rows 1,8,32 --past 48 --steps 40 --threads 0 --top 12 --skip-engine --full --spinning --dtype int8]
  *
- * `--full`: the graph with every hook point (no lean graph); `--spinning`: intra-op threads spin.
+ * `--full`: the graph with every hook point (no lean graph); `--spinning`: intra-op threads spin;
+ * `--dtype`: the weights' dtype (dtypes.ts; default float32).
  *
  * Profiles are written to the system's temporary folder and removed; one table per row count.
  */
@@ -17,6 +18,7 @@ import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { parseDtype } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
 import type { ForwardInput } from '../src/engine/pass.ts';
 import { ModelRunner, type RunnerOptions } from '../src/engine/runner.ts';
@@ -34,8 +36,10 @@ const { values: o } = parseArgs({
     'skip-engine': { type: 'boolean', default: false },
     full: { type: 'boolean', default: false },
     spinning: { type: 'boolean', default: false },
+    dtype: { type: 'string', default: 'float32' },
   },
 });
+const dtype = parseDtype(o.dtype!, '--dtype');
 const levels = o.rows!.split(',').map(Number);
 const past = +o.past!;
 const steps = +o.steps!;
@@ -164,6 +168,7 @@ async function engineStep(B: number) {
     threads,
     batchCapacity: Math.max(B, 2),
     lean: !o.full,
+    dtype,
     spinning: o.spinning,
   });
   const gen = async (n: number, newTokens: number) => {
@@ -194,7 +199,7 @@ async function engineStep(B: number) {
 }
 
 for (const B of levels) {
-  const r = await profileRunner(B, { lean: !o.full, spinning: o.spinning });
+  const r = await profileRunner(B, { lean: !o.full, spinning: o.spinning, dtype });
   const e = !o['skip-engine'] ? await engineStep(B) : Number.NaN;
   console.log(
     `\n${B} row(s): step ${r.step_ms} ms through the runner (${r.nodes} nodes), engine ${e} ms per step; session.run ${r.session_run_ms} ms (ORT model_run ${r.ort_model_run_ms}, kernels ${r.kernels_ms}), runner around the run ${r.around_run_ms} ms, greedy sampling ${r.sampling_ms} ms`,

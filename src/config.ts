@@ -1,6 +1,6 @@
 import { parseRuntime, type RuntimeName } from './engine/runtime/names.js';
 import { SteerdError } from './errors.js';
-import { DTYPES, type Dtype } from './model/half-weights.js';
+import { DTYPES, type Dtype } from './model/dtypes.js';
 import { hubCacheDir, hubOffline } from './model/hf-cache.js';
 import { isSite, SITES, type Site } from './model/hooks.js';
 
@@ -105,12 +105,14 @@ export interface Config {
    */
   binding?: RuntimeName;
   /**
-   * The blocks' weights: `float32`, or `float16` (for GPU providers: a float16 copy written once
-   * beside the checkpoint, multiplied in float16; LayerNorm, softmax and the logits stay float32).
+   * The blocks' weights: `float32`; `float16` (for GPU providers: a float16 copy written once
+   * beside the checkpoint, multiplied in float16; LayerNorm, softmax and the logits stay float32);
+   * `int8` or `int4` (the CPU provider: blocks of 32 integers with a float32 scale, the linear maps
+   * and the unembedding, from a copy written once beside the checkpoint; dtypes.ts).
    * Env STEERD_DTYPE. Default float32.
    */
   dtype: Dtype;
-  /** Intra-op threads, 0 = one per core. Env STEERD_THREADS. Default 0. */
+  /** Intra-op threads, 0 = one per CPU the process may run on. Env STEERD_THREADS. Default 0. */
   threads: number;
   /**
    * Intra-op threads spin while they wait for work (ONNX Runtime's own default) instead of
@@ -183,7 +185,8 @@ export function parseLogFormat(v: string): LogFormat {
 
 /** A weights dtype from the environment or the command line; anything else stops steerd at start. */
 export function parseDtype(v: string, where: string): Dtype {
-  if (!(DTYPES as readonly string[]).includes(v)) throw new Error(`${where} must be float32 or float16, not "${v}"`);
+  if (!(DTYPES as readonly string[]).includes(v))
+    throw new Error(`${where} must be one of ${DTYPES.join(', ')}, not "${v}"`);
   return v as Dtype;
 }
 

@@ -13,9 +13,9 @@ import { writeTinyCheckpoint } from '../src/model/gpt2/tiny.ts';
 import { fromHalf, halfBits, toHalf } from '../src/model/half.ts';
 import { ensureHalfWeights, HALF_WEIGHTS_FILE, halfLayout } from '../src/model/half-weights.ts';
 import { Rng } from '../src/util/rng.ts';
-import { collect, referenceGreedy } from './helpers/engine-util.ts';
+import { greedyAccuracy, referenceGreedy } from './helpers/engine-util.ts';
 import { startEngine } from './helpers/provider.ts';
-import { loadReference, promptAccuracy } from './helpers/reference.ts';
+import { loadReference } from './helpers/reference.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'steerd-half-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
@@ -112,10 +112,8 @@ t.test('the engine with float16 weights against the float64 reference', async (t
     const eng = await startEngine({ model: dir, dtype, provider: 'cpu' });
     try {
       t.equal(eng.info.dtype, dtype);
-      const got = await collect(
-        eng.generate({ prompt, max_new_tokens: 8, temperature: 0, stop_at_eos: false, prompt_logprobs: 1 }),
-      );
-      const { max, top } = promptAccuracy(ref, prompt, got.done.prompt_logprobs!);
+      const got = await greedyAccuracy(eng, ref, prompt);
+      const { max, top } = got;
       errors[dtype] = max;
       t.equal(top, prompt.length - 1, `${dtype}: every position's most likely token is the reference's`);
       t.same(got.ids, greedy.ids, `${dtype}: the reference's greedy tokens`);

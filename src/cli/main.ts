@@ -29,7 +29,7 @@ const BINDING_HELP =
   'binding of ONNX Runtime: node (onnxruntime-node) or capi (its C API through I/O binding, the KV cache on the device) (env STEERD_BINDING, default capi on cuda, node elsewhere)';
 const DTYPE_OPTION = '--dtype <dtype>';
 const DTYPE_HELP =
-  "the blocks' weights: float32, or float16 for GPU providers (a copy written once beside the checkpoint; env STEERD_DTYPE, default float32)";
+  "the blocks' weights: float32; float16 for GPU providers; int8 or int4 on the cpu provider (each a copy written once beside the checkpoint; env STEERD_DTYPE, default float32)";
 const KV_OPTION = '--kv-cache-tokens <n>';
 const KV_HELP =
   'tokens of KV cache, all requests together (env STEERD_KV_CACHE_TOKENS; default: STEERD_KV_CACHE_MEMORY, half the memory left after the weights)';

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
+import type { Dtype } from '../model/dtypes.js';
 import type { Checkpoint } from '../model/family.js';
-import type { Dtype } from '../model/half-weights.js';
 import { SITES, type Site } from '../model/hooks.js';
 import { buildServeGraphBytes } from '../model/serve-graph.js';
 import { sizeClasses } from './kv/budget.js';
@@ -54,7 +54,7 @@ export function modelInfo(
         buildServeGraphBytes(ck, {
           ...serveShape(provider, s.ctx, binding === 'queue' ? 'node' : binding),
           sites,
-          half: dtype === 'float16',
+          dtype,
         }),
       )
       .digest('hex'),

@@ -1,13 +1,15 @@
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { SteerdError } from '../errors.js';
 // the model family: checkpoint, graph builders, hook sites, tokenizer (src/model)
 import { openCheckpoint } from '../model/checkpoint.js';
+import { DTYPE_SUFFIX, type Dtype, dtypeProviders } from '../model/dtypes.js';
 import { ensureFloat32Weights } from '../model/float32-weights.js';
 import { buildGraph } from '../model/graph.js';
-import { type Dtype, ensureHalfWeights } from '../model/half-weights.js';
 import { hookPoints, projName, readName, type Site, steerName } from '../model/hooks.js';
 import { buildKvGraphBytes } from '../model/kv-graph.js';
 import type { Tokenizer } from '../model/tokenizer.js';
+import { ensureWeightsCopy } from '../model/weights-copies.js';
 import type { DeviceKv, KvUpdater } from './kv/device-store.js';
 import type { KvBlock, KvPast, KvShape } from './kv/store.js';
 import { kvUpdater } from './kv/updater.js';
@@ -33,11 +35,20 @@ export interface RunnerOptions {
   model: string;
   /** Execution provider: `cpu`, `cuda`, `webgpu`, ... Default `cpu`. */
   provider?: string;
-  /** Intra-op threads; 0 lets ONNX Runtime choose (one per core). Default 0. */
+  /**
+   * Intra-op threads; 0: one per CPU this process may run on (`os.availableParallelism()`), not ONNX
+   * Runtime's own choice for 0 (its count of physical cores, which gave one thread on a 2-vCPU
+   * machine: a decode step 1.4x slower, measured with `npm run bench:step -- --threads 0` and `2`).
+   * Default 0.
+   */
   threads?: number;
   /** Hook sites the serving graph is built with (the others cannot be steered or read). Default all. */
   hookSites?: Site[];
-  /** The blocks' weights: `float16` multiplies them in float16, from a copy written once beside the checkpoint (half-weights.ts). Default float32. */
+  /**
+   * The blocks' linear maps (dtypes.ts): `float16` multiplies them in float16, `int8` and `int4` (the
+   * CPU provider) as blocks of integers with the unembedding too, each from a copy written once beside
+   * the checkpoint. Default float32.
+   */
   dtype?: Dtype;
   /**
    * Intra-op threads spin while they wait for work (ONNX Runtime's default), instead of sleeping.
@@ -172,14 +183,21 @@ export class ModelRunner implements Pass {
     const binding = opts.runtime ?? defaultRuntime(provider);
     const shape = serveShape(provider, ck.shape.ctx, binding);
     const sites = opts.hookSites ?? [...ck.family.sites];
-    const half = opts.dtype === 'float16';
+    const dtype = opts.dtype ?? 'float32';
+    const runsOn = dtypeProviders(dtype);
+    if (runsOn && !runsOn.includes(provider))
+      throw new SteerdError(
+        `dtype ${dtype} runs on the ${runsOn.join(', ')} provider, not ${provider} (float16 is the GPU providers' smaller dtype)`,
+        400,
+        'unsupported',
+      );
     const fileName = (shape.exact ? SERVE_GRAPH_EXACT : shape.device ? SERVE_GRAPH_DEVICE : SERVE_GRAPH).replace(
       /\.onnx$/,
-      half ? '.f16.onnx' : '.onnx',
+      `${DTYPE_SUFFIX[dtype]}.onnx`,
     );
-    ensureFloat32Weights(ck); // made from a bfloat16, float16 or sharded checkpoint once; the float16 copy reads it
-    if (half) ensureHalfWeights(ck);
-    buildGraph(opts.model, { serving: { ...shape, sites, half }, fileName });
+    ensureFloat32Weights(ck); // made from a bfloat16, float16 or sharded checkpoint once; the other copies read it
+    ensureWeightsCopy(ck, dtype);
+    buildGraph(opts.model, { serving: { ...shape, sites, dtype }, fileName });
     const rt = runtimeNamed(binding);
     const known = rt.providers();
     if (!known.includes(provider)) {
@@ -191,7 +209,11 @@ export class ModelRunner implements Pass {
     }
     let session: GraphSession;
     let kvSession: GraphSession | undefined;
-    const base: GraphSessionOptions = { provider, threads: opts.threads ?? 0, spinning: opts.spinning ?? false };
+    const base: GraphSessionOptions = {
+      provider,
+      threads: opts.threads || availableParallelism(),
+      spinning: opts.spinning ?? false,
+    };
     try {
       // on the device, the new keys and values stay there and everything else comes back (an output
       // stays where the runtime is told only when every output is fetched: forward() does)
@@ -230,7 +252,7 @@ export class ModelRunner implements Pass {
     if (opts.lean && provider === 'cpu' && !shape.device && (sites.length > 0 || shape.groups > 1)) {
       const leanName = fileName.replace(/\.onnx$/, '.lean.onnx');
       try {
-        buildGraph(opts.model, { serving: { groups: 1, device: false, sites: [], half }, fileName: leanName });
+        buildGraph(opts.model, { serving: { groups: 1, device: false, sites: [], dtype }, fileName: leanName });
         lean = await rt.open(join(opts.model, leanName), { ...base, bindingOptions: opts.sessionOptions });
       } catch (e) {
         // an optimisation: without it every pass runs the full graph, with the same bits

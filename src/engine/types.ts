@@ -196,8 +196,8 @@ export interface ModelInfo {
   provider: string;
   /** The binding of ONNX Runtime that runs the graphs (`queue`: the workers', in Redis mode). */
   binding: 'node' | 'capi' | 'queue';
-  /** The blocks' weights: float32, or float16 (multiplied in float16; the rest float32). */
-  dtype: 'float32' | 'float16';
+  /** The blocks' weights: float32, float16 (multiplied in float16), int8 or int4 (blocks of integers, the unembedding too); the rest float32. */
+  dtype: 'float32' | 'float16' | 'int8' | 'int4';
   /** The engine's KV cache (absent where no engine runs: an API process in Redis mode). */
   kv_cache?: KvCacheInfo;
 }

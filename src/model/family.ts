@@ -1,5 +1,7 @@
+import type { WeightsCopy } from './dtypes.js';
 import type { Site } from './hooks.js';
 import type { GraphWriter } from './onnx-writer.js';
+import type { LinearLayout } from './quantize.js';
 import type { TensorEntry } from './safetensors.js';
 import type { Tokenizer } from './tokenizer.js';
 import type { StoredTensor } from './weight-files.js';
@@ -80,6 +82,8 @@ export interface Body {
   norm(input: string): string;
   /** The unembedding, [V, H]: the token embedding when tied, else the checkpoint's own output projection. */
   head: string;
+  /** [.., H] → logits [.., V] through the unembedding, in the copy's dtype where it holds one; `output` names the result. */
+  unembed(input: string, output?: string): string;
 }
 
 export interface BodyOptions {
@@ -88,12 +92,15 @@ export interface BodyOptions {
   /** Each hook point is a graph output (false: the caller reads them, by their names). Default true. */
   hookOutputs?: boolean;
   /**
-   * Linear maps multiplied in float16, their weights from the float16 copy (half-weights.ts): the
-   * input is cast to float16 and the product back to float32, any bias added in float32. Default
-   * none: all float32.
+   * Where the blocks' linear maps (and, quantized, the unembedding) come from: a copy beside the
+   * weights in another dtype (weights.ts). Default none: all float32 from the checkpoint.
    */
-  half?: { file: string; entries: Map<string, TensorEntry> };
+  copy?: WeightsCopy;
 }
+
+/** The unembedding's canonical name: the checkpoint's own head, or the token embedding when tied. */
+export const headParam = (ck: Checkpoint): string =>
+  ck.tiedLmHead ? ck.family.embedding : ck.family.head(ck.config).name;
 
 /**
  * One architecture. `C` is its own reading of config.json. Declared with methods, so that a family
@@ -122,7 +129,11 @@ export interface ModelFamily<C = unknown> {
   head(config: C): { name: string; shape: number[] };
   /** The canonical name of a stored tensor, or undefined for a buffer the forward pass never reads. */
   canonicalKey(key: string): string | undefined;
-  /** The weights the float16 copy holds (half-weights.ts), in file order. */
+  /** The token embedding's canonical name [V, H]: the unembedding too where the checkpoint has no head. */
+  readonly embedding: string;
+  /** How the checkpoint stores its blocks' linear maps: `in_out` [in, out] (GPT-2's Conv1D), `out_in` [out, in] (nn.Linear). */
+  readonly linearLayout: LinearLayout;
+  /** The blocks' linear maps (the float16 copy's weights, half-weights.ts; the 8- and 4-bit copies' with the unembedding), in file order. */
   halfNames(config: C): string[];
   /**
    * Writes the forward pass into `g`: embeddings, the blocks with their hook points, the final norm.

@@ -13,10 +13,6 @@ import { type CopiedTensor, copyLayout, ensureCopy, sourceStamp } from './weight
  */
 export const HALF_WEIGHTS_FILE = 'model.f16.safetensors';
 
-/** The weights' dtypes a graph can be built for. */
-export const DTYPES = ['float32', 'float16'] as const;
-export type Dtype = (typeof DTYPES)[number];
-
 /** The copy's tensors: the family's linear maps, from the float32 weights file. */
 function halfTensors(ck: Checkpoint): CopiedTensor[] {
   return ck.family.halfNames(ck.config).map((name) => {

@@ -22,6 +22,8 @@ export class GraphWriter {
   initializers: object[] = [];
   inputs: object[] = [];
   outputs: object[] = [];
+  /** Operator domains besides the default one that nodes use (ONNX Runtime's `com.microsoft`). */
+  domains = new Set<string>();
   private counter = 0;
 
   /** Adds a node; returns its output names (fresh unless given). */
@@ -38,6 +40,14 @@ export class GraphWriter {
       attribute: attrs,
     });
     return outs;
+  }
+
+  /** A one-output node of ONNX Runtime's contrib operators (domain `com.microsoft`, version 1). */
+  contrib(opType: string, inputs: string[], attrs: Attr[] = [], output?: string): string {
+    const out = this.op1(opType, inputs, attrs, output);
+    (this.nodes[this.nodes.length - 1] as { domain?: string }).domain = 'com.microsoft';
+    this.domains.add('com.microsoft');
+    return out;
   }
 
   /** One-output shorthand. */
@@ -115,7 +125,7 @@ export function encodeModel(
     ir_version: opts.irVersion,
     producer_name: 'steerd',
     producer_version: opts.producerVersion,
-    opset_import: [{ domain: '', version: opts.opset }],
+    opset_import: [{ domain: '', version: opts.opset }, ...[...g.domains].map((domain) => ({ domain, version: 1 }))],
     graph: { name, node: g.nodes, initializer: g.initializers, input: g.inputs, output: g.outputs },
     metadata_props: Object.entries(opts.metadata ?? {}).map(([key, value]) => ({ key, value })),
   });

@@ -5,12 +5,12 @@ export interface TensorSpec {
   name: string;
   shape: number[];
   /** Defaults to F32. */
-  dtype?: 'F32' | 'F16' | 'BF16';
+  dtype?: 'F32' | 'F16' | 'BF16' | 'U8';
   /** Returns the tensor's bytes (little-endian), exactly numel × dtype size long. */
   data: () => Uint8Array;
 }
 
-const BYTES = { F32: 4, F16: 2, BF16: 2 } as const;
+const BYTES = { F32: 4, F16: 2, BF16: 2, U8: 1 } as const;
 
 /** The header of a `.safetensors` file of these tensors: its bytes, and each tensor's data offsets. */
 export function safetensorsHeader(

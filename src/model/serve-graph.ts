@@ -1,11 +1,12 @@
 import { SteerdError } from '../errors.js';
 import { keysT, MASKED, repeatKv } from './attention.js';
+import type { Dtype } from './dtypes.js';
 import type { Checkpoint } from './family.js';
 import { BUILDER_VERSION, IR_VERSION, OPSET } from './graph-format.js';
-import { HALF_WEIGHTS_FILE, halfLayout } from './half-weights.js';
 import { hookPoints, readName, type Site } from './hooks.js';
 import { DataType } from './onnx-proto.js';
-import { encodeModel, GraphWriter, int, ints } from './onnx-writer.js';
+import { encodeModel, GraphWriter, int } from './onnx-writer.js';
+import { weightsCopy } from './weights-copies.js';
 
 /**
  * The engine's serving variant of the steerable graph (docs/architecture.md §3). Same transformer, same
@@ -66,8 +67,8 @@ export interface ServeGraphOptions {
    * Default false.
    */
   exact?: boolean;
-  /** The blocks' linear maps in float16, from the copy beside the weights (half-weights.ts). Default false. */
-  half?: boolean;
+  /** The dtype of the blocks' linear maps (dtypes.ts), read from the copy beside the weights. Default float32. */
+  dtype?: Dtype;
 }
 
 export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {}): Uint8Array {
@@ -169,18 +170,14 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
     {
       sites,
       hookOutputs: !device,
-      ...(opts.half && { half: { file: HALF_WEIGHTS_FILE, entries: halfLayout(ck).entries } }),
+      copy: weightsCopy(ck, opts.dtype ?? 'float32'),
     },
   );
 
   // Each row's last real token, projected alone: a decode step and a prefill both project B rows.
   const lastIdx = g.op1('Unsqueeze', [g.op1('Sub', ['new_len', one]), one]); // [B, 1]
   const hLast = g.op1('GatherND', [body.hf, lastIdx], [int('batch_dims', 1)]); // [B, H]
-  // The head as a MatMul on the transposed unembedding: ONNX Runtime folds the Transpose into a copy
-  // of wte at load and prepacks it, and a decode step's projection runs 20 % faster than Gemm with
-  // transB (measured at 32 rows; the copy costs the size of wte once).
-  const headT = g.op1('Transpose', [body.head], [ints('perm', [1, 0])]); // [H, V]
-  g.op1('MatMul', [hLast, headT], [], 'last_logits'); // [B, V]
+  body.unembed(hLast, 'last_logits'); // [B, V]
   // log Σ exp = max − max(log-softmax): the log-softmax of a row is computed on its own (one thread
   // per row) and both reductions are maxima, exact in any order, so a row's bits do not depend on
   // the other rows (a ReduceSum of exponentials did: the invariance test caught it). 3-6x faster than
@@ -200,7 +197,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   const none = slim ? g.op1('Sub', [T, one]) : T; // the empty slice, or just the last position
   const start = g.op1('Where', ['logits_all', zero, none]); // [1]
   const hAll = g.op1('Slice', [body.hf, start, g.constI('c.int_max', [2 ** 53 - 1]), one]); // [B, T', H]
-  const flat = g.op1('MatMul', [g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, model.embd])]), headT]); // [B*T', V]
+  const flat = body.unembed(g.op1('Reshape', [hAll, g.constI('c.flat_shape', [-1, model.embd])])); // [B*T', V]
   const bt = g.op1('Shape', [hAll], [int('end', 2)]); // [2] = (B, T')
   const btv = g.op1('Concat', [bt, g.constI('c.vocab_dim', [V])], [int('axis', 0)]); // [3]
   const logits = g.op1('Reshape', [flat, btv], [int('allowzero', 1)], slim ? undefined : 'logits'); // [B, T', V] (T' may be 0: allowzero keeps it)
@@ -211,7 +208,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
   // The logit lens (vector diagnostics): vectors [N, H] through the final norm alone, then the
   // unembedding. N = 0 in every generation pass: it costs nothing there.
   const lensLn = body.norm('lens_in'); // [N, H]
-  const lens = g.op1('MatMul', [lensLn, headT], [], slim ? undefined : 'lens_logits'); // [N, V]
+  const lens = body.unembed(lensLn, slim ? undefined : 'lens_logits'); // [N, V]
   if (slim) g.op1('Slice', [lens, zero, cols('lens_all'), one], [], 'lens_logits'); // [N, V or 1]
 
   // The hook points on the device: the ones asked, stacked (hooks.ts order).
@@ -242,7 +239,7 @@ export function buildServeGraphBytes(ck: Checkpoint, opts: ServeGraphOptions = {
       'steerd.groups': String(G),
       'steerd.device': String(device),
       ...(exact && { 'steerd.exact': 'true' }),
-      'steerd.dtype': opts.half ? 'float16' : 'float32',
+      'steerd.dtype': opts.dtype ?? 'float32',
       'steerd.sites': sites.join(','),
     },
   });

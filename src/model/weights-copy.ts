@@ -5,7 +5,8 @@ import { safetensorsHeader, writeSafetensors } from './safetensors-write.js';
 
 /**
  * A copy of a checkpoint's weights in another form, written once beside it: the float16 copy
- * (half-weights.ts) and the float32 copy (float32-weights.ts). Its header holds the source's
+ * (half-weights.ts), the 8- and 4-bit copies (quant-weights.ts) and the float32 copy
+ * (float32-weights.ts). Its header holds the source's
  * fingerprint and a stamp of the source files, of a fixed width, so that the layout is a function of
  * the tensors alone (the graph can point into the copy before it is written) and a copy made from
  * another checkpoint, or before the weights were rewritten, never matches.
@@ -30,7 +31,7 @@ export function sourceStamp(files: string[]): string {
 export interface CopiedTensor {
   name: string;
   shape: number[];
-  dtype: 'F32' | 'F16';
+  dtype: 'F32' | 'F16' | 'U8';
   /** Where its source bytes are. */
   source: { file: string; offset: number; length: number };
   convert(raw: Buffer): Uint8Array;

@@ -16,7 +16,7 @@ import type {
 import { validateActivations, validateGenerate } from '../engine/validate.js';
 import { QueueFullError, SteerdError, UnavailableError } from '../errors.js';
 import { openCheckpoint } from '../model/checkpoint.js';
-import type { Dtype } from '../model/half-weights.js';
+import type { Dtype } from '../model/dtypes.js';
 import type { Site } from '../model/hooks.js';
 import type { Tokenizer } from '../model/tokenizer.js';
 import { vectorHash } from '../store/content.js';

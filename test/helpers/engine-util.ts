@@ -1,7 +1,7 @@
 import type { Engine } from '../../src/engine/engine.ts';
 import type { GenerateEvent, GenerateRequest, Intervention } from '../../src/engine/types.ts';
 import type { RefHook, RefModel, RefSteer } from './reference.ts';
-import { referenceForward } from './reference.ts';
+import { promptAccuracy, referenceForward } from './reference.ts';
 
 export interface Completion {
   ids: number[];
@@ -116,4 +116,15 @@ export function referenceGreedy(m: RefModel, prompt: number[], n: number, ivs: I
     ids.push(best);
   }
   return { ids: out, logprobs };
+}
+
+/**
+ * Eight greedy tokens after `prompt` with its prompt logprobs, and their accuracy against the float64
+ * reference (promptAccuracy: the largest |Δ logprob| and the positions whose most likely token agrees).
+ */
+export async function greedyAccuracy(engine: Engine, m: RefModel, prompt: number[]) {
+  const got = await collect(
+    engine.generate({ prompt, max_new_tokens: 8, temperature: 0, stop_at_eos: false, prompt_logprobs: 1 }),
+  );
+  return { ids: got.ids, ...promptAccuracy(m, prompt, got.done.prompt_logprobs!) };
 }

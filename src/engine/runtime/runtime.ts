@@ -57,7 +57,7 @@ export interface HostBytes {
 export interface GraphSessionOptions {
   /** Execution provider: `cpu`, `cuda`, `webgpu`, ... */
   provider: string;
-  /** Intra-op threads; 0 lets the runtime choose (one per core). */
+  /** Intra-op threads (the runner resolves 0 to one per CPU: runner.ts). */
   threads: number;
   /** Intra-op threads spin while they wait for work (runner.ts, RunnerOptions.spinning). */
   spinning: boolean;

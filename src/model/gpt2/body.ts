@@ -1,7 +1,6 @@
 import type { AttentionInput, Body, BodyOptions, Checkpoint } from '../family.js';
 import { hookWiring } from '../hook-graph.js';
 import { SITES } from '../hooks.js';
-import { DataType } from '../onnx-proto.js';
 import { float, type GraphWriter, int, ints, str } from '../onnx-writer.js';
 import { weights } from '../weights.js';
 import type { Gpt2Config } from './config.js';
@@ -22,7 +21,7 @@ export function gpt2Body(
   const H = c.n_embd;
   const nh = c.n_head;
   const hd = H / nh;
-  const { W, W16 } = weights(g, ck, opts.half);
+  const { W, matmul, unembedding } = weights(g, ck, opts.copy);
   const hook = hookWiring(g, c.n_layer, H, opts.sites ?? SITES, opts.hookOutputs ?? true);
 
   const headShape = g.constI('c.head_shape', [0, 0, nh, hd]); // [B, T, H] -> [B, T, nh, hd]
@@ -41,13 +40,8 @@ export function gpt2Body(
       [int('axis', -1), float('epsilon', c.layer_norm_epsilon)],
     );
   // HF's GPT-2 uses Conv1D layers whose weights are stored [in, out]: x @ W needs no transpose.
-  const linear = (input: string, prefix: string) => {
-    const w16 = W16(`${prefix}.weight`);
-    if (!w16) return g.op1('Add', [g.op1('MatMul', [input, W(`${prefix}.weight`)]), W(`${prefix}.bias`)]);
-    const x16 = g.op1('Cast', [input], [int('to', DataType.FLOAT16)]); // [B, T, in] float16
-    const y = g.op1('Cast', [g.op1('MatMul', [x16, w16])], [int('to', DataType.FLOAT)]); // [B, T, out] float32
-    return g.op1('Add', [y, W(`${prefix}.bias`)]);
-  };
+  const linear = (input: string, prefix: string) =>
+    g.op1('Add', [matmul(input, `${prefix}.weight`, 'in_out'), W(`${prefix}.bias`)]); // [B, T, out]
   const heads = (t: string, name?: string) =>
     g.op1('Transpose', [g.op1('Reshape', [t, headShape])], [ints('perm', [0, 2, 1, 3])], name); // [B, nh, T, hd]
 
@@ -73,9 +67,11 @@ export function gpt2Body(
   x = hook('resid_pre', c.n_layer, x); // [B, T, H] before ln_f
   // GPT-2 ties the output projection to the token embedding (logits = h @ wte^T), unless the
   // checkpoint carries its own lm_head.
+  const head = ck.tiedLmHead ? 'wte.weight' : 'lm_head.weight';
   return {
     hf: ln(x, 'ln_f'), // [B, T, H]
     norm: (input) => ln(input, 'ln_f'),
-    head: ck.tiedLmHead ? 'wte.weight' : W('lm_head.weight'),
+    head: W(head),
+    unembed: unembedding(head),
   };
 }

@@ -25,6 +25,8 @@ export const GPT2: ModelFamily<Gpt2Config> = {
   }),
   parameters: expectedShapes,
   head: lmHead,
+  embedding: 'wte.weight',
+  linearLayout: 'in_out',
   canonicalKey,
   halfNames: (c) => halfNames(c.n_layer),
   body: gpt2Body,

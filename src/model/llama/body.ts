@@ -25,7 +25,7 @@ export function llamaBody(
   const nh = c.num_attention_heads;
   const nkv = c.num_key_value_heads;
   const hd = c.head_dim;
-  const { W, W16 } = weights(g, ck, opts.half);
+  const { W, matmul, unembedding } = weights(g, ck, opts.copy);
   const hook = hookWiring(g, c.num_hidden_layers, H, opts.sites ?? SITES, opts.hookOutputs ?? true);
 
   const mergeShape = g.constI('c.merge_shape', [0, 0, nh * hd]); // [B, T, nh, hd] -> [B, T, nh·hd]
@@ -41,17 +41,9 @@ export function llamaBody(
     const normed = g.op1('Div', [input, g.op1('Sqrt', [g.op1('Add', [ms, eps])])]); // [.., H]
     return g.op1('Mul', [normed, W(weight)]); // [.., H]
   };
-  // HF's nn.Linear weights are stored [out, in]: x @ Wᵀ. The Transpose of a constant is folded by
-  // ONNX Runtime at load, leaving a plain MatMul.
+  // HF's nn.Linear weights are stored [out, in]: x @ Wᵀ (weights.ts).
   const linear = (input: string, prefix: string, bias: boolean) => {
-    const w16 = W16(`${prefix}.weight`);
-    let y: string;
-    if (!w16) y = g.op1('MatMul', [input, g.op1('Transpose', [W(`${prefix}.weight`)], [ints('perm', [1, 0])])]);
-    else {
-      const x16 = g.op1('Cast', [input], [int('to', DataType.FLOAT16)]); // [B, T, in] float16
-      const wT = g.op1('Transpose', [w16], [ints('perm', [1, 0])]); // [in, out] float16
-      y = g.op1('Cast', [g.op1('MatMul', [x16, wT])], [int('to', DataType.FLOAT)]); // [B, T, out] float32
-    }
+    const y = matmul(input, `${prefix}.weight`, 'out_in'); // [B, T, out]
     return bias ? g.op1('Add', [y, W(`${prefix}.bias`)]) : y;
   };
   const headShape = new Map([...new Set([nh, nkv])].map((n) => [n, g.constI(`c.heads_${n}`, [0, 0, n, hd])])); // [B, T, n·hd] -> [B, T, n, hd]
@@ -99,9 +91,11 @@ export function llamaBody(
     x = g.op1('Add', [x, hook('mlp_out', l, linear(hidden, `${p}.mlp.down_proj`, false))]); // [B, T, H]
   }
   x = hook('resid_pre', c.num_hidden_layers, x); // [B, T, H] before the final norm
+  const head = ck.tiedLmHead ? 'model.embed_tokens.weight' : 'lm_head.weight';
   return {
     hf: rms(x, 'model.norm.weight'), // [B, T, H]
     norm: (input) => rms(input, 'model.norm.weight'),
-    head: ck.tiedLmHead ? W('model.embed_tokens.weight') : W('lm_head.weight'),
+    head: W(head),
+    unembed: unembedding(head),
   };
 }

@@ -28,6 +28,8 @@ export const LLAMA: ModelFamily<LlamaConfig> = {
   }),
   parameters: expectedShapes,
   head: lmHead,
+  embedding: 'model.embed_tokens.weight',
+  linearLayout: 'out_in',
   canonicalKey,
   halfNames: (c) => halfNames(c.num_hidden_layers),
   body: llamaBody,
