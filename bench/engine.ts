@@ -18,11 +18,12 @@
  *
  * - `--dtype int8|int4|float16`: the engine with those weights (dtypes.ts; default float32); beside
  *   the peer, int8 is compared with llama.cpp's Q8_0 line when `--peer-args --q8` asks for one.
- * - `--lean`: the engine with the lean serving graph (STEERD_LEAN_GRAPH).
+ * - `--lean`: the engine with the lean serving graph (STEERD_LEAN_GRAPH); `--spinning`: its intra-op
+ *   threads spin between operators (STEERD_THREAD_SPINNING), as llama.cpp's do.
  * - `--arch llama`: the Llama family beside GPT-2, bench/families.ts.
  *
  *   npm run bench [-- --shape small|xl --dir DIR --concurrency 1,8,32 --prompt 32 --new 64 --out FILE
- *                     --dtype int8 --lean --peer llamacpp --peer-dir DIR --peer-args "--kv f32"]
+ *                     --dtype int8 --lean --spinning --peer llamacpp --peer-dir DIR --peer-args "--kv f32"]
  */
 
 import { execFileSync } from 'node:child_process';
@@ -64,6 +65,7 @@ const { values: o } = parseArgs({
     arch: { type: 'string', default: 'gpt2' },
     dtype: { type: 'string', default: 'float32' },
     lean: { type: 'boolean', default: false },
+    spinning: { type: 'boolean', default: false },
   },
 });
 const dtype = parseDtype(o.dtype!, '--dtype');
@@ -211,7 +213,14 @@ const peerRuns = o.peer ? [peerRun()] : [];
 const ceilings = shapeName === 'small' ? [await matmulCeiling(cmax)] : [];
 const before = rss();
 writeFileSync('/proc/self/clear_refs', '5'); // peak RSS from here
-const engine = await Engine.start({ model: dir, threads, batchCapacity: cmax, dtype, lean: o.lean });
+const engine = await Engine.start({
+  model: dir,
+  threads,
+  batchCapacity: cmax,
+  dtype,
+  lean: o.lean,
+  spinning: o.spinning,
+});
 const loaded = rss();
 const rng = new Rng(1);
 await load(engine, 2, false, rng); // warm-up
@@ -297,6 +306,7 @@ const summary = {
   threads,
   dtype,
   lean: o.lean,
+  spinning: o.spinning,
   loadavg_at_end: loadavg(),
   model: { layers: L, embd: H, heads: ck.config.n_head, params_m: ck.paramBytes / 4 / 1e6 },
   prompt_tokens: promptLen,

@@ -1,6 +1,6 @@
 import { basename } from 'node:path';
 import type { WeightsCopy } from './dtypes.js';
-import { QUANT_BITS } from './dtypes.js';
+import { isQuantized, QUANT_BITS } from './dtypes.js';
 import type { Checkpoint } from './family.js';
 import { DataType } from './onnx-proto.js';
 import { type GraphWriter, int, ints } from './onnx-writer.js';
@@ -49,7 +49,7 @@ export function weights(
   const matmul = (input: string, name: string, layout: LinearLayout, output?: string) => {
     const [rows, cols] = ck.params.get(name)?.shape ?? [];
     const [K, N] = layout === 'in_out' ? [rows, cols] : [cols, rows];
-    if (copy?.dtype === 'int8' || copy?.dtype === 'int4') {
+    if (copy && isQuantized(copy.dtype)) {
       const q = C(`${name}.q`, `${name}.q`, DataType.UINT8);
       const scales = C(`${name}.scales`, `${name}.scales`, DataType.FLOAT);
       if (q && scales) {
