@@ -300,3 +300,26 @@ t.test('int8 and int4: the same bits alone and beside other requests', async (t)
     }
   }
 });
+
+t.test('int8 through the capi binding: the same bits as through onnxruntime-node', async (t) => {
+  // the bias is MatMulNBits' own input in both graphs (weights.ts): left to ONNX Runtime's fusion,
+  // the host graph (hook outputs) and the capi binding's (none) added it differently
+  const dir = join(root, 'bindings');
+  writeTinyCheckpoint(dir, { layers: 2, embd: 128, heads: 2, ctx: 128, seed: 4, initScale: 10 });
+  const req: GenerateRequest = { prompt: ids(20), max_new_tokens: 8, temperature: 0, stop_at_eos: false };
+  const got: Completion[] = [];
+  for (const runtime of ['node', 'capi'] as const) {
+    const e = await startEngine({ model: dir, dtype: 'int8', provider: 'cpu', runtime });
+    try {
+      t.equal(e.info.binding, runtime);
+      got.push(await run(e, req));
+    } finally {
+      await e.close();
+    }
+  }
+  t.same(got[1].ids, got[0].ids, 'the same tokens');
+  t.ok(
+    got[1].logprobs.every((x, i) => Object.is(x, got[0].logprobs[i])),
+    'the same logprob bits',
+  );
+});

@@ -16,6 +16,12 @@ export interface Weights {
    * product back), or 8/4-bit blocks through `MatMulNBits`.
    */
   matmul(input: string, name: string, layout: LinearLayout, output?: string): string;
+  /**
+   * x·W + b: `matmul` and then the bias, where one is named. Quantized, the bias is `MatMulNBits`'
+   * own input, as ONNX Runtime fuses it only where the product has one consumer: two graphs of the
+   * same model (with and without hook outputs) would otherwise round differently.
+   */
+  linear(input: string, name: string, layout: LinearLayout, bias?: string): string;
   /** [.., H] → [.., V] through the unembedding `name` ([V, H]), quantized where the copy holds it; `output` names the result. */
   unembedding(name: string): (input: string, output?: string) => string;
 }
@@ -46,7 +52,7 @@ export function weights(
     return name;
   };
   const transposed = (w: string) => g.op1('Transpose', [w], [ints('perm', [1, 0])]); // folded at load
-  const matmul = (input: string, name: string, layout: LinearLayout, output?: string) => {
+  const matmul = (input: string, name: string, layout: LinearLayout, output?: string, bias?: string) => {
     const [rows, cols] = ck.params.get(name)?.shape ?? [];
     const [K, N] = layout === 'in_out' ? [rows, cols] : [cols, rows];
     if (copy && isQuantized(copy.dtype)) {
@@ -58,7 +64,7 @@ export function weights(
         // neighbours (test/quant.test.ts, the invariance suite)
         return g.contrib(
           'MatMulNBits',
-          [input, q, scales],
+          bias ? [input, q, scales, '', '', W(bias)] : [input, q, scales],
           [
             int('K', K),
             int('N', N),
@@ -81,6 +87,12 @@ export function weights(
   return {
     W,
     matmul,
+    linear(input, name, layout, bias) {
+      if (!bias) return matmul(input, name, layout);
+      if (copy && isQuantized(copy.dtype) && copy.entries.has(`${name}.q`))
+        return matmul(input, name, layout, undefined, bias); // [.., N] with the bias
+      return g.op1('Add', [matmul(input, name, layout), W(bias)]); // [.., N]
+    },
     unembedding(name) {
       if (copy?.entries.has(`${name}.q`)) return (input, output) => matmul(input, name, 'out_in', output);
       // a MatMul on the transposed unembedding: ONNX Runtime folds the Transpose into a copy at load

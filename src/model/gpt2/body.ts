@@ -21,7 +21,7 @@ export function gpt2Body(
   const H = c.n_embd;
   const nh = c.n_head;
   const hd = H / nh;
-  const { W, matmul, unembedding } = weights(g, ck, opts.copy);
+  const { W, linear: affine, unembedding } = weights(g, ck, opts.copy);
   const hook = hookWiring(g, c.n_layer, H, opts.sites ?? SITES, opts.hookOutputs ?? true);
 
   const headShape = g.constI('c.head_shape', [0, 0, nh, hd]); // [B, T, H] -> [B, T, nh, hd]
@@ -40,8 +40,7 @@ export function gpt2Body(
       [int('axis', -1), float('epsilon', c.layer_norm_epsilon)],
     );
   // HF's GPT-2 uses Conv1D layers whose weights are stored [in, out]: x @ W needs no transpose.
-  const linear = (input: string, prefix: string) =>
-    g.op1('Add', [matmul(input, `${prefix}.weight`, 'in_out'), W(`${prefix}.bias`)]); // [B, T, out]
+  const linear = (input: string, prefix: string) => affine(input, `${prefix}.weight`, 'in_out', `${prefix}.bias`); // [B, T, out]
   const heads = (t: string, name?: string) =>
     g.op1('Transpose', [g.op1('Reshape', [t, headShape])], [ints('perm', [0, 2, 1, 3])], name); // [B, nh, T, hd]
 

@@ -25,7 +25,7 @@ export function llamaBody(
   const nh = c.num_attention_heads;
   const nkv = c.num_key_value_heads;
   const hd = c.head_dim;
-  const { W, matmul, unembedding } = weights(g, ck, opts.copy);
+  const { W, linear: affine, unembedding } = weights(g, ck, opts.copy);
   const hook = hookWiring(g, c.num_hidden_layers, H, opts.sites ?? SITES, opts.hookOutputs ?? true);
 
   const mergeShape = g.constI('c.merge_shape', [0, 0, nh * hd]); // [B, T, nh, hd] -> [B, T, nh·hd]
@@ -42,10 +42,8 @@ export function llamaBody(
     return g.op1('Mul', [normed, W(weight)]); // [.., H]
   };
   // HF's nn.Linear weights are stored [out, in]: x @ Wᵀ (weights.ts).
-  const linear = (input: string, prefix: string, bias: boolean) => {
-    const y = matmul(input, `${prefix}.weight`, 'out_in'); // [B, T, out]
-    return bias ? g.op1('Add', [y, W(`${prefix}.bias`)]) : y;
-  };
+  const linear = (input: string, prefix: string, bias: boolean) =>
+    affine(input, `${prefix}.weight`, 'out_in', bias ? `${prefix}.bias` : undefined); // [B, T, out]
   const headShape = new Map([...new Set([nh, nkv])].map((n) => [n, g.constI(`c.heads_${n}`, [0, 0, n, hd])])); // [B, T, n·hd] -> [B, T, n, hd]
   const heads = (t: string, n: number, name?: string) =>
     g.op1('Transpose', [g.op1('Reshape', [t, headShape.get(n)!])], [ints('perm', [0, 2, 1, 3])], name); // [B, n, T, hd]
