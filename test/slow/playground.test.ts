@@ -221,9 +221,12 @@ t.test('in Chromium: model card, recipe, generate with telemetry, receipt, sweep
   await page.fill('#seed', '5');
   await page.click(id('generate'));
   const steered = page.locator(`${id('steered-output')} .tok`);
+  const baseline = page.locator(`${id('baseline-output')} .tok`);
+  // the two outputs fill as their tokens arrive, the baseline's after the steered ones may
   await steered.nth(7).waitFor();
+  await baseline.nth(7).waitFor();
   t.equal(await steered.count(), 8, '8 steered tokens');
-  t.equal(await page.locator(`${id('baseline-output')} .tok`).count(), 8, '8 baseline tokens');
+  t.equal(await baseline.count(), 8, '8 baseline tokens');
   const kls = await page
     .locator(`${id('steered-output')} .tok, ${id('baseline-output')} .tok`)
     .evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.kl));
