@@ -28,12 +28,13 @@
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { parseDtype } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
+import { intraOpThreads } from '../src/engine/runner.ts';
 import type { GenerateRequest, Intervention } from '../src/engine/types.ts';
 import { openCheckpoint } from '../src/model/checkpoint.ts';
 import { GPT2 } from '../src/model/gpt2/family.ts';
@@ -69,8 +70,8 @@ const { values: o } = parseArgs({
   },
 });
 const dtype = parseDtype(o.dtype!, '--dtype');
-/** Intra-op threads for steerd, its ceiling and the peer alike: 0 is one per CPU, as the runner takes it. */
-const threads = +o.threads! || availableParallelism();
+/** Intra-op threads for steerd, its ceiling and the peer alike, as the runner takes them. */
+const threads = intraOpThreads(+o.threads!);
 if (o.arch !== 'gpt2') {
   // another family (bench/families.ts): its own shapes, beside GPT-2's in the same run
   await import('./families.ts');

@@ -29,6 +29,9 @@ import {
 } from './runtime/runtime.js';
 import type { ModelInfo } from './types.js';
 
+/** The intra-op threads a session gets for `threads` (RunnerOptions.threads): 0 is one per CPU. */
+export const intraOpThreads = (threads = 0): number => threads || availableParallelism();
+
 /** Options of the model runner (the one owner of the ONNX Runtime session). */
 export interface RunnerOptions {
   /** Checkpoint directory (config.json, model.safetensors, tokenizer). */
@@ -211,7 +214,7 @@ export class ModelRunner implements Pass {
     let kvSession: GraphSession | undefined;
     const base: GraphSessionOptions = {
       provider,
-      threads: opts.threads || availableParallelism(),
+      threads: intraOpThreads(opts.threads),
       spinning: opts.spinning ?? false,
     };
     try {

@@ -52,30 +52,39 @@ export function weights(
     return name;
   };
   const transposed = (w: string) => g.op1('Transpose', [w], [ints('perm', [1, 0])]); // folded at load
-  const matmul = (input: string, name: string, layout: LinearLayout, output?: string, bias?: string) => {
-    const [rows, cols] = ck.params.get(name)?.shape ?? [];
+  /** The map's 8/4-bit blocks and scales where the copy holds them. */
+  const blocks = (name: string) => {
+    if (!copy || !isQuantized(copy.dtype)) return undefined;
+    const q = C(`${name}.q`, `${name}.q`, DataType.UINT8);
+    const scales = C(`${name}.scales`, `${name}.scales`, DataType.FLOAT);
+    return q && scales ? { q, scales, bits: QUANT_BITS[copy.dtype] } : undefined;
+  };
+  // accuracy level 4: the input is quantized to int8 per block of the row and multiplied in integers
+  // (VNNI on x86); each row's blocks on their own, so a row's bits do not depend on its neighbours
+  // (test/quant.test.ts, the invariance suite)
+  const nbits = (
+    input: string,
+    name: string,
+    layout: LinearLayout,
+    b: NonNullable<ReturnType<typeof blocks>>,
+    bias?: string,
+    output?: string,
+  ) => {
+    const [rows, cols] = ck.params.get(name)!.shape;
     const [K, N] = layout === 'in_out' ? [rows, cols] : [cols, rows];
-    if (copy && isQuantized(copy.dtype)) {
-      const q = C(`${name}.q`, `${name}.q`, DataType.UINT8);
-      const scales = C(`${name}.scales`, `${name}.scales`, DataType.FLOAT);
-      if (q && scales) {
-        // accuracy level 4: the input is quantized to int8 per block of the row and multiplied in
-        // integers (VNNI on x86); each row's blocks on their own, so a row's bits do not depend on its
-        // neighbours (test/quant.test.ts, the invariance suite)
-        return g.contrib(
-          'MatMulNBits',
-          bias ? [input, q, scales, '', '', W(bias)] : [input, q, scales],
-          [
-            int('K', K),
-            int('N', N),
-            int('bits', QUANT_BITS[copy.dtype]),
-            int('block_size', QUANT_BLOCK),
-            int('accuracy_level', 4),
-          ],
-          output,
-        ); // [.., N] float32
-      }
-    }
+    const attrs = [
+      int('K', K),
+      int('N', N),
+      int('bits', b.bits),
+      int('block_size', QUANT_BLOCK),
+      int('accuracy_level', 4),
+    ];
+    const inputs = bias ? [input, b.q, b.scales, '', '', W(bias)] : [input, b.q, b.scales];
+    return g.contrib('MatMulNBits', inputs, attrs, output); // [.., N] float32
+  };
+  const matmul = (input: string, name: string, layout: LinearLayout, output?: string) => {
+    const b = blocks(name);
+    if (b) return nbits(input, name, layout, b, undefined, output);
     const w16 = copy?.dtype === 'float16' ? C(name, `${name}.f16`, DataType.FLOAT16) : undefined;
     if (w16) {
       const x16 = g.op1('Cast', [input], [int('to', DataType.FLOAT16)]); // [.., K] float16
@@ -88,13 +97,13 @@ export function weights(
     W,
     matmul,
     linear(input, name, layout, bias) {
-      if (!bias) return matmul(input, name, layout);
-      if (copy && isQuantized(copy.dtype) && copy.entries.has(`${name}.q`))
-        return matmul(input, name, layout, undefined, bias); // [.., N] with the bias
-      return g.op1('Add', [matmul(input, name, layout), W(bias)]); // [.., N]
+      const b = bias && blocks(name);
+      if (b) return nbits(input, name, layout, b, bias); // [.., N] with the bias
+      const y = matmul(input, name, layout); // [.., N]
+      return bias ? g.op1('Add', [y, W(bias)]) : y;
     },
     unembedding(name) {
-      if (copy?.entries.has(`${name}.q`)) return (input, output) => matmul(input, name, 'out_in', output);
+      if (blocks(name)) return (input, output) => matmul(input, name, 'out_in', output);
       // a MatMul on the transposed unembedding: ONNX Runtime folds the Transpose into a copy at load
       // and prepacks it; a decode step's projection runs 20 % faster than Gemm with transB (measured
       // at 32 rows; the copy costs the size of the unembedding once)
